@@ -1,0 +1,132 @@
+//! etcd `KV` service: Range, Put, DeleteRange, Txn, Compact.
+//!
+//! Writes become `Request::Kv` commands proposed through `Node::write`; the
+//! applied result is converted back. Linearizable ranges wait on
+//! `Node::linearize` (ReadIndex) and then read the local state; serializable
+//! ranges read the local state at once.
+//!
+//! Must never: answer a default (linearizable) range without `linearize`.
+
+use std::sync::Arc;
+
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::error::{node_status, state_status, too_large};
+use super::header;
+use crate::node::peer_service::grpc_timeout;
+use crate::node::types::Request as RaftRequest;
+use crate::node::Node;
+use crate::proto::etcdserverpb as pb;
+use crate::state::types as st;
+use crate::state::{validate, Command, CommandResult};
+
+pub struct KvService {
+    pub node: Arc<Node>,
+    pub max_request_bytes: usize,
+}
+
+impl KvService {
+    fn check_size<M: Message>(&self, m: &M) -> Result<(), Status> {
+        if m.encoded_len() > self.max_request_bytes {
+            return Err(too_large());
+        }
+        Ok(())
+    }
+
+    async fn propose<T>(&self, req: &Request<T>, cmd: Command) -> Result<(i64, CommandResult), Status> {
+        let deadline = self.node.deadline(grpc_timeout(req));
+        let resp = self
+            .node
+            .write(RaftRequest::Kv(cmd), deadline)
+            .await
+            .map_err(node_status)?;
+        match resp.result {
+            Ok(Some(r)) => Ok((resp.revision, r)),
+            Ok(None) => Err(Status::internal("command applied without a result")),
+            Err(e) => Err(state_status(e)),
+        }
+    }
+}
+
+fn unexpected() -> Status {
+    Status::internal("state machine answered with the wrong result kind")
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+        let r = st::RangeRequest::try_from(request.get_ref().clone())?;
+        if !r.serializable {
+            let deadline = self.node.deadline(grpc_timeout(&request));
+            self.node.linearize(deadline).await.map_err(node_status)?;
+        }
+        let (rev, out) = {
+            let d = self.node.sm.read().map_err(|e| Status::internal(e.to_string()))?;
+            (d.kv.revision(), d.kv.range(&r))
+        };
+        let out = out.map_err(state_status)?;
+        let mut resp = pb::RangeResponse::from(out);
+        resp.header = Some(header(&self.node, rev));
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        self.check_size(request.get_ref())?;
+        let put = st::PutRequest::from(request.get_ref().clone());
+        validate::check_put_request(&put).map_err(state_status)?;
+        let cmd = Command::Put(put);
+        let (rev, res) = self.propose(&request, cmd).await?;
+        let CommandResult::Put(p) = res else {
+            return Err(unexpected());
+        };
+        let mut resp = pb::PutResponse::from(p);
+        resp.header = Some(header(&self.node, rev));
+        Ok(Response::new(resp))
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        self.check_size(request.get_ref())?;
+        let del = st::DeleteRangeRequest::from(request.get_ref().clone());
+        validate::check_delete_request(&del).map_err(state_status)?;
+        let cmd = Command::DeleteRange(del);
+        let (rev, res) = self.propose(&request, cmd).await?;
+        let CommandResult::DeleteRange(d) = res else {
+            return Err(unexpected());
+        };
+        let mut resp = pb::DeleteRangeResponse::from(d);
+        resp.header = Some(header(&self.node, rev));
+        Ok(Response::new(resp))
+    }
+
+    async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        self.check_size(request.get_ref())?;
+        let txn = st::TxnRequest::try_from(request.get_ref().clone())?;
+        validate::check_txn_request(&txn).map_err(state_status)?;
+        let cmd = Command::Txn(txn);
+        let (rev, res) = self.propose(&request, cmd).await?;
+        let CommandResult::Txn(t) = res else {
+            return Err(unexpected());
+        };
+        let mut resp = pb::TxnResponse::from(t);
+        resp.header = Some(header(&self.node, rev));
+        Ok(Response::new(resp))
+    }
+
+    async fn compact(
+        &self,
+        request: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let cmd = Command::Compact(st::CompactionRequest::from(*request.get_ref()));
+        let (rev, res) = self.propose(&request, cmd).await?;
+        let CommandResult::Compact = res else {
+            return Err(unexpected());
+        };
+        Ok(Response::new(pb::CompactionResponse {
+            header: Some(header(&self.node, rev)),
+        }))
+    }
+}

@@ -1,0 +1,68 @@
+//! The client-facing gRPC API: etcd v3 services (`kv`, `maintenance`,
+//! `cluster`, `grpc.health.v1`) served on the client address. Each service
+//! translates protobuf to state-machine types (`convert`), calls the `Node`,
+//! and maps errors once (`error`).
+//!
+//! Must never: touch Raft or storage directly; everything goes through `Node`.
+
+pub mod cluster;
+pub mod convert;
+pub mod error;
+pub mod kv;
+pub mod maintenance;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::node::Node;
+use crate::proto::etcdserverpb as pb;
+
+/// The etcd API version warden speaks, reported in `Status`.
+pub const ETCD_API_VERSION: &str = "3.5.0";
+
+/// etcd's gRPC overhead allowance on top of the request limit.
+const GRPC_OVERHEAD: usize = 512 * 1024;
+
+/// The header every response carries.
+pub fn header(node: &Node, revision: i64) -> pb::ResponseHeader {
+    pb::ResponseHeader {
+        cluster_id: node.cluster_id,
+        member_id: node.id,
+        revision,
+        raft_term: node.term(),
+    }
+}
+
+/// Serves the client API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    max_request_bytes: usize,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let limit = max_request_bytes + GRPC_OVERHEAD;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    let kv = pb::kv_server::KvServer::new(kv::KvService {
+        node: node.clone(),
+        max_request_bytes,
+    })
+    .max_decoding_message_size(limit);
+    let maintenance = pb::maintenance_server::MaintenanceServer::new(maintenance::MaintenanceService {
+        node: node.clone(),
+    })
+    .max_decoding_message_size(limit);
+    let cluster = pb::cluster_server::ClusterServer::new(cluster::ClusterService { node: node.clone() })
+        .max_decoding_message_size(limit);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health)
+        .add_service(kv)
+        .add_service(maintenance)
+        .add_service(cluster)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

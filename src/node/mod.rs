@@ -1,0 +1,505 @@
+//! One member of the cluster: drives openraft (`types`, `log_store`,
+//! `state_machine`, `network`, `peer_service`) and offers the API layer three
+//! things: `write` (propose a command and wait for its applied result),
+//! `linearize` (wait until a read of the local state is linearizable) and
+//! `status`.
+//!
+//! Any member accepts any request. A follower forwards writes to the leader
+//! over the peer `Forward` RPC, and for a linearizable read asks the leader for
+//! its read index (ReadIndex: the leader confirms with a quorum), then waits
+//! until its own state machine has applied that index and reads locally.
+//!
+//! Must never: answer a linearizable read from a member that has not confirmed
+//! a current leader's commit index, or retry a forwarded write whose outcome is
+//! unknown (that would apply it twice).
+
+pub mod log_store;
+pub mod network;
+pub mod peer_service;
+pub mod state_machine;
+pub mod types;
+pub mod watch_hub;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::{ReadPolicy, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::proto::peer::raft_peer_client::RaftPeerClient;
+use network::{Links, NetworkFactory};
+use state_machine::SmStore;
+use types::{Member, Raft, Request, Response};
+
+/// Why a request could not be served; mapped to gRPC at the API edge.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
+pub enum NodeError {
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    /// A proposal was in flight when leadership changed: it may or may not
+    /// have been applied.
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Client traffic a follower forwards to the leader.
+#[derive(Serialize, Deserialize)]
+pub enum ForwardRequest {
+    Write(Request),
+    ReadIndex,
+}
+
+#[derive(Serialize, Deserialize)]
+pub enum ForwardResponse {
+    Write(Response),
+    ReadIndex(u64),
+    /// The receiver is not the leader (any more); here is who it thinks is.
+    NotLeader(Option<u64>),
+    Failed(NodeError),
+}
+
+/// Start-up settings of a member (see `config.rs` for the user-facing form).
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub client_addr: String,
+    pub peer_addr: String,
+    /// name → peer address of every initial member, this one included.
+    pub initial_cluster: BTreeMap<String, String>,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub snapshot_entries: u64,
+    pub request_timeout: Duration,
+}
+
+/// A running member.
+pub struct Node {
+    pub id: u64,
+    pub name: String,
+    pub cluster_id: u64,
+    pub client_addr: String,
+    pub raft: Raft,
+    pub sm: SmStore,
+    pub links: Arc<Links>,
+    pub config: NodeConfig,
+    pub log_path: PathBuf,
+    forward_clients: Mutex<BTreeMap<u64, (String, RaftPeerClient<Channel>)>>,
+}
+
+/// Cluster id from the initial cluster definition: every member of a cluster
+/// computes the same value.
+pub fn cluster_id_for(initial: &BTreeMap<String, String>) -> u64 {
+    let s: Vec<String> = initial.iter().map(|(n, a)| format!("{n}={a}")).collect();
+    types::node_id_for(&s.join(","))
+}
+
+/// Snapshot of what a member knows, for status output.
+#[derive(Clone, Debug)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub state: ServerState,
+    pub last_log_index: u64,
+    pub committed: u64,
+    pub applied: u64,
+    pub revision: i64,
+    pub members: BTreeMap<u64, Member>,
+    pub learners: Vec<u64>,
+}
+
+impl Node {
+    /// Opens the member's data directory and starts Raft. The caller serves
+    /// the peer service (`peer_service`) on the peer address.
+    pub async fn start(cfg: NodeConfig) -> anyhow::Result<Arc<Node>> {
+        use anyhow::Context;
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("create data dir {}", cfg.data_dir.display()))?;
+        let log_path = cfg.data_dir.join("raft.redb");
+        let db = crate::storage::log_db::LogDb::open(&log_path)?;
+        let records = db.verify()?;
+        tracing::info!(log = %log_path.display(), records, "raft log verified");
+        let sm = SmStore::open(&cfg.data_dir.join("snap"))?;
+
+        let raft_config = openraft::Config {
+            cluster_name: "warden".into(),
+            election_timeout_min: cfg.election_timeout_min_ms,
+            election_timeout_max: cfg.election_timeout_max_ms,
+            heartbeat_interval: cfg.heartbeat_interval_ms,
+            enable_pre_vote: Some(true),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_entries),
+            max_in_snapshot_log_to_keep: 1000,
+            install_snapshot_timeout: 10_000,
+            ..Default::default()
+        }
+        .validate()
+        .context("raft configuration")?;
+
+        let id = types::node_id_for(&cfg.name);
+        let links = Arc::new(Links::default());
+        let net = NetworkFactory {
+            links: links.clone(),
+        };
+        let log_store = log_store::LogStore::new(Arc::new(db));
+        let raft = openraft::Raft::new(id, Arc::new(raft_config), net, log_store, sm.clone())
+            .await
+            .context("start raft")?;
+
+        if !raft.is_initialized().await.context("raft stopped")? {
+            let members: BTreeMap<u64, Member> = cfg
+                .initial_cluster
+                .iter()
+                .map(|(name, addr)| {
+                    (
+                        types::node_id_for(name),
+                        Member {
+                            name: name.clone(),
+                            peer_addr: addr.clone(),
+                        },
+                    )
+                })
+                .collect();
+            tracing::info!(?members, "bootstrapping new cluster");
+            if let Err(e) = raft.initialize(members).await {
+                // Another member's identical initialisation may have reached
+                // us first; that is fine.
+                tracing::info!("initialize: {e}");
+            }
+        }
+
+        let node = Arc::new(Node {
+            id,
+            name: cfg.name.clone(),
+            cluster_id: cluster_id_for(&cfg.initial_cluster),
+            client_addr: cfg.client_addr.clone(),
+            raft,
+            sm,
+            links,
+            log_path,
+            config: cfg,
+            forward_clients: Mutex::new(BTreeMap::new()),
+        });
+        tokio::spawn(publish_client_addr(node.clone()));
+        Ok(node)
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow_watched().current_term
+    }
+
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let mem = m.membership_config.membership();
+        let members: BTreeMap<u64, Member> = mem.nodes().map(|(id, n)| (*id, n.clone())).collect();
+        let voters: Vec<u64> = mem.voter_ids().collect();
+        let learners = members
+            .keys()
+            .filter(|id| !voters.contains(id))
+            .copied()
+            .collect();
+        let revision = self.sm.read().map(|d| d.kv.revision()).unwrap_or(0);
+        NodeStatus {
+            id: self.id,
+            leader: m.current_leader,
+            term: m.current_term,
+            state: m.state,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            committed: m.local_committed.map_or(0, |l| l.index),
+            applied: m.last_applied.map_or(0, |l| l.index),
+            revision,
+            members,
+            learners,
+        }
+    }
+
+    /// Default deadline for a request that carries none.
+    pub fn deadline(&self, client_timeout: Option<Duration>) -> Instant {
+        let t = client_timeout.unwrap_or(self.config.request_timeout);
+        Instant::now() + t.min(self.config.request_timeout.max(Duration::from_secs(1)) * 6)
+    }
+
+    /// Waits (bounded) until some leader is known; `None` at the deadline.
+    async fn wait_leader(&self, deadline: Instant) -> Option<u64> {
+        let mut rx = self.raft.metrics();
+        let wait = Duration::from_millis(self.config.election_timeout_max_ms * 2);
+        let until = deadline.min(Instant::now() + wait);
+        loop {
+            if let Some(l) = rx.borrow_and_update().current_leader {
+                return Some(l);
+            }
+            if tokio::time::timeout_at(until, rx.changed()).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Proposes `req` and returns its applied result. Forwards to the leader
+    /// when this member is not it.
+    pub async fn write(&self, req: Request, deadline: Instant) -> Result<Response, NodeError> {
+        loop {
+            match self.write_local(req.clone(), deadline).await {
+                Ok(r) => return Ok(r),
+                Err(Redirect::Leader(l)) if l != self.id => {
+                    return self.forward_write(l, req, deadline).await
+                }
+                Err(Redirect::Leader(_)) | Err(Redirect::Unknown) => {
+                    if Instant::now() >= deadline {
+                        return Err(NodeError::Timeout);
+                    }
+                    match self.wait_leader(deadline).await {
+                        None => return Err(NodeError::NoLeader),
+                        Some(l) if l != self.id => {
+                            return self.forward_write(l, req, deadline).await
+                        }
+                        Some(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+                Err(Redirect::Failed(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Proposes on this member only.
+    async fn write_local(&self, req: Request, deadline: Instant) -> Result<Response, Redirect> {
+        match tokio::time::timeout_at(deadline, self.raft.client_write(req)).await {
+            Err(_) => Err(Redirect::Failed(NodeError::Timeout)),
+            Ok(Ok(r)) => Ok(r.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(f.leader_id.map_or(Redirect::Unknown, Redirect::Leader))
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+                Err(Redirect::Failed(NodeError::LeaderChanged))
+            }
+            Ok(Err(RaftError::APIError(e))) => {
+                Err(Redirect::Failed(NodeError::Internal(e.to_string())))
+            }
+            Ok(Err(RaftError::Fatal(_))) => Err(Redirect::Failed(NodeError::Stopped)),
+        }
+    }
+
+    fn forward_client(&self, leader: u64) -> Result<RaftPeerClient<Channel>, NodeError> {
+        let addr = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|m| m.peer_addr.clone())
+            .ok_or(NodeError::NoLeader)?;
+        let mut cache = self
+            .forward_clients
+            .lock()
+            .map_err(|_| NodeError::Internal("forward client cache poisoned".into()))?;
+        if let Some((a, c)) = cache.get(&leader) {
+            if *a == addr {
+                return Ok(c.clone());
+            }
+        }
+        let c = network::peer_client(&addr).map_err(NodeError::Internal)?;
+        cache.insert(leader, (addr, c.clone()));
+        Ok(c)
+    }
+
+    async fn forward(
+        &self,
+        leader: u64,
+        req: &ForwardRequest,
+        deadline: Instant,
+    ) -> Result<ForwardResponse, NodeError> {
+        let mut client = self.forward_client(leader)?;
+        let mut r = tonic::Request::new(network::encode(req).map_err(NodeError::Internal)?);
+        r.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        match client.forward(r).await {
+            Ok(resp) => network::decode(resp.get_ref()).map_err(NodeError::Internal),
+            Err(s) if s.code() == tonic::Code::DeadlineExceeded => Err(NodeError::Timeout),
+            Err(s) => {
+                tracing::debug!("forward to {leader:x}: {s}");
+                Err(NodeError::LeaderChanged)
+            }
+        }
+    }
+
+    async fn forward_write(
+        &self,
+        leader: u64,
+        req: Request,
+        deadline: Instant,
+    ) -> Result<Response, NodeError> {
+        let mut leader = leader;
+        for _ in 0..3 {
+            match self
+                .forward(leader, &ForwardRequest::Write(req.clone()), deadline)
+                .await?
+            {
+                ForwardResponse::Write(r) => return Ok(r),
+                // The receiver refused before proposing: safe to try again.
+                ForwardResponse::NotLeader(Some(l)) if l != leader => leader = l,
+                ForwardResponse::NotLeader(_) => match self.wait_leader(deadline).await {
+                    Some(l) if l != self.id => leader = l,
+                    Some(_) => {
+                        return self
+                            .write_local(req, deadline)
+                            .await
+                            .map_err(Redirect::into_error)
+                    }
+                    None => return Err(NodeError::NoLeader),
+                },
+                ForwardResponse::Failed(e) => return Err(e),
+                ForwardResponse::ReadIndex(_) => {
+                    return Err(NodeError::Internal("unexpected forward answer".into()))
+                }
+            }
+        }
+        Err(NodeError::NoLeader)
+    }
+
+    /// Serves a forwarded request as the leader.
+    pub async fn handle_forward(&self, req: ForwardRequest, deadline: Instant) -> ForwardResponse {
+        match req {
+            ForwardRequest::Write(r) => match self.write_local(r, deadline).await {
+                Ok(resp) => ForwardResponse::Write(resp),
+                Err(Redirect::Leader(l)) => ForwardResponse::NotLeader(Some(l)),
+                Err(Redirect::Unknown) => ForwardResponse::NotLeader(None),
+                Err(Redirect::Failed(e)) => ForwardResponse::Failed(e),
+            },
+            ForwardRequest::ReadIndex => {
+                let fut = self.raft.get_read_log_id(ReadPolicy::ReadIndex);
+                match tokio::time::timeout_at(deadline, fut).await {
+                    Err(_) => ForwardResponse::Failed(NodeError::Timeout),
+                    Ok(Ok((read, _applied))) => ForwardResponse::ReadIndex(read.index()),
+                    Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
+                        ForwardResponse::NotLeader(f.leader_id)
+                    }
+                    Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)))) => {
+                        ForwardResponse::Failed(NodeError::NoLeader)
+                    }
+                    Ok(Err(RaftError::Fatal(_))) => ForwardResponse::Failed(NodeError::Stopped),
+                }
+            }
+        }
+    }
+
+    /// Returns once a read of the local state machine is linearizable: the
+    /// leader confirmed its leadership with a quorum and this member applied
+    /// at least the leader's commit index at that moment.
+    pub async fn linearize(&self, deadline: Instant) -> Result<(), NodeError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let fut = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
+            let leader = match tokio::time::timeout_at(deadline, fut).await {
+                Err(_) => return Err(NodeError::Timeout),
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
+                    f.leader_id
+                }
+                Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)))) => {
+                    return Err(NodeError::NoLeader)
+                }
+                Ok(Err(RaftError::Fatal(_))) => return Err(NodeError::Stopped),
+            };
+            let leader = match leader {
+                Some(l) if l != self.id => l,
+                _ => match self.wait_leader(deadline).await {
+                    Some(l) if l != self.id => l,
+                    Some(_) if tries < 3 => continue,
+                    _ => return Err(NodeError::NoLeader),
+                },
+            };
+            match self
+                .forward(leader, &ForwardRequest::ReadIndex, deadline)
+                .await?
+            {
+                ForwardResponse::ReadIndex(idx) => return self.wait_applied(idx, deadline).await,
+                ForwardResponse::NotLeader(_) if tries < 3 => {
+                    self.wait_leader(deadline).await;
+                }
+                ForwardResponse::Failed(e) => return Err(e),
+                _ => return Err(NodeError::NoLeader),
+            }
+        }
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), NodeError> {
+        let mut rx = self.sm.applied();
+        loop {
+            if *rx.borrow_and_update() >= index {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Err(_) => return Err(NodeError::Timeout),
+                Ok(Err(_)) => return Err(NodeError::Stopped),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
+    /// Stops Raft (flushes what is in flight).
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+    }
+}
+
+enum Redirect {
+    Leader(u64),
+    Unknown,
+    Failed(NodeError),
+}
+
+impl Redirect {
+    fn into_error(self) -> NodeError {
+        match self {
+            Redirect::Leader(_) | Redirect::Unknown => NodeError::NoLeader,
+            Redirect::Failed(e) => e,
+        }
+    }
+}
+
+/// Publishes this member's client address into the replicated state until it
+/// is there (as etcd publishes member attributes after start).
+async fn publish_client_addr(node: Arc<Node>) {
+    let mut backoff = network::jittered_backoff(Duration::from_millis(100), Duration::from_secs(2));
+    loop {
+        let present = node
+            .sm
+            .read()
+            .map(|d| d.client_addrs.get(&node.id) == Some(&node.client_addr))
+            .unwrap_or(false);
+        if present {
+            return;
+        }
+        let req = Request::Publish {
+            node_id: node.id,
+            client_addr: node.client_addr.clone(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        match node.write(req, deadline).await {
+            Ok(_) | Err(NodeError::Stopped) => return,
+            Err(e) => tracing::debug!("publishing client address: {e}"),
+        }
+        if let Some(d) = backoff.next() {
+            tokio::time::sleep(d).await;
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Errors of the replicated state machine: the request errors a command can
+//! deterministically produce when applied (`StateError`, carrying etcd's exact
+//! messages), their gRPC classification (`ErrorClass`), and the errors of
+//! decoding a snapshot (`SnapshotError`).
+//!
+//! A `StateError` is part of a command's replicated result: every replica
+//! produces the same one for the same command, so it is serializable and
+//! comparable. This module must never depend on gRPC types; the api layer maps
+//! `ErrorClass` to a status code once.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// An error a request gets from the state machine. `Display` is etcd's error
+/// string for the mvcc/etcdserver error; [`StateError::grpc_message`] is the
+/// exact message etcd puts in its gRPC status (clients match on it).
+#[derive(Clone, Debug, PartialEq, Eq, Error, Serialize, Deserialize)]
+pub enum StateError {
+    /// The requested revision is older than the compact revision.
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    /// The requested revision is newer than the current revision.
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// A put with `ignore_value` or `ignore_lease` on a key that does not exist.
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// A txn puts one key twice, or puts a key inside a range it deletes.
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    /// A txn level has more than [`crate::state::validate::MAX_TXN_OPS`] compares or ops.
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    /// A request (or a txn compare) has an empty key.
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    /// A put with `ignore_value` also carries a value.
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    /// A put with `ignore_lease` also carries a lease.
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    /// A put attaches a lease that does not exist.
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+}
+
+/// How the api layer should classify a [`StateError`] (etcd's gRPC codes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// gRPC `OUT_OF_RANGE`.
+    OutOfRange,
+    /// gRPC `INVALID_ARGUMENT`.
+    InvalidArgument,
+    /// gRPC `NOT_FOUND`.
+    NotFound,
+}
+
+impl StateError {
+    /// The gRPC code class etcd uses for this error (`rpctypes.ErrGRPC*`).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            StateError::Compacted | StateError::FutureRevision => ErrorClass::OutOfRange,
+            StateError::KeyNotFound
+            | StateError::DuplicateKey
+            | StateError::TooManyOps
+            | StateError::EmptyKey
+            | StateError::ValueProvided
+            | StateError::LeaseProvided => ErrorClass::InvalidArgument,
+            StateError::LeaseNotFound => ErrorClass::NotFound,
+        }
+    }
+
+    /// True for errors etcd reports as `INVALID_ARGUMENT`.
+    pub fn is_invalid_argument(&self) -> bool {
+        self.class() == ErrorClass::InvalidArgument
+    }
+
+    /// The exact message etcd sends in the gRPC status for this error. It
+    /// differs from `Display` only for the mvcc errors, which etcd prefixes
+    /// with `etcdserver: ` (`rpctypes.ErrGRPCCompacted`, `ErrGRPCFutureRev`).
+    /// etcd clients recognise errors by this string, so send it verbatim.
+    pub fn grpc_message(&self) -> &'static str {
+        match self {
+            StateError::Compacted => "etcdserver: mvcc: required revision has been compacted",
+            StateError::FutureRevision => {
+                "etcdserver: mvcc: required revision is a future revision"
+            }
+            StateError::KeyNotFound => "etcdserver: key not found",
+            StateError::DuplicateKey => "etcdserver: duplicate key given in txn request",
+            StateError::TooManyOps => "etcdserver: too many operations in txn request",
+            StateError::EmptyKey => "etcdserver: key is not provided",
+            StateError::ValueProvided => "etcdserver: value is provided",
+            StateError::LeaseProvided => "etcdserver: lease is provided",
+            StateError::LeaseNotFound => "etcdserver: requested lease not found",
+        }
+    }
+}
+
+/// Why a snapshot could not be read (or, in theory, written).
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum SnapshotError {
+    #[error("snapshot is too short: {len} bytes, the header alone is {header} bytes")]
+    TooShort { len: usize, header: usize },
+    #[error("not a warden state snapshot: bad magic bytes {found:02x?}")]
+    BadMagic { found: Vec<u8> },
+    #[error("unsupported snapshot format version {found} (this build reads version {supported})")]
+    UnsupportedVersion { found: u32, supported: u32 },
+    #[error("snapshot body length mismatch: header says {expected} bytes, found {actual}")]
+    LengthMismatch { expected: u64, actual: u64 },
+    #[error(
+        "snapshot checksum mismatch: header says {expected:#010x}, body hashes to {actual:#010x}"
+    )]
+    ChecksumMismatch { expected: u32, actual: u32 },
+    #[error("snapshot body cannot be decoded: {0}")]
+    Decode(String),
+    #[error("snapshot body is inconsistent: {0}")]
+    Invalid(String),
+    #[error("state cannot be encoded into a snapshot: {0}")]
+    Encode(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_match_etcd() {
+        assert_eq!(
+            StateError::Compacted.to_string(),
+            "mvcc: required revision has been compacted"
+        );
+        assert_eq!(
+            StateError::FutureRevision.to_string(),
+            "mvcc: required revision is a future revision"
+        );
+        assert_eq!(
+            StateError::KeyNotFound.to_string(),
+            "etcdserver: key not found"
+        );
+        assert_eq!(
+            StateError::DuplicateKey.to_string(),
+            "etcdserver: duplicate key given in txn request"
+        );
+        assert_eq!(
+            StateError::TooManyOps.to_string(),
+            "etcdserver: too many operations in txn request"
+        );
+        assert_eq!(
+            StateError::EmptyKey.to_string(),
+            "etcdserver: key is not provided"
+        );
+        assert_eq!(
+            StateError::LeaseNotFound.to_string(),
+            "etcdserver: requested lease not found"
+        );
+        assert_eq!(
+            StateError::Compacted.grpc_message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+    }
+
+    #[test]
+    fn grpc_message_is_display_outside_mvcc() {
+        for e in [
+            StateError::KeyNotFound,
+            StateError::DuplicateKey,
+            StateError::TooManyOps,
+            StateError::EmptyKey,
+            StateError::ValueProvided,
+            StateError::LeaseProvided,
+            StateError::LeaseNotFound,
+        ] {
+            assert_eq!(e.to_string(), e.grpc_message());
+        }
+        for e in [StateError::Compacted, StateError::FutureRevision] {
+            assert_eq!(format!("etcdserver: {e}"), e.grpc_message());
+        }
+    }
+
+    #[test]
+    fn classes() {
+        assert_eq!(StateError::Compacted.class(), ErrorClass::OutOfRange);
+        assert_eq!(StateError::FutureRevision.class(), ErrorClass::OutOfRange);
+        assert_eq!(StateError::LeaseNotFound.class(), ErrorClass::NotFound);
+        for e in [
+            StateError::KeyNotFound,
+            StateError::DuplicateKey,
+            StateError::TooManyOps,
+            StateError::EmptyKey,
+            StateError::ValueProvided,
+            StateError::LeaseProvided,
+        ] {
+            assert!(e.is_invalid_argument(), "{e:?}");
+        }
+        assert!(!StateError::Compacted.is_invalid_argument());
+    }
+}

@@ -1,0 +1,504 @@
+//! The state machine the Raft log drives: the `Command`s that go into the
+//! log, `StateMachine::apply` (command → result, new revision, events), reads
+//! served outside the log, and the snapshot format.
+//!
+//! Snapshot format (all integers little-endian):
+//!
+//! | bytes | field                                      |
+//! |-------|--------------------------------------------|
+//! | 8     | magic `b"WDNSNAP1"`                        |
+//! | 4     | format version (`u32`, currently 1)        |
+//! | 8     | body length (`u64`)                        |
+//! | 4     | CRC32 (IEEE) of the body                   |
+//! | n     | body: the `StateMachine`, postcard-encoded |
+//!
+//! Encoding is deterministic (ordered maps only), so replicas that applied the
+//! same commands produce byte-identical snapshots. A snapshot with a wrong
+//! magic, version, length or checksum, or a body that does not decode to a
+//! consistent store, is refused with a [`SnapshotError`] naming the problem.
+//! Like the rest of `state`, nothing here does IO or reads clocks.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{SnapshotError, StateError};
+use super::mvcc::{MvccStore, NoLeases};
+use super::types::{
+    CompactionRequest, DeleteRangeRequest, DeleteRangeResponse, Event, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+
+/// A write, as proposed to and committed in the Raft log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    Compact(CompactionRequest),
+}
+
+/// The successful outcome of a [`Command`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact,
+}
+
+/// What applying one command did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The response, or the error the command failed with (then nothing
+    /// changed).
+    pub result: Result<CommandResult, StateError>,
+    /// The store revision after the apply (the response header revision).
+    pub revision: i64,
+    /// Key changes in apply order, for watchers. Empty on error.
+    pub events: Vec<Event>,
+}
+
+/// The replicated state. See the module docs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateMachine {
+    mvcc: MvccStore,
+    // Lease table goes here; it must then be passed to the mvcc writes
+    // instead of `NoLeases` (see `mvcc::LeaseLookup`).
+}
+
+/// Magic bytes opening every snapshot.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"WDNSNAP1";
+/// The snapshot format version this build writes and reads.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// Length of the snapshot header before the body.
+pub const SNAPSHOT_HEADER_LEN: usize = 8 + 4 + 8 + 4;
+
+impl StateMachine {
+    /// A fresh state machine (store at revision 1).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies one committed command. Deterministic: the same command on
+    /// the same state gives the same `Applied` and the same new state.
+    pub fn apply(&mut self, cmd: &Command) -> Applied {
+        let leases = NoLeases;
+        let (result, events) = match cmd {
+            Command::Put(req) => match self.mvcc.put(req, &leases) {
+                Ok(w) => (Ok(CommandResult::Put(w.response)), w.events),
+                Err(e) => (Err(e), Vec::new()),
+            },
+            Command::DeleteRange(req) => match self.mvcc.delete_range(req) {
+                Ok(w) => (Ok(CommandResult::DeleteRange(w.response)), w.events),
+                Err(e) => (Err(e), Vec::new()),
+            },
+            Command::Txn(req) => match self.mvcc.txn(req, &leases) {
+                Ok(w) => (Ok(CommandResult::Txn(w.response)), w.events),
+                Err(e) => (Err(e), Vec::new()),
+            },
+            Command::Compact(req) => (
+                self.mvcc
+                    .compact(req.revision)
+                    .map(|()| CommandResult::Compact),
+                Vec::new(),
+            ),
+        };
+        Applied {
+            result,
+            revision: self.mvcc.current_revision(),
+            events,
+        }
+    }
+
+    /// A read served outside the log (serializable, or after a read index).
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, StateError> {
+        self.mvcc.range(req)
+    }
+
+    /// The current store revision.
+    pub fn revision(&self) -> i64 {
+        self.mvcc.current_revision()
+    }
+
+    /// The revision of the last compaction (0 if none).
+    pub fn compact_revision(&self) -> i64 {
+        self.mvcc.compact_revision()
+    }
+
+    /// See [`MvccStore::hash_kv`].
+    pub fn hash_kv(&self, rev: i64) -> u32 {
+        self.mvcc.hash_kv(rev)
+    }
+
+    /// Checks the invariants a state built by `apply` always has. Callers
+    /// that decode a `StateMachine` themselves (rather than through
+    /// [`StateMachine::from_snapshot_bytes`], which runs this) should call it
+    /// before trusting the result.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.mvcc.check_invariants()
+    }
+
+    /// Read access to the key-value store.
+    pub fn mvcc(&self) -> &MvccStore {
+        &self.mvcc
+    }
+
+    /// Encodes the whole state as a snapshot (format in the module docs).
+    ///
+    /// Encoding cannot fail for these types (every collection has a known
+    /// length); the `Result` only avoids a panic path.
+    pub fn to_snapshot_bytes(&self) -> Result<Vec<u8>, SnapshotError> {
+        let body = postcard::to_stdvec(self).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+        let mut out = Vec::with_capacity(SNAPSHOT_HEADER_LEN + body.len());
+        out.extend_from_slice(&SNAPSHOT_MAGIC);
+        out.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// Decodes a snapshot made by [`StateMachine::to_snapshot_bytes`],
+    /// refusing anything truncated, foreign, corrupt or inconsistent.
+    pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        let too_short = || SnapshotError::TooShort {
+            len: bytes.len(),
+            header: SNAPSHOT_HEADER_LEN,
+        };
+        let field = |from: usize, to: usize| bytes.get(from..to).ok_or_else(too_short);
+        let magic = field(0, 8)?;
+        let version = field(8, 12)?;
+        let len = field(12, 20)?;
+        let crc = field(20, SNAPSHOT_HEADER_LEN)?;
+        let body = bytes.get(SNAPSHOT_HEADER_LEN..).ok_or_else(too_short)?;
+        if magic != SNAPSHOT_MAGIC {
+            return Err(SnapshotError::BadMagic {
+                found: magic.to_vec(),
+            });
+        }
+        let version = u32::from_le_bytes(le_array(version));
+        if version != SNAPSHOT_FORMAT_VERSION {
+            return Err(SnapshotError::UnsupportedVersion {
+                found: version,
+                supported: SNAPSHOT_FORMAT_VERSION,
+            });
+        }
+        let expected_len = u64::from_le_bytes(le_array(len));
+        if expected_len != body.len() as u64 {
+            return Err(SnapshotError::LengthMismatch {
+                expected: expected_len,
+                actual: body.len() as u64,
+            });
+        }
+        let expected_crc = u32::from_le_bytes(le_array(crc));
+        let actual_crc = crc32fast::hash(body);
+        if expected_crc != actual_crc {
+            return Err(SnapshotError::ChecksumMismatch {
+                expected: expected_crc,
+                actual: actual_crc,
+            });
+        }
+        let (machine, rest): (StateMachine, &[u8]) =
+            postcard::take_from_bytes(body).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(SnapshotError::Decode(format!(
+                "{} trailing bytes after the state",
+                rest.len()
+            )));
+        }
+        machine.check_invariants().map_err(SnapshotError::Invalid)?;
+        Ok(machine)
+    }
+}
+
+/// Copies a header field into a fixed array; the caller's split sizes
+/// guarantee the length, a shorter slice leaves zeros.
+fn le_array<const N: usize>(s: &[u8]) -> [u8; N] {
+    let mut a = [0u8; N];
+    for (dst, src) in a.iter_mut().zip(s) {
+        *dst = *src;
+    }
+    a
+}
+
+/// Writes at most 48 bytes of a key, escaped, then the total length if cut.
+struct ShortBytes<'a>(&'a [u8]);
+
+impl fmt::Display for ShortBytes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MAX: usize = 48;
+        f.write_str("\"")?;
+        for &b in self.0.iter().take(MAX) {
+            write!(f, "{}", std::ascii::escape_default(b))?;
+        }
+        f.write_str("\"")?;
+        if self.0.len() > MAX {
+            write!(f, "…({} bytes)", self.0.len())?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Put(p) => {
+                write!(
+                    f,
+                    "put key={} ({} bytes)",
+                    ShortBytes(&p.key),
+                    p.value.len()
+                )?;
+                if p.lease != 0 {
+                    write!(f, " lease={:x}", p.lease)?;
+                }
+                Ok(())
+            }
+            Command::DeleteRange(d) => {
+                write!(f, "delete key={}", ShortBytes(&d.key))?;
+                match d.range_end.as_slice() {
+                    [] => Ok(()),
+                    [0] => f.write_str(" range_end=<all after>"),
+                    end => write!(f, " range_end={}", ShortBytes(end)),
+                }
+            }
+            Command::Txn(t) => write!(
+                f,
+                "txn compares={} success={} failure={}",
+                t.compare.len(),
+                t.success.len(),
+                t.failure.len()
+            ),
+            Command::Compact(c) => write!(f, "compact revision={}", c.revision),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::types::{EventKind, KeyValue};
+
+    fn put(k: &str, v: &str) -> Command {
+        Command::Put(PutRequest {
+            key: k.as_bytes().to_vec(),
+            value: v.as_bytes().to_vec(),
+            ..Default::default()
+        })
+    }
+
+    fn sample() -> StateMachine {
+        let mut m = StateMachine::new();
+        for c in [
+            put("a", "1"),
+            put("b", "2"),
+            put("a", "3"),
+            Command::DeleteRange(DeleteRangeRequest {
+                key: b"b".to_vec(),
+                range_end: vec![],
+                prev_kv: true,
+            }),
+            put("c", "4"),
+            Command::Compact(CompactionRequest {
+                revision: 3,
+                physical: false,
+            }),
+        ] {
+            assert!(m.apply(&c).result.is_ok(), "{c}");
+        }
+        m
+    }
+
+    #[test]
+    fn apply_reports_revision_and_events() {
+        let mut m = StateMachine::new();
+        assert_eq!(m.revision(), 1);
+        let a = m.apply(&put("k", "v"));
+        assert_eq!(a.revision, 2);
+        assert_eq!(
+            a.result,
+            Ok(CommandResult::Put(PutResponse { prev_kv: None }))
+        );
+        assert_eq!(a.events.len(), 1);
+        assert_eq!(a.events[0].kind, EventKind::Put);
+        let a = m.apply(&Command::DeleteRange(DeleteRangeRequest {
+            key: b"k".to_vec(),
+            range_end: vec![],
+            prev_kv: false,
+        }));
+        assert_eq!(a.revision, 3);
+        assert_eq!(
+            a.events[0].kv,
+            KeyValue {
+                key: b"k".to_vec(),
+                mod_revision: 3,
+                ..Default::default()
+            }
+        );
+        // Errors change nothing and report the unchanged revision.
+        let a = m.apply(&Command::Compact(CompactionRequest {
+            revision: 10,
+            physical: false,
+        }));
+        assert_eq!(a.result, Err(StateError::FutureRevision));
+        assert_eq!(a.revision, 3);
+        assert!(a.events.is_empty());
+        let a = m.apply(&Command::Compact(CompactionRequest {
+            revision: 3,
+            physical: true,
+        }));
+        assert_eq!(a.result, Ok(CommandResult::Compact));
+        assert_eq!(a.revision, 3);
+        assert_eq!(m.compact_revision(), 3);
+    }
+
+    #[test]
+    fn lease_puts_are_refused_without_a_lease_table() {
+        let mut m = StateMachine::new();
+        let a = m.apply(&Command::Put(PutRequest {
+            key: b"k".to_vec(),
+            lease: 7,
+            ..Default::default()
+        }));
+        assert_eq!(a.result, Err(StateError::LeaseNotFound));
+        assert_eq!(a.revision, 1);
+    }
+
+    #[test]
+    fn snapshot_round_trip() {
+        let m = sample();
+        let bytes = m.to_snapshot_bytes().unwrap();
+        assert_eq!(&bytes[..8], b"WDNSNAP1");
+        let back = StateMachine::from_snapshot_bytes(&bytes).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.to_snapshot_bytes().unwrap(), bytes);
+        assert_eq!(back.hash_kv(0), m.hash_kv(0));
+        // Deterministic: an independent replica yields the same bytes.
+        assert_eq!(sample().to_snapshot_bytes().unwrap(), bytes);
+    }
+
+    #[test]
+    fn corrupt_snapshots_are_refused() {
+        let bytes = sample().to_snapshot_bytes().unwrap();
+        // Any single flipped bit anywhere is refused.
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x10;
+            assert!(
+                StateMachine::from_snapshot_bytes(&b).is_err(),
+                "flip at byte {i} accepted"
+            );
+        }
+        // Any truncation is refused.
+        for n in 0..bytes.len() {
+            assert!(
+                StateMachine::from_snapshot_bytes(&bytes[..n]).is_err(),
+                "cut at {n}"
+            );
+        }
+        // Extra bytes are refused.
+        let mut b = bytes.clone();
+        b.push(0);
+        assert!(matches!(
+            StateMachine::from_snapshot_bytes(&b),
+            Err(SnapshotError::LengthMismatch { .. })
+        ));
+
+        let mut b = bytes.clone();
+        b[0] = b'X';
+        assert!(matches!(
+            StateMachine::from_snapshot_bytes(&b),
+            Err(SnapshotError::BadMagic { .. })
+        ));
+        let mut b = bytes.clone();
+        b[8] = 2;
+        assert_eq!(
+            StateMachine::from_snapshot_bytes(&b),
+            Err(SnapshotError::UnsupportedVersion {
+                found: 2,
+                supported: 1
+            })
+        );
+        let mut b = bytes.clone();
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        assert!(matches!(
+            StateMachine::from_snapshot_bytes(&b),
+            Err(SnapshotError::ChecksumMismatch { .. })
+        ));
+        assert!(matches!(
+            StateMachine::from_snapshot_bytes(&bytes[..10]),
+            Err(SnapshotError::TooShort { .. })
+        ));
+        let e = StateMachine::from_snapshot_bytes(&bytes[..bytes.len() - 1]).unwrap_err();
+        assert!(e.to_string().contains("length mismatch"), "{e}");
+    }
+
+    #[test]
+    fn valid_checksum_but_garbage_body_is_refused() {
+        let body = vec![0xffu8; 20];
+        let mut b = Vec::new();
+        b.extend_from_slice(&SNAPSHOT_MAGIC);
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        b.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        b.extend_from_slice(&body);
+        assert!(matches!(
+            StateMachine::from_snapshot_bytes(&b),
+            Err(SnapshotError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn inconsistent_body_is_refused() {
+        // A well-formed encoding of an impossible store: revision 0.
+        #[derive(Serialize)]
+        struct Fake {
+            current_revision: i64,
+            compact_revision: i64,
+            live_keys: u64,
+            keys: std::collections::BTreeMap<Vec<u8>, ()>,
+        }
+        let body = postcard::to_stdvec(&Fake {
+            current_revision: 0,
+            compact_revision: 0,
+            live_keys: 0,
+            keys: Default::default(),
+        })
+        .unwrap();
+        let mut b = Vec::new();
+        b.extend_from_slice(&SNAPSHOT_MAGIC);
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        b.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        b.extend_from_slice(&body);
+        assert!(matches!(
+            StateMachine::from_snapshot_bytes(&b),
+            Err(SnapshotError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn command_display() {
+        assert_eq!(put("foo", "bar").to_string(), "put key=\"foo\" (3 bytes)");
+        let d = Command::DeleteRange(DeleteRangeRequest {
+            key: b"a\x00".to_vec(),
+            range_end: vec![0],
+            prev_kv: false,
+        });
+        assert_eq!(d.to_string(), "delete key=\"a\\x00\" range_end=<all after>");
+        let long = Command::Put(PutRequest {
+            key: vec![b'x'; 100],
+            ..Default::default()
+        });
+        assert!(long.to_string().contains("…(100 bytes)"));
+        let t = Command::Txn(TxnRequest::default());
+        assert_eq!(t.to_string(), "txn compares=0 success=0 failure=0");
+        let c = Command::Compact(CompactionRequest {
+            revision: 9,
+            physical: false,
+        });
+        assert_eq!(c.to_string(), "compact revision=9");
+    }
+}

@@ -1,0 +1,1726 @@
+//! The MVCC key-value store: every key's history of versions, the store
+//! revision and the compact revision, with etcd v3.5's semantics for Range,
+//! Put, DeleteRange, Txn and Compact (`server/etcdserver/apply.go`,
+//! `server/storage/mvcc`).
+//!
+//! Model: a `BTreeMap` from key to that key's history, a list of versions in
+//! revision order; a tombstone ends a life of the key. A read at revision `r`
+//! looks at each key's last version with `mod_revision <= r` (binary search),
+//! so a single-key read or write is O(log n) and a range over k keys is
+//! O(k log n). Every write request gets the next main revision; all writes of
+//! one txn share it (etcd's sub-revisions are not kept: within one revision
+//! only the last write of a key is visible, which is all etcd exposes too).
+//!
+//! This module must stay deterministic: no IO, clocks, randomness or hash-map
+//! iteration. Two stores given the same requests are equal, field for field.
+//! Leases are not owned here; a put that names a lease asks a [`LeaseLookup`].
+
+use std::cmp::Ordering;
+use std::collections::{btree_map, BTreeMap};
+use std::ops::Bound;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::StateError;
+use super::types::{
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, Event,
+    EventKind, KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,
+};
+use super::validate;
+
+/// Answers whether a lease exists, for puts that attach one (etcd's
+/// `lessor.Lookup`). The lease table will implement this; until it exists,
+/// [`NoLeases`] refuses every lease, so `put` with `lease != 0` gets
+/// `LeaseNotFound`.
+pub trait LeaseLookup {
+    fn lease_exists(&self, lease: i64) -> bool;
+}
+
+/// A lease table with no leases in it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoLeases;
+
+impl LeaseLookup for NoLeases {
+    fn lease_exists(&self, _lease: i64) -> bool {
+        false
+    }
+}
+
+/// What a write request returns: its response and the events it produced,
+/// in apply order (empty when the write changed nothing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteResult<T> {
+    pub response: T,
+    pub events: Vec<Event>,
+}
+
+/// A key's value in one life of the key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Live {
+    create_revision: i64,
+    version: i64,
+    lease: i64,
+    value: Vec<u8>,
+}
+
+/// One version of a key: a value, or a tombstone (`live == None`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Version {
+    mod_revision: i64,
+    live: Option<Live>,
+}
+
+/// A key's versions, `mod_revision` non-decreasing. Never empty in the store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct History {
+    versions: Vec<Version>,
+}
+
+impl History {
+    /// The version visible at `rev`: the last one with `mod_revision <= rev`.
+    fn at(&self, rev: i64) -> Option<&Version> {
+        let n = self.versions.partition_point(|v| v.mod_revision <= rev);
+        n.checked_sub(1).and_then(|i| self.versions.get(i))
+    }
+
+    /// The live value at `rev` with its mod revision, if the key exists then.
+    fn live_at(&self, rev: i64) -> Option<(i64, &Live)> {
+        self.at(rev)
+            .and_then(|v| v.live.as_ref().map(|l| (v.mod_revision, l)))
+    }
+
+    fn is_live(&self) -> bool {
+        self.versions.last().is_some_and(|v| v.live.is_some())
+    }
+
+    /// Drops versions no read at a revision `>= rev` can see: everything
+    /// before the last version `<= rev`, and that one too if a tombstone.
+    fn compact(&mut self, rev: i64) {
+        let n = self.versions.partition_point(|v| v.mod_revision <= rev);
+        let Some(last) = n.checked_sub(1) else { return };
+        let keep_from = match self.versions.get(last) {
+            Some(v) if v.live.is_some() => last,
+            _ => n,
+        };
+        self.versions.drain(..keep_from);
+    }
+}
+
+fn to_kv(key: &[u8], mod_revision: i64, live: &Live, with_value: bool) -> KeyValue {
+    KeyValue {
+        key: key.to_vec(),
+        create_revision: live.create_revision,
+        mod_revision,
+        version: live.version,
+        value: if with_value {
+            live.value.clone()
+        } else {
+            Vec::new()
+        },
+        lease: live.lease,
+    }
+}
+
+/// Key-range bounds with etcd's conventions: empty `range_end` = `key` alone;
+/// `[0]` = every key `>= key`; otherwise `[key, range_end)` (empty if
+/// `range_end <= key`).
+fn bounds<'a>(key: &'a [u8], range_end: &'a [u8]) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+    if range_end.is_empty() {
+        (Bound::Included(key), Bound::Included(key))
+    } else if range_end == [0] {
+        (Bound::Included(key), Bound::Unbounded)
+    } else if key < range_end {
+        (Bound::Included(key), Bound::Excluded(range_end))
+    } else {
+        // Empty; `BTreeMap::range` would panic on start > end.
+        (Bound::Included(key), Bound::Excluded(key))
+    }
+}
+
+/// State of one write request in progress. All its writes go to revision
+/// `begin_rev + 1`; `events` lists every key written, so a failed request
+/// can be rolled back by popping those versions.
+struct Write {
+    begin_rev: i64,
+    live_keys_before: u64,
+    changed: bool,
+    events: Vec<Event>,
+}
+
+impl Write {
+    fn rev(&self) -> i64 {
+        self.begin_rev + 1
+    }
+
+    /// The revision reads inside the request see as "current": its own
+    /// writes once it has made any (etcd's `storeTxnWrite.Range`).
+    fn read_rev(&self) -> i64 {
+        if self.changed {
+            self.rev()
+        } else {
+            self.begin_rev
+        }
+    }
+}
+
+/// The multi-version key-value store. See the module docs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MvccStore {
+    current_revision: i64,
+    compact_revision: i64,
+    /// Number of keys whose newest version is live.
+    live_keys: u64,
+    keys: BTreeMap<Vec<u8>, History>,
+}
+
+impl Default for MvccStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MvccStore {
+    /// An empty store at revision 1 with compact revision 0, like a fresh etcd.
+    pub fn new() -> Self {
+        MvccStore {
+            current_revision: 1,
+            compact_revision: 0,
+            live_keys: 0,
+            keys: BTreeMap::new(),
+        }
+    }
+
+    /// The revision of the last write (1 for a fresh store).
+    pub fn current_revision(&self) -> i64 {
+        self.current_revision
+    }
+
+    /// The revision of the last compaction (0 if never compacted). Reads at
+    /// revisions `>= compact_revision()` are served.
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_revision
+    }
+
+    /// Number of live keys at the current revision.
+    pub fn len(&self) -> usize {
+        usize::try_from(self.live_keys).unwrap_or(usize::MAX)
+    }
+
+    /// True if no key is live at the current revision.
+    pub fn is_empty(&self) -> bool {
+        self.live_keys == 0
+    }
+
+    /// The current value of one key, if it exists.
+    pub fn get(&self, key: &[u8]) -> Option<KeyValue> {
+        self.keys
+            .get(key)
+            .and_then(|h| h.live_at(self.current_revision))
+            .map(|(m, l)| to_kv(key, m, l, true))
+    }
+
+    /// etcd `Range`, outside any write (a linearizable or serializable read).
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, StateError> {
+        validate::check_range_request(req)?;
+        let rev = self.resolve_read_rev(req.revision, self.current_revision)?;
+        Ok(self.range_at(req, rev))
+    }
+
+    /// etcd `Put`. Bumps the revision by one.
+    pub fn put(
+        &mut self,
+        req: &PutRequest,
+        leases: &dyn LeaseLookup,
+    ) -> Result<WriteResult<PutResponse>, StateError> {
+        validate::check_put_request(req)?;
+        // The standalone put checks the lease first (etcd `applierV3backend.Put`).
+        if req.lease != 0 && !leases.lease_exists(req.lease) {
+            return Err(StateError::LeaseNotFound);
+        }
+        let mut w = self.begin_write();
+        match self.put_op(&mut w, req, leases) {
+            Ok(response) => Ok(self.commit(w, response)),
+            Err(e) => {
+                self.rollback(w);
+                Err(e)
+            }
+        }
+    }
+
+    /// etcd `DeleteRange`. Bumps the revision by one if it deleted anything.
+    pub fn delete_range(
+        &mut self,
+        req: &DeleteRangeRequest,
+    ) -> Result<WriteResult<DeleteRangeResponse>, StateError> {
+        validate::check_delete_request(req)?;
+        let mut w = self.begin_write();
+        let response = self.delete_op(&mut w, req);
+        Ok(self.commit(w, response))
+    }
+
+    /// etcd `Txn`: all compares (nested ones included) are evaluated against
+    /// the store as it was before the txn; the chosen ops are checked, then
+    /// run in order, later ones seeing earlier ones' writes. Either the whole
+    /// txn applies (one revision bump if it wrote anything) or, on error,
+    /// nothing changes.
+    pub fn txn(
+        &mut self,
+        req: &TxnRequest,
+        leases: &dyn LeaseLookup,
+    ) -> Result<WriteResult<TxnResponse>, StateError> {
+        validate::check_txn_request(req)?;
+        let begin = self.current_revision;
+
+        // etcd `compareToPath`: the branch taken at every level, pre-order.
+        let mut path = Vec::new();
+        let mut chosen_ops = Vec::new();
+        self.compare_path(req, begin, &mut path, &mut chosen_ops);
+
+        // etcd `checkRequests` with `checkPut`, then with `checkRange`.
+        for op in &chosen_ops {
+            if let RequestOp::Put(p) = op {
+                self.check_put_in_txn(p, begin, leases)?;
+            }
+        }
+        for op in &chosen_ops {
+            if let RequestOp::Range(q) = op {
+                self.check_range_in_txn(q, begin)?;
+            }
+        }
+
+        let mut w = self.begin_write();
+        let mut next = 0;
+        match self.exec_txn(&mut w, req, &path, &mut next, leases) {
+            Ok(response) => Ok(self.commit(w, response)),
+            Err(e) => {
+                self.rollback(w);
+                Err(e)
+            }
+        }
+    }
+
+    /// etcd `Compact`: forget history older than `rev`. Reads at `rev` and
+    /// later answer exactly as before; reads before `rev` get `Compacted`.
+    /// Does not change the current revision.
+    pub fn compact(&mut self, rev: i64) -> Result<(), StateError> {
+        if rev <= self.compact_revision {
+            return Err(StateError::Compacted);
+        }
+        if rev > self.current_revision {
+            return Err(StateError::FutureRevision);
+        }
+        self.keys.retain(|_, h| {
+            h.compact(rev);
+            !h.versions.is_empty()
+        });
+        self.compact_revision = rev;
+        Ok(())
+    }
+
+    /// CRC32 over every stored version with `mod_revision <= rev` (all of
+    /// them for `rev <= 0` or `rev > current`), in key then revision order.
+    /// Replicas that applied the same commands agree on it, like etcd's
+    /// `HashKV`; it is not etcd's exact hash.
+    pub fn hash_kv(&self, rev: i64) -> u32 {
+        let rev = if rev <= 0 || rev > self.current_revision {
+            self.current_revision
+        } else {
+            rev
+        };
+        let mut h = crc32fast::Hasher::new();
+        for (key, hist) in &self.keys {
+            for v in hist.versions.iter().take_while(|v| v.mod_revision <= rev) {
+                h.update(&(key.len() as u64).to_le_bytes());
+                h.update(key);
+                h.update(&v.mod_revision.to_le_bytes());
+                match &v.live {
+                    None => h.update(&[0]),
+                    Some(l) => {
+                        h.update(&[1]);
+                        h.update(&l.create_revision.to_le_bytes());
+                        h.update(&l.version.to_le_bytes());
+                        h.update(&l.lease.to_le_bytes());
+                        h.update(&(l.value.len() as u64).to_le_bytes());
+                        h.update(&l.value);
+                    }
+                }
+            }
+        }
+        h.finalize()
+    }
+
+    /// Checks the structural invariants a store built by this code always
+    /// has; used to refuse a snapshot that decodes but cannot be right.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if self.current_revision < 1 || self.current_revision == i64::MAX {
+            return Err(format!(
+                "current revision {} out of range",
+                self.current_revision
+            ));
+        }
+        if self.compact_revision < 0 || self.compact_revision > self.current_revision {
+            return Err(format!(
+                "compact revision {} outside [0, {}]",
+                self.compact_revision, self.current_revision
+            ));
+        }
+        let mut live = 0u64;
+        for (key, hist) in &self.keys {
+            if key.is_empty() {
+                return Err("empty key in store".into());
+            }
+            if hist.versions.is_empty() {
+                return Err(format!("key {key:02x?} has no versions"));
+            }
+            let mut prev = i64::MIN;
+            for v in &hist.versions {
+                if v.mod_revision < prev
+                    || v.mod_revision < 1
+                    || v.mod_revision > self.current_revision
+                {
+                    return Err(format!(
+                        "key {key:02x?}: mod revision {} out of order or range",
+                        v.mod_revision
+                    ));
+                }
+                prev = v.mod_revision;
+                if let Some(l) = &v.live {
+                    if l.create_revision < 1 || l.create_revision > v.mod_revision || l.version < 1
+                    {
+                        return Err(format!(
+                            "key {key:02x?}: bad version at revision {}",
+                            v.mod_revision
+                        ));
+                    }
+                }
+            }
+            if hist.is_live() {
+                live += 1;
+            }
+        }
+        if live != self.live_keys {
+            return Err(format!(
+                "live key count {} does not match the {} live keys",
+                self.live_keys, live
+            ));
+        }
+        Ok(())
+    }
+
+    // ----- reads -------------------------------------------------------------
+
+    /// Resolves a requested read revision against `current` (etcd
+    /// `rangeKeys`): `<= 0` means `current`.
+    fn resolve_read_rev(&self, requested: i64, current: i64) -> Result<i64, StateError> {
+        if requested > current {
+            return Err(StateError::FutureRevision);
+        }
+        let rev = if requested <= 0 { current } else { requested };
+        if rev < self.compact_revision {
+            return Err(StateError::Compacted);
+        }
+        Ok(rev)
+    }
+
+    fn iter_range<'a>(
+        &'a self,
+        key: &'a [u8],
+        range_end: &'a [u8],
+    ) -> btree_map::Range<'a, Vec<u8>, History> {
+        self.keys.range::<[u8], _>(bounds(key, range_end))
+    }
+
+    /// Live keys in a range at `rev`, in key order.
+    fn live_in_range<'a>(
+        &'a self,
+        key: &'a [u8],
+        range_end: &'a [u8],
+        rev: i64,
+    ) -> impl Iterator<Item = (&'a [u8], i64, &'a Live)> + 'a {
+        self.iter_range(key, range_end)
+            .filter_map(move |(k, h)| h.live_at(rev).map(|(m, l)| (k.as_slice(), m, l)))
+    }
+
+    /// etcd `applierV3backend.Range` at an already validated revision.
+    fn range_at(&self, req: &RangeRequest, rev: i64) -> RangeResponse {
+        let live = self.live_in_range(&req.key, &req.range_end, rev);
+        if req.count_only {
+            return RangeResponse {
+                kvs: Vec::new(),
+                more: false,
+                count: count_i64(live.count()),
+            };
+        }
+
+        let filtered = req.min_mod_revision != 0
+            || req.max_mod_revision != 0
+            || req.min_create_revision != 0
+            || req.max_create_revision != 0;
+        let sort_order = match (req.sort_target, req.sort_order) {
+            (SortTarget::Key, SortOrder::Ascend) => SortOrder::None,
+            (SortTarget::Key, order) => order,
+            (_, SortOrder::None) => SortOrder::Ascend,
+            (_, order) => order,
+        };
+        let limit = usize::try_from(req.limit)
+            .ok()
+            .filter(|&l| l > 0)
+            .unwrap_or(usize::MAX);
+
+        if !filtered && sort_order == SortOrder::None {
+            // Key order is the answer: build only the kvs returned.
+            let mut kvs = Vec::new();
+            let mut count = 0usize;
+            for (k, m, l) in live {
+                if count < limit {
+                    kvs.push(to_kv(k, m, l, !req.keys_only));
+                }
+                count += 1;
+            }
+            return RangeResponse {
+                kvs,
+                more: count > limit,
+                count: count_i64(count),
+            };
+        }
+
+        let keep_values = !req.keys_only || req.sort_target == SortTarget::Value;
+        let mut count = 0usize;
+        let mut kvs = Vec::new();
+        for (k, m, l) in live {
+            count += 1;
+            let pruned = (req.max_mod_revision != 0 && m > req.max_mod_revision)
+                || (req.min_mod_revision != 0 && m < req.min_mod_revision)
+                || (req.max_create_revision != 0 && l.create_revision > req.max_create_revision)
+                || (req.min_create_revision != 0 && l.create_revision < req.min_create_revision);
+            if !pruned {
+                kvs.push(to_kv(k, m, l, keep_values));
+            }
+        }
+        sort_kvs(&mut kvs, req.sort_target, sort_order);
+        let mut more = false;
+        if kvs.len() > limit {
+            kvs.truncate(limit);
+            more = true;
+        }
+        if req.keys_only {
+            for kv in &mut kvs {
+                kv.value = Vec::new();
+            }
+        }
+        RangeResponse {
+            kvs,
+            more,
+            count: count_i64(count),
+        }
+    }
+
+    /// etcd `applyCompare`: true if every key in the compare's range
+    /// satisfies it at `rev`. With no key in the range, a value compare is
+    /// false and other targets compare against zero.
+    fn compare_holds(&self, c: &Compare, rev: i64) -> bool {
+        let mut any = false;
+        for (_, m, l) in self.live_in_range(&c.key, &c.range_end, rev) {
+            any = true;
+            if !compare_one(c, Some((m, l))) {
+                return false;
+            }
+        }
+        if any {
+            return true;
+        }
+        match c.target {
+            CompareTarget::Value(_) => false,
+            _ => compare_one(c, None),
+        }
+    }
+
+    fn compares_hold(&self, t: &TxnRequest, rev: i64) -> bool {
+        t.compare.iter().all(|c| self.compare_holds(c, rev))
+    }
+
+    /// Evaluates the compares of `t` and of every nested txn on the chosen
+    /// path at `rev`, appending the branch taken (pre-order) to `path` and
+    /// the non-txn ops of the chosen path to `ops`.
+    fn compare_path<'a>(
+        &self,
+        t: &'a TxnRequest,
+        rev: i64,
+        path: &mut Vec<bool>,
+        ops: &mut Vec<&'a RequestOp>,
+    ) {
+        let ok = self.compares_hold(t, rev);
+        path.push(ok);
+        for op in if ok { &t.success } else { &t.failure } {
+            match op {
+                RequestOp::Txn(n) => self.compare_path(n, rev, path, ops),
+                other => ops.push(other),
+            }
+        }
+    }
+
+    /// etcd `checkPut`, against the store before the txn.
+    fn check_put_in_txn(
+        &self,
+        p: &PutRequest,
+        rev: i64,
+        leases: &dyn LeaseLookup,
+    ) -> Result<(), StateError> {
+        if (p.ignore_value || p.ignore_lease)
+            && self
+                .keys
+                .get(p.key.as_slice())
+                .and_then(|h| h.live_at(rev))
+                .is_none()
+        {
+            return Err(StateError::KeyNotFound);
+        }
+        if p.lease != 0 && !leases.lease_exists(p.lease) {
+            return Err(StateError::LeaseNotFound);
+        }
+        Ok(())
+    }
+
+    /// etcd `checkRange`, against the revisions before the txn.
+    fn check_range_in_txn(&self, q: &RangeRequest, rev: i64) -> Result<(), StateError> {
+        self.resolve_read_rev(q.revision, rev).map(|_| ())
+    }
+
+    // ----- writes ------------------------------------------------------------
+
+    fn begin_write(&self) -> Write {
+        Write {
+            begin_rev: self.current_revision,
+            live_keys_before: self.live_keys,
+            changed: false,
+            events: Vec::new(),
+        }
+    }
+
+    fn commit<T>(&mut self, w: Write, response: T) -> WriteResult<T> {
+        if w.changed {
+            self.current_revision = w.rev();
+        }
+        WriteResult {
+            response,
+            events: w.events,
+        }
+    }
+
+    /// Undoes every write of `w`: each written key has an event, and its
+    /// versions at `w.rev()` are the last ones in its history.
+    fn rollback(&mut self, w: Write) {
+        let rev = w.rev();
+        for ev in &w.events {
+            let key = ev.kv.key.as_slice();
+            let now_empty = match self.keys.get_mut(key) {
+                Some(h) => {
+                    while h.versions.last().is_some_and(|v| v.mod_revision == rev) {
+                        h.versions.pop();
+                    }
+                    h.versions.is_empty()
+                }
+                None => false,
+            };
+            if now_empty {
+                self.keys.remove(key);
+            }
+        }
+        self.live_keys = w.live_keys_before;
+    }
+
+    fn put_op(
+        &mut self,
+        w: &mut Write,
+        req: &PutRequest,
+        leases: &dyn LeaseLookup,
+    ) -> Result<PutResponse, StateError> {
+        let read_rev = w.read_rev();
+        let rev = w.rev();
+        let prev = self
+            .keys
+            .get(req.key.as_slice())
+            .and_then(|h| h.live_at(read_rev))
+            .map(|(m, l)| to_kv(&req.key, m, l, true));
+
+        let (value, lease) = match (&prev, req.ignore_value || req.ignore_lease) {
+            (None, true) => return Err(StateError::KeyNotFound),
+            (Some(p), _) => (
+                if req.ignore_value {
+                    p.value.clone()
+                } else {
+                    req.value.clone()
+                },
+                if req.ignore_lease { p.lease } else { req.lease },
+            ),
+            (None, false) => (req.value.clone(), req.lease),
+        };
+        if lease != 0 && !req.ignore_lease && !leases.lease_exists(lease) {
+            return Err(StateError::LeaseNotFound);
+        }
+        let (create_revision, version) = match &prev {
+            Some(p) => (p.create_revision, p.version + 1),
+            None => (rev, 1),
+        };
+        let live = Live {
+            create_revision,
+            version,
+            lease,
+            value,
+        };
+        let kv = to_kv(&req.key, rev, &live, true);
+        let new_version = Version {
+            mod_revision: rev,
+            live: Some(live),
+        };
+        match self.keys.get_mut(req.key.as_slice()) {
+            Some(h) => h.versions.push(new_version),
+            None => {
+                self.keys.insert(
+                    req.key.clone(),
+                    History {
+                        versions: vec![new_version],
+                    },
+                );
+            }
+        }
+        if prev.is_none() {
+            self.live_keys += 1;
+        }
+        w.changed = true;
+        w.events.push(Event {
+            kind: EventKind::Put,
+            kv,
+            prev_kv: prev.clone(),
+        });
+        Ok(PutResponse {
+            prev_kv: if req.prev_kv { prev } else { None },
+        })
+    }
+
+    fn delete_op(&mut self, w: &mut Write, req: &DeleteRangeRequest) -> DeleteRangeResponse {
+        let read_rev = w.read_rev();
+        let rev = w.rev();
+        let victims: Vec<KeyValue> = self
+            .live_in_range(&req.key, &req.range_end, read_rev)
+            .map(|(k, m, l)| to_kv(k, m, l, true))
+            .collect();
+        let mut response = DeleteRangeResponse {
+            deleted: count_i64(victims.len()),
+            prev_kvs: Vec::new(),
+        };
+        for prev in victims {
+            if let Some(h) = self.keys.get_mut(prev.key.as_slice()) {
+                h.versions.push(Version {
+                    mod_revision: rev,
+                    live: None,
+                });
+            }
+            self.live_keys = self.live_keys.saturating_sub(1);
+            w.changed = true;
+            w.events.push(Event {
+                kind: EventKind::Delete,
+                kv: KeyValue {
+                    key: prev.key.clone(),
+                    mod_revision: rev,
+                    ..KeyValue::default()
+                },
+                prev_kv: Some(prev.clone()),
+            });
+            if req.prev_kv {
+                response.prev_kvs.push(prev);
+            }
+        }
+        response
+    }
+
+    /// etcd `applyTxn`: runs the branch `path[*next]` says, consuming one
+    /// path entry per (nested) txn in pre-order.
+    fn exec_txn(
+        &mut self,
+        w: &mut Write,
+        t: &TxnRequest,
+        path: &[bool],
+        next: &mut usize,
+        leases: &dyn LeaseLookup,
+    ) -> Result<TxnResponse, StateError> {
+        let succeeded = match path.get(*next) {
+            Some(&b) => b,
+            // Cannot happen (the path was built from the same tree); the
+            // compares at the pre-txn revision give the same answer anyway.
+            None => self.compares_hold(t, w.begin_rev),
+        };
+        *next += 1;
+        let ops = if succeeded { &t.success } else { &t.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let response = match op {
+                RequestOp::Range(q) => {
+                    let rev = self.resolve_read_rev(q.revision, w.read_rev())?;
+                    ResponseOp::Range(self.range_at(q, rev))
+                }
+                RequestOp::Put(p) => ResponseOp::Put(self.put_op(w, p, leases)?),
+                RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete_op(w, d)),
+                RequestOp::Txn(n) => ResponseOp::Txn(self.exec_txn(w, n, path, next, leases)?),
+            };
+            responses.push(response);
+        }
+        Ok(TxnResponse {
+            succeeded,
+            responses,
+        })
+    }
+}
+
+fn count_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// etcd `compareKV` against one key (`None`: the zero `KeyValue`).
+fn compare_one(c: &Compare, kv: Option<(i64, &Live)>) -> bool {
+    let ord = match (&c.target, kv) {
+        (CompareTarget::Value(v), Some((_, l))) => l.value.as_slice().cmp(v.as_slice()),
+        (CompareTarget::Value(v), None) => [].as_slice().cmp(v.as_slice()),
+        (CompareTarget::Version(x), kv) => kv.map_or(0, |(_, l)| l.version).cmp(x),
+        (CompareTarget::CreateRevision(x), kv) => kv.map_or(0, |(_, l)| l.create_revision).cmp(x),
+        (CompareTarget::ModRevision(x), kv) => kv.map_or(0, |(m, _)| m).cmp(x),
+        (CompareTarget::Lease(x), kv) => kv.map_or(0, |(_, l)| l.lease).cmp(x),
+    };
+    match c.result {
+        CompareResult::Equal => ord == Ordering::Equal,
+        CompareResult::NotEqual => ord != Ordering::Equal,
+        CompareResult::Greater => ord == Ordering::Greater,
+        CompareResult::Less => ord == Ordering::Less,
+    }
+}
+
+/// Stable sort, so keys that tie on the target stay in ascending key order
+/// (for both directions). etcd's sort is unstable; this fixes the order.
+fn sort_kvs(kvs: &mut [KeyValue], target: SortTarget, order: SortOrder) {
+    let cmp = |a: &KeyValue, b: &KeyValue| match target {
+        SortTarget::Key => a.key.cmp(&b.key),
+        SortTarget::Version => a.version.cmp(&b.version),
+        SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+        SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+        SortTarget::Value => a.value.cmp(&b.value),
+    };
+    match order {
+        SortOrder::None => {}
+        SortOrder::Ascend => kvs.sort_by(cmp),
+        SortOrder::Descend => kvs.sort_by(|a, b| cmp(b, a)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Vec<u8> {
+        s.as_bytes().to_vec()
+    }
+
+    fn put_req(k: &str, v: &str) -> PutRequest {
+        PutRequest {
+            key: b(k),
+            value: b(v),
+            ..Default::default()
+        }
+    }
+
+    fn put(s: &mut MvccStore, k: &str, v: &str) -> WriteResult<PutResponse> {
+        s.put(&put_req(k, v), &NoLeases).unwrap()
+    }
+
+    fn del_req(k: &str, end: &[u8]) -> DeleteRangeRequest {
+        DeleteRangeRequest {
+            key: b(k),
+            range_end: end.to_vec(),
+            prev_kv: true,
+        }
+    }
+
+    fn get_req(k: &str) -> RangeRequest {
+        RangeRequest {
+            key: b(k),
+            ..Default::default()
+        }
+    }
+
+    fn range_req(k: &[u8], end: &[u8]) -> RangeRequest {
+        RangeRequest {
+            key: k.to_vec(),
+            range_end: end.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn keys(r: &RangeResponse) -> Vec<String> {
+        r.kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect()
+    }
+
+    fn get(s: &MvccStore, k: &str, rev: i64) -> Option<KeyValue> {
+        let mut r = s
+            .range(&RangeRequest {
+                revision: rev,
+                ..get_req(k)
+            })
+            .unwrap();
+        assert!(r.kvs.len() <= 1);
+        r.kvs.pop()
+    }
+
+    fn cmp(k: &str, result: CompareResult, target: CompareTarget) -> Compare {
+        Compare {
+            result,
+            target,
+            key: b(k),
+            range_end: vec![],
+        }
+    }
+
+    fn txn(
+        s: &mut MvccStore,
+        compare: Vec<Compare>,
+        success: Vec<RequestOp>,
+        failure: Vec<RequestOp>,
+    ) -> Result<WriteResult<TxnResponse>, StateError> {
+        s.txn(
+            &TxnRequest {
+                compare,
+                success,
+                failure,
+            },
+            &NoLeases,
+        )
+    }
+
+    /// a=1@2, b=2@3, c=3@4, a=4@5, del b@6, b=5@7
+    fn sample() -> MvccStore {
+        let mut s = MvccStore::new();
+        put(&mut s, "a", "1");
+        put(&mut s, "b", "2");
+        put(&mut s, "c", "3");
+        put(&mut s, "a", "4");
+        s.delete_range(&del_req("b", b"")).unwrap();
+        put(&mut s, "b", "5");
+        assert_eq!(s.current_revision(), 7);
+        s
+    }
+
+    #[test]
+    fn fresh_store() {
+        let s = MvccStore::new();
+        assert_eq!(s.current_revision(), 1);
+        assert_eq!(s.compact_revision(), 0);
+        assert!(s.is_empty());
+        assert_eq!(s.len(), 0);
+        let r = s.range(&range_req(&[0], &[0])).unwrap();
+        assert_eq!(r.count, 0);
+        assert_eq!(get(&s, "a", 1), None);
+        assert_eq!(s, MvccStore::default());
+    }
+
+    #[test]
+    fn versions_and_revisions() {
+        let mut s = MvccStore::new();
+        let w = put(&mut s, "k", "v1");
+        assert_eq!(s.current_revision(), 2);
+        assert_eq!(w.response.prev_kv, None);
+        let kv = get(&s, "k", 0).unwrap();
+        assert_eq!(
+            kv,
+            KeyValue {
+                key: b("k"),
+                create_revision: 2,
+                mod_revision: 2,
+                version: 1,
+                value: b("v1"),
+                lease: 0
+            }
+        );
+        put(&mut s, "k", "v2");
+        let kv = get(&s, "k", 0).unwrap();
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+        // Delete makes a tombstone; a new put starts a new life.
+        let d = s.delete_range(&del_req("k", b"")).unwrap();
+        assert_eq!(d.response.deleted, 1);
+        assert_eq!(s.current_revision(), 4);
+        assert_eq!(get(&s, "k", 0), None);
+        put(&mut s, "k", "v3");
+        let kv = get(&s, "k", 0).unwrap();
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
+        // History is readable.
+        assert_eq!(get(&s, "k", 1), None);
+        assert_eq!(get(&s, "k", 2).unwrap().value, b("v1"));
+        assert_eq!(get(&s, "k", 3).unwrap().value, b("v2"));
+        assert_eq!(get(&s, "k", 4), None);
+        assert_eq!(s.get(b"k").unwrap().value, b("v3"));
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn delete_of_nothing_does_not_bump() {
+        let mut s = sample();
+        let d = s.delete_range(&del_req("zzz", b"")).unwrap();
+        assert_eq!(d.response.deleted, 0);
+        assert!(d.events.is_empty());
+        assert_eq!(s.current_revision(), 7);
+        let d = s.delete_range(&del_req("x", b"y")).unwrap();
+        assert_eq!(d.response.deleted, 0);
+        assert_eq!(s.current_revision(), 7);
+    }
+
+    #[test]
+    fn prev_kv_and_events() {
+        let mut s = MvccStore::new();
+        let w = put(&mut s, "k", "v1");
+        assert_eq!(w.events.len(), 1);
+        assert_eq!(w.events[0].kind, EventKind::Put);
+        assert_eq!(w.events[0].prev_kv, None);
+        let w = s
+            .put(
+                &PutRequest {
+                    prev_kv: true,
+                    ..put_req("k", "v2")
+                },
+                &NoLeases,
+            )
+            .unwrap();
+        let prev = w.response.prev_kv.unwrap();
+        assert_eq!(prev.value, b("v1"));
+        assert_eq!(w.events[0].prev_kv.as_ref(), Some(&prev));
+        assert_eq!(w.events[0].kv.value, b("v2"));
+        // Without prev_kv the response has none, the event still does.
+        let w = put(&mut s, "k", "v3");
+        assert_eq!(w.response.prev_kv, None);
+        assert!(w.events[0].prev_kv.is_some());
+
+        put(&mut s, "l", "x");
+        let d = s.delete_range(&del_req("k", b"m")).unwrap();
+        assert_eq!(d.response.deleted, 2);
+        assert_eq!(
+            keys(&RangeResponse {
+                kvs: d.response.prev_kvs.clone(),
+                ..Default::default()
+            }),
+            ["k", "l"]
+        );
+        assert_eq!(d.events.len(), 2);
+        for (ev, prev) in d.events.iter().zip(&d.response.prev_kvs) {
+            assert_eq!(ev.kind, EventKind::Delete);
+            assert_eq!(
+                ev.kv,
+                KeyValue {
+                    key: prev.key.clone(),
+                    mod_revision: 6,
+                    ..Default::default()
+                }
+            );
+            assert_eq!(ev.prev_kv.as_ref(), Some(prev));
+        }
+        let d = s
+            .delete_range(&DeleteRangeRequest {
+                prev_kv: false,
+                ..del_req("zz", b"")
+            })
+            .unwrap();
+        assert!(d.response.prev_kvs.is_empty());
+    }
+
+    #[test]
+    fn ignore_value_and_lease() {
+        let mut s = MvccStore::new();
+        let missing = PutRequest {
+            key: b("k"),
+            ignore_value: true,
+            ..Default::default()
+        };
+        assert_eq!(s.put(&missing, &NoLeases), Err(StateError::KeyNotFound));
+        let missing = PutRequest {
+            key: b("k"),
+            value: b("x"),
+            ignore_lease: true,
+            ..Default::default()
+        };
+        assert_eq!(s.put(&missing, &NoLeases), Err(StateError::KeyNotFound));
+        assert_eq!(s.current_revision(), 1);
+
+        put(&mut s, "k", "orig");
+        s.put(
+            &PutRequest {
+                key: b("k"),
+                ignore_value: true,
+                ..Default::default()
+            },
+            &NoLeases,
+        )
+        .unwrap();
+        let kv = s.get(b"k").unwrap();
+        assert_eq!((kv.value, kv.version, kv.mod_revision), (b("orig"), 2, 3));
+        s.put(
+            &PutRequest {
+                key: b("k"),
+                value: b("new"),
+                ignore_lease: true,
+                ..Default::default()
+            },
+            &NoLeases,
+        )
+        .unwrap();
+        assert_eq!(s.get(b"k").unwrap().value, b("new"));
+        // Stateless checks.
+        let both = PutRequest {
+            key: b("k"),
+            value: b("x"),
+            ignore_value: true,
+            ..Default::default()
+        };
+        assert_eq!(s.put(&both, &NoLeases), Err(StateError::ValueProvided));
+    }
+
+    #[test]
+    fn leases_go_through_the_lookup() {
+        struct Only(i64);
+        impl LeaseLookup for Only {
+            fn lease_exists(&self, l: i64) -> bool {
+                l == self.0
+            }
+        }
+        let mut s = MvccStore::new();
+        let req = PutRequest {
+            lease: 9,
+            ..put_req("k", "v")
+        };
+        assert_eq!(s.put(&req, &NoLeases), Err(StateError::LeaseNotFound));
+        assert_eq!(s.put(&req, &Only(8)), Err(StateError::LeaseNotFound));
+        s.put(&req, &Only(9)).unwrap();
+        assert_eq!(s.get(b"k").unwrap().lease, 9);
+        // ignore_lease keeps it without a lookup.
+        s.put(
+            &PutRequest {
+                ignore_lease: true,
+                ..put_req("k", "w")
+            },
+            &NoLeases,
+        )
+        .unwrap();
+        assert_eq!(s.get(b"k").unwrap().lease, 9);
+        // In a txn too.
+        let r = txn(&mut s, vec![], vec![RequestOp::Put(req.clone())], vec![]);
+        assert_eq!(r.unwrap_err(), StateError::LeaseNotFound);
+        assert_eq!(
+            s.put(&PutRequest { key: vec![], ..req }, &NoLeases),
+            Err(StateError::EmptyKey)
+        );
+    }
+
+    #[test]
+    fn range_key_selection() {
+        let mut s = MvccStore::new();
+        for k in ["a", "ab", "abc", "b", "c", "\u{7f}"] {
+            put(&mut s, k, "v");
+        }
+        put(&mut s, "\0", "zero");
+        let r = |k: &[u8], e: &[u8]| keys(&s.range(&range_req(k, e)).unwrap());
+        assert_eq!(r(b"ab", b""), ["ab"]);
+        assert_eq!(r(b"zz", b""), Vec::<String>::new());
+        // Prefix "a" = [a, b).
+        assert_eq!(r(b"a", b"b"), ["a", "ab", "abc"]);
+        assert_eq!(r(b"ab", b"ac"), ["ab", "abc"]);
+        // From key.
+        assert_eq!(r(b"b", &[0]), ["b", "c", "\u{7f}"]);
+        // All keys.
+        assert_eq!(r(&[0], &[0]), ["\0", "a", "ab", "abc", "b", "c", "\u{7f}"]);
+        // Empty or inverted intervals.
+        assert_eq!(r(b"b", b"b"), Vec::<String>::new());
+        assert_eq!(r(b"c", b"a"), Vec::<String>::new());
+        assert_eq!(
+            s.range(&range_req(b"", b"")).unwrap_err(),
+            StateError::EmptyKey
+        );
+        assert_eq!(
+            s.range(&range_req(b"", &[0])).unwrap_err(),
+            StateError::EmptyKey
+        );
+    }
+
+    #[test]
+    fn range_revisions() {
+        let mut s = sample();
+        let at = |s: &MvccStore, rev| {
+            keys(
+                &s.range(&RangeRequest {
+                    revision: rev,
+                    ..range_req(&[0], &[0])
+                })
+                .unwrap(),
+            )
+        };
+        assert_eq!(at(&s, 1), Vec::<String>::new());
+        assert_eq!(at(&s, 3), ["a", "b"]);
+        assert_eq!(at(&s, 6), ["a", "c"]);
+        assert_eq!(at(&s, 7), ["a", "b", "c"]);
+        assert_eq!(at(&s, 0), ["a", "b", "c"]);
+        assert_eq!(at(&s, -3), ["a", "b", "c"]);
+        let future = RangeRequest {
+            revision: 8,
+            ..get_req("a")
+        };
+        assert_eq!(s.range(&future), Err(StateError::FutureRevision));
+        s.compact(4).unwrap();
+        let old = RangeRequest {
+            revision: 3,
+            ..get_req("a")
+        };
+        assert_eq!(s.range(&old), Err(StateError::Compacted));
+        // Exactly at the compact revision is allowed.
+        assert_eq!(at(&s, 4), ["a", "b", "c"]);
+        assert_eq!(get(&s, "a", 4).unwrap().value, b("1"));
+        assert_eq!(get(&s, "b", 4).unwrap().value, b("2"));
+    }
+
+    #[test]
+    fn count_limit_more() {
+        let mut s = MvccStore::new();
+        for k in ["a", "b", "c", "d", "e"] {
+            put(&mut s, k, k);
+        }
+        let all = range_req(&[0], &[0]);
+        let r = s.range(&all).unwrap();
+        assert_eq!((r.count, r.kvs.len(), r.more), (5, 5, false));
+        let r = s
+            .range(&RangeRequest {
+                limit: 2,
+                ..all.clone()
+            })
+            .unwrap();
+        assert_eq!(
+            (r.count, keys(&r), r.more),
+            (5, vec!["a".into(), "b".into()], true)
+        );
+        let r = s
+            .range(&RangeRequest {
+                limit: 5,
+                ..all.clone()
+            })
+            .unwrap();
+        assert_eq!((r.count, r.kvs.len(), r.more), (5, 5, false));
+        let r = s
+            .range(&RangeRequest {
+                limit: -1,
+                ..all.clone()
+            })
+            .unwrap();
+        assert_eq!((r.count, r.kvs.len(), r.more), (5, 5, false));
+        let r = s
+            .range(&RangeRequest {
+                count_only: true,
+                limit: 1,
+                ..all.clone()
+            })
+            .unwrap();
+        assert_eq!((r.count, r.kvs.len(), r.more), (5, 0, false));
+        let r = s
+            .range(&RangeRequest {
+                keys_only: true,
+                ..all.clone()
+            })
+            .unwrap();
+        assert!(r
+            .kvs
+            .iter()
+            .all(|kv| kv.value.is_empty() && kv.version == 1));
+        assert_eq!(r.kvs.len(), 5);
+    }
+
+    #[test]
+    fn sorting() {
+        let mut s = MvccStore::new();
+        put(&mut s, "a", "3"); // rev 2
+        put(&mut s, "b", "1"); // rev 3
+        put(&mut s, "c", "2"); // rev 4
+        put(&mut s, "a", "0"); // rev 5, a version 2
+        put(&mut s, "b", "9"); // rev 6, b version 2
+        let sorted = |target, order| {
+            keys(
+                &s.range(&RangeRequest {
+                    sort_target: target,
+                    sort_order: order,
+                    ..range_req(&[0], &[0])
+                })
+                .unwrap(),
+            )
+        };
+        use SortOrder::*;
+        use SortTarget::*;
+        assert_eq!(sorted(Key, None), ["a", "b", "c"]);
+        assert_eq!(sorted(Key, Ascend), ["a", "b", "c"]);
+        assert_eq!(sorted(Key, Descend), ["c", "b", "a"]);
+        // A non-key target with no order sorts ascending.
+        assert_eq!(sorted(Mod, None), ["c", "a", "b"]);
+        assert_eq!(sorted(Mod, Descend), ["b", "a", "c"]);
+        assert_eq!(sorted(Create, Ascend), ["a", "b", "c"]);
+        assert_eq!(sorted(Create, Descend), ["c", "b", "a"]);
+        assert_eq!(sorted(Value, Ascend), ["a", "c", "b"]);
+        assert_eq!(sorted(Value, Descend), ["b", "c", "a"]);
+        // Ties (a and b have version 2) stay in key order both ways.
+        assert_eq!(sorted(Version, Ascend), ["c", "a", "b"]);
+        assert_eq!(sorted(Version, Descend), ["a", "b", "c"]);
+        // Sort applies before the limit.
+        let r = s
+            .range(&RangeRequest {
+                sort_target: Value,
+                sort_order: Descend,
+                limit: 1,
+                keys_only: true,
+                ..range_req(&[0], &[0])
+            })
+            .unwrap();
+        assert_eq!(
+            (keys(&r), r.more, r.count),
+            (vec!["b".to_string()], true, 3)
+        );
+        assert!(r.kvs[0].value.is_empty());
+    }
+
+    #[test]
+    fn min_max_filters() {
+        let mut s = MvccStore::new();
+        put(&mut s, "a", "x"); // 2
+        put(&mut s, "b", "x"); // 3
+        put(&mut s, "c", "x"); // 4
+        put(&mut s, "a", "y"); // 5: a create 2 mod 5
+        let f = |r: RangeRequest| {
+            let resp = s.range(&r).unwrap();
+            (keys(&resp), resp.count)
+        };
+        let all = range_req(&[0], &[0]);
+        // count is before filters.
+        assert_eq!(
+            f(RangeRequest {
+                min_mod_revision: 4,
+                ..all.clone()
+            }),
+            (vec!["a".into(), "c".into()], 3)
+        );
+        assert_eq!(
+            f(RangeRequest {
+                max_mod_revision: 3,
+                ..all.clone()
+            }),
+            (vec!["b".into()], 3)
+        );
+        assert_eq!(
+            f(RangeRequest {
+                min_create_revision: 3,
+                ..all.clone()
+            }),
+            (vec!["b".into(), "c".into()], 3)
+        );
+        assert_eq!(
+            f(RangeRequest {
+                max_create_revision: 3,
+                ..all.clone()
+            }),
+            (vec!["a".into(), "b".into()], 3)
+        );
+        // etcd's lock recipe: newest creator before mine.
+        let r = s
+            .range(&RangeRequest {
+                max_create_revision: 3,
+                sort_target: SortTarget::Create,
+                sort_order: SortOrder::Descend,
+                limit: 1,
+                ..all.clone()
+            })
+            .unwrap();
+        assert_eq!((keys(&r), r.more), (vec!["b".to_string()], true));
+    }
+
+    #[test]
+    fn txn_branches_and_revisions() {
+        let mut s = MvccStore::new();
+        put(&mut s, "k", "v"); // rev 2
+        let w = txn(
+            &mut s,
+            vec![cmp("k", CompareResult::Equal, CompareTarget::Value(b("v")))],
+            vec![
+                RequestOp::Put(put_req("k", "v2")),
+                RequestOp::Put(put_req("other", "o")),
+                RequestOp::Range(get_req("k")),
+            ],
+            vec![RequestOp::Range(get_req("k"))],
+        )
+        .unwrap();
+        assert!(w.response.succeeded);
+        assert_eq!(s.current_revision(), 3);
+        assert_eq!(w.events.len(), 2);
+        assert!(w.events.iter().all(|e| e.kv.mod_revision == 3));
+        // The range sees the txn's own write.
+        let ResponseOp::Range(r) = &w.response.responses[2] else {
+            panic!("not a range")
+        };
+        assert_eq!(r.kvs[0].value, b("v2"));
+        assert_eq!(r.kvs[0].mod_revision, 3);
+
+        // Failure branch, read-only: no revision bump.
+        let w = txn(
+            &mut s,
+            vec![cmp("k", CompareResult::Equal, CompareTarget::Value(b("v")))],
+            vec![RequestOp::Put(put_req("k", "nope"))],
+            vec![RequestOp::Range(get_req("k"))],
+        )
+        .unwrap();
+        assert!(!w.response.succeeded);
+        assert_eq!(w.response.responses.len(), 1);
+        assert!(w.events.is_empty());
+        assert_eq!(s.current_revision(), 3);
+
+        // Empty txn succeeds and writes nothing.
+        let w = txn(&mut s, vec![], vec![], vec![]).unwrap();
+        assert!(w.response.succeeded);
+        assert_eq!(s.current_revision(), 3);
+
+        // A txn whose only write deletes nothing does not bump either.
+        txn(
+            &mut s,
+            vec![],
+            vec![RequestOp::DeleteRange(del_req("none", b""))],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(s.current_revision(), 3);
+
+        // Delete then range in one txn: the range sees the delete.
+        let w = txn(
+            &mut s,
+            vec![],
+            vec![
+                RequestOp::DeleteRange(del_req("k", b"")),
+                RequestOp::Range(range_req(&[0], &[0])),
+                RequestOp::Range(RangeRequest {
+                    revision: 3,
+                    ..get_req("k")
+                }),
+            ],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(s.current_revision(), 4);
+        let ResponseOp::Range(r) = &w.response.responses[1] else {
+            panic!()
+        };
+        assert_eq!(keys(r), ["other"]);
+        // An explicit earlier revision reads history.
+        let ResponseOp::Range(r) = &w.response.responses[2] else {
+            panic!()
+        };
+        assert_eq!(r.kvs[0].value, b("v2"));
+    }
+
+    #[test]
+    fn txn_compares() {
+        let mut s = sample(); // a=4 (create 2, mod 5, v2), b=5 (create 7), c=3 (create 4)
+        let mut check = |c: Compare| {
+            txn(&mut s, vec![c], vec![], vec![])
+                .unwrap()
+                .response
+                .succeeded
+        };
+        use CompareResult::*;
+        use CompareTarget::*;
+        assert!(check(cmp("a", Equal, Value(b("4")))));
+        assert!(check(cmp("a", Greater, Value(b("3")))));
+        assert!(check(cmp("a", Less, Value(b("5")))));
+        assert!(check(cmp("a", NotEqual, Value(b("3")))));
+        assert!(check(cmp("a", Equal, Version(2))));
+        assert!(check(cmp("a", Equal, CreateRevision(2))));
+        assert!(check(cmp("a", Equal, ModRevision(5))));
+        assert!(check(cmp("a", Equal, Lease(0))));
+        assert!(!check(cmp("a", Greater, Version(2))));
+        // Missing key: value compares fail, others compare against zero.
+        assert!(!check(cmp("zz", Equal, Value(vec![]))));
+        assert!(!check(cmp("zz", NotEqual, Value(b("x")))));
+        assert!(check(cmp("zz", Equal, Version(0))));
+        assert!(check(cmp("zz", Equal, CreateRevision(0))));
+        assert!(check(cmp("zz", Less, ModRevision(1))));
+        // A range compare must hold for every key in the range.
+        let range = |result, target, end: &[u8]| Compare {
+            result,
+            target,
+            key: b("a"),
+            range_end: end.to_vec(),
+        };
+        assert!(check(range(Greater, CreateRevision(1), &[0])));
+        assert!(!check(range(Greater, CreateRevision(2), &[0])));
+        assert!(check(range(Greater, CreateRevision(1), b"c")));
+        assert!(!check(range(Equal, Version(1), b"c")));
+        assert!(!check(range(Equal, Version(1), b"")));
+        // All compares must hold.
+        let w = txn(
+            &mut s,
+            vec![
+                cmp("a", Equal, Value(b("4"))),
+                cmp("b", Equal, Value(b("nope"))),
+            ],
+            vec![],
+            vec![],
+        )
+        .unwrap();
+        assert!(!w.response.succeeded);
+    }
+
+    #[test]
+    fn nested_txn_compares_see_the_state_before_the_txn() {
+        let mut s = MvccStore::new();
+        let w = txn(
+            &mut s,
+            vec![],
+            vec![
+                RequestOp::Put(put_req("a", "1")),
+                RequestOp::Txn(TxnRequest {
+                    // Against the pre-txn store "a" does not exist yet.
+                    compare: vec![cmp("a", CompareResult::Equal, CompareTarget::Version(0))],
+                    success: vec![
+                        RequestOp::Put(put_req("b", "then")),
+                        RequestOp::Range(get_req("a")),
+                    ],
+                    failure: vec![RequestOp::Put(put_req("b", "else"))],
+                }),
+            ],
+            vec![],
+        )
+        .unwrap();
+        let ResponseOp::Txn(inner) = &w.response.responses[1] else {
+            panic!()
+        };
+        assert!(inner.succeeded);
+        // But the nested range sees the outer put.
+        let ResponseOp::Range(r) = &inner.responses[1] else {
+            panic!()
+        };
+        assert_eq!(r.kvs[0].value, b("1"));
+        assert_eq!(s.get(b"b").unwrap().value, b("then"));
+        assert_eq!(s.current_revision(), 2);
+        assert_eq!(s.get(b"a").unwrap().mod_revision, 2);
+        assert_eq!(s.get(b"b").unwrap().mod_revision, 2);
+    }
+
+    #[test]
+    fn failing_txn_changes_nothing() {
+        let mut s = sample();
+        let before = s.clone();
+        let ops = vec![
+            RequestOp::Put(put_req("x", "1")),
+            RequestOp::Put(PutRequest {
+                key: b("missing"),
+                ignore_value: true,
+                ..Default::default()
+            }),
+        ];
+        assert_eq!(
+            txn(&mut s, vec![], ops, vec![]).unwrap_err(),
+            StateError::KeyNotFound
+        );
+        assert_eq!(s, before);
+        // Only the chosen branch's dynamic checks matter.
+        let bad = vec![RequestOp::Put(PutRequest {
+            key: b("missing"),
+            ignore_value: true,
+            ..Default::default()
+        })];
+        let w = txn(
+            &mut s,
+            vec![cmp(
+                "a",
+                CompareResult::Equal,
+                CompareTarget::Value(b("no")),
+            )],
+            bad,
+            vec![RequestOp::Put(put_req("x", "1"))],
+        )
+        .unwrap();
+        assert!(!w.response.succeeded);
+        assert_eq!(s.current_revision(), 8);
+        let before = s.clone();
+
+        let future = vec![
+            RequestOp::Put(put_req("y", "1")),
+            RequestOp::Range(RangeRequest {
+                revision: 9,
+                ..get_req("a")
+            }),
+        ];
+        assert_eq!(
+            txn(&mut s, vec![], future, vec![]).unwrap_err(),
+            StateError::FutureRevision
+        );
+        assert_eq!(s, before);
+        s.compact(5).unwrap();
+        let before = s.clone();
+        let old = vec![
+            RequestOp::DeleteRange(del_req("a", &[0])),
+            RequestOp::Range(RangeRequest {
+                revision: 4,
+                ..get_req("a")
+            }),
+        ];
+        assert_eq!(
+            txn(&mut s, vec![], old, vec![]).unwrap_err(),
+            StateError::Compacted
+        );
+        assert_eq!(s, before);
+
+        // A failure only visible while running (etcd panics here): a
+        // from-key delete is not a "duplicate" of a later put, but the
+        // ignore_value put then finds no key. Rolled back entirely.
+        let tricky = vec![
+            RequestOp::Put(put_req("new", "1")),
+            RequestOp::DeleteRange(del_req("a", &[0])),
+            RequestOp::Put(PutRequest {
+                key: b("a"),
+                ignore_value: true,
+                ..Default::default()
+            }),
+        ];
+        assert_eq!(
+            txn(&mut s, vec![], tricky, vec![]).unwrap_err(),
+            StateError::KeyNotFound
+        );
+        assert_eq!(s, before);
+        s.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn txn_static_errors() {
+        let mut s = sample();
+        let before = s.clone();
+        let many: Vec<RequestOp> = (0..129)
+            .map(|i| RequestOp::Put(put_req(&format!("k{i}"), "v")))
+            .collect();
+        assert_eq!(
+            txn(&mut s, vec![], many, vec![]).unwrap_err(),
+            StateError::TooManyOps
+        );
+        let dup = vec![
+            RequestOp::Put(put_req("k", "1")),
+            RequestOp::Put(put_req("k", "2")),
+        ];
+        assert_eq!(
+            txn(&mut s, vec![], dup, vec![]).unwrap_err(),
+            StateError::DuplicateKey
+        );
+        let dup = vec![
+            RequestOp::DeleteRange(del_req("a", b"c")),
+            RequestOp::Put(put_req("b", "2")),
+        ];
+        assert_eq!(
+            txn(&mut s, vec![], dup, vec![]).unwrap_err(),
+            StateError::DuplicateKey
+        );
+        let empty = vec![RequestOp::Range(get_req(""))];
+        assert_eq!(
+            txn(&mut s, vec![], vec![], empty).unwrap_err(),
+            StateError::EmptyKey
+        );
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn put_then_from_key_delete_in_one_txn() {
+        // Allowed by etcd's overlap check; ops run in order.
+        let mut s = sample();
+        let w = txn(
+            &mut s,
+            vec![],
+            vec![
+                RequestOp::Put(put_req("z", "1")),
+                RequestOp::DeleteRange(del_req("b", &[0])),
+                RequestOp::Txn(TxnRequest {
+                    compare: vec![],
+                    success: vec![RequestOp::Put(put_req("c", "again"))],
+                    failure: vec![],
+                }),
+            ],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(s.current_revision(), 8);
+        assert_eq!(w.events.len(), 5); // put z, delete b c z, put c
+        assert_eq!(s.get(b"z"), None);
+        assert_eq!(s.get(b"b"), None);
+        let c = s.get(b"c").unwrap();
+        assert_eq!((c.create_revision, c.mod_revision, c.version), (8, 8, 1));
+        assert_eq!(s.len(), 2);
+        assert_eq!(get(&s, "c", 7).unwrap().value, b("3"));
+        s.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn compaction() {
+        let mut s = sample();
+        assert_eq!(s.compact(0), Err(StateError::Compacted));
+        assert_eq!(s.compact(8), Err(StateError::FutureRevision));
+        let snapshot_reads = |s: &MvccStore| -> Vec<(i64, Vec<KeyValue>)> {
+            (5..=7)
+                .map(|rev| {
+                    let r = s
+                        .range(&RangeRequest {
+                            revision: rev,
+                            ..range_req(&[0], &[0])
+                        })
+                        .unwrap();
+                    (rev, r.kvs)
+                })
+                .collect()
+        };
+        let before = snapshot_reads(&s);
+        s.compact(5).unwrap();
+        assert_eq!(s.compact_revision(), 5);
+        assert_eq!(s.current_revision(), 7);
+        assert_eq!(snapshot_reads(&s), before);
+        assert_eq!(s.compact(5), Err(StateError::Compacted));
+        assert_eq!(s.compact(4), Err(StateError::Compacted));
+        // b's tombstone at 6 is kept (6 > 5); compacting past it drops it.
+        s.delete_range(&del_req("c", b"")).unwrap(); // 8
+        s.compact(8).unwrap();
+        assert!(!s.keys.contains_key(b"c".as_slice()));
+        assert_eq!(s.keys.get(b"a".as_slice()).unwrap().versions.len(), 1);
+        assert_eq!(s.keys.get(b"b".as_slice()).unwrap().versions.len(), 1);
+        assert_eq!(s.len(), 2);
+        assert_eq!(get(&s, "a", 8).unwrap().version, 2);
+        s.check_invariants().unwrap();
+        // Writes continue normally.
+        put(&mut s, "c", "new");
+        assert_eq!(s.get(b"c").unwrap().create_revision, 9);
+    }
+
+    #[test]
+    fn hash_kv_tracks_content() {
+        let a = sample();
+        let b_ = sample();
+        assert_eq!(a.hash_kv(0), b_.hash_kv(0));
+        assert_eq!(a.hash_kv(7), a.hash_kv(0));
+        assert_ne!(a.hash_kv(6), a.hash_kv(7));
+        let mut c = sample();
+        put(&mut c, "a", "other");
+        assert_eq!(c.hash_kv(7), a.hash_kv(7));
+        assert_ne!(c.hash_kv(0), a.hash_kv(0));
+    }
+
+    #[test]
+    fn invariants_hold() {
+        let s = sample();
+        s.check_invariants().unwrap();
+        let mut bad = s.clone();
+        bad.live_keys = 7;
+        assert!(bad.check_invariants().is_err());
+        let mut bad = s;
+        bad.compact_revision = 100;
+        assert!(bad.check_invariants().is_err());
+    }
+}

@@ -1,0 +1,225 @@
+//! Snapshot files: `snap-<index>-<term>.snap` in the member's `snap/` dir.
+//!
+//! Format (all integers little endian):
+//! `magic "WDNSNAPF" | format version u32 | meta length u64 | body length u64 |
+//!  crc32 of meta+body u32 | meta | body`.
+//! A file with the wrong magic, version, lengths or checksum is refused with
+//! an error naming the file, so a corrupt or foreign snapshot is never loaded.
+//! Files are written to a temporary name, fsynced, renamed, and the directory
+//! fsynced, so a crash leaves either the old or the new snapshot.
+//!
+//! Must never: know what meta or body contain.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"WDNSNAPF";
+const VERSION: u32 = 1;
+const HEADER: usize = 8 + 4 + 8 + 8 + 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotFileError {
+    #[error("snapshot {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("snapshot {path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+impl From<SnapshotFileError> for std::io::Error {
+    fn from(e: SnapshotFileError) -> Self {
+        std::io::Error::other(e)
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotFileError + '_ {
+    move |source| SnapshotFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// File name for a snapshot covering the log up to `index` in `term`; names
+/// sort by index.
+pub fn file_name(index: u64, term: u64) -> String {
+    format!("snap-{index:020}-{term:020}.snap")
+}
+
+/// Encodes a whole snapshot file in memory.
+pub fn encode(meta: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(meta);
+    crc.update(body);
+    let mut out = Vec::with_capacity(HEADER + meta.len() + body.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(meta.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(meta);
+    out.extend_from_slice(body);
+    out
+}
+
+/// Decodes and verifies a snapshot held in memory; `path` names it in errors.
+pub fn decode(path: &Path, raw: &[u8]) -> Result<(Vec<u8>, Vec<u8>), SnapshotFileError> {
+    let invalid = |reason: String| SnapshotFileError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if raw.len() < HEADER {
+        return Err(invalid(format!(
+            "truncated: {} bytes, shorter than the {HEADER}-byte header",
+            raw.len()
+        )));
+    }
+    if &raw[..8] != MAGIC {
+        return Err(invalid("not a warden snapshot (bad magic number)".into()));
+    }
+    let u32_at = |o: usize| u32::from_le_bytes([raw[o], raw[o + 1], raw[o + 2], raw[o + 3]]);
+    let u64_at = |o: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&raw[o..o + 8]);
+        u64::from_le_bytes(b)
+    };
+    let version = u32_at(8);
+    if version != VERSION {
+        return Err(invalid(format!(
+            "format version {version} is not supported (this build reads {VERSION})"
+        )));
+    }
+    let meta_len = u64_at(12);
+    let body_len = u64_at(20);
+    let want_crc = u32_at(28);
+    let expected = (HEADER as u64)
+        .checked_add(meta_len)
+        .and_then(|x| x.checked_add(body_len));
+    if expected != Some(raw.len() as u64) {
+        return Err(invalid(format!(
+            "truncated or padded: header promises {meta_len}+{body_len} bytes of content, file has {}",
+            raw.len() - HEADER
+        )));
+    }
+    let meta_end = HEADER + meta_len as usize;
+    let meta = &raw[HEADER..meta_end];
+    let body = &raw[meta_end..];
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(meta);
+    crc.update(body);
+    let got = crc.finalize();
+    if got != want_crc {
+        return Err(invalid(format!(
+            "checksum mismatch (stored {want_crc:08x}, computed {got:08x})"
+        )));
+    }
+    Ok((meta.to_vec(), body.to_vec()))
+}
+
+/// Reads and verifies a snapshot file.
+pub fn read(path: &Path) -> Result<(Vec<u8>, Vec<u8>), SnapshotFileError> {
+    let mut raw = Vec::new();
+    fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut raw))
+        .map_err(io_err(path))?;
+    decode(path, &raw)
+}
+
+/// Writes bytes to `dir/name` atomically and durably.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, SnapshotFileError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    {
+        let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))?;
+    Ok(path)
+}
+
+/// The newest snapshot file in `dir`, if any.
+pub fn newest(dir: &Path) -> Result<Option<PathBuf>, SnapshotFileError> {
+    Ok(list(dir)?.pop())
+}
+
+fn list(dir: &Path) -> Result<Vec<PathBuf>, SnapshotFileError> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    let mut out = Vec::new();
+    for ent in rd {
+        let ent = ent.map_err(io_err(dir))?;
+        let name = ent.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap-") && name.ends_with(".snap") {
+            out.push(ent.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Removes every snapshot file in `dir` except `keep`, and stray temp files.
+pub fn remove_others(dir: &Path, keep: &Path) -> Result<(), SnapshotFileError> {
+    for p in list(dir)? {
+        if p != keep {
+            fs::remove_file(&p).map_err(io_err(&p))?;
+        }
+    }
+    if let Ok(rd) = fs::read_dir(dir) {
+        for ent in rd.flatten() {
+            if ent.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = fs::remove_file(ent.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = write_atomic(dir.path(), &file_name(5, 1), &encode(b"m5", b"body5")).unwrap();
+        let b = write_atomic(dir.path(), &file_name(12, 2), &encode(b"m12", b"body12")).unwrap();
+        assert_eq!(newest(dir.path()).unwrap(), Some(b.clone()));
+        assert_eq!(read(&a).unwrap(), (b"m5".to_vec(), b"body5".to_vec()));
+        remove_others(dir.path(), &b).unwrap();
+        assert!(!a.exists());
+        assert_eq!(read(&b).unwrap(), (b"m12".to_vec(), b"body12".to_vec()));
+    }
+
+    #[test]
+    fn damaged_files_are_refused() {
+        let p = Path::new("x.snap");
+        let good = encode(b"meta", b"the body of the snapshot");
+        for cut in [0, 10, HEADER, good.len() - 1] {
+            let e = decode(p, &good[..cut]).unwrap_err().to_string();
+            assert!(e.contains("truncated"), "cut {cut}: {e}");
+        }
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(decode(p, &flipped).unwrap_err().to_string().contains("checksum"));
+        let mut foreign = good.clone();
+        foreign[0] = b'X';
+        assert!(decode(p, &foreign).unwrap_err().to_string().contains("magic"));
+        let mut newer = good.clone();
+        newer[8] = 9;
+        assert!(decode(p, &newer).unwrap_err().to_string().contains("version 9"));
+        assert!(decode(p, &good).is_ok());
+    }
+}
