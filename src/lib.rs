@@ -10,8 +10,8 @@
 
 pub mod api;
 pub mod cli;
+pub mod client;
 pub mod node;
 pub mod proto;
 pub mod state;
 pub mod storage;
-pub mod client;

@@ -34,11 +34,20 @@ async fn three_members_elect_one_leader_and_replicate() {
 
     // A put through each member is readable, linearizably, on every member.
     for (i, m) in c.members.iter().enumerate() {
-        let r = put(&m.client, &format!("k{i}"), &format!("v{i}")).await.expect("put");
+        let r = put(&m.client, &format!("k{i}"), &format!("v{i}"))
+            .await
+            .expect("put");
         assert!(r.header.expect("header").revision >= 2);
         for other in &c.members {
-            let v = get(&other.client, &format!("k{i}"), false).await.expect("get");
-            assert_eq!(v, Some(format!("v{i}").into_bytes()), "read on {}", other.name);
+            let v = get(&other.client, &format!("k{i}"), false)
+                .await
+                .expect("get");
+            assert_eq!(
+                v,
+                Some(format!("v{i}").into_bytes()),
+                "read on {}",
+                other.name
+            );
         }
     }
 }
@@ -78,7 +87,13 @@ async fn leader_kill_under_load_loses_no_acknowledged_write() {
     let acked_count = |acked: &Arc<Mutex<BTreeMap<String, String>>>| acked.lock().unwrap().len();
     eventually(Duration::from_secs(20), || {
         let n = acked_count(&acked);
-        async move { if n >= 50 { Ok(()) } else { Err(format!("{n} acked")) } }
+        async move {
+            if n >= 50 {
+                Ok(())
+            } else {
+                Err(format!("{n} acked"))
+            }
+        }
     })
     .await;
 
@@ -109,9 +124,18 @@ async fn leader_kill_under_load_loses_no_acknowledged_write() {
         if i == leader {
             continue;
         }
-        let got: BTreeMap<String, String> = get_prefix(&m.client, "w/").await.expect("range").into_iter().collect();
+        let got: BTreeMap<String, String> = get_prefix(&m.client, "w/")
+            .await
+            .expect("range")
+            .into_iter()
+            .collect();
         for (k, v) in &acked {
-            assert_eq!(got.get(k), Some(v), "acknowledged {k} missing on {}", m.name);
+            assert_eq!(
+                got.get(k),
+                Some(v),
+                "acknowledged {k} missing on {}",
+                m.name
+            );
         }
     }
 
@@ -140,7 +164,9 @@ async fn leader_kill_under_load_loses_no_acknowledged_write() {
 async fn losing_quorum_fails_fast_and_recovers() {
     let mut c = Cluster::start(3);
     let leader = c.wait_leader(ELECT).await;
-    put(&c.members[leader].client, "before", "1").await.expect("put");
+    put(&c.members[leader].client, "before", "1")
+        .await
+        .expect("put");
 
     // Kill two members, the leader among them.
     let survivor = (leader + 1) % 3;
@@ -157,10 +183,14 @@ async fn losing_quorum_fails_fast_and_recovers() {
         assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     }
     // Linearizable reads fail the same way; serializable reads still work.
-    let err = get(&c.members[survivor].client, "before", false).await.expect_err("no quorum read");
+    let err = get(&c.members[survivor].client, "before", false)
+        .await
+        .expect_err("no quorum read");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert_eq!(
-        get(&c.members[survivor].client, "before", true).await.expect("serializable"),
+        get(&c.members[survivor].client, "before", true)
+            .await
+            .expect("serializable"),
         Some(b"1".to_vec())
     );
 
@@ -169,8 +199,18 @@ async fn losing_quorum_fails_fast_and_recovers() {
     let client = c.members[survivor].client.clone();
     eventually(Duration::from_secs(30), || {
         let client = client.clone();
-        async move { put(&client, "after", "2").await.map(|_| ()).map_err(|e| e.to_string()) }
+        async move {
+            put(&client, "after", "2")
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
     })
     .await;
-    assert_eq!(get(&c.members[leader].client, "after", false).await.expect("get"), Some(b"2".to_vec()));
+    assert_eq!(
+        get(&c.members[leader].client, "after", false)
+            .await
+            .expect("get"),
+        Some(b"2".to_vec())
+    );
 }

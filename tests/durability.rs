@@ -40,8 +40,14 @@ async fn kill_9_loses_no_acknowledged_write() {
         eventually(Duration::from_secs(20), || {
             let n = n.clone();
             async move {
-                let got = get_prefix(&n, &format!("d/{round}/")).await.map_err(|e| e.to_string())?;
-                if got.len() >= 100 { Ok(()) } else { Err(format!("{} written", got.len())) }
+                let got = get_prefix(&n, &format!("d/{round}/"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if got.len() >= 100 {
+                    Ok(())
+                } else {
+                    Err(format!("{} written", got.len()))
+                }
             }
         })
         .await;
@@ -51,12 +57,24 @@ async fn kill_9_loses_no_acknowledged_write() {
         }
         c.restart(0);
         c.wait_leader(Duration::from_secs(20)).await;
-        let got: BTreeMap<String, String> = get_prefix(&ep, "d/").await.expect("range").into_iter().collect();
+        let got: BTreeMap<String, String> = get_prefix(&ep, "d/")
+            .await
+            .expect("range")
+            .into_iter()
+            .collect();
         for (k, v) in &acked {
-            assert_eq!(got.get(k), Some(v), "round {round}: acknowledged {k} lost after kill -9");
+            assert_eq!(
+                got.get(k),
+                Some(v),
+                "round {round}: acknowledged {k} lost after kill -9"
+            );
         }
     }
-    assert!(acked.len() >= 300, "only {} writes acknowledged", acked.len());
+    assert!(
+        acked.len() >= 300,
+        "only {} writes acknowledged",
+        acked.len()
+    );
 }
 
 /// Flips one byte in every occurrence of `needle` in the file.
@@ -83,12 +101,18 @@ async fn damaged_log_record_stops_the_server_with_a_clear_error() {
     c.wait_leader(Duration::from_secs(20)).await;
     let ep = c.members[0].client.clone();
     put(&ep, "before", "fine").await.expect("put");
-    put(&ep, "victim", "PLEASE-DAMAGE-THIS-RECORD-0123456789").await.expect("put");
+    put(&ep, "victim", "PLEASE-DAMAGE-THIS-RECORD-0123456789")
+        .await
+        .expect("put");
     put(&ep, "after", "fine").await.expect("put");
     c.kill(0);
 
     let log = c.members[0].dir.join("raft.redb");
-    assert!(damage(&log, b"PLEASE-DAMAGE-THIS-RECORD-0123456789") > 0, "record not found in {}", log.display());
+    assert!(
+        damage(&log, b"PLEASE-DAMAGE-THIS-RECORD-0123456789") > 0,
+        "record not found in {}",
+        log.display()
+    );
 
     let out = Command::new(BIN)
         .arg("server")
@@ -101,9 +125,18 @@ async fn damaged_log_record_stops_the_server_with_a_clear_error() {
         .output()
         .expect("run server");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "server must refuse a damaged log; stderr: {stderr}");
-    assert!(stderr.contains("raft.redb"), "error must name the file: {stderr}");
-    assert!(stderr.contains("corrupt") || stderr.contains("checksum"), "{stderr}");
+    assert!(
+        !out.status.success(),
+        "server must refuse a damaged log; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("raft.redb"),
+        "error must name the file: {stderr}"
+    );
+    assert!(
+        stderr.contains("corrupt") || stderr.contains("checksum"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,28 +147,54 @@ async fn sigterm_stops_gracefully_and_restart_resumes() {
     put(&ep, "k", "v1").await.expect("put");
     let mut child = c.members[0].child.take().expect("child");
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {
             break s;
         }
-        assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "exit status after SIGTERM: {status:?}");
     c.restart(0);
     c.wait_leader(Duration::from_secs(20)).await;
-    assert_eq!(get(&ep, "k", false).await.expect("get"), Some(b"v1".to_vec()));
+    assert_eq!(
+        get(&ep, "k", false).await.expect("get"),
+        Some(b"v1".to_vec())
+    );
 }
 
 #[test]
 fn bad_configuration_exits_nonzero_with_one_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cases: [(&[&str], &str); 3] = [
-        (&["--name", "n1", "--initial-cluster", "n2=127.0.0.1:1"], "initial-cluster"),
-        (&["--name", "n1", "--client-addr", "localhost"], "client-addr"),
-        (&["--name", "n1", "--election-timeout-min-ms", "2000", "--election-timeout-max-ms", "1500"], "election-timeout-max-ms"),
+        (
+            &["--name", "n1", "--initial-cluster", "n2=127.0.0.1:1"],
+            "initial-cluster",
+        ),
+        (
+            &["--name", "n1", "--client-addr", "localhost"],
+            "client-addr",
+        ),
+        (
+            &[
+                "--name",
+                "n1",
+                "--election-timeout-min-ms",
+                "2000",
+                "--election-timeout-max-ms",
+                "1500",
+            ],
+            "election-timeout-max-ms",
+        ),
     ];
     for (args, field) in cases {
         let out = Command::new(BIN)

@@ -16,7 +16,10 @@ pub struct ClusterService {
 
 pub fn members(node: &Node) -> Result<Vec<pb::Member>, Status> {
     let st = node.status();
-    let d = node.sm.read().map_err(|e| Status::internal(e.to_string()))?;
+    let d = node
+        .sm
+        .read()
+        .map_err(|e| Status::internal(e.to_string()))?;
     Ok(st
         .members
         .iter()
@@ -40,7 +43,10 @@ fn not_yet() -> Status {
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
-    async fn member_add(&self, _r: Request<pb::MemberAddRequest>) -> Result<Response<pb::MemberAddResponse>, Status> {
+    async fn member_add(
+        &self,
+        _r: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberAddResponse>, Status> {
         Err(not_yet())
     }
 
@@ -63,12 +69,17 @@ impl pb::cluster_server::Cluster for ClusterService {
         r: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
         if r.get_ref().linearizable {
-            let deadline = self.node.deadline(crate::node::peer_service::grpc_timeout(&r));
-            self.node.linearize(deadline).await.map_err(super::error::node_status)?;
+            let deadline = self
+                .node
+                .deadline(crate::node::peer_service::grpc_timeout(&r));
+            self.node
+                .linearize(deadline)
+                .await
+                .map_err(super::error::node_status)?;
         }
-        let rev = self.node.status().revision;
+        // etcd's cluster responses carry no revision (it is not a KV read).
         Ok(Response::new(pb::MemberListResponse {
-            header: Some(header(&self.node, rev)),
+            header: Some(header(&self.node, 0)),
             members: members(&self.node)?,
         }))
     }

@@ -8,9 +8,10 @@ use crate::state::StateError;
 
 pub fn node_status(e: NodeError) -> Status {
     match e {
-        NodeError::NoLeader | NodeError::Timeout | NodeError::LeaderChanged | NodeError::Stopped => {
-            Status::new(Code::Unavailable, e.to_string())
-        }
+        NodeError::NoLeader
+        | NodeError::Timeout
+        | NodeError::LeaderChanged
+        | NodeError::Stopped => Status::new(Code::Unavailable, e.to_string()),
         NodeError::Internal(m) => Status::internal(m),
     }
 }

@@ -34,7 +34,11 @@ impl KvService {
         Ok(())
     }
 
-    async fn propose<T>(&self, req: &Request<T>, cmd: Command) -> Result<(i64, CommandResult), Status> {
+    async fn propose<T>(
+        &self,
+        req: &Request<T>,
+        cmd: Command,
+    ) -> Result<(i64, CommandResult), Status> {
         let deadline = self.node.deadline(grpc_timeout(req));
         let resp = self
             .node
@@ -55,14 +59,21 @@ fn unexpected() -> Status {
 
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
-    async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+    async fn range(
+        &self,
+        request: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
         let r = st::RangeRequest::try_from(request.get_ref().clone())?;
         if !r.serializable {
             let deadline = self.node.deadline(grpc_timeout(&request));
             self.node.linearize(deadline).await.map_err(node_status)?;
         }
         let (rev, out) = {
-            let d = self.node.sm.read().map_err(|e| Status::internal(e.to_string()))?;
+            let d = self
+                .node
+                .sm
+                .read()
+                .map_err(|e| Status::internal(e.to_string()))?;
             (d.kv.revision(), d.kv.range(&r))
         };
         let out = out.map_err(state_status)?;
@@ -71,7 +82,10 @@ impl pb::kv_server::Kv for KvService {
         Ok(Response::new(resp))
     }
 
-    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
         self.check_size(request.get_ref())?;
         let put = st::PutRequest::from(request.get_ref().clone());
         validate::check_put_request(&put).map_err(state_status)?;
@@ -102,7 +116,10 @@ impl pb::kv_server::Kv for KvService {
         Ok(Response::new(resp))
     }
 
-    async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+    async fn txn(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
         self.check_size(request.get_ref())?;
         let txn = st::TxnRequest::try_from(request.get_ref().clone())?;
         validate::check_txn_request(&txn).map_err(state_status)?;
@@ -112,6 +129,7 @@ impl pb::kv_server::Kv for KvService {
             return Err(unexpected());
         };
         let mut resp = pb::TxnResponse::from(t);
+        set_nested_headers(&mut resp.responses, rev);
         resp.header = Some(header(&self.node, rev));
         Ok(Response::new(resp))
     }
@@ -128,5 +146,28 @@ impl pb::kv_server::Kv for KvService {
         Ok(Response::new(pb::CompactionResponse {
             header: Some(header(&self.node, rev)),
         }))
+    }
+}
+
+/// etcd gives every response nested in a txn a header holding only the
+/// txn's revision; do the same, at every depth.
+fn set_nested_headers(responses: &mut [pb::ResponseOp], rev: i64) {
+    use pb::response_op::Response as R;
+    let h = || {
+        Some(pb::ResponseHeader {
+            revision: rev,
+            ..Default::default()
+        })
+    };
+    for r in responses.iter_mut().filter_map(|r| r.response.as_mut()) {
+        match r {
+            R::ResponseRange(x) => x.header = h(),
+            R::ResponsePut(x) => x.header = h(),
+            R::ResponseDeleteRange(x) => x.header = h(),
+            R::ResponseTxn(x) => {
+                x.header = h();
+                set_nested_headers(&mut x.responses, rev);
+            }
+        }
     }
 }

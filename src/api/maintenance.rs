@@ -14,8 +14,8 @@ use tonic::{Request, Response, Status};
 use super::error::state_status;
 use super::{header, ETCD_API_VERSION};
 use crate::node::Node;
-use crate::state::StateError;
 use crate::proto::etcdserverpb as pb;
+use crate::state::StateError;
 
 pub struct MaintenanceService {
     pub node: Arc<Node>,
@@ -23,7 +23,10 @@ pub struct MaintenanceService {
 
 #[tonic::async_trait]
 impl pb::maintenance_server::Maintenance for MaintenanceService {
-    async fn alarm(&self, _r: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        _r: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
         let rev = self.node.status().revision;
         Ok(Response::new(pb::AlarmResponse {
             header: Some(header(&self.node, rev)),
@@ -31,9 +34,14 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         }))
     }
 
-    async fn status(&self, _r: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _r: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let st = self.node.status();
-        let db_size = std::fs::metadata(&self.node.log_path).map(|m| m.len() as i64).unwrap_or(0);
+        let db_size = std::fs::metadata(&self.node.log_path)
+            .map(|m| m.len() as i64)
+            .unwrap_or(0);
         Ok(Response::new(pb::StatusResponse {
             header: Some(header(&self.node, st.revision)),
             version: ETCD_API_VERSION.to_string(),
@@ -58,14 +66,28 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         }))
     }
 
-    async fn hash(&self, _r: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+    async fn hash(
+        &self,
+        _r: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
         Err(Status::unimplemented("Hash is not supported; use HashKV"))
     }
 
-    async fn hash_kv(&self, r: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
-        let d = self.node.sm.read().map_err(|e| Status::internal(e.to_string()))?;
+    async fn hash_kv(
+        &self,
+        r: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let d = self
+            .node
+            .sm
+            .read()
+            .map_err(|e| Status::internal(e.to_string()))?;
         let rev = d.kv.revision();
-        let at = if r.get_ref().revision == 0 { rev } else { r.get_ref().revision };
+        let at = if r.get_ref().revision == 0 {
+            rev
+        } else {
+            r.get_ref().revision
+        };
         if at > rev {
             return Err(state_status(StateError::FutureRevision));
         }
@@ -80,10 +102,16 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         }))
     }
 
-    type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send + 'static>>;
+    type SnapshotStream =
+        Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send + 'static>>;
 
-    async fn snapshot(&self, _r: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(Status::unimplemented("snapshot streaming is not supported yet"))
+    async fn snapshot(
+        &self,
+        _r: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(Status::unimplemented(
+            "snapshot streaming is not supported yet",
+        ))
     }
 
     async fn move_leader(
@@ -96,7 +124,9 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             return Err(Status::failed_precondition("etcdserver: not leader"));
         }
         if !st.members.contains_key(&target) || st.learners.contains(&target) {
-            return Err(Status::failed_precondition("etcdserver: bad leader transferee"));
+            return Err(Status::failed_precondition(
+                "etcdserver: bad leader transferee",
+            ));
         }
         if target != self.node.id {
             self.node
@@ -116,7 +146,9 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             })
             .await;
             if moved.is_err() {
-                return Err(Status::unavailable("etcdserver: request timed out, leader transfer took too long"));
+                return Err(Status::unavailable(
+                    "etcdserver: request timed out, leader transfer took too long",
+                ));
             }
         }
         let rev = self.node.status().revision;
@@ -125,7 +157,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         }))
     }
 
-    async fn downgrade(&self, _r: Request<pb::DowngradeRequest>) -> Result<Response<pb::DowngradeResponse>, Status> {
+    async fn downgrade(
+        &self,
+        _r: Request<pb::DowngradeRequest>,
+    ) -> Result<Response<pb::DowngradeResponse>, Status> {
         Err(Status::unimplemented("downgrade is not supported"))
     }
 }

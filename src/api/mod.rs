@@ -1,5 +1,5 @@
 //! The client-facing gRPC API: etcd v3 services (`kv`, `maintenance`,
-//! `cluster`, `grpc.health.v1`) served on the client address. Each service
+//! `cluster`, `watch`, `grpc.health.v1`) served on the client address. Each service
 //! translates protobuf to state-machine types (`convert`), calls the `Node`,
 //! and maps errors once (`error`).
 //!
@@ -10,6 +10,7 @@ pub mod convert;
 pub mod error;
 pub mod kv;
 pub mod maintenance;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -44,24 +45,35 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let limit = max_request_bytes + GRPC_OVERHEAD;
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
     let kv = pb::kv_server::KvServer::new(kv::KvService {
         node: node.clone(),
         max_request_bytes,
     })
     .max_decoding_message_size(limit);
-    let maintenance = pb::maintenance_server::MaintenanceServer::new(maintenance::MaintenanceService {
+    let maintenance =
+        pb::maintenance_server::MaintenanceServer::new(maintenance::MaintenanceService {
+            node: node.clone(),
+        })
+        .max_decoding_message_size(limit);
+    let cluster =
+        pb::cluster_server::ClusterServer::new(cluster::ClusterService { node: node.clone() })
+            .max_decoding_message_size(limit);
+    let watch = pb::watch_server::WatchServer::new(watch::WatchService {
         node: node.clone(),
+        max_response_bytes: max_request_bytes,
+        progress_interval: watch::progress_interval(),
     })
     .max_decoding_message_size(limit);
-    let cluster = pb::cluster_server::ClusterServer::new(cluster::ClusterService { node: node.clone() })
-        .max_decoding_message_size(limit);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health)
         .add_service(kv)
         .add_service(maintenance)
         .add_service(cluster)
+        .add_service(watch)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

@@ -24,6 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::header;
+use crate::node::watch_hub::Subscription;
 use crate::node::Node;
 use crate::proto::etcdserverpb as pb;
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
@@ -47,7 +48,10 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> 
 impl pb::watch_server::Watch for WatchService {
     type WatchStream = WatchStream;
 
-    async fn watch(&self, request: Request<Streaming<pb::WatchRequest>>) -> Result<Response<WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<WatchStream>, Status> {
         let incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let ctx = StreamCtx {
@@ -168,26 +172,8 @@ impl StreamCtx {
             progress_notify: c.progress_notify,
         };
         // Read history and subscribe under one read lock (see module doc).
-        let (current, compact, replay, sub) = {
-            let d = match self.node.sm.read() {
-                Ok(d) => d,
-                Err(e) => {
-                    let _ = self.tx.send(Err(Status::internal(e.to_string()))).await;
-                    return None;
-                }
-            };
-            let current = d.kv.revision();
-            let start = if c.start_revision > 0 { c.start_revision } else { current + 1 };
-            let replay = if start <= current {
-                d.kv.mvcc().events_since(start, &c.key, &c.range_end)
-            } else {
-                Ok(Vec::new())
-            };
-            let sub = match replay {
-                Ok(_) => Some(self.node.sm.hub().subscribe(c.key.clone(), c.range_end.clone())),
-                Err(_) => None,
-            };
-            (current, d.kv.compact_revision(), replay, sub)
+        let Some((current, compact, replay, sub)) = self.read_and_subscribe(&c) else {
+            return self.fail_internal().await;
         };
         let mut created = self.resp(current, id);
         created.created = true;
@@ -217,8 +203,54 @@ impl StreamCtx {
         Some(Running { hub_id, task })
     }
 
+    /// Reads the history to replay and subscribes to live events under one
+    /// read lock of the state machine, so nothing falls between the two.
+    /// `None` if the lock is poisoned.
+    #[allow(clippy::type_complexity)]
+    fn read_and_subscribe(
+        &self,
+        c: &pb::WatchCreateRequest,
+    ) -> Option<(
+        i64,
+        i64,
+        Result<Vec<Event>, StateError>,
+        Option<Subscription>,
+    )> {
+        let d = self.node.sm.read().ok()?;
+        let current = d.kv.revision();
+        let start = if c.start_revision > 0 {
+            c.start_revision
+        } else {
+            current + 1
+        };
+        let replay = if start <= current {
+            d.kv.mvcc().events_since(start, &c.key, &c.range_end)
+        } else if start <= d.kv.compact_revision() {
+            Err(StateError::Compacted)
+        } else {
+            Ok(Vec::new())
+        };
+        let sub = replay.is_ok().then(|| {
+            self.node
+                .sm
+                .hub()
+                .subscribe(c.key.clone(), c.range_end.clone())
+        });
+        Some((current, d.kv.compact_revision(), replay, sub))
+    }
+
+    /// Ends the stream with an internal error (the state machine lock was
+    /// poisoned by a panic elsewhere).
+    async fn fail_internal(&self) -> Option<Running> {
+        let _ = self
+            .tx
+            .send(Err(Status::internal("warden: state machine unavailable")))
+            .await;
+        None
+    }
+
     /// Sends the replay, then live batches, until cancelled or overflowed.
-    async fn feed(self, spec: Spec, replay: Vec<Event>, mut sub: crate::node::watch_hub::Subscription) {
+    async fn feed(self, spec: Spec, replay: Vec<Event>, mut sub: Subscription) {
         let mut i = 0;
         while i < replay.len() {
             let rev = replay[i].kv.mod_revision;

@@ -150,7 +150,8 @@ pub async fn run_bench(endpoints: &[String], args: BenchArgs, json: bool) -> any
             Ok::<_, anyhow::Error>(h)
         }));
     }
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| anyhow::anyhow!("histogram: {e}"))?;
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| anyhow::anyhow!("histogram: {e}"))?;
     for t in tasks {
         let h = t.await.context("bench client task")??;
         all.add(&h).map_err(|e| anyhow::anyhow!("histogram: {e}"))?;
@@ -172,7 +173,10 @@ pub async fn run_bench(endpoints: &[String], args: BenchArgs, json: bool) -> any
         });
         println!("{v}");
     } else {
-        println!("op {:?}, {} clients over {} connections", args.op, args.clients, args.conns);
+        println!(
+            "op {:?}, {} clients over {} connections",
+            args.op, args.clients, args.conns
+        );
         println!("requests  {ok} ok, {errs} failed in {secs:.2} s");
         println!("throughput {:.0} req/s", ok as f64 / secs);
         println!(

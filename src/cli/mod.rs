@@ -6,6 +6,7 @@
 //! This module never prints errors itself: they are returned to `main`,
 //! which prints one `Error: …` line on stderr.
 
+pub mod bench;
 pub mod cluster;
 pub mod kv;
 pub mod output;
@@ -74,6 +75,8 @@ pub enum Command {
     Compaction(kv::CompactionArgs),
     /// Show the status of every endpoint.
     Status(cluster::StatusArgs),
+    /// Measure throughput and latency against the endpoints.
+    Bench(bench::BenchArgs),
     /// Cluster membership.
     Member {
         /// What to do with members.
@@ -95,6 +98,10 @@ impl Cli {
         let command = match self.command {
             Command::Server(args) => return server::run_server(*args).await,
             Command::Dev(args) => return server::run_dev(args).await,
+            Command::Bench(args) => {
+                let json = global.output == Format::Json;
+                return bench::run_bench(&global.endpoints, args, json).await;
+            }
             other => other,
         };
         let client = global.client().await?;
@@ -137,7 +144,9 @@ async fn execute(
         Command::Member {
             command: cluster::MemberCommand::List(a),
         } => cluster::member_list(client, a, f, out).await,
-        Command::Server(_) | Command::Dev(_) => anyhow::bail!("not a client command"),
+        Command::Server(_) | Command::Dev(_) | Command::Bench(_) => {
+            anyhow::bail!("not a client command")
+        }
     }
 }
 

@@ -67,7 +67,6 @@ pub struct DevArgs {
     pub dir: std::path::PathBuf,
 }
 
-
 /// Strips an optional `http://` scheme: etcd users write URLs, we want host:port.
 fn strip_scheme(s: &str) -> &str {
     s.trim()
@@ -92,9 +91,9 @@ pub fn parse_initial_cluster(s: &str) -> anyhow::Result<BTreeMap<String, String>
     let mut out = BTreeMap::new();
     let mut addrs = std::collections::BTreeSet::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (name, addr) = part
-            .split_once('=')
-            .ok_or_else(|| anyhow!("invalid --initial-cluster entry {part:?}: expected name=host:port"))?;
+        let (name, addr) = part.split_once('=').ok_or_else(|| {
+            anyhow!("invalid --initial-cluster entry {part:?}: expected name=host:port")
+        })?;
         let name = name.trim();
         if name.is_empty() {
             bail!("invalid --initial-cluster entry {part:?}: empty member name");
@@ -119,7 +118,8 @@ impl ServerArgs {
         let Some(path) = self.config.clone() else {
             return Ok(self);
         };
-        let text = std::fs::read_to_string(&path).with_context(|| format!("--config {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("--config {}", path.display()))?;
         let f: ServerArgs = toml::from_str(&text).map_err(|e| {
             anyhow!(
                 "--config {}: {}",
@@ -160,8 +160,14 @@ impl ServerArgs {
                 PathBuf::from(format!("{name}.data"))
             }
         });
-        let client_addr = check_addr("client-addr", a.client_addr.as_deref().unwrap_or("127.0.0.1:2379"))?;
-        let peer_addr = check_addr("peer-addr", a.peer_addr.as_deref().unwrap_or("127.0.0.1:2380"))?;
+        let client_addr = check_addr(
+            "client-addr",
+            a.client_addr.as_deref().unwrap_or("127.0.0.1:2379"),
+        )?;
+        let peer_addr = check_addr(
+            "peer-addr",
+            a.peer_addr.as_deref().unwrap_or("127.0.0.1:2380"),
+        )?;
         if client_addr == peer_addr {
             bail!("invalid --client-addr: same as --peer-addr ({peer_addr})");
         }
@@ -263,9 +269,9 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let peer = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(
-            crate::proto::peer::raft_peer_server::RaftPeerServer::new(crate::node::peer_service::PeerService {
-                node: node.clone(),
-            })
+            crate::proto::peer::raft_peer_server::RaftPeerServer::new(
+                crate::node::peer_service::PeerService { node: node.clone() },
+            )
             .max_decoding_message_size(crate::node::network::MAX_MESSAGE)
             .max_encoding_message_size(crate::node::network::MAX_MESSAGE),
         )
@@ -273,7 +279,12 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             tokio_stream::wrappers::TcpListenerStream::new(peer_listener),
             stopped(stop_rx.clone()),
         );
-    let client = crate::api::serve(node.clone(), client_listener, max_request_bytes, stopped(stop_rx));
+    let client = crate::api::serve(
+        node.clone(),
+        client_listener,
+        max_request_bytes,
+        stopped(stop_rx),
+    );
     let peer_task = tokio::spawn(peer);
     let client_task = tokio::spawn(client);
 
@@ -331,7 +342,10 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting member {name}"))?;
-        println!("{name}: clients 127.0.0.1:{c}  peers 127.0.0.1:{p}  data {}", dir.display());
+        println!(
+            "{name}: clients 127.0.0.1:{c}  peers 127.0.0.1:{p}  data {}",
+            dir.display()
+        );
         endpoints.push(format!("127.0.0.1:{c}"));
         children.push(child);
     }
@@ -348,7 +362,9 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     for c in &mut children {
         if let Some(pid) = c.id() {
             // SIGTERM for a graceful stop; kill_on_drop is the backstop.
-            let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
         }
     }
     for c in &mut children {
@@ -386,14 +402,62 @@ mod tests {
     #[test]
     fn bad_configuration_names_the_field() {
         let cases: Vec<(ServerArgs, &str)> = vec![
-            (ServerArgs { client_addr: Some("nope".into()), ..args() }, "--client-addr"),
-            (ServerArgs { initial_cluster: Some("n2=127.0.0.1:1".into()), ..args() }, "does not list this member"),
-            (ServerArgs { initial_cluster: Some("n1=127.0.0.1:2380,n1=127.0.0.1:3".into()), ..args() }, "appears twice"),
-            (ServerArgs { initial_cluster: Some("n1=127.0.0.1:2380,n2=127.0.0.1:2380".into()), ..args() }, "two members"),
-            (ServerArgs { initial_cluster: Some("n1=127.0.0.1:9".into()), ..args() }, "--peer-addr is"),
-            (ServerArgs { election_timeout_min_ms: Some(50), ..args() }, "--election-timeout-min-ms"),
-            (ServerArgs { election_timeout_max_ms: Some(900), ..args() }, "--election-timeout-max-ms"),
-            (ServerArgs { name: Some("a b".into()), ..args() }, "--name"),
+            (
+                ServerArgs {
+                    client_addr: Some("nope".into()),
+                    ..args()
+                },
+                "--client-addr",
+            ),
+            (
+                ServerArgs {
+                    initial_cluster: Some("n2=127.0.0.1:1".into()),
+                    ..args()
+                },
+                "does not list this member",
+            ),
+            (
+                ServerArgs {
+                    initial_cluster: Some("n1=127.0.0.1:2380,n1=127.0.0.1:3".into()),
+                    ..args()
+                },
+                "appears twice",
+            ),
+            (
+                ServerArgs {
+                    initial_cluster: Some("n1=127.0.0.1:2380,n2=127.0.0.1:2380".into()),
+                    ..args()
+                },
+                "two members",
+            ),
+            (
+                ServerArgs {
+                    initial_cluster: Some("n1=127.0.0.1:9".into()),
+                    ..args()
+                },
+                "--peer-addr is",
+            ),
+            (
+                ServerArgs {
+                    election_timeout_min_ms: Some(50),
+                    ..args()
+                },
+                "--election-timeout-min-ms",
+            ),
+            (
+                ServerArgs {
+                    election_timeout_max_ms: Some(900),
+                    ..args()
+                },
+                "--election-timeout-max-ms",
+            ),
+            (
+                ServerArgs {
+                    name: Some("a b".into()),
+                    ..args()
+                },
+                "--name",
+            ),
         ];
         for (a, want) in cases {
             let e = a.resolve().unwrap_err().to_string();
@@ -406,14 +470,28 @@ mod tests {
     fn config_file_fills_unset_fields_and_rejects_unknown_keys() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("w.toml");
-        std::fs::write(&p, "name = \"n1\"\nclient-addr = \"http://127.0.0.1:5000\"\nheartbeat-interval-ms = 50\n").unwrap();
-        let a = ServerArgs { config: Some(p.clone()), heartbeat_interval_ms: Some(60), ..Default::default() };
+        std::fs::write(
+            &p,
+            "name = \"n1\"\nclient-addr = \"http://127.0.0.1:5000\"\nheartbeat-interval-ms = 50\n",
+        )
+        .unwrap();
+        let a = ServerArgs {
+            config: Some(p.clone()),
+            heartbeat_interval_ms: Some(60),
+            ..Default::default()
+        };
         let (c, _) = a.resolve().unwrap();
         assert_eq!(c.name, "n1");
         assert_eq!(c.client_addr, "127.0.0.1:5000");
         assert_eq!(c.heartbeat_interval_ms, 60, "flag beats file");
         std::fs::write(&p, "nmae = \"x\"\n").unwrap();
-        let e = ServerArgs { config: Some(p), ..Default::default() }.resolve().unwrap_err().to_string();
+        let e = ServerArgs {
+            config: Some(p),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("nmae"), "{e}");
     }
 }

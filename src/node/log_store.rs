@@ -34,7 +34,10 @@ fn dec<T: DeserializeOwned>(db: &LogDb, what: &str, b: &[u8]) -> io::Result<T> {
     postcard::from_bytes(b).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("raft log {}: cannot decode {what}: {e}", db.path().display()),
+            format!(
+                "raft log {}: cannot decode {what}: {e}",
+                db.path().display()
+            ),
         )
     })
 }
@@ -122,7 +125,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_meta::<Option<LogId>>(COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -157,4 +164,3 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         blocking(move || Ok(db.purge_upto(log_id.index, PURGED, &meta)?)).await
     }
 }
-

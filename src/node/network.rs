@@ -19,8 +19,8 @@ use futures::{Stream, StreamExt};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::RaftNetworkV2;
 use rand::Rng;
@@ -165,7 +165,9 @@ pub type Remote<T> = Result<T, String>;
 
 impl PeerNetwork {
     fn client(&self) -> Result<RaftPeerClient<Channel>, RPCError<TypeConfig>> {
-        self.client.clone().map_err(|e| RPCError::Unreachable(Unreachable::new(&Msg(e))))
+        self.client
+            .clone()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&Msg(e))))
     }
 
     fn note(&self, ok: bool, err: Option<String>) {
@@ -177,7 +179,12 @@ impl PeerNetwork {
         self.links.set(self.target, &self.addr, state, err);
     }
 
-    async fn call<Req, Resp, F, Fut>(&mut self, req: &Req, timeout: Duration, f: F) -> Result<Resp, RPCError<TypeConfig>>
+    async fn call<Req, Resp, F, Fut>(
+        &mut self,
+        req: &Req,
+        timeout: Duration,
+        f: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -216,8 +223,10 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, option.soft_ttl(), |mut c, r| async move { c.append_entries(r).await })
-            .await
+        self.call(&rpc, option.soft_ttl(), |mut c, r| async move {
+            c.append_entries(r).await
+        })
+        .await
     }
 
     fn stream_append<'s, S>(
@@ -226,7 +235,13 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> futures::future::BoxFuture<
         's,
-        Result<futures::stream::BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+        Result<
+            futures::stream::BoxStream<
+                's,
+                Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>,
+            >,
+            RPCError<TypeConfig>,
+        >,
     >
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
@@ -259,11 +274,17 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             let addr = self.addr.clone();
             let s = resp.into_inner().map(move |item| match item {
                 Ok(blob) => {
-                    let r: Remote<StreamAppendResult<TypeConfig>> = decode(&blob).map_err(local_err)?;
+                    let r: Remote<StreamAppendResult<TypeConfig>> =
+                        decode(&blob).map_err(local_err)?;
                     r.map_err(|e| local_err(format!("peer {target:x}: {e}")))
                 }
                 Err(status) => {
-                    links.set(target, &addr, LinkState::Disconnected, Some(status.message().to_string()));
+                    links.set(
+                        target,
+                        &addr,
+                        LinkState::Disconnected,
+                        Some(status.message().to_string()),
+                    );
                     Err(rpc_err(&status))
                 }
             });
@@ -276,8 +297,10 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, option.soft_ttl(), |mut c, r| async move { c.vote(r).await })
-            .await
+        self.call(&rpc, option.soft_ttl(), |mut c, r| async move {
+            c.vote(r).await
+        })
+        .await
     }
 
     async fn pre_vote(
@@ -285,8 +308,10 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, option.soft_ttl(), |mut c, r| async move { c.pre_vote(r).await })
-            .await
+        self.call(&rpc, option.soft_ttl(), |mut c, r| async move {
+            c.pre_vote(r).await
+        })
+        .await
     }
 
     async fn full_snapshot(
@@ -300,7 +325,9 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             RPCError::Unreachable(u) => StreamingError::Unreachable(u),
             RPCError::Timeout(t) => StreamingError::Timeout(t),
             RPCError::Network(n) => StreamingError::Network(n),
-            RPCError::RemoteError(r) => StreamingError::Network(NetworkError::new(&Msg(r.to_string()))),
+            RPCError::RemoteError(r) => {
+                StreamingError::Network(NetworkError::new(&Msg(r.to_string())))
+            }
         };
         let mut client = self.client().map_err(to_stream)?;
         let header = encode(&SnapshotHeader {
@@ -355,8 +382,10 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&req, option.soft_ttl(), |mut c, r| async move { c.transfer_leader(r).await })
-            .await
+        self.call(&req, option.soft_ttl(), |mut c, r| async move {
+            c.transfer_leader(r).await
+        })
+        .await
     }
 
     fn backoff(&self) -> Option<Backoff> {
@@ -369,7 +398,10 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
 
 /// Exponential backoff from `base` doubling up to `cap`, each step scaled by
 /// a random factor in [0.5, 1.5).
-pub fn jittered_backoff(base: Duration, cap: Duration) -> impl Iterator<Item = Duration> + Send + 'static {
+pub fn jittered_backoff(
+    base: Duration,
+    cap: Duration,
+) -> impl Iterator<Item = Duration> + Send + 'static {
     let mut next = base;
     std::iter::repeat_with(move || {
         let cur = next;
@@ -390,7 +422,10 @@ mod tests {
             .collect();
         assert!(v[0] >= Duration::from_millis(25) && v[0] < Duration::from_millis(75));
         for d in &v[8..] {
-            assert!(*d >= Duration::from_secs(1) && *d < Duration::from_secs(3), "{d:?}");
+            assert!(
+                *d >= Duration::from_secs(1) && *d < Duration::from_secs(3),
+                "{d:?}"
+            );
         }
         // Jitter: not every capped step is identical.
         assert!(v[8..].windows(2).any(|w| w[0] != w[1]));

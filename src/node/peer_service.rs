@@ -55,7 +55,12 @@ type BlobStream = Pin<Box<dyn Stream<Item = Result<Blob, Status>> + Send + 'stat
 impl RaftPeer for PeerService {
     async fn append_entries(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref()).map_err(bad)?;
-        let r = self.node.raft.append_entries(rpc).await.map_err(|e| e.to_string());
+        let r = self
+            .node
+            .raft
+            .append_entries(rpc)
+            .await
+            .map_err(|e| e.to_string());
         reply(&r)
     }
 
@@ -67,13 +72,21 @@ impl RaftPeer for PeerService {
 
     async fn pre_vote(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
         let rpc: VoteRequest<TypeConfig> = decode(req.get_ref()).map_err(bad)?;
-        let r = self.node.raft.pre_vote(rpc).await.map_err(|e| e.to_string());
+        let r = self
+            .node
+            .raft
+            .pre_vote(rpc)
+            .await
+            .map_err(|e| e.to_string());
         reply(&r)
     }
 
     type StreamAppendStream = BlobStream;
 
-    async fn stream_append(&self, req: Request<Streaming<Blob>>) -> Result<Response<BlobStream>, Status> {
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<Blob>>,
+    ) -> Result<Response<BlobStream>, Status> {
         let incoming = req.into_inner();
         // Decode until the first bad or failed message; the stream then ends
         // and the leader re-establishes replication.
@@ -96,7 +109,10 @@ impl RaftPeer for PeerService {
         Ok(Response::new(Box::pin(out)))
     }
 
-    async fn install_snapshot(&self, req: Request<Streaming<Blob>>) -> Result<Response<Blob>, Status> {
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<Blob>>,
+    ) -> Result<Response<Blob>, Status> {
         let mut incoming = req.into_inner();
         let first = incoming
             .next()
@@ -123,10 +139,12 @@ impl RaftPeer for PeerService {
                 .map_err(|e| Status::internal(format!("sync {}: {e}", tmp.display())))?;
             // Verify before Raft sees it: a truncated stream is refused here.
             let check = tmp.clone();
-            tokio::task::spawn_blocking(move || super::state_machine::load_snapshot(&check).map(|_| ()))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| Status::data_loss(e.to_string()))?;
+            tokio::task::spawn_blocking(move || {
+                super::state_machine::load_snapshot(&check).map(|_| ())
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::data_loss(e.to_string()))?;
             let snapshot = openraft::storage::Snapshot {
                 meta: header.meta,
                 snapshot: SnapshotFile { path: tmp.clone() },

@@ -20,10 +20,10 @@ use openraft::{EntryPayload, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::watch_hub::WatchHub;
 use super::types::{
     LogId, RaftSnapshot, Request, Response, SnapshotMeta, StoredMembership, TypeConfig,
 };
+use super::watch_hub::WatchHub;
 use crate::state::StateMachine;
 use crate::storage::snapshot_file;
 

@@ -70,7 +70,8 @@ pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
-pub type RaftSnapshot = openraft::alias::SnapshotOf<TypeConfig, crate::node::state_machine::SnapshotFile>;
+pub type RaftSnapshot =
+    openraft::alias::SnapshotOf<TypeConfig, crate::node::state_machine::SnapshotFile>;
 
 /// Node id from a member name: FNV-1a 64, never zero. Every member computes
 /// the same ids from `--initial-cluster`, so ids need no coordination.

@@ -130,7 +130,10 @@ impl WatchHub {
             if mine.is_empty() {
                 continue;
             }
-            match w.tx.try_send(Batch { revision, events: mine }) {
+            match w.tx.try_send(Batch {
+                revision,
+                events: mine,
+            }) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     w.overflowed.store(true, Ordering::SeqCst);
@@ -192,7 +195,10 @@ mod tests {
         while slow.rx.recv().await.is_some() {
             n += 1;
         }
-        assert_eq!(n, WATCHER_QUEUE, "queued batches are still readable, then the stream ends");
+        assert_eq!(
+            n, WATCHER_QUEUE,
+            "queued batches are still readable, then the stream ends"
+        );
         assert_eq!(hub.len(), 1, "the slow watcher was removed");
         hub.unsubscribe(s.id);
         assert!(hub.is_empty());

@@ -67,13 +67,18 @@ fn frame(body: &[u8]) -> Vec<u8> {
 
 fn unframe(raw: &[u8]) -> Result<&[u8], String> {
     if raw.len() < 4 {
-        return Err(format!("record of {} bytes is shorter than its checksum", raw.len()));
+        return Err(format!(
+            "record of {} bytes is shorter than its checksum",
+            raw.len()
+        ));
     }
     let (crc, body) = raw.split_at(4);
     let want = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
     let got = crc32fast::hash(body);
     if want != got {
-        return Err(format!("checksum mismatch (stored {want:08x}, computed {got:08x})"));
+        return Err(format!(
+            "checksum mismatch (stored {want:08x}, computed {got:08x})"
+        ));
     }
     Ok(body)
 }
@@ -130,7 +135,10 @@ impl LogDb {
     }
 
     /// Entries with indexes in `range`, in order, checksums verified.
-    pub fn read_range(&self, range: impl RangeBounds<u64>) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+    pub fn read_range(
+        &self,
+        range: impl RangeBounds<u64>,
+    ) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
         let lo = match range.start_bound() {
             Bound::Included(x) => *x,
             Bound::Excluded(x) => x.saturating_add(1),
@@ -258,12 +266,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = open(&dir);
-            db.append(&[(1, b"a".to_vec()), (2, b"bb".to_vec()), (3, b"ccc".to_vec())])
-                .unwrap();
+            db.append(&[
+                (1, b"a".to_vec()),
+                (2, b"bb".to_vec()),
+                (3, b"ccc".to_vec()),
+            ])
+            .unwrap();
             db.put_meta("vote", b"v1").unwrap();
         }
         let db = open(&dir);
-        assert_eq!(db.read_range(2..).unwrap(), vec![(2, b"bb".to_vec()), (3, b"ccc".to_vec())]);
+        assert_eq!(
+            db.read_range(2..).unwrap(),
+            vec![(2, b"bb".to_vec()), (3, b"ccc".to_vec())]
+        );
         assert_eq!(db.last().unwrap(), Some((3, b"ccc".to_vec())));
         assert_eq!(db.get_meta("vote").unwrap(), Some(b"v1".to_vec()));
         assert_eq!(db.get_meta("nothing").unwrap(), None);
@@ -279,7 +294,12 @@ mod tests {
         db.truncate_after(Some(7)).unwrap();
         assert_eq!(db.last().unwrap().map(|e| e.0), Some(7));
         db.purge_upto(3, "purged", b"3").unwrap();
-        let idx: Vec<u64> = db.read_range(..).unwrap().into_iter().map(|e| e.0).collect();
+        let idx: Vec<u64> = db
+            .read_range(..)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
         assert_eq!(idx, vec![4, 5, 6, 7]);
         assert_eq!(db.get_meta("purged").unwrap(), Some(b"3".to_vec()));
         db.truncate_after(None).unwrap();
@@ -291,7 +311,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = open(&dir);
-            db.append(&[(1, b"good".to_vec()), (3, b"good".to_vec())]).unwrap();
+            db.append(&[(1, b"good".to_vec()), (3, b"good".to_vec())])
+                .unwrap();
             let mut bad = frame(b"payload");
             bad[5] ^= 0xff; // flip a body bit: checksum no longer matches
             db.put_raw(2, &bad).unwrap();
@@ -305,7 +326,11 @@ mod tests {
         assert_eq!(db.read_range(..2).unwrap(), vec![(1, b"good".to_vec())]);
         // A record too short to hold a checksum is refused too.
         db.put_raw(4, b"ab").unwrap();
-        assert!(db.read_range(4..).unwrap_err().to_string().contains("shorter"));
+        assert!(db
+            .read_range(4..)
+            .unwrap_err()
+            .to_string()
+            .contains("shorter"));
     }
 
     proptest! {

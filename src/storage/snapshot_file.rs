@@ -213,13 +213,22 @@ mod tests {
         let mut flipped = good.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
-        assert!(decode(p, &flipped).unwrap_err().to_string().contains("checksum"));
+        assert!(decode(p, &flipped)
+            .unwrap_err()
+            .to_string()
+            .contains("checksum"));
         let mut foreign = good.clone();
         foreign[0] = b'X';
-        assert!(decode(p, &foreign).unwrap_err().to_string().contains("magic"));
+        assert!(decode(p, &foreign)
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
         let mut newer = good.clone();
         newer[8] = 9;
-        assert!(decode(p, &newer).unwrap_err().to_string().contains("version 9"));
+        assert!(decode(p, &newer)
+            .unwrap_err()
+            .to_string()
+            .contains("version 9"));
         assert!(decode(p, &good).is_ok());
     }
 }

@@ -114,7 +114,12 @@ impl Cluster {
     }
 
     pub fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(self._tmp.path().join(format!("{}.log", self.members[i].name))).unwrap_or_default()
+        std::fs::read_to_string(
+            self._tmp
+                .path()
+                .join(format!("{}.log", self.members[i].name)),
+        )
+        .unwrap_or_default()
     }
 
     pub fn dir(&self) -> &Path {
@@ -151,7 +156,10 @@ impl Cluster {
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "no agreed leader within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -195,7 +203,11 @@ pub async fn put(addr: &str, key: &str, value: &str) -> Result<pb::PutResponse, 
 }
 
 /// Linearizable (or serializable) get of one key's value.
-pub async fn get(addr: &str, key: &str, serializable: bool) -> Result<Option<Vec<u8>>, tonic::Status> {
+pub async fn get(
+    addr: &str,
+    key: &str,
+    serializable: bool,
+) -> Result<Option<Vec<u8>>, tonic::Status> {
     let r = kv(addr)
         .await
         .range(pb::RangeRequest {
@@ -223,8 +235,7 @@ pub async fn get_prefix(addr: &str, prefix: &str) -> Result<Vec<(String, String)
         })
         .await?
         .into_inner();
-    Ok(r
-        .kvs
+    Ok(r.kvs
         .into_iter()
         .map(|kv| {
             (
@@ -246,7 +257,10 @@ where
         match f().await {
             Ok(v) => return v,
             Err(e) => {
-                assert!(Instant::now() < deadline, "condition not met within {timeout:?}: {e}");
+                assert!(
+                    Instant::now() < deadline,
+                    "condition not met within {timeout:?}: {e}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
