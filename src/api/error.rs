@@ -22,6 +22,7 @@ pub fn state_status(e: StateError) -> Status {
         ErrorClass::OutOfRange => Code::OutOfRange,
         ErrorClass::InvalidArgument => Code::InvalidArgument,
         ErrorClass::NotFound => Code::NotFound,
+        ErrorClass::FailedPrecondition => Code::FailedPrecondition,
     };
     Status::new(code, e.grpc_message())
 }

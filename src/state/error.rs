@@ -43,6 +43,12 @@ pub enum StateError {
     /// A put attaches a lease that does not exist.
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    /// A grant asks for an id that is already taken.
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    /// A grant asks for a TTL above [`crate::state::lease::MAX_LEASE_TTL`].
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
 }
 
 /// How the api layer should classify a [`StateError`] (etcd's gRPC codes).
@@ -54,13 +60,18 @@ pub enum ErrorClass {
     InvalidArgument,
     /// gRPC `NOT_FOUND`.
     NotFound,
+    /// gRPC `FAILED_PRECONDITION`.
+    FailedPrecondition,
 }
 
 impl StateError {
     /// The gRPC code class etcd uses for this error (`rpctypes.ErrGRPC*`).
     pub fn class(&self) -> ErrorClass {
         match self {
-            StateError::Compacted | StateError::FutureRevision => ErrorClass::OutOfRange,
+            StateError::Compacted | StateError::FutureRevision | StateError::LeaseTtlTooLarge => {
+                ErrorClass::OutOfRange
+            }
+            StateError::LeaseExists => ErrorClass::FailedPrecondition,
             StateError::KeyNotFound
             | StateError::DuplicateKey
             | StateError::TooManyOps
@@ -93,6 +104,8 @@ impl StateError {
             StateError::ValueProvided => "etcdserver: value is provided",
             StateError::LeaseProvided => "etcdserver: lease is provided",
             StateError::LeaseNotFound => "etcdserver: requested lease not found",
+            StateError::LeaseExists => "etcdserver: lease already exists",
+            StateError::LeaseTtlTooLarge => "etcdserver: too large lease TTL",
         }
     }
 }

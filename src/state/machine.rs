@@ -23,7 +23,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::error::{SnapshotError, StateError};
-use super::mvcc::{MvccStore, NoLeases};
+use super::lease::LeaseTable;
+use super::mvcc::MvccStore;
 use super::types::{
     CompactionRequest, DeleteRangeRequest, DeleteRangeResponse, Event, PutRequest, PutResponse,
     RangeRequest, RangeResponse, TxnRequest, TxnResponse,
@@ -36,6 +37,19 @@ pub enum Command {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     Compact(CompactionRequest),
+    /// Create a lease; the proposer chose the id.
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// Delete a lease and its keys (revoked by a client, or expired).
+    LeaseRevoke {
+        id: i64,
+    },
+    /// Record remaining TTLs, in milliseconds, by lease id.
+    LeaseCheckpoint {
+        checkpoints: Vec<(i64, i64)>,
+    },
 }
 
 /// The successful outcome of a [`Command`].
@@ -45,6 +59,9 @@ pub enum CommandResult {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compact,
+    LeaseGrant { id: i64, ttl: i64 },
+    LeaseRevoke,
+    LeaseCheckpoint,
 }
 
 /// What applying one command did.
@@ -63,8 +80,7 @@ pub struct Applied {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateMachine {
     mvcc: MvccStore,
-    // Lease table goes here; it must then be passed to the mvcc writes
-    // instead of `NoLeases` (see `mvcc::LeaseLookup`).
+    leases: LeaseTable,
 }
 
 /// Magic bytes opening every snapshot.
@@ -83,9 +99,9 @@ impl StateMachine {
     /// Applies one committed command. Deterministic: the same command on
     /// the same state gives the same `Applied` and the same new state.
     pub fn apply(&mut self, cmd: &Command) -> Applied {
-        let leases = NoLeases;
+        let leases = &self.leases;
         let (result, events) = match cmd {
-            Command::Put(req) => match self.mvcc.put(req, &leases) {
+            Command::Put(req) => match self.mvcc.put(req, leases) {
                 Ok(w) => (Ok(CommandResult::Put(w.response)), w.events),
                 Err(e) => (Err(e), Vec::new()),
             },
@@ -93,7 +109,7 @@ impl StateMachine {
                 Ok(w) => (Ok(CommandResult::DeleteRange(w.response)), w.events),
                 Err(e) => (Err(e), Vec::new()),
             },
-            Command::Txn(req) => match self.mvcc.txn(req, &leases) {
+            Command::Txn(req) => match self.mvcc.txn(req, leases) {
                 Ok(w) => (Ok(CommandResult::Txn(w.response)), w.events),
                 Err(e) => (Err(e), Vec::new()),
             },
@@ -103,12 +119,35 @@ impl StateMachine {
                     .map(|()| CommandResult::Compact),
                 Vec::new(),
             ),
+            Command::LeaseGrant { id, ttl } => (
+                self.leases
+                    .grant(*id, *ttl)
+                    .map(|()| CommandResult::LeaseGrant { id: *id, ttl: *ttl }),
+                Vec::new(),
+            ),
+            Command::LeaseRevoke { id } => match self.leases.revoke(*id) {
+                Ok(keys) => {
+                    let w = self.mvcc.delete_keys(&keys);
+                    (Ok(CommandResult::LeaseRevoke), w.events)
+                }
+                Err(e) => (Err(e), Vec::new()),
+            },
+            Command::LeaseCheckpoint { checkpoints } => {
+                self.leases.checkpoint(checkpoints);
+                (Ok(CommandResult::LeaseCheckpoint), Vec::new())
+            }
         };
+        self.leases.track(&events);
         Applied {
             result,
             revision: self.mvcc.current_revision(),
             events,
         }
+    }
+
+    /// The lease table.
+    pub fn leases(&self) -> &LeaseTable {
+        &self.leases
     }
 
     /// A read served outside the log (serializable, or after a read index).
@@ -136,7 +175,24 @@ impl StateMachine {
     /// [`StateMachine::from_snapshot_bytes`], which runs this) should call it
     /// before trusting the result.
     pub fn check_invariants(&self) -> Result<(), String> {
-        self.mvcc.check_invariants()
+        self.mvcc.check_invariants()?;
+        self.leases.check_invariants()?;
+        // Every key a lease lists is live and carries that lease.
+        for l in self.leases.iter() {
+            for k in &l.keys {
+                match self.mvcc.get(k) {
+                    Some(kv) if kv.lease == l.id => {}
+                    _ => {
+                        return Err(format!(
+                            "lease {:x} lists key {} which does not carry it",
+                            l.id,
+                            ShortBytes(k)
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Read access to the key-value store.
@@ -271,6 +327,11 @@ impl fmt::Display for Command {
                 t.failure.len()
             ),
             Command::Compact(c) => write!(f, "compact revision={}", c.revision),
+            Command::LeaseGrant { id, ttl } => write!(f, "lease grant id={id:x} ttl={ttl}s"),
+            Command::LeaseRevoke { id } => write!(f, "lease revoke id={id:x}"),
+            Command::LeaseCheckpoint { checkpoints } => {
+                write!(f, "lease checkpoint leases={}", checkpoints.len())
+            }
         }
     }
 }
@@ -308,6 +369,58 @@ mod tests {
             assert!(m.apply(&c).result.is_ok(), "{c}");
         }
         m
+    }
+
+    fn put_with_lease(k: &str, lease: i64) -> Command {
+        Command::Put(PutRequest {
+            key: k.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn lease_revoke_deletes_its_keys_in_one_revision() {
+        let mut m = StateMachine::new();
+        assert_eq!(
+            m.apply(&put_with_lease("x", 5)).result,
+            Err(StateError::LeaseNotFound)
+        );
+        let g = m.apply(&Command::LeaseGrant { id: 5, ttl: 10 });
+        assert_eq!(g.result, Ok(CommandResult::LeaseGrant { id: 5, ttl: 10 }));
+        assert_eq!(g.revision, 1, "a grant does not change the key revision");
+        for k in ["a", "b", "c"] {
+            assert!(m.apply(&put_with_lease(k, 5)).result.is_ok());
+        }
+        // `c` is rewritten without the lease: it must survive the revoke.
+        assert!(m.apply(&put("c", "plain")).result.is_ok());
+        assert!(m.check_invariants().is_ok());
+        let before = m.revision();
+        let r = m.apply(&Command::LeaseRevoke { id: 5 });
+        assert_eq!(r.result, Ok(CommandResult::LeaseRevoke));
+        assert_eq!(r.revision, before + 1);
+        let deleted: Vec<&[u8]> = r.events.iter().map(|e| e.kv.key.as_slice()).collect();
+        assert_eq!(deleted, vec![b"a".as_slice(), b"b".as_slice()]);
+        assert!(r.events.iter().all(|e| e.kind == EventKind::Delete));
+        assert!(m.mvcc().get(b"c").is_some());
+        assert_eq!(
+            m.apply(&Command::LeaseRevoke { id: 5 }).result,
+            Err(StateError::LeaseNotFound)
+        );
+        // Snapshots carry the lease table.
+        m.apply(&Command::LeaseGrant { id: 6, ttl: 3 });
+        m.apply(&Command::LeaseCheckpoint {
+            checkpoints: vec![(6, 1500)],
+        });
+        let bytes = m.to_snapshot_bytes().unwrap_or_default();
+        let back = StateMachine::from_snapshot_bytes(&bytes);
+        assert_eq!(back.as_ref().ok(), Some(&m));
+        assert_eq!(
+            back.ok()
+                .and_then(|b| b.leases().get(6).map(|l| l.resume_ms())),
+            Some(1500)
+        );
     }
 
     #[test]
@@ -459,12 +572,14 @@ mod tests {
             compact_revision: i64,
             live_keys: u64,
             keys: std::collections::BTreeMap<Vec<u8>, ()>,
+            leases: std::collections::BTreeMap<i64, ()>,
         }
         let body = postcard::to_stdvec(&Fake {
             current_revision: 0,
             compact_revision: 0,
             live_keys: 0,
             keys: Default::default(),
+            leases: Default::default(),
         })
         .unwrap();
         let mut b = Vec::new();

@@ -1,9 +1,8 @@
 //! The replicated state: everything every member holds identically because
 //! it applied the same committed commands in the same order.
 //!
-//! Today that is the MVCC key-value store (`mvcc`), driven by [`StateMachine`]
-//! (`machine`), which also owns the snapshot format. Leases, the lock table
-//! and client sessions will join it here.
+//! The MVCC key-value store (`mvcc`) and the lease table (`lease`), driven by
+//! [`StateMachine`] (`machine`), which also owns the snapshot format.
 //!
 //! This layer is a pure function of (state, command) → (state, result,
 //! events). It must never do IO, read a clock, use randomness, or depend on
@@ -17,6 +16,7 @@
 //! `mvcc` (the store), `machine` (commands, apply, snapshots).
 
 pub mod error;
+pub mod lease;
 pub mod machine;
 pub mod mvcc;
 pub mod types;

@@ -300,6 +300,25 @@ impl MvccStore {
         }
     }
 
+    /// Deletes the given keys in one revision (a revoked lease's keys).
+    /// Keys that are not live are skipped; nothing changes if none is.
+    pub fn delete_keys(&mut self, keys: &[Vec<u8>]) -> WriteResult<i64> {
+        let mut w = self.begin_write();
+        let mut deleted = 0;
+        for k in keys {
+            let r = self.delete_op(
+                &mut w,
+                &DeleteRangeRequest {
+                    key: k.clone(),
+                    range_end: Vec::new(),
+                    prev_kv: false,
+                },
+            );
+            deleted += r.deleted;
+        }
+        self.commit(w, deleted)
+    }
+
     /// etcd `Compact`: forget history older than `rev`. Reads at `rev` and
     /// later answer exactly as before; reads before `rev` get `Compacted`.
     /// Does not change the current revision.
