@@ -15,7 +15,6 @@ use tonic::{Request, Response, Status};
 use super::error::{node_status, state_status, too_large};
 use super::header;
 use crate::node::peer_service::grpc_timeout;
-use crate::node::types::Request as RaftRequest;
 use crate::node::Node;
 use crate::proto::etcdserverpb as pb;
 use crate::state::types as st;
@@ -39,23 +38,11 @@ impl KvService {
         req: &Request<T>,
         cmd: Command,
     ) -> Result<(i64, CommandResult), Status> {
-        let deadline = self.node.deadline(grpc_timeout(req));
-        let resp = self
-            .node
-            .write(RaftRequest::Kv(cmd), deadline)
-            .await
-            .map_err(node_status)?;
-        match resp.result {
-            Ok(Some(r)) => Ok((resp.revision, r)),
-            Ok(None) => Err(Status::internal("command applied without a result")),
-            Err(e) => Err(state_status(e)),
-        }
+        Ok(super::propose(&self.node, grpc_timeout(req), cmd).await?)
     }
 }
 
-fn unexpected() -> Status {
-    Status::internal("state machine answered with the wrong result kind")
-}
+use super::unexpected;
 
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {

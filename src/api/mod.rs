@@ -1,5 +1,5 @@
 //! The client-facing gRPC API: etcd v3 services (`kv`, `maintenance`,
-//! `cluster`, `watch`, `grpc.health.v1`) served on the client address. Each service
+//! `cluster`, `watch`, `lease`, `grpc.health.v1`) served on the client address. Each service
 //! translates protobuf to state-machine types (`convert`), calls the `Node`,
 //! and maps errors once (`error`).
 //!
@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod convert;
 pub mod error;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod watch;
 
@@ -34,6 +35,48 @@ pub fn header(node: &Node, revision: i64) -> pb::ResponseHeader {
         revision,
         raft_term: node.term(),
     }
+}
+
+/// Why a proposal failed: the node could not get it applied, or the state
+/// machine refused it (then nothing changed).
+pub enum Proposal {
+    Node(crate::node::NodeError),
+    State(crate::state::StateError),
+    Internal(&'static str),
+}
+
+impl From<Proposal> for tonic::Status {
+    fn from(p: Proposal) -> Self {
+        match p {
+            Proposal::Node(e) => error::node_status(e),
+            Proposal::State(e) => error::state_status(e),
+            Proposal::Internal(m) => tonic::Status::internal(m),
+        }
+    }
+}
+
+/// Proposes a state-machine command and returns the revision after it and
+/// its result.
+pub async fn propose(
+    node: &Node,
+    timeout: Option<std::time::Duration>,
+    cmd: crate::state::Command,
+) -> Result<(i64, crate::state::CommandResult), Proposal> {
+    let deadline = node.deadline(timeout);
+    let resp = node
+        .write(crate::node::types::Request::Kv(cmd), deadline)
+        .await
+        .map_err(Proposal::Node)?;
+    match resp.result {
+        Ok(Some(r)) => Ok((resp.revision, r)),
+        Ok(None) => Err(Proposal::Internal("command applied without a result")),
+        Err(e) => Err(Proposal::State(e)),
+    }
+}
+
+/// The state machine answered with a result of another kind than asked.
+pub fn unexpected() -> tonic::Status {
+    tonic::Status::internal("state machine answered with the wrong result kind")
 }
 
 /// Serves the client API on `listener` until `shutdown` resolves.
@@ -67,6 +110,8 @@ pub async fn serve(
         progress_interval: watch::progress_interval(),
     })
     .max_decoding_message_size(limit);
+    let lease = pb::lease_server::LeaseServer::new(lease::LeaseService { node: node.clone() })
+        .max_decoding_message_size(limit);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health)
@@ -74,6 +119,7 @@ pub async fn serve(
         .add_service(maintenance)
         .add_service(cluster)
         .add_service(watch)
+        .add_service(lease)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

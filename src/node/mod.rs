@@ -13,6 +13,7 @@
 //! a current leader's commit index, or retry a forwarded write whose outcome is
 //! unknown (that would apply it twice).
 
+pub mod lessor;
 pub mod log_store;
 pub mod network;
 pub mod peer_service;
@@ -33,6 +34,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::proto::peer::raft_peer_client::RaftPeerClient;
+use crate::state::StateError;
 use network::{Links, NetworkFactory};
 use state_machine::SmStore;
 use types::{Member, Raft, Request, Response};
@@ -59,6 +61,10 @@ pub enum NodeError {
 pub enum ForwardRequest {
     Write(Request),
     ReadIndex,
+    /// Renew a lease (the leader keeps lease countdowns).
+    LeaseRenew(i64),
+    /// Remaining time of a lease.
+    LeaseTimeToLive(i64),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -68,6 +74,8 @@ pub enum ForwardResponse {
     /// The receiver is not the leader (any more); here is who it thinks is.
     NotLeader(Option<u64>),
     Failed(NodeError),
+    LeaseRenew(Result<i64, StateError>),
+    LeaseTimeToLive(Result<lessor::TimeToLive, StateError>),
 }
 
 /// Start-up settings of a member (see `config.rs` for the user-facing form).
@@ -98,6 +106,7 @@ pub struct Node {
     pub config: NodeConfig,
     pub log_path: PathBuf,
     forward_clients: Mutex<BTreeMap<u64, (String, RaftPeerClient<Channel>)>>,
+    pub lessor: lessor::Lessor,
 }
 
 /// Cluster id from the initial cluster definition: every member of a cluster
@@ -192,8 +201,10 @@ impl Node {
             log_path,
             config: cfg,
             forward_clients: Mutex::new(BTreeMap::new()),
+            lessor: lessor::Lessor::default(),
         });
         tokio::spawn(publish_client_addr(node.clone()));
+        tokio::spawn(lessor::run(node.clone()));
         Ok(node)
     }
 
@@ -278,7 +289,11 @@ impl Node {
     }
 
     /// Proposes on this member only.
-    async fn write_local(&self, req: Request, deadline: Instant) -> Result<Response, Redirect> {
+    pub(crate) async fn write_local(
+        &self,
+        req: Request,
+        deadline: Instant,
+    ) -> Result<Response, Redirect> {
         match tokio::time::timeout_at(deadline, self.raft.client_write(req)).await {
             Err(_) => Err(Redirect::Failed(NodeError::Timeout)),
             Ok(Ok(r)) => Ok(r.data),
@@ -364,9 +379,7 @@ impl Node {
                     None => return Err(NodeError::NoLeader),
                 },
                 ForwardResponse::Failed(e) => return Err(e),
-                ForwardResponse::ReadIndex(_) => {
-                    return Err(NodeError::Internal("unexpected forward answer".into()))
-                }
+                _ => return Err(NodeError::Internal("unexpected forward answer".into())),
             }
         }
         Err(NodeError::NoLeader)
@@ -395,6 +408,111 @@ impl Node {
                     Ok(Err(RaftError::Fatal(_))) => ForwardResponse::Failed(NodeError::Stopped),
                 }
             }
+            ForwardRequest::LeaseRenew(id) => match self.lessor.renew(self, id).await {
+                Ok(ttl) => ForwardResponse::LeaseRenew(Ok(ttl)),
+                Err(e) => self.lessor_answer(e),
+            },
+            ForwardRequest::LeaseTimeToLive(id) => match self.lessor.time_to_live(self, id) {
+                Ok(t) => ForwardResponse::LeaseTimeToLive(Ok(t)),
+                Err(e) => self.lessor_answer(e),
+            },
+        }
+    }
+
+    fn lessor_answer(&self, e: lessor::LessorError) -> ForwardResponse {
+        match e {
+            lessor::LessorError::NotLeader => {
+                ForwardResponse::NotLeader(self.leader().filter(|l| *l != self.id))
+            }
+            lessor::LessorError::State(e) => match e {
+                e @ StateError::LeaseNotFound => ForwardResponse::LeaseRenew(Err(e)),
+                e => ForwardResponse::Failed(NodeError::Internal(e.to_string())),
+            },
+            lessor::LessorError::Node(e) => ForwardResponse::Failed(e),
+        }
+    }
+
+    /// Sends a lessor question to whoever leads (this member included) and
+    /// returns the answer; follows redirects a few times.
+    async fn ask_lessor(
+        &self,
+        req: ForwardRequest,
+        deadline: Instant,
+    ) -> Result<ForwardResponse, NodeError> {
+        for _ in 0..5 {
+            let leader = match self.leader() {
+                Some(l) => l,
+                None => self
+                    .wait_leader(deadline)
+                    .await
+                    .ok_or(NodeError::NoLeader)?,
+            };
+            let answer = if leader == self.id {
+                let local = match &req {
+                    ForwardRequest::LeaseRenew(id) => self
+                        .lessor
+                        .renew(self, *id)
+                        .await
+                        .map(|t| ForwardResponse::LeaseRenew(Ok(t))),
+                    ForwardRequest::LeaseTimeToLive(id) => self
+                        .lessor
+                        .time_to_live(self, *id)
+                        .map(|t| ForwardResponse::LeaseTimeToLive(Ok(t))),
+                    _ => return Err(NodeError::Internal("not a lessor request".into())),
+                };
+                local.unwrap_or_else(|e| self.lessor_answer(e))
+            } else {
+                self.forward(leader, &req, deadline).await?
+            };
+            match answer {
+                ForwardResponse::NotLeader(_) => {
+                    // A new leader, or one still taking over its leases.
+                    if Instant::now() >= deadline {
+                        return Err(NodeError::Timeout);
+                    }
+                    tokio::time::sleep(Duration::from_millis(
+                        self.config.heartbeat_interval_ms.max(10),
+                    ))
+                    .await;
+                }
+                ForwardResponse::Failed(e) => return Err(e),
+                other => return Ok(other),
+            }
+        }
+        Err(NodeError::NoLeader)
+    }
+
+    /// Renews a lease (etcd `LeaseKeepAlive`): the leader restarts its
+    /// countdown and records the renewal durably. `Ok(Err(LeaseNotFound))`
+    /// for an unknown or expired lease. Returns the TTL.
+    pub async fn lease_renew(
+        &self,
+        id: i64,
+        deadline: Instant,
+    ) -> Result<Result<i64, StateError>, NodeError> {
+        match self
+            .ask_lessor(ForwardRequest::LeaseRenew(id), deadline)
+            .await?
+        {
+            ForwardResponse::LeaseRenew(r) => Ok(r),
+            _ => Err(NodeError::Internal("unexpected lessor answer".into())),
+        }
+    }
+
+    /// A lease's remaining and granted TTL and keys, from the leader.
+    pub async fn lease_time_to_live(
+        &self,
+        id: i64,
+        deadline: Instant,
+    ) -> Result<Result<lessor::TimeToLive, StateError>, NodeError> {
+        match self
+            .ask_lessor(ForwardRequest::LeaseTimeToLive(id), deadline)
+            .await?
+        {
+            ForwardResponse::LeaseTimeToLive(r) => Ok(r),
+            // The lessor reports a missing lease the same way for both.
+            ForwardResponse::LeaseRenew(Err(e)) => Ok(Err(e)),
+            _ => Err(NodeError::Internal("unexpected lessor answer".into())),
         }
     }
 
@@ -461,14 +579,14 @@ impl Node {
     }
 }
 
-enum Redirect {
+pub(crate) enum Redirect {
     Leader(u64),
     Unknown,
     Failed(NodeError),
 }
 
 impl Redirect {
-    fn into_error(self) -> NodeError {
+    pub(crate) fn into_error(self) -> NodeError {
         match self {
             Redirect::Leader(_) | Redirect::Unknown => NodeError::NoLeader,
             Redirect::Failed(e) => e,

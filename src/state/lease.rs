@@ -32,6 +32,11 @@ pub struct Lease {
     /// Remaining milliseconds at the last checkpoint (a renewal checkpoints
     /// the full TTL). `None`: never checkpointed, a new leader uses `ttl`.
     pub remaining_ms: Option<i64>,
+    /// Sequence number of the last applied checkpoint. The leader numbers
+    /// its records of a lease; a record older than the one applied (a
+    /// periodic checkpoint computed before a renewal but committed after
+    /// it) is ignored, so a renewal is never undone.
+    pub seq: u64,
     /// Keys currently attached.
     pub keys: BTreeSet<Vec<u8>>,
 }
@@ -92,6 +97,7 @@ impl LeaseTable {
                 id,
                 ttl: ttl.max(1),
                 remaining_ms: None,
+                seq: 0,
                 keys: BTreeSet::new(),
             },
         );
@@ -105,13 +111,18 @@ impl LeaseTable {
         Ok(lease.keys.into_iter().collect())
     }
 
-    /// Records remaining TTLs. Unknown ids are skipped: the lease may have
-    /// been revoked after the lessor read it.
-    pub fn checkpoint(&mut self, checkpoints: &[(i64, i64)]) {
-        for (id, remaining) in checkpoints {
+    /// Records remaining TTLs: `(id, remaining_ms, seq)`. Unknown ids are
+    /// skipped (the lease may have been revoked after the lessor read it), and
+    /// so are records with a sequence number below the lease's.
+    pub fn checkpoint(&mut self, checkpoints: &[(i64, i64, u64)]) {
+        for (id, remaining, seq) in checkpoints {
             if let Some(l) = self.leases.get_mut(id) {
+                if *seq < l.seq {
+                    continue;
+                }
                 let full = l.ttl.saturating_mul(1000);
                 l.remaining_ms = Some((*remaining).clamp(0, full));
+                l.seq = *seq;
             }
         }
     }
@@ -214,12 +225,17 @@ mod tests {
     fn checkpoints_clamp_and_skip_unknown() {
         let mut t = LeaseTable::default();
         t.grant(3, 10).ok();
-        t.checkpoint(&[(3, 4_000), (99, 1)]);
+        t.checkpoint(&[(3, 4_000, 1), (99, 1, 1)]);
         assert_eq!(t.get(3).map(Lease::resume_ms), Some(4_000));
-        t.checkpoint(&[(3, 50_000)]);
+        t.checkpoint(&[(3, 50_000, 1)]);
         assert_eq!(t.get(3).map(Lease::resume_ms), Some(10_000));
-        t.checkpoint(&[(3, -5)]);
+        t.checkpoint(&[(3, -5, 2)]);
         assert_eq!(t.get(3).map(Lease::resume_ms), Some(0));
+        // A renewal (seq 3) then a stale periodic record (seq 2) committed
+        // after it: the renewal stands.
+        t.checkpoint(&[(3, 10_000, 3)]);
+        t.checkpoint(&[(3, 1_000, 2)]);
+        assert_eq!(t.get(3).map(Lease::resume_ms), Some(10_000));
         assert!(t.check_invariants().is_ok());
     }
 }

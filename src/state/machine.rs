@@ -48,7 +48,7 @@ pub enum Command {
     },
     /// Record remaining TTLs, in milliseconds, by lease id.
     LeaseCheckpoint {
-        checkpoints: Vec<(i64, i64)>,
+        checkpoints: Vec<(i64, i64, u64)>,
     },
 }
 
@@ -411,7 +411,7 @@ mod tests {
         // Snapshots carry the lease table.
         m.apply(&Command::LeaseGrant { id: 6, ttl: 3 });
         m.apply(&Command::LeaseCheckpoint {
-            checkpoints: vec![(6, 1500)],
+            checkpoints: vec![(6, 1500, 1)],
         });
         let bytes = m.to_snapshot_bytes().unwrap_or_default();
         let back = StateMachine::from_snapshot_bytes(&bytes);
