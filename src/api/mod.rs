@@ -1,5 +1,6 @@
 //! The client-facing gRPC API: etcd v3 services (`kv`, `maintenance`,
-//! `cluster`, `watch`, `lease`, `grpc.health.v1`) served on the client address. Each service
+//! `cluster`, `watch`, `lease`, `v3lock`, `v3election`,
+//! `grpc.health.v1`) served on the client address. Each service
 //! translates protobuf to state-machine types (`convert`), calls the `Node`,
 //! and maps errors once (`error`).
 //!
@@ -7,10 +8,13 @@
 
 pub mod cluster;
 pub mod convert;
+pub mod election;
 pub mod error;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
+pub mod recipes;
 pub mod watch;
 
 use std::sync::Arc;
@@ -112,6 +116,14 @@ pub async fn serve(
     .max_decoding_message_size(limit);
     let lease = pb::lease_server::LeaseServer::new(lease::LeaseService { node: node.clone() })
         .max_decoding_message_size(limit);
+    let lock = crate::proto::v3lockpb::lock_server::LockServer::new(lock::LockService {
+        node: node.clone(),
+    })
+    .max_decoding_message_size(limit);
+    let election = crate::proto::v3electionpb::election_server::ElectionServer::new(
+        election::ElectionService { node: node.clone() },
+    )
+    .max_decoding_message_size(limit);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health)
@@ -120,6 +132,8 @@ pub async fn serve(
         .add_service(cluster)
         .add_service(watch)
         .add_service(lease)
+        .add_service(lock)
+        .add_service(election)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())
