@@ -420,3 +420,153 @@ async fn watch_from_old_revision_survives_leader_kill() {
     );
     assert_eq!(got, expected, "watch lost or reordered events:\n{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_and_election_services() {
+    use warden::proto::etcdserverpb as pb;
+    use warden::proto::etcdserverpb::lease_client::LeaseClient;
+    use warden::proto::v3electionpb as epb;
+    use warden::proto::v3electionpb::election_client::ElectionClient;
+    use warden::proto::v3lockpb as lpb;
+    use warden::proto::v3lockpb::lock_client::LockClient;
+
+    let c = Cluster::start(3);
+    c.wait_leader(ELECT).await;
+    let ch = common::channel(&c.members[1].client).await;
+    let leases = LeaseClient::new(ch.clone());
+    let grant = || {
+        let mut l = leases.clone();
+        async move {
+            l.lease_grant(pb::LeaseGrantRequest { ttl: 30, id: 0 })
+                .await
+                .expect("grant")
+                .into_inner()
+                .id
+        }
+    };
+    let (l1, l2) = (grant().await, grant().await);
+
+    // Lock: the second locker waits until the first unlocks.
+    let mut lock = LockClient::new(ch.clone());
+    let k1 = lock
+        .lock(lpb::LockRequest {
+            name: b"svc".to_vec(),
+            lease: l1,
+        })
+        .await
+        .expect("lock")
+        .into_inner();
+    let mut lock2 = lock.clone();
+    let second = tokio::spawn(async move {
+        lock2
+            .lock(lpb::LockRequest {
+                name: b"svc".to_vec(),
+                lease: l2,
+            })
+            .await
+            .map(|r| r.into_inner())
+    });
+    // The waiter's key is queued behind the holder's.
+    until(Duration::from_secs(10), || async {
+        let keys = get_prefix(&c.members[0].client, "svc/").await.ok()?;
+        (keys.len() == 2).then_some(())
+    })
+    .await;
+    assert!(!second.is_finished(), "second locker got a held lock");
+    lock.unlock(lpb::UnlockRequest { key: k1.key.clone() })
+        .await
+        .expect("unlock");
+    let k2 = second.await.expect("join").expect("second lock");
+    assert_ne!(k2.key, k1.key);
+    let rev = |h: Option<pb::ResponseHeader>| h.map_or(0, |h| h.revision);
+    assert!(rev(k2.header) > rev(k1.header), "fencing revisions increase");
+    // A lock on an unknown lease is refused.
+    let err = lock
+        .lock(lpb::LockRequest {
+            name: b"svc".to_vec(),
+            lease: 12345,
+        })
+        .await
+        .expect_err("unknown lease");
+    assert_eq!(err.message(), "etcdserver: requested lease not found");
+
+    // Election: campaign, leader, proclaim, observe, resign.
+    let mut el = ElectionClient::new(ch.clone());
+    let nobody = el
+        .leader(epb::LeaderRequest {
+            name: b"boss".to_vec(),
+        })
+        .await
+        .expect_err("no leader yet");
+    assert_eq!(nobody.message(), "election: no leader");
+    let lead = el
+        .campaign(epb::CampaignRequest {
+            name: b"boss".to_vec(),
+            lease: l1,
+            value: b"alice".to_vec(),
+        })
+        .await
+        .expect("campaign")
+        .into_inner()
+        .leader
+        .expect("leader key");
+    let mut observe = el
+        .observe(epb::LeaderRequest {
+            name: b"boss".to_vec(),
+        })
+        .await
+        .expect("observe")
+        .into_inner();
+    let first = observe.message().await.expect("observe").expect("event");
+    assert_eq!(first.kv.map(|kv| kv.value), Some(b"alice".to_vec()));
+    el.proclaim(epb::ProclaimRequest {
+        leader: Some(lead.clone()),
+        value: b"alice-2".to_vec(),
+    })
+    .await
+    .expect("proclaim");
+    let next = observe.message().await.expect("observe").expect("event");
+    assert_eq!(next.kv.map(|kv| kv.value), Some(b"alice-2".to_vec()));
+    // A second candidate waits; the first resigns; the second leads.
+    let mut el2 = el.clone();
+    let bob = tokio::spawn(async move {
+        el2.campaign(epb::CampaignRequest {
+            name: b"boss".to_vec(),
+            lease: l2,
+            value: b"bob".to_vec(),
+        })
+        .await
+        .map(|r| r.into_inner())
+    });
+    until(Duration::from_secs(10), || async {
+        let keys = get_prefix(&c.members[0].client, "boss/").await.ok()?;
+        (keys.len() == 2).then_some(())
+    })
+    .await;
+    assert!(!bob.is_finished());
+    el.resign(epb::ResignRequest {
+        leader: Some(lead.clone()),
+    })
+    .await
+    .expect("resign");
+    bob.await.expect("join").expect("bob campaign");
+    let now = el
+        .leader(epb::LeaderRequest {
+            name: b"boss".to_vec(),
+        })
+        .await
+        .expect("leader")
+        .into_inner();
+    assert_eq!(now.kv.map(|kv| kv.value), Some(b"bob".to_vec()));
+    let next = observe.message().await.expect("observe").expect("event");
+    assert_eq!(next.kv.map(|kv| kv.value), Some(b"bob".to_vec()));
+    // The old leader can no longer proclaim.
+    let err = el
+        .proclaim(epb::ProclaimRequest {
+            leader: Some(lead),
+            value: b"stale".to_vec(),
+        })
+        .await
+        .expect_err("stale proclaim");
+    assert_eq!(err.message(), "election: not leader");
+}
