@@ -473,13 +473,18 @@ async fn lock_and_election_services() {
     })
     .await;
     assert!(!second.is_finished(), "second locker got a held lock");
-    lock.unlock(lpb::UnlockRequest { key: k1.key.clone() })
-        .await
-        .expect("unlock");
+    lock.unlock(lpb::UnlockRequest {
+        key: k1.key.clone(),
+    })
+    .await
+    .expect("unlock");
     let k2 = second.await.expect("join").expect("second lock");
     assert_ne!(k2.key, k1.key);
     let rev = |h: Option<pb::ResponseHeader>| h.map_or(0, |h| h.revision);
-    assert!(rev(k2.header) > rev(k1.header), "fencing revisions increase");
+    assert!(
+        rev(k2.header) > rev(k1.header),
+        "fencing revisions increase"
+    );
     // A lock on an unknown lease is refused.
     let err = lock
         .lock(lpb::LockRequest {

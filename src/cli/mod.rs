@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod coord;
 pub mod kv;
 pub mod output;
 pub mod server;
@@ -75,6 +76,17 @@ pub enum Command {
     Compaction(kv::CompactionArgs),
     /// Show the status of every endpoint.
     Status(cluster::StatusArgs),
+    /// Leases: grant, revoke, keep-alive, timetolive, list.
+    Lease {
+        #[command(subcommand)]
+        command: coord::LeaseCommand,
+    },
+    /// Print changes to a key or prefix as they happen.
+    Watch(coord::WatchArgs),
+    /// Campaign in an election (or --listen to follow its leader).
+    Elect(coord::ElectArgs),
+    /// Hold a lock, running a command while holding it.
+    Lock(coord::LockArgs),
     /// Measure throughput and latency against the endpoints.
     Bench(bench::BenchArgs),
     /// Cluster membership.
@@ -105,6 +117,15 @@ impl Cli {
             other => other,
         };
         let client = global.client().await?;
+        let command = match command {
+            Command::Lease { command } => {
+                return coord::lease(&client, command, global.output).await
+            }
+            Command::Watch(a) => return coord::watch_cmd(&client, a, global.output).await,
+            Command::Elect(a) => return coord::elect(&client, a).await,
+            Command::Lock(a) => return coord::lock(&client, a).await,
+            other => other,
+        };
         let mut out = Vec::new();
         let result = execute(&client, command, global.output, &mut out).await;
         // Print what was produced even when the command then failed (status
@@ -144,7 +165,13 @@ async fn execute(
         Command::Member {
             command: cluster::MemberCommand::List(a),
         } => cluster::member_list(client, a, f, out).await,
-        Command::Server(_) | Command::Dev(_) | Command::Bench(_) => {
+        Command::Server(_)
+        | Command::Dev(_)
+        | Command::Bench(_)
+        | Command::Lease { .. }
+        | Command::Watch(_)
+        | Command::Elect(_)
+        | Command::Lock(_) => {
             anyhow::bail!("not a client command")
         }
     }

@@ -283,6 +283,35 @@ impl Client {
         .await
     }
 
+    /// Runs any unary call with this client's failover and retry policy:
+    /// `attempt` gets a channel and the time left, and is tried on the
+    /// endpoints in turn until it succeeds or fails for good.
+    pub async fn request<T, F, Fut>(&self, kind: OpKind, attempt: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.call(kind, false, attempt).await
+    }
+
+    /// The endpoints with their channels, starting with the one that last
+    /// answered, for streams that must pick an endpoint and move on when it
+    /// fails.
+    pub fn channels(&self) -> Vec<(String, Channel)> {
+        let inner = &*self.inner;
+        let n = inner.channels.len();
+        let start = inner.preferred.load(Ordering::Relaxed);
+        (0..n)
+            .filter_map(|i| {
+                let idx = (start + i) % n.max(1);
+                Some((
+                    inner.endpoints.get(idx)?.clone(),
+                    inner.channels.get(idx)?.clone(),
+                ))
+            })
+            .collect()
+    }
+
     /// Runs `attempt` against endpoints until it succeeds, fails for good, or
     /// the deadline passes. `attempt` gets the channel and the time left.
     ///
