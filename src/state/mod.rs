@@ -13,10 +13,12 @@
 //! Files: `types` (request/response records mirroring etcd's protobufs),
 //! `error` (etcd's error strings and their gRPC classes), `validate`
 //! (stateless request checks the api layer may also run before proposing),
-//! `mvcc` (the store), `machine` (commands, apply, snapshots).
+//! `mvcc` (the store), `machine` (commands, apply, snapshots), `lock_table`
+//! (named locks, wait queues, fencing tokens; not yet driven by `machine`).
 
 pub mod error;
 pub mod lease;
+pub mod lock_table;
 pub mod machine;
 pub mod mvcc;
 pub mod types;
