@@ -11,6 +11,8 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::lock_table::LockError;
+
 /// An error a request gets from the state machine. `Display` is etcd's error
 /// string for the mvcc/etcdserver error; [`StateError::grpc_message`] is the
 /// exact message etcd puts in its gRPC status (clients match on it).
@@ -49,6 +51,15 @@ pub enum StateError {
     /// A grant asks for a TTL above [`crate::state::lease::MAX_LEASE_TTL`].
     #[error("etcdserver: too large lease TTL")]
     LeaseTtlTooLarge,
+    /// A lock operation was refused (see `lock_table::LockError`).
+    #[error("{0}")]
+    Lock(#[from] LockError),
+    /// A fenced write whose token does not hold the lock: nothing changed.
+    #[error("warden: fenced write refused: token {token} does not hold lock {name:?}")]
+    FenceRejected { name: String, token: u64 },
+    /// A fenced command that is not a key-value write.
+    #[error("warden: only put, delete and txn can be fenced")]
+    FenceNotKv,
 }
 
 /// How the api layer should classify a [`StateError`] (etcd's gRPC codes).
@@ -71,7 +82,15 @@ impl StateError {
             StateError::Compacted | StateError::FutureRevision | StateError::LeaseTtlTooLarge => {
                 ErrorClass::OutOfRange
             }
-            StateError::LeaseExists => ErrorClass::FailedPrecondition,
+            StateError::LeaseExists | StateError::FenceRejected { .. } => {
+                ErrorClass::FailedPrecondition
+            }
+            StateError::Lock(e) if e.is_invalid_argument() => ErrorClass::InvalidArgument,
+            StateError::FenceNotKv => ErrorClass::InvalidArgument,
+            StateError::Lock(LockError::NoSuchLock { .. } | LockError::NoSuchWaiter { .. }) => {
+                ErrorClass::NotFound
+            }
+            StateError::Lock(_) => ErrorClass::FailedPrecondition,
             StateError::KeyNotFound
             | StateError::DuplicateKey
             | StateError::TooManyOps
@@ -91,8 +110,8 @@ impl StateError {
     /// differs from `Display` only for the mvcc errors, which etcd prefixes
     /// with `etcdserver: ` (`rpctypes.ErrGRPCCompacted`, `ErrGRPCFutureRev`).
     /// etcd clients recognise errors by this string, so send it verbatim.
-    pub fn grpc_message(&self) -> &'static str {
-        match self {
+    pub fn grpc_message(&self) -> std::borrow::Cow<'static, str> {
+        let fixed = match self {
             StateError::Compacted => "etcdserver: mvcc: required revision has been compacted",
             StateError::FutureRevision => {
                 "etcdserver: mvcc: required revision is a future revision"
@@ -106,7 +125,11 @@ impl StateError {
             StateError::LeaseNotFound => "etcdserver: requested lease not found",
             StateError::LeaseExists => "etcdserver: lease already exists",
             StateError::LeaseTtlTooLarge => "etcdserver: too large lease TTL",
-        }
+            StateError::Lock(_) | StateError::FenceRejected { .. } | StateError::FenceNotKv => {
+                return self.to_string().into()
+            }
+        };
+        fixed.into()
     }
 }
 

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{SnapshotError, StateError};
 use super::lease::LeaseTable;
+use super::lock_table::{AcquireOutcome, AcquireRequest, LockEvent, LockTable};
 use super::mvcc::MvccStore;
 use super::types::{
     CompactionRequest, DeleteRangeRequest, DeleteRangeResponse, Event, PutRequest, PutResponse,
@@ -50,6 +51,25 @@ pub enum Command {
     LeaseCheckpoint {
         checkpoints: Vec<(i64, i64, u64)>,
     },
+    /// Acquire (or queue for, or try) a named lock.
+    LockAcquire(AcquireRequest),
+    /// Release a hold by its token.
+    LockRelease {
+        name: String,
+        token: u64,
+    },
+    /// Withdraw a queued waiter.
+    LockCancel {
+        name: String,
+        waiter_id: u64,
+    },
+    /// A key-value write that applies only while `token` holds lock `name`
+    /// (checked when applied, in log order, so no stale holder gets through).
+    Fenced {
+        name: String,
+        token: u64,
+        command: Box<Command>,
+    },
 }
 
 /// The successful outcome of a [`Command`].
@@ -62,6 +82,9 @@ pub enum CommandResult {
     LeaseGrant { id: i64, ttl: i64 },
     LeaseRevoke,
     LeaseCheckpoint,
+    LockAcquire(AcquireOutcome),
+    LockRelease,
+    LockCancel,
 }
 
 /// What applying one command did.
@@ -74,6 +97,8 @@ pub struct Applied {
     pub revision: i64,
     /// Key changes in apply order, for watchers. Empty on error.
     pub events: Vec<Event>,
+    /// Lock table changes in order (grants, releases, expiries, queueing).
+    pub lock_events: Vec<LockEvent>,
 }
 
 /// The replicated state. See the module docs.
@@ -81,6 +106,7 @@ pub struct Applied {
 pub struct StateMachine {
     mvcc: MvccStore,
     leases: LeaseTable,
+    locks: LockTable,
 }
 
 /// Magic bytes opening every snapshot.
@@ -99,8 +125,24 @@ impl StateMachine {
     /// Applies one committed command. Deterministic: the same command on
     /// the same state gives the same `Applied` and the same new state.
     pub fn apply(&mut self, cmd: &Command) -> Applied {
+        let mut lock_events = Vec::new();
+        let (result, events) = self.apply_inner(cmd, &mut lock_events);
+        self.leases.track(&events);
+        Applied {
+            result,
+            revision: self.mvcc.current_revision(),
+            events,
+            lock_events,
+        }
+    }
+
+    fn apply_inner(
+        &mut self,
+        cmd: &Command,
+        lock_events: &mut Vec<LockEvent>,
+    ) -> (Result<CommandResult, StateError>, Vec<Event>) {
         let leases = &self.leases;
-        let (result, events) = match cmd {
+        match cmd {
             Command::Put(req) => match self.mvcc.put(req, leases) {
                 Ok(w) => (Ok(CommandResult::Put(w.response)), w.events),
                 Err(e) => (Err(e), Vec::new()),
@@ -127,6 +169,8 @@ impl StateMachine {
             ),
             Command::LeaseRevoke { id } => match self.leases.revoke(*id) {
                 Ok(keys) => {
+                    // Holds and waits on the lease end in the same entry.
+                    lock_events.extend(self.locks.revoke_lease(*id));
                     let w = self.mvcc.delete_keys(&keys);
                     (Ok(CommandResult::LeaseRevoke), w.events)
                 }
@@ -136,13 +180,61 @@ impl StateMachine {
                 self.leases.checkpoint(checkpoints);
                 (Ok(CommandResult::LeaseCheckpoint), Vec::new())
             }
-        };
-        self.leases.track(&events);
-        Applied {
-            result,
-            revision: self.mvcc.current_revision(),
-            events,
+            Command::LockAcquire(req) => {
+                if self.leases.get(req.lease).is_none() {
+                    return (Err(StateError::LeaseNotFound), Vec::new());
+                }
+                match self.locks.acquire(req) {
+                    Ok(a) => {
+                        lock_events.extend(a.events);
+                        (Ok(CommandResult::LockAcquire(a.outcome)), Vec::new())
+                    }
+                    Err(e) => (Err(e.into()), Vec::new()),
+                }
+            }
+            Command::LockRelease { name, token } => match self.locks.release(name, *token) {
+                Ok(evs) => {
+                    lock_events.extend(evs);
+                    (Ok(CommandResult::LockRelease), Vec::new())
+                }
+                Err(e) => (Err(e.into()), Vec::new()),
+            },
+            Command::LockCancel { name, waiter_id } => {
+                match self.locks.cancel_waiter(name, *waiter_id) {
+                    Ok(evs) => {
+                        lock_events.extend(evs);
+                        (Ok(CommandResult::LockCancel), Vec::new())
+                    }
+                    Err(e) => (Err(e.into()), Vec::new()),
+                }
+            }
+            Command::Fenced {
+                name,
+                token,
+                command,
+            } => {
+                if !self.locks.check_fence(name, *token) {
+                    return (
+                        Err(StateError::FenceRejected {
+                            name: name.clone(),
+                            token: *token,
+                        }),
+                        Vec::new(),
+                    );
+                }
+                match command.as_ref() {
+                    Command::Put(_) | Command::DeleteRange(_) | Command::Txn(_) => {
+                        self.apply_inner(command, lock_events)
+                    }
+                    _ => (Err(StateError::FenceNotKv), Vec::new()),
+                }
+            }
         }
+    }
+
+    /// The lock table.
+    pub fn locks(&self) -> &LockTable {
+        &self.locks
     }
 
     /// The lease table.
@@ -177,6 +269,23 @@ impl StateMachine {
     pub fn check_invariants(&self) -> Result<(), String> {
         self.mvcc.check_invariants()?;
         self.leases.check_invariants()?;
+        self.locks.check_invariants()?;
+        // Every hold and wait belongs to a live lease.
+        for info in self.locks.locks_with_prefix("") {
+            let leases = info
+                .holders
+                .iter()
+                .map(|h| h.lease)
+                .chain(info.waiters.iter().map(|w| w.lease));
+            for lease in leases {
+                if self.leases.get(lease).is_none() {
+                    return Err(format!(
+                        "lock {} is held or awaited under missing lease {lease:x}",
+                        ShortBytes(info.name.as_bytes())
+                    ));
+                }
+            }
+        }
         // Every key a lease lists is live and carries that lease.
         for l in self.leases.iter() {
             for k in &l.keys {
@@ -332,6 +441,35 @@ impl fmt::Display for Command {
             Command::LeaseCheckpoint { checkpoints } => {
                 write!(f, "lease checkpoint leases={}", checkpoints.len())
             }
+            Command::LockAcquire(r) => write!(
+                f,
+                "lock acquire name={} mode={} lease={:x} wait={}",
+                ShortBytes(r.name.as_bytes()),
+                r.mode,
+                r.lease,
+                r.wait
+            ),
+            Command::LockRelease { name, token } => {
+                write!(
+                    f,
+                    "lock release name={} token={token}",
+                    ShortBytes(name.as_bytes())
+                )
+            }
+            Command::LockCancel { name, waiter_id } => write!(
+                f,
+                "lock cancel name={} waiter={waiter_id}",
+                ShortBytes(name.as_bytes())
+            ),
+            Command::Fenced {
+                name,
+                token,
+                command,
+            } => write!(
+                f,
+                "fenced by {}#{token}: {command}",
+                ShortBytes(name.as_bytes())
+            ),
         }
     }
 }
@@ -421,6 +559,84 @@ mod tests {
                 .and_then(|b| b.leases().get(6).map(|l| l.resume_ms())),
             Some(1500)
         );
+    }
+
+    fn acquire(name: &str, lease: i64, wait: bool) -> Command {
+        Command::LockAcquire(AcquireRequest {
+            name: name.into(),
+            mode: crate::state::lock_table::LockMode::Exclusive,
+            lease,
+            priority: 0,
+            owner: format!("owner-{lease}"),
+            wait,
+        })
+    }
+
+    #[test]
+    fn locks_follow_leases_and_fence_writes() {
+        let mut m = StateMachine::new();
+        assert_eq!(
+            m.apply(&acquire("L", 1, true)).result,
+            Err(StateError::LeaseNotFound)
+        );
+        m.apply(&Command::LeaseGrant { id: 1, ttl: 10 });
+        m.apply(&Command::LeaseGrant { id: 2, ttl: 10 });
+        let a = m.apply(&acquire("L", 1, true));
+        let Ok(CommandResult::LockAcquire(AcquireOutcome::Granted { token: t1 })) = a.result else {
+            panic!("{a:?}")
+        };
+        assert_eq!(a.lock_events.len(), 1);
+        let b = m.apply(&acquire("L", 2, true));
+        assert!(matches!(
+            b.result,
+            Ok(CommandResult::LockAcquire(AcquireOutcome::Queued { .. }))
+        ));
+        let try_c = m.apply(&acquire("L", 2, false));
+        assert_eq!(
+            try_c.result,
+            Ok(CommandResult::LockAcquire(AcquireOutcome::WouldBlock))
+        );
+        // A fenced write with the holder's token applies.
+        let fenced = |token: u64, v: &str| Command::Fenced {
+            name: "L".into(),
+            token,
+            command: Box::new(put("guarded", v)),
+        };
+        assert!(m.apply(&fenced(t1, "one")).result.is_ok());
+        // The holder's lease is revoked: the waiter is granted in the same
+        // entry, with a larger token.
+        let r = m.apply(&Command::LeaseRevoke { id: 1 });
+        let t2 = r
+            .lock_events
+            .iter()
+            .find_map(|e| match e {
+                LockEvent::Granted { token, .. } => Some(*token),
+                _ => None,
+            })
+            .unwrap_or(0);
+        assert!(t2 > t1, "{:?}", r.lock_events);
+        assert!(r
+            .lock_events
+            .iter()
+            .any(|e| matches!(e, LockEvent::Expired { token, .. } if *token == t1)));
+        // The stale token is refused and changes nothing.
+        let rev = m.revision();
+        assert_eq!(
+            m.apply(&fenced(t1, "stale")).result,
+            Err(StateError::FenceRejected {
+                name: "L".into(),
+                token: t1
+            })
+        );
+        assert_eq!(m.revision(), rev);
+        assert!(m.apply(&fenced(t2, "two")).result.is_ok());
+        assert_eq!(
+            m.mvcc().get(b"guarded").map(|kv| kv.value),
+            Some(b"two".to_vec())
+        );
+        assert!(m.check_invariants().is_ok());
+        let bytes = m.to_snapshot_bytes().unwrap_or_default();
+        assert_eq!(StateMachine::from_snapshot_bytes(&bytes).ok(), Some(m));
     }
 
     #[test]
@@ -572,14 +788,16 @@ mod tests {
             compact_revision: i64,
             live_keys: u64,
             keys: std::collections::BTreeMap<Vec<u8>, ()>,
-            leases: std::collections::BTreeMap<i64, ()>,
+            leases: LeaseTable,
+            locks: LockTable,
         }
         let body = postcard::to_stdvec(&Fake {
             current_revision: 0,
             compact_revision: 0,
             live_keys: 0,
             keys: Default::default(),
-            leases: Default::default(),
+            leases: LeaseTable::default(),
+            locks: LockTable::default(),
         })
         .unwrap();
         let mut b = Vec::new();

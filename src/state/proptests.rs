@@ -343,12 +343,16 @@ impl Model {
                 };
                 return (r, vec![]);
             }
-            // Leases are covered by their own tests; the generator here
+            // Leases and locks are covered by their own tests; the generator here
             // never produces lease commands, and lease ids it puts are
             // refused like by an empty lease table.
             Command::LeaseGrant { .. }
             | Command::LeaseRevoke { .. }
-            | Command::LeaseCheckpoint { .. } => {
+            | Command::LeaseCheckpoint { .. }
+            | Command::LockAcquire(_)
+            | Command::LockRelease { .. }
+            | Command::LockCancel { .. }
+            | Command::Fenced { .. } => {
                 return (Err(StateError::LeaseNotFound), vec![]);
             }
         };
