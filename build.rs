@@ -18,6 +18,7 @@ const PROTOS: &[&str] = &[
     "proto/etcd/v3lock/v3lock.proto",
     "proto/etcd/v3election/v3election.proto",
     "proto/warden/peer.proto",
+    "proto/warden/lock.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

@@ -15,6 +15,7 @@
 //! - [`v3lockpb`]: the `Lock` service.
 //! - [`v3electionpb`]: the `Election` service.
 //! - [`peer`]: warden's member-to-member `RaftPeer` service.
+//! - [`warden::v1`]: warden's native `Locks` service.
 
 /// etcd's MVCC record types (`mvccpb`).
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
@@ -44,4 +45,14 @@ pub mod v3electionpb {
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod peer {
     tonic::include_proto!("warden.peer.v1");
+}
+
+/// warden's own public services (`warden.v1`), nested so the generated
+/// code's `super::super::etcdserverpb` paths resolve.
+pub mod warden {
+    /// The native `Locks` service.
+    #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+    pub mod v1 {
+        tonic::include_proto!("warden.v1");
+    }
 }

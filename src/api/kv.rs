@@ -138,7 +138,7 @@ impl pb::kv_server::Kv for KvService {
 
 /// etcd gives every response nested in a txn a header holding only the
 /// txn's revision; do the same, at every depth.
-fn set_nested_headers(responses: &mut [pb::ResponseOp], rev: i64) {
+pub(crate) fn set_nested_headers(responses: &mut [pb::ResponseOp], rev: i64) {
     use pb::response_op::Response as R;
     let h = || {
         Some(pb::ResponseHeader {

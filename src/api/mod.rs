@@ -1,6 +1,6 @@
 //! The client-facing gRPC API: etcd v3 services (`kv`, `maintenance`,
 //! `cluster`, `watch`, `lease`, `v3lock`, `v3election`,
-//! `grpc.health.v1`) served on the client address. Each service
+//! `grpc.health.v1`) and warden's own `warden.v1.Locks` (`locks`) served on the client address. Each service
 //! translates protobuf to state-machine types (`convert`), calls the `Node`,
 //! and maps errors once (`error`).
 //!
@@ -13,6 +13,7 @@ pub mod error;
 pub mod kv;
 pub mod lease;
 pub mod lock;
+pub mod locks;
 pub mod maintenance;
 pub mod recipes;
 pub mod watch;
@@ -124,6 +125,10 @@ pub async fn serve(
         election::ElectionService { node: node.clone() },
     )
     .max_decoding_message_size(limit);
+    let locks = crate::proto::warden::v1::locks_server::LocksServer::new(locks::LocksService {
+        node: node.clone(),
+    })
+    .max_decoding_message_size(limit);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health)
@@ -134,6 +139,7 @@ pub async fn serve(
         .add_service(lease)
         .add_service(lock)
         .add_service(election)
+        .add_service(locks)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

@@ -24,8 +24,10 @@ use super::types::{
     LogId, RaftSnapshot, Request, Response, SnapshotMeta, StoredMembership, TypeConfig,
 };
 use super::watch_hub::WatchHub;
+use crate::state::lock_table::LockEvent;
 use crate::state::StateMachine;
 use crate::storage::snapshot_file;
+use tokio::sync::broadcast;
 
 /// Everything the replicated state consists of; what a snapshot holds.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -43,9 +45,25 @@ pub struct SnapshotFile {
     pub path: PathBuf,
 }
 
+/// Lock table changes as this member applies them (see `SmStore::lock_feed`).
+#[derive(Clone, Debug)]
+pub enum LockFeed {
+    /// One applied entry's lock events.
+    Events {
+        revision: i64,
+        events: Arc<Vec<LockEvent>>,
+    },
+    /// A snapshot replaced the state: re-read the lock table.
+    Resync,
+}
+
+/// Lock feed entries buffered per subscriber before it is told it lagged.
+const LOCK_FEED_CAPACITY: usize = 4096;
+
 struct Shared {
     data: RwLock<SmData>,
     hub: WatchHub,
+    lock_feed: broadcast::Sender<LockFeed>,
     applied_tx: watch::Sender<u64>,
     snap_dir: PathBuf,
     current: Mutex<Option<(SnapshotMeta, PathBuf)>>,
@@ -107,6 +125,7 @@ impl SmStore {
             shared: Arc::new(Shared {
                 data: RwLock::new(data),
                 hub: WatchHub::default(),
+                lock_feed: broadcast::channel(LOCK_FEED_CAPACITY).0,
                 applied_tx,
                 snap_dir: snap_dir.to_path_buf(),
                 current: Mutex::new(current),
@@ -122,6 +141,14 @@ impl SmStore {
     /// The watcher fan-out of this member.
     pub fn hub(&self) -> &WatchHub {
         &self.shared.hub
+    }
+
+    /// Lock table changes from now on. Subscribe before proposing a lock
+    /// command to see every event it causes. A subscriber that falls more
+    /// than `LOCK_FEED_CAPACITY` entries behind gets `Lagged` and must
+    /// re-read the table.
+    pub fn lock_feed(&self) -> broadcast::Receiver<LockFeed> {
+        self.shared.lock_feed.subscribe()
     }
 
     /// Index of the last applied entry, as a watch.
@@ -141,6 +168,13 @@ impl SmStore {
                 let applied = d.kv.apply(&cmd);
                 // Published under the write lock: see watch_hub's module doc.
                 self.shared.hub.publish(applied.revision, &applied.events);
+                if !applied.lock_events.is_empty() {
+                    // No receivers is fine.
+                    let _ = self.shared.lock_feed.send(LockFeed::Events {
+                        revision: applied.revision,
+                        events: Arc::new(applied.lock_events),
+                    });
+                }
                 Response {
                     revision: applied.revision,
                     result: applied.result.map(Some),
@@ -280,6 +314,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
             *d = data;
             // No event stream exists across a snapshot: watchers re-sync.
             self.shared.hub.drop_all();
+            let _ = self.shared.lock_feed.send(LockFeed::Resync);
         }
         self.shared.applied_tx.send_replace(index);
         self.set_current(meta.clone(), path)?;
