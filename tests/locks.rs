@@ -182,11 +182,29 @@ fn locker(eps: &str, dir: &Path, name: &str, rounds: u32) -> Child {
     echo "end $ETCD_LOCK_REV" >> log' || exit 1
 done"#
     );
+    spawn_script(dir, &script)
+}
+
+/// The same with `warden lock`, whose fencing token is WARDEN_LOCK_TOKEN.
+fn warden_locker(eps: &str, dir: &Path, name: &str, rounds: u32) -> Child {
+    let script = format!(
+        r#"for i in $(seq {rounds}); do
+  "$WARDEN" --endpoints={eps} lock {name} -- sh -c '
+    echo "start $WARDEN_LOCK_TOKEN" >> log
+    n=$(cat counter); sleep 0.02; echo $((n+1)) > counter
+    echo "end $WARDEN_LOCK_TOKEN" >> log' || exit 1
+done"#
+    );
+    spawn_script(dir, &script)
+}
+
+fn spawn_script(dir: &Path, script: &str) -> Child {
     Command::new("sh")
         .arg("-c")
         .arg(script)
         .current_dir(dir)
         .env("ETCDCTL", etcdctl_path())
+        .env("WARDEN", common::BIN)
         .env("ETCDCTL_API", "3")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -223,6 +241,17 @@ fn check_log(log: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_lock_serialises_counter_increments() {
+    counter_under_lock(locker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warden_lock_serialises_counter_increments() {
+    counter_under_lock(warden_locker).await;
+}
+
+/// N processes each increment a counter file M times under the lock: the
+/// count is N×M, sections never overlap, tokens increase.
+async fn counter_under_lock(make: fn(&str, &Path, &str, u32) -> Child) {
     let c = Cluster::start(3);
     c.wait_leader(ELECT).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -230,7 +259,7 @@ async fn etcdctl_lock_serialises_counter_increments() {
     std::fs::write(dir.path().join("log"), "").expect("log");
     let (n, m) = (3, 5);
     let lockers: Vec<Child> = (0..n)
-        .map(|_| locker(&c.endpoints(), dir.path(), "counter-lock", m))
+        .map(|_| make(&c.endpoints(), dir.path(), "counter-lock", m))
         .collect();
     for l in lockers {
         let out = l.wait_with_output().expect("locker");
@@ -574,4 +603,63 @@ async fn lock_and_election_services() {
         .await
         .expect_err("stale proclaim");
     assert_eq!(err.message(), "election: not leader");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warden_lock_kills_the_command_when_the_lock_is_lost() {
+    let c = Cluster::start(3);
+    c.wait_leader(ELECT).await;
+    let eps = c.endpoints();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let holder = Command::new(common::BIN)
+        .args([
+            "--endpoints",
+            &eps,
+            "lock",
+            "doomed",
+            "--owner",
+            "victim",
+            "--",
+        ])
+        .args(["sh", "-c", "echo $$ > pid; exec sleep 60"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn warden lock");
+    let warden = |args: &[&str]| {
+        Command::new(common::BIN)
+            .args(["--endpoints", &eps])
+            .args(args)
+            .output()
+            .expect("run warden")
+    };
+    // Find the holder's lease and revoke it, as an operator would.
+    let lease = until(Duration::from_secs(20), || async {
+        let out = warden(&["lock", "inspect", "doomed", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["locks"][0]["holders"][0]["lease"]
+            .as_str()
+            .map(String::from)
+    })
+    .await;
+    until(Duration::from_secs(10), || async {
+        dir.path().join("pid").exists().then_some(())
+    })
+    .await;
+    let revoke = warden(&["lease", "revoke", &lease]);
+    assert!(revoke.status.success(), "{revoke:?}");
+    let out = holder.wait_with_output().expect("holder");
+    assert!(
+        !out.status.success(),
+        "warden lock must fail when the lock is lost"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lost lock doomed"), "{err}");
+    // The command was killed: its pid is gone.
+    let pid = std::fs::read_to_string(dir.path().join("pid")).expect("pid");
+    until(Duration::from_secs(10), || async {
+        (!Path::new(&format!("/proc/{}", pid.trim())).exists()).then_some(())
+    })
+    .await;
 }

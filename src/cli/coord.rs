@@ -6,11 +6,10 @@
 //! fails; a watch resumes from the revision after the last event it printed,
 //! so nothing is skipped or printed twice across the switch.
 //!
-//! `lock` runs a command while holding an etcd-style lock (`v3lock`):
-//! it exports `WARDEN_LOCK_NAME`, `WARDEN_LOCK_KEY` and `WARDEN_LOCK_TOKEN`
-//! (the lock key's revision: strictly increasing per lock in grant order, a
-//! fencing token), keeps the lease alive, and kills the command if the lease
-//! is lost.
+//! `lock` runs a command while holding a lock of warden's native lock
+//! service (`warden.v1.Locks`): it exports `WARDEN_LOCK_NAME` and
+//! `WARDEN_LOCK_TOKEN` (the fencing token), keeps the lease alive, and kills
+//! the command if the lock is lost. `lock inspect` shows holders and queue.
 
 use std::io::Write;
 use std::time::Duration;
@@ -29,8 +28,8 @@ use crate::proto::etcdserverpb::lease_client::LeaseClient;
 use crate::proto::etcdserverpb::watch_client::WatchClient;
 use crate::proto::v3electionpb as epb;
 use crate::proto::v3electionpb::election_client::ElectionClient;
-use crate::proto::v3lockpb as lpb;
-use crate::proto::v3lockpb::lock_client::LockClient;
+use crate::proto::warden::v1 as wpb;
+use crate::proto::warden::v1::locks_client::LocksClient;
 
 /// Pause between attempts when a stream's endpoint fails.
 const RETRY: Duration = Duration::from_millis(300);
@@ -537,73 +536,242 @@ async fn observe(client: &Client, name: Vec<u8>) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct LockArgs {
+    #[command(subcommand)]
+    pub sub: Option<LockSub>,
+    #[command(flatten)]
+    pub hold: HoldArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LockSub {
+    /// Show a lock's holders and its queue of waiters.
+    Inspect {
+        /// Lock name (a prefix with --prefix; "" lists every lock).
+        name: String,
+        /// Show every lock whose name starts with NAME.
+        #[arg(long)]
+        prefix: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct HoldArgs {
     /// Lock name.
-    pub name: String,
+    #[arg(required = true)]
+    pub name: Option<String>,
+    /// Take the lock in shared mode (any number of shared holders, no
+    /// exclusive one).
+    #[arg(long)]
+    pub shared: bool,
     /// TTL of the holder's lease, in seconds: how long the lock outlives a
     /// holder that stops renewing (crashed, paused, partitioned).
     #[arg(long, default_value_t = 10)]
     pub ttl: i64,
-    /// Give up waiting after this many seconds (default: wait forever).
+    /// Give up waiting after this many seconds; 0 tries once. Default: wait
+    /// until granted.
     #[arg(long)]
     pub timeout: Option<f64>,
+    /// Waiters with a higher priority are served first.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub priority: i32,
+    /// Label shown to others by `lock inspect` (default: host and pid).
+    #[arg(long)]
+    pub owner: Option<String>,
     /// Command to run while holding the lock; without one, the lock is held
     /// until interrupted.
     #[arg(last = true)]
     pub command: Vec<String>,
 }
 
-pub async fn lock(client: &Client, a: LockArgs) -> anyhow::Result<()> {
+fn locks_client(ch: Channel) -> LocksClient<Channel> {
+    LocksClient::new(ch)
+}
+
+pub async fn lock(client: &Client, a: LockArgs, f: Format) -> anyhow::Result<()> {
+    match a.sub {
+        Some(LockSub::Inspect { name, prefix }) => inspect(client, name, prefix, f).await,
+        None => hold(client, a.hold).await,
+    }
+}
+
+async fn inspect(client: &Client, name: String, prefix: bool, f: Format) -> anyhow::Result<()> {
+    let r = client
+        .request(OpKind::Read, move |ch, _| {
+            let name = name.clone();
+            async move {
+                locks_client(ch)
+                    .inspect(wpb::InspectRequest { name, prefix })
+                    .await
+            }
+        })
+        .await?;
+    let mode = |m: i32| {
+        if m == wpb::LockMode::Shared as i32 {
+            "shared"
+        } else {
+            "exclusive"
+        }
+    };
+    if f == Format::Json {
+        let locks: Vec<serde_json::Value> = r
+            .locks
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "name": l.name,
+                    "holders": l.holders.iter().map(|h| serde_json::json!({
+                        "owner": h.owner, "token": h.token, "mode": mode(h.mode),
+                        "lease": format!("{:016x}", h.lease), "lease_ttl": h.lease_ttl,
+                    })).collect::<Vec<_>>(),
+                    "waiters": l.waiters.iter().map(|w| serde_json::json!({
+                        "waiter_id": w.waiter_id, "owner": w.owner, "mode": mode(w.mode),
+                        "priority": w.priority, "lease": format!("{:016x}", w.lease),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        return print(&format!("{}\n", serde_json::json!({ "locks": locks })));
+    }
+    if r.locks.is_empty() {
+        return print("no such lock (nobody holds or waits for it)\n");
+    }
+    let mut s = String::new();
+    for l in &r.locks {
+        s.push_str(&format!("lock {}\n", l.name));
+        for h in &l.holders {
+            let ttl = if h.lease_ttl >= 0 {
+                format!("{}s", h.lease_ttl)
+            } else {
+                "?".into()
+            };
+            s.push_str(&format!(
+                "  holder  token={} mode={} owner={:?} lease={:016x} lease-remaining={ttl}\n",
+                h.token,
+                mode(h.mode),
+                h.owner,
+                h.lease
+            ));
+        }
+        for (i, w) in l.waiters.iter().enumerate() {
+            s.push_str(&format!(
+                "  waiter  #{} id={} mode={} priority={} owner={:?} lease={:016x}\n",
+                i + 1,
+                w.waiter_id,
+                mode(w.mode),
+                w.priority,
+                w.owner,
+                w.lease
+            ));
+        }
+    }
+    print(&s)
+}
+
+/// Acquires (waiting in the queue), then runs the command or waits for
+/// Ctrl-C; releases afterwards. The lock is lost when the lease is (the
+/// keep-alive fails) or the server says so on the acquire stream.
+async fn hold(client: &Client, a: HoldArgs) -> anyhow::Result<()> {
+    let name = a.name.clone().unwrap_or_default();
     let mut lease = KeptLease::start(client, a.ttl).await?;
-    let (name, id) = (a.name.clone().into_bytes(), lease.id);
-    let acquire = client.request(OpKind::Write, move |ch, _| {
-        let name = name.clone();
-        async move {
-            LockClient::new(ch)
-                .lock(lpb::LockRequest { name, lease: id })
-                .await
-        }
+    let owner = a.owner.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("{} pid {}", host.trim(), std::process::id())
     });
-    let wait = a
-        .timeout
-        .filter(|t| t.is_finite() && *t >= 0.0)
-        .map_or(Duration::MAX, Duration::from_secs_f64);
-    // The client's per-call deadline does not apply to waiting for a lock.
-    let acquired = tokio::select! {
-        r = acquire => r,
-        _ = tokio::time::sleep(wait) => {
-            lease.release(client).await;
-            bail!("timed out waiting for lock {}", a.name);
-        }
-        reason = lease.lost() => bail!("waiting for lock {} failed: {reason}", a.name),
-        _ = tokio::signal::ctrl_c() => {
-            lease.release(client).await;
-            return Ok(());
+    let wait_ms = match a.timeout {
+        None => -1,
+        Some(t) if t.is_finite() && t >= 0.0 => ((t * 1000.0) as i64).max(i64::from(t > 0.0)),
+        Some(t) => bail!("invalid --timeout {t}"),
+    };
+    let req = wpb::AcquireRequest {
+        name: name.clone(),
+        mode: if a.shared {
+            wpb::LockMode::Shared as i32
+        } else {
+            wpb::LockMode::Exclusive as i32
+        },
+        lease: lease.id,
+        ttl: 0,
+        wait_timeout_ms: wait_ms,
+        priority: a.priority,
+        owner,
+    };
+    let mut stream = client
+        .request(OpKind::Write, move |ch, _| {
+            let req = req.clone();
+            async move { locks_client(ch).acquire(req).await }
+        })
+        .await
+        .with_context(|| format!("acquiring lock {name}"))?;
+    use wpb::acquire_response::State;
+    let token = loop {
+        let msg = tokio::select! {
+            m = stream.message() => m,
+            reason = lease.lost() => bail!("waiting for lock {name} failed: {reason}"),
+            _ = tokio::signal::ctrl_c() => {
+                lease.release(client).await;
+                return Ok(());
+            }
+        };
+        let msg = match msg {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                lease.release(client).await;
+                bail!("the server ended the wait for lock {name}")
+            }
+            Err(e) => {
+                lease.release(client).await;
+                if e.code() == tonic::Code::DeadlineExceeded {
+                    bail!("timed out waiting for lock {name}");
+                }
+                bail!("waiting for lock {name}: {}", e.message());
+            }
+        };
+        match State::try_from(msg.state) {
+            Ok(State::Granted) => break msg.token,
+            Ok(State::Queued) => {
+                tracing::info!(position = msg.position, "waiting for lock {name}");
+            }
+            Ok(State::WouldBlock) => {
+                lease.release(client).await;
+                bail!("lock {name} is held by another owner");
+            }
+            Ok(State::Lost) | Err(_) => {
+                lease.release(client).await;
+                bail!("waiting for lock {name} ended: {}", msg.reason);
+            }
         }
     };
-    let held = match acquired {
-        Ok(r) => r,
-        Err(e) => {
-            lease.release(client).await;
-            return Err(anyhow!(e)).context(format!("acquiring lock {}", a.name));
+    let lost = async {
+        // The stream reports the end of the hold; if the stream itself
+        // breaks, the lease keep-alive still tells.
+        if let Ok(Some(m)) = stream.message().await {
+            if m.state == State::Lost as i32 {
+                return m.reason;
+            }
         }
+        std::future::pending::<String>().await
     };
-    let token = held.header.as_ref().map_or(0, |h| h.revision);
-    let key = String::from_utf8_lossy(&held.key).into_owned();
     let result = if a.command.is_empty() {
-        print(&format!("{key}\ntoken {token}\n"))?;
+        print(&format!("{name}\ntoken {token}\n"))?;
         tokio::select! {
-            reason = lease.lost() => Err(anyhow!("lost lock {}: {reason}", a.name)),
+            reason = lost => Err(anyhow!("lost lock {name}: {reason}")),
+            reason = lease.lost() => Err(anyhow!("lost lock {name}: {reason}")),
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     } else {
-        run_holding(&a, &key, token, &mut lease).await
+        run_holding(&a, &name, token, &mut lease, lost).await
     };
-    let k = held.key.clone();
+    let n = name.clone();
     let _ = client
         .request(OpKind::Write, move |ch, _| {
-            let key = k.clone();
-            async move { LockClient::new(ch).unlock(lpb::UnlockRequest { key }).await }
+            let name = n.clone();
+            async move {
+                locks_client(ch)
+                    .release(wpb::ReleaseRequest { name, token })
+                    .await
+            }
         })
         .await;
     lease.release(client).await;
@@ -611,10 +779,11 @@ pub async fn lock(client: &Client, a: LockArgs) -> anyhow::Result<()> {
 }
 
 async fn run_holding(
-    a: &LockArgs,
-    key: &str,
-    token: i64,
+    a: &HoldArgs,
+    name: &str,
+    token: u64,
     lease: &mut KeptLease,
+    lost: impl std::future::Future<Output = String>,
 ) -> anyhow::Result<()> {
     let (prog, args) = a
         .command
@@ -622,12 +791,14 @@ async fn run_holding(
         .ok_or_else(|| anyhow!("no command given"))?;
     let mut child = tokio::process::Command::new(prog)
         .args(args)
-        .env("WARDEN_LOCK_NAME", &a.name)
-        .env("WARDEN_LOCK_KEY", key)
+        .env("WARDEN_LOCK_NAME", name)
         .env("WARDEN_LOCK_TOKEN", token.to_string())
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {prog}"))?;
+    let killed = |reason: String| {
+        anyhow!("lost lock {name} while {prog} was running ({reason}); {prog} was killed")
+    };
     tokio::select! {
         status = child.wait() => {
             let status = status.with_context(|| format!("waiting for {prog}"))?;
@@ -637,9 +808,13 @@ async fn run_holding(
                 bail!("{prog} exited with {status}")
             }
         }
+        reason = lost => {
+            let _ = child.kill().await;
+            Err(killed(reason))
+        }
         reason = lease.lost() => {
             let _ = child.kill().await;
-            bail!("lost lock {} while {prog} was running ({reason}); {prog} was killed", a.name)
+            Err(killed(reason))
         }
     }
 }

@@ -85,7 +85,7 @@ pub enum Command {
     Watch(coord::WatchArgs),
     /// Campaign in an election (or --listen to follow its leader).
     Elect(coord::ElectArgs),
-    /// Hold a lock, running a command while holding it.
+    /// Hold a lock (running a command while holding it), or inspect one.
     Lock(coord::LockArgs),
     /// Measure throughput and latency against the endpoints.
     Bench(bench::BenchArgs),
@@ -123,7 +123,7 @@ impl Cli {
             }
             Command::Watch(a) => return coord::watch_cmd(&client, a, global.output).await,
             Command::Elect(a) => return coord::elect(&client, a).await,
-            Command::Lock(a) => return coord::lock(&client, a).await,
+            Command::Lock(a) => return coord::lock(&client, a, global.output).await,
             other => other,
         };
         let mut out = Vec::new();
