@@ -663,3 +663,82 @@ async fn warden_lock_kills_the_command_when_the_lock_is_lost() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_elect_campaign_and_listen() {
+    let c = Cluster::start(3);
+    c.wait_leader(ELECT).await;
+    let eps = c.endpoints();
+    let spawn = |args: &[&str]| {
+        Killed(
+            etcdctl_cmd(&eps)
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn etcdctl elect"),
+        )
+    };
+    let collect = |child: &mut Killed| {
+        let stdout = child.0.stdout.take().expect("stdout");
+        let sink = Arc::new(Mutex::new(Vec::<String>::new()));
+        let s = sink.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(mut v) = s.lock() {
+                    v.push(line);
+                }
+            }
+        });
+        sink
+    };
+    let lines = |s: &Arc<Mutex<Vec<String>>>| s.lock().map(|v| v.clone()).unwrap_or_default();
+    let mut alice = spawn(&["elect", "chief", "alice"]);
+    let alice_out = collect(&mut alice);
+    // Alice wins and prints her leader key and proposal.
+    let won = until(Duration::from_secs(20), || async {
+        let l = lines(&alice_out);
+        (l.len() >= 2).then_some(l)
+    })
+    .await;
+    assert!(won[0].starts_with("chief/"), "{won:?}");
+    assert_eq!(won[1], "alice");
+    let mut bob = spawn(&["elect", "chief", "bob"]);
+    let bob_out = collect(&mut bob);
+    let mut listener = spawn(&["elect", "-l", "chief"]);
+    let listen_out = collect(&mut listener);
+    until(Duration::from_secs(20), || async {
+        (lines(&listen_out).last().map(String::as_str) == Some("alice")).then_some(())
+    })
+    .await;
+    // Bob is queued behind alice.
+    until(Duration::from_secs(20), || async {
+        let keys = get_prefix(&c.members[0].client, "chief/").await.ok()?;
+        (keys.len() == 2).then_some(())
+    })
+    .await;
+    assert!(lines(&bob_out).is_empty(), "bob won while alice leads");
+    // Alice's etcdctl is killed without resigning. Her session lease (60 s
+    // TTL by default) would keep her key until it expires; revoke it as an
+    // operator would, and leadership passes to bob.
+    drop(alice);
+    let leases = ok_stdout(etcdctl(&eps, &["lease", "list"]), "lease list");
+    let alice_key = won[0].clone();
+    let alice_lease = alice_key.trim_start_matches("chief/").to_string();
+    assert!(leases.contains(&alice_lease), "{leases}");
+    ok_stdout(etcdctl(&eps, &["lease", "revoke", &alice_lease]), "revoke");
+    let bob_won = until(Duration::from_secs(20), || async {
+        let l = lines(&bob_out);
+        (l.len() >= 2).then_some(l)
+    })
+    .await;
+    assert_eq!(bob_won[1], "bob");
+    until(Duration::from_secs(20), || async {
+        (lines(&listen_out).last().map(String::as_str) == Some("bob")).then_some(())
+    })
+    .await;
+}
