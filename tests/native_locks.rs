@@ -306,3 +306,61 @@ async fn holds_and_queues_survive_leader_kill() {
     let lost = next(&mut w2).await;
     assert_eq!(state(&lost), State::Lost);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_locks_reports_changes_in_order() {
+    use pb::lock_event::Kind;
+    use pb::LockMode::Exclusive;
+    let c = Cluster::start(3);
+    c.wait_leader(ELECT).await;
+    let ch = common::channel(&c.members[0].client).await;
+    let watch_ch = common::channel(&c.members[1].client).await;
+    let mut events = LocksClient::new(watch_ch)
+        .watch_locks(pb::WatchLocksRequest {
+            name: "q/".into(),
+            prefix: true,
+        })
+        .await
+        .expect("watch locks")
+        .into_inner();
+    let (l1, l2) = (grant(&ch, 60).await, grant(&ch, 60).await);
+    let mut a = acquire(&ch, req("q/one", Exclusive, l1, -1, "a")).await;
+    let ga = next(&mut a).await;
+    let mut b = acquire(&ch, req("q/one", Exclusive, l2, -1, "b")).await;
+    assert_eq!(state(&next(&mut b).await), State::Queued);
+    // Not under the prefix: not reported.
+    let mut other = acquire(&ch, req("elsewhere", Exclusive, l1, -1, "x")).await;
+    assert_eq!(state(&next(&mut other).await), State::Granted);
+    LeaseClient::new(ch.clone())
+        .lease_revoke(epb::LeaseRevokeRequest { id: l1 })
+        .await
+        .expect("revoke");
+    let gb = next(&mut b).await;
+    assert_eq!(state(&gb), State::Granted);
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let r = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .expect("event in time")
+            .expect("stream ok")
+            .expect("stream open");
+        assert!(!r.lagged);
+        for e in r.events {
+            seen.push((
+                Kind::try_from(e.kind).expect("kind"),
+                e.name.clone(),
+                e.token,
+                e.owner.clone(),
+            ));
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (Kind::Granted, "q/one".into(), ga.token, "a".into()),
+            (Kind::Queued, "q/one".into(), 0, String::new()),
+            (Kind::Expired, "q/one".into(), ga.token, String::new()),
+            (Kind::Granted, "q/one".into(), gb.token, "b".into()),
+        ]
+    );
+}
