@@ -276,7 +276,7 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             .max_encoding_message_size(crate::node::network::MAX_MESSAGE),
         )
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(peer_listener),
+            tonic::transport::server::TcpIncoming::from(peer_listener).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),
         );
     let client = crate::api::serve(

@@ -247,6 +247,26 @@ impl Node {
         Instant::now() + t.min(self.config.request_timeout.max(Duration::from_secs(1)) * 6)
     }
 
+    /// Waits (bounded) until a leader other than `old` is known (or none
+    /// can be within an election or two).
+    async fn wait_leader_other_than(&self, old: u64, deadline: Instant) {
+        let mut rx = self.raft.metrics();
+        let wait = Duration::from_millis(self.config.election_timeout_max_ms * 2);
+        let until = deadline.min(Instant::now() + wait);
+        loop {
+            if rx
+                .borrow_and_update()
+                .current_leader
+                .is_some_and(|l| l != old)
+            {
+                return;
+            }
+            if tokio::time::timeout_at(until, rx.changed()).await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Waits (bounded) until some leader is known; `None` at the deadline.
     async fn wait_leader(&self, deadline: Instant) -> Option<u64> {
         let mut rx = self.raft.metrics();
@@ -346,6 +366,13 @@ impl Node {
         match client.forward(r).await {
             Ok(resp) => network::decode(resp.get_ref()).map_err(NodeError::Internal),
             Err(s) if s.code() == tonic::Code::DeadlineExceeded => Err(NodeError::Timeout),
+            // The connection could not even be made: the request was never
+            // delivered, so it is safe to find the new leader and retry.
+            Err(s) if not_delivered(&s) => {
+                tracing::debug!("forward to {leader:x} not delivered: {s}");
+                self.wait_leader_other_than(leader, deadline).await;
+                Ok(ForwardResponse::NotLeader(None))
+            }
             Err(s) => {
                 tracing::debug!("forward to {leader:x}: {s}");
                 Err(NodeError::LeaderChanged)
@@ -577,6 +604,26 @@ impl Node {
             tracing::warn!("raft shutdown: {e}");
         }
     }
+}
+
+/// Whether a failed peer call never reached the peer (connect refused or
+/// timed out), as opposed to failing after the request may have been sent.
+fn not_delivered(s: &tonic::Status) -> bool {
+    use std::error::Error;
+    if s.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut src: Option<&(dyn Error + 'static)> = s.source();
+    while let Some(e) = src {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut
+            );
+        }
+        src = e.source();
+    }
+    s.message().contains("tcp connect error")
 }
 
 pub(crate) enum Redirect {

@@ -55,6 +55,9 @@ pub struct LinkInfo {
     /// Milliseconds since the last successful RPC, if there was one.
     #[serde(skip)]
     pub last_ok: Option<Instant>,
+    /// Failed calls since the last success (drives the reconnect backoff).
+    #[serde(skip)]
+    pub failures: u32,
 }
 
 /// Link state of every peer this member has talked to.
@@ -71,15 +74,32 @@ impl Links {
                 state: LinkState::Connecting,
                 last_error: None,
                 last_ok: None,
+                failures: 0,
             });
             e.addr = addr.to_string();
-            if state == LinkState::Connected {
-                e.last_ok = Some(Instant::now());
-            } else {
-                e.last_error = err;
+            match state {
+                LinkState::Connected => {
+                    e.last_ok = Some(Instant::now());
+                    e.failures = 0;
+                }
+                LinkState::Disconnected => {
+                    e.last_error = err;
+                    e.failures = e.failures.saturating_add(1);
+                }
+                LinkState::Connecting => e.last_error = err,
             }
             e.state = state;
         }
+    }
+
+    /// How long to wait before calling a peer whose recent calls failed:
+    /// exponential from 50 ms to 2 s with jitter, nothing after a success.
+    /// openraft retries a broken replication stream at once; without this
+    /// pause a dead peer costs a busy loop (and a log line per attempt).
+    pub fn retry_delay(&self, id: u64) -> Option<Duration> {
+        let failures = self.inner.lock().ok()?.get(&id)?.failures;
+        let steps = failures.checked_sub(1)?;
+        jittered_backoff(Duration::from_millis(50), Duration::from_secs(2)).nth(steps as usize)
     }
 
     pub fn snapshot(&self) -> BTreeMap<u64, LinkInfo> {
@@ -164,6 +184,13 @@ fn local_err(msg: String) -> RPCError<TypeConfig> {
 pub type Remote<T> = Result<T, String>;
 
 impl PeerNetwork {
+    /// Waits out the reconnect backoff of this peer, if its last call failed.
+    async fn pace(&self) {
+        if let Some(d) = self.links.retry_delay(self.target) {
+            tokio::time::sleep(d).await;
+        }
+    }
+
     fn client(&self) -> Result<RaftPeerClient<Channel>, RPCError<TypeConfig>> {
         self.client
             .clone()
@@ -191,6 +218,7 @@ impl PeerNetwork {
         F: FnOnce(RaftPeerClient<Channel>, tonic::Request<Blob>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Blob>, tonic::Status>>,
     {
+        self.pace().await;
         let client = self.client()?;
         let mut r = tonic::Request::new(encode(req).map_err(local_err)?);
         r.set_timeout(timeout);
@@ -247,6 +275,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
         Box::pin(async move {
+            self.pace().await;
             let mut client = self.client()?;
             let outgoing = input.filter_map(|req| async move {
                 match encode(&req) {
@@ -414,6 +443,24 @@ pub fn jittered_backoff(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failing_links_back_off_and_recover() {
+        let links = Links::default();
+        assert_eq!(links.retry_delay(7), None, "unknown peer: no pause");
+        links.set(7, "a:1", LinkState::Connecting, None);
+        assert_eq!(links.retry_delay(7), None);
+        let mut last = Duration::ZERO;
+        for _ in 0..10 {
+            links.set(7, "a:1", LinkState::Disconnected, Some("refused".into()));
+            last = links.retry_delay(7).unwrap_or_default();
+            assert!(last >= Duration::from_millis(25), "{last:?}");
+        }
+        assert!(last >= Duration::from_secs(1), "capped near 2 s: {last:?}");
+        assert!(last < Duration::from_secs(3), "{last:?}");
+        links.set(7, "a:1", LinkState::Connected, None);
+        assert_eq!(links.retry_delay(7), None, "a success resets the backoff");
+    }
 
     #[test]
     fn backoff_grows_to_cap_with_jitter() {
