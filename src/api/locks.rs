@@ -477,10 +477,11 @@ impl pb::locks_server::Locks for LocksService {
         for info in infos {
             let mut holders = Vec::new();
             for h in &info.holders {
-                // Remaining lease time is known to the leader only.
-                let ttl = match self.node.lessor.time_to_live(&self.node, h.lease) {
-                    Ok(t) => t.remaining,
-                    Err(_) => -1,
+                // Remaining lease time is known to the leader only (asked
+                // through it when this member follows).
+                let ttl = match self.node.lease_time_to_live(h.lease, deadline).await {
+                    Ok(Ok(t)) => t.remaining,
+                    _ => -1,
                 };
                 holders.push(pb::Holder {
                     owner: h.owner.clone(),
