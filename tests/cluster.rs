@@ -114,6 +114,25 @@ async fn leader_kill_under_load_loses_no_acknowledged_write() {
         }
     })
     .await;
+    // The new leader reports the dead peer in its status.
+    let dead_peer = c.members[leader].peer.clone();
+    let new_leader_ep = c.members[new_leader].client.clone();
+    eventually(Duration::from_secs(20), || {
+        let (ep, dead) = (new_leader_ep.clone(), dead_peer.clone());
+        async move {
+            let st = common::status(&ep).await.map_err(|e| e.to_string())?;
+            if st
+                .errors
+                .iter()
+                .any(|e| e.contains(&dead) && e.contains("disconnected"))
+            {
+                Ok(())
+            } else {
+                Err(format!("status errors {:?}", st.errors))
+            }
+        }
+    })
+    .await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (attempts, _failures) = writer.await.expect("writer");
     let acked = acked.lock().unwrap().clone();

@@ -50,7 +50,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_index: st.last_log_index,
             raft_term: st.term,
             raft_applied_index: st.applied,
-            errors: vec![],
+            errors: link_errors(&self.node),
             db_size_in_use: db_size,
             is_learner: st.state == ServerState::Learner,
         }))
@@ -163,4 +163,26 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     ) -> Result<Response<pb::DowngradeResponse>, Status> {
         Err(Status::unimplemented("downgrade is not supported"))
     }
+}
+
+/// Peers this member cannot currently reach, as `Status.errors` lines (etcd
+/// reports alarms there; `warden status` and `etcdctl endpoint status` show
+/// them). Links are exercised by the leader, so its view is the useful one.
+fn link_errors(node: &Node) -> Vec<String> {
+    use crate::node::network::LinkState;
+    node.links
+        .snapshot()
+        .into_iter()
+        .filter(|(_, l)| l.state == LinkState::Disconnected)
+        .map(|(id, l)| {
+            let since = l.last_ok.map_or("never reached".to_string(), |t| {
+                format!("last reached {:.1}s ago", t.elapsed().as_secs_f64())
+            });
+            format!(
+                "peer {id:x} at {}: disconnected ({since}): {}",
+                l.addr,
+                l.last_error.unwrap_or_default()
+            )
+        })
+        .collect()
 }
