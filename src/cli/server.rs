@@ -54,6 +54,16 @@ pub struct ServerArgs {
     /// Largest request accepted, in bytes [default: 1572864, like etcd].
     #[arg(long, env = "WARDEN_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
+    /// Join a running cluster through any member's client address (a
+    /// comma-separated list is fine): the member is added as a learner and
+    /// promoted once caught up. Only needed the first time; the data dir
+    /// remembers its membership.
+    #[arg(long, env = "WARDEN_JOIN")]
+    pub join: Option<String>,
+    /// Stay a learner after joining (promote with `warden member promote`)
+    /// [default: false].
+    #[arg(long, env = "WARDEN_NO_AUTO_PROMOTE", num_args = 0..=1, default_missing_value = "true")]
+    pub no_auto_promote: Option<bool>,
 }
 
 /// Flags of `warden dev`.
@@ -141,7 +151,9 @@ impl ServerArgs {
             heartbeat_interval_ms,
             snapshot_entries,
             request_timeout_ms,
-            max_request_bytes
+            max_request_bytes,
+            join,
+            no_auto_promote
         );
         Ok(self)
     }
@@ -170,6 +182,22 @@ impl ServerArgs {
         )?;
         if client_addr == peer_addr {
             bail!("invalid --client-addr: same as --peer-addr ({peer_addr})");
+        }
+        let join: Vec<String> = a
+            .join
+            .as_deref()
+            .map(|j| {
+                j.split(',')
+                    .map(|e| strip_scheme(e).to_string())
+                    .filter(|e| !e.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if a.join.is_some() && join.is_empty() {
+            bail!("invalid --join: give the client address of a running member");
+        }
+        if !join.is_empty() && a.initial_cluster.is_some() {
+            bail!("--join and --initial-cluster cannot be used together: a joining member learns the cluster from it");
         }
         let initial_cluster = match a.initial_cluster {
             Some(s) => parse_initial_cluster(&s)?,
@@ -218,6 +246,8 @@ impl ServerArgs {
                 heartbeat_interval_ms: hb,
                 snapshot_entries,
                 request_timeout: Duration::from_millis(request_timeout_ms),
+                join,
+                auto_promote: !a.no_auto_promote.unwrap_or(false),
             },
             max_request_bytes,
         ))

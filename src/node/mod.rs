@@ -15,6 +15,7 @@
 
 pub mod lessor;
 pub mod log_store;
+pub mod membership;
 pub mod network;
 pub mod peer_service;
 pub mod state_machine;
@@ -54,6 +55,10 @@ pub enum NodeError {
     Stopped,
     #[error("{0}")]
     Internal(String),
+    /// The request was refused as invalid in the current state (carries
+    /// the gRPC code and etcd's message).
+    #[error("{message}")]
+    Refused { code: i32, message: String },
 }
 
 /// Client traffic a follower forwards to the leader.
@@ -65,6 +70,8 @@ pub enum ForwardRequest {
     LeaseRenew(i64),
     /// Remaining time of a lease.
     LeaseTimeToLive(i64),
+    /// A membership change.
+    Members(membership::MemberOp),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -76,6 +83,7 @@ pub enum ForwardResponse {
     Failed(NodeError),
     LeaseRenew(Result<i64, StateError>),
     LeaseTimeToLive(Result<lessor::TimeToLive, StateError>),
+    MembersDone,
 }
 
 /// Start-up settings of a member (see `config.rs` for the user-facing form).
@@ -92,6 +100,12 @@ pub struct NodeConfig {
     pub heartbeat_interval_ms: u64,
     pub snapshot_entries: u64,
     pub request_timeout: Duration,
+    /// Client addresses of a running cluster to join (as a learner) instead
+    /// of bootstrapping `initial_cluster`. Ignored once the data dir holds
+    /// an identity.
+    pub join: Vec<String>,
+    /// Ask for promotion to voter once caught up (learners only).
+    pub auto_promote: bool,
 }
 
 /// A running member.
@@ -158,7 +172,30 @@ impl Node {
         .validate()
         .context("raft configuration")?;
 
-        let id = types::node_id_for(&cfg.name);
+        let identity = match membership::Identity::load(&cfg.data_dir)? {
+            Some(i) if i.name != cfg.name => anyhow::bail!(
+                "data dir {} belongs to member {:?}, not {:?}",
+                cfg.data_dir.display(),
+                i.name,
+                cfg.name
+            ),
+            Some(i) => i,
+            None => {
+                let i = if cfg.join.is_empty() {
+                    membership::Identity {
+                        name: cfg.name.clone(),
+                        id: types::node_id_for(&cfg.name),
+                        cluster_id: cluster_id_for(&cfg.initial_cluster),
+                        joined: false,
+                    }
+                } else {
+                    join_cluster(&cfg).await?
+                };
+                i.save(&cfg.data_dir)?;
+                i
+            }
+        };
+        let id = identity.id;
         let links = Arc::new(Links::default());
         let net = NetworkFactory {
             links: links.clone(),
@@ -168,7 +205,7 @@ impl Node {
             .await
             .context("start raft")?;
 
-        if !raft.is_initialized().await.context("raft stopped")? {
+        if !identity.joined && !raft.is_initialized().await.context("raft stopped")? {
             let members: BTreeMap<u64, Member> = cfg
                 .initial_cluster
                 .iter()
@@ -193,7 +230,7 @@ impl Node {
         let node = Arc::new(Node {
             id,
             name: cfg.name.clone(),
-            cluster_id: cluster_id_for(&cfg.initial_cluster),
+            cluster_id: identity.cluster_id,
             client_addr: cfg.client_addr.clone(),
             raft,
             sm,
@@ -205,6 +242,9 @@ impl Node {
         });
         tokio::spawn(publish_client_addr(node.clone()));
         tokio::spawn(lessor::run(node.clone()));
+        if node.config.auto_promote {
+            tokio::spawn(membership::promote_when_ready(node.clone()));
+        }
         Ok(node)
     }
 
@@ -249,7 +289,7 @@ impl Node {
 
     /// Waits (bounded) until a leader other than `old` is known (or none
     /// can be within an election or two).
-    async fn wait_leader_other_than(&self, old: u64, deadline: Instant) {
+    pub(crate) async fn wait_leader_other_than(&self, old: u64, deadline: Instant) {
         let mut rx = self.raft.metrics();
         let wait = Duration::from_millis(self.config.election_timeout_max_ms * 2);
         let until = deadline.min(Instant::now() + wait);
@@ -268,7 +308,7 @@ impl Node {
     }
 
     /// Waits (bounded) until some leader is known; `None` at the deadline.
-    async fn wait_leader(&self, deadline: Instant) -> Option<u64> {
+    pub(crate) async fn wait_leader(&self, deadline: Instant) -> Option<u64> {
         let mut rx = self.raft.metrics();
         let wait = Duration::from_millis(self.config.election_timeout_max_ms * 2);
         let until = deadline.min(Instant::now() + wait);
@@ -354,7 +394,7 @@ impl Node {
         Ok(c)
     }
 
-    async fn forward(
+    pub(crate) async fn forward(
         &self,
         leader: u64,
         req: &ForwardRequest,
@@ -439,6 +479,7 @@ impl Node {
                 Ok(ttl) => ForwardResponse::LeaseRenew(Ok(ttl)),
                 Err(e) => self.lessor_answer(e),
             },
+            ForwardRequest::Members(op) => self.handle_members(op, deadline).await,
             ForwardRequest::LeaseTimeToLive(id) => match self.lessor.time_to_live(self, id) {
                 Ok(t) => ForwardResponse::LeaseTimeToLive(Ok(t)),
                 Err(e) => self.lessor_answer(e),
@@ -641,6 +682,60 @@ impl Redirect {
     }
 }
 
+/// Adds this member to a running cluster as a learner (etcd `MemberAdd`
+/// through any of `cfg.join`) and returns its identity. Asking again after
+/// a crash finds the member already added and reuses its id.
+async fn join_cluster(cfg: &NodeConfig) -> anyhow::Result<membership::Identity> {
+    use crate::client::{Client, ClientOptions, OpKind};
+    use crate::proto::etcdserverpb::{cluster_client::ClusterClient, MemberAddRequest};
+    let client = Client::connect(&cfg.join, ClientOptions::default()).await?;
+    let peer_url = format!("http://{}", cfg.peer_addr);
+    let url = peer_url.clone();
+    let added = client
+        .request(OpKind::Write, move |ch, _| {
+            let url = url.clone();
+            async move {
+                ClusterClient::new(ch)
+                    .member_add(MemberAddRequest {
+                        peer_urls: vec![url],
+                        is_learner: true,
+                    })
+                    .await
+            }
+        })
+        .await;
+    let id = membership::id_for_peer(&cfg.peer_addr);
+    let cluster_id = match added {
+        Ok(r) => r.header.map_or(0, |h| h.cluster_id),
+        Err(e) if e.to_string().contains("Peer URLs already exists") => {
+            let list = client.member_list(true).await?;
+            let mine = list
+                .members
+                .iter()
+                .find(|m| m.peer_urls.contains(&peer_url))
+                .map(|m| m.id);
+            if mine != Some(id) {
+                anyhow::bail!(
+                    "cannot join: peer address {} is taken by another member",
+                    cfg.peer_addr
+                );
+            }
+            list.header.map_or(0, |h| h.cluster_id)
+        }
+        Err(e) => {
+            return Err(anyhow::anyhow!(e)
+                .context(format!("joining the cluster at {}", cfg.join.join(","))))
+        }
+    };
+    tracing::info!(id = %format!("{id:x}"), "joined the cluster as a learner");
+    Ok(membership::Identity {
+        name: cfg.name.clone(),
+        id,
+        cluster_id,
+        joined: true,
+    })
+}
+
 /// Publishes this member's client address into the replicated state until it
 /// is there (as etcd publishes member attributes after start).
 async fn publish_client_addr(node: Arc<Node>) {
@@ -649,13 +744,17 @@ async fn publish_client_addr(node: Arc<Node>) {
         let present = node
             .sm
             .read()
-            .map(|d| d.client_addrs.get(&node.id) == Some(&node.client_addr))
+            .map(|d| {
+                d.client_addrs.get(&node.id) == Some(&node.client_addr)
+                    && d.names.get(&node.id) == Some(&node.name)
+            })
             .unwrap_or(false);
         if present {
             return;
         }
         let req = Request::Publish {
             node_id: node.id,
+            name: node.name.clone(),
             client_addr: node.client_addr.clone(),
         };
         let deadline = Instant::now() + Duration::from_secs(5);

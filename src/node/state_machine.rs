@@ -37,6 +37,9 @@ pub struct SmData {
     pub last_membership: StoredMembership,
     /// Client address each member published (`Request::Publish`).
     pub client_addrs: BTreeMap<u64, String>,
+    /// Name each member published (members added by `MemberAdd` have no
+    /// name in the Raft membership until they start and publish it).
+    pub names: BTreeMap<u64, String>,
 }
 
 /// A snapshot as openraft passes it around: a verified file on disk.
@@ -182,9 +185,11 @@ impl SmStore {
             }
             EntryPayload::Normal(Request::Publish {
                 node_id,
+                name,
                 client_addr,
             }) => {
                 d.client_addrs.insert(node_id, client_addr);
+                d.names.insert(node_id, name);
                 Response {
                     revision: d.kv.revision(),
                     result: Ok(None),

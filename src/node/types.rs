@@ -32,7 +32,11 @@ pub enum Request {
     Kv(Command),
     /// A member announces the address it serves clients on (as etcd's
     /// member attribute publish), so every member can list every client URL.
-    Publish { node_id: u64, client_addr: String },
+    Publish {
+        node_id: u64,
+        name: String,
+        client_addr: String,
+    },
 }
 
 impl fmt::Display for Request {
@@ -41,8 +45,9 @@ impl fmt::Display for Request {
             Request::Kv(c) => write!(f, "{c}"),
             Request::Publish {
                 node_id,
+                name,
                 client_addr,
-            } => write!(f, "publish {node_id:x} {client_addr}"),
+            } => write!(f, "publish {node_id:x} {name} {client_addr}"),
         }
     }
 }
