@@ -165,6 +165,7 @@ async fn execute(
         Command::Member {
             command: cluster::MemberCommand::List(a),
         } => cluster::member_list(client, a, f, out).await,
+        Command::Member { command } => cluster::member_change(client, command, out).await,
         Command::Server(_)
         | Command::Dev(_)
         | Command::Bench(_)

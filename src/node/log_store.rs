@@ -95,7 +95,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let purged: Option<LogId> = self.get_meta(PURGED)?;
+        // Stored as a plain `LogId` (see `purge`).
+        let purged: Option<LogId> = self.get_meta::<LogId>(PURGED)?;
         let last = match self.db.last()? {
             Some((i, b)) => {
                 let e: Entry = dec(&self.db, &format!("entry {i}"), &b)?;
@@ -159,8 +160,51 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let meta = enc(&Some(log_id))?;
+        let meta = enc(&log_id)?;
         let db = self.db.clone();
         blocking(move || Ok(db.purge_upto(log_id.index, PURGED, &meta)?)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::testing::{blank_ent, log_id};
+
+    /// Regression: the purged log id was written as `Option<LogId>` and read
+    /// back as `LogId`, so a restart after any purge read a garbage index
+    /// and refused to start ("Cannot re-apply logs").
+    #[tokio::test]
+    async fn purged_log_id_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("raft.redb");
+        {
+            let db = crate::storage::log_db::LogDb::open(&path).expect("open");
+            let mut st = LogStore::new(Arc::new(db));
+            let entries: Vec<Entry> = (1..=10).map(|i| blank_ent::<TypeConfig>(3, 7, i)).collect();
+            let db2 = st.db.clone();
+            blocking(move || {
+                let batch: Vec<(u64, Vec<u8>)> = entries
+                    .iter()
+                    .map(|e| Ok((e.log_id.index, enc(e)?)))
+                    .collect::<io::Result<_>>()?;
+                Ok(db2.append(&batch)?)
+            })
+            .await
+            .expect("append");
+            st.purge(log_id::<TypeConfig>(3, 7, 6))
+                .await
+                .expect("purge");
+        }
+        let db = crate::storage::log_db::LogDb::open(&path).expect("reopen");
+        let mut st = LogStore::new(Arc::new(db));
+        let state = st.get_log_state().await.expect("log state");
+        assert_eq!(
+            state.last_purged_log_id,
+            Some(log_id::<TypeConfig>(3, 7, 6))
+        );
+        assert_eq!(state.last_log_id, Some(log_id::<TypeConfig>(3, 7, 10)));
+        let rest = st.try_get_log_entries(7..11).await.expect("read");
+        assert_eq!(rest.len(), 4);
     }
 }

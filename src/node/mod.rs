@@ -165,7 +165,9 @@ impl Node {
             heartbeat_interval: cfg.heartbeat_interval_ms,
             enable_pre_vote: Some(true),
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_entries),
-            max_in_snapshot_log_to_keep: 1000,
+            // Entries kept behind a snapshot for slow followers: at most one
+            // snapshot interval, so a short interval really bounds the log.
+            max_in_snapshot_log_to_keep: cfg.snapshot_entries.min(1000),
             install_snapshot_timeout: 10_000,
             ..Default::default()
         }

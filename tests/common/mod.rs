@@ -25,6 +25,8 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 }
 
 pub struct Member {
+    /// Started with --join (not part of --initial-cluster).
+    pub joined: bool,
     pub name: String,
     pub client: String,
     pub peer: String,
@@ -35,17 +37,25 @@ pub struct Member {
 pub struct Cluster {
     pub members: Vec<Member>,
     pub initial: String,
+    /// Extra flags every member gets.
+    pub extra: Vec<String>,
     _tmp: tempfile::TempDir,
 }
 
 impl Cluster {
     /// Starts `n` members with short timeouts (election 300-600 ms, heartbeat 50 ms).
     pub fn start(n: usize) -> Cluster {
+        Self::start_with(n, &[])
+    }
+
+    /// Like `start`, with extra server flags for every member.
+    pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         let ports = free_ports(2 * n);
         let mut members = Vec::new();
         for i in 0..n {
             members.push(Member {
+                joined: false,
                 name: format!("n{}", i + 1),
                 client: format!("127.0.0.1:{}", ports[2 * i]),
                 peer: format!("127.0.0.1:{}", ports[2 * i + 1]),
@@ -61,6 +71,7 @@ impl Cluster {
         let mut c = Cluster {
             members,
             initial,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             _tmp: tmp,
         };
         for i in 0..n {
@@ -77,14 +88,27 @@ impl Cluster {
             .append(true)
             .open(self._tmp.path().join(format!("{}.log", m.name)))
             .expect("log file");
-        let child = Command::new(BIN)
-            .arg("server")
+        let mut cmd = Command::new(BIN);
+        cmd.arg("server")
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.dir)
             .args(["--client-addr", &m.client])
-            .args(["--peer-addr", &m.peer])
-            .args(["--initial-cluster", &self.initial])
+            .args(["--peer-addr", &m.peer]);
+        if !m.joined {
+            cmd.args(["--initial-cluster", &self.initial]);
+        } else if !m.dir.exists() {
+            // First start: join through the original members.
+            let others: Vec<String> = self
+                .members
+                .iter()
+                .filter(|o| !o.joined)
+                .map(|o| o.client.clone())
+                .collect();
+            cmd.args(["--join", &others.join(",")]);
+        }
+        let child = cmd
+            .args(&self.extra)
             .args(["--election-timeout-min-ms", "300"])
             .args(["--election-timeout-max-ms", "600"])
             .args(["--heartbeat-interval-ms", "50"])
@@ -95,6 +119,23 @@ impl Cluster {
             .spawn()
             .expect("spawn warden server");
         self.members[i].child = Some(child);
+    }
+
+    /// Adds a member that joins the running cluster with `--join`; returns
+    /// its index.
+    pub fn join(&mut self, name: &str) -> usize {
+        let ports = free_ports(2);
+        self.members.push(Member {
+            joined: true,
+            name: name.to_string(),
+            client: format!("127.0.0.1:{}", ports[0]),
+            peer: format!("127.0.0.1:{}", ports[1]),
+            dir: self._tmp.path().join(name),
+            child: None,
+        });
+        let i = self.members.len() - 1;
+        self.restart(i);
+        i
     }
 
     /// SIGKILL member `i`.

@@ -1,0 +1,196 @@
+//! Cluster operations on real members: joining with --join (learner, then
+//! promoted), catching up by snapshot, removing the leader, refused changes,
+//! and a 5-member cluster surviving any 2 failures.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{eventually, get, get_prefix, put, Cluster};
+use warden::proto::etcdserverpb as pb;
+use warden::proto::etcdserverpb::cluster_client::ClusterClient;
+
+const ELECT: Duration = Duration::from_secs(20);
+
+async fn members(addr: &str) -> Result<Vec<pb::Member>, String> {
+    ClusterClient::new(common::channel(addr).await)
+        .member_list(pb::MemberListRequest { linearizable: true })
+        .await
+        .map(|r| r.into_inner().members)
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_catch_up_by_snapshot_promote_and_remove_leader() {
+    // Small snapshot interval: the joiner must catch up by snapshot.
+    let mut c = Cluster::start_with(3, &["--snapshot-entries", "50"]);
+    c.wait_leader(ELECT).await;
+    let ep = c.members[0].client.clone();
+    for i in 0..200 {
+        put(&ep, &format!("k/{i:03}"), &i.to_string())
+            .await
+            .expect("put");
+    }
+
+    let n4 = c.join("n4");
+    let n4_client = c.members[n4].client.clone();
+    // n4 appears, is promoted to voter once caught up, and publishes its name.
+    let list = eventually(Duration::from_secs(30), || {
+        let ep = ep.clone();
+        async move {
+            let ms = members(&ep).await?;
+            let ok = ms.len() == 4
+                && ms.iter().all(|m| !m.is_learner)
+                && ms
+                    .iter()
+                    .any(|m| m.name == "n4" && !m.client_urls.is_empty());
+            if ok {
+                Ok(ms)
+            } else {
+                Err(format!("{ms:?}"))
+            }
+        }
+    })
+    .await;
+    assert!(list.iter().any(|m| m.name == "n4"));
+    // It serves everything written before it joined.
+    let got = get_prefix(&n4_client, "k/").await.expect("read on n4");
+    assert_eq!(got.len(), 200);
+    assert!(
+        c.log(n4).contains("installed snapshot"),
+        "n4 caught up by snapshot:\n{}",
+        c.log(n4)
+    );
+
+    // Refused changes carry etcd's messages.
+    let mut cl = ClusterClient::new(common::channel(&ep).await);
+    let taken = cl
+        .member_add(pb::MemberAddRequest {
+            peer_urls: vec![format!("http://{}", c.members[1].peer)],
+            is_learner: true,
+        })
+        .await
+        .expect_err("taken peer URL");
+    assert_eq!(taken.message(), "etcdserver: Peer URLs already exists");
+    let voter = list[0].id;
+    let not_learner = cl
+        .member_promote(pb::MemberPromoteRequest { id: voter })
+        .await
+        .expect_err("promote a voter");
+    assert_eq!(
+        not_learner.message(),
+        "etcdserver: can only promote a learner member"
+    );
+    let missing = cl
+        .member_remove(pb::MemberRemoveRequest { id: 12345 })
+        .await
+        .expect_err("unknown member");
+    assert_eq!(missing.message(), "etcdserver: member not found");
+
+    // Remove the leader: leadership moves first, then it leaves.
+    let leader = c.wait_leader(ELECT).await;
+    let leader_id = members(&ep)
+        .await
+        .expect("members")
+        .iter()
+        .find(|m| m.name == c.members[leader].name)
+        .map(|m| m.id)
+        .expect("leader in list");
+    let other = (0..4).find(|i| *i != leader).expect("another member");
+    let other_ep = c.members[other].client.clone();
+    ClusterClient::new(common::channel(&other_ep).await)
+        .member_remove(pb::MemberRemoveRequest { id: leader_id })
+        .await
+        .expect("remove leader");
+    c.kill(leader);
+    let ms = members(&other_ep).await.expect("members");
+    assert_eq!(ms.len(), 3, "{ms:?}");
+    assert!(ms.iter().all(|m| m.id != leader_id));
+    put(&other_ep, "after-remove", "ok")
+        .await
+        .expect("write after removal");
+    assert_eq!(
+        get(&n4_client, "after-remove", false).await.expect("get"),
+        Some(b"ok".to_vec())
+    );
+
+    // n4 restarts from its data dir without --join.
+    c.kill(n4);
+    c.restart(n4);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(_)) = get(&n4_client, "after-remove", false).await {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n4 did not come back:\n{}",
+            c.log(n4)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_survive_any_two_failures() {
+    let mut c = Cluster::start(5);
+    let leader = c.wait_leader(ELECT).await;
+    // Three different pairs: leader + follower, then two follower pairs.
+    let f = |k: usize| (leader + k) % 5;
+    let pairs = [(leader, f(1)), (f(2), f(3)), (f(1), f(4))];
+    let mut written: BTreeMap<String, String> = BTreeMap::new();
+    for (round, (a, b)) in pairs.into_iter().enumerate() {
+        c.kill(a);
+        c.kill(b);
+        let alive: Vec<usize> = (0..5).filter(|i| *i != a && *i != b).collect();
+        let ep = c.members[alive[0]].client.clone();
+        for i in 0..20 {
+            let (k, v) = (format!("r{round}/{i:02}"), format!("{round}-{i}"));
+            eventually(Duration::from_secs(20), || {
+                let (ep, k, v) = (ep.clone(), k.clone(), v.clone());
+                async move {
+                    put(&ep, &k, &v)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            })
+            .await;
+            written.insert(k, v);
+        }
+        // Linearizable reads on every survivor see every acknowledged write.
+        for i in &alive {
+            let got: BTreeMap<String, String> = get_prefix(&c.members[*i].client, "r")
+                .await
+                .expect("read")
+                .into_iter()
+                .collect();
+            assert_eq!(got, written, "member {i} after killing {a} and {b}");
+        }
+        c.restart(a);
+        c.restart(b);
+        c.wait_leader(ELECT).await;
+    }
+
+    // Three down: no quorum, requests fail promptly with Unavailable.
+    let (a, b, d) = (f(0), f(1), f(2));
+    c.kill(a);
+    c.kill(b);
+    c.kill(d);
+    let ep = c.members[f(3)].client.clone();
+    let err = put(&ep, "no-quorum", "x").await.expect_err("no quorum");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    // One returns: quorum again.
+    c.restart(a);
+    eventually(Duration::from_secs(30), || {
+        let ep = ep.clone();
+        async move {
+            put(&ep, "quorum-back", "y")
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+}
