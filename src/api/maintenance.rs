@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::error::state_status;
 use super::{header, ETCD_API_VERSION};
+use crate::node::network::SNAPSHOT_CHUNK;
 use crate::node::Node;
 use crate::proto::etcdserverpb as pb;
 use crate::state::StateError;
@@ -109,9 +110,34 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         _r: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(Status::unimplemented(
-            "snapshot streaming is not supported yet",
-        ))
+        // A consistent copy of this member's applied state, taken under the
+        // read lock; encoding and sending happen outside it.
+        let data = self
+            .node
+            .sm
+            .read()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .clone();
+        let rev = data.kv.revision();
+        let bytes = tokio::task::spawn_blocking(move || crate::node::state_machine::export(&data))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let header = header(&self.node, rev);
+        let total = bytes.len();
+        let chunks: Vec<Result<pb::SnapshotResponse, Status>> = bytes
+            .chunks(SNAPSHOT_CHUNK)
+            .enumerate()
+            .map(|(i, c)| {
+                let sent = (i * SNAPSHOT_CHUNK + c.len()) as u64;
+                Ok(pb::SnapshotResponse {
+                    header: Some(header.clone()),
+                    remaining_bytes: total as u64 - sent,
+                    blob: c.to_vec(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
 
     async fn move_leader(

@@ -12,6 +12,7 @@ pub mod coord;
 pub mod kv;
 pub mod output;
 pub mod server;
+pub mod snapshot;
 pub mod txn_parse;
 
 use std::io::Write;
@@ -87,6 +88,11 @@ pub enum Command {
     Elect(coord::ElectArgs),
     /// Hold a lock (running a command while holding it), or inspect one.
     Lock(coord::LockArgs),
+    /// Back up a member's state, or seed a new member from a backup.
+    Snapshot {
+        #[command(subcommand)]
+        command: snapshot::SnapshotCommand,
+    },
     /// Measure throughput and latency against the endpoints.
     Bench(bench::BenchArgs),
     /// Cluster membership.
@@ -124,6 +130,7 @@ impl Cli {
             Command::Watch(a) => return coord::watch_cmd(&client, a, global.output).await,
             Command::Elect(a) => return coord::elect(&client, a).await,
             Command::Lock(a) => return coord::lock(&client, a, global.output).await,
+            Command::Snapshot { command } => return snapshot::snapshot(&client, command).await,
             other => other,
         };
         let mut out = Vec::new();
@@ -172,7 +179,8 @@ async fn execute(
         | Command::Lease { .. }
         | Command::Watch(_)
         | Command::Elect(_)
-        | Command::Lock(_) => {
+        | Command::Lock(_)
+        | Command::Snapshot { .. } => {
             anyhow::bail!("not a client command")
         }
     }

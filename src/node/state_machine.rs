@@ -109,6 +109,45 @@ pub fn load_snapshot(path: &Path) -> io::Result<(SnapshotMeta, SmData)> {
     Ok((meta, data))
 }
 
+/// The whole state as snapshot-file bytes (a backup: `Maintenance.Snapshot`).
+pub fn export(data: &SmData) -> io::Result<Vec<u8>> {
+    let meta = SnapshotMeta {
+        last_log_id: data.last_applied,
+        last_membership: data.last_membership.clone(),
+    };
+    let m =
+        postcard::to_allocvec(&meta).map_err(|e| other(format!("encode snapshot meta: {e}")))?;
+    let b = postcard::to_allocvec(data).map_err(|e| other(format!("encode snapshot: {e}")))?;
+    Ok(snapshot_file::encode(&m, &b))
+}
+
+/// Seeds `snap_dir` of a new member with the key-value, lease and lock state
+/// of a backup file, as the base a new cluster starts from: Raft history,
+/// membership and member addresses are dropped (the new cluster has its
+/// own). Refuses a damaged or truncated file.
+pub fn restore(backup: &Path, snap_dir: &Path) -> io::Result<SmData> {
+    let (_meta, data) = load_snapshot(backup)?;
+    let base = SmData {
+        kv: data.kv,
+        ..SmData::default()
+    };
+    let meta = SnapshotMeta {
+        last_log_id: None,
+        last_membership: StoredMembership::default(),
+    };
+    let m =
+        postcard::to_allocvec(&meta).map_err(|e| other(format!("encode snapshot meta: {e}")))?;
+    let b = postcard::to_allocvec(&base).map_err(|e| other(format!("encode snapshot: {e}")))?;
+    std::fs::create_dir_all(snap_dir)
+        .map_err(|e| other(format!("create {}: {e}", snap_dir.display())))?;
+    snapshot_file::write_atomic(
+        snap_dir,
+        &snapshot_file::file_name(0, 0),
+        &snapshot_file::encode(&m, &b),
+    )?;
+    Ok(base)
+}
+
 impl SmStore {
     /// Opens the state in `snap_dir`: the newest snapshot, or an empty state.
     pub fn open(snap_dir: &Path) -> io::Result<Self> {
@@ -118,7 +157,10 @@ impl SmStore {
             Some(path) => {
                 let (meta, data) = load_snapshot(&path)?;
                 tracing::info!(snapshot = %path.display(), last = ?meta.last_log_id, "loaded snapshot");
-                (data, Some((meta, path)))
+                // A restored backup (`warden snapshot restore`) is a base
+                // state under an empty log, not a Raft snapshot to offer.
+                let current = meta.last_log_id.is_some().then_some((meta, path));
+                (data, current)
             }
             None => (SmData::default(), None),
         };

@@ -50,6 +50,15 @@ impl Cluster {
 
     /// Like `start`, with extra server flags for every member.
     pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
+        let mut c = Self::stopped(n, extra);
+        for i in 0..n {
+            c.restart(i);
+        }
+        c
+    }
+
+    /// A cluster definition with ports and data dirs, nothing started.
+    pub fn stopped(n: usize, extra: &[&str]) -> Cluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         let ports = free_ports(2 * n);
         let mut members = Vec::new();
@@ -68,16 +77,12 @@ impl Cluster {
             .map(|m| format!("{}={}", m.name, m.peer))
             .collect::<Vec<_>>()
             .join(",");
-        let mut c = Cluster {
+        Cluster {
             members,
             initial,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             _tmp: tmp,
-        };
-        for i in 0..n {
-            c.restart(i);
         }
-        c
     }
 
     /// (Re)starts member `i` on its data directory.
