@@ -222,6 +222,34 @@ async fn backup_and_restore_into_a_new_cluster() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("Snapshot saved at"));
 
+    // The real etcdctl can take the backup too (it checks etcd's SHA-256
+    // trailer), and warden restores what it saved.
+    let via_etcdctl = dir.path().join("etcdctl.snap");
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={ep}"))
+        .args(["snapshot", "save", via_etcdctl.to_str().expect("path")])
+        .output()
+        .expect("run etcdctl (Debian etcd-client)");
+    assert!(out.status.success(), "{out:?}");
+    let scratch = dir.path().join("scratch");
+    let out = warden(
+        &c.endpoints(),
+        &[
+            "snapshot",
+            "restore",
+            via_etcdctl.to_str().expect("path"),
+            "--data-dir",
+            scratch.to_str().expect("path"),
+            "--name",
+            "n1",
+            "--initial-cluster",
+            "n1=127.0.0.1:1",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(50 keys)"));
+
     // A truncated or damaged backup is refused with a clear error.
     let bytes = std::fs::read(&backup).expect("read backup");
     let broken = dir.path().join("broken.snap");

@@ -131,7 +131,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             .map(|(i, c)| {
                 let sent = (i * SNAPSHOT_CHUNK + c.len()) as u64;
                 Ok(pb::SnapshotResponse {
-                    header: Some(header.clone()),
+                    header: Some(header),
                     remaining_bytes: total as u64 - sent,
                     blob: c.to_vec(),
                 })

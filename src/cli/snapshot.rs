@@ -68,7 +68,7 @@ async fn save(client: &Client, file: PathBuf) -> anyhow::Result<()> {
         .with_context(|| format!("syncing {}", part.display()))?;
     drop(out);
     // Refuse to keep a damaged transfer.
-    crate::node::state_machine::load_snapshot(&part).with_context(|| {
+    crate::node::state_machine::load_backup(&part).with_context(|| {
         format!(
             "the received snapshot is damaged; {} kept for inspection",
             part.display()

@@ -88,9 +88,19 @@ fn lock_poisoned() -> io::Error {
 /// Loads a snapshot file: its meta and the state it holds.
 pub fn load_snapshot(path: &Path) -> io::Result<(SnapshotMeta, SmData)> {
     let (meta, body) = snapshot_file::read(path)?;
-    let meta: SnapshotMeta = postcard::from_bytes(&meta)
+    parse_snapshot(path, &meta, &body)
+}
+
+/// Loads a backup file (a snapshot, possibly with etcd's SHA-256 trailer).
+pub fn load_backup(path: &Path) -> io::Result<(SnapshotMeta, SmData)> {
+    let (meta, body) = snapshot_file::read_backup(path)?;
+    parse_snapshot(path, &meta, &body)
+}
+
+fn parse_snapshot(path: &Path, meta: &[u8], body: &[u8]) -> io::Result<(SnapshotMeta, SmData)> {
+    let meta: SnapshotMeta = postcard::from_bytes(meta)
         .map_err(|e| other(format!("snapshot {}: bad meta: {e}", path.display())))?;
-    let data: SmData = postcard::from_bytes(&body)
+    let data: SmData = postcard::from_bytes(body)
         .map_err(|e| other(format!("snapshot {}: bad body: {e}", path.display())))?;
     data.kv.check_invariants().map_err(|e| {
         other(format!(
@@ -118,7 +128,7 @@ pub fn export(data: &SmData) -> io::Result<Vec<u8>> {
     let m =
         postcard::to_allocvec(&meta).map_err(|e| other(format!("encode snapshot meta: {e}")))?;
     let b = postcard::to_allocvec(data).map_err(|e| other(format!("encode snapshot: {e}")))?;
-    Ok(snapshot_file::encode(&m, &b))
+    Ok(snapshot_file::seal_backup(snapshot_file::encode(&m, &b)))
 }
 
 /// Seeds `snap_dir` of a new member with the key-value, lease and lock state
@@ -126,7 +136,7 @@ pub fn export(data: &SmData) -> io::Result<Vec<u8>> {
 /// membership and member addresses are dropped (the new cluster has its
 /// own). Refuses a damaged or truncated file.
 pub fn restore(backup: &Path, snap_dir: &Path) -> io::Result<SmData> {
-    let (_meta, data) = load_snapshot(backup)?;
+    let (_meta, data) = load_backup(backup)?;
     let base = SmData {
         kv: data.kv,
         ..SmData::default()

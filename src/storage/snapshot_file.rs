@@ -119,6 +119,60 @@ pub fn decode(path: &Path, raw: &[u8]) -> Result<(Vec<u8>, Vec<u8>), SnapshotFil
     Ok((meta.to_vec(), body.to_vec()))
 }
 
+/// Backups (`Maintenance.Snapshot`) end like etcd's: content zero-padded to
+/// a multiple of 512 bytes, then the SHA-256 of everything before it
+/// (`etcdctl snapshot save` insists on that trailer).
+pub fn seal_backup(mut raw: Vec<u8>) -> Vec<u8> {
+    use sha2::Digest;
+    let padded = raw.len().div_ceil(512) * 512;
+    raw.resize(padded, 0);
+    let sum = sha2::Sha256::digest(&raw);
+    raw.extend_from_slice(&sum);
+    raw
+}
+
+/// Reads a backup: a snapshot file, with or without the sealed trailer
+/// (whose hash must then match).
+pub fn read_backup(path: &Path) -> Result<(Vec<u8>, Vec<u8>), SnapshotFileError> {
+    use sha2::Digest;
+    let mut raw = Vec::new();
+    fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut raw))
+        .map_err(io_err(path))?;
+    let sealed = raw.len() >= HEADER + 32 && (raw.len() - 32) % 512 == 0;
+    if !sealed {
+        return decode(path, &raw);
+    }
+    let (content, sum) = raw.split_at(raw.len() - 32);
+    if sha2::Sha256::digest(content).as_slice() != sum {
+        return Err(SnapshotFileError::Invalid {
+            path: path.to_path_buf(),
+            reason: "SHA-256 trailer does not match the content (damaged or truncated)".into(),
+        });
+    }
+    // The header says how long the snapshot is; the rest must be padding.
+    let declared = content
+        .get(12..28)
+        .map(|b| {
+            let mut m = [0u8; 8];
+            let mut n = [0u8; 8];
+            m.copy_from_slice(&b[..8]);
+            n.copy_from_slice(&b[8..]);
+            HEADER as u64 + u64::from_le_bytes(m) + u64::from_le_bytes(n)
+        })
+        .unwrap_or(0);
+    let end = usize::try_from(declared)
+        .unwrap_or(usize::MAX)
+        .min(content.len());
+    if content[end..].iter().any(|b| *b != 0) {
+        return Err(SnapshotFileError::Invalid {
+            path: path.to_path_buf(),
+            reason: "unexpected bytes after the snapshot".into(),
+        });
+    }
+    decode(path, &content[..end])
+}
+
 /// Reads and verifies a snapshot file.
 pub fn read(path: &Path) -> Result<(Vec<u8>, Vec<u8>), SnapshotFileError> {
     let mut raw = Vec::new();
@@ -189,6 +243,32 @@ pub fn remove_others(dir: &Path, keep: &Path) -> Result<(), SnapshotFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sealed_backups_verify_their_trailer() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealed = seal_backup(encode(b"meta", b"the body"));
+        assert_eq!((sealed.len() - 32) % 512, 0, "etcdctl's size rule");
+        let p = dir.path().join("b.snap");
+        fs::write(&p, &sealed).unwrap();
+        assert_eq!(
+            read_backup(&p).unwrap(),
+            (b"meta".to_vec(), b"the body".to_vec())
+        );
+        // A plain snapshot file is a backup too.
+        fs::write(&p, encode(b"m", b"b")).unwrap();
+        assert_eq!(read_backup(&p).unwrap(), (b"m".to_vec(), b"b".to_vec()));
+        // One flipped byte anywhere is caught.
+        for at in [3, 40, sealed.len() - 40, sealed.len() - 1] {
+            let mut bad = sealed.clone();
+            bad[at] ^= 0x40;
+            fs::write(&p, &bad).unwrap();
+            assert!(read_backup(&p).is_err(), "flip at {at}");
+        }
+        // Truncated.
+        fs::write(&p, &sealed[..sealed.len() - 100]).unwrap();
+        assert!(read_backup(&p).is_err());
+    }
 
     #[test]
     fn round_trip_and_newest() {
