@@ -64,6 +64,11 @@ pub struct ServerArgs {
     /// [default: false].
     #[arg(long, env = "WARDEN_NO_AUTO_PROMOTE", num_args = 0..=1, default_missing_value = "true")]
     pub no_auto_promote: Option<bool>,
+    /// Reach some peers through other addresses, as PEER-ADDR=VIA,...
+    /// (a proxy or NAT between members; the tests put a fault-injecting
+    /// proxy there).
+    #[arg(long, env = "WARDEN_PEER_ROUTES")]
+    pub peer_routes: Option<String>,
 }
 
 /// Flags of `warden dev`.
@@ -153,7 +158,8 @@ impl ServerArgs {
             request_timeout_ms,
             max_request_bytes,
             join,
-            no_auto_promote
+            no_auto_promote,
+            peer_routes
         );
         Ok(self)
     }
@@ -210,6 +216,19 @@ impl ServerArgs {
             ),
             Some(_) => {}
         }
+        let mut peer_routes = BTreeMap::new();
+        for item in a.peer_routes.iter().flat_map(|r| r.split(',')) {
+            let item = item.trim();
+            if item.is_empty() {
+                continue;
+            }
+            let Some((from, via)) = item.split_once('=') else {
+                bail!("invalid --peer-routes {item:?}: expected PEER-ADDR=VIA");
+            };
+            let from = check_addr("peer-routes", strip_scheme(from))?;
+            let via = check_addr("peer-routes", strip_scheme(via))?;
+            peer_routes.insert(from, via);
+        }
         let min = a.election_timeout_min_ms.unwrap_or(1000);
         let max = a.election_timeout_max_ms.unwrap_or(2000);
         let hb = a.heartbeat_interval_ms.unwrap_or(100);
@@ -248,6 +267,7 @@ impl ServerArgs {
                 request_timeout: Duration::from_millis(request_timeout_ms),
                 join,
                 auto_promote: !a.no_auto_promote.unwrap_or(false),
+                peer_routes,
             },
             max_request_bytes,
         ))

@@ -106,6 +106,8 @@ pub struct NodeConfig {
     pub join: Vec<String>,
     /// Ask for promotion to voter once caught up (learners only).
     pub auto_promote: bool,
+    /// Peer address → address to dial instead (proxies, NAT).
+    pub peer_routes: BTreeMap<String, String>,
 }
 
 /// A running member.
@@ -198,7 +200,7 @@ impl Node {
             }
         };
         let id = identity.id;
-        let links = Arc::new(Links::default());
+        let links = Arc::new(Links::with_routes(cfg.peer_routes.clone()));
         let net = NetworkFactory {
             links: links.clone(),
         };
@@ -391,7 +393,7 @@ impl Node {
                 return Ok(c.clone());
             }
         }
-        let c = network::peer_client(&addr).map_err(NodeError::Internal)?;
+        let c = network::peer_client(&self.links.route(&addr)).map_err(NodeError::Internal)?;
         cache.insert(leader, (addr, c.clone()));
         Ok(c)
     }

@@ -64,9 +64,26 @@ pub struct LinkInfo {
 #[derive(Default)]
 pub struct Links {
     inner: Mutex<BTreeMap<u64, LinkInfo>>,
+    /// Peer address → address to dial instead (`--peer-route`).
+    routes: BTreeMap<String, String>,
 }
 
 impl Links {
+    pub fn with_routes(routes: BTreeMap<String, String>) -> Self {
+        Links {
+            inner: Mutex::default(),
+            routes,
+        }
+    }
+
+    /// The address to dial for a peer's advertised address.
+    pub fn route(&self, peer_addr: &str) -> String {
+        self.routes
+            .get(peer_addr)
+            .cloned()
+            .unwrap_or_else(|| peer_addr.to_string())
+    }
+
     fn set(&self, id: u64, addr: &str, state: LinkState, err: Option<String>) {
         if let Ok(mut m) = self.inner.lock() {
             let e = m.entry(id).or_insert_with(|| LinkInfo {
@@ -146,7 +163,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         PeerNetwork {
             target,
             addr: node.peer_addr.clone(),
-            client: peer_client(&node.peer_addr).map_err(|e| e.to_string()),
+            client: peer_client(&self.links.route(&node.peer_addr)).map_err(|e| e.to_string()),
             links: self.links.clone(),
         }
     }

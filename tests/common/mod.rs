@@ -27,6 +27,8 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 pub struct Member {
     /// Started with --join (not part of --initial-cluster).
     pub joined: bool,
+    /// Extra flags for this member only.
+    pub args: Vec<String>,
     pub name: String,
     pub client: String,
     pub peer: String,
@@ -65,6 +67,7 @@ impl Cluster {
         for i in 0..n {
             members.push(Member {
                 joined: false,
+                args: Vec::new(),
                 name: format!("n{}", i + 1),
                 client: format!("127.0.0.1:{}", ports[2 * i]),
                 peer: format!("127.0.0.1:{}", ports[2 * i + 1]),
@@ -114,6 +117,7 @@ impl Cluster {
         }
         let child = cmd
             .args(&self.extra)
+            .args(&m.args)
             .args(["--election-timeout-min-ms", "300"])
             .args(["--election-timeout-max-ms", "600"])
             .args(["--heartbeat-interval-ms", "50"])
@@ -132,6 +136,7 @@ impl Cluster {
         let ports = free_ports(2);
         self.members.push(Member {
             joined: true,
+            args: Vec::new(),
             name: name.to_string(),
             client: format!("127.0.0.1:{}", ports[0]),
             peer: format!("127.0.0.1:{}", ports[1]),
