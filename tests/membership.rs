@@ -317,3 +317,37 @@ async fn backup_and_restore_into_a_new_cluster() {
         "revisions continue after the backup's"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_down_past_log_compaction_catches_up_by_snapshot() {
+    let mut c = Cluster::start_with(3, &["--snapshot-entries", "50"]);
+    let leader = c.wait_leader(ELECT).await;
+    let down = (leader + 1) % 3;
+    c.kill(down);
+    let ep = c.members[leader].client.clone();
+    for i in 0..300 {
+        put(&ep, &format!("late/{i:03}"), "v").await.expect("put");
+    }
+    c.restart(down);
+    let down_ep = c.members[down].client.clone();
+    eventually(Duration::from_secs(30), || {
+        let ep = down_ep.clone();
+        async move {
+            // Serializable: what the restarted member itself holds.
+            match get(&ep, "late/299", true).await {
+                Ok(Some(_)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    assert!(
+        c.log(down).contains("installed snapshot"),
+        "the log it missed was compacted, so it needed the snapshot:\n{}",
+        c.log(down)
+    );
+    assert_eq!(
+        get_prefix(&down_ep, "late/").await.expect("read").len(),
+        300
+    );
+}
