@@ -35,7 +35,11 @@ pub struct Args {
     #[arg(long, default_value = "chaos-out")]
     pub out: PathBuf,
     /// Workloads: register, bank, lock, watch.
-    #[arg(long, value_delimiter = ',', default_value = "register,bank,lock,watch")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "register,bank,lock,watch"
+    )]
     pub workloads: Vec<String>,
     /// Nemeses: kill-leader, kill-member, kill-all, pause-leader,
     /// pause-member, partition-leader, partition-halves; or all, or none.
@@ -99,6 +103,11 @@ pub struct Args {
     /// Longest fault.
     #[arg(long, default_value_t = 5000)]
     pub hold_max_ms: u64,
+    /// Require the events of one multi-key revision to reach watchers in the
+    /// same order as the replay from history (off by default: warden's
+    /// replay orders them by key, live events come in transaction order).
+    #[arg(long)]
+    pub strict_watch_order: bool,
     /// Keep the members' data directories even when every check passes.
     #[arg(long)]
     pub keep_data: bool,
@@ -117,10 +126,7 @@ impl Args {
         }
         for w in &self.workloads {
             if !WORKLOADS.contains(&w.as_str()) {
-                anyhow::bail!(
-                    "unknown workload {w:?}: expected {}",
-                    WORKLOADS.join(", ")
-                );
+                anyhow::bail!("unknown workload {w:?}: expected {}", WORKLOADS.join(", "));
             }
         }
         let mut nemeses = Vec::new();
@@ -143,7 +149,9 @@ impl Args {
             None => std::env::current_exe()?
                 .parent()
                 .map(|d| d.join("warden"))
-                .ok_or_else(|| anyhow::anyhow!("cannot locate the warden binary: pass --warden-bin"))?,
+                .ok_or_else(|| {
+                    anyhow::anyhow!("cannot locate the warden binary: pass --warden-bin")
+                })?,
         };
         let ms = Duration::from_millis;
         let seed = self.seed.unwrap_or_else(rand::random);
@@ -172,12 +180,16 @@ impl Args {
             },
             client_timeout: ms(self.client_timeout_ms),
             warmup: ms(self.warmup_ms),
-            gap: (ms(self.gap_min_ms), ms(self.gap_max_ms.max(self.gap_min_ms))),
+            gap: (
+                ms(self.gap_min_ms),
+                ms(self.gap_max_ms.max(self.gap_min_ms)),
+            ),
             hold: (
                 ms(self.hold_min_ms),
                 ms(self.hold_max_ms.max(self.hold_min_ms)),
             ),
             keep_data: self.keep_data,
+            strict_watch_order: self.strict_watch_order,
         })
     }
 }
@@ -206,7 +218,9 @@ mod tests {
         assert_eq!(o.nemeses, vec![Kind::KillLeader, Kind::PauseMember]);
         assert_eq!(o.fault, Some(Fault::StaleReads));
         assert_eq!(o.warden_bin, PathBuf::from("/x/warden"));
-        let all = Args::parse_from(["warden-chaos"]).options().expect("options");
+        let all = Args::parse_from(["warden-chaos"])
+            .options()
+            .expect("options");
         assert_eq!(all.nemeses.len(), nemesis::ALL.len());
         assert!(Args::parse_from(["warden-chaos", "--workloads", "nope"])
             .options()

@@ -153,7 +153,9 @@ impl ChaosCluster {
     }
 
     pub fn name(&self, i: usize) -> String {
-        self.members.get(i).map_or_else(String::new, |m| m.name.clone())
+        self.members
+            .get(i)
+            .map_or_else(String::new, |m| m.name.clone())
     }
 
     pub fn proxied(&self) -> bool {
@@ -268,7 +270,8 @@ impl ChaosCluster {
         for m in &mut self.members {
             if let Some(c) = &mut m.child {
                 if let Ok(Some(status)) = c.try_wait() {
-                    self.crashes.push(format!("{} exited by itself ({status})", m.name));
+                    self.crashes
+                        .push(format!("{} exited by itself ({status})", m.name));
                     m.child = None;
                     m.paused = false;
                 }
@@ -316,10 +319,8 @@ pub async fn poll_leader(topo: &Topology) -> Option<usize> {
         async move {
             let r = tokio::time::timeout(
                 Duration::from_millis(800),
-                MaintenanceClient::new(ch).status(with_timeout(
-                    StatusRequest {},
-                    Duration::from_millis(700),
-                )),
+                MaintenanceClient::new(ch)
+                    .status(with_timeout(StatusRequest {}, Duration::from_millis(700))),
             )
             .await;
             (i, r)

@@ -42,7 +42,11 @@ pub enum Call {
     /// Put a unique value into a register.
     Write { key: String, value: String },
     /// Compare-and-set by Txn: if value == from then put to.
-    Cas { key: String, from: String, to: String },
+    Cas {
+        key: String,
+        from: String,
+        to: String,
+    },
     /// Read every bank account in one Range.
     BankRead { serializable: bool },
     /// Move `amount` between accounts by a Txn guarded by the accounts'
@@ -189,6 +193,10 @@ pub struct RunMeta {
     /// The highest mod revision under the watched prefix at the end (0 if
     /// it could not be read).
     pub final_revision: i64,
+    /// Whether the events of one revision must reach every watcher in the
+    /// same order (otherwise only the order of revisions is checked).
+    #[serde(default)]
+    pub strict_watch_order: bool,
 }
 
 /// A whole run, as the checkers see it.
@@ -302,8 +310,8 @@ fn write_lines<T: Serialize>(path: &Path, items: &[T]) -> anyhow::Result<()> {
 }
 
 fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Vec<T>> {
-    let f = std::fs::File::open(path)
-        .map_err(|e| anyhow::anyhow!("open {}: {e}", path.display()))?;
+    let f =
+        std::fs::File::open(path).map_err(|e| anyhow::anyhow!("open {}: {e}", path.display()))?;
     let mut out = Vec::new();
     for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
         let line = line?;

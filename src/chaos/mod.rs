@@ -58,6 +58,7 @@ pub struct Options {
     pub gap: (Duration, Duration),
     pub hold: (Duration, Duration),
     pub keep_data: bool,
+    pub strict_watch_order: bool,
 }
 
 /// Initial balance of every bank account.
@@ -148,7 +149,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         let tails: Vec<String> = (0..cluster.len())
             .map(|i| format!("--- {} ---\n{}", cluster.name(i), cluster.log_tail(i, 20)))
             .collect();
-        anyhow::bail!("the cluster elected no leader in 60 s\n{}", tails.join("\n"));
+        anyhow::bail!(
+            "the cluster elected no leader in 60 s\n{}",
+            tails.join("\n")
+        );
     }
 
     let rec = Recorder::new();
@@ -274,9 +278,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         }
     }
     if has(&opts, "watch") {
-        if let Err(e) =
-            workload::watch::replay(&ctx, leader.unwrap_or(0), final_revision).await
-        {
+        if let Err(e) = workload::watch::replay(&ctx, leader.unwrap_or(0), final_revision).await {
             say(format!("{e}"));
         }
     }
@@ -296,6 +298,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         bank_accounts: if has(&opts, "bank") { opts.accounts } else { 0 },
         bank_balance: BALANCE,
         final_revision,
+        strict_watch_order: opts.strict_watch_order,
     };
     let h = rec.snapshot(meta);
     h.save(&opts.out)?;
@@ -343,11 +346,14 @@ fn cluster_result(h: &History, crashes: &[String], client_errors: &[String]) -> 
         }
     }
     let faults = counts.values().sum::<usize>();
-    let (ok, fail, info) = h.ops.iter().fold((0, 0, 0), |(a, b, c), o| match o.outcome {
-        Outcome::Ok => (a + 1, b, c),
-        Outcome::Fail => (a, b + 1, c),
-        Outcome::Info => (a, b, c + 1),
-    });
+    let (ok, fail, info) = h
+        .ops
+        .iter()
+        .fold((0, 0, 0), |(a, b, c), o| match o.outcome {
+            Outcome::Ok => (a + 1, b, c),
+            Outcome::Fail => (a, b + 1, c),
+            Outcome::Info => (a, b, c + 1),
+        });
     r.checked = h.ops.len();
     r.summary = format!(
         "{} ops ({ok} ok, {fail} failed, {info} indeterminate), {faults} faults ({}), no member crashed by itself",
@@ -381,7 +387,10 @@ async fn final_reads(ctx: &Ctx, opts: &Options) -> i64 {
             for _ in 0..10 {
                 let invoke = ctx.rec.now();
                 let call = Call::CounterRead { lock: lock.clone() };
-                match client.get(keys::counter(&lock), GetOptions::default()).await {
+                match client
+                    .get(keys::counter(&lock), GetOptions::default())
+                    .await
+                {
                     Ok(r) => {
                         let kv = r.kvs.first();
                         ctx.rec.record(

@@ -59,15 +59,12 @@ impl Kind {
     }
 
     pub fn parse(s: &str) -> anyhow::Result<Kind> {
-        ALL.iter()
-            .copied()
-            .find(|k| k.name() == s)
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "unknown nemesis {s:?}: expected one of {}",
-                    ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
-                )
-            })
+        ALL.iter().copied().find(|k| k.name() == s).ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown nemesis {s:?}: expected one of {}",
+                ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+            )
+        })
     }
 
     /// Whether it needs the peer proxies.
@@ -116,7 +113,7 @@ fn between(rng: &mut StdRng, (lo, hi): (Duration, Duration)) -> Duration {
 /// The faults of a run with `seed`: the first ones are every kind once, in
 /// a seeded order, so a short run still sees each; then random kinds.
 pub fn schedule(seed: u64, plan: &Plan) -> Vec<Step> {
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x4e45_4d45_5349_53);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x004e_454d_4553_4953);
     let mut first: Vec<Kind> = plan.kinds.clone();
     first.shuffle(&mut rng);
     let mut steps = Vec::new();
@@ -192,7 +189,10 @@ fn victim(pick: u64, n: usize) -> usize {
 async fn leader_or_random(cluster: &ChaosCluster, pick: u64) -> (usize, &'static str) {
     match poll_leader(&cluster.topo).await {
         Some(l) => (l, "leader"),
-        None => (victim(pick, cluster.len()), "no leader known; random member"),
+        None => (
+            victim(pick, cluster.len()),
+            "no leader known; random member",
+        ),
     }
 }
 
@@ -208,13 +208,20 @@ async fn apply(cluster: &mut ChaosCluster, step: &Step) -> anyhow::Result<String
                 (victim(step.pick, n), "random")
             };
             cluster.kill(i);
-            format!("{kind}: SIGKILL {} ({why}), restart after {:?}", cluster.name(i), step.hold)
+            format!(
+                "{kind}: SIGKILL {} ({why}), restart after {:?}",
+                cluster.name(i),
+                step.hold
+            )
         }
         Kind::KillAll => {
             for i in 0..n {
                 cluster.kill(i);
             }
-            format!("{kind}: SIGKILL every member, restart after {:?}", step.hold)
+            format!(
+                "{kind}: SIGKILL every member, restart after {:?}",
+                step.hold
+            )
         }
         Kind::PauseLeader | Kind::PauseMember => {
             let (i, why) = if step.kind == Kind::PauseLeader {
@@ -223,13 +230,21 @@ async fn apply(cluster: &mut ChaosCluster, step: &Step) -> anyhow::Result<String
                 (victim(step.pick, n), "random")
             };
             cluster.pause(i)?;
-            format!("{kind}: SIGSTOP {} ({why}) for {:?}", cluster.name(i), step.hold)
+            format!(
+                "{kind}: SIGSTOP {} ({why}) for {:?}",
+                cluster.name(i),
+                step.hold
+            )
         }
         Kind::PartitionLeader => {
             let (l, why) = leader_or_random(cluster, step.pick).await;
             let rest: Vec<usize> = (0..n).filter(|i| *i != l).collect();
             cluster.partition(&[vec![l], rest]);
-            format!("{kind}: isolate {} ({why}) for {:?}", cluster.name(l), step.hold)
+            format!(
+                "{kind}: isolate {} ({why}) for {:?}",
+                cluster.name(l),
+                step.hold
+            )
         }
         Kind::PartitionHalves => {
             let mut order: Vec<usize> = (0..n).collect();

@@ -114,9 +114,7 @@ mod tests {
         op(
             id,
             inv,
-            Call::BankRead {
-                serializable: true,
-            },
+            Call::BankRead { serializable: true },
             Some(Ret::Bank {
                 balances: b.iter().enumerate().map(|(i, v)| (i as u32, *v)).collect(),
                 revision: 1,

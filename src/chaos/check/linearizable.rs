@@ -41,7 +41,9 @@ pub enum Verdict {
     /// No linearization exists. `stuck` is the index (into the entries) of
     /// the operation the deepest search could not linearize before it
     /// returned.
-    NotLinearizable { stuck: usize },
+    NotLinearizable {
+        stuck: usize,
+    },
     /// The search budget ran out before a verdict.
     Unknown,
 }

@@ -57,7 +57,10 @@ pub fn check(h: &History) -> CheckResult {
     for (op, _, t) in &grants {
         if let Some(first) = seen.insert(*t, op) {
             result.violations.push(Violation {
-                what: format!("token {t} was granted twice (ops {} and {})", first.id, op.id),
+                what: format!(
+                    "token {t} was granted twice (ops {} and {})",
+                    first.id, op.id
+                ),
                 window: vec![(*first).clone(), (*op).clone()],
             });
         }
@@ -163,7 +166,10 @@ pub fn check(h: &History) -> CheckResult {
         .filter_map(|o| match (&o.call, &o.ret) {
             (Call::CounterRead { lock }, Some(Ret::Read { value, .. })) => Some((
                 lock.clone(),
-                (o, value.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0)),
+                (
+                    o,
+                    value.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0),
+                ),
             )),
             _ => None,
         })
@@ -200,7 +206,11 @@ pub fn check(h: &History) -> CheckResult {
                 window: vec![(*final_op).clone()],
             });
         }
-        if let Some((to, op)) = values.iter().filter(|(to, _)| **to > *value).min_by_key(|(to, _)| **to) {
+        if let Some((to, op)) = values
+            .iter()
+            .filter(|(to, _)| **to > *value)
+            .min_by_key(|(to, _)| **to)
+        {
             result.violations.push(Violation {
                 what: format!(
                     "lock {lock}: acknowledged fenced write of {to} (op {}) is missing from the final counter {value}",
@@ -268,20 +278,60 @@ mod tests {
         /// A full cycle: acquire [t, t+1], incr, release [t+4, t+5].
         fn cycle(&mut self, p: u32, t: u64, token: u64, from: i64) {
             let l = || "L".to_string();
-            self.op(p, t, t + 1, Call::Acquire { lock: l(), lease: 1 }, Outcome::Ok,
-                Some(Ret::Granted { token, revision: 0 }));
-            self.op(p, t + 2, t + 3, Call::FencedIncr { lock: l(), token, from, to: from + 1 },
-                Outcome::Ok, Some(Ret::Written { revision: 0 }));
-            self.op(p, t + 4, t + 5, Call::Release { lock: l(), token }, Outcome::Ok,
-                Some(Ret::Done { revision: 0 }));
+            self.op(
+                p,
+                t,
+                t + 1,
+                Call::Acquire {
+                    lock: l(),
+                    lease: 1,
+                },
+                Outcome::Ok,
+                Some(Ret::Granted { token, revision: 0 }),
+            );
+            self.op(
+                p,
+                t + 2,
+                t + 3,
+                Call::FencedIncr {
+                    lock: l(),
+                    token,
+                    from,
+                    to: from + 1,
+                },
+                Outcome::Ok,
+                Some(Ret::Written { revision: 0 }),
+            );
+            self.op(
+                p,
+                t + 4,
+                t + 5,
+                Call::Release { lock: l(), token },
+                Outcome::Ok,
+                Some(Ret::Done { revision: 0 }),
+            );
         }
         fn final_read(&mut self, t: u64, v: i64) {
-            self.op(HARNESS, t, t + 1, Call::CounterRead { lock: "L".into() }, Outcome::Ok,
-                Some(Ret::Read { value: Some(v.to_string()), mod_revision: 0, revision: 0 }));
+            self.op(
+                HARNESS,
+                t,
+                t + 1,
+                Call::CounterRead { lock: "L".into() },
+                Outcome::Ok,
+                Some(Ret::Read {
+                    value: Some(v.to_string()),
+                    mod_revision: 0,
+                    revision: 0,
+                }),
+            );
         }
         fn history(mut self) -> History {
             self.ops.sort_by_key(|o| (o.invoke_ns, o.id));
-            History { meta: RunMeta::default(), ops: self.ops, events: Vec::new() }
+            History {
+                meta: RunMeta::default(),
+                ops: self.ops,
+                events: Vec::new(),
+            }
         }
     }
 
@@ -294,7 +344,11 @@ mod tests {
         b.final_read(100, 3);
         let r = check(&b.history());
         assert!(r.violations.is_empty(), "{r:?}");
-        assert!(r.summary.contains("L=3 (3 acked, 0 indeterminate)"), "{}", r.summary);
+        assert!(
+            r.summary.contains("L=3 (3 acked, 0 indeterminate)"),
+            "{}",
+            r.summary
+        );
     }
 
     #[test]
@@ -306,7 +360,9 @@ mod tests {
         b.final_read(100, 2);
         let r = check(&b.history());
         assert_eq!(r.violations.len(), 1, "{r:?}");
-        assert!(r.violations[0].what.contains("holds of tokens 5 and 7 overlap"));
+        assert!(r.violations[0]
+            .what
+            .contains("holds of tokens 5 and 7 overlap"));
         assert!(r.violations[0].window.len() >= 4);
     }
 
@@ -329,8 +385,16 @@ mod tests {
         b.cycle(2, 10, 7, 0);
         b.final_read(100, 1);
         let r = check(&b.history());
-        assert!(r.violations.iter().any(|v| v.what.contains("both wrote 1")), "{r:?}");
-        assert!(r.violations.iter().any(|v| v.what.contains("final counter 1 but 2 acknowledged")), "{r:?}");
+        assert!(
+            r.violations.iter().any(|v| v.what.contains("both wrote 1")),
+            "{r:?}"
+        );
+        assert!(
+            r.violations
+                .iter()
+                .any(|v| v.what.contains("final counter 1 but 2 acknowledged")),
+            "{r:?}"
+        );
     }
 
     #[test]
@@ -339,11 +403,44 @@ mod tests {
         b.cycle(1, 0, 5, 0);
         // A grant at 2 whose release failed (the first hold's lease had
         // expired, say): no claim about its interval.
-        b.op(2, 1, 2, Call::Acquire { lock: "L".into(), lease: 2 }, Outcome::Ok,
-            Some(Ret::Granted { token: 6, revision: 0 }));
-        b.op(2, 3, 4, Call::FencedIncr { lock: "L".into(), token: 6, from: 0, to: 1 },
-            Outcome::Fail, None);
-        b.op(2, 5, 6, Call::Release { lock: "L".into(), token: 6 }, Outcome::Fail, None);
+        b.op(
+            2,
+            1,
+            2,
+            Call::Acquire {
+                lock: "L".into(),
+                lease: 2,
+            },
+            Outcome::Ok,
+            Some(Ret::Granted {
+                token: 6,
+                revision: 0,
+            }),
+        );
+        b.op(
+            2,
+            3,
+            4,
+            Call::FencedIncr {
+                lock: "L".into(),
+                token: 6,
+                from: 0,
+                to: 1,
+            },
+            Outcome::Fail,
+            None,
+        );
+        b.op(
+            2,
+            5,
+            6,
+            Call::Release {
+                lock: "L".into(),
+                token: 6,
+            },
+            Outcome::Fail,
+            None,
+        );
         b.final_read(100, 1);
         let r = check(&b.history());
         assert!(r.violations.is_empty(), "{r:?}");

@@ -38,10 +38,18 @@ pub enum RegState {
 pub enum RegOp {
     Read(u32),
     Write(u32),
-    CasOk { from: u32, to: u32 },
-    CasFailed { from: u32 },
+    CasOk {
+        from: u32,
+        to: u32,
+    },
+    CasFailed {
+        from: u32,
+    },
     /// Outcome unknown.
-    CasInfo { from: u32, to: u32 },
+    CasInfo {
+        from: u32,
+        to: u32,
+    },
 }
 
 pub struct Register;
@@ -78,10 +86,13 @@ fn intern(ids: &mut HashMap<String, u32>, v: &str) -> u32 {
     *ids.entry(v.to_string()).or_insert(next)
 }
 
+/// A key's history while it is being collected: its ops, their entries,
+/// and the value ids given out so far.
+type Building<'a> = (Vec<&'a Op>, Vec<Entry<RegOp>>, HashMap<String, u32>);
+
 /// Splits the register operations of `h` by key.
 fn by_key(h: &History) -> Vec<KeyHistory<'_>> {
-    let mut keys: BTreeMap<String, (Vec<&Op>, Vec<Entry<RegOp>>, HashMap<String, u32>)> =
-        BTreeMap::new();
+    let mut keys: BTreeMap<String, Building<'_>> = BTreeMap::new();
     for op in &h.ops {
         let key = match &op.call {
             Call::Read {
@@ -109,10 +120,18 @@ fn by_key(h: &History) -> Vec<KeyHistory<'_>> {
                 let (from, to) = (intern(ids, from), intern(ids, to));
                 match (ret, r) {
                     (None, _) => RegOp::CasInfo { from, to },
-                    (Some(_), Some(Ret::Txn { succeeded: true, .. })) => RegOp::CasOk { from, to },
-                    (Some(_), Some(Ret::Txn {
-                        succeeded: false, ..
-                    })) => RegOp::CasFailed { from },
+                    (
+                        Some(_),
+                        Some(Ret::Txn {
+                            succeeded: true, ..
+                        }),
+                    ) => RegOp::CasOk { from, to },
+                    (
+                        Some(_),
+                        Some(Ret::Txn {
+                            succeeded: false, ..
+                        }),
+                    ) => RegOp::CasFailed { from },
                     // An ok CAS without its result: treat as unknown.
                     (Some(_), _) => RegOp::CasInfo { from, to },
                 }
@@ -519,7 +538,12 @@ mod tests {
             call,
             ret,
         };
-        let entries = vec![e(0, Some(100)), e(10, Some(20)), e(30, None), e(200, Some(210))];
+        let entries = vec![
+            e(0, Some(100)),
+            e(10, Some(20)),
+            e(30, None),
+            e(200, Some(210)),
+        ];
         // [1..=1] overlaps op 0; op 2 is indeterminate and invoked before op 0 ends.
         let (w, t) = closure(&entries, 1, 1);
         assert_eq!((w, t), ([0, 1, 2].into_iter().collect(), 0));

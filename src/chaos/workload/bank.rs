@@ -127,8 +127,15 @@ pub async fn read_all(
             Some(b)
         }
         Err(e) => {
-            ctx.rec
-                .record(process, invoke, call, outcome_of(&e), None, Some(e.to_string()), None);
+            ctx.rec.record(
+                process,
+                invoke,
+                call,
+                outcome_of(&e),
+                None,
+                Some(e.to_string()),
+                None,
+            );
             None
         }
     }
@@ -204,8 +211,14 @@ async fn transfer(
             None,
             ctx.topo.name_of(r.header.as_ref()),
         ),
-        Err(e) => ctx
-            .rec
-            .record(process, invoke, call, outcome_of(&e), None, Some(e.to_string()), None),
+        Err(e) => ctx.rec.record(
+            process,
+            invoke,
+            call,
+            outcome_of(&e),
+            None,
+            Some(e.to_string()),
+            None,
+        ),
     }
 }

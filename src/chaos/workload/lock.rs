@@ -78,8 +78,15 @@ async fn grant(ctx: &Ctx, client: &Client, process: u32) -> Option<i64> {
             Some(r.id)
         }
         Err(e) => {
-            ctx.rec
-                .record(process, invoke, call, outcome_of(&e), None, Some(e.to_string()), None);
+            ctx.rec.record(
+                process,
+                invoke,
+                call,
+                outcome_of(&e),
+                None,
+                Some(e.to_string()),
+                None,
+            );
             None
         }
     }
@@ -107,9 +114,15 @@ async fn revoke(ctx: &Ctx, client: &Client, process: u32, lease: i64) {
             None,
             ctx.topo.name_of(r.header.as_ref()),
         ),
-        Err(e) => ctx
-            .rec
-            .record(process, invoke, call, outcome_of(&e), None, Some(e.to_string()), None),
+        Err(e) => ctx.rec.record(
+            process,
+            invoke,
+            call,
+            outcome_of(&e),
+            None,
+            Some(e.to_string()),
+            None,
+        ),
     }
 }
 
@@ -266,8 +279,15 @@ async fn hold(ctx: &Ctx, client: &Client, process: u32, lock: &str, token: u64, 
             Some(n)
         }
         Err(e) => {
-            ctx.rec
-                .record(process, invoke, call, outcome_of(&e), None, Some(e.to_string()), None);
+            ctx.rec.record(
+                process,
+                invoke,
+                call,
+                outcome_of(&e),
+                None,
+                Some(e.to_string()),
+                None,
+            );
             None
         }
     };
@@ -337,9 +357,15 @@ async fn fenced_incr(ctx: &Ctx, client: &Client, process: u32, lock: &str, token
             None,
             ctx.topo.name_of(r.header.as_ref()),
         ),
-        Err(e) => ctx
-            .rec
-            .record(process, invoke, call, outcome_of(&e), None, Some(e.to_string()), None),
+        Err(e) => ctx.rec.record(
+            process,
+            invoke,
+            call,
+            outcome_of(&e),
+            None,
+            Some(e.to_string()),
+            None,
+        ),
     }
 }
 
@@ -371,8 +397,14 @@ async fn release(ctx: &Ctx, client: &Client, process: u32, lock: &str, token: u6
             None,
             ctx.topo.name_of(r.header.as_ref()),
         ),
-        Err(e) => ctx
-            .rec
-            .record(process, invoke, call, outcome_of(&e), None, Some(e.to_string()), None),
+        Err(e) => ctx.rec.record(
+            process,
+            invoke,
+            call,
+            outcome_of(&e),
+            None,
+            Some(e.to_string()),
+            None,
+        ),
     }
 }

@@ -143,9 +143,15 @@ async fn write(ctx: &Ctx, client: &Client, process: u32, key: &str, value: &str)
             None,
             ctx.topo.name_of(r.header.as_ref()),
         ),
-        Err(e) => ctx
-            .rec
-            .record(process, invoke, call, outcome_of(&e), None, Some(e.to_string()), None),
+        Err(e) => ctx.rec.record(
+            process,
+            invoke,
+            call,
+            outcome_of(&e),
+            None,
+            Some(e.to_string()),
+            None,
+        ),
     }
 }
 
@@ -191,8 +197,15 @@ async fn cas(ctx: &Ctx, client: &Client, process: u32, key: &str, from: &str, to
             r.succeeded
         }
         Err(e) => {
-            ctx.rec
-                .record(process, invoke, call, outcome_of(&e), None, Some(e.to_string()), None);
+            ctx.rec.record(
+                process,
+                invoke,
+                call,
+                outcome_of(&e),
+                None,
+                Some(e.to_string()),
+                None,
+            );
             false
         }
     }

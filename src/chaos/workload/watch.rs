@@ -135,7 +135,15 @@ async fn session(
     s
 }
 
-fn record_session(ctx: &Ctx, process: u32, watcher: u32, member: usize, from: i64, invoke: u64, s: &Session) {
+fn record_session(
+    ctx: &Ctx,
+    process: u32,
+    watcher: u32,
+    member: usize,
+    from: i64,
+    invoke: u64,
+    s: &Session,
+) {
     ctx.rec.record(
         process,
         invoke,
@@ -199,7 +207,15 @@ pub async fn replay(ctx: &Ctx, first: usize, until: i64) -> anyhow::Result<usize
         let member = (first + attempt) % n;
         let invoke = ctx.rec.now();
         let s = session(ctx, CANONICAL_WATCHER, attempt as u32, member, 1, &done).await;
-        record_session(ctx, crate::chaos::history::HARNESS, CANONICAL_WATCHER, member, 1, invoke, &s);
+        record_session(
+            ctx,
+            crate::chaos::history::HARNESS,
+            CANONICAL_WATCHER,
+            member,
+            1,
+            invoke,
+            &s,
+        );
         if s.finished {
             let count = s.events.len();
             for e in s.events {
