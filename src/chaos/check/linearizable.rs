@@ -48,23 +48,30 @@ pub enum Verdict {
     Unknown,
 }
 
-/// A set of entry indices.
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct Bits(Vec<u64>);
+/// A set of entry indices, kept as a 128-bit Zobrist hash (the XOR of a
+/// random key per member) so a cache entry costs 16 bytes however long the
+/// history is. Two different sets collide with probability 2^-128 per pair:
+/// far below any chance of mattering, and a collision could only make the
+/// search skip a branch, never accept a wrong order.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct SetHash(u128);
 
-impl Bits {
-    fn new(n: usize) -> Bits {
-        Bits(vec![0; n.div_ceil(64)])
+/// The Zobrist key of entry `i` (splitmix64, deterministic).
+fn zobrist(i: usize) -> u128 {
+    fn mix(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
-    fn set(&mut self, i: usize) {
-        if let Some(w) = self.0.get_mut(i / 64) {
-            *w |= 1 << (i % 64);
-        }
-    }
-    fn clear(&mut self, i: usize) {
-        if let Some(w) = self.0.get_mut(i / 64) {
-            *w &= !(1 << (i % 64));
-        }
+    let a = mix(2 * i as u64);
+    let b = mix(2 * i as u64 + 1);
+    (u128::from(a) << 64) | u128::from(b)
+}
+
+impl SetHash {
+    fn toggle(self, key: u128) -> SetHash {
+        SetHash(self.0 ^ key)
     }
 }
 
@@ -134,8 +141,9 @@ pub fn check<M: Model>(
 
     let mut remaining = entries.iter().filter(|e| e.ret.is_some()).count();
     let mut state = init;
-    let mut linearized = Bits::new(n);
-    let mut cache: HashSet<(Bits, M::State)> = HashSet::new();
+    let keys: Vec<u128> = (0..n).map(zobrist).collect();
+    let mut linearized = SetHash(0);
+    let mut cache: HashSet<(SetHash, M::State)> = HashSet::new();
     let mut stack: Vec<(usize, M::State)> = Vec::new();
     let mut cursor = nodes[0].next;
     let mut steps: u64 = 0;
@@ -158,12 +166,11 @@ pub fn check<M: Model>(
             let next_state = model.step(&state, &entries[node.entry].op);
             let mut advanced = false;
             if let Some(s) = next_state {
-                let mut lin = linearized.clone();
-                lin.set(node.entry);
+                let lin = linearized.toggle(keys[node.entry]);
                 if cache.insert((lin, s.clone())) {
                     stack.push((cursor, state));
                     state = s;
-                    linearized.set(node.entry);
+                    linearized = lin;
                     lift(&mut nodes, cursor);
                     if entries[node.entry].ret.is_some() {
                         remaining -= 1;
@@ -186,7 +193,7 @@ pub fn check<M: Model>(
             };
             let e = nodes[top].entry;
             state = prev_state;
-            linearized.clear(e);
+            linearized = linearized.toggle(keys[e]);
             unlift(&mut nodes, top);
             if entries[e].ret.is_some() {
                 remaining += 1;

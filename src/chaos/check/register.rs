@@ -532,6 +532,50 @@ mod tests {
     }
 
     #[test]
+    fn long_overlapping_history_is_checked_within_budget() {
+        // 30,000 operations, each overlapping its neighbours, with some
+        // indeterminate writes (observed and not): applied in call order.
+        let mut entries = Vec::new();
+        let mut state = 0u32;
+        let mut next_value = 1u32;
+        for i in 0..30_000u64 {
+            let call = i * 2;
+            let (op, ret) = match i % 5 {
+                0 | 3 => (RegOp::Read(state), Some(call + 5)),
+                1 => {
+                    state = next_value;
+                    next_value += 1;
+                    (
+                        RegOp::Write(state),
+                        if i % 7 == 1 { None } else { Some(call + 5) },
+                    )
+                }
+                2 => {
+                    let to = next_value;
+                    next_value += 1;
+                    let from = state;
+                    state = to;
+                    (RegOp::CasOk { from, to }, Some(call + 5))
+                }
+                _ => (
+                    RegOp::CasFailed {
+                        from: state + 1_000_000,
+                    },
+                    Some(call + 5),
+                ),
+            };
+            entries.push(Entry { op, call, ret });
+        }
+        // An indeterminate write nobody saw.
+        entries.push(Entry {
+            op: RegOp::Write(next_value),
+            call: 10,
+            ret: None,
+        });
+        assert_eq!(check_entries(&entries, BUDGET), Verdict::Linearizable);
+    }
+
+    #[test]
     fn windows_are_closed_under_overlap() {
         let e = |call, ret| Entry {
             op: RegOp::Write(1),
