@@ -8,6 +8,9 @@
 //!   two such holds of one lock may overlap in time.
 //! - **Fencing tokens** are unique and increase in grant order: if grant A
 //!   reached its client before grant B was requested, A's token < B's.
+//! - **Leases never end early**: a fenced write refused because its token
+//!   no longer held the lock must not come back before the lease's TTL has
+//!   passed since the lease grant was invoked.
 //! - **No lost increment**: acknowledged fenced writes of one counter wrote
 //!   distinct values, none above the final value, and the final value lies
 //!   between the number of acknowledged writes and that plus the
@@ -147,6 +150,66 @@ pub fn check(h: &History) -> CheckResult {
         }
     }
 
+    // Leases never expire early (SPEC L5): a lease granted with `ttl` was
+    // applied after its grant was invoked, so it cannot end before invoke +
+    // ttl. A fenced write refused for not holding the lock, with the refusal
+    // back before that moment, shows the hold ended early (the clients
+    // release only after their fenced write).
+    let leases: HashMap<i64, &Op> = h
+        .ops
+        .iter()
+        .filter_map(|o| match (&o.call, &o.ret, o.outcome) {
+            (Call::LeaseGrant { .. }, Some(Ret::Lease { id }), Outcome::Ok) => Some((*id, o)),
+            _ => None,
+        })
+        .collect();
+    let mut early_checked = 0usize;
+    for op in &h.ops {
+        let (Call::FencedIncr { lock, token, .. }, Outcome::Fail) = (&op.call, op.outcome) else {
+            continue;
+        };
+        if !op
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("does not hold"))
+        {
+            continue;
+        }
+        let Some(acq) = by_token.get(&(lock.clone(), *token)) else {
+            continue;
+        };
+        let Call::Acquire { lease, .. } = &acq.call else {
+            continue;
+        };
+        let Some(grant) = leases.get(lease) else {
+            continue;
+        };
+        let Call::LeaseGrant { ttl } = grant.call else {
+            continue;
+        };
+        early_checked += 1;
+        let earliest_end = grant.invoke_ns + (ttl.max(0) as u64) * 1_000_000_000;
+        if op.complete_ns < earliest_end {
+            result.violations.push(Violation {
+                what: format!(
+                    "lock {lock}: token {token}'s hold ended before its lease (ttl {ttl} s, granted from {:.3} s) could expire: fenced write refused at {:.3} s",
+                    grant.invoke_ns as f64 / 1e9,
+                    op.complete_ns as f64 / 1e9
+                ),
+                window: overlapping(h, op, |c| {
+                    matches!(c, Call::Nemesis { .. }) || is_lock_op(c)
+                })
+                .into_iter()
+                .filter(|o| o.invoke_ns >= grant.invoke_ns || o.id == grant.id)
+                .chain(std::iter::once((*grant).clone()))
+                .map(|o| (o.id, o))
+                .collect::<BTreeMap<u64, Op>>()
+                .into_values()
+                .collect::<Vec<_>>(),
+            });
+        }
+    }
+
     // Counters.
     let mut counters: BTreeMap<String, (Vec<&Op>, Vec<&Op>)> = BTreeMap::new();
     for op in &h.ops {
@@ -232,7 +295,7 @@ pub fn check(h: &History) -> CheckResult {
         .count();
     result.checked = grants.len();
     result.summary = format!(
-        "{} grants, {hold_count} released holds checked for overlap, tokens increasing; {} fenced writes refused (after {pauses} client pauses); counters {}",
+        "{} grants, {hold_count} released holds checked for overlap, tokens increasing; {} fenced writes refused (after {pauses} client pauses; {early_checked} checked against lease expiry); counters {}",
         grants.len(),
         refused,
         if counter_notes.is_empty() {
@@ -325,6 +388,12 @@ mod tests {
                 }),
             );
         }
+        fn clone_history(&self) -> History {
+            B {
+                ops: self.ops.clone(),
+            }
+            .history()
+        }
         fn history(mut self) -> History {
             self.ops.sort_by_key(|o| (o.invoke_ns, o.id));
             History {
@@ -395,6 +464,61 @@ mod tests {
                 .any(|v| v.what.contains("final counter 1 but 2 acknowledged")),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn hold_lost_before_the_lease_ttl_is_caught() {
+        let mut b = B { ops: Vec::new() };
+        let s = 1_000_000_000u64;
+        b.op(
+            1,
+            0,
+            10,
+            Call::LeaseGrant { ttl: 3 },
+            Outcome::Ok,
+            Some(Ret::Lease { id: 9 }),
+        );
+        b.op(
+            1,
+            20,
+            30,
+            Call::Acquire {
+                lock: "L".into(),
+                lease: 9,
+            },
+            Outcome::Ok,
+            Some(Ret::Granted {
+                token: 4,
+                revision: 0,
+            }),
+        );
+        let refused = |b: &mut B, at: u64| {
+            let mut_op = Call::FencedIncr {
+                lock: "L".into(),
+                token: 4,
+                from: 0,
+                to: 1,
+            };
+            b.op(1, at, at + 10, mut_op, Outcome::Fail, None);
+            if let Some(o) = b.ops.last_mut() {
+                o.error =
+                    Some("warden: fenced write refused: token 4 does not hold lock \"L\"".into());
+            }
+        };
+        // Refused 2 s after the grant: early.
+        refused(&mut b, 2 * s);
+        let r = check(&b.clone_history());
+        assert_eq!(r.violations.len(), 1, "{r:?}");
+        assert!(
+            r.violations[0].what.contains("ended before its lease"),
+            "{r:?}"
+        );
+        // Refused after 3 s (a client pause): fine.
+        let mut b = B {
+            ops: b.ops[..2].to_vec(),
+        };
+        refused(&mut b, 3 * s);
+        assert!(check(&b.history()).violations.is_empty());
     }
 
     #[test]
