@@ -99,3 +99,37 @@ fn stale_reads_fault_is_caught() {
         "the window shows the faulty reads"
     );
 }
+
+/// Snapshots every 300 entries and log purges while members are killed and
+/// restarted: every member must come back on its data directory.
+///
+/// Ignored until the warden bug it found is fixed (docs/testing.md,
+/// "Findings"): `LogStore::purge` stores `Some(log_id)` but
+/// `LogStore::get_log_state` decodes the record as a bare `LogId`, so a
+/// member restarted after its first log purge reads a garbage purge point
+/// and refuses to start ("Cannot re-apply logs ... purged up to T1-N2.…").
+#[test]
+#[ignore = "warden bug: a member cannot restart after a log purge (docs/testing.md, Findings)"]
+fn members_restart_after_snapshots_and_purges() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = chaos(
+        dir.path(),
+        &[
+            "--members",
+            "3",
+            "--duration",
+            "40",
+            "--seed",
+            "3",
+            "--workloads",
+            "register,watch",
+            "--nemeses",
+            "kill-member,kill-leader",
+            "--snapshot-entries",
+            "300",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+}

@@ -265,17 +265,27 @@ impl ChaosCluster {
     }
 
     /// Notes members whose process exited on its own (a crash) in
-    /// [`ChaosCluster::crashes`], so they can be restarted.
+    /// [`ChaosCluster::crashes`], with the last line of their log, so they
+    /// can be restarted.
     pub fn reap(&mut self) {
-        for m in &mut self.members {
+        let mut found = Vec::new();
+        for (i, m) in self.members.iter_mut().enumerate() {
             if let Some(c) = &mut m.child {
                 if let Ok(Some(status)) = c.try_wait() {
-                    self.crashes
-                        .push(format!("{} exited by itself ({status})", m.name));
+                    found.push((i, status.to_string()));
                     m.child = None;
                     m.paused = false;
                 }
             }
+        }
+        for (i, status) in found {
+            let last = self.log_tail(i, 1);
+            let last = strip_ansi(&last);
+            self.crashes.push(format!(
+                "{} exited by itself ({status}): {}",
+                self.name(i),
+                last.trim()
+            ));
         }
     }
 
@@ -307,6 +317,24 @@ impl Drop for ChaosCluster {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// `s` without terminal colour codes (the members' logs have them).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Asks every member for its status once; learns member ids and returns

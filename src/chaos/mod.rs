@@ -265,19 +265,25 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     // Heal, then read the final state.
     cluster.heal_all()?;
     let leader = wait_leader(&topo, Duration::from_secs(60)).await;
-    let final_revision = final_reads(&ctx, &opts).await;
+    let final_revision = match leader {
+        Some(_) => final_reads(&ctx, &opts).await,
+        None => {
+            say("no leader after healing: skipping the final reads");
+            0
+        }
+    };
 
     // Let the watchers catch up, then replay the canonical history.
     ctx.watch_until.store(final_revision, Ordering::Relaxed);
     ctx.watch_stop.store(true, Ordering::Relaxed);
-    let catch_up = Instant::now() + Duration::from_secs(60);
+    let catch_up = Instant::now() + Duration::from_secs(if leader.is_some() { 60 } else { 1 });
     for w in watchers {
         let abort = w.abort_handle();
         if tokio::time::timeout_at(catch_up, w).await.is_err() {
             abort.abort();
         }
     }
-    if has(&opts, "watch") {
+    if has(&opts, "watch") && leader.is_some() {
         if let Err(e) = workload::watch::replay(&ctx, leader.unwrap_or(0), final_revision).await {
             say(format!("{e}"));
         }
@@ -302,7 +308,12 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     };
     let h = rec.snapshot(meta);
     h.save(&opts.out)?;
-    let mut results = vec![cluster_result(&h, &crashes, &client_errors)];
+    let mut results = vec![cluster_result(
+        &h,
+        leader.is_some(),
+        &crashes,
+        &client_errors,
+    )];
     results.extend(check::run_all(&h));
     let report = Report {
         results,
@@ -321,11 +332,34 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
 
 /// The harness's own findings: members that crashed by themselves, client
 /// tasks that failed, and what the nemesis did.
-fn cluster_result(h: &History, crashes: &[String], client_errors: &[String]) -> CheckResult {
+fn cluster_result(
+    h: &History,
+    recovered: bool,
+    crashes: &[String],
+    client_errors: &[String],
+) -> CheckResult {
     let mut r = CheckResult::new("cluster");
-    for c in crashes {
+    if !recovered {
         r.violations.push(Violation {
-            what: format!("member {c}"),
+            what: "no leader within 60 s after every fault was healed".into(),
+            window: Vec::new(),
+        });
+    }
+    // One violation per member and distinct failure, with a count.
+    let mut distinct: Vec<(String, usize)> = Vec::new();
+    for c in crashes {
+        match distinct.iter_mut().find(|(d, _)| d == c) {
+            Some((_, n)) => *n += 1,
+            None => distinct.push((c.clone(), 1)),
+        }
+    }
+    for (c, n) in distinct {
+        r.violations.push(Violation {
+            what: if n > 1 {
+                format!("member {c} [{n} times]")
+            } else {
+                format!("member {c}")
+            },
             window: Vec::new(),
         });
     }
