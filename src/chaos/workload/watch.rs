@@ -177,6 +177,7 @@ pub async fn run(ctx: Arc<Ctx>, process: u32, watcher: u32) -> anyhow::Result<()
             until == 0 || rev > until
         }
     };
+    let mut failures = 0u32;
     for session_no in 0u32.. {
         if finished(next_rev) {
             break;
@@ -185,14 +186,23 @@ pub async fn run(ctx: Arc<Ctx>, process: u32, watcher: u32) -> anyhow::Result<()
         let s = session(&ctx, watcher, session_no, member, next_rev, &finished).await;
         record_session(&ctx, process, watcher, member, next_rev, invoke, &s);
         next_rev = s.next_rev;
+        let got_events = !s.events.is_empty();
         for e in s.events {
             ctx.rec.event(e);
         }
         if s.finished {
             break;
         }
+        // Back off while sessions fail without delivering anything (e.g.
+        // the whole cluster is down), up to 2 s between attempts.
+        if got_events {
+            failures = 0;
+        } else {
+            failures = (failures + 1).min(5);
+        }
         member = (member + 1) % n;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100 << failures).min(Duration::from_secs(2)))
+            .await;
     }
     Ok(())
 }
