@@ -30,8 +30,9 @@ pub struct Args {
     /// [default: random, printed].
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Output directory: history.jsonl, watch.jsonl, run.json, member logs
-    /// (and data, kept when a check fails or with --keep-data).
+    /// Output directory: history.jsonl, watch.jsonl, run.json, member logs.
+    /// (Members' data goes to a temporary directory, removed at the end
+    /// unless a check fails or --keep-data is given.)
     #[arg(long, default_value = "chaos-out")]
     pub out: PathBuf,
     /// Workloads: register, bank, lock, watch.

@@ -1,5 +1,5 @@
 //! The cluster under test: real `warden server` child processes on ports
-//! picked at run time, each with a data directory under the output
+//! picked at run time, each with a data directory under a temporary
 //! directory, that the nemesis kills (SIGKILL), restarts on the same data
 //! directory, pauses (SIGSTOP) and resumes (SIGCONT), and whose peer links
 //! may run through [`Proxies`].
@@ -76,12 +76,13 @@ fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
 }
 
 impl ChaosCluster {
-    /// Starts `n` members with data in `dir/data` and logs in `dir/logs`;
+    /// Starts `n` members with data in `data/nI` and logs in `dir/logs`;
     /// with `proxied`, peer traffic goes through per-link proxies.
     pub async fn start(
         bin: &Path,
         n: usize,
         dir: &Path,
+        data: &Path,
         timing: ServerTiming,
         proxied: bool,
     ) -> anyhow::Result<ChaosCluster> {
@@ -91,7 +92,7 @@ impl ChaosCluster {
                 bin.display()
             );
         }
-        std::fs::create_dir_all(dir.join("data"))?;
+        std::fs::create_dir_all(data)?;
         std::fs::create_dir_all(dir.join("logs"))?;
         let ports = free_ports(2 * n)?;
         let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
@@ -123,7 +124,7 @@ impl ChaosCluster {
                 client_addr: client_addrs[i].clone(),
                 peer_addr: peer_addrs[i].clone(),
                 initial_cluster: initial,
-                dir: dir.join("data").join(&names[i]),
+                dir: data.join(&names[i]),
                 log: dir.join("logs").join(format!("{}.log", names[i])),
                 child: None,
                 paused: false,

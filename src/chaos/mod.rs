@@ -136,10 +136,13 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         opts.out.display()
     ));
 
+    let data =
+        std::env::temp_dir().join(format!("warden-chaos-{}-{}", opts.seed, std::process::id()));
     let mut cluster = ChaosCluster::start(
         &opts.warden_bin,
         opts.members,
         &opts.out,
+        &data,
         opts.timing.clone(),
         proxied,
     )
@@ -320,7 +323,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         ops: h.ops.len(),
     };
     if !opts.keep_data && report.violations() == 0 {
-        let _ = std::fs::remove_dir_all(opts.out.join("data"));
+        let _ = std::fs::remove_dir_all(&data);
+    } else {
+        say(format!("members' data kept in {}", data.display()));
     }
     say(format!(
         "run took {:.0?}; history in {}",
