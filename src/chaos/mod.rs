@@ -322,7 +322,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         results,
         ops: h.ops.len(),
     };
-    if !opts.keep_data && report.violations() == 0 {
+    // Data of a run with a deliberate client fault tells nothing new.
+    if !opts.keep_data && (report.violations() == 0 || opts.fault.is_some()) {
         let _ = std::fs::remove_dir_all(&data);
     } else {
         say(format!("members' data kept in {}", data.display()));
