@@ -7,8 +7,10 @@
 //! - [`state`]: the deterministic replicated state machine (MVCC store).
 //! - [`storage`]: the Raft log and snapshot files on disk.
 //! - [`proto`]: generated protobuf code.
+//! - [`chaos`]: the `warden-chaos` fault-injection harness and its checkers.
 
 pub mod api;
+pub mod chaos;
 pub mod cli;
 pub mod client;
 pub mod node;
