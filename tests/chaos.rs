@@ -35,10 +35,8 @@ fn chaos(out: &Path, args: &[&str]) -> Output {
 fn short_profile_finds_no_violation() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
-    // No snapshots in this run (a faster machine could otherwise reach the
-    // first one): a member restarted after its log was purged cannot start
-    // until the bug `members_restart_after_snapshots_and_purges` shows is
-    // fixed. Then drop the flag, or better, snapshot often here.
+    // Snapshot often, so members are killed and restarted across log
+    // purges and snapshot installs too.
     let out = chaos(
         dir.path(),
         &[
@@ -49,7 +47,7 @@ fn short_profile_finds_no_violation() {
             "--seed",
             "20260501",
             "--snapshot-entries",
-            "1000000",
+            "500",
         ],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -116,13 +114,11 @@ fn stale_reads_fault_is_caught() {
 /// Snapshots every 300 entries and log purges while members are killed and
 /// restarted: every member must come back on its data directory.
 ///
-/// Ignored until the warden bug it found is fixed (docs/testing.md,
-/// "Findings"): `LogStore::purge` stores `Some(log_id)` but
-/// `LogStore::get_log_state` decodes the record as a bare `LogId`, so a
-/// member restarted after its first log purge reads a garbage purge point
-/// and refuses to start ("Cannot re-apply logs ... purged up to T1-N2.…").
+/// Regression for the bug it found (docs/testing.md, "Findings"):
+/// `LogStore::purge` stored `Some(log_id)` but `get_log_state` decoded a
+/// bare `LogId`, so a member restarted after its first log purge read a
+/// garbage purge point and refused to start.
 #[test]
-#[ignore = "warden bug: a member cannot restart after a log purge (docs/testing.md, Findings)"]
 fn members_restart_after_snapshots_and_purges() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");

@@ -68,6 +68,10 @@ struct Live {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Version {
     mod_revision: i64,
+    /// Position of this change among the changes of its revision (a txn
+    /// writes several keys in one revision): watch replay follows it, as
+    /// etcd's sub-revision.
+    sub: u32,
     live: Option<Live>,
 }
 
@@ -339,7 +343,7 @@ impl MvccStore {
 
     /// Every change with revision `>= from` to keys in `[key, range_end)`
     /// (etcd range conventions), as watch events in revision order and, within
-    /// a revision, key order. Each event carries the key's previous live
+    /// a revision, the order they were made in. Each event carries the key's previous live
     /// version as `prev_kv`. `Compacted` if `from` is before the compaction
     /// point, since history there is gone.
     pub fn events_since(
@@ -351,7 +355,7 @@ impl MvccStore {
         if from < self.compact_revision {
             return Err(StateError::Compacted);
         }
-        let mut out: Vec<Event> = Vec::new();
+        let mut out: Vec<(u32, Event)> = Vec::new();
         for (k, h) in self.iter_range(key, range_end) {
             let first = h.versions.partition_point(|v| v.mod_revision < from);
             for i in first..h.versions.len() {
@@ -376,12 +380,13 @@ impl MvccStore {
                         prev_kv,
                     },
                 };
-                out.push(event);
+                out.push((v.sub, event));
             }
         }
-        // Stable: keys stay in order within one revision.
-        out.sort_by_key(|e| e.kv.mod_revision);
-        Ok(out)
+        // Revision order, and within a revision the order the changes were
+        // made in (what live watchers see).
+        out.sort_by_key(|(sub, e)| (e.kv.mod_revision, *sub));
+        Ok(out.into_iter().map(|(_, e)| e).collect())
     }
 
     /// CRC32 over every stored version with `mod_revision <= rev` (all of
@@ -738,6 +743,7 @@ impl MvccStore {
         let kv = to_kv(&req.key, rev, &live, true);
         let new_version = Version {
             mod_revision: rev,
+            sub: w.events.len() as u32,
             live: Some(live),
         };
         match self.keys.get_mut(req.key.as_slice()) {
@@ -780,6 +786,7 @@ impl MvccStore {
             if let Some(h) = self.keys.get_mut(prev.key.as_slice()) {
                 h.versions.push(Version {
                     mod_revision: rev,
+                    sub: w.events.len() as u32,
                     live: None,
                 });
             }
@@ -1014,6 +1021,30 @@ mod tests {
         s.compact(5).unwrap_or_default();
         assert_eq!(s.events_since(4, b"a", b"c"), Err(StateError::Compacted));
         assert_eq!(s.events_since(6, b"", &[0]).map(|e| e.len()), Ok(1));
+    }
+
+    #[test]
+    fn replay_keeps_the_order_of_changes_within_a_txn() {
+        let mut s = MvccStore::new();
+        let w = txn(
+            &mut s,
+            vec![],
+            vec![
+                RequestOp::Put(put_req("z", "1")),
+                RequestOp::Put(put_req("a", "1")),
+                RequestOp::Put(put_req("m", "1")),
+            ],
+            vec![],
+        );
+        let live: Vec<Vec<u8>> = w
+            .map(|w| w.events.into_iter().map(|e| e.kv.key).collect())
+            .unwrap_or_default();
+        let replay: Vec<Vec<u8>> = s
+            .events_since(1, b"", &[0])
+            .map(|evs| evs.into_iter().map(|e| e.kv.key).collect())
+            .unwrap_or_default();
+        assert_eq!(live, vec![b("z"), b("a"), b("m")]);
+        assert_eq!(replay, live, "replay and live watchers agree");
     }
 
     #[test]
