@@ -38,6 +38,10 @@ struct MemberProc {
     log: PathBuf,
     child: Option<Child>,
     paused: bool,
+    /// Set once the member was removed and re-added: it starts with
+    /// `--join` through these client addresses (ignored by the server once
+    /// its data dir knows its membership).
+    join: Option<String>,
 }
 
 /// A running cluster.
@@ -128,6 +132,7 @@ impl ChaosCluster {
                 log: dir.join("logs").join(format!("{}.log", names[i])),
                 child: None,
                 paused: false,
+                join: None,
             });
         }
         let topo = Arc::new(Topology::new(names, client_addrs)?);
@@ -185,9 +190,12 @@ impl ChaosCluster {
             .arg("--data-dir")
             .arg(&m.dir)
             .args(["--client-addr", &m.client_addr])
-            .args(["--peer-addr", &m.peer_addr])
-            .args(["--initial-cluster", &m.initial_cluster])
-            .args(["--election-timeout-min-ms", &t.election_min_ms.to_string()])
+            .args(["--peer-addr", &m.peer_addr]);
+        match &m.join {
+            Some(j) => cmd.args(["--join", j]),
+            None => cmd.args(["--initial-cluster", &m.initial_cluster]),
+        };
+        cmd.args(["--election-timeout-min-ms", &t.election_min_ms.to_string()])
             .args(["--election-timeout-max-ms", &t.election_max_ms.to_string()])
             .args(["--heartbeat-interval-ms", &t.heartbeat_ms.to_string()])
             .args(["--request-timeout-ms", &t.request_timeout_ms.to_string()]);
@@ -204,6 +212,63 @@ impl ChaosCluster {
             .with_context(|| format!("start {}", bin.display()))?;
         m.child = Some(child);
         m.paused = false;
+        Ok(())
+    }
+
+    /// Membership change under load: removes member `i` from the cluster
+    /// (`MemberRemove` through another member), kills it and wipes its data;
+    /// the next restart re-adds it with `--join` (as a learner that catches
+    /// up by snapshot and is promoted).
+    pub async fn replace(&mut self, i: usize) -> anyhow::Result<()> {
+        use crate::proto::etcdserverpb::{
+            cluster_client::ClusterClient, MemberListRequest, MemberRemoveRequest,
+        };
+        let name = self.name(i);
+        let via = (0..self.len())
+            .find(|j| *j != i)
+            .ok_or_else(|| anyhow::anyhow!("no other member to ask"))?;
+        let ch = self
+            .topo
+            .channels
+            .get(via)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no channel to member {via}"))?;
+        let list = tokio::time::timeout(
+            Duration::from_secs(10),
+            ClusterClient::new(ch.clone()).member_list(MemberListRequest { linearizable: true }),
+        )
+        .await
+        .context("member list timed out")??
+        .into_inner();
+        let id = list
+            .members
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.id)
+            .ok_or_else(|| anyhow::anyhow!("{name} is not in the member list"))?;
+        tokio::time::timeout(
+            Duration::from_secs(15),
+            ClusterClient::new(ch).member_remove(MemberRemoveRequest { id }),
+        )
+        .await
+        .context("member remove timed out")??;
+        self.kill(i);
+        let others: Vec<String> = self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, m)| m.client_addr.clone())
+            .collect();
+        let m = self
+            .members
+            .get_mut(i)
+            .ok_or_else(|| anyhow::anyhow!("no member {i}"))?;
+        if m.dir.exists() {
+            std::fs::remove_dir_all(&m.dir)
+                .with_context(|| format!("wiping {}", m.dir.display()))?;
+        }
+        m.join = Some(others.join(","));
         Ok(())
     }
 

@@ -33,9 +33,11 @@ pub enum Kind {
     PartitionLeader,
     /// Split the members into a random minority and majority, then heal.
     PartitionHalves,
+    /// Remove a random member, wipe it, and re-add it with `--join`.
+    ReplaceMember,
 }
 
-pub const ALL: [Kind; 7] = [
+pub const ALL: [Kind; 8] = [
     Kind::KillLeader,
     Kind::KillMember,
     Kind::KillAll,
@@ -43,6 +45,7 @@ pub const ALL: [Kind; 7] = [
     Kind::PauseMember,
     Kind::PartitionLeader,
     Kind::PartitionHalves,
+    Kind::ReplaceMember,
 ];
 
 impl Kind {
@@ -55,6 +58,7 @@ impl Kind {
             Kind::PauseMember => "pause-member",
             Kind::PartitionLeader => "partition-leader",
             Kind::PartitionHalves => "partition-halves",
+            Kind::ReplaceMember => "replace-member",
         }
     }
 
@@ -265,6 +269,15 @@ async fn apply(cluster: &mut ChaosCluster, step: &Step) -> anyhow::Result<String
             );
             cluster.partition(&[minority, majority]);
             text
+        }
+        Kind::ReplaceMember => {
+            let i = victim(step.pick, n);
+            cluster.replace(i).await?;
+            format!(
+                "{kind}: remove {}, wipe it, re-add with --join after {:?}",
+                cluster.name(i),
+                step.hold
+            )
         }
     })
 }

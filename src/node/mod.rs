@@ -694,20 +694,33 @@ async fn join_cluster(cfg: &NodeConfig) -> anyhow::Result<membership::Identity> 
     use crate::proto::etcdserverpb::{cluster_client::ClusterClient, MemberAddRequest};
     let client = Client::connect(&cfg.join, ClientOptions::default()).await?;
     let peer_url = format!("http://{}", cfg.peer_addr);
-    let url = peer_url.clone();
-    let added = client
-        .request(OpKind::Write, move |ch, _| {
-            let url = url.clone();
-            async move {
-                ClusterClient::new(ch)
-                    .member_add(MemberAddRequest {
-                        peer_urls: vec![url],
-                        is_learner: true,
-                    })
-                    .await
+    // The cluster may be electing a leader: keep asking for a while.
+    let give_up = Instant::now() + Duration::from_secs(30);
+    let added = loop {
+        let url = peer_url.clone();
+        let r = client
+            .request(OpKind::Write, move |ch, _| {
+                let url = url.clone();
+                async move {
+                    ClusterClient::new(ch)
+                        .member_add(MemberAddRequest {
+                            peer_urls: vec![url],
+                            is_learner: true,
+                        })
+                        .await
+                }
+            })
+            .await;
+        match r {
+            Err(crate::client::ClientError::Unavailable { .. })
+            | Err(crate::client::ClientError::DeadlineExceeded { .. })
+                if Instant::now() < give_up =>
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
-        })
-        .await;
+            other => break other,
+        }
+    };
     let id = membership::id_for_peer(&cfg.peer_addr);
     let cluster_id = match added {
         Ok(r) => r.header.map_or(0, |h| h.cluster_id),
