@@ -61,11 +61,16 @@ impl pb::kv_server::Kv for KvService {
                 .sm
                 .read()
                 .map_err(|e| Status::internal(e.to_string()))?;
-            // Like etcd, a member serves reads only once it has applied its
-            // own announcement (`Request::Publish`), i.e. caught up at least
-            // to when it started: a freshly joined member must not answer a
-            // serializable read from its empty state.
-            if r.serializable && d.client_addrs.get(&self.node.id) != Some(&self.node.client_addr) {
+            // Like etcd, a member that joined a running cluster serves reads
+            // only once it has applied its own announcement
+            // (`Request::Publish`), i.e. caught up at least to when it
+            // joined: it must not answer a serializable read from its empty
+            // state. (Bootstrapping members start from the same empty state
+            // as everyone.)
+            if r.serializable
+                && self.node.joined
+                && d.client_addrs.get(&self.node.id) != Some(&self.node.client_addr)
+            {
                 return Err(Status::unavailable(
                     "etcdserver: not ready: this member is still catching up",
                 ));

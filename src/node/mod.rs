@@ -123,6 +123,9 @@ pub struct Node {
     pub log_path: PathBuf,
     forward_clients: Mutex<BTreeMap<u64, (String, RaftPeerClient<Channel>)>>,
     pub lessor: lessor::Lessor,
+    /// This member joined a running cluster (`--join`) rather than
+    /// bootstrapping it.
+    pub joined: bool,
 }
 
 /// Cluster id from the initial cluster definition: every member of a cluster
@@ -243,6 +246,7 @@ impl Node {
             config: cfg,
             forward_clients: Mutex::new(BTreeMap::new()),
             lessor: lessor::Lessor::default(),
+            joined: identity.joined,
         });
         tokio::spawn(publish_client_addr(node.clone()));
         tokio::spawn(lessor::run(node.clone()));
