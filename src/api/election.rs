@@ -18,7 +18,8 @@ use tonic::{Request, Response, Status};
 
 use super::header;
 use super::lock::lock_keys;
-use super::recipes::{by_create, create_or_get, prefix_end, txn, wait_deletes, KeyGuard};
+use super::recipes::{by_create, create_or_get, txn, wait_deletes, KeyGuard};
+use crate::client::keys::prefix_range_end as prefix_end;
 use crate::node::peer_service::grpc_timeout;
 use crate::node::Node;
 use crate::proto::etcdserverpb as etcdpb;

@@ -30,14 +30,49 @@ pub struct LeaseService {
     pub node: Arc<Node>,
 }
 
-impl LeaseService {
-    /// etcd's minimum TTL: 1.5 election timeouts, rounded up to seconds,
-    /// so a lease cannot expire during a normal election.
-    fn min_ttl(&self) -> i64 {
-        let ms = self.node.config.election_timeout_min_ms.saturating_mul(3) / 2;
-        ms.div_ceil(1000).max(1) as i64
-    }
+/// etcd's minimum TTL: 1.5 election timeouts, rounded up to seconds, so a
+/// lease cannot expire during a normal election.
+fn min_ttl(node: &Node) -> i64 {
+    let ms = node.config.election_timeout_min_ms.saturating_mul(3) / 2;
+    ms.div_ceil(1000).max(1) as i64
+}
 
+/// Grants a lease: `id` as asked, or (0) one picked at random, again on a
+/// collision; the TTL raised to the minimum. Returns (revision, id, ttl).
+pub async fn grant(
+    node: &Node,
+    id: i64,
+    ttl: i64,
+    timeout: Option<std::time::Duration>,
+) -> Result<(i64, i64, i64), Status> {
+    if ttl > MAX_LEASE_TTL {
+        return Err(state_status(StateError::LeaseTtlTooLarge));
+    }
+    if id < 0 {
+        return Err(Status::invalid_argument(
+            "warden: lease id must not be negative",
+        ));
+    }
+    let ttl = ttl.max(min_ttl(node));
+    let attempts = if id == 0 { 5 } else { 1 };
+    let mut last = StateError::LeaseExists;
+    for _ in 0..attempts {
+        let want = if id != 0 {
+            id
+        } else {
+            rand::random_range(1..i64::MAX)
+        };
+        match propose(node, timeout, Command::LeaseGrant { id: want, ttl }).await {
+            Ok((rev, CommandResult::LeaseGrant { id, ttl })) => return Ok((rev, id, ttl)),
+            Ok(_) => return Err(super::unexpected()),
+            Err(super::Proposal::State(e @ StateError::LeaseExists)) => last = e,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(state_status(last))
+}
+
+impl LeaseService {
     fn revision(&self) -> i64 {
         self.node.status().revision
     }
@@ -54,39 +89,13 @@ impl pb::lease_server::Lease for LeaseService {
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         let timeout = grpc_timeout(&request);
         let r = request.into_inner();
-        if r.ttl > MAX_LEASE_TTL {
-            return Err(state_status(StateError::LeaseTtlTooLarge));
-        }
-        if r.id < 0 {
-            return Err(Status::invalid_argument(
-                "warden: lease id must not be negative",
-            ));
-        }
-        let ttl = r.ttl.max(self.min_ttl());
-        // A chosen id is used as is; otherwise pick one, again on collision.
-        let attempts = if r.id == 0 { 5 } else { 1 };
-        let mut last = StateError::LeaseExists;
-        for _ in 0..attempts {
-            let id = if r.id != 0 {
-                r.id
-            } else {
-                rand::random_range(1..i64::MAX)
-            };
-            match propose(&self.node, timeout, Command::LeaseGrant { id, ttl }).await {
-                Ok((rev, CommandResult::LeaseGrant { id, ttl })) => {
-                    return Ok(Response::new(pb::LeaseGrantResponse {
-                        header: Some(header(&self.node, rev)),
-                        id,
-                        ttl,
-                        error: String::new(),
-                    }))
-                }
-                Ok(_) => return Err(super::unexpected()),
-                Err(super::Proposal::State(e @ StateError::LeaseExists)) => last = e,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(state_status(last))
+        let (rev, id, ttl) = grant(&self.node, r.id, r.ttl, timeout).await?;
+        Ok(Response::new(pb::LeaseGrantResponse {
+            header: Some(header(&self.node, rev)),
+            id,
+            ttl,
+            error: String::new(),
+        }))
     }
 
     async fn lease_revoke(

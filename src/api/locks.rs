@@ -401,15 +401,7 @@ impl pb::locks_server::Locks for LocksService {
         let lease = if r.lease != 0 {
             r.lease
         } else if r.ttl > 0 {
-            let min = (self.node.config.election_timeout_min_ms * 3 / 2).div_ceil(1000) as i64;
-            let cmd = Command::LeaseGrant {
-                id: rand::random_range(1..i64::MAX),
-                ttl: r.ttl.max(min.max(1)),
-            };
-            match propose(&self.node, None, cmd).await? {
-                (_, CommandResult::LeaseGrant { id, .. }) => id,
-                _ => return Err(unexpected()),
-            }
+            super::lease::grant(&self.node, 0, r.ttl, None).await?.1
         } else {
             return Err(Status::invalid_argument(
                 "warden: an acquire needs a lease or a ttl",

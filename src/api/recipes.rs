@@ -17,6 +17,7 @@ use tonic::Status;
 
 use super::error::{node_status, state_status};
 use super::{propose, unexpected};
+use crate::client::keys::prefix_range_end as prefix_end;
 use crate::node::watch_hub::Subscription;
 use crate::node::Node;
 use crate::state::types::{
@@ -25,18 +26,6 @@ use crate::state::types::{
     TxnResponse,
 };
 use crate::state::{Command, CommandResult};
-
-/// The end of the range of keys starting with `prefix` (etcd `GetPrefixRangeEnd`).
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
 
 /// A linearizable range.
 pub async fn read(

@@ -336,7 +336,7 @@ fn event_json(ev: &crate::proto::mvccpb::Event) -> serde_json::Value {
 pub async fn watch_cmd(client: &Client, a: WatchArgs, f: Format) -> anyhow::Result<()> {
     let key = a.key.clone().into_bytes();
     let range_end = if a.prefix {
-        crate::api::recipes::prefix_end(&key)
+        crate::client::keys::prefix_range_end(&key)
     } else {
         Vec::new()
     };

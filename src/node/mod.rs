@@ -298,30 +298,23 @@ impl Node {
     /// Waits (bounded) until a leader other than `old` is known (or none
     /// can be within an election or two).
     pub(crate) async fn wait_leader_other_than(&self, old: u64, deadline: Instant) {
-        let mut rx = self.raft.metrics();
-        let wait = Duration::from_millis(self.config.election_timeout_max_ms * 2);
-        let until = deadline.min(Instant::now() + wait);
-        loop {
-            if rx
-                .borrow_and_update()
-                .current_leader
-                .is_some_and(|l| l != old)
-            {
-                return;
-            }
-            if tokio::time::timeout_at(until, rx.changed()).await.is_err() {
-                return;
-            }
-        }
+        self.wait_leader_except(Some(old), deadline).await;
     }
 
     /// Waits (bounded) until some leader is known; `None` at the deadline.
     pub(crate) async fn wait_leader(&self, deadline: Instant) -> Option<u64> {
+        self.wait_leader_except(None, deadline).await
+    }
+
+    /// Waits up to two election timeouts (or `deadline`) for a leader that is
+    /// not `old`.
+    async fn wait_leader_except(&self, old: Option<u64>, deadline: Instant) -> Option<u64> {
         let mut rx = self.raft.metrics();
         let wait = Duration::from_millis(self.config.election_timeout_max_ms * 2);
         let until = deadline.min(Instant::now() + wait);
         loop {
-            if let Some(l) = rx.borrow_and_update().current_leader {
+            let leader = rx.borrow_and_update().current_leader;
+            if let Some(l) = leader.filter(|l| Some(*l) != old) {
                 return Some(l);
             }
             if tokio::time::timeout_at(until, rx.changed()).await.is_err() {
@@ -483,16 +476,31 @@ impl Node {
                     Ok(Err(RaftError::Fatal(_))) => ForwardResponse::Failed(NodeError::Stopped),
                 }
             }
-            ForwardRequest::LeaseRenew(id) => match self.lessor.renew(self, id).await {
-                Ok(ttl) => ForwardResponse::LeaseRenew(Ok(ttl)),
-                Err(e) => self.lessor_answer(e),
-            },
             ForwardRequest::Members(op) => self.handle_members(op, deadline).await,
-            ForwardRequest::LeaseTimeToLive(id) => match self.lessor.time_to_live(self, id) {
-                Ok(t) => ForwardResponse::LeaseTimeToLive(Ok(t)),
-                Err(e) => self.lessor_answer(e),
-            },
+            req @ (ForwardRequest::LeaseRenew(_) | ForwardRequest::LeaseTimeToLive(_)) => {
+                self.lessor_local(&req).await
+            }
         }
+    }
+
+    /// Answers a lessor question as this member (the leader's lessor, or
+    /// `NotLeader`).
+    async fn lessor_local(&self, req: &ForwardRequest) -> ForwardResponse {
+        let answer = match req {
+            ForwardRequest::LeaseRenew(id) => self
+                .lessor
+                .renew(self, *id)
+                .await
+                .map(|t| ForwardResponse::LeaseRenew(Ok(t))),
+            ForwardRequest::LeaseTimeToLive(id) => self
+                .lessor
+                .time_to_live(self, *id)
+                .map(|t| ForwardResponse::LeaseTimeToLive(Ok(t))),
+            _ => {
+                return ForwardResponse::Failed(NodeError::Internal("not a lessor request".into()))
+            }
+        };
+        answer.unwrap_or_else(|e| self.lessor_answer(e))
     }
 
     fn lessor_answer(&self, e: lessor::LessorError) -> ForwardResponse {
@@ -524,19 +532,7 @@ impl Node {
                     .ok_or(NodeError::NoLeader)?,
             };
             let answer = if leader == self.id {
-                let local = match &req {
-                    ForwardRequest::LeaseRenew(id) => self
-                        .lessor
-                        .renew(self, *id)
-                        .await
-                        .map(|t| ForwardResponse::LeaseRenew(Ok(t))),
-                    ForwardRequest::LeaseTimeToLive(id) => self
-                        .lessor
-                        .time_to_live(self, *id)
-                        .map(|t| ForwardResponse::LeaseTimeToLive(Ok(t))),
-                    _ => return Err(NodeError::Internal("not a lessor request".into())),
-                };
-                local.unwrap_or_else(|e| self.lessor_answer(e))
+                self.lessor_local(&req).await
             } else {
                 self.forward(leader, &req, deadline).await?
             };
