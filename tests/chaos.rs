@@ -96,6 +96,11 @@ fn stale_reads_fault_is_caught() {
             "20260502",
             "--workloads",
             "register",
+            // Partitions leave a follower behind while the others write, so
+            // its local reads are stale for sure, not just when replication
+            // happens to lag.
+            "--nemeses",
+            "partition-halves,partition-leader",
             "--fault",
             "stale-reads",
         ],
