@@ -328,6 +328,23 @@ async fn member_down_past_log_compaction_catches_up_by_snapshot() {
     for i in 0..300 {
         put(&ep, &format!("late/{i:03}"), "v").await.expect("put");
     }
+    // The leader compacts its log only between replication attempts to the
+    // dead member (openraft keeps entries an in-flight request may still
+    // read), so wait until it has: otherwise the restarted member could be
+    // caught up from the log and the test would not test the snapshot path.
+    eventually(Duration::from_secs(30), || {
+        let compacted = compacted_upto(&c.log(leader));
+        let ep = ep.clone();
+        async move {
+            if compacted >= 100 {
+                return Ok(());
+            }
+            // Keep the log growing so new snapshots keep being taken.
+            put(&ep, "filler", "v").await.map_err(|e| e.to_string())?;
+            Err(format!("leader compacted its log only up to {compacted}"))
+        }
+    })
+    .await;
     c.restart(down);
     let down_ep = c.members[down].client.clone();
     eventually(Duration::from_secs(30), || {
@@ -350,4 +367,14 @@ async fn member_down_past_log_compaction_catches_up_by_snapshot() {
         get_prefix(&down_ep, "late/").await.expect("read").len(),
         300
     );
+}
+
+/// The highest index a member's log says it compacted up to (0 if none).
+fn compacted_upto(log: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains("compacted raft log"))
+        .filter_map(|l| l.split("upto=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+        .max()
+        .unwrap_or(0)
 }

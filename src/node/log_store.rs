@@ -162,7 +162,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         let meta = enc(&log_id)?;
         let db = self.db.clone();
-        blocking(move || Ok(db.purge_upto(log_id.index, PURGED, &meta)?)).await
+        let upto = log_id.index;
+        blocking(move || Ok(db.purge_upto(upto, PURGED, &meta)?)).await?;
+        tracing::info!(upto, "compacted raft log");
+        Ok(())
     }
 }
 
