@@ -1,6 +1,7 @@
 //! Cluster operations on real members: joining with --join (learner, then
-//! promoted), catching up by snapshot, removing the leader, refused changes,
-//! and a 5-member cluster surviving any 2 failures.
+//! promoted), catching up by snapshot, removing the leader, removed members
+//! stopping by themselves, refused changes, and a 5-member cluster surviving
+//! any 2 failures.
 
 mod common;
 
@@ -103,7 +104,27 @@ async fn join_catch_up_by_snapshot_promote_and_remove_leader() {
         .member_remove(pb::MemberRemoveRequest { id: leader_id })
         .await
         .expect("remove leader");
-    c.kill(leader);
+    // Like etcd's, the removed member notices and stops by itself, and its
+    // data dir will not start as a member again.
+    let status = c.wait_exit(leader, Duration::from_secs(30)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "removed member did not stop cleanly ({status:?}):\n{}",
+        c.log(leader)
+    );
+    assert!(c.log(leader).contains("removed from the cluster"));
+    c.restart(leader);
+    let status = c.wait_exit(leader, Duration::from_secs(30)).await;
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "a removed member's data dir must not start again ({status:?})"
+    );
+    assert!(
+        c.log(leader)
+            .contains("was removed from the cluster (membership at log index"),
+        "{}",
+        c.log(leader)
+    );
     let ms = members(&other_ep).await.expect("members");
     assert_eq!(ms.len(), 3, "{ms:?}");
     assert!(ms.iter().all(|m| m.id != leader_id));
@@ -130,6 +151,46 @@ async fn join_catch_up_by_snapshot_promote_and_remove_leader() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_removed_while_down_stops_once_restarted() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(ELECT).await;
+    let gone = (leader + 1) % 3;
+    let ep = c.members[leader].client.clone();
+    let id = members(&ep)
+        .await
+        .expect("members")
+        .iter()
+        .find(|m| m.name == c.members[gone].name)
+        .map(|m| m.id)
+        .expect("member in list");
+    c.kill(gone);
+    ClusterClient::new(common::channel(&ep).await)
+        .member_remove(pb::MemberRemoveRequest { id })
+        .await
+        .expect("remove the dead member");
+    put(&ep, "after", "removal").await.expect("put");
+    // Back up on its old data dir it still believes it is a member, until a
+    // peer's newer membership tells it otherwise.
+    c.restart(gone);
+    let status = c.wait_exit(gone, Duration::from_secs(30)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "removed member kept running ({status:?}):\n{}",
+        c.log(gone)
+    );
+    assert!(c
+        .log(gone)
+        .contains("this member was removed from the cluster"));
+    // The two that remain are the whole cluster and keep serving.
+    let left = members(&ep).await.expect("members");
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(
+        get(&ep, "after", false).await.expect("get"),
+        Some(b"removal".to_vec())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -296,8 +296,8 @@ async fn bind(field: &str, addr: &str) -> anyhow::Result<tokio::net::TcpListener
         .with_context(|| format!("cannot listen on --{field} {addr}"))
 }
 
-/// Runs one member until SIGINT/SIGTERM: stops accepting, lets Raft finish
-/// what is in flight, and exits 0.
+/// Runs one member until SIGINT/SIGTERM, or until the cluster removes it:
+/// stops accepting, lets Raft finish what is in flight, and exits 0.
 pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let (cfg, max_request_bytes) = args.resolve()?;
     let peer_listener = bind("peer-addr", &cfg.peer_addr).await?;
@@ -338,8 +338,10 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let peer_task = tokio::spawn(peer);
     let client_task = tokio::spawn(client);
 
-    shutdown_signal().await;
-    tracing::info!("shutting down");
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+        why = node.removed() => tracing::warn!("shutting down: {why}"),
+    }
     let _ = stop_tx.send(true);
     node.shutdown().await;
     let grace = Duration::from_secs(3);

@@ -106,6 +106,7 @@ fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         id: node_id_for(&a.name),
         cluster_id: cluster_id_for(&initial),
         joined: false,
+        removed_at: None,
     }
     .save(&a.data_dir)?;
     println!(

@@ -294,6 +294,10 @@ pub struct Identity {
     pub cluster_id: u64,
     /// Joined a running cluster (rather than bootstrapped it).
     pub joined: bool,
+    /// Log index of the membership that removed this member; a removed
+    /// member refuses to start again on this data dir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at: Option<u64>,
 }
 
 const IDENTITY_FILE: &str = "member.json";
@@ -318,6 +322,96 @@ impl Identity {
         crate::storage::snapshot_file::write_atomic(data_dir, IDENTITY_FILE, &bytes)
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(())
+    }
+}
+
+/// The membership a member has applied: the log index of its entry and
+/// every member in it, voters and learners.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Applied {
+    pub index: u64,
+    pub ids: BTreeSet<u64>,
+}
+
+/// This member's applied membership (`None` if its state is unreadable).
+pub fn applied(node: &Node) -> Option<Applied> {
+    let d = node.sm.read().ok()?;
+    Some(Applied {
+        index: d.last_membership.log_id().as_ref().map_or(0, |l| l.index),
+        ids: d
+            .last_membership
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect(),
+    })
+}
+
+/// Whether the cluster has removed a member, judged from its own applied
+/// membership and a peer's.
+///
+/// Only committed (applied) memberships count, and they form one sequence
+/// in the log. So if ours at index `a` lists us and a peer's at a later
+/// index does not, an entry between them removed us. If ours no longer lists
+/// us although an earlier one (`listed_at`) did, we applied our removal.
+/// A learner that applied an old snapshot and has not yet reached its own
+/// addition is never listed yet, so it is never judged removed.
+pub fn removed_by(id: u64, ours: &Applied, listed_at: Option<u64>, peer: Option<&Applied>) -> bool {
+    if !ours.ids.contains(&id) {
+        return listed_at.is_some_and(|at| at < ours.index);
+    }
+    peer.is_some_and(|p| p.index > ours.index && !p.ids.contains(&id))
+}
+
+/// Stops this member once the cluster has removed it, as etcd does: a
+/// removed member would otherwise run on alone, unable to serve anything.
+/// Every few election timeouts it compares its applied membership with a
+/// peer's (one small call, to each peer in turn). On removal it records
+/// that in `member.json`, so the data dir cannot be restarted as a member.
+pub async fn watch_for_removal(node: std::sync::Arc<Node>, mut identity: Identity) {
+    let period = Duration::from_millis(node.config.election_timeout_max_ms.saturating_mul(2))
+        .max(Duration::from_millis(500));
+    let mut listed_at: Option<u64> = None;
+    let mut turn = 0usize;
+    loop {
+        tokio::time::sleep(period).await;
+        if node.raft.metrics().borrow_watched().state == ServerState::Shutdown {
+            return;
+        }
+        let Some(ours) = applied(&node) else { continue };
+        let peer = if ours.ids.contains(&node.id) {
+            listed_at = Some(ours.index);
+            let peers: Vec<u64> = ours.ids.iter().copied().filter(|p| *p != node.id).collect();
+            if peers.is_empty() {
+                continue;
+            }
+            turn = turn.wrapping_add(1);
+            let target = peers[turn % peers.len()];
+            let deadline = Instant::now() + period;
+            match node
+                .call_peer(target, &ForwardRequest::AppliedMembership, deadline)
+                .await
+            {
+                Ok(Ok(ForwardResponse::AppliedMembership(a))) => Some(a),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        if !removed_by(node.id, &ours, listed_at, peer.as_ref()) {
+            continue;
+        }
+        let index = peer.as_ref().map_or(ours.index, |p| p.index);
+        tracing::warn!(
+            index,
+            "this member was removed from the cluster; stopping (empty the data dir and use --join to add it again)"
+        );
+        identity.removed_at = Some(index);
+        if let Err(e) = identity.save(&node.config.data_dir) {
+            tracing::error!("recording the removal in member.json: {e:#}");
+        }
+        node.mark_removed(format!("removed from the cluster at log index {index}"));
+        return;
     }
 }
 
@@ -354,5 +448,43 @@ pub async fn promote_when_ready(node: std::sync::Arc<Node>) {
             }
         }
         let _ = tokio::time::timeout(Duration::from_millis(500), rx.changed()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(index: u64, ids: &[u64]) -> Applied {
+        Applied {
+            index,
+            ids: ids.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn a_later_membership_without_us_means_removed() {
+        let ours = at(10, &[1, 2, 3]);
+        assert!(removed_by(3, &ours, Some(10), Some(&at(14, &[1, 2]))));
+        // The same or an older membership proves nothing.
+        assert!(!removed_by(3, &ours, Some(10), Some(&at(10, &[1, 2]))));
+        assert!(!removed_by(3, &ours, Some(10), Some(&at(7, &[1, 2]))));
+        // Still listed, or no answer.
+        assert!(!removed_by(3, &ours, Some(10), Some(&at(14, &[1, 2, 3]))));
+        assert!(!removed_by(3, &ours, Some(10), None));
+    }
+
+    #[test]
+    fn applying_our_own_removal_means_removed() {
+        assert!(removed_by(3, &at(14, &[1, 2]), Some(10), None));
+    }
+
+    #[test]
+    fn a_learner_not_yet_at_its_own_addition_is_not_removed() {
+        // It applied a snapshot from before it was added: never listed yet,
+        // and a lagging peer's membership does not list it either.
+        let ours = at(5, &[1, 2, 3]);
+        assert!(!removed_by(4, &ours, None, Some(&at(8, &[1, 2, 3]))));
+        assert!(!removed_by(4, &ours, None, None));
     }
 }

@@ -72,6 +72,9 @@ pub enum ForwardRequest {
     LeaseTimeToLive(i64),
     /// A membership change.
     Members(membership::MemberOp),
+    /// The membership the receiver has applied (asked by a member that
+    /// wonders whether it was removed).
+    AppliedMembership,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -84,6 +87,7 @@ pub enum ForwardResponse {
     LeaseRenew(Result<i64, StateError>),
     LeaseTimeToLive(Result<lessor::TimeToLive, StateError>),
     MembersDone,
+    AppliedMembership(membership::Applied),
 }
 
 /// Start-up settings of a member (see `config.rs` for the user-facing form).
@@ -126,6 +130,8 @@ pub struct Node {
     /// This member joined a running cluster (`--join`) rather than
     /// bootstrapping it.
     pub joined: bool,
+    /// Set once the cluster has removed this member (why, in one line).
+    removed: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// Cluster id from the initial cluster definition: every member of a cluster
@@ -186,6 +192,15 @@ impl Node {
                 i.name,
                 cfg.name
             ),
+            Some(membership::Identity {
+                removed_at: Some(index),
+                ..
+            }) => anyhow::bail!(
+                "member {:?} was removed from the cluster (membership at log index {index}); \
+                 to add this server again, empty {} and start it with --join",
+                cfg.name,
+                cfg.data_dir.display()
+            ),
             Some(i) => i,
             None => {
                 let i = if cfg.join.is_empty() {
@@ -194,6 +209,7 @@ impl Node {
                         id: types::node_id_for(&cfg.name),
                         cluster_id: cluster_id_for(&cfg.initial_cluster),
                         joined: false,
+                        removed_at: None,
                     }
                 } else {
                     join_cluster(&cfg).await?
@@ -247,12 +263,14 @@ impl Node {
             forward_clients: Mutex::new(BTreeMap::new()),
             lessor: lessor::Lessor::default(),
             joined: identity.joined,
+            removed: tokio::sync::watch::channel(None).0,
         });
         tokio::spawn(publish_client_addr(node.clone()));
         tokio::spawn(lessor::run(node.clone()));
         if node.config.auto_promote {
             tokio::spawn(membership::promote_when_ready(node.clone()));
         }
+        tokio::spawn(membership::watch_for_removal(node.clone(), identity));
         Ok(node)
     }
 
@@ -395,17 +413,50 @@ impl Node {
         Ok(c)
     }
 
+    /// Sends one request to a peer's Forward endpoint: the decoded answer,
+    /// or the gRPC status of a failed call.
+    pub(crate) async fn call_peer(
+        &self,
+        peer: u64,
+        req: &ForwardRequest,
+        deadline: Instant,
+    ) -> Result<Result<ForwardResponse, tonic::Status>, NodeError> {
+        let mut client = self.forward_client(peer)?;
+        let mut r = tonic::Request::new(network::encode(req).map_err(NodeError::Internal)?);
+        r.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        match client.forward(r).await {
+            Ok(resp) => network::decode(resp.get_ref())
+                .map(Ok)
+                .map_err(NodeError::Internal),
+            Err(s) => Ok(Err(s)),
+        }
+    }
+
+    /// Resolves once the cluster has removed this member, with the reason.
+    pub async fn removed(&self) -> String {
+        let mut rx = self.removed.subscribe();
+        let why = match rx.wait_for(|r| r.is_some()).await {
+            Ok(r) => r.clone(),
+            Err(_) => None,
+        };
+        match why {
+            Some(w) => w,
+            None => std::future::pending().await,
+        }
+    }
+
+    pub(crate) fn mark_removed(&self, why: String) {
+        self.removed.send_replace(Some(why));
+    }
+
     pub(crate) async fn forward(
         &self,
         leader: u64,
         req: &ForwardRequest,
         deadline: Instant,
     ) -> Result<ForwardResponse, NodeError> {
-        let mut client = self.forward_client(leader)?;
-        let mut r = tonic::Request::new(network::encode(req).map_err(NodeError::Internal)?);
-        r.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        match client.forward(r).await {
-            Ok(resp) => network::decode(resp.get_ref()).map_err(NodeError::Internal),
+        match self.call_peer(leader, req, deadline).await? {
+            Ok(resp) => Ok(resp),
             Err(s) if s.code() == tonic::Code::DeadlineExceeded => Err(NodeError::Timeout),
             // The connection could not even be made: the request was never
             // delivered, so it is safe to find the new leader and retry.
@@ -477,6 +528,10 @@ impl Node {
                 }
             }
             ForwardRequest::Members(op) => self.handle_members(op, deadline).await,
+            ForwardRequest::AppliedMembership => match membership::applied(self) {
+                Some(a) => ForwardResponse::AppliedMembership(a),
+                None => ForwardResponse::Failed(NodeError::Stopped),
+            },
             req @ (ForwardRequest::LeaseRenew(_) | ForwardRequest::LeaseTimeToLive(_)) => {
                 self.lessor_local(&req).await
             }
@@ -750,6 +805,7 @@ async fn join_cluster(cfg: &NodeConfig) -> anyhow::Result<membership::Identity> 
         id,
         cluster_id,
         joined: true,
+        removed_at: None,
     })
 }
 

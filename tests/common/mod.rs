@@ -5,7 +5,7 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
@@ -17,11 +17,27 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_warden");
 
 /// Ports the OS says are free right now. Held until all are picked so one
 /// call never returns the same port twice.
+/// Ports for `n` listeners, asked of the OS (bind port 0) and never handed
+/// out twice in this process: a member killed by one test leaves its ports
+/// free, and without this another test running in parallel could be given
+/// them and the member's restart would then find them taken.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
-        .collect();
-    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut taken = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let port = l.local_addr().expect("local addr").port();
+        if !taken.contains(&port) {
+            taken.push(port);
+            ports.push(port);
+        }
+        // Keep every listener open until all are chosen so the OS does not
+        // offer the same port twice in this call.
+        held.push(l);
+    }
+    ports
 }
 
 pub struct Member {
@@ -149,6 +165,23 @@ impl Cluster {
     }
 
     /// SIGKILL member `i`.
+    /// Waits (bounded) for member `i`'s process to exit by itself; its exit
+    /// status, or `None` if it is still running at the deadline.
+    pub async fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.members[i].child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.members[i].child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {
             let _ = c.kill();
