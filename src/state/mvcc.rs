@@ -3,7 +3,7 @@
 //! Put, DeleteRange, Txn and Compact (`server/etcdserver/apply.go`,
 //! `server/storage/mvcc`).
 //!
-//! Model: a `BTreeMap` from key to that key's history, a list of versions in
+//! Model: an ordered map from key to that key's history, a list of versions in
 //! revision order; a tombstone ends a life of the key. A read at revision `r`
 //! looks at each key's last version with `mod_revision <= r` (binary search),
 //! so a single-key read or write is O(log n) and a range over k keys is
@@ -15,8 +15,8 @@
 //! iteration. Two stores given the same requests are equal, field for field.
 //! Leases are not owned here; a put that names a lease asks a [`LeaseLookup`].
 
+use imbl::OrdMap;
 use std::cmp::Ordering;
-use std::collections::{btree_map, BTreeMap};
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
@@ -101,13 +101,25 @@ impl History {
     /// Drops versions no read at a revision `>= rev` can see: everything
     /// before the last version `<= rev`, and that one too if a tombstone.
     fn compact(&mut self, rev: i64) {
+        let keep_from = self.compact_from(rev);
+        self.versions.drain(..keep_from);
+    }
+
+    /// How many leading versions `compact(rev)` drops.
+    fn compact_from(&self, rev: i64) -> usize {
         let n = self.versions.partition_point(|v| v.mod_revision <= rev);
-        let Some(last) = n.checked_sub(1) else { return };
-        let keep_from = match self.versions.get(last) {
+        let Some(last) = n.checked_sub(1) else {
+            return 0;
+        };
+        match self.versions.get(last) {
             Some(v) if v.live.is_some() => last,
             _ => n,
-        };
-        self.versions.drain(..keep_from);
+        }
+    }
+
+    /// Whether `compact(rev)` would change this history.
+    fn compacts_at(&self, rev: i64) -> bool {
+        self.compact_from(rev) > 0
     }
 }
 
@@ -137,7 +149,7 @@ fn bounds<'a>(key: &'a [u8], range_end: &'a [u8]) -> (Bound<&'a [u8]>, Bound<&'a
     } else if key < range_end {
         (Bound::Included(key), Bound::Excluded(range_end))
     } else {
-        // Empty; `BTreeMap::range` would panic on start > end.
+        // Empty (a start past the end is refused by ordered-map ranges).
         (Bound::Included(key), Bound::Excluded(key))
     }
 }
@@ -168,6 +180,46 @@ impl Write {
     }
 }
 
+/// Serde for the key map, encoded exactly as a `BTreeMap` would be. Decoding
+/// inserts entry by entry: imbl's own `Deserialize` preallocates whatever
+/// length the input claims, so a damaged snapshot could ask for petabytes.
+mod keys_serde {
+    use std::fmt;
+
+    use imbl::OrdMap;
+    use serde::de::{MapAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    use super::History;
+
+    pub fn serialize<S: Serializer>(
+        keys: &OrdMap<Vec<u8>, History>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_map(keys.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<OrdMap<Vec<u8>, History>, D::Error> {
+        struct Keys;
+        impl<'de> Visitor<'de> for Keys {
+            type Value = OrdMap<Vec<u8>, History>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map from key to history")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+                let mut keys = OrdMap::new();
+                while let Some((k, h)) = access.next_entry()? {
+                    keys.insert(k, h);
+                }
+                Ok(keys)
+            }
+        }
+        d.deserialize_map(Keys)
+    }
+}
+
 /// The multi-version key-value store. See the module docs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MvccStore {
@@ -175,7 +227,12 @@ pub struct MvccStore {
     compact_revision: i64,
     /// Number of keys whose newest version is live.
     live_keys: u64,
-    keys: BTreeMap<Vec<u8>, History>,
+    /// A persistent B-tree (`imbl::OrdMap`): cloning the store for a
+    /// snapshot is O(1) and shares every node, so the snapshot is written
+    /// without holding up writes; a write after it copies only the nodes on
+    /// its path.
+    #[serde(with = "keys_serde")]
+    keys: OrdMap<Vec<u8>, History>,
 }
 
 impl Default for MvccStore {
@@ -191,7 +248,7 @@ impl MvccStore {
             current_revision: 1,
             compact_revision: 0,
             live_keys: 0,
-            keys: BTreeMap::new(),
+            keys: OrdMap::new(),
         }
     }
 
@@ -333,10 +390,26 @@ impl MvccStore {
         if rev > self.current_revision {
             return Err(StateError::FutureRevision);
         }
-        self.keys.retain(|_, h| {
-            h.compact(rev);
-            !h.versions.is_empty()
-        });
+        // Touch only the histories compaction changes, so nodes a snapshot
+        // still shares are copied only where something is dropped.
+        let changed: Vec<Vec<u8>> = self
+            .keys
+            .iter()
+            .filter(|(_, h)| h.compacts_at(rev))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in changed {
+            let now_empty = match self.keys.get_mut(key.as_slice()) {
+                Some(h) => {
+                    h.compact(rev);
+                    h.versions.is_empty()
+                }
+                None => false,
+            };
+            if now_empty {
+                self.keys.remove(key.as_slice());
+            }
+        }
         self.compact_revision = rev;
         Ok(())
     }
@@ -498,8 +571,8 @@ impl MvccStore {
         &'a self,
         key: &'a [u8],
         range_end: &'a [u8],
-    ) -> btree_map::Range<'a, Vec<u8>, History> {
-        self.keys.range::<[u8], _>(bounds(key, range_end))
+    ) -> impl DoubleEndedIterator<Item = (&'a Vec<u8>, &'a History)> + 'a {
+        self.keys.range::<_, [u8]>(bounds(key, range_end))
     }
 
     /// Live keys in a range at `rev`, in key order.
@@ -903,6 +976,37 @@ mod tests {
 
     fn put(s: &mut MvccStore, k: &str, v: &str) -> WriteResult<PutResponse> {
         s.put(&put_req(k, v), &NoLeases).unwrap()
+    }
+
+    #[test]
+    fn key_map_encodes_as_a_btreemap_and_round_trips() {
+        let mut s = MvccStore::new();
+        for (k, v) in [("b", "1"), ("a", "2"), ("b", "3"), ("c", "4")] {
+            put(&mut s, k, v);
+        }
+        // The snapshot format predates the persistent map: same bytes.
+        #[derive(Serialize)]
+        struct Mirror {
+            current_revision: i64,
+            compact_revision: i64,
+            live_keys: u64,
+            keys: std::collections::BTreeMap<Vec<u8>, History>,
+        }
+        let mirror = Mirror {
+            current_revision: s.current_revision,
+            compact_revision: s.compact_revision,
+            live_keys: s.live_keys,
+            keys: s.keys.iter().map(|(k, h)| (k.clone(), h.clone())).collect(),
+        };
+        let bytes = postcard::to_stdvec(&s).unwrap();
+        assert_eq!(bytes, postcard::to_stdvec(&mirror).unwrap());
+        let back: MvccStore = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, s);
+        // A clone is a snapshot: later writes do not show through it.
+        let frozen = s.clone();
+        put(&mut s, "a", "5");
+        assert_eq!(frozen.get(b"a").unwrap().value, b("2"));
+        assert_eq!(s.get(b"a").unwrap().value, b("5"));
     }
 
     fn del_req(k: &str, end: &[u8]) -> DeleteRangeRequest {
