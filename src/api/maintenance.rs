@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
 use tonic::{Request, Response, Status};
@@ -124,20 +124,18 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;
         let header = header(&self.node, rev);
+        // One chunk is copied out at a time, as the client takes them.
+        let bytes = Arc::new(bytes);
         let total = bytes.len();
-        let chunks: Vec<Result<pb::SnapshotResponse, Status>> = bytes
-            .chunks(SNAPSHOT_CHUNK)
-            .enumerate()
-            .map(|(i, c)| {
-                let sent = (i * SNAPSHOT_CHUNK + c.len()) as u64;
-                Ok(pb::SnapshotResponse {
-                    header: Some(header),
-                    remaining_bytes: total as u64 - sent,
-                    blob: c.to_vec(),
-                })
+        let chunks = futures::stream::iter((0..total).step_by(SNAPSHOT_CHUNK)).map(move |from| {
+            let to = (from + SNAPSHOT_CHUNK).min(total);
+            Ok(pb::SnapshotResponse {
+                header: Some(header),
+                remaining_bytes: (total - to) as u64,
+                blob: bytes.get(from..to).unwrap_or_default().to_vec(),
             })
-            .collect();
-        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+        });
+        Ok(Response::new(Box::pin(chunks)))
     }
 
     async fn move_leader(
