@@ -34,6 +34,8 @@ struct MemberProc {
     client_addr: String,
     peer_addr: String,
     initial_cluster: String,
+    /// `--peer-routes` through the partition proxies, if any.
+    peer_routes: Option<String>,
     dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -112,22 +114,27 @@ impl ChaosCluster {
             None
         };
         let mut members = Vec::new();
+        // Every member gets the same --initial-cluster (so one cluster id);
+        // with proxies, its --peer-routes send its traffic for peer j
+        // through the i -> j link proxy instead.
+        let initial = (0..n)
+            .map(|j| format!("{}={}", names[j], peer_addrs[j]))
+            .collect::<Vec<_>>()
+            .join(",");
         for i in 0..n {
-            let initial = (0..n)
-                .map(|j| {
-                    let addr = match &proxies {
-                        Some(p) if i != j => p.addr(i, j).unwrap_or(&peer_addrs[j]).to_string(),
-                        _ => peer_addrs[j].clone(),
-                    };
-                    format!("{}={addr}", names[j])
-                })
-                .collect::<Vec<_>>()
-                .join(",");
+            let routes = proxies.as_ref().map(|p| {
+                (0..n)
+                    .filter(|j| *j != i)
+                    .filter_map(|j| Some(format!("{}={}", peer_addrs[j], p.addr(i, j)?)))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            });
             members.push(MemberProc {
                 name: names[i].clone(),
                 client_addr: client_addrs[i].clone(),
                 peer_addr: peer_addrs[i].clone(),
-                initial_cluster: initial,
+                initial_cluster: initial.clone(),
+                peer_routes: routes,
                 dir: data.join(&names[i]),
                 log: dir.join("logs").join(format!("{}.log", names[i])),
                 child: None,
@@ -195,6 +202,9 @@ impl ChaosCluster {
             Some(j) => cmd.args(["--join", j]),
             None => cmd.args(["--initial-cluster", &m.initial_cluster]),
         };
+        if let Some(r) = &m.peer_routes {
+            cmd.args(["--peer-routes", r]);
+        }
         cmd.args(["--election-timeout-min-ms", &t.election_min_ms.to_string()])
             .args(["--election-timeout-max-ms", &t.election_max_ms.to_string()])
             .args(["--heartbeat-interval-ms", &t.heartbeat_ms.to_string()])
