@@ -163,6 +163,18 @@ impl Node {
         use anyhow::Context;
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("create data dir {}", cfg.data_dir.display()))?;
+        if let Some(membership::Identity {
+            removed_at: Some(index),
+            ..
+        }) = membership::Identity::load(&cfg.data_dir)?
+        {
+            anyhow::bail!(
+                "member {:?} was removed from the cluster (membership at log index {index}); \
+                 to add this server again, empty {} and start it with --join",
+                cfg.name,
+                cfg.data_dir.display()
+            );
+        }
         let log_path = cfg.data_dir.join("raft.redb");
         let db = crate::storage::log_db::LogDb::open(&log_path)?;
         let records = db.verify()?;
@@ -191,15 +203,6 @@ impl Node {
                 cfg.data_dir.display(),
                 i.name,
                 cfg.name
-            ),
-            Some(membership::Identity {
-                removed_at: Some(index),
-                ..
-            }) => anyhow::bail!(
-                "member {:?} was removed from the cluster (membership at log index {index}); \
-                 to add this server again, empty {} and start it with --join",
-                cfg.name,
-                cfg.data_dir.display()
             ),
             Some(i) => i,
             None => {
