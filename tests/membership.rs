@@ -22,6 +22,16 @@ async fn members(addr: &str) -> Result<Vec<pb::Member>, String> {
         .map_err(|e| e.to_string())
 }
 
+async fn member_id(addr: &str, name: &str) -> u64 {
+    members(addr)
+        .await
+        .expect("members")
+        .iter()
+        .find(|m| m.name == name)
+        .map(|m| m.id)
+        .unwrap_or_else(|| panic!("{name} is not in the member list"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_catch_up_by_snapshot_promote_and_remove_leader() {
     // Small snapshot interval: the joiner must catch up by snapshot.
@@ -91,19 +101,16 @@ async fn join_catch_up_by_snapshot_promote_and_remove_leader() {
 
     // Remove the leader: leadership moves first, then it leaves.
     let leader = c.wait_leader(ELECT).await;
-    let leader_id = members(&ep)
-        .await
-        .expect("members")
-        .iter()
-        .find(|m| m.name == c.members[leader].name)
-        .map(|m| m.id)
-        .expect("leader in list");
+    let leader_id = member_id(&ep, &c.members[leader].name).await;
     let other = (0..4).find(|i| *i != leader).expect("another member");
     let other_ep = c.members[other].client.clone();
     ClusterClient::new(common::channel(&other_ep).await)
         .member_remove(pb::MemberRemoveRequest { id: leader_id })
         .await
-        .expect("remove leader");
+        .unwrap_or_else(|e| {
+            let logs: Vec<String> = (0..4).map(|i| c.log(i)).collect();
+            panic!("remove leader: {e}\n{}", logs.join("\n-----\n"))
+        });
     // Like etcd's, the removed member notices and stops by itself, and its
     // data dir will not start as a member again.
     let status = c.wait_exit(leader, Duration::from_secs(30)).await;
@@ -159,13 +166,7 @@ async fn member_removed_while_down_stops_once_restarted() {
     let leader = c.wait_leader(ELECT).await;
     let gone = (leader + 1) % 3;
     let ep = c.members[leader].client.clone();
-    let id = members(&ep)
-        .await
-        .expect("members")
-        .iter()
-        .find(|m| m.name == c.members[gone].name)
-        .map(|m| m.id)
-        .expect("member in list");
+    let id = member_id(&ep, &c.members[gone].name).await;
     c.kill(gone);
     ClusterClient::new(common::channel(&ep).await)
         .member_remove(pb::MemberRemoveRequest { id })

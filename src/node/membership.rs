@@ -224,8 +224,15 @@ impl Node {
             }
         };
         let fut = self.raft.change_membership(change, false);
-        client_write(fut, deadline).await?;
-        Ok(Done::Ok)
+        match client_write(fut, deadline).await {
+            Ok(_) => Ok(Done::Ok),
+            // Refused as "not the leader" although the metrics said it was:
+            // a leader that has just taken over (e.g. by the transfer when
+            // the old leader is removed) can refuse for a moment. Nothing
+            // was proposed; the caller finds the leader and tries again.
+            Err(NodeError::LeaderChanged) => Ok(Done::Redirect(None)),
+            Err(e) => Err(e),
+        }
     }
 
     /// Removing the leader: transfer leadership to the most caught-up other
