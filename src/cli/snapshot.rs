@@ -107,6 +107,7 @@ fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         cluster_id: cluster_id_for(&initial),
         joined: false,
         removed_at: None,
+        listed_at: None,
     }
     .save(&a.data_dir)?;
     println!(

@@ -305,6 +305,10 @@ pub struct Identity {
     /// member refuses to start again on this data dir.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed_at: Option<u64>,
+    /// Log index of the first applied membership seen to list this member,
+    /// so that after a restart it still knows it once was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listed_at: Option<u64>,
 }
 
 const IDENTITY_FILE: &str = "member.json";
@@ -360,7 +364,8 @@ pub fn applied(node: &Node) -> Option<Applied> {
 /// Only committed (applied) memberships count, and they form one sequence
 /// in the log. So if ours at index `a` lists us and a peer's at a later
 /// index does not, an entry between them removed us. If ours no longer lists
-/// us although an earlier one (`listed_at`) did, we applied our removal.
+/// us although an earlier one (`listed_at`, kept in `member.json` across
+/// restarts) did, we applied our removal.
 /// A learner that applied an old snapshot and has not yet reached its own
 /// addition is never listed yet, so it is never judged removed.
 pub fn removed_by(id: u64, ours: &Applied, listed_at: Option<u64>, peer: Option<&Applied>) -> bool {
@@ -378,7 +383,6 @@ pub fn removed_by(id: u64, ours: &Applied, listed_at: Option<u64>, peer: Option<
 pub async fn watch_for_removal(node: std::sync::Arc<Node>, mut identity: Identity) {
     let period = Duration::from_millis(node.config.election_timeout_max_ms.saturating_mul(2))
         .max(Duration::from_millis(500));
-    let mut listed_at: Option<u64> = None;
     let mut turn = 0usize;
     loop {
         tokio::time::sleep(period).await;
@@ -387,7 +391,12 @@ pub async fn watch_for_removal(node: std::sync::Arc<Node>, mut identity: Identit
         }
         let Some(ours) = applied(&node) else { continue };
         let peer = if ours.ids.contains(&node.id) {
-            listed_at = Some(ours.index);
+            if identity.listed_at.is_none() {
+                identity.listed_at = Some(ours.index);
+                if let Err(e) = identity.save(&node.config.data_dir) {
+                    tracing::warn!("recording membership in member.json: {e:#}");
+                }
+            }
             let peers: Vec<u64> = ours.ids.iter().copied().filter(|p| *p != node.id).collect();
             if peers.is_empty() {
                 continue;
@@ -405,7 +414,7 @@ pub async fn watch_for_removal(node: std::sync::Arc<Node>, mut identity: Identit
         } else {
             None
         };
-        if !removed_by(node.id, &ours, listed_at, peer.as_ref()) {
+        if !removed_by(node.id, &ours, identity.listed_at, peer.as_ref()) {
             continue;
         }
         let index = peer.as_ref().map_or(ours.index, |p| p.index);
@@ -479,6 +488,23 @@ mod tests {
         // Still listed, or no answer.
         assert!(!removed_by(3, &ours, Some(10), Some(&at(14, &[1, 2, 3]))));
         assert!(!removed_by(3, &ours, Some(10), None));
+    }
+
+    #[test]
+    fn identity_files_without_the_newer_fields_still_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join(IDENTITY_FILE),
+            br#"{"name":"n1","id":7,"cluster_id":9,"joined":false}"#,
+        )
+        .expect("write");
+        let id = Identity::load(dir.path()).expect("load").expect("present");
+        assert_eq!((id.removed_at, id.listed_at), (None, None));
+        let mut id = id;
+        id.listed_at = Some(3);
+        id.removed_at = Some(12);
+        id.save(dir.path()).expect("save");
+        assert_eq!(Identity::load(dir.path()).expect("load"), Some(id));
     }
 
     #[test]

@@ -213,6 +213,7 @@ impl Node {
                         cluster_id: cluster_id_for(&cfg.initial_cluster),
                         joined: false,
                         removed_at: None,
+                        listed_at: None,
                     }
                 } else {
                     join_cluster(&cfg).await?
@@ -809,6 +810,7 @@ async fn join_cluster(cfg: &NodeConfig) -> anyhow::Result<membership::Identity> 
         cluster_id,
         joined: true,
         removed_at: None,
+        listed_at: None,
     })
 }
 
