@@ -53,6 +53,24 @@ async fn three_members_elect_one_leader_and_replicate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_reads_its_own_writes_serializably() {
+    // etcd answers a write only once the member that took it has applied
+    // it, so a serializable read there right after sees it.
+    let c = Cluster::start(3);
+    let leader = c.wait_leader(ELECT).await;
+    let f = c.members[(leader + 1) % 3].client.clone();
+    for i in 0..100 {
+        let v = i.to_string();
+        put(&f, "ryw", &v).await.expect("put");
+        assert_eq!(
+            get(&f, "ryw", true).await.expect("get"),
+            Some(v.into_bytes()),
+            "write {i} not yet visible on the member that took it"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_under_load_loses_no_acknowledged_write() {
     let mut c = Cluster::start(3);
     let leader = c.wait_leader(ELECT).await;

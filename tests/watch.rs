@@ -179,4 +179,17 @@ async fn watch_semantics() {
     };
     assert!(r.canceled);
     assert_eq!(r.compact_revision, 6);
+
+    // A start revision in the future (as a client resuming on a member that
+    // is behind asks for): nothing before it is delivered, from it on all.
+    let mut w3 = W::open(&follower).await;
+    w3.send(RequestUnion::CreateRequest(create("f/", b"f0", 13)))
+        .await;
+    assert!(w3.next().await.created);
+    for i in 0..4 {
+        put(&ep, &format!("f/{i}"), "v").await.expect("put"); // revisions 11..=14
+    }
+    let first = w3.next().await;
+    assert_eq!(kinds(&first), vec![(0, "f/2".into(), 13)]);
+    assert_eq!(kinds(&w3.next().await), vec![(0, "f/3".into(), 14)]);
 }

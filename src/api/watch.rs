@@ -82,6 +82,9 @@ struct Spec {
     prev_kv: bool,
     fragment: bool,
     progress_notify: bool,
+    /// First revision to deliver. A start in the future (a client resuming
+    /// on a member that is behind) must not see the revisions before it.
+    start_revision: i64,
 }
 
 struct Running {
@@ -170,6 +173,7 @@ impl StreamCtx {
             prev_kv: c.prev_kv,
             fragment: c.fragment,
             progress_notify: c.progress_notify,
+            start_revision: c.start_revision,
         };
         // Read history and subscribe under one read lock (see module doc).
         let Some((current, compact, replay, sub)) = self.read_and_subscribe(&c) else {
@@ -268,6 +272,7 @@ impl StreamCtx {
         loop {
             tokio::select! {
                 b = sub.rx.recv() => match b {
+                    Some(b) if b.revision < spec.start_revision => {}
                     Some(b) => {
                         if !self.deliver(&spec, b.revision, &b.events).await {
                             break;

@@ -79,7 +79,8 @@ pub enum ForwardRequest {
 
 #[derive(Serialize, Deserialize)]
 pub enum ForwardResponse {
-    Write(Response),
+    /// The applied result and the entry's log index.
+    Write(Response, u64),
     ReadIndex(u64),
     /// The receiver is not the leader (any more); here is who it thinks is.
     NotLeader(Option<u64>),
@@ -377,9 +378,18 @@ impl Node {
         req: Request,
         deadline: Instant,
     ) -> Result<Response, Redirect> {
+        self.write_local_at(req, deadline).await.map(|(r, _)| r)
+    }
+
+    /// Proposes on this member only; also returns the entry's log index.
+    async fn write_local_at(
+        &self,
+        req: Request,
+        deadline: Instant,
+    ) -> Result<(Response, u64), Redirect> {
         match tokio::time::timeout_at(deadline, self.raft.client_write(req)).await {
             Err(_) => Err(Redirect::Failed(NodeError::Timeout)),
-            Ok(Ok(r)) => Ok(r.data),
+            Ok(Ok(r)) => Ok((r.data, r.log_id.index)),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Err(f.leader_id.map_or(Redirect::Unknown, Redirect::Leader))
             }
@@ -488,7 +498,17 @@ impl Node {
                 .forward(leader, &ForwardRequest::Write(req.clone()), deadline)
                 .await?
             {
-                ForwardResponse::Write(r) => return Ok(r),
+                ForwardResponse::Write(r, index) => {
+                    // Read-your-writes on this member, as etcd gives: answer
+                    // once the entry is applied here too. The write is
+                    // committed either way, so a member slow to apply it
+                    // still reports success after a bounded wait.
+                    let wait = deadline.min(Instant::now() + Duration::from_secs(1));
+                    if self.wait_applied(index, wait).await.is_err() {
+                        tracing::debug!(index, "answering a forwarded write before applying it");
+                    }
+                    return Ok(r);
+                }
                 // The receiver refused before proposing: safe to try again.
                 ForwardResponse::NotLeader(Some(l)) if l != leader => leader = l,
                 ForwardResponse::NotLeader(_) => match self.wait_leader(deadline).await {
@@ -511,8 +531,8 @@ impl Node {
     /// Serves a forwarded request as the leader.
     pub async fn handle_forward(&self, req: ForwardRequest, deadline: Instant) -> ForwardResponse {
         match req {
-            ForwardRequest::Write(r) => match self.write_local(r, deadline).await {
-                Ok(resp) => ForwardResponse::Write(resp),
+            ForwardRequest::Write(r) => match self.write_local_at(r, deadline).await {
+                Ok((resp, index)) => ForwardResponse::Write(resp, index),
                 Err(Redirect::Leader(l)) => ForwardResponse::NotLeader(Some(l)),
                 Err(Redirect::Unknown) => ForwardResponse::NotLeader(None),
                 Err(Redirect::Failed(e)) => ForwardResponse::Failed(e),
