@@ -164,10 +164,11 @@ impl Node {
         use anyhow::Context;
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("create data dir {}", cfg.data_dir.display()))?;
+        let stored_identity = membership::Identity::load(&cfg.data_dir)?;
         if let Some(membership::Identity {
             removed_at: Some(index),
             ..
-        }) = membership::Identity::load(&cfg.data_dir)?
+        }) = &stored_identity
         {
             anyhow::bail!(
                 "member {:?} was removed from the cluster (membership at log index {index}); \
@@ -198,7 +199,7 @@ impl Node {
         .validate()
         .context("raft configuration")?;
 
-        let identity = match membership::Identity::load(&cfg.data_dir)? {
+        let identity = match stored_identity {
             Some(i) if i.name != cfg.name => anyhow::bail!(
                 "data dir {} belongs to member {:?}, not {:?}",
                 cfg.data_dir.display(),

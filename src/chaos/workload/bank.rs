@@ -9,8 +9,8 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{keys, outcome_of, think, Ctx};
-use crate::chaos::history::{Call, Outcome, Ret, HARNESS};
+use super::{keys, revision_of, think, Ctx};
+use crate::chaos::history::{Call, Ret, HARNESS};
 use crate::client::{Client, GetOptions, KeyRange};
 use crate::proto::etcdserverpb::{
     compare, request_op, Compare, PutRequest, RangeResponse, RequestOp, TxnRequest,
@@ -49,30 +49,20 @@ pub async fn init(ctx: &Ctx, accounts: u32, balance: i64) -> anyhow::Result<()> 
         };
         match client.txn(req).await {
             Ok(r) => {
-                ctx.rec.record(
+                ctx.record_ok(
                     HARNESS,
                     invoke,
                     call,
-                    Outcome::Ok,
-                    Some(Ret::Txn {
+                    Ret::Txn {
                         succeeded: r.succeeded,
-                        revision: r.header.as_ref().map_or(0, |h| h.revision),
-                    }),
-                    None,
-                    ctx.topo.name_of(r.header.as_ref()),
+                        revision: revision_of(r.header.as_ref()),
+                    },
+                    r.header.as_ref(),
                 );
                 return Ok(());
             }
             Err(e) => {
-                ctx.rec.record(
-                    HARNESS,
-                    invoke,
-                    call,
-                    outcome_of(&e),
-                    None,
-                    Some(e.to_string()),
-                    None,
-                );
+                ctx.record_err(HARNESS, invoke, call, &e);
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -112,30 +102,20 @@ pub async fn read_all(
     match client.get(keys::ACCOUNTS, opts).await {
         Ok(r) => {
             let b = balances(&r);
-            ctx.rec.record(
+            ctx.record_ok(
                 process,
                 invoke,
                 call,
-                Outcome::Ok,
-                Some(Ret::Bank {
+                Ret::Bank {
                     balances: b.iter().map(|(n, v, _)| (*n, *v)).collect(),
-                    revision: r.header.as_ref().map_or(0, |h| h.revision),
-                }),
-                None,
-                ctx.topo.name_of(r.header.as_ref()),
+                    revision: revision_of(r.header.as_ref()),
+                },
+                r.header.as_ref(),
             );
             Some(b)
         }
         Err(e) => {
-            ctx.rec.record(
-                process,
-                invoke,
-                call,
-                outcome_of(&e),
-                None,
-                Some(e.to_string()),
-                None,
-            );
+            ctx.record_err(process, invoke, call, &e);
             None
         }
     }
@@ -199,26 +179,16 @@ async fn transfer(
     };
     let invoke = ctx.rec.now();
     match client.txn(req).await {
-        Ok(r) => ctx.rec.record(
+        Ok(r) => ctx.record_ok(
             process,
             invoke,
             call,
-            Outcome::Ok,
-            Some(Ret::Txn {
+            Ret::Txn {
                 succeeded: r.succeeded,
-                revision: r.header.as_ref().map_or(0, |h| h.revision),
-            }),
-            None,
-            ctx.topo.name_of(r.header.as_ref()),
+                revision: revision_of(r.header.as_ref()),
+            },
+            r.header.as_ref(),
         ),
-        Err(e) => ctx.rec.record(
-            process,
-            invoke,
-            call,
-            outcome_of(&e),
-            None,
-            Some(e.to_string()),
-            None,
-        ),
+        Err(e) => ctx.record_err(process, invoke, call, &e),
     }
 }

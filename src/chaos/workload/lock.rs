@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tonic::Code;
 
-use super::{keys, outcome_of, outcome_of_status, think, with_timeout, Ctx};
+use super::{keys, outcome_of_status, revision_of, think, with_timeout, Ctx};
 use crate::chaos::history::{Call, Outcome, Ret};
 use crate::client::{Client, GetOptions, OpKind};
 use crate::proto::etcdserverpb::{
@@ -66,27 +66,17 @@ async fn grant(ctx: &Ctx, client: &Client, process: u32) -> Option<i64> {
         .await;
     match r {
         Ok(r) => {
-            ctx.rec.record(
+            ctx.record_ok(
                 process,
                 invoke,
                 call,
-                Outcome::Ok,
-                Some(Ret::Lease { id: r.id }),
-                None,
-                ctx.topo.name_of(r.header.as_ref()),
+                Ret::Lease { id: r.id },
+                r.header.as_ref(),
             );
             Some(r.id)
         }
         Err(e) => {
-            ctx.rec.record(
-                process,
-                invoke,
-                call,
-                outcome_of(&e),
-                None,
-                Some(e.to_string()),
-                None,
-            );
+            ctx.record_err(process, invoke, call, &e);
             None
         }
     }
@@ -103,26 +93,16 @@ async fn revoke(ctx: &Ctx, client: &Client, process: u32, lease: i64) {
         })
         .await;
     match r {
-        Ok(r) => ctx.rec.record(
+        Ok(r) => ctx.record_ok(
             process,
             invoke,
             call,
-            Outcome::Ok,
-            Some(Ret::Done {
-                revision: r.header.as_ref().map_or(0, |h| h.revision),
-            }),
-            None,
-            ctx.topo.name_of(r.header.as_ref()),
+            Ret::Done {
+                revision: revision_of(r.header.as_ref()),
+            },
+            r.header.as_ref(),
         ),
-        Err(e) => ctx.rec.record(
-            process,
-            invoke,
-            call,
-            outcome_of(&e),
-            None,
-            Some(e.to_string()),
-            None,
-        ),
+        Err(e) => ctx.record_err(process, invoke, call, &e),
     }
 }
 
@@ -202,7 +182,7 @@ async fn acquire_stream(
                                 Outcome::Ok,
                                 Some(Ret::Granted {
                                     token: r.token,
-                                    revision: r.header.as_ref().map_or(0, |h| h.revision),
+                                    revision: revision_of(r.header.as_ref()),
                                 }),
                                 None,
                                 member,
@@ -263,31 +243,21 @@ async fn hold(ctx: &Ctx, client: &Client, process: u32, lock: &str, token: u64, 
             let kv = r.kvs.first();
             let value = kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
             let n: i64 = value.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
-            ctx.rec.record(
+            ctx.record_ok(
                 process,
                 invoke,
                 call,
-                Outcome::Ok,
-                Some(Ret::Read {
+                Ret::Read {
                     value,
                     mod_revision: kv.map_or(0, |kv| kv.mod_revision),
-                    revision: r.header.as_ref().map_or(0, |h| h.revision),
-                }),
-                None,
-                ctx.topo.name_of(r.header.as_ref()),
+                    revision: revision_of(r.header.as_ref()),
+                },
+                r.header.as_ref(),
             );
             Some(n)
         }
         Err(e) => {
-            ctx.rec.record(
-                process,
-                invoke,
-                call,
-                outcome_of(&e),
-                None,
-                Some(e.to_string()),
-                None,
-            );
+            ctx.record_err(process, invoke, call, &e);
             None
         }
     };
@@ -346,26 +316,16 @@ async fn fenced_incr(ctx: &Ctx, client: &Client, process: u32, lock: &str, token
         })
         .await;
     match r {
-        Ok(r) => ctx.rec.record(
+        Ok(r) => ctx.record_ok(
             process,
             invoke,
             call,
-            Outcome::Ok,
-            Some(Ret::Written {
-                revision: r.header.as_ref().map_or(0, |h| h.revision),
-            }),
-            None,
-            ctx.topo.name_of(r.header.as_ref()),
+            Ret::Written {
+                revision: revision_of(r.header.as_ref()),
+            },
+            r.header.as_ref(),
         ),
-        Err(e) => ctx.rec.record(
-            process,
-            invoke,
-            call,
-            outcome_of(&e),
-            None,
-            Some(e.to_string()),
-            None,
-        ),
+        Err(e) => ctx.record_err(process, invoke, call, &e),
     }
 }
 
@@ -386,25 +346,15 @@ async fn release(ctx: &Ctx, client: &Client, process: u32, lock: &str, token: u6
         })
         .await;
     match r {
-        Ok(r) => ctx.rec.record(
+        Ok(r) => ctx.record_ok(
             process,
             invoke,
             call,
-            Outcome::Ok,
-            Some(Ret::Done {
-                revision: r.header.as_ref().map_or(0, |h| h.revision),
-            }),
-            None,
-            ctx.topo.name_of(r.header.as_ref()),
+            Ret::Done {
+                revision: revision_of(r.header.as_ref()),
+            },
+            r.header.as_ref(),
         ),
-        Err(e) => ctx.rec.record(
-            process,
-            invoke,
-            call,
-            outcome_of(&e),
-            None,
-            Some(e.to_string()),
-            None,
-        ),
+        Err(e) => ctx.record_err(process, invoke, call, &e),
     }
 }

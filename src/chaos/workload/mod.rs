@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::chaos::history::{Outcome, Recorder};
+use crate::chaos::history::{Call, Outcome, Recorder, Ret};
 use crate::client::{Client, ClientError, ClientOptions};
 use crate::proto::etcdserverpb::ResponseHeader;
 
@@ -169,6 +169,40 @@ impl Ctx {
     pub async fn client(&self) -> anyhow::Result<Client> {
         Ok(Client::connect(&self.topo.client_addrs, self.opts.clone()).await?)
     }
+
+    /// Records an operation that succeeded with `ret`, answered by the
+    /// member named in `header`.
+    pub fn record_ok(
+        &self,
+        process: u32,
+        invoke: u64,
+        call: Call,
+        ret: Ret,
+        header: Option<&ResponseHeader>,
+    ) {
+        let member = self.topo.name_of(header);
+        self.rec
+            .record(process, invoke, call, Outcome::Ok, Some(ret), None, member);
+    }
+
+    /// Records an operation that failed; whether it may have taken effect
+    /// follows from the error (`outcome_of`).
+    pub fn record_err(&self, process: u32, invoke: u64, call: Call, e: &ClientError) {
+        self.rec.record(
+            process,
+            invoke,
+            call,
+            outcome_of(e),
+            None,
+            Some(e.to_string()),
+            None,
+        );
+    }
+}
+
+/// The store revision a response header carries (0 without a header).
+pub fn revision_of(header: Option<&ResponseHeader>) -> i64 {
+    header.map_or(0, |h| h.revision)
 }
 
 /// How a failed call ends: `Fail` when the request certainly did not take

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{outcome_of, outcome_of_status, think, with_timeout, Ctx, Fault};
+use super::{outcome_of, outcome_of_status, revision_of, think, with_timeout, Ctx, Fault};
 use crate::chaos::history::{Call, Outcome, Ret};
 use crate::client::Client;
 use crate::proto::etcdserverpb::{
@@ -52,7 +52,7 @@ fn read_ret(r: &RangeResponse) -> Ret {
     Ret::Read {
         value: kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
         mod_revision: kv.map_or(0, |kv| kv.mod_revision),
-        revision: r.header.as_ref().map_or(0, |h| h.revision),
+        revision: revision_of(r.header.as_ref()),
     }
 }
 
@@ -132,26 +132,16 @@ async fn write(ctx: &Ctx, client: &Client, process: u32, key: &str, value: &str)
         ..Default::default()
     };
     match client.put_request(req).await {
-        Ok(r) => ctx.rec.record(
+        Ok(r) => ctx.record_ok(
             process,
             invoke,
             call,
-            Outcome::Ok,
-            Some(Ret::Written {
-                revision: r.header.as_ref().map_or(0, |h| h.revision),
-            }),
-            None,
-            ctx.topo.name_of(r.header.as_ref()),
+            Ret::Written {
+                revision: revision_of(r.header.as_ref()),
+            },
+            r.header.as_ref(),
         ),
-        Err(e) => ctx.rec.record(
-            process,
-            invoke,
-            call,
-            outcome_of(&e),
-            None,
-            Some(e.to_string()),
-            None,
-        ),
+        Err(e) => ctx.record_err(process, invoke, call, &e),
     }
 }
 
@@ -182,30 +172,20 @@ async fn cas(ctx: &Ctx, client: &Client, process: u32, key: &str, from: &str, to
     };
     match client.txn(req).await {
         Ok(r) => {
-            ctx.rec.record(
+            ctx.record_ok(
                 process,
                 invoke,
                 call,
-                Outcome::Ok,
-                Some(Ret::Txn {
+                Ret::Txn {
                     succeeded: r.succeeded,
-                    revision: r.header.as_ref().map_or(0, |h| h.revision),
-                }),
-                None,
-                ctx.topo.name_of(r.header.as_ref()),
+                    revision: revision_of(r.header.as_ref()),
+                },
+                r.header.as_ref(),
             );
             r.succeeded
         }
         Err(e) => {
-            ctx.rec.record(
-                process,
-                invoke,
-                call,
-                outcome_of(&e),
-                None,
-                Some(e.to_string()),
-                None,
-            );
+            ctx.record_err(process, invoke, call, &e);
             false
         }
     }
