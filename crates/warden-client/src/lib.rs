@@ -1,0 +1,548 @@
+//! The Rust client library for warden's etcd-compatible API (SPEC CL1):
+//! endpoint list, one lazily connected gRPC channel per endpoint, failover to
+//! the next endpoint when one is unreachable, retries with exponential
+//! backoff and jitter within one overall deadline, and serializable reads
+//! spread across members.
+//!
+//! It owns connection handling and retry policy; it never retries a write
+//! unless the failure proves the write was not applied (see [`retry`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), warden_client::ClientError> {
+//! use warden_client::{Client, ClientOptions, GetOptions, PutOptions};
+//! let client = Client::connect(["127.0.0.1:2379"], ClientOptions::default()).await?;
+//! client.put("k", "v", PutOptions::default()).await?;
+//! let resp = client.get("k", GetOptions::default()).await?;
+//! assert_eq!(resp.kvs[0].value, b"v");
+//! # Ok(()) }
+//! ```
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod backoff;
+pub mod endpoint;
+pub mod error;
+pub mod keys;
+pub mod options;
+pub mod retry;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use warden_proto::etcdserverpb::{
+    cluster_client::ClusterClient, kv_client::KvClient, maintenance_client::MaintenanceClient,
+    request_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    RequestOp, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+};
+
+pub use backoff::Backoff;
+pub use endpoint::{parse_endpoint, parse_endpoints};
+pub use error::ClientError;
+pub use options::{DeleteOptions, GetOptions, KeyRange, PutOptions};
+pub use retry::OpKind;
+
+/// Largest response accepted (etcd's client uses `math.MaxInt32` too).
+const MAX_RECV_BYTES: usize = i32::MAX as usize;
+
+/// Settings of a [`Client`].
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Overall deadline of one call, retries included; also sent to the
+    /// server as the gRPC deadline.
+    pub timeout: Duration,
+    /// Deadline of establishing one TCP connection.
+    pub connect_timeout: Duration,
+    /// Delay between retry rounds (a round tries every endpoint once).
+    pub backoff: Backoff,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// A handle to a warden (or etcd) cluster. Cheap to clone; clones share
+/// connections.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Canonical `host:port` endpoints, parallel to `channels`.
+    endpoints: Vec<String>,
+    channels: Vec<Channel>,
+    /// Index of the endpoint that last served a non-balanced call.
+    preferred: AtomicUsize,
+    /// Round-robin counter for serializable reads.
+    next_balanced: AtomicUsize,
+    opts: ClientOptions,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoints", &self.inner.endpoints)
+            .field("opts", &self.inner.opts)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Creates a client for `endpoints` (`host:port`, optionally `http://`;
+    /// comma-separated lists are split). No connection is made until the
+    /// first call, so this fails only for malformed endpoints. Must be called
+    /// inside a tokio runtime.
+    pub async fn connect<I, S>(endpoints: I, opts: ClientOptions) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let raw: Vec<S> = endpoints.into_iter().collect();
+        let endpoints = parse_endpoints(&raw)?;
+        let channels = endpoints
+            .iter()
+            .map(|ep| make_channel(ep, &opts))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                endpoints,
+                channels,
+                preferred: AtomicUsize::new(0),
+                next_balanced: AtomicUsize::new(0),
+                opts,
+            }),
+        })
+    }
+
+    /// The canonical endpoints, in the order given.
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
+    }
+
+    /// The options this client was created with.
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.opts
+    }
+
+    /// Reads `key` (and the keys `opts.range` adds).
+    pub async fn get(
+        &self,
+        key: impl Into<Vec<u8>>,
+        opts: GetOptions,
+    ) -> Result<RangeResponse, ClientError> {
+        self.range(opts.into_request(key.into())).await
+    }
+
+    /// Sends a raw `RangeRequest`. Serializable ranges are spread across
+    /// endpoints; linearizable ones go to the preferred endpoint.
+    pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, ClientError> {
+        let balanced = req.serializable;
+        self.call(OpKind::Read, balanced, move |ch, t| {
+            let req = req.clone();
+            async move { kv(ch).range(with_timeout(req, t)).await }
+        })
+        .await
+    }
+
+    /// Writes `key` = `value`.
+    pub async fn put(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        opts: PutOptions,
+    ) -> Result<PutResponse, ClientError> {
+        self.put_request(opts.into_request(key.into(), value.into()))
+            .await
+    }
+
+    /// Sends a raw `PutRequest`.
+    pub async fn put_request(&self, req: PutRequest) -> Result<PutResponse, ClientError> {
+        self.call(OpKind::Write, false, move |ch, t| {
+            let req = req.clone();
+            async move { kv(ch).put(with_timeout(req, t)).await }
+        })
+        .await
+    }
+
+    /// Deletes `key` (and the keys `opts.range` adds).
+    pub async fn delete(
+        &self,
+        key: impl Into<Vec<u8>>,
+        opts: DeleteOptions,
+    ) -> Result<DeleteRangeResponse, ClientError> {
+        self.delete_range(opts.into_request(key.into())).await
+    }
+
+    /// Sends a raw `DeleteRangeRequest`.
+    pub async fn delete_range(
+        &self,
+        req: DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, ClientError> {
+        self.call(OpKind::Write, false, move |ch, t| {
+            let req = req.clone();
+            async move { kv(ch).delete_range(with_timeout(req, t)).await }
+        })
+        .await
+    }
+
+    /// Runs a transaction. One without writes is retried like a read.
+    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, ClientError> {
+        let kind = if txn_is_read_only(&req) {
+            OpKind::Read
+        } else {
+            OpKind::Write
+        };
+        self.call(kind, false, move |ch, t| {
+            let req = req.clone();
+            async move { kv(ch).txn(with_timeout(req, t)).await }
+        })
+        .await
+    }
+
+    /// Compacts the history up to `revision`; with `physical`, waits until
+    /// the compaction is applied on the contacted member.
+    pub async fn compact(
+        &self,
+        revision: i64,
+        physical: bool,
+    ) -> Result<CompactionResponse, ClientError> {
+        let req = CompactionRequest { revision, physical };
+        self.call(OpKind::Write, false, move |ch, t| async move {
+            kv(ch).compact(with_timeout(req, t)).await
+        })
+        .await
+    }
+
+    /// The status of one member, asked at `endpoint` (which need not be in
+    /// the client's list). No failover: the answer is about that member.
+    pub async fn status(&self, endpoint: &str) -> Result<StatusResponse, ClientError> {
+        let ep = parse_endpoint(endpoint)?;
+        let known = self
+            .inner
+            .endpoints
+            .iter()
+            .zip(&self.inner.channels)
+            .find(|(e, _)| **e == ep);
+        let channel = match known {
+            Some((_, ch)) => ch.clone(),
+            None => make_channel(&ep, &self.inner.opts)?,
+        };
+        let timeout = self.inner.opts.timeout;
+        let attempt = async {
+            MaintenanceClient::new(channel)
+                .max_decoding_message_size(MAX_RECV_BYTES)
+                .status(with_timeout(StatusRequest {}, timeout))
+                .await
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Err(_) => Err(ClientError::DeadlineExceeded {
+                timeout_ms: timeout.as_millis(),
+                endpoints: vec![ep],
+            }),
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => {
+                let failure = retry::classify(&status);
+                if matches!(failure, retry::Failure::NotSent) {
+                    Err(ClientError::Unavailable {
+                        code: status.code(),
+                        message: retry::describe(&status),
+                        endpoints: vec![ep],
+                    })
+                } else {
+                    Err(ClientError::Server {
+                        code: status.code(),
+                        message: retry::describe(&status),
+                        endpoint: ep,
+                    })
+                }
+            }
+        }
+    }
+
+    /// The cluster's members. `linearizable` asks the member to confirm the
+    /// list with the leader first (etcd v3.5 clients always do).
+    pub async fn member_list(&self, linearizable: bool) -> Result<MemberListResponse, ClientError> {
+        let req = MemberListRequest { linearizable };
+        self.call(OpKind::Read, !linearizable, move |ch, t| async move {
+            ClusterClient::new(ch)
+                .max_decoding_message_size(MAX_RECV_BYTES)
+                .member_list(with_timeout(req, t))
+                .await
+        })
+        .await
+    }
+
+    /// Runs any unary call with this client's failover and retry policy:
+    /// `attempt` gets a channel and the time left, and is tried on the
+    /// endpoints in turn until it succeeds or fails for good.
+    pub async fn request<T, F, Fut>(&self, kind: OpKind, attempt: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.call(kind, false, attempt).await
+    }
+
+    /// The endpoints with their channels, starting with the one that last
+    /// answered, for streams that must pick an endpoint and move on when it
+    /// fails.
+    pub fn channels(&self) -> Vec<(String, Channel)> {
+        let inner = &*self.inner;
+        let n = inner.channels.len();
+        let start = inner.preferred.load(Ordering::Relaxed);
+        (0..n)
+            .filter_map(|i| {
+                let idx = (start + i) % n.max(1);
+                Some((
+                    inner.endpoints.get(idx)?.clone(),
+                    inner.channels.get(idx)?.clone(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Runs `attempt` against endpoints until it succeeds, fails for good, or
+    /// the deadline passes. `attempt` gets the channel and the time left.
+    ///
+    /// Each round tries every endpoint once, starting from the preferred one
+    /// (or, for `balanced` calls, the next in round-robin order); rounds are
+    /// separated by [`Backoff`] delays.
+    async fn call<T, F, Fut>(
+        &self,
+        kind: OpKind,
+        balanced: bool,
+        mut attempt: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let inner = &*self.inner;
+        let timeout = inner.opts.timeout;
+        let deadline = Instant::now() + timeout;
+        let n = inner.channels.len().max(1);
+        let start = if balanced {
+            inner.next_balanced.fetch_add(1, Ordering::Relaxed) % n
+        } else {
+            inner.preferred.load(Ordering::Relaxed) % n
+        };
+        let mut tried: Vec<String> = Vec::new();
+        let mut last: Option<Status> = None;
+        let deadline_error = |tried: &[String]| ClientError::DeadlineExceeded {
+            timeout_ms: timeout.as_millis(),
+            endpoints: tried.to_vec(),
+        };
+        let unavailable = |last: Option<Status>, tried: Vec<String>| match last {
+            Some(s) => ClientError::Unavailable {
+                code: s.code(),
+                message: retry::describe(&s),
+                endpoints: tried,
+            },
+            None => deadline_error(&tried),
+        };
+
+        for round in 0u32.. {
+            for offset in 0..n {
+                let idx = (start + offset) % n;
+                let (Some(ep), Some(ch)) = (inner.endpoints.get(idx), inner.channels.get(idx))
+                else {
+                    continue;
+                };
+                let now = Instant::now();
+                let remaining = deadline.saturating_duration_since(now);
+                if remaining.is_zero() {
+                    return Err(unavailable(last, tried));
+                }
+                if !tried.contains(ep) {
+                    tried.push(ep.clone());
+                }
+                let result =
+                    match tokio::time::timeout(remaining, attempt(ch.clone(), remaining)).await {
+                        Err(_) => return Err(deadline_error(&tried)),
+                        Ok(r) => r,
+                    };
+                match result {
+                    Ok(resp) => {
+                        if !balanced {
+                            inner.preferred.store(idx, Ordering::Relaxed);
+                        }
+                        return Ok(resp.into_inner());
+                    }
+                    Err(status) => {
+                        let failure = retry::classify(&status);
+                        tracing::debug!(endpoint = %ep, ?failure, code = ?status.code(), message = status.message(), "attempt failed");
+                        if !retry::may_retry(failure, kind) {
+                            return Err(ClientError::Server {
+                                code: status.code(),
+                                message: retry::describe(&status),
+                                endpoint: ep.clone(),
+                            });
+                        }
+                        last = Some(status);
+                    }
+                }
+            }
+            let delay = inner.opts.backoff.delay_random(round);
+            if Instant::now() + delay >= deadline {
+                tokio::time::sleep_until(deadline).await;
+                return Err(unavailable(last, tried));
+            }
+            tokio::time::sleep(delay).await;
+        }
+        Err(unavailable(last, tried))
+    }
+}
+
+/// One lazily connected channel to `endpoint`.
+fn make_channel(endpoint: &str, opts: &ClientOptions) -> Result<Channel, ClientError> {
+    let ep = tonic::transport::Endpoint::from_shared(endpoint::endpoint_uri(endpoint))
+        .map_err(|e| ClientError::InvalidEndpoint {
+            endpoint: endpoint.to_string(),
+            reason: e.to_string(),
+        })?
+        .connect_timeout(opts.connect_timeout)
+        .tcp_nodelay(true);
+    Ok(ep.connect_lazy())
+}
+
+fn kv(ch: Channel) -> KvClient<Channel> {
+    KvClient::new(ch).max_decoding_message_size(MAX_RECV_BYTES)
+}
+
+fn with_timeout<M>(msg: M, timeout: Duration) -> Request<M> {
+    let mut req = Request::new(msg);
+    req.set_timeout(timeout);
+    req
+}
+
+/// Whether a transaction has no put or delete in any branch (nested too).
+pub fn txn_is_read_only(txn: &TxnRequest) -> bool {
+    fn op_read_only(op: &RequestOp) -> bool {
+        match &op.request {
+            Some(request_op::Request::RequestRange(_)) | None => true,
+            Some(request_op::Request::RequestTxn(t)) => txn_is_read_only(t),
+            Some(request_op::Request::RequestPut(_))
+            | Some(request_op::Request::RequestDeleteRange(_)) => false,
+        }
+    }
+    txn.success.iter().chain(&txn.failure).all(op_read_only)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(r: request_op::Request) -> RequestOp {
+        RequestOp { request: Some(r) }
+    }
+
+    #[test]
+    fn read_only_txns() {
+        let get = op(request_op::Request::RequestRange(RangeRequest::default()));
+        let put = op(request_op::Request::RequestPut(PutRequest::default()));
+        let del = op(request_op::Request::RequestDeleteRange(
+            DeleteRangeRequest::default(),
+        ));
+        let t = TxnRequest {
+            success: vec![get.clone()],
+            failure: vec![get.clone()],
+            ..Default::default()
+        };
+        assert!(txn_is_read_only(&t));
+        assert!(txn_is_read_only(&TxnRequest::default()));
+        let t2 = TxnRequest {
+            failure: vec![get.clone(), put],
+            ..Default::default()
+        };
+        assert!(!txn_is_read_only(&t2));
+        let nested_write = op(request_op::Request::RequestTxn(TxnRequest {
+            success: vec![del],
+            ..Default::default()
+        }));
+        assert!(!txn_is_read_only(&TxnRequest {
+            success: vec![nested_write],
+            ..Default::default()
+        }));
+        let nested_read = op(request_op::Request::RequestTxn(t));
+        assert!(txn_is_read_only(&TxnRequest {
+            success: vec![nested_read],
+            ..Default::default()
+        }));
+    }
+
+    #[tokio::test]
+    async fn connect_rejects_bad_endpoints_without_network() {
+        let err = Client::connect(["nope"], ClientOptions::default())
+            .await
+            .err();
+        assert!(matches!(err, Some(ClientError::InvalidEndpoint { .. })));
+        let none: [&str; 0] = [];
+        let err = Client::connect(none, ClientOptions::default()).await.err();
+        assert!(matches!(err, Some(ClientError::NoEndpoints)));
+    }
+
+    /// A port nobody listens on: bind, note the port, close.
+    fn dead_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(1)
+    }
+
+    #[tokio::test]
+    async fn unreachable_endpoints_fail_over_then_give_up_at_deadline() {
+        let (a, b) = (dead_port(), dead_port());
+        let opts = ClientOptions {
+            timeout: Duration::from_millis(400),
+            connect_timeout: Duration::from_millis(200),
+            backoff: Backoff {
+                base: Duration::from_millis(10),
+                max: Duration::from_millis(50),
+            },
+        };
+        let client = Client::connect(
+            [format!("127.0.0.1:{a}"), format!("http://127.0.0.1:{b}")],
+            opts,
+        )
+        .await
+        .map_err(|e| e.to_string());
+        let Ok(client) = client else {
+            panic!("connect failed: {client:?}");
+        };
+        let started = std::time::Instant::now();
+        let err = client.put("k", "v", PutOptions::default()).await.err();
+        let elapsed = started.elapsed();
+        let Some(ClientError::Unavailable {
+            code, endpoints, ..
+        }) = err
+        else {
+            panic!("expected Unavailable, got {err:?}");
+        };
+        assert_eq!(code, tonic::Code::Unavailable);
+        assert_eq!(
+            endpoints,
+            vec![format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}")]
+        );
+        assert!(elapsed >= Duration::from_millis(350), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+
+        // status: one endpoint, no failover.
+        let err = client.status(&format!("127.0.0.1:{b}")).await.err();
+        assert!(
+            matches!(err, Some(ClientError::Unavailable { .. })),
+            "{err:?}"
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! etcd `KV` service: Range, Put, DeleteRange, Txn, Compact.
+//!
+//! Writes become `Request::Kv` commands proposed through `Node::write`; the
+//! applied result is converted back. Linearizable ranges wait on
+//! `Node::linearize` (ReadIndex) and then read the local state; serializable
+//! ranges read the local state at once.
+//!
+//! Must never: answer a default (linearizable) range without `linearize`.
+
+use crate::api::convert::{ConvertFrom, TryConvertFrom};
+use std::sync::Arc;
+
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::error::{node_status, state_status, too_large};
+use super::header;
+use crate::node::peer_service::grpc_timeout;
+use crate::node::Node;
+use warden_core::state::types as st;
+use warden_core::state::{validate, Command, CommandResult};
+use warden_proto::etcdserverpb as pb;
+
+pub struct KvService {
+    pub node: Arc<Node>,
+    pub max_request_bytes: usize,
+}
+
+impl KvService {
+    fn check_size<M: Message>(&self, m: &M) -> Result<(), Status> {
+        if m.encoded_len() > self.max_request_bytes {
+            return Err(too_large());
+        }
+        Ok(())
+    }
+
+    async fn propose<T>(
+        &self,
+        req: &Request<T>,
+        cmd: Command,
+    ) -> Result<(i64, CommandResult), Status> {
+        Ok(super::propose(&self.node, grpc_timeout(req), cmd).await?)
+    }
+}
+
+use super::unexpected;
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        let r = st::RangeRequest::try_convert_from(request.get_ref().clone())?;
+        if !r.serializable {
+            let deadline = self.node.deadline(grpc_timeout(&request));
+            self.node.linearize(deadline).await.map_err(node_status)?;
+        }
+        let (rev, out) = {
+            let d = self
+                .node
+                .sm
+                .read()
+                .map_err(|e| Status::internal(e.to_string()))?;
+            // Like etcd, a member that joined a running cluster serves reads
+            // only once it has applied its own announcement
+            // (`Request::Publish`), i.e. caught up at least to when it
+            // joined: it must not answer a serializable read from its empty
+            // state. (Bootstrapping members start from the same empty state
+            // as everyone.)
+            if r.serializable
+                && self.node.joined
+                && d.client_addrs.get(&self.node.id) != Some(&self.node.client_addr)
+            {
+                return Err(Status::unavailable(
+                    "etcdserver: not ready: this member is still catching up",
+                ));
+            }
+            (d.kv.revision(), d.kv.range(&r))
+        };
+        let out = out.map_err(state_status)?;
+        let mut resp = pb::RangeResponse::convert_from(out);
+        resp.header = Some(header(&self.node, rev));
+        Ok(Response::new(resp))
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        self.check_size(request.get_ref())?;
+        let put = st::PutRequest::convert_from(request.get_ref().clone());
+        validate::check_put_request(&put).map_err(state_status)?;
+        let cmd = Command::Put(put);
+        let (rev, res) = self.propose(&request, cmd).await?;
+        let CommandResult::Put(p) = res else {
+            return Err(unexpected());
+        };
+        let mut resp = pb::PutResponse::convert_from(p);
+        resp.header = Some(header(&self.node, rev));
+        Ok(Response::new(resp))
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        self.check_size(request.get_ref())?;
+        let del = st::DeleteRangeRequest::convert_from(request.get_ref().clone());
+        validate::check_delete_request(&del).map_err(state_status)?;
+        let cmd = Command::DeleteRange(del);
+        let (rev, res) = self.propose(&request, cmd).await?;
+        let CommandResult::DeleteRange(d) = res else {
+            return Err(unexpected());
+        };
+        let mut resp = pb::DeleteRangeResponse::convert_from(d);
+        resp.header = Some(header(&self.node, rev));
+        Ok(Response::new(resp))
+    }
+
+    async fn txn(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
+        self.check_size(request.get_ref())?;
+        let txn = st::TxnRequest::try_convert_from(request.get_ref().clone())?;
+        validate::check_txn_request(&txn).map_err(state_status)?;
+        let cmd = Command::Txn(txn);
+        let (rev, res) = self.propose(&request, cmd).await?;
+        let CommandResult::Txn(t) = res else {
+            return Err(unexpected());
+        };
+        let mut resp = pb::TxnResponse::convert_from(t);
+        set_nested_headers(&mut resp.responses, rev);
+        resp.header = Some(header(&self.node, rev));
+        Ok(Response::new(resp))
+    }
+
+    async fn compact(
+        &self,
+        request: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let cmd = Command::Compact(st::CompactionRequest::convert_from(*request.get_ref()));
+        let (rev, res) = self.propose(&request, cmd).await?;
+        let CommandResult::Compact = res else {
+            return Err(unexpected());
+        };
+        Ok(Response::new(pb::CompactionResponse {
+            header: Some(header(&self.node, rev)),
+        }))
+    }
+}
+
+/// etcd gives every response nested in a txn a header holding only the
+/// txn's revision; do the same, at every depth.
+pub(crate) fn set_nested_headers(responses: &mut [pb::ResponseOp], rev: i64) {
+    use pb::response_op::Response as R;
+    let h = || {
+        Some(pb::ResponseHeader {
+            revision: rev,
+            ..Default::default()
+        })
+    };
+    for r in responses.iter_mut().filter_map(|r| r.response.as_mut()) {
+        match r {
+            R::ResponseRange(x) => x.header = h(),
+            R::ResponsePut(x) => x.header = h(),
+            R::ResponseDeleteRange(x) => x.header = h(),
+            R::ResponseTxn(x) => {
+                x.header = h();
+                set_nested_headers(&mut x.responses, rev);
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! etcd `Lease` service: Grant, Revoke, KeepAlive (stream), TimeToLive,
+//! Leases.
+//!
+//! Grant and Revoke are commands through the log. KeepAlive and TimeToLive
+//! go to the leader's lessor (`node::lessor`), forwarded when this member
+//! is a follower. Leases lists the local table after a ReadIndex.
+//!
+//! Must never: acknowledge a keep-alive the leader has not made durable.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::error::{node_status, state_status};
+use super::{header, propose};
+use crate::node::peer_service::grpc_timeout;
+use crate::node::Node;
+use warden_core::state::lease::MAX_LEASE_TTL;
+use warden_core::state::{Command, CommandResult, StateError};
+use warden_proto::etcdserverpb as pb;
+
+/// Keep-alive answers queued per stream.
+const KEEPALIVE_QUEUE: usize = 64;
+
+pub struct LeaseService {
+    pub node: Arc<Node>,
+}
+
+/// etcd's minimum TTL: 1.5 election timeouts, rounded up to seconds, so a
+/// lease cannot expire during a normal election.
+fn min_ttl(node: &Node) -> i64 {
+    let ms = node.config.election_timeout_min_ms.saturating_mul(3) / 2;
+    ms.div_ceil(1000).max(1) as i64
+}
+
+/// Grants a lease: `id` as asked, or (0) one picked at random, again on a
+/// collision; the TTL raised to the minimum. Returns (revision, id, ttl).
+pub async fn grant(
+    node: &Node,
+    id: i64,
+    ttl: i64,
+    timeout: Option<std::time::Duration>,
+) -> Result<(i64, i64, i64), Status> {
+    if ttl > MAX_LEASE_TTL {
+        return Err(state_status(StateError::LeaseTtlTooLarge));
+    }
+    if id < 0 {
+        return Err(Status::invalid_argument(
+            "warden: lease id must not be negative",
+        ));
+    }
+    let ttl = ttl.max(min_ttl(node));
+    let attempts = if id == 0 { 5 } else { 1 };
+    let mut last = StateError::LeaseExists;
+    for _ in 0..attempts {
+        let want = if id != 0 {
+            id
+        } else {
+            rand::random_range(1..i64::MAX)
+        };
+        match propose(node, timeout, Command::LeaseGrant { id: want, ttl }).await {
+            Ok((rev, CommandResult::LeaseGrant { id, ttl })) => return Ok((rev, id, ttl)),
+            Ok(_) => return Err(super::unexpected()),
+            Err(super::Proposal::State(e @ StateError::LeaseExists)) => last = e,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(state_status(last))
+}
+
+impl LeaseService {
+    fn revision(&self) -> i64 {
+        self.node.status().revision
+    }
+}
+
+type KeepAliveStream =
+    Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::lease_server::Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        request: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        let timeout = grpc_timeout(&request);
+        let r = request.into_inner();
+        let (rev, id, ttl) = grant(&self.node, r.id, r.ttl, timeout).await?;
+        Ok(Response::new(pb::LeaseGrantResponse {
+            header: Some(header(&self.node, rev)),
+            id,
+            ttl,
+            error: String::new(),
+        }))
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let timeout = grpc_timeout(&request);
+        let id = request.get_ref().id;
+        let (rev, _) = propose(&self.node, timeout, Command::LeaseRevoke { id }).await?;
+        Ok(Response::new(pb::LeaseRevokeResponse {
+            header: Some(header(&self.node, rev)),
+        }))
+    }
+
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Result<Response<KeepAliveStream>, Status> {
+        let mut incoming = request.into_inner();
+        let (tx, rx) = mpsc::channel(KEEPALIVE_QUEUE);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = incoming.next().await {
+                let Ok(msg) = msg else { break };
+                let deadline = node.deadline(None);
+                let answer = match node.lease_renew(msg.id, deadline).await {
+                    // etcd answers a renewal of an unknown lease with TTL 0.
+                    Ok(r) => Ok(pb::LeaseKeepAliveResponse {
+                        header: Some(header(&node, node.status().revision)),
+                        id: msg.id,
+                        ttl: r.unwrap_or(0),
+                    }),
+                    Err(e) => Err(node_status(e)),
+                };
+                let failed = answer.is_err();
+                if tx.send(answer).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let deadline = self.node.deadline(grpc_timeout(&request));
+        let r = request.into_inner();
+        let answer = self
+            .node
+            .lease_time_to_live(r.id, deadline)
+            .await
+            .map_err(node_status)?;
+        let resp = match answer {
+            Ok(t) => pb::LeaseTimeToLiveResponse {
+                header: Some(header(&self.node, self.revision())),
+                id: t.id,
+                ttl: t.remaining,
+                granted_ttl: t.granted,
+                keys: if r.keys { t.keys } else { Vec::new() },
+            },
+            // etcd: an unknown (e.g. expired) lease has TTL -1.
+            Err(StateError::LeaseNotFound) => pb::LeaseTimeToLiveResponse {
+                header: Some(header(&self.node, self.revision())),
+                id: r.id,
+                ttl: -1,
+                ..Default::default()
+            },
+            Err(e) => return Err(state_status(e)),
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_leases(
+        &self,
+        request: Request<pb::LeaseLeasesRequest>,
+    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        let deadline = self.node.deadline(grpc_timeout(&request));
+        self.node.linearize(deadline).await.map_err(node_status)?;
+        let d = self
+            .node
+            .sm
+            .read()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let leases =
+            d.kv.leases()
+                .iter()
+                .map(|l| pb::LeaseStatus { id: l.id })
+                .collect();
+        let rev = d.kv.revision();
+        drop(d);
+        Ok(Response::new(pb::LeaseLeasesResponse {
+            header: Some(header(&self.node, rev)),
+            leases,
+        }))
+    }
+}

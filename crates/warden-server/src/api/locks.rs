@@ -1,0 +1,589 @@
+//! warden's native lock service (`warden.v1.Locks`, proto/warden/lock.proto)
+//! over the replicated lock table (`state::lock_table`).
+//!
+//! Acquire subscribes to this member's lock feed *before* proposing, so the
+//! grant of a queued request (which happens in some later entry: a release,
+//! a lease expiry, a cancel ahead of it) is seen however soon it comes. The
+//! stream then stays open while the lock is held and reports LOST when the
+//! hold ends other than by Release (lease expired or revoked). A wait that
+//! is abandoned (stream closed, timeout) is withdrawn with a cancel command;
+//! if the grant won that race, the hold is released again.
+//!
+//! Must never: report GRANTED for a hold the table does not have, or leave
+//! an abandoned waiter queued.
+
+use crate::api::convert::{ConvertFrom, TryConvertFrom};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::error::{node_status, state_status};
+use super::{header, propose, unexpected};
+use crate::node::peer_service::grpc_timeout;
+use crate::node::state_machine::LockFeed;
+use crate::node::Node;
+use warden_core::state::lock_table::{self as lt, AcquireOutcome, LockEvent, LockMode};
+use warden_core::state::types as st;
+use warden_core::state::{Command, CommandResult, StateError};
+use warden_proto::warden::v1 as pb;
+
+pub struct LocksService {
+    pub node: Arc<Node>,
+}
+
+type AcquireStream = Pin<Box<dyn Stream<Item = Result<pb::AcquireResponse, Status>> + Send>>;
+type WatchLocksStream = Pin<Box<dyn Stream<Item = Result<pb::WatchLocksResponse, Status>> + Send>>;
+
+fn mode_pb(m: LockMode) -> i32 {
+    match m {
+        LockMode::Exclusive => pb::LockMode::Exclusive as i32,
+        LockMode::Shared => pb::LockMode::Shared as i32,
+    }
+}
+
+fn event_pb(e: &LockEvent, revision: i64) -> pb::LockEvent {
+    use pb::lock_event::Kind;
+    let mut out = pb::LockEvent {
+        revision,
+        ..Default::default()
+    };
+    match e {
+        LockEvent::Granted {
+            name,
+            token,
+            waiter_id,
+            owner,
+            mode,
+            lease,
+        } => {
+            out.kind = Kind::Granted as i32;
+            out.name = name.clone();
+            out.token = *token;
+            out.waiter_id = waiter_id.unwrap_or(0);
+            out.owner = owner.clone();
+            out.mode = mode_pb(*mode);
+            out.lease = *lease;
+        }
+        LockEvent::Released { name, token } => {
+            out.kind = Kind::Released as i32;
+            out.name = name.clone();
+            out.token = *token;
+        }
+        LockEvent::Expired { name, token } => {
+            out.kind = Kind::Expired as i32;
+            out.name = name.clone();
+            out.token = *token;
+        }
+        LockEvent::Queued {
+            name,
+            waiter_id,
+            position,
+        } => {
+            out.kind = Kind::Queued as i32;
+            out.name = name.clone();
+            out.waiter_id = *waiter_id;
+            out.position = *position;
+        }
+        LockEvent::Cancelled { name, waiter_id } => {
+            out.kind = Kind::Cancelled as i32;
+            out.name = name.clone();
+            out.waiter_id = *waiter_id;
+        }
+    }
+    out
+}
+
+fn event_name(e: &LockEvent) -> &str {
+    match e {
+        LockEvent::Granted { name, .. }
+        | LockEvent::Released { name, .. }
+        | LockEvent::Expired { name, .. }
+        | LockEvent::Queued { name, .. }
+        | LockEvent::Cancelled { name, .. } => name,
+    }
+}
+
+/// One Acquire call in progress.
+struct Acquire {
+    node: Arc<Node>,
+    tx: mpsc::Sender<Result<pb::AcquireResponse, Status>>,
+    name: String,
+    lease: i64,
+    owner: String,
+}
+
+enum Waited {
+    Granted(u64),
+    Ended(String),
+    Abandoned,
+}
+
+impl Acquire {
+    fn answer(&self, state: pb::acquire_response::State) -> pb::AcquireResponse {
+        pb::AcquireResponse {
+            header: Some(header(&self.node, self.node.status().revision)),
+            state: state as i32,
+            lease: self.lease,
+            ..Default::default()
+        }
+    }
+
+    async fn send(&self, r: pb::AcquireResponse) -> bool {
+        self.tx.send(Ok(r)).await.is_ok()
+    }
+
+    async fn run(self, req: lt::AcquireRequest, wait_for: Option<Duration>) {
+        let mut feed = self.node.sm.lock_feed();
+        let outcome = match propose(&self.node, None, Command::LockAcquire(req)).await {
+            Ok((_, CommandResult::LockAcquire(o))) => o,
+            Ok(_) => {
+                let _ = self.tx.send(Err(unexpected())).await;
+                return;
+            }
+            Err(e) => {
+                let _ = self.tx.send(Err(e.into())).await;
+                return;
+            }
+        };
+        use pb::acquire_response::State;
+        let token = match outcome {
+            AcquireOutcome::WouldBlock => {
+                let mut r = self.answer(State::WouldBlock);
+                r.reason = format!("lock {:?} is held", self.name);
+                self.send(r).await;
+                return;
+            }
+            AcquireOutcome::Granted { token } => token,
+            AcquireOutcome::Queued {
+                waiter_id,
+                position,
+            } => {
+                let mut r = self.answer(State::Queued);
+                r.waiter_id = waiter_id;
+                r.position = position;
+                if !self.send(r).await {
+                    self.withdraw(waiter_id, &mut feed).await;
+                    return;
+                }
+                let until = wait_for.map(|d| Instant::now() + d);
+                match self.wait_grant(waiter_id, &mut feed, until).await {
+                    Waited::Granted(t) => t,
+                    Waited::Ended(reason) => {
+                        let mut r = self.answer(State::Lost);
+                        r.waiter_id = waiter_id;
+                        r.reason = reason;
+                        self.send(r).await;
+                        return;
+                    }
+                    Waited::Abandoned => {
+                        self.withdraw(waiter_id, &mut feed).await;
+                        if until.is_some_and(|u| Instant::now() >= u) {
+                            let _ = self
+                                .tx
+                                .send(Err(Status::deadline_exceeded(format!(
+                                    "warden: timed out waiting for lock {:?}",
+                                    self.name
+                                ))))
+                                .await;
+                        }
+                        return;
+                    }
+                }
+            }
+        };
+        let mut r = self.answer(State::Granted);
+        r.token = token;
+        if !self.send(r).await {
+            return;
+        }
+        let reason = self.hold(token, &mut feed).await;
+        if let Some(reason) = reason {
+            let mut r = self.answer(State::Lost);
+            r.token = token;
+            r.reason = reason;
+            self.send(r).await;
+        }
+    }
+
+    /// Waits for the grant of `waiter_id`.
+    async fn wait_grant(
+        &self,
+        waiter_id: u64,
+        feed: &mut broadcast::Receiver<LockFeed>,
+        until: Option<Instant>,
+    ) -> Waited {
+        let deadline = async {
+            match until {
+                Some(u) => tokio::time::sleep_until(u).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        loop {
+            let item = tokio::select! {
+                item = feed.recv() => item,
+                _ = self.tx.closed() => return Waited::Abandoned,
+                _ = &mut deadline => return Waited::Abandoned,
+            };
+            match item {
+                Ok(LockFeed::Events { events, .. }) => {
+                    for e in events.iter() {
+                        match e {
+                            LockEvent::Granted {
+                                token,
+                                waiter_id: Some(w),
+                                ..
+                            } if *w == waiter_id => return Waited::Granted(*token),
+                            LockEvent::Cancelled { waiter_id: w, .. } if *w == waiter_id => {
+                                return Waited::Ended(
+                                    "the wait ended: its lease expired or was revoked".into(),
+                                )
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Ok(LockFeed::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Missed events: look at the table itself.
+                    if let Some(found) = self.recheck_wait(waiter_id) {
+                        return found;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Waited::Ended("the member is shutting down".into())
+                }
+            }
+        }
+    }
+
+    /// After missed events: still queued (`None`), granted, or gone.
+    fn recheck_wait(&self, waiter_id: u64) -> Option<Waited> {
+        let d = self.node.sm.read().ok()?;
+        let info = d.kv.locks().inspect(&self.name);
+        let queued = info
+            .as_ref()
+            .is_some_and(|i| i.waiters.iter().any(|w| w.waiter_id == waiter_id));
+        if queued {
+            return None;
+        }
+        // Granted while we were not looking: the newest hold of our lease
+        // and owner is ours.
+        let token = info.and_then(|i| {
+            i.holders
+                .iter()
+                .filter(|h| h.lease == self.lease && h.owner == self.owner)
+                .map(|h| h.token)
+                .max()
+        });
+        Some(match token {
+            Some(t) => Waited::Granted(t),
+            None => Waited::Ended("the wait ended: its lease expired or was revoked".into()),
+        })
+    }
+
+    /// Withdraws an abandoned wait; if the grant won the race, releases it.
+    async fn withdraw(&self, waiter_id: u64, feed: &mut broadcast::Receiver<LockFeed>) {
+        let cancel = Command::LockCancel {
+            name: self.name.clone(),
+            waiter_id,
+        };
+        match propose(&self.node, None, cancel).await {
+            Ok(_) => return,
+            Err(super::Proposal::State(StateError::Lock(lt::LockError::NoSuchWaiter {
+                ..
+            })))
+            | Err(super::Proposal::State(StateError::Lock(lt::LockError::NoSuchLock { .. }))) => {}
+            Err(e) => {
+                tracing::warn!(lock = %self.name, waiter_id, "withdrawing a wait: {}", Status::from(e));
+                return;
+            }
+        }
+        // Already granted (or ended): find the grant and give it back.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut token = None;
+        while token.is_none() {
+            let item = tokio::select! {
+                item = feed.recv() => item,
+                _ = tokio::time::sleep_until(deadline) => break,
+            };
+            match item {
+                Ok(LockFeed::Events { events, .. }) => {
+                    token = events.iter().find_map(|e| match e {
+                        LockEvent::Granted {
+                            token,
+                            waiter_id: Some(w),
+                            ..
+                        } if *w == waiter_id => Some(*token),
+                        _ => None,
+                    });
+                }
+                _ => match self.recheck_wait(waiter_id) {
+                    Some(Waited::Granted(t)) => token = Some(t),
+                    _ => break,
+                },
+            }
+        }
+        if let Some(token) = token {
+            let release = Command::LockRelease {
+                name: self.name.clone(),
+                token,
+            };
+            if let Err(e) = propose(&self.node, None, release).await {
+                tracing::warn!(lock = %self.name, token, "releasing an abandoned grant: {}", Status::from(e));
+            }
+        }
+    }
+
+    /// Follows a hold until it ends; `Some(reason)` if it ended other than
+    /// by the client closing the stream.
+    async fn hold(&self, token: u64, feed: &mut broadcast::Receiver<LockFeed>) -> Option<String> {
+        loop {
+            let item = tokio::select! {
+                item = feed.recv() => item,
+                _ = self.tx.closed() => return None,
+            };
+            match item {
+                Ok(LockFeed::Events { events, .. }) => {
+                    for e in events.iter() {
+                        match e {
+                            LockEvent::Released { name, token: t }
+                                if *t == token && *name == self.name =>
+                            {
+                                return Some("released".into())
+                            }
+                            LockEvent::Expired { name, token: t }
+                                if *t == token && *name == self.name =>
+                            {
+                                return Some("the lease expired or was revoked".into())
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Ok(LockFeed::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let holds = self
+                        .node
+                        .sm
+                        .read()
+                        .map(|d| d.kv.locks().check_fence(&self.name, token))
+                        .unwrap_or(false);
+                    if !holds {
+                        return Some("the hold ended".into());
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Some("the member is shutting down".into())
+                }
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::locks_server::Locks for LocksService {
+    type AcquireStream = AcquireStream;
+
+    async fn acquire(
+        &self,
+        request: Request<pb::AcquireRequest>,
+    ) -> Result<Response<AcquireStream>, Status> {
+        let r = request.into_inner();
+        let mode = match pb::LockMode::try_from(r.mode) {
+            Ok(pb::LockMode::Exclusive) => LockMode::Exclusive,
+            Ok(pb::LockMode::Shared) => LockMode::Shared,
+            Err(_) => return Err(Status::invalid_argument("warden: unknown lock mode")),
+        };
+        let lease = if r.lease != 0 {
+            r.lease
+        } else if r.ttl > 0 {
+            super::lease::grant(&self.node, 0, r.ttl, None).await?.1
+        } else {
+            return Err(Status::invalid_argument(
+                "warden: an acquire needs a lease or a ttl",
+            ));
+        };
+        let req = lt::AcquireRequest {
+            name: r.name.clone(),
+            mode,
+            lease,
+            priority: r.priority,
+            owner: r.owner.clone(),
+            wait: r.wait_timeout_ms != 0,
+        };
+        let wait_for =
+            (r.wait_timeout_ms > 0).then(|| Duration::from_millis(r.wait_timeout_ms as u64));
+        let (tx, rx) = mpsc::channel(8);
+        let a = Acquire {
+            node: self.node.clone(),
+            tx,
+            name: r.name,
+            lease,
+            owner: r.owner,
+        };
+        tokio::spawn(a.run(req, wait_for));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let timeout = grpc_timeout(&request);
+        let r = request.into_inner();
+        let cmd = Command::LockRelease {
+            name: r.name,
+            token: r.token,
+        };
+        let (rev, _) = propose(&self.node, timeout, cmd).await?;
+        Ok(Response::new(pb::ReleaseResponse {
+            header: Some(header(&self.node, rev)),
+        }))
+    }
+
+    async fn inspect(
+        &self,
+        request: Request<pb::InspectRequest>,
+    ) -> Result<Response<pb::InspectResponse>, Status> {
+        let deadline = self.node.deadline(grpc_timeout(&request));
+        let r = request.into_inner();
+        self.node.linearize(deadline).await.map_err(node_status)?;
+        let (rev, infos) = {
+            let d = self
+                .node
+                .sm
+                .read()
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let infos: Vec<lt::LockInfo> = if r.prefix {
+                d.kv.locks().locks_with_prefix(&r.name).collect()
+            } else {
+                d.kv.locks().inspect(&r.name).into_iter().collect()
+            };
+            (d.kv.revision(), infos)
+        };
+        let mut locks = Vec::new();
+        for info in infos {
+            let mut holders = Vec::new();
+            for h in &info.holders {
+                // Remaining lease time is known to the leader only (asked
+                // through it when this member follows).
+                let ttl = match self.node.lease_time_to_live(h.lease, deadline).await {
+                    Ok(Ok(t)) => t.remaining,
+                    _ => -1,
+                };
+                holders.push(pb::Holder {
+                    owner: h.owner.clone(),
+                    token: h.token,
+                    mode: mode_pb(h.mode),
+                    lease: h.lease,
+                    lease_ttl: ttl,
+                });
+            }
+            locks.push(pb::LockInfo {
+                name: info.name.clone(),
+                holders,
+                waiters: info
+                    .waiters
+                    .iter()
+                    .map(|w| pb::Waiter {
+                        waiter_id: w.waiter_id,
+                        owner: w.owner.clone(),
+                        mode: mode_pb(w.mode),
+                        priority: w.priority,
+                        lease: w.lease,
+                    })
+                    .collect(),
+            });
+        }
+        Ok(Response::new(pb::InspectResponse {
+            header: Some(header(&self.node, rev)),
+            locks,
+        }))
+    }
+
+    type WatchLocksStream = WatchLocksStream;
+
+    async fn watch_locks(
+        &self,
+        request: Request<pb::WatchLocksRequest>,
+    ) -> Result<Response<WatchLocksStream>, Status> {
+        let r = request.into_inner();
+        let mut feed = self.node.sm.lock_feed();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let wanted = |n: &str| {
+                if r.prefix {
+                    n.starts_with(&r.name)
+                } else {
+                    n == r.name
+                }
+            };
+            loop {
+                let item = tokio::select! {
+                    item = feed.recv() => item,
+                    _ = tx.closed() => return,
+                };
+                match item {
+                    Ok(LockFeed::Events { revision, events }) => {
+                        let evs: Vec<pb::LockEvent> = events
+                            .iter()
+                            .filter(|e| wanted(event_name(e)))
+                            .map(|e| event_pb(e, revision))
+                            .collect();
+                        if !evs.is_empty()
+                            && tx
+                                .send(Ok(pb::WatchLocksResponse {
+                                    events: evs,
+                                    lagged: false,
+                                }))
+                                .await
+                                .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(LockFeed::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let _ = tx
+                            .send(Ok(pb::WatchLocksResponse {
+                                events: Vec::new(),
+                                lagged: true,
+                            }))
+                            .await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn fenced_txn(
+        &self,
+        request: Request<pb::FencedTxnRequest>,
+    ) -> Result<Response<warden_proto::etcdserverpb::TxnResponse>, Status> {
+        let timeout = grpc_timeout(&request);
+        let r = request.into_inner();
+        let txn = st::TxnRequest::try_convert_from(r.txn.unwrap_or_default())?;
+        warden_core::state::validate::check_txn_request(&txn).map_err(state_status)?;
+        let cmd = Command::Fenced {
+            name: r.name,
+            token: r.token,
+            command: Box::new(Command::Txn(txn)),
+        };
+        match propose(&self.node, timeout, cmd).await? {
+            (rev, CommandResult::Txn(t)) => {
+                let mut resp = warden_proto::etcdserverpb::TxnResponse::convert_from(t);
+                super::kv::set_nested_headers(&mut resp.responses, rev);
+                resp.header = Some(header(&self.node, rev));
+                Ok(Response::new(resp))
+            }
+            _ => Err(unexpected()),
+        }
+    }
+}

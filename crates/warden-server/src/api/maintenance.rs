@@ -1,0 +1,212 @@
+//! etcd `Maintenance` service: Status, Alarm (always empty), HashKV (to
+//! compare replicas), Defragment (nothing to do: the log file is compacted by
+//! redb itself), MoveLeader. Snapshot and Downgrade are not offered yet.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use openraft::async_runtime::WatchReceiver;
+use openraft::ServerState;
+use tonic::{Request, Response, Status};
+
+use super::error::state_status;
+use super::{header, ETCD_API_VERSION};
+use crate::node::network::SNAPSHOT_CHUNK;
+use crate::node::Node;
+use warden_core::state::StateError;
+use warden_proto::etcdserverpb as pb;
+
+pub struct MaintenanceService {
+    pub node: Arc<Node>,
+}
+
+#[tonic::async_trait]
+impl pb::maintenance_server::Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        _r: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        let rev = self.node.status().revision;
+        Ok(Response::new(pb::AlarmResponse {
+            header: Some(header(&self.node, rev)),
+            alarms: vec![],
+        }))
+    }
+
+    async fn status(
+        &self,
+        _r: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let st = self.node.status();
+        let db_size = std::fs::metadata(&self.node.log_path)
+            .map(|m| m.len() as i64)
+            .unwrap_or(0);
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(header(&self.node, st.revision)),
+            version: ETCD_API_VERSION.to_string(),
+            db_size,
+            leader: st.leader.unwrap_or(0),
+            raft_index: st.last_log_index,
+            raft_term: st.term,
+            raft_applied_index: st.applied,
+            errors: link_errors(&self.node),
+            db_size_in_use: db_size,
+            is_learner: st.state == ServerState::Learner,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _r: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        let rev = self.node.status().revision;
+        Ok(Response::new(pb::DefragmentResponse {
+            header: Some(header(&self.node, rev)),
+        }))
+    }
+
+    async fn hash(
+        &self,
+        _r: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        Err(Status::unimplemented("Hash is not supported; use HashKV"))
+    }
+
+    async fn hash_kv(
+        &self,
+        r: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let d = self
+            .node
+            .sm
+            .read()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let rev = d.kv.revision();
+        let at = if r.get_ref().revision == 0 {
+            rev
+        } else {
+            r.get_ref().revision
+        };
+        if at > rev {
+            return Err(state_status(StateError::FutureRevision));
+        }
+        if at < d.kv.compact_revision() {
+            return Err(state_status(StateError::Compacted));
+        }
+        let hash = d.kv.hash_kv(at);
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(header(&self.node, rev)),
+            hash,
+            compact_revision: d.kv.compact_revision(),
+        }))
+    }
+
+    type SnapshotStream =
+        Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send + 'static>>;
+
+    async fn snapshot(
+        &self,
+        _r: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        // A consistent copy of this member's applied state, taken under the
+        // read lock; encoding and sending happen outside it.
+        let data = self
+            .node
+            .sm
+            .read()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .clone();
+        let rev = data.kv.revision();
+        let bytes = tokio::task::spawn_blocking(move || crate::node::state_machine::export(&data))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let header = header(&self.node, rev);
+        // One chunk is copied out at a time, as the client takes them.
+        let bytes = Arc::new(bytes);
+        let total = bytes.len();
+        let chunks = futures::stream::iter((0..total).step_by(SNAPSHOT_CHUNK)).map(move |from| {
+            let to = (from + SNAPSHOT_CHUNK).min(total);
+            Ok(pb::SnapshotResponse {
+                header: Some(header),
+                remaining_bytes: (total - to) as u64,
+                blob: bytes.get(from..to).unwrap_or_default().to_vec(),
+            })
+        });
+        Ok(Response::new(Box::pin(chunks)))
+    }
+
+    async fn move_leader(
+        &self,
+        r: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        let target = r.get_ref().target_id;
+        let st = self.node.status();
+        if st.leader != Some(self.node.id) {
+            return Err(Status::failed_precondition("etcdserver: not leader"));
+        }
+        if !st.members.contains_key(&target) || st.learners.contains(&target) {
+            return Err(Status::failed_precondition(
+                "etcdserver: bad leader transferee",
+            ));
+        }
+        if target != self.node.id {
+            self.node
+                .raft
+                .trigger()
+                .transfer_leader(target)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            let mut rx = self.node.raft.metrics();
+            let wait = Duration::from_millis(self.node.config.election_timeout_max_ms * 3);
+            let moved = tokio::time::timeout(wait, async {
+                while rx.borrow_and_update().current_leader != Some(target) {
+                    if rx.changed().await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+            if moved.is_err() {
+                return Err(Status::unavailable(
+                    "etcdserver: request timed out, leader transfer took too long",
+                ));
+            }
+        }
+        let rev = self.node.status().revision;
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: Some(header(&self.node, rev)),
+        }))
+    }
+
+    async fn downgrade(
+        &self,
+        _r: Request<pb::DowngradeRequest>,
+    ) -> Result<Response<pb::DowngradeResponse>, Status> {
+        Err(Status::unimplemented("downgrade is not supported"))
+    }
+}
+
+/// Peers this member cannot currently reach, as `Status.errors` lines (etcd
+/// reports alarms there; `warden status` and `etcdctl endpoint status` show
+/// them). Links are exercised by the leader, so its view is the useful one.
+fn link_errors(node: &Node) -> Vec<String> {
+    use crate::node::network::LinkState;
+    node.links
+        .snapshot()
+        .into_iter()
+        .filter(|(_, l)| l.state == LinkState::Disconnected)
+        .map(|(id, l)| {
+            let since = l.last_ok.map_or("never reached".to_string(), |t| {
+                format!("last reached {:.1}s ago", t.elapsed().as_secs_f64())
+            });
+            format!(
+                "peer {id:x} at {}: disconnected ({since}): {}",
+                l.addr,
+                l.last_error.unwrap_or_default()
+            )
+        })
+        .collect()
+}

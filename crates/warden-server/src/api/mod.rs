@@ -1,0 +1,151 @@
+//! The client-facing gRPC API: etcd v3 services (`kv`, `maintenance`,
+//! `cluster`, `watch`, `lease`, `v3lock`, `v3election`,
+//! `grpc.health.v1`) and warden's own `warden.v1.Locks` (`locks`) served on the client address. Each service
+//! translates protobuf to state-machine types (`convert`), calls the `Node`,
+//! and maps errors once (`error`).
+//!
+//! Must never: touch Raft or storage directly; everything goes through `Node`.
+
+pub mod cluster;
+pub mod convert;
+pub mod election;
+pub mod error;
+pub mod kv;
+pub mod lease;
+pub mod lock;
+pub mod locks;
+pub mod maintenance;
+pub mod recipes;
+pub mod watch;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::node::Node;
+use warden_proto::etcdserverpb as pb;
+
+/// The etcd API version warden speaks, reported in `Status`.
+pub const ETCD_API_VERSION: &str = "3.5.0";
+
+/// etcd's gRPC overhead allowance on top of the request limit.
+const GRPC_OVERHEAD: usize = 512 * 1024;
+
+/// The header every response carries.
+pub fn header(node: &Node, revision: i64) -> pb::ResponseHeader {
+    pb::ResponseHeader {
+        cluster_id: node.cluster_id,
+        member_id: node.id,
+        revision,
+        raft_term: node.term(),
+    }
+}
+
+/// Why a proposal failed: the node could not get it applied, or the state
+/// machine refused it (then nothing changed).
+pub enum Proposal {
+    Node(crate::node::NodeError),
+    State(warden_core::state::StateError),
+    Internal(&'static str),
+}
+
+impl From<Proposal> for tonic::Status {
+    fn from(p: Proposal) -> Self {
+        match p {
+            Proposal::Node(e) => error::node_status(e),
+            Proposal::State(e) => error::state_status(e),
+            Proposal::Internal(m) => tonic::Status::internal(m),
+        }
+    }
+}
+
+/// Proposes a state-machine command and returns the revision after it and
+/// its result.
+pub async fn propose(
+    node: &Node,
+    timeout: Option<std::time::Duration>,
+    cmd: warden_core::state::Command,
+) -> Result<(i64, warden_core::state::CommandResult), Proposal> {
+    let deadline = node.deadline(timeout);
+    let resp = node
+        .write(crate::node::types::Request::Kv(cmd), deadline)
+        .await
+        .map_err(Proposal::Node)?;
+    match resp.result {
+        Ok(Some(r)) => Ok((resp.revision, r)),
+        Ok(None) => Err(Proposal::Internal("command applied without a result")),
+        Err(e) => Err(Proposal::State(e)),
+    }
+}
+
+/// The state machine answered with a result of another kind than asked.
+pub fn unexpected() -> tonic::Status {
+    tonic::Status::internal("state machine answered with the wrong result kind")
+}
+
+/// Serves the client API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    max_request_bytes: usize,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let limit = max_request_bytes + GRPC_OVERHEAD;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let kv = pb::kv_server::KvServer::new(kv::KvService {
+        node: node.clone(),
+        max_request_bytes,
+    })
+    .max_decoding_message_size(limit);
+    let maintenance =
+        pb::maintenance_server::MaintenanceServer::new(maintenance::MaintenanceService {
+            node: node.clone(),
+        })
+        .max_decoding_message_size(limit);
+    let cluster =
+        pb::cluster_server::ClusterServer::new(cluster::ClusterService { node: node.clone() })
+            .max_decoding_message_size(limit);
+    let watch = pb::watch_server::WatchServer::new(watch::WatchService {
+        node: node.clone(),
+        max_response_bytes: max_request_bytes,
+        progress_interval: watch::progress_interval(),
+    })
+    .max_decoding_message_size(limit);
+    let lease = pb::lease_server::LeaseServer::new(lease::LeaseService { node: node.clone() })
+        .max_decoding_message_size(limit);
+    let lock = warden_proto::v3lockpb::lock_server::LockServer::new(lock::LockService {
+        node: node.clone(),
+    })
+    .max_decoding_message_size(limit);
+    let election = warden_proto::v3electionpb::election_server::ElectionServer::new(
+        election::ElectionService { node: node.clone() },
+    )
+    .max_decoding_message_size(limit);
+    let locks = warden_proto::warden::v1::locks_server::LocksServer::new(locks::LocksService {
+        node: node.clone(),
+    })
+    .max_decoding_message_size(limit);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health)
+        .add_service(kv)
+        .add_service(maintenance)
+        .add_service(cluster)
+        .add_service(watch)
+        .add_service(lease)
+        .add_service(lock)
+        .add_service(election)
+        .add_service(locks)
+        .serve_with_incoming_shutdown(
+            // `Server::tcp_nodelay` does not apply to a given listener: set it
+            // on the incoming stream, or small responses wait ~40 ms for a
+            // delayed ACK.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}

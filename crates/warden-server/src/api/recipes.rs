@@ -1,0 +1,246 @@
+//! Building blocks of etcd's server-side lock and election services
+//! (`v3lock`, `v3election`), which etcd implements with its client-side
+//! `concurrency` recipes: keys under a prefix owned by leases, ordered by
+//! create revision; whoever holds the oldest key owns the lock.
+//!
+//! Waiting uses this member's `WatchHub`: existence is checked and the
+//! subscription made under one read lock of the state, so a deletion cannot
+//! slip between the two.
+//!
+//! Must never: leave a waiter's key behind when its request is abandoned
+//! (`KeyGuard` deletes it).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::Status;
+
+use super::error::{node_status, state_status};
+use super::{propose, unexpected};
+use crate::node::watch_hub::Subscription;
+use crate::node::Node;
+use warden_client::keys::prefix_range_end as prefix_end;
+use warden_core::state::types::{
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, EventKind, KeyValue, PutRequest,
+    RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder, SortTarget, TxnRequest,
+    TxnResponse,
+};
+use warden_core::state::{Command, CommandResult};
+
+/// A linearizable range.
+pub async fn read(
+    node: &Node,
+    req: RangeRequest,
+    timeout: Option<Duration>,
+) -> Result<(i64, RangeResponse), Status> {
+    let deadline = node.deadline(timeout);
+    node.linearize(deadline).await.map_err(node_status)?;
+    let d = node
+        .sm
+        .read()
+        .map_err(|e| Status::internal(e.to_string()))?;
+    let r = d.kv.range(&req).map_err(state_status)?;
+    Ok((d.kv.revision(), r))
+}
+
+/// A transaction through the log.
+pub async fn txn(
+    node: &Node,
+    t: TxnRequest,
+    timeout: Option<Duration>,
+) -> Result<(i64, TxnResponse), Status> {
+    match propose(node, timeout, Command::Txn(t)).await? {
+        (rev, CommandResult::Txn(r)) => Ok((rev, r)),
+        _ => Err(unexpected()),
+    }
+}
+
+/// Deletes one key through the log; returns the revision after.
+pub async fn delete(node: &Node, key: &[u8], timeout: Option<Duration>) -> Result<i64, Status> {
+    let cmd = Command::DeleteRange(DeleteRangeRequest {
+        key: key.to_vec(),
+        range_end: Vec::new(),
+        prev_kv: false,
+    });
+    Ok(propose(node, timeout, cmd).await?.0)
+}
+
+/// The key under `prefix` with the oldest (`first`) or newest create
+/// revision, optionally only among keys created at or before `max_create`.
+pub async fn by_create(
+    node: &Node,
+    prefix: &[u8],
+    first: bool,
+    max_create: i64,
+) -> Result<(i64, Option<KeyValue>), Status> {
+    let (rev, r) = read(node, create_ordered(prefix, first, max_create), None).await?;
+    Ok((rev, r.kvs.into_iter().next()))
+}
+
+fn create_ordered(prefix: &[u8], first: bool, max_create: i64) -> RangeRequest {
+    RangeRequest {
+        key: prefix.to_vec(),
+        range_end: prefix_end(prefix),
+        limit: 1,
+        sort_order: if first {
+            SortOrder::Ascend
+        } else {
+            SortOrder::Descend
+        },
+        sort_target: SortTarget::Create,
+        max_create_revision: max_create,
+        ..Default::default()
+    }
+}
+
+/// Creates `key` with `value` and `lease` unless it exists; returns whether
+/// it was created, its create revision, the oldest key under `prefix`, and
+/// the revision after.
+pub async fn create_or_get(
+    node: &Node,
+    prefix: &[u8],
+    key: &[u8],
+    value: &[u8],
+    lease: i64,
+) -> Result<(bool, i64, Option<KeyValue>, i64), Status> {
+    let t = TxnRequest {
+        compare: vec![Compare {
+            result: CompareResult::Equal,
+            target: CompareTarget::CreateRevision(0),
+            key: key.to_vec(),
+            range_end: Vec::new(),
+        }],
+        success: vec![
+            RequestOp::Put(PutRequest {
+                key: key.to_vec(),
+                value: value.to_vec(),
+                lease,
+                ..Default::default()
+            }),
+            RequestOp::Range(create_ordered(prefix, true, 0)),
+        ],
+        failure: vec![
+            RequestOp::Range(RangeRequest {
+                key: key.to_vec(),
+                ..Default::default()
+            }),
+            RequestOp::Range(create_ordered(prefix, true, 0)),
+        ],
+    };
+    let (rev, r) = txn(node, t, None).await?;
+    let ranges: Vec<&RangeResponse> = r
+        .responses
+        .iter()
+        .filter_map(|o| match o {
+            ResponseOp::Range(x) => Some(x),
+            _ => None,
+        })
+        .collect();
+    let owner = ranges.last().and_then(|x| x.kvs.first().cloned());
+    let my_rev = if r.succeeded {
+        rev
+    } else {
+        ranges
+            .first()
+            .and_then(|x| x.kvs.first())
+            .map(|kv| kv.create_revision)
+            .ok_or_else(|| Status::internal("recipe: own key vanished"))?
+    };
+    Ok((r.succeeded, my_rev, owner, rev))
+}
+
+/// Unsubscribes from the hub when dropped.
+struct Sub<'a> {
+    node: &'a Node,
+    sub: Subscription,
+}
+
+impl Drop for Sub<'_> {
+    fn drop(&mut self) {
+        self.node.sm.hub().unsubscribe(self.sub.id);
+    }
+}
+
+/// Returns once `key` does not exist.
+pub async fn wait_deleted(node: &Node, key: &[u8]) -> Result<(), Status> {
+    loop {
+        let mut sub = {
+            let d = node
+                .sm
+                .read()
+                .map_err(|e| Status::internal(e.to_string()))?;
+            if d.kv.mvcc().get(key).is_none() {
+                return Ok(());
+            }
+            Sub {
+                node,
+                sub: node.sm.hub().subscribe(key.to_vec(), Vec::new()),
+            }
+        };
+        loop {
+            match sub.sub.rx.recv().await {
+                Some(b) if b.events.iter().any(|e| e.kind == EventKind::Delete) => return Ok(()),
+                Some(_) => {}
+                // Dropped (too slow, or a snapshot replaced the state):
+                // check again from scratch.
+                None => break,
+            }
+        }
+    }
+}
+
+/// etcd `waitDeletes`: waits until no key under `prefix` has a create
+/// revision `<= max_create`.
+pub async fn wait_deletes(node: &Node, prefix: &[u8], max_create: i64) -> Result<(), Status> {
+    loop {
+        match by_create(node, prefix, false, max_create).await?.1 {
+            None => return Ok(()),
+            Some(kv) => wait_deleted(node, &kv.key).await?,
+        }
+    }
+}
+
+/// Deletes a waiter's key if the request is abandoned before `disarm`.
+pub struct KeyGuard {
+    node: Arc<Node>,
+    key: Option<Vec<u8>>,
+}
+
+impl KeyGuard {
+    pub fn new(node: Arc<Node>, key: Vec<u8>) -> Self {
+        KeyGuard {
+            node,
+            key: Some(key),
+        }
+    }
+
+    pub fn disarm(mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let node = self.node.clone();
+            tokio::spawn(async move {
+                if let Err(e) = delete(&node, &key, None).await {
+                    tracing::warn!("removing abandoned waiter key: {e}");
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"a/"), b"a0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+        assert_eq!(prefix_end(b""), vec![0]);
+    }
+}

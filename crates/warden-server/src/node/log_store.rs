@@ -1,0 +1,213 @@
+//! openraft's `RaftLogStorage` on top of `storage::log_db`: entries and hard
+//! state are encoded with postcard and handed to redb off the async threads.
+//!
+//! Must never: acknowledge an append (the `IOFlushed` callback) before the
+//! batch is durable, or return a vote that was not persisted.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::RaftLogReader;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::types::{Entry, LogId, TypeConfig, Vote};
+use warden_core::storage::log_db::LogDb;
+
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const PURGED: &str = "purged";
+
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<LogDb>,
+}
+
+fn enc<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
+    postcard::to_allocvec(v).map_err(|e| io::Error::other(format!("encode raft record: {e}")))
+}
+
+fn dec<T: DeserializeOwned>(db: &LogDb, what: &str, b: &[u8]) -> io::Result<T> {
+    postcard::from_bytes(b).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "raft log {}: cannot decode {what}: {e}",
+                db.path().display()
+            ),
+        )
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io::Error::other(format!("log io task failed: {e}")))?
+}
+
+impl LogStore {
+    pub fn new(db: Arc<LogDb>) -> Self {
+        Self { db }
+    }
+
+    fn get_meta<T: DeserializeOwned>(&self, key: &'static str) -> io::Result<Option<T>> {
+        match self.db.get_meta(key)? {
+            None => Ok(None),
+            Some(b) => Ok(Some(dec(&self.db, key, &b)?)),
+        }
+    }
+
+    async fn put_meta<T: Serialize>(&self, key: &'static str, v: &T) -> io::Result<()> {
+        let bytes = enc(v)?;
+        let db = self.db.clone();
+        blocking(move || Ok(db.put_meta(key, &bytes)?)).await
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let db = self.db.clone();
+        let lo = range.start_bound().cloned();
+        let hi = range.end_bound().cloned();
+        blocking(move || {
+            let raw = db.read_range((lo, hi))?;
+            raw.iter()
+                .map(|(i, b)| dec(&db, &format!("entry {i}"), b))
+                .collect()
+        })
+        .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        self.get_meta(VOTE)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        // Stored as a plain `LogId` (see `purge`).
+        let purged: Option<LogId> = self.get_meta::<LogId>(PURGED)?;
+        let last = match self.db.last()? {
+            Some((i, b)) => {
+                let e: Entry = dec(&self.db, &format!("entry {i}"), &b)?;
+                Some(e.log_id)
+            }
+            None => purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.put_meta(VOTE, vote).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        self.put_meta(COMMITTED, &committed).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self.get_meta::<Option<LogId>>(COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut batch = Vec::new();
+        for e in entries {
+            batch.push((e.log_id.index, enc(&e)?));
+        }
+        let db = self.db.clone();
+        let res = blocking(move || Ok(db.append(&batch)?)).await;
+        match res {
+            Ok(()) => {
+                callback.io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let db = self.db.clone();
+        let idx = last_log_id.map(|l| l.index);
+        blocking(move || Ok(db.truncate_after(idx)?)).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let meta = enc(&log_id)?;
+        let db = self.db.clone();
+        let upto = log_id.index;
+        blocking(move || Ok(db.purge_upto(upto, PURGED, &meta)?)).await?;
+        tracing::info!(upto, "compacted raft log");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::testing::{blank_ent, log_id};
+
+    /// Regression: the purged log id was written as `Option<LogId>` and read
+    /// back as `LogId`, so a restart after any purge read a garbage index
+    /// and refused to start ("Cannot re-apply logs").
+    #[tokio::test]
+    async fn purged_log_id_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("raft.redb");
+        {
+            let db = warden_core::storage::log_db::LogDb::open(&path).expect("open");
+            let mut st = LogStore::new(Arc::new(db));
+            let entries: Vec<Entry> = (1..=10).map(|i| blank_ent::<TypeConfig>(3, 7, i)).collect();
+            let db2 = st.db.clone();
+            blocking(move || {
+                let batch: Vec<(u64, Vec<u8>)> = entries
+                    .iter()
+                    .map(|e| Ok((e.log_id.index, enc(e)?)))
+                    .collect::<io::Result<_>>()?;
+                Ok(db2.append(&batch)?)
+            })
+            .await
+            .expect("append");
+            st.purge(log_id::<TypeConfig>(3, 7, 6))
+                .await
+                .expect("purge");
+        }
+        let db = warden_core::storage::log_db::LogDb::open(&path).expect("reopen");
+        let mut st = LogStore::new(Arc::new(db));
+        let state = st.get_log_state().await.expect("log state");
+        assert_eq!(
+            state.last_purged_log_id,
+            Some(log_id::<TypeConfig>(3, 7, 6))
+        );
+        assert_eq!(state.last_log_id, Some(log_id::<TypeConfig>(3, 7, 10)));
+        let rest = st.try_get_log_entries(7..11).await.expect("read");
+        assert_eq!(rest.len(), 4);
+    }
+}

@@ -1,0 +1,523 @@
+//! Membership changes (etcd `MemberAdd/Remove/Update/Promote`), done by the
+//! leader through openraft's safe membership change (a joint configuration
+//! when voters change), forwarded there by followers.
+//!
+//! - A new member joins as a learner (`add_learner`): it receives the log
+//!   (by snapshot when far behind) without voting. `promote_when_ready`
+//!   makes a learner ask for promotion once it has caught up; the leader
+//!   refuses promotion while it lags (etcd's "in sync with leader" rule).
+//! - Removing the leader hands leadership to the most caught-up voter first,
+//!   then the new leader removes the old one.
+//! - A member's identity (name, id, cluster id) is kept in `member.json` in
+//!   its data dir, so a restart needs no `--join` and cannot take the wrong
+//!   directory.
+//!
+//! Must never: promote a learner that is behind, or change membership
+//! without the consensus library's joint/one-at-a-time protocol.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::types::{node_id_for, Member};
+use super::{ForwardRequest, ForwardResponse, Node, NodeError};
+
+/// A learner may be promoted once it is at most this many entries behind
+/// the leader's last log index.
+pub const PROMOTE_MAX_LAG: u64 = 100;
+
+/// A membership change.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum MemberOp {
+    /// Add a member (as a learner unless `voter`).
+    Add {
+        id: u64,
+        peer_addr: String,
+        voter: bool,
+    },
+    Promote {
+        id: u64,
+    },
+    Remove {
+        id: u64,
+    },
+    Update {
+        id: u64,
+        peer_addr: String,
+    },
+}
+
+/// The id of a member added by address (etcd's `MemberAdd` carries no name).
+pub fn id_for_peer(peer_addr: &str) -> u64 {
+    node_id_for(&format!("peer:{peer_addr}"))
+}
+
+fn refused(code: tonic::Code, message: &str) -> NodeError {
+    NodeError::Refused {
+        code: code as i32,
+        message: message.to_string(),
+    }
+}
+
+pub fn member_not_found() -> NodeError {
+    refused(tonic::Code::NotFound, "etcdserver: member not found")
+}
+
+/// What the leader does with a change, or where to send it.
+enum Done {
+    Ok,
+    Redirect(Option<u64>),
+}
+
+impl Node {
+    /// Applies a membership change through the leader; returns once it is
+    /// committed.
+    pub async fn change_members(&self, op: MemberOp, deadline: Instant) -> Result<(), NodeError> {
+        for _ in 0..5 {
+            let leader = match self.leader() {
+                Some(l) => l,
+                None => self
+                    .wait_leader(deadline)
+                    .await
+                    .ok_or(NodeError::NoLeader)?,
+            };
+            let next = if leader == self.id {
+                match self.change_members_local(op.clone(), deadline).await? {
+                    Done::Ok => return Ok(()),
+                    Done::Redirect(l) => l,
+                }
+            } else {
+                match self
+                    .forward(leader, &ForwardRequest::Members(op.clone()), deadline)
+                    .await?
+                {
+                    ForwardResponse::MembersDone => return Ok(()),
+                    ForwardResponse::NotLeader(l) => l,
+                    ForwardResponse::Failed(e) => return Err(e),
+                    _ => return Err(NodeError::Internal("unexpected forward answer".into())),
+                }
+            };
+            if next.is_none() {
+                self.wait_leader_other_than(leader, deadline).await;
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::Timeout);
+            }
+        }
+        Err(NodeError::NoLeader)
+    }
+
+    /// Serves a forwarded membership change.
+    pub(crate) async fn handle_members(&self, op: MemberOp, deadline: Instant) -> ForwardResponse {
+        match self.change_members_local(op, deadline).await {
+            Ok(Done::Ok) => ForwardResponse::MembersDone,
+            Ok(Done::Redirect(l)) => ForwardResponse::NotLeader(l),
+            Err(e) => ForwardResponse::Failed(e),
+        }
+    }
+
+    async fn change_members_local(
+        &self,
+        op: MemberOp,
+        deadline: Instant,
+    ) -> Result<Done, NodeError> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.state != ServerState::Leader {
+            return Ok(Done::Redirect(m.current_leader.filter(|l| *l != self.id)));
+        }
+        let membership = m.membership_config.membership().clone();
+        let nodes: BTreeMap<u64, Member> =
+            membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let change = match op {
+            MemberOp::Add {
+                id,
+                peer_addr,
+                voter,
+            } => {
+                if nodes.values().any(|n| n.peer_addr == peer_addr) {
+                    return Err(refused(
+                        tonic::Code::FailedPrecondition,
+                        "etcdserver: Peer URLs already exists",
+                    ));
+                }
+                if nodes.contains_key(&id) {
+                    return Err(refused(
+                        tonic::Code::FailedPrecondition,
+                        "etcdserver: member ID already exist",
+                    ));
+                }
+                let node = Member {
+                    name: String::new(),
+                    peer_addr,
+                };
+                let fut = self.raft.add_learner(id, node, false);
+                client_write(fut, deadline).await?;
+                if !voter {
+                    return Ok(Done::Ok);
+                }
+                ChangeMembers::AddVoterIds(BTreeSet::from([id]))
+            }
+            MemberOp::Promote { id } => {
+                if !nodes.contains_key(&id) {
+                    return Err(member_not_found());
+                }
+                if voters.contains(&id) {
+                    return Err(refused(
+                        tonic::Code::FailedPrecondition,
+                        "etcdserver: can only promote a learner member",
+                    ));
+                }
+                let last = m.last_log_index.unwrap_or(0);
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten())
+                    .map_or(0, |l| l.index);
+                if matched + PROMOTE_MAX_LAG < last {
+                    return Err(refused(
+                        tonic::Code::FailedPrecondition,
+                        "etcdserver: can only promote a learner member which is in sync with leader",
+                    ));
+                }
+                ChangeMembers::AddVoterIds(BTreeSet::from([id]))
+            }
+            MemberOp::Remove { id } => {
+                if !nodes.contains_key(&id) {
+                    return Err(member_not_found());
+                }
+                if id == self.id {
+                    return self.hand_over_leadership(&m, &voters, deadline).await;
+                }
+                if voters.contains(&id) {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                }
+            }
+            MemberOp::Update { id, peer_addr } => {
+                let Some(old) = nodes.get(&id) else {
+                    return Err(member_not_found());
+                };
+                if nodes
+                    .iter()
+                    .any(|(other, n)| *other != id && n.peer_addr == peer_addr)
+                {
+                    return Err(refused(
+                        tonic::Code::FailedPrecondition,
+                        "etcdserver: Peer URLs already exists",
+                    ));
+                }
+                ChangeMembers::SetNodes(BTreeMap::from([(
+                    id,
+                    Member {
+                        name: old.name.clone(),
+                        peer_addr,
+                    },
+                )]))
+            }
+        };
+        let fut = self.raft.change_membership(change, false);
+        match client_write(fut, deadline).await {
+            Ok(_) => Ok(Done::Ok),
+            // Refused as "not the leader" although the metrics said it was:
+            // a leader that has just taken over (e.g. by the transfer when
+            // the old leader is removed) can refuse for a moment. Nothing
+            // was proposed; the caller finds the leader and tries again.
+            Err(NodeError::LeaderChanged) => Ok(Done::Redirect(None)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removing the leader: transfer leadership to the most caught-up other
+    /// voter, wait for it to lead, and send the removal there.
+    async fn hand_over_leadership(
+        &self,
+        m: &openraft::RaftMetrics<super::types::TypeConfig>,
+        voters: &BTreeSet<u64>,
+        deadline: Instant,
+    ) -> Result<Done, NodeError> {
+        let best = voters
+            .iter()
+            .filter(|v| **v != self.id)
+            .max_by_key(|v| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(v).cloned().flatten())
+                    .map_or(0, |l| l.index)
+            })
+            .copied();
+        let Some(to) = best else {
+            return Err(refused(
+                tonic::Code::FailedPrecondition,
+                "warden: cannot remove the only voting member",
+            ));
+        };
+        tracing::info!(to = %format!("{to:x}"), "removing the leader: transferring leadership first");
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        self.wait_leader_other_than(self.id, deadline).await;
+        Ok(Done::Redirect(self.leader().filter(|l| *l != self.id)))
+    }
+}
+
+async fn client_write<F, T>(fut: F, deadline: Instant) -> Result<T, NodeError>
+where
+    F: std::future::Future<
+        Output = Result<
+            T,
+            RaftError<super::types::TypeConfig, ClientWriteError<super::types::TypeConfig>>,
+        >,
+    >,
+{
+    match tokio::time::timeout_at(deadline, fut).await {
+        Err(_) => Err(NodeError::Timeout),
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+            Err(NodeError::LeaderChanged)
+        }
+        Ok(Err(RaftError::APIError(e))) => Err(refused(
+            tonic::Code::FailedPrecondition,
+            &format!("warden: membership change refused: {e}"),
+        )),
+        Ok(Err(RaftError::Fatal(_))) => Err(NodeError::Stopped),
+    }
+}
+
+/// Who this data directory belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub name: String,
+    pub id: u64,
+    pub cluster_id: u64,
+    /// Joined a running cluster (rather than bootstrapped it).
+    pub joined: bool,
+    /// Log index of the membership that removed this member; a removed
+    /// member refuses to start again on this data dir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at: Option<u64>,
+    /// Log index of the first applied membership seen to list this member,
+    /// so that after a restart it still knows it once was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listed_at: Option<u64>,
+}
+
+const IDENTITY_FILE: &str = "member.json";
+
+impl Identity {
+    pub fn load(data_dir: &Path) -> anyhow::Result<Option<Identity>> {
+        use anyhow::Context;
+        let path = data_dir.join(IDENTITY_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .with_context(|| format!("{} is damaged", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    pub fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let path = data_dir.join(IDENTITY_FILE);
+        let bytes = serde_json::to_vec_pretty(self)?;
+        warden_core::storage::snapshot_file::write_atomic(data_dir, IDENTITY_FILE, &bytes)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+}
+
+/// The membership a member has applied: the log index of its entry and
+/// every member in it, voters and learners.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Applied {
+    pub index: u64,
+    pub ids: BTreeSet<u64>,
+}
+
+/// This member's applied membership (`None` if its state is unreadable).
+pub fn applied(node: &Node) -> Option<Applied> {
+    let d = node.sm.read().ok()?;
+    Some(Applied {
+        index: d.last_membership.log_id().as_ref().map_or(0, |l| l.index),
+        ids: d
+            .last_membership
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect(),
+    })
+}
+
+/// Whether the cluster has removed a member, judged from its own applied
+/// membership and a peer's.
+///
+/// Only committed (applied) memberships count, and they form one sequence
+/// in the log. So if ours at index `a` lists us and a peer's at a later
+/// index does not, an entry between them removed us. If ours no longer lists
+/// us although an earlier one (`listed_at`, kept in `member.json` across
+/// restarts) did, we applied our removal.
+/// A learner that applied an old snapshot and has not yet reached its own
+/// addition is never listed yet, so it is never judged removed.
+pub fn removed_by(id: u64, ours: &Applied, listed_at: Option<u64>, peer: Option<&Applied>) -> bool {
+    if !ours.ids.contains(&id) {
+        return listed_at.is_some_and(|at| at < ours.index);
+    }
+    peer.is_some_and(|p| p.index > ours.index && !p.ids.contains(&id))
+}
+
+/// Stops this member once the cluster has removed it, as etcd does: a
+/// removed member would otherwise run on alone, unable to serve anything.
+/// Every few election timeouts it compares its applied membership with a
+/// peer's (one small call, to each peer in turn). On removal it records
+/// that in `member.json`, so the data dir cannot be restarted as a member.
+pub async fn watch_for_removal(node: std::sync::Arc<Node>, mut identity: Identity) {
+    let period = Duration::from_millis(node.config.election_timeout_max_ms.saturating_mul(2))
+        .max(Duration::from_millis(500));
+    let mut turn = 0usize;
+    loop {
+        tokio::time::sleep(period).await;
+        if node.raft.metrics().borrow_watched().state == ServerState::Shutdown {
+            return;
+        }
+        let Some(ours) = applied(&node) else { continue };
+        let peer = if ours.ids.contains(&node.id) {
+            if identity.listed_at.is_none() {
+                identity.listed_at = Some(ours.index);
+                if let Err(e) = identity.save(&node.config.data_dir) {
+                    tracing::warn!("recording membership in member.json: {e:#}");
+                }
+            }
+            let peers: Vec<u64> = ours.ids.iter().copied().filter(|p| *p != node.id).collect();
+            if peers.is_empty() {
+                continue;
+            }
+            turn = turn.wrapping_add(1);
+            let target = peers[turn % peers.len()];
+            let deadline = Instant::now() + period;
+            match node
+                .call_peer(target, &ForwardRequest::AppliedMembership, deadline)
+                .await
+            {
+                Ok(Ok(ForwardResponse::AppliedMembership(a))) => Some(a),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        if !removed_by(node.id, &ours, identity.listed_at, peer.as_ref()) {
+            continue;
+        }
+        let index = peer.as_ref().map_or(ours.index, |p| p.index);
+        tracing::warn!(
+            index,
+            "this member was removed from the cluster; stopping (empty the data dir and use --join to add it again)"
+        );
+        identity.removed_at = Some(index);
+        if let Err(e) = identity.save(&node.config.data_dir) {
+            tracing::error!("recording the removal in member.json: {e:#}");
+        }
+        node.mark_removed(format!("removed from the cluster at log index {index}"));
+        return;
+    }
+}
+
+/// A learner asks to be promoted until it is a voter (runs on every member;
+/// does nothing on voters).
+pub async fn promote_when_ready(node: std::sync::Arc<Node>) {
+    let mut rx = node.raft.metrics();
+    loop {
+        let (state, is_learner) = {
+            let m = rx.borrow_watched();
+            let learner = m
+                .membership_config
+                .membership()
+                .get_node(&node.id)
+                .is_some()
+                && !m
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == node.id);
+            (m.state, learner)
+        };
+        if state == ServerState::Shutdown {
+            return;
+        }
+        if is_learner {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            match node
+                .change_members(MemberOp::Promote { id: node.id }, deadline)
+                .await
+            {
+                Ok(()) => tracing::info!("promoted from learner to voter"),
+                Err(e) => tracing::debug!("not promoted yet: {e}"),
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(500), rx.changed()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(index: u64, ids: &[u64]) -> Applied {
+        Applied {
+            index,
+            ids: ids.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn a_later_membership_without_us_means_removed() {
+        let ours = at(10, &[1, 2, 3]);
+        assert!(removed_by(3, &ours, Some(10), Some(&at(14, &[1, 2]))));
+        // The same or an older membership proves nothing.
+        assert!(!removed_by(3, &ours, Some(10), Some(&at(10, &[1, 2]))));
+        assert!(!removed_by(3, &ours, Some(10), Some(&at(7, &[1, 2]))));
+        // Still listed, or no answer.
+        assert!(!removed_by(3, &ours, Some(10), Some(&at(14, &[1, 2, 3]))));
+        assert!(!removed_by(3, &ours, Some(10), None));
+    }
+
+    #[test]
+    fn identity_files_without_the_newer_fields_still_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join(IDENTITY_FILE),
+            br#"{"name":"n1","id":7,"cluster_id":9,"joined":false}"#,
+        )
+        .expect("write");
+        let id = Identity::load(dir.path()).expect("load").expect("present");
+        assert_eq!((id.removed_at, id.listed_at), (None, None));
+        let mut id = id;
+        id.listed_at = Some(3);
+        id.removed_at = Some(12);
+        id.save(dir.path()).expect("save");
+        assert_eq!(Identity::load(dir.path()).expect("load"), Some(id));
+    }
+
+    #[test]
+    fn applying_our_own_removal_means_removed() {
+        assert!(removed_by(3, &at(14, &[1, 2]), Some(10), None));
+    }
+
+    #[test]
+    fn a_learner_not_yet_at_its_own_addition_is_not_removed() {
+        // It applied a snapshot from before it was added: never listed yet,
+        // and a lagging peer's membership does not list it either.
+        let ours = at(5, &[1, 2, 3]);
+        assert!(!removed_by(4, &ours, None, Some(&at(8, &[1, 2, 3]))));
+        assert!(!removed_by(4, &ours, None, None));
+    }
+}

@@ -1,0 +1,389 @@
+//! openraft's `RaftStateMachine` around the deterministic `state::StateMachine`.
+//!
+//! Owns: the in-memory replicated state shared with the API layer (reads take
+//! the read lock; `apply` takes the write lock per entry), the last applied
+//! log id (published on a watch channel so read-index waits can block on it),
+//! and snapshot files on disk. A restart loads the newest snapshot and openraft
+//! replays the committed log tail after it, so no applied write is lost.
+//!
+//! Must never: apply an entry out of order, or serve a snapshot file that was
+//! not fully written and fsynced.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, RaftSnapshotBuilder};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::types::{
+    LogId, RaftSnapshot, Request, Response, SnapshotMeta, StoredMembership, TypeConfig,
+};
+use super::watch_hub::WatchHub;
+use tokio::sync::broadcast;
+use warden_core::state::lock_table::LockEvent;
+use warden_core::state::StateMachine;
+use warden_core::storage::snapshot_file;
+
+/// Everything the replicated state consists of; what a snapshot holds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SmData {
+    pub kv: StateMachine,
+    pub last_applied: Option<LogId>,
+    pub last_membership: StoredMembership,
+    /// Client address each member published (`Request::Publish`).
+    pub client_addrs: BTreeMap<u64, String>,
+    /// Name each member published (members added by `MemberAdd` have no
+    /// name in the Raft membership until they start and publish it).
+    pub names: BTreeMap<u64, String>,
+}
+
+/// A snapshot as openraft passes it around: a verified file on disk.
+#[derive(Debug, Clone)]
+pub struct SnapshotFile {
+    pub path: PathBuf,
+}
+
+/// Lock table changes as this member applies them (see `SmStore::lock_feed`).
+#[derive(Clone, Debug)]
+pub enum LockFeed {
+    /// One applied entry's lock events.
+    Events {
+        revision: i64,
+        events: Arc<Vec<LockEvent>>,
+    },
+    /// A snapshot replaced the state: re-read the lock table.
+    Resync,
+}
+
+/// Lock feed entries buffered per subscriber before it is told it lagged.
+const LOCK_FEED_CAPACITY: usize = 4096;
+
+struct Shared {
+    data: RwLock<SmData>,
+    hub: WatchHub,
+    lock_feed: broadcast::Sender<LockFeed>,
+    applied_tx: watch::Sender<u64>,
+    snap_dir: PathBuf,
+    current: Mutex<Option<(SnapshotMeta, PathBuf)>>,
+}
+
+#[derive(Clone)]
+pub struct SmStore {
+    shared: Arc<Shared>,
+}
+
+fn other(msg: String) -> io::Error {
+    io::Error::other(msg)
+}
+
+fn lock_poisoned() -> io::Error {
+    other("state machine lock poisoned by an earlier panic".into())
+}
+
+/// Loads a snapshot file: its meta and the state it holds.
+pub fn load_snapshot(path: &Path) -> io::Result<(SnapshotMeta, SmData)> {
+    let (meta, body) = snapshot_file::read(path)?;
+    parse_snapshot(path, &meta, &body)
+}
+
+/// Loads a backup file (a snapshot, possibly with etcd's SHA-256 trailer).
+pub fn load_backup(path: &Path) -> io::Result<(SnapshotMeta, SmData)> {
+    let (meta, body) = snapshot_file::read_backup(path)?;
+    parse_snapshot(path, &meta, &body)
+}
+
+fn parse_snapshot(path: &Path, meta: &[u8], body: &[u8]) -> io::Result<(SnapshotMeta, SmData)> {
+    let meta: SnapshotMeta = postcard::from_bytes(meta)
+        .map_err(|e| other(format!("snapshot {}: bad meta: {e}", path.display())))?;
+    let data: SmData = postcard::from_bytes(body)
+        .map_err(|e| other(format!("snapshot {}: bad body: {e}", path.display())))?;
+    data.kv.check_invariants().map_err(|e| {
+        other(format!(
+            "snapshot {}: inconsistent state: {e}",
+            path.display()
+        ))
+    })?;
+    if data.last_applied != meta.last_log_id {
+        return Err(other(format!(
+            "snapshot {}: meta says it ends at {:?} but the state ends at {:?}",
+            path.display(),
+            meta.last_log_id,
+            data.last_applied
+        )));
+    }
+    Ok((meta, data))
+}
+
+/// The whole state as snapshot-file bytes (a backup: `Maintenance.Snapshot`).
+pub fn export(data: &SmData) -> io::Result<Vec<u8>> {
+    let meta = SnapshotMeta {
+        last_log_id: data.last_applied,
+        last_membership: data.last_membership.clone(),
+    };
+    let m =
+        postcard::to_allocvec(&meta).map_err(|e| other(format!("encode snapshot meta: {e}")))?;
+    let b = postcard::to_allocvec(data).map_err(|e| other(format!("encode snapshot: {e}")))?;
+    Ok(snapshot_file::seal_backup(snapshot_file::encode(&m, &b)))
+}
+
+/// Seeds `snap_dir` of a new member with the key-value, lease and lock state
+/// of a backup file, as the base a new cluster starts from: Raft history,
+/// membership and member addresses are dropped (the new cluster has its
+/// own). Refuses a damaged or truncated file.
+pub fn restore(backup: &Path, snap_dir: &Path) -> io::Result<SmData> {
+    let (_meta, data) = load_backup(backup)?;
+    let base = SmData {
+        kv: data.kv,
+        ..SmData::default()
+    };
+    let meta = SnapshotMeta {
+        last_log_id: None,
+        last_membership: StoredMembership::default(),
+    };
+    let m =
+        postcard::to_allocvec(&meta).map_err(|e| other(format!("encode snapshot meta: {e}")))?;
+    let b = postcard::to_allocvec(&base).map_err(|e| other(format!("encode snapshot: {e}")))?;
+    std::fs::create_dir_all(snap_dir)
+        .map_err(|e| other(format!("create {}: {e}", snap_dir.display())))?;
+    snapshot_file::write_atomic(
+        snap_dir,
+        &snapshot_file::file_name(0, 0),
+        &snapshot_file::encode(&m, &b),
+    )?;
+    Ok(base)
+}
+
+impl SmStore {
+    /// Opens the state in `snap_dir`: the newest snapshot, or an empty state.
+    pub fn open(snap_dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(snap_dir)
+            .map_err(|e| other(format!("create {}: {e}", snap_dir.display())))?;
+        let (data, current) = match snapshot_file::newest(snap_dir)? {
+            Some(path) => {
+                let (meta, data) = load_snapshot(&path)?;
+                tracing::info!(snapshot = %path.display(), last = ?meta.last_log_id, "loaded snapshot");
+                // A restored backup (`warden snapshot restore`) is a base
+                // state under an empty log, not a Raft snapshot to offer.
+                let current = meta.last_log_id.is_some().then_some((meta, path));
+                (data, current)
+            }
+            None => (SmData::default(), None),
+        };
+        let applied = data.last_applied.map_or(0, |l| l.index);
+        let (applied_tx, _) = watch::channel(applied);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                data: RwLock::new(data),
+                hub: WatchHub::default(),
+                lock_feed: broadcast::channel(LOCK_FEED_CAPACITY).0,
+                applied_tx,
+                snap_dir: snap_dir.to_path_buf(),
+                current: Mutex::new(current),
+            }),
+        })
+    }
+
+    /// Read access to the applied state.
+    pub fn read(&self) -> io::Result<RwLockReadGuard<'_, SmData>> {
+        self.shared.data.read().map_err(|_| lock_poisoned())
+    }
+
+    /// The watcher fan-out of this member.
+    pub fn hub(&self) -> &WatchHub {
+        &self.shared.hub
+    }
+
+    /// Lock table changes from now on. Subscribe before proposing a lock
+    /// command to see every event it causes. A subscriber that falls more
+    /// than `LOCK_FEED_CAPACITY` entries behind gets `Lagged` and must
+    /// re-read the table.
+    pub fn lock_feed(&self) -> broadcast::Receiver<LockFeed> {
+        self.shared.lock_feed.subscribe()
+    }
+
+    /// Index of the last applied entry, as a watch.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.shared.applied_tx.subscribe()
+    }
+
+    fn apply_one(&self, entry: super::types::Entry) -> io::Result<Response> {
+        let mut d = self.shared.data.write().map_err(|_| lock_poisoned())?;
+        d.last_applied = Some(entry.log_id);
+        let resp = match entry.payload {
+            EntryPayload::Blank => Response {
+                revision: d.kv.revision(),
+                result: Ok(None),
+            },
+            EntryPayload::Normal(Request::Kv(cmd)) => {
+                let applied = d.kv.apply(&cmd);
+                // Published under the write lock: see watch_hub's module doc.
+                self.shared.hub.publish(applied.revision, &applied.events);
+                if !applied.lock_events.is_empty() {
+                    // No receivers is fine.
+                    let _ = self.shared.lock_feed.send(LockFeed::Events {
+                        revision: applied.revision,
+                        events: Arc::new(applied.lock_events),
+                    });
+                }
+                Response {
+                    revision: applied.revision,
+                    result: applied.result.map(Some),
+                }
+            }
+            EntryPayload::Normal(Request::Publish {
+                node_id,
+                name,
+                client_addr,
+            }) => {
+                d.client_addrs.insert(node_id, client_addr);
+                d.names.insert(node_id, name);
+                Response {
+                    revision: d.kv.revision(),
+                    result: Ok(None),
+                }
+            }
+            EntryPayload::Membership(m) => {
+                d.last_membership = StoredMembership::new(Some(entry.log_id), m);
+                Response {
+                    revision: d.kv.revision(),
+                    result: Ok(None),
+                }
+            }
+        };
+        Ok(resp)
+    }
+
+    fn set_current(&self, meta: SnapshotMeta, path: PathBuf) -> io::Result<()> {
+        snapshot_file::remove_others(&self.shared.snap_dir, &path)?;
+        let mut cur = self.shared.current.lock().map_err(|_| lock_poisoned())?;
+        *cur = Some((meta, path));
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SmStore {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> Result<RaftSnapshot, io::Error> {
+        let data = self.read()?.clone();
+        let meta = SnapshotMeta {
+            last_log_id: data.last_applied,
+            last_membership: data.last_membership.clone(),
+        };
+        let dir = self.shared.snap_dir.clone();
+        let meta2 = meta.clone();
+        let path = tokio::task::spawn_blocking(move || -> io::Result<PathBuf> {
+            let m = postcard::to_allocvec(&meta2)
+                .map_err(|e| other(format!("encode snapshot meta: {e}")))?;
+            let b =
+                postcard::to_allocvec(&data).map_err(|e| other(format!("encode snapshot: {e}")))?;
+            let (index, term) = meta2
+                .last_log_id
+                .map_or((0, 0), |l| (l.index, l.leader_id.term));
+            Ok(snapshot_file::write_atomic(
+                &dir,
+                &snapshot_file::file_name(index, term),
+                &snapshot_file::encode(&m, &b),
+            )?)
+        })
+        .await
+        .map_err(|e| other(format!("snapshot task failed: {e}")))??;
+        tracing::info!(snapshot = %path.display(), "built snapshot");
+        self.set_current(meta.clone(), path.clone())?;
+        Ok(Snapshot {
+            meta,
+            snapshot: SnapshotFile { path },
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for SmStore {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let d = self.read()?;
+        Ok((d.last_applied, d.last_membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
+    {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let index = entry.log_id.index;
+            let resp = self.apply_one(entry)?;
+            self.shared.applied_tx.send_replace(index);
+            if let Some(r) = responder {
+                r.send(resp);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotFile,
+    ) -> Result<(), io::Error> {
+        let src = snapshot.path.clone();
+        let dir = self.shared.snap_dir.clone();
+        let (index, term) = meta
+            .last_log_id
+            .map_or((0, 0), |l| (l.index, l.leader_id.term));
+        let (data, path) = tokio::task::spawn_blocking(move || -> io::Result<(SmData, PathBuf)> {
+            let (_m, data) = load_snapshot(&src)?;
+            let dst = dir.join(snapshot_file::file_name(index, term));
+            if src != dst {
+                std::fs::rename(&src, &dst).map_err(|e| {
+                    other(format!(
+                        "move snapshot {} to {}: {e}",
+                        src.display(),
+                        dst.display()
+                    ))
+                })?;
+                std::fs::File::open(&dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| other(format!("sync {}: {e}", dir.display())))?;
+            }
+            Ok((data, dst))
+        })
+        .await
+        .map_err(|e| other(format!("snapshot task failed: {e}")))??;
+        if data.last_applied != meta.last_log_id {
+            return Err(other(format!(
+                "received snapshot ends at {:?}, expected {:?}",
+                data.last_applied, meta.last_log_id
+            )));
+        }
+        {
+            let mut d = self.shared.data.write().map_err(|_| lock_poisoned())?;
+            *d = data;
+            // No event stream exists across a snapshot: watchers re-sync.
+            self.shared.hub.drop_all();
+            let _ = self.shared.lock_feed.send(LockFeed::Resync);
+        }
+        self.shared.applied_tx.send_replace(index);
+        self.set_current(meta.clone(), path)?;
+        tracing::info!(last = ?meta.last_log_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<RaftSnapshot>, io::Error> {
+        let cur = self.shared.current.lock().map_err(|_| lock_poisoned())?;
+        Ok(cur.as_ref().map(|(meta, path)| Snapshot {
+            meta: meta.clone(),
+            snapshot: SnapshotFile { path: path.clone() },
+        }))
+    }
+}

@@ -1,0 +1,275 @@
+//! The `warden` command line: global flags, the list of subcommands and
+//! dispatch to them. `server`/`dev` start members (see [`server`]); every
+//! other subcommand is a client of the etcd v3 API built on
+//! [`warden_client`], printing human output to stdout (or `--output json`).
+//!
+//! This module never prints errors itself: they are returned to `main`,
+//! which prints one `Error: …` line on stderr.
+
+pub mod bench;
+pub mod cluster;
+pub mod coord;
+pub mod kv;
+pub mod output;
+pub mod server;
+pub mod snapshot;
+pub mod txn_parse;
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use warden_client::{Client, ClientOptions};
+
+pub use output::Format;
+
+/// warden: a replicated, etcd-compatible key-value store and lock manager.
+#[derive(Parser, Debug)]
+#[command(name = "warden", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Flags shared by the client commands.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags shared by the client commands (accepted before or after the
+/// subcommand).
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct GlobalArgs {
+    /// Client endpoints of cluster members, host:port, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        env = "WARDEN_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
+    pub endpoints: Vec<String>,
+    /// Output format.
+    #[arg(long, short = 'w', visible_alias = "write-out", global = true, value_enum, default_value_t = Format::Simple)]
+    pub output: Format,
+    /// Deadline of a command, retries included: seconds, or a number with
+    /// ms/s/m (e.g. 500ms, 1m).
+    #[arg(long, global = true, default_value = "5", value_parser = parse_timeout)]
+    pub command_timeout: Duration,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a cluster member.
+    Server(Box<server::ServerArgs>),
+    /// Run a local cluster of several members for trying warden out.
+    Dev(server::DevArgs),
+    /// Write a key.
+    Put(kv::PutArgs),
+    /// Read a key or a range of keys.
+    Get(Box<kv::GetArgs>),
+    /// Delete a key or a range of keys.
+    Del(kv::DelArgs),
+    /// Run a transaction read from standard input (etcdctl's txn syntax).
+    Txn(kv::TxnArgs),
+    /// Discard the key history before a revision.
+    Compaction(kv::CompactionArgs),
+    /// Show the status of every endpoint.
+    Status(cluster::StatusArgs),
+    /// Leases: grant, revoke, keep-alive, timetolive, list.
+    Lease {
+        #[command(subcommand)]
+        command: coord::LeaseCommand,
+    },
+    /// Print changes to a key or prefix as they happen.
+    Watch(coord::WatchArgs),
+    /// Campaign in an election (or --listen to follow its leader).
+    Elect(coord::ElectArgs),
+    /// Hold a lock (running a command while holding it), or inspect one.
+    Lock(coord::LockArgs),
+    /// Back up a member's state, or seed a new member from a backup.
+    Snapshot {
+        #[command(subcommand)]
+        command: snapshot::SnapshotCommand,
+    },
+    /// Measure throughput and latency against the endpoints.
+    Bench(bench::BenchArgs),
+    /// Cluster membership.
+    Member {
+        /// What to do with members.
+        #[command(subcommand)]
+        command: cluster::MemberCommand,
+    },
+}
+
+impl Cli {
+    /// Whether this invocation runs a server (and so wants logging).
+    pub fn is_server(&self) -> bool {
+        matches!(self.command, Command::Server(_) | Command::Dev(_))
+    }
+
+    /// Runs the command. Output goes to stdout; the error (if any) is
+    /// returned for the caller to print.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let global = self.global;
+        let command = match self.command {
+            Command::Server(args) => return server::run_server(*args).await,
+            Command::Dev(args) => return server::run_dev(args).await,
+            Command::Bench(args) => {
+                let json = global.output == Format::Json;
+                return bench::run_bench(&global.endpoints, args, json).await;
+            }
+            other => other,
+        };
+        let client = global.client().await?;
+        let command = match command {
+            Command::Lease { command } => {
+                return coord::lease(&client, command, global.output).await
+            }
+            Command::Watch(a) => return coord::watch_cmd(&client, a, global.output).await,
+            Command::Elect(a) => return coord::elect(&client, a).await,
+            Command::Lock(a) => return coord::lock(&client, a, global.output).await,
+            Command::Snapshot { command } => return snapshot::snapshot(&client, command).await,
+            other => other,
+        };
+        let mut out = Vec::new();
+        let result = execute(&client, command, global.output, &mut out).await;
+        // Print what was produced even when the command then failed (status
+        // prints the endpoints that answered).
+        write_stdout(&out)?;
+        result
+    }
+}
+
+impl GlobalArgs {
+    /// A client for the configured endpoints and deadline.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        let opts = ClientOptions {
+            timeout: self.command_timeout,
+            connect_timeout: self
+                .command_timeout
+                .min(ClientOptions::default().connect_timeout),
+            ..ClientOptions::default()
+        };
+        Ok(Client::connect(&self.endpoints, opts).await?)
+    }
+}
+
+async fn execute(
+    client: &Client,
+    command: Command,
+    f: Format,
+    out: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    match command {
+        Command::Put(a) => kv::put(client, a, f, out).await,
+        Command::Get(a) => kv::get(client, *a, f, out).await,
+        Command::Del(a) => kv::del(client, a, f, out).await,
+        Command::Txn(a) => kv::txn(client, a, f, out).await,
+        Command::Compaction(a) => kv::compaction(client, a, f, out).await,
+        Command::Status(a) => cluster::status(client, a, f, out).await,
+        Command::Member {
+            command: cluster::MemberCommand::List(a),
+        } => cluster::member_list(client, a, f, out).await,
+        Command::Member { command } => cluster::member_change(client, command, out).await,
+        Command::Server(_)
+        | Command::Dev(_)
+        | Command::Bench(_)
+        | Command::Lease { .. }
+        | Command::Watch(_)
+        | Command::Elect(_)
+        | Command::Lock(_)
+        | Command::Snapshot { .. } => {
+            anyhow::bail!("not a client command")
+        }
+    }
+}
+
+/// Writes to stdout; a closed pipe (`warden get … | head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::anyhow!("writing output: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `--command-timeout`: `5` (seconds), `2.5`, `500ms`, `5s`, `1m`.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, unit) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (t, 1.0)
+    };
+    let bad = || {
+        format!("invalid timeout {s:?}: expected seconds (e.g. 5) or a duration like 500ms, 5s, 1m")
+    };
+    let v: f64 = num.trim().parse().map_err(|_| bad())?;
+    let secs = v * unit;
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 * 365.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(parse_timeout("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_timeout("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_timeout("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_timeout("1m"), Ok(Duration::from_secs(60)));
+        for bad in ["", "0", "-1", "abc", "5h", "NaN", "inf", "1e30"] {
+            assert!(parse_timeout(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn global_flags_anywhere() {
+        let cli =
+            Cli::try_parse_from(["warden", "get", "k", "--endpoints", "a:1,b:2", "-w", "json"]);
+        let Ok(cli) = cli else { panic!("{cli:?}") };
+        assert_eq!(
+            cli.global.endpoints,
+            vec!["a:1".to_string(), "b:2".to_string()]
+        );
+        assert_eq!(cli.global.output, Format::Json);
+        assert!(!cli.is_server());
+
+        let cli = Cli::try_parse_from([
+            "warden",
+            "--command-timeout",
+            "1",
+            "--write-out",
+            "table",
+            "member",
+            "list",
+        ]);
+        let Ok(cli) = cli else { panic!("{cli:?}") };
+        assert_eq!(cli.global.command_timeout, Duration::from_secs(1));
+        assert_eq!(cli.global.output, Format::Table);
+        assert!(matches!(cli.command, Command::Member { .. }));
+
+        let cli = Cli::try_parse_from(["warden", "server", "--name", "n1"]);
+        assert!(cli.is_ok_and(|c| c.is_server()));
+        assert!(Cli::try_parse_from(["warden", "get", "k", "-w", "yaml"]).is_err());
+    }
+}

@@ -1,0 +1,549 @@
+//! `warden server` and `warden dev`: flags, configuration file and start-up of
+//! a member; and the local three-member cluster for trying warden out.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::Args;
+use serde::Deserialize;
+
+use warden_server::node::{Node, NodeConfig};
+
+/// Flags of `warden server`. Each is also read from `WARDEN_<FLAG>` and from
+/// the optional TOML file given with `--config` (same names, kebab-case);
+/// a flag beats the environment, which beats the file, which beats the default.
+#[derive(Args, Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServerArgs {
+    /// TOML file with any of the settings below.
+    #[arg(long, env = "WARDEN_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<std::path::PathBuf>,
+    /// Member name, unique in the cluster [default: default].
+    #[arg(long, env = "WARDEN_NAME")]
+    pub name: Option<String>,
+    /// Data directory [default: ./NAME.data, or ./warden.data for "default"].
+    #[arg(long, env = "WARDEN_DATA_DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Address serving clients (etcd v3 gRPC API) [default: 127.0.0.1:2379].
+    #[arg(long, env = "WARDEN_CLIENT_ADDR")]
+    pub client_addr: Option<String>,
+    /// Address serving peers [default: 127.0.0.1:2380].
+    #[arg(long, env = "WARDEN_PEER_ADDR")]
+    pub peer_addr: Option<String>,
+    /// Initial members as name=peer-addr,... [default: NAME=PEER-ADDR].
+    #[arg(long, env = "WARDEN_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Lower bound of the randomized election timeout [default: 1000].
+    #[arg(long, env = "WARDEN_ELECTION_TIMEOUT_MIN_MS")]
+    pub election_timeout_min_ms: Option<u64>,
+    /// Upper bound of the randomized election timeout [default: 2000].
+    #[arg(long, env = "WARDEN_ELECTION_TIMEOUT_MAX_MS")]
+    pub election_timeout_max_ms: Option<u64>,
+    /// Leader heartbeat interval [default: 100].
+    #[arg(long, env = "WARDEN_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Log entries between state-machine snapshots [default: 10000].
+    #[arg(long, env = "WARDEN_SNAPSHOT_ENTRIES")]
+    pub snapshot_entries: Option<u64>,
+    /// Server-side deadline of a request without its own [default: 5000].
+    #[arg(long, env = "WARDEN_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Largest request accepted, in bytes [default: 1572864, like etcd].
+    #[arg(long, env = "WARDEN_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Join a running cluster through any member's client address (a
+    /// comma-separated list is fine): the member is added as a learner and
+    /// promoted once caught up. Only needed the first time; the data dir
+    /// remembers its membership.
+    #[arg(long, env = "WARDEN_JOIN")]
+    pub join: Option<String>,
+    /// Stay a learner after joining (promote with `warden member promote`)
+    /// [default: false].
+    #[arg(long, env = "WARDEN_NO_AUTO_PROMOTE", num_args = 0..=1, default_missing_value = "true")]
+    pub no_auto_promote: Option<bool>,
+    /// Reach some peers through other addresses, as PEER-ADDR=VIA,...
+    /// (a proxy or NAT between members; the tests put a fault-injecting
+    /// proxy there).
+    #[arg(long, env = "WARDEN_PEER_ROUTES")]
+    pub peer_routes: Option<String>,
+}
+
+/// Flags of `warden dev`.
+#[derive(Args, Debug, Clone)]
+pub struct DevArgs {
+    /// Number of members.
+    #[arg(long, default_value_t = 3)]
+    pub members: usize,
+    /// Directory holding each member's data directory.
+    #[arg(long, default_value = "warden-dev")]
+    pub dir: std::path::PathBuf,
+}
+
+/// Strips an optional `http://` scheme: etcd users write URLs, we want host:port.
+fn strip_scheme(s: &str) -> &str {
+    s.trim()
+        .strip_prefix("http://")
+        .unwrap_or(s.trim())
+        .trim_end_matches('/')
+}
+
+fn check_addr(field: &str, addr: &str) -> anyhow::Result<String> {
+    let a = strip_scheme(addr);
+    let ok = a
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !ok {
+        bail!("invalid --{field} {addr:?}: expected host:port, e.g. 127.0.0.1:2379");
+    }
+    Ok(a.to_string())
+}
+
+/// Parses `name=addr,name=addr`; names and addresses must be unique.
+pub fn parse_initial_cluster(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let mut addrs = std::collections::BTreeSet::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, addr) = part.split_once('=').ok_or_else(|| {
+            anyhow!("invalid --initial-cluster entry {part:?}: expected name=host:port")
+        })?;
+        let name = name.trim();
+        if name.is_empty() {
+            bail!("invalid --initial-cluster entry {part:?}: empty member name");
+        }
+        let addr = check_addr("initial-cluster", addr)?;
+        if !addrs.insert(addr.clone()) {
+            bail!("invalid --initial-cluster: peer address {addr} is given to two members");
+        }
+        if out.insert(name.to_string(), addr).is_some() {
+            bail!("invalid --initial-cluster: member name {name:?} appears twice");
+        }
+    }
+    if out.is_empty() {
+        bail!("invalid --initial-cluster: no members");
+    }
+    Ok(out)
+}
+
+impl ServerArgs {
+    /// Fills unset fields from the `--config` file.
+    fn merge_file(mut self) -> anyhow::Result<Self> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("--config {}", path.display()))?;
+        let f: ServerArgs = toml::from_str(&text).map_err(|e| {
+            anyhow!(
+                "--config {}: {}",
+                path.display(),
+                e.to_string().lines().collect::<Vec<_>>().join(" ")
+            )
+        })?;
+        macro_rules! fill {
+            ($($field:ident),*) => { $( if self.$field.is_none() { self.$field = f.$field; } )* };
+        }
+        fill!(
+            name,
+            data_dir,
+            client_addr,
+            peer_addr,
+            initial_cluster,
+            election_timeout_min_ms,
+            election_timeout_max_ms,
+            heartbeat_interval_ms,
+            snapshot_entries,
+            request_timeout_ms,
+            max_request_bytes,
+            join,
+            no_auto_promote,
+            peer_routes
+        );
+        Ok(self)
+    }
+
+    /// Validates everything and produces the member's configuration.
+    pub fn resolve(self) -> anyhow::Result<(NodeConfig, usize)> {
+        let a = self.merge_file()?;
+        let name = a.name.unwrap_or_else(|| "default".to_string());
+        if name.is_empty() || name.contains([',', '=']) || name.chars().any(char::is_whitespace) {
+            bail!("invalid --name {name:?}: must be non-empty without spaces, ',' or '='");
+        }
+        let data_dir = a.data_dir.unwrap_or_else(|| {
+            if name == "default" {
+                PathBuf::from("warden.data")
+            } else {
+                PathBuf::from(format!("{name}.data"))
+            }
+        });
+        let client_addr = check_addr(
+            "client-addr",
+            a.client_addr.as_deref().unwrap_or("127.0.0.1:2379"),
+        )?;
+        let peer_addr = check_addr(
+            "peer-addr",
+            a.peer_addr.as_deref().unwrap_or("127.0.0.1:2380"),
+        )?;
+        if client_addr == peer_addr {
+            bail!("invalid --client-addr: same as --peer-addr ({peer_addr})");
+        }
+        let join: Vec<String> = a
+            .join
+            .as_deref()
+            .map(|j| {
+                j.split(',')
+                    .map(|e| strip_scheme(e).to_string())
+                    .filter(|e| !e.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if a.join.is_some() && join.is_empty() {
+            bail!("invalid --join: give the client address of a running member");
+        }
+        if !join.is_empty() && a.initial_cluster.is_some() {
+            bail!("--join and --initial-cluster cannot be used together: a joining member learns the cluster from it");
+        }
+        let initial_cluster = match a.initial_cluster {
+            Some(s) => parse_initial_cluster(&s)?,
+            None => BTreeMap::from([(name.clone(), peer_addr.clone())]),
+        };
+        match initial_cluster.get(&name) {
+            None => bail!("invalid --initial-cluster: it does not list this member ({name})"),
+            Some(a) if *a != peer_addr => bail!(
+                "invalid --initial-cluster: it gives {name} the peer address {a}, but --peer-addr is {peer_addr}"
+            ),
+            Some(_) => {}
+        }
+        let mut peer_routes = BTreeMap::new();
+        for item in a.peer_routes.iter().flat_map(|r| r.split(',')) {
+            let item = item.trim();
+            if item.is_empty() {
+                continue;
+            }
+            let Some((from, via)) = item.split_once('=') else {
+                bail!("invalid --peer-routes {item:?}: expected PEER-ADDR=VIA");
+            };
+            let from = check_addr("peer-routes", strip_scheme(from))?;
+            let via = check_addr("peer-routes", strip_scheme(via))?;
+            peer_routes.insert(from, via);
+        }
+        let min = a.election_timeout_min_ms.unwrap_or(1000);
+        let max = a.election_timeout_max_ms.unwrap_or(2000);
+        let hb = a.heartbeat_interval_ms.unwrap_or(100);
+        if hb == 0 {
+            bail!("invalid --heartbeat-interval-ms: must be > 0");
+        }
+        if min <= hb {
+            bail!("invalid --election-timeout-min-ms {min}: must be greater than --heartbeat-interval-ms ({hb})");
+        }
+        if max <= min {
+            bail!("invalid --election-timeout-max-ms {max}: must be greater than --election-timeout-min-ms ({min})");
+        }
+        let snapshot_entries = a.snapshot_entries.unwrap_or(10_000);
+        if snapshot_entries == 0 {
+            bail!("invalid --snapshot-entries: must be > 0");
+        }
+        let request_timeout_ms = a.request_timeout_ms.unwrap_or(5000);
+        if request_timeout_ms == 0 {
+            bail!("invalid --request-timeout-ms: must be > 0");
+        }
+        let max_request_bytes = a.max_request_bytes.unwrap_or(1536 * 1024);
+        if max_request_bytes == 0 {
+            bail!("invalid --max-request-bytes: must be > 0");
+        }
+        Ok((
+            NodeConfig {
+                name,
+                data_dir,
+                client_addr,
+                peer_addr,
+                initial_cluster,
+                election_timeout_min_ms: min,
+                election_timeout_max_ms: max,
+                heartbeat_interval_ms: hb,
+                snapshot_entries,
+                request_timeout: Duration::from_millis(request_timeout_ms),
+                join,
+                auto_promote: !a.no_auto_promote.unwrap_or(false),
+                peer_routes,
+            },
+            max_request_bytes,
+        ))
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn bind(field: &str, addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on --{field} {addr}"))
+}
+
+/// Runs one member until SIGINT/SIGTERM, or until the cluster removes it:
+/// stops accepting, lets Raft finish what is in flight, and exits 0.
+pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    let (cfg, max_request_bytes) = args.resolve()?;
+    let peer_listener = bind("peer-addr", &cfg.peer_addr).await?;
+    let client_listener = bind("client-addr", &cfg.client_addr).await?;
+    let node = Node::start(cfg.clone()).await?;
+    tracing::info!(
+        name = %node.name,
+        id = %format!("{:x}", node.id),
+        clients = %cfg.client_addr,
+        peers = %cfg.peer_addr,
+        data_dir = %cfg.data_dir.display(),
+        "warden member started"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let peer = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            warden_proto::peer::raft_peer_server::RaftPeerServer::new(
+                warden_server::node::peer_service::PeerService { node: node.clone() },
+            )
+            .max_decoding_message_size(warden_server::node::network::MAX_MESSAGE)
+            .max_encoding_message_size(warden_server::node::network::MAX_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(peer_listener).with_nodelay(Some(true)),
+            stopped(stop_rx.clone()),
+        );
+    let client = warden_server::api::serve(
+        node.clone(),
+        client_listener,
+        max_request_bytes,
+        stopped(stop_rx),
+    );
+    let peer_task = tokio::spawn(peer);
+    let client_task = tokio::spawn(client);
+
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+        why = node.removed() => tracing::warn!("shutting down: {why}"),
+    }
+    let _ = stop_tx.send(true);
+    node.shutdown().await;
+    let grace = Duration::from_secs(3);
+    let _ = tokio::time::timeout(grace, client_task).await;
+    let _ = tokio::time::timeout(grace, peer_task).await;
+    Ok(())
+}
+
+/// Ports of member `i` (0-based) of the dev cluster, as etcd's Procfile.
+fn dev_ports(i: usize) -> (u16, u16) {
+    match i {
+        0 => (2379, 2380),
+        n => {
+            let base = 10_000 * (n as u16 + 1) + 2379;
+            (base, base + 1)
+        }
+    }
+}
+
+/// Starts a local N-member cluster as child processes and stops it on Ctrl-C.
+pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    if args.members == 0 || args.members > 5 {
+        bail!("invalid --members {}: must be 1 to 5", args.members);
+    }
+    let exe = std::env::current_exe().context("locating the warden binary")?;
+    let names: Vec<String> = (1..=args.members).map(|i| format!("n{i}")).collect();
+    let initial: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{n}=127.0.0.1:{}", dev_ports(i).1))
+        .collect();
+    let initial = initial.join(",");
+    let mut children = Vec::new();
+    let mut endpoints = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let (c, p) = dev_ports(i);
+        let dir: PathBuf = args.dir.join(name);
+        let log = std::fs::File::create(dev_log(&args.dir, name)?)
+            .with_context(|| format!("creating log file under {}", args.dir.display()))?;
+        let child = tokio::process::Command::new(&exe)
+            .arg("server")
+            .args(["--name", name])
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--client-addr", &format!("127.0.0.1:{c}")])
+            .args(["--peer-addr", &format!("127.0.0.1:{p}")])
+            .args(["--initial-cluster", &initial])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting member {name}"))?;
+        println!(
+            "{name}: clients 127.0.0.1:{c}  peers 127.0.0.1:{p}  data {}",
+            dir.display()
+        );
+        endpoints.push(format!("127.0.0.1:{c}"));
+        children.push(child);
+    }
+    let eps = endpoints.join(",");
+    println!();
+    println!("logs: {}/<name>.log   stop: Ctrl-C", args.dir.display());
+    println!("try:");
+    println!("  warden --endpoints {eps} put greeting hello");
+    println!("  warden --endpoints {eps} get greeting");
+    println!("  warden --endpoints {eps} status");
+    println!("  etcdctl --endpoints {eps} member list -w table");
+    shutdown_signal().await;
+    println!("stopping members");
+    for c in &mut children {
+        if let Some(pid) = c.id() {
+            // SIGTERM for a graceful stop; kill_on_drop is the backstop.
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+    for c in &mut children {
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
+    }
+    Ok(())
+}
+
+fn dev_log(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir.join(format!("{name}.log")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServerArgs {
+        ServerArgs {
+            name: Some("n1".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_make_a_single_member() {
+        let (c, max) = args().resolve().unwrap();
+        assert_eq!(c.client_addr, "127.0.0.1:2379");
+        assert_eq!(c.peer_addr, "127.0.0.1:2380");
+        assert_eq!(c.initial_cluster.len(), 1);
+        assert_eq!(c.data_dir, PathBuf::from("n1.data"));
+        assert_eq!(max, 1536 * 1024);
+    }
+
+    #[test]
+    fn bad_configuration_names_the_field() {
+        let cases: Vec<(ServerArgs, &str)> = vec![
+            (
+                ServerArgs {
+                    client_addr: Some("nope".into()),
+                    ..args()
+                },
+                "--client-addr",
+            ),
+            (
+                ServerArgs {
+                    initial_cluster: Some("n2=127.0.0.1:1".into()),
+                    ..args()
+                },
+                "does not list this member",
+            ),
+            (
+                ServerArgs {
+                    initial_cluster: Some("n1=127.0.0.1:2380,n1=127.0.0.1:3".into()),
+                    ..args()
+                },
+                "appears twice",
+            ),
+            (
+                ServerArgs {
+                    initial_cluster: Some("n1=127.0.0.1:2380,n2=127.0.0.1:2380".into()),
+                    ..args()
+                },
+                "two members",
+            ),
+            (
+                ServerArgs {
+                    initial_cluster: Some("n1=127.0.0.1:9".into()),
+                    ..args()
+                },
+                "--peer-addr is",
+            ),
+            (
+                ServerArgs {
+                    election_timeout_min_ms: Some(50),
+                    ..args()
+                },
+                "--election-timeout-min-ms",
+            ),
+            (
+                ServerArgs {
+                    election_timeout_max_ms: Some(900),
+                    ..args()
+                },
+                "--election-timeout-max-ms",
+            ),
+            (
+                ServerArgs {
+                    name: Some("a b".into()),
+                    ..args()
+                },
+                "--name",
+            ),
+        ];
+        for (a, want) in cases {
+            let e = a.resolve().unwrap_err().to_string();
+            assert!(e.contains(want), "{e:?} should mention {want:?}");
+            assert!(!e.contains('\n'), "one line: {e:?}");
+        }
+    }
+
+    #[test]
+    fn config_file_fills_unset_fields_and_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("w.toml");
+        std::fs::write(
+            &p,
+            "name = \"n1\"\nclient-addr = \"http://127.0.0.1:5000\"\nheartbeat-interval-ms = 50\n",
+        )
+        .unwrap();
+        let a = ServerArgs {
+            config: Some(p.clone()),
+            heartbeat_interval_ms: Some(60),
+            ..Default::default()
+        };
+        let (c, _) = a.resolve().unwrap();
+        assert_eq!(c.name, "n1");
+        assert_eq!(c.client_addr, "127.0.0.1:5000");
+        assert_eq!(c.heartbeat_interval_ms, 60, "flag beats file");
+        std::fs::write(&p, "nmae = \"x\"\n").unwrap();
+        let e = ServerArgs {
+            config: Some(p),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("nmae"), "{e}");
+    }
+}

@@ -1,0 +1,53 @@
+//! The `warden` binary: parses the command line, runs the command on a tokio
+//! runtime, and turns a failure into one `Error: …` line on stderr and exit
+//! code 1. Logging (`WARDEN_LOG`, default `info`, to stderr) is set up only
+//! for `server` and `dev`; client commands print nothing but their output.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+mod cli;
+
+use cli::Cli;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.is_server() {
+        init_tracing();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::anyhow!("starting the async runtime: {e}")),
+    };
+    match runtime.block_on(cli.run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prints `Error: <message>` as a single line and returns exit code 1.
+fn fail(e: &anyhow::Error) -> ExitCode {
+    let message = format!("{e:#}");
+    let one_line = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    // Not eprintln!: it panics when stderr is closed.
+    let _ = writeln!(std::io::stderr(), "Error: {one_line}");
+    ExitCode::from(1)
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // try_init: a subscriber set elsewhere is not worth dying over.
+    // Colour only on a terminal: logs usually go to files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

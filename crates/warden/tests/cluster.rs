@@ -1,0 +1,254 @@
+//! Multi-process tests of a 3-member cluster: election, replication,
+//! fail-over under load with SIGKILL, loss of quorum, and catch-up after
+//! restart. Every server is a real `warden server` child process.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop the test
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use tonic::Code;
+
+const ELECT: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_elect_one_leader_and_replicate() {
+    let c = Cluster::start(3);
+    let leader = c.wait_leader(ELECT).await;
+
+    // Exactly one member says it is the leader, and all name the same one.
+    let mut ids = Vec::new();
+    let mut leaders = Vec::new();
+    for m in &c.members {
+        let s = status(&m.client).await.expect("status");
+        let h = s.header.expect("header");
+        ids.push(h.member_id);
+        leaders.push(s.leader);
+        assert!(h.cluster_id != 0 && h.raft_term > 0);
+    }
+    assert!(leaders.iter().all(|l| *l == leaders[0]));
+    assert_eq!(ids.iter().filter(|id| **id == leaders[0]).count(), 1);
+    assert_eq!(ids[leader], leaders[0]);
+
+    // A put through each member is readable, linearizably, on every member.
+    for (i, m) in c.members.iter().enumerate() {
+        let r = put(&m.client, &format!("k{i}"), &format!("v{i}"))
+            .await
+            .expect("put");
+        assert!(r.header.expect("header").revision >= 2);
+        for other in &c.members {
+            let v = get(&other.client, &format!("k{i}"), false)
+                .await
+                .expect("get");
+            assert_eq!(
+                v,
+                Some(format!("v{i}").into_bytes()),
+                "read on {}",
+                other.name
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_reads_its_own_writes_serializably() {
+    // etcd answers a write only once the member that took it has applied
+    // it, so a serializable read there right after sees it.
+    let c = Cluster::start(3);
+    let leader = c.wait_leader(ELECT).await;
+    let f = c.members[(leader + 1) % 3].client.clone();
+    for i in 0..100 {
+        let v = i.to_string();
+        put(&f, "ryw", &v).await.expect("put");
+        assert_eq!(
+            get(&f, "ryw", true).await.expect("get"),
+            Some(v.into_bytes()),
+            "write {i} not yet visible on the member that took it"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kill_under_load_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(ELECT).await;
+    let endpoints: Vec<String> = c.members.iter().map(|m| m.client.clone()).collect();
+
+    // A writer that round-robins over the members and records every put the
+    // cluster acknowledged.
+    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let acked = acked.clone();
+        let stop = stop.clone();
+        let endpoints = endpoints.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut failures = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let ep = &endpoints[(n as usize) % endpoints.len()];
+                let (k, v) = (format!("w/{n:06}"), format!("value-{n}"));
+                match put(ep, &k, &v).await {
+                    Ok(_) => {
+                        acked.lock().unwrap().insert(k, v);
+                    }
+                    Err(_) => failures += 1,
+                }
+                n += 1;
+            }
+            (n, failures)
+        })
+    };
+
+    let acked_count = |acked: &Arc<Mutex<BTreeMap<String, String>>>| acked.lock().unwrap().len();
+    eventually(Duration::from_secs(20), || {
+        let n = acked_count(&acked);
+        async move {
+            if n >= 50 {
+                Ok(())
+            } else {
+                Err(format!("{n} acked"))
+            }
+        }
+    })
+    .await;
+
+    c.kill(leader);
+    let before_kill = acked_count(&acked);
+    let new_leader = c.wait_leader(ELECT).await;
+    assert_ne!(new_leader, leader);
+
+    // Writes succeed again after the fail-over.
+    eventually(Duration::from_secs(20), || {
+        let n = acked_count(&acked);
+        async move {
+            if n >= before_kill + 50 {
+                Ok(())
+            } else {
+                Err(format!("{n} acked, {before_kill} before the kill"))
+            }
+        }
+    })
+    .await;
+    // The new leader reports the dead peer in its status.
+    let dead_peer = c.members[leader].peer.clone();
+    let new_leader_ep = c.members[new_leader].client.clone();
+    eventually(Duration::from_secs(20), || {
+        let (ep, dead) = (new_leader_ep.clone(), dead_peer.clone());
+        async move {
+            let st = common::status(&ep).await.map_err(|e| e.to_string())?;
+            if st
+                .errors
+                .iter()
+                .any(|e| e.contains(&dead) && e.contains("disconnected"))
+            {
+                Ok(())
+            } else {
+                Err(format!("status errors {:?}", st.errors))
+            }
+        }
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (attempts, _failures) = writer.await.expect("writer");
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() as u64 <= attempts);
+
+    // Every acknowledged write is on both survivors (linearizable reads).
+    for (i, m) in c.members.iter().enumerate() {
+        if i == leader {
+            continue;
+        }
+        let got: BTreeMap<String, String> = get_prefix(&m.client, "w/")
+            .await
+            .expect("range")
+            .into_iter()
+            .collect();
+        for (k, v) in &acked {
+            assert_eq!(
+                got.get(k),
+                Some(v),
+                "acknowledged {k} missing on {}",
+                m.name
+            );
+        }
+    }
+
+    // The killed member restarts on its data dir and catches up.
+    c.restart(leader);
+    let client = c.members[leader].client.clone();
+    eventually(Duration::from_secs(30), || {
+        let client = client.clone();
+        let acked = acked.clone();
+        async move {
+            let got: BTreeMap<String, String> = get_prefix(&client, "w/")
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .collect();
+            match acked.iter().find(|(k, v)| got.get(*k) != Some(*v)) {
+                None => Ok(()),
+                Some((k, _)) => Err(format!("restarted member lacks {k}")),
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_quorum_fails_fast_and_recovers() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(ELECT).await;
+    put(&c.members[leader].client, "before", "1")
+        .await
+        .expect("put");
+
+    // Kill two members, the leader among them.
+    let survivor = (leader + 1) % 3;
+    c.kill(leader);
+    c.kill((leader + 2) % 3);
+
+    // Writes fail with Unavailable; the client's own 5 s timeout would
+    // surface as Cancelled/DeadlineExceeded instead, so the code proves the
+    // server answered within its request deadline (3 s) rather than hanging.
+    for i in 0..3 {
+        let err = put(&c.members[survivor].client, &format!("during{i}"), "x")
+            .await
+            .expect_err("a write without quorum must fail");
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    }
+    // Linearizable reads fail the same way; serializable reads still work.
+    let err = get(&c.members[survivor].client, "before", false)
+        .await
+        .expect_err("no quorum read");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(
+        get(&c.members[survivor].client, "before", true)
+            .await
+            .expect("serializable"),
+        Some(b"1".to_vec())
+    );
+
+    // One member back: quorum again, writes resume.
+    c.restart(leader);
+    let client = c.members[survivor].client.clone();
+    eventually(Duration::from_secs(30), || {
+        let client = client.clone();
+        async move {
+            put(&client, "after", "2")
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    assert_eq!(
+        get(&c.members[leader].client, "after", false)
+            .await
+            .expect("get"),
+        Some(b"2".to_vec())
+    );
+}

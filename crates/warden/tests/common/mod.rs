@@ -1,0 +1,322 @@
+//! Multi-process test harness: starts real `warden server` children on ports
+//! picked at run time, kills them with SIGKILL, restarts them on the same data
+//! directory, and talks to them over the etcd gRPC API.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use warden_proto::etcdserverpb as pb;
+use warden_proto::etcdserverpb::kv_client::KvClient;
+use warden_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_warden");
+
+/// Ports for `n` listeners (see `warden_testkit::ports`).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    warden_testkit::ports::free_ports(n).expect("free ports")
+}
+
+pub struct Member {
+    /// Started with --join (not part of --initial-cluster).
+    pub joined: bool,
+    /// Extra flags for this member only.
+    pub args: Vec<String>,
+    pub name: String,
+    pub client: String,
+    pub peer: String,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub members: Vec<Member>,
+    pub initial: String,
+    /// Extra flags every member gets.
+    pub extra: Vec<String>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` members with short timeouts (election 300-600 ms, heartbeat 50 ms).
+    pub fn start(n: usize) -> Cluster {
+        Self::start_with(n, &[])
+    }
+
+    /// Like `start`, with extra server flags for every member.
+    pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
+        let mut c = Self::stopped(n, extra);
+        for i in 0..n {
+            c.restart(i);
+        }
+        c
+    }
+
+    /// A cluster definition with ports and data dirs, nothing started.
+    pub fn stopped(n: usize, extra: &[&str]) -> Cluster {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ports = free_ports(2 * n);
+        let mut members = Vec::new();
+        for i in 0..n {
+            members.push(Member {
+                joined: false,
+                args: Vec::new(),
+                name: format!("n{}", i + 1),
+                client: format!("127.0.0.1:{}", ports[2 * i]),
+                peer: format!("127.0.0.1:{}", ports[2 * i + 1]),
+                dir: tmp.path().join(format!("n{}", i + 1)),
+                child: None,
+            });
+        }
+        let initial = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        Cluster {
+            members,
+            initial,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            _tmp: tmp,
+        }
+    }
+
+    /// (Re)starts member `i` on its data directory.
+    pub fn restart(&mut self, i: usize) {
+        let m = &self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self._tmp.path().join(format!("{}.log", m.name)))
+            .expect("log file");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("server")
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&m.dir)
+            .args(["--client-addr", &m.client])
+            .args(["--peer-addr", &m.peer]);
+        if !m.joined {
+            cmd.args(["--initial-cluster", &self.initial]);
+        } else if !m.dir.exists() {
+            // First start: join through the original members.
+            let others: Vec<String> = self
+                .members
+                .iter()
+                .filter(|o| !o.joined)
+                .map(|o| o.client.clone())
+                .collect();
+            cmd.args(["--join", &others.join(",")]);
+        }
+        let child = cmd
+            .args(&self.extra)
+            .args(&m.args)
+            .args(["--election-timeout-min-ms", "300"])
+            .args(["--election-timeout-max-ms", "600"])
+            .args(["--heartbeat-interval-ms", "50"])
+            .args(["--request-timeout-ms", "3000"])
+            .env("WARDEN_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn warden server");
+        self.members[i].child = Some(child);
+    }
+
+    /// Adds a member that joins the running cluster with `--join`; returns
+    /// its index.
+    pub fn join(&mut self, name: &str) -> usize {
+        let ports = free_ports(2);
+        self.members.push(Member {
+            joined: true,
+            args: Vec::new(),
+            name: name.to_string(),
+            client: format!("127.0.0.1:{}", ports[0]),
+            peer: format!("127.0.0.1:{}", ports[1]),
+            dir: self._tmp.path().join(name),
+            child: None,
+        });
+        let i = self.members.len() - 1;
+        self.restart(i);
+        i
+    }
+
+    /// SIGKILL member `i`.
+    /// Waits (bounded) for member `i`'s process to exit by itself; its exit
+    /// status, or `None` if it is still running at the deadline.
+    pub async fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.members[i].child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.members[i].child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| m.client.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(
+            self._tmp
+                .path()
+                .join(format!("{}.log", self.members[i].name)),
+        )
+        .unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self._tmp.path()
+    }
+
+    /// Polls members' Status until the running ones agree on one leader;
+    /// returns the index of the leader member.
+    pub async fn wait_leader(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut leaders = Vec::new();
+            let mut alive = 0;
+            for m in &self.members {
+                if m.child.is_none() {
+                    continue;
+                }
+                alive += 1;
+                if let Ok(s) = status(&m.client).await {
+                    if s.leader != 0 {
+                        leaders.push(s.leader);
+                    }
+                }
+            }
+            if alive > 0 && leaders.len() == alive && leaders.iter().all(|l| *l == leaders[0]) {
+                let id = leaders[0];
+                for (i, m) in self.members.iter().enumerate() {
+                    if m.child.is_some() {
+                        if let Ok(s) = status(&m.client).await {
+                            if s.header.as_ref().map(|h| h.member_id) == Some(id) {
+                                return i;
+                            }
+                        }
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+pub async fn channel(addr: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy()
+}
+
+pub async fn kv(addr: &str) -> KvClient<Channel> {
+    KvClient::new(channel(addr).await)
+}
+
+pub async fn status(addr: &str) -> Result<pb::StatusResponse, tonic::Status> {
+    let mut c = MaintenanceClient::new(channel(addr).await);
+    c.status(pb::StatusRequest {}).await.map(|r| r.into_inner())
+}
+
+pub async fn put(addr: &str, key: &str, value: &str) -> Result<pb::PutResponse, tonic::Status> {
+    kv(addr)
+        .await
+        .put(pb::PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Linearizable (or serializable) get of one key's value.
+pub async fn get(
+    addr: &str,
+    key: &str,
+    serializable: bool,
+) -> Result<Option<Vec<u8>>, tonic::Status> {
+    let r = kv(addr)
+        .await
+        .range(pb::RangeRequest {
+            key: key.into(),
+            serializable,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(r.kvs.into_iter().next().map(|kv| kv.value))
+}
+
+/// All keys with `prefix` (linearizable).
+pub async fn get_prefix(addr: &str, prefix: &str) -> Result<Vec<(String, String)>, tonic::Status> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    let r = kv(addr)
+        .await
+        .range(pb::RangeRequest {
+            key: prefix.into(),
+            range_end: end,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(r.kvs
+        .into_iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(&kv.key).into_owned(),
+                String::from_utf8_lossy(&kv.value).into_owned(),
+            )
+        })
+        .collect())
+}
+
+/// Retries `f` until it returns Ok; fails the test once the deadline passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    match warden_testkit::poll::until(timeout, f).await {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
+}

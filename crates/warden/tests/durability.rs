@@ -1,0 +1,214 @@
+//! Durability of a member across crashes and damage (SPEC D1, D3): SIGKILL
+//! under a continuous writer loses no acknowledged write; a record damaged on
+//! disk stops the server with an error naming the file instead of serving; a
+//! graceful SIGTERM exits 0; bad configuration exits non-zero with one line.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop the test
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(1);
+    c.wait_leader(Duration::from_secs(20)).await;
+    let ep = c.members[0].client.clone();
+
+    let mut acked = BTreeMap::new();
+    for round in 0..3 {
+        // Concurrent writers, then SIGKILL while they are running.
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let ep = ep.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut ok = Vec::new();
+                for i in 0..1000 {
+                    let (k, v) = (format!("d/{round}/{w}/{i:04}"), format!("v{i}"));
+                    match put(&ep, &k, &v).await {
+                        Ok(_) => ok.push((k, v)),
+                        Err(_) => break,
+                    }
+                }
+                ok
+            }));
+        }
+        // Let some writes land, then kill mid-stream.
+        let n = ep.clone();
+        eventually(Duration::from_secs(20), || {
+            let n = n.clone();
+            async move {
+                let got = get_prefix(&n, &format!("d/{round}/"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if got.len() >= 100 {
+                    Ok(())
+                } else {
+                    Err(format!("{} written", got.len()))
+                }
+            }
+        })
+        .await;
+        c.kill(0);
+        for t in tasks {
+            acked.extend(t.await.expect("writer"));
+        }
+        c.restart(0);
+        c.wait_leader(Duration::from_secs(20)).await;
+        let got: BTreeMap<String, String> = get_prefix(&ep, "d/")
+            .await
+            .expect("range")
+            .into_iter()
+            .collect();
+        for (k, v) in &acked {
+            assert_eq!(
+                got.get(k),
+                Some(v),
+                "round {round}: acknowledged {k} lost after kill -9"
+            );
+        }
+    }
+    assert!(
+        acked.len() >= 300,
+        "only {} writes acknowledged",
+        acked.len()
+    );
+}
+
+/// Flips one byte in every occurrence of `needle` in the file.
+fn damage(path: &std::path::Path, needle: &[u8]) -> usize {
+    let mut bytes = std::fs::read(path).expect("read log");
+    let mut hits = 0;
+    let mut i = 0;
+    while i + needle.len() <= bytes.len() {
+        if &bytes[i..i + needle.len()] == needle {
+            bytes[i + needle.len() / 2] ^= 0x20;
+            hits += 1;
+            i += needle.len();
+        } else {
+            i += 1;
+        }
+    }
+    std::fs::write(path, bytes).expect("write log");
+    hits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_log_record_stops_the_server_with_a_clear_error() {
+    let mut c = Cluster::start(1);
+    c.wait_leader(Duration::from_secs(20)).await;
+    let ep = c.members[0].client.clone();
+    put(&ep, "before", "fine").await.expect("put");
+    put(&ep, "victim", "PLEASE-DAMAGE-THIS-RECORD-0123456789")
+        .await
+        .expect("put");
+    put(&ep, "after", "fine").await.expect("put");
+    c.kill(0);
+
+    let log = c.members[0].dir.join("raft.redb");
+    assert!(
+        damage(&log, b"PLEASE-DAMAGE-THIS-RECORD-0123456789") > 0,
+        "record not found in {}",
+        log.display()
+    );
+
+    let out = Command::new(BIN)
+        .arg("server")
+        .args(["--name", &c.members[0].name])
+        .arg("--data-dir")
+        .arg(&c.members[0].dir)
+        .args(["--client-addr", &c.members[0].client])
+        .args(["--peer-addr", &c.members[0].peer])
+        .args(["--initial-cluster", &c.initial])
+        .output()
+        .expect("run server");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "server must refuse a damaged log; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("raft.redb"),
+        "error must name the file: {stderr}"
+    );
+    assert!(
+        stderr.contains("corrupt") || stderr.contains("checksum"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_gracefully_and_restart_resumes() {
+    let mut c = Cluster::start(1);
+    c.wait_leader(Duration::from_secs(20)).await;
+    let ep = c.members[0].client.clone();
+    put(&ep, "k", "v1").await.expect("put");
+    let mut child = c.members[0].child.take().expect("child");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status:?}");
+    c.restart(0);
+    c.wait_leader(Duration::from_secs(20)).await;
+    assert_eq!(
+        get(&ep, "k", false).await.expect("get"),
+        Some(b"v1".to_vec())
+    );
+}
+
+#[test]
+fn bad_configuration_exits_nonzero_with_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--name", "n1", "--initial-cluster", "n2=127.0.0.1:1"],
+            "initial-cluster",
+        ),
+        (
+            &["--name", "n1", "--client-addr", "localhost"],
+            "client-addr",
+        ),
+        (
+            &[
+                "--name",
+                "n1",
+                "--election-timeout-min-ms",
+                "2000",
+                "--election-timeout-max-ms",
+                "1500",
+            ],
+            "election-timeout-max-ms",
+        ),
+    ];
+    for (args, field) in cases {
+        let out = Command::new(BIN)
+            .arg("server")
+            .arg("--data-dir")
+            .arg(dir.path().join("d"))
+            .args(args)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} must fail");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "one line for {args:?}, got: {stderr}");
+        assert!(lines[0].contains(field), "{field} not named in {stderr}");
+    }
+}
