@@ -362,3 +362,29 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod dump_v0 {
+    use super::*;
+    use std::fmt::Write as _;
+
+    #[test]
+    #[ignore]
+    fn dump_v0_redb() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let db = Database::create(dir.join("v0-raft.redb")).unwrap();
+        let r = db.begin_read().unwrap();
+        let mut out = String::new();
+        for item in r.open_table(ENTRIES).unwrap().iter().unwrap() {
+            let (k, v) = item.unwrap();
+            let hex: String = v.value().iter().map(|b| format!("{b:02x}")).collect();
+            writeln!(out, "entries {} {hex}", k.value()).unwrap();
+        }
+        for item in r.open_table(META).unwrap().iter().unwrap() {
+            let (k, v) = item.unwrap();
+            let hex: String = v.value().iter().map(|b| format!("{b:02x}")).collect();
+            writeln!(out, "meta {} {hex}", k.value()).unwrap();
+        }
+        std::fs::write(dir.join("v0-raft-records.txt"), out).unwrap();
+    }
+}

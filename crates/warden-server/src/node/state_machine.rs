@@ -387,3 +387,73 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         }))
     }
 }
+
+/// Fixed sample values behind the golden-bytes fixtures in
+/// `crates/warden-core/tests/fixtures/`. Changing any value here changes the
+/// fixtures: don't.
+#[cfg(test)]
+pub(crate) mod samples {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::testing::log_id;
+    use openraft::{EntryPayload, Membership};
+    use warden_core::state::types::PutRequest;
+    use warden_core::state::{Command, StateMachine};
+
+    use super::SmData;
+    use crate::node::types::{Entry, LogId, Member, Request, StoredMembership, TypeConfig, Vote};
+
+    /// Where the fixtures live, from this crate's manifest dir.
+    pub const FIXTURES: &str = "../warden-core/tests/fixtures";
+
+    pub fn put() -> Command {
+        Command::Put(PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+    }
+
+    pub fn entry() -> Entry {
+        Entry {
+            log_id: log_id::<TypeConfig>(2, 1, 5),
+            payload: EntryPayload::Normal(Request::Kv(put())),
+        }
+    }
+
+    pub fn vote() -> Vote {
+        Vote::new_committed(2, 1)
+    }
+
+    pub fn committed() -> Option<LogId> {
+        Some(log_id::<TypeConfig>(2, 1, 5))
+    }
+
+    pub fn purged() -> LogId {
+        log_id::<TypeConfig>(1, 1, 3)
+    }
+
+    pub fn data() -> SmData {
+        let mut kv = StateMachine::new();
+        kv.apply(&put());
+        let member = Member {
+            name: "n1".into(),
+            peer_addr: "127.0.0.1:2380".into(),
+        };
+        let membership = Membership::new(
+            vec![BTreeSet::from([1u64])],
+            BTreeMap::from([(1u64, member)]),
+        )
+        .expect("valid membership");
+        SmData {
+            kv,
+            last_applied: Some(log_id::<TypeConfig>(2, 1, 5)),
+            last_membership: StoredMembership::new(
+                Some(log_id::<TypeConfig>(1, 1, 1)),
+                membership,
+            ),
+            client_addrs: BTreeMap::from([(1, "127.0.0.1:2379".to_string())]),
+            names: BTreeMap::from([(1, "n1".to_string())]),
+        }
+    }
+}
