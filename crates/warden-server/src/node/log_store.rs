@@ -14,7 +14,7 @@ use openraft::RaftLogReader;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::types::{Entry, LogId, SnapshotMeta, TypeConfig, Vote};
+use super::types::{Entry, LogId, TypeConfig, Vote};
 use warden_core::storage::log_db::LogDb;
 
 const VOTE: &str = "vote";
@@ -209,51 +209,5 @@ mod tests {
         assert_eq!(state.last_log_id, Some(log_id::<TypeConfig>(3, 7, 10)));
         let rest = st.try_get_log_entries(7..11).await.expect("read");
         assert_eq!(rest.len(), 4);
-    }
-}
-
-#[cfg(test)]
-mod gen_v0 {
-    use super::*;
-    use crate::node::state_machine::{export, samples};
-
-    /// Writes the pre-change (format 0) fixtures with the code as it was.
-    #[tokio::test]
-    #[ignore]
-    async fn write_v0_fixtures() {
-        let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(samples::FIXTURES);
-        std::fs::create_dir_all(&out).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft.redb");
-        {
-            let db = LogDb::open(&path).unwrap();
-            let mut st = LogStore::new(Arc::new(db));
-            let e = samples::entry();
-            let body = enc(&e).unwrap();
-            std::fs::write(out.join("v0-entry-payload.bin"), &body).unwrap();
-            st.db.append(&[(5, body)]).unwrap();
-            st.save_vote(&samples::vote()).await.unwrap();
-            st.save_committed(samples::committed()).await.unwrap();
-            st.purge(samples::purged()).await.unwrap();
-        }
-        std::fs::copy(&path, out.join("v0-raft.redb")).unwrap();
-        let data = samples::data();
-        let meta = SnapshotMeta {
-            last_log_id: data.last_applied,
-            last_membership: data.last_membership.clone(),
-        };
-        let m = postcard::to_allocvec(&meta).unwrap();
-        let b = postcard::to_allocvec(&data).unwrap();
-        std::fs::write(
-            out.join("v0-snapshot.snap"),
-            warden_core::storage::snapshot_file::encode(&m, &b),
-        )
-        .unwrap();
-        std::fs::write(out.join("v0-backup.db"), export(&data).unwrap()).unwrap();
-        std::fs::write(
-            out.join("v0-state-machine.wdnsnap1"),
-            data.kv.to_snapshot_bytes().unwrap(),
-        )
-        .unwrap();
     }
 }

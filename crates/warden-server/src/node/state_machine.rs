@@ -448,10 +448,7 @@ pub(crate) mod samples {
         SmData {
             kv,
             last_applied: Some(log_id::<TypeConfig>(2, 1, 5)),
-            last_membership: StoredMembership::new(
-                Some(log_id::<TypeConfig>(1, 1, 1)),
-                membership,
-            ),
+            last_membership: StoredMembership::new(Some(log_id::<TypeConfig>(1, 1, 1)), membership),
             client_addrs: BTreeMap::from([(1, "127.0.0.1:2379".to_string())]),
             names: BTreeMap::from([(1, "n1".to_string())]),
         }
