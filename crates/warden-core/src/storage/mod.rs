@@ -4,8 +4,8 @@
 //! about Raft or key-value semantics.
 //!
 //! Must never: import `state` (the dependency goes the other way: `state`
-//! frames its snapshots with [`format`], which does no IO), or write bytes in
-//! a layout [`format`] does not define.
+//! frames its snapshots with [`mod@format`], which does no IO), or write bytes in
+//! a layout [`mod@format`] does not define.
 
 pub mod format;
 pub mod log_db;
