@@ -82,10 +82,7 @@ pub const RECORD_HEADER_LEN: usize = 1 + 4;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
     /// The bytes carry a format version this build cannot read.
-    #[error(
-        "{what} has format version {found}, this build reads {supported}; it was written by a \
-         newer warden: run that version, or restore from a backup this version can read"
-    )]
+    #[error("{what} has format version {found}, this build reads {supported}{}", hint(*.found))]
     UnsupportedVersion {
         what: &'static str,
         found: u32,
@@ -123,6 +120,17 @@ impl fmt::Display for Versions {
             write!(f, "{v}")?;
         }
         Ok(())
+    }
+}
+
+/// What to do about a version this build cannot read.
+fn hint(found: u32) -> &'static str {
+    let newest = SUPPORTED_VERSIONS.iter().max().copied().unwrap_or(0);
+    if found > newest {
+        "; it was written by a newer warden: run that version, or restore from a backup \
+         this version can read"
+    } else {
+        " (not a version any warden wrote: the data is damaged)"
     }
 }
 
@@ -323,6 +331,13 @@ mod tests {
         let e = decode_record(&r).unwrap_err().to_string();
         assert!(e.contains("format version 99"), "{e}");
         assert!(e.contains("reads version 1"), "{e}");
+        assert!(e.contains("newer warden"), "{e}");
+        r[0] = 0;
+        let e = decode_record(&r).unwrap_err().to_string();
+        assert!(
+            e.contains("format version 0") && e.contains("damaged"),
+            "{e}"
+        );
         let mut s = encode_snapshot(b"m", b"b");
         s[8] = 99;
         let e = decode_snapshot(&s).unwrap_err().to_string();
