@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::lock_table::LockError;
+use crate::storage::format::FormatError;
 
 /// An error a request gets from the state machine. `Display` is etcd's error
 /// string for the mvcc/etcdserver error; [`StateError::grpc_message`] is the
@@ -133,21 +134,18 @@ impl StateError {
     }
 }
 
-/// Why a snapshot could not be read (or, in theory, written).
+/// Why a snapshot could not be read (or, in theory, written). Framing
+/// errors (magic, version, length, checksum) come from
+/// [`crate::storage::format`], the one owner of the snapshot frame.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum SnapshotError {
-    #[error("snapshot is too short: {len} bytes, the header alone is {header} bytes")]
-    TooShort { len: usize, header: usize },
-    #[error("not a warden state snapshot: bad magic bytes {found:02x?}")]
-    BadMagic { found: Vec<u8> },
-    #[error("unsupported snapshot format version {found} (this build reads version {supported})")]
-    UnsupportedVersion { found: u32, supported: u32 },
-    #[error("snapshot body length mismatch: header says {expected} bytes, found {actual}")]
-    LengthMismatch { expected: u64, actual: u64 },
+    #[error("state snapshot: {0}")]
+    Frame(#[from] FormatError),
     #[error(
-        "snapshot checksum mismatch: header says {expected:#010x}, body hashes to {actual:#010x}"
+        "state snapshot carries {0} bytes of Raft metadata: it is a member snapshot or backup, \
+         not a bare state-machine snapshot"
     )]
-    ChecksumMismatch { expected: u32, actual: u32 },
+    UnexpectedMeta(usize),
     #[error("snapshot body cannot be decoded: {0}")]
     Decode(String),
     #[error("snapshot body is inconsistent: {0}")]

@@ -2,20 +2,22 @@
 //! log, `StateMachine::apply` (command → result, new revision, events), reads
 //! served outside the log, and the snapshot format.
 //!
-//! Snapshot format (all integers little-endian):
-//!
-//! | bytes | field                                      |
-//! |-------|--------------------------------------------|
-//! | 8     | magic `b"WDNSNAP1"`                        |
-//! | 4     | format version (`u32`, currently 1)        |
-//! | 8     | body length (`u64`)                        |
-//! | 4     | CRC32 (IEEE) of the body                   |
-//! | n     | body: the `StateMachine`, postcard-encoded |
+//! Snapshots: [`StateMachine::to_snapshot_bytes`] is the postcard encoding
+//! of the `StateMachine` in the one snapshot frame of
+//! [`crate::storage::format`] (magic `WDNSNAPF`, format version, lengths,
+//! CRC32), with an empty meta section; member snapshot files and backups use
+//! the same frame with the Raft metadata as meta. The version in the frame
+//! versions this encoding too: reordering a `Command` variant or a field of
+//! the state changes what stored bytes mean, so it must bump
+//! [`crate::storage::format::FORMAT_VERSION`] (see that module).
 //!
 //! Encoding is deterministic (ordered maps only), so replicas that applied the
 //! same commands produce byte-identical snapshots. A snapshot with a wrong
 //! magic, version, length or checksum, or a body that does not decode to a
 //! consistent store, is refused with a [`SnapshotError`] naming the problem.
+//! Snapshots of builds before the frame was shared (magic `WDNSNAP1`) were
+//! only ever made by tests, never stored in a data dir: they are refused as
+//! foreign (bad magic).
 //! Like the rest of `state`, nothing here does IO or reads clocks.
 
 use std::fmt;
@@ -26,6 +28,8 @@ use super::error::{SnapshotError, StateError};
 use super::lease::LeaseTable;
 use super::lock_table::{AcquireOutcome, AcquireRequest, LockEvent, LockTable};
 use super::mvcc::MvccStore;
+use crate::storage::format;
+
 use super::types::{
     CompactionRequest, DeleteRangeRequest, DeleteRangeResponse, Event, PutRequest, PutResponse,
     RangeRequest, RangeResponse, TxnRequest, TxnResponse,
@@ -108,13 +112,6 @@ pub struct StateMachine {
     leases: LeaseTable,
     locks: LockTable,
 }
-
-/// Magic bytes opening every snapshot.
-pub const SNAPSHOT_MAGIC: [u8; 8] = *b"WDNSNAP1";
-/// The snapshot format version this build writes and reads.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
-/// Length of the snapshot header before the body.
-pub const SNAPSHOT_HEADER_LEN: usize = 8 + 4 + 8 + 4;
 
 impl StateMachine {
     /// A fresh state machine (store at revision 1).
@@ -315,54 +312,16 @@ impl StateMachine {
     /// length); the `Result` only avoids a panic path.
     pub fn to_snapshot_bytes(&self) -> Result<Vec<u8>, SnapshotError> {
         let body = postcard::to_stdvec(self).map_err(|e| SnapshotError::Encode(e.to_string()))?;
-        let mut out = Vec::with_capacity(SNAPSHOT_HEADER_LEN + body.len());
-        out.extend_from_slice(&SNAPSHOT_MAGIC);
-        out.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        out.extend_from_slice(&body);
-        Ok(out)
+        Ok(format::encode_snapshot(&[], &body))
     }
 
     /// Decodes a snapshot made by [`StateMachine::to_snapshot_bytes`],
-    /// refusing anything truncated, foreign, corrupt or inconsistent.
+    /// refusing anything truncated, foreign, corrupt, of another format
+    /// version, or inconsistent.
     pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<Self, SnapshotError> {
-        let too_short = || SnapshotError::TooShort {
-            len: bytes.len(),
-            header: SNAPSHOT_HEADER_LEN,
-        };
-        let field = |from: usize, to: usize| bytes.get(from..to).ok_or_else(too_short);
-        let magic = field(0, 8)?;
-        let version = field(8, 12)?;
-        let len = field(12, 20)?;
-        let crc = field(20, SNAPSHOT_HEADER_LEN)?;
-        let body = bytes.get(SNAPSHOT_HEADER_LEN..).ok_or_else(too_short)?;
-        if magic != SNAPSHOT_MAGIC {
-            return Err(SnapshotError::BadMagic {
-                found: magic.to_vec(),
-            });
-        }
-        let version = u32::from_le_bytes(le_array(version));
-        if version != SNAPSHOT_FORMAT_VERSION {
-            return Err(SnapshotError::UnsupportedVersion {
-                found: version,
-                supported: SNAPSHOT_FORMAT_VERSION,
-            });
-        }
-        let expected_len = u64::from_le_bytes(le_array(len));
-        if expected_len != body.len() as u64 {
-            return Err(SnapshotError::LengthMismatch {
-                expected: expected_len,
-                actual: body.len() as u64,
-            });
-        }
-        let expected_crc = u32::from_le_bytes(le_array(crc));
-        let actual_crc = crc32fast::hash(body);
-        if expected_crc != actual_crc {
-            return Err(SnapshotError::ChecksumMismatch {
-                expected: expected_crc,
-                actual: actual_crc,
-            });
+        let (meta, body) = format::decode_snapshot(bytes)?;
+        if !meta.is_empty() {
+            return Err(SnapshotError::UnexpectedMeta(meta.len()));
         }
         let (machine, rest): (StateMachine, &[u8]) =
             postcard::take_from_bytes(body).map_err(|e| SnapshotError::Decode(e.to_string()))?;
@@ -375,16 +334,6 @@ impl StateMachine {
         machine.check_invariants().map_err(SnapshotError::Invalid)?;
         Ok(machine)
     }
-}
-
-/// Copies a header field into a fixed array; the caller's split sizes
-/// guarantee the length, a shorter slice leaves zeros.
-fn le_array<const N: usize>(s: &[u8]) -> [u8; N] {
-    let mut a = [0u8; N];
-    for (dst, src) in a.iter_mut().zip(s) {
-        *dst = *src;
-    }
-    a
 }
 
 /// Writes at most 48 bytes of a key, escaped, then the total length if cut.
@@ -478,6 +427,7 @@ impl fmt::Display for Command {
 mod tests {
     use super::*;
     use crate::state::types::{EventKind, KeyValue};
+    use crate::storage::format::FormatError;
 
     fn put(k: &str, v: &str) -> Command {
         Command::Put(PutRequest {
@@ -698,13 +648,18 @@ mod tests {
     fn snapshot_round_trip() {
         let m = sample();
         let bytes = m.to_snapshot_bytes().unwrap();
-        assert_eq!(&bytes[..8], b"WDNSNAP1");
+        assert_eq!(&bytes[..8], b"WDNSNAPF");
         let back = StateMachine::from_snapshot_bytes(&bytes).unwrap();
         assert_eq!(back, m);
         assert_eq!(back.to_snapshot_bytes().unwrap(), bytes);
         assert_eq!(back.hash_kv(0), m.hash_kv(0));
         // Deterministic: an independent replica yields the same bytes.
         assert_eq!(sample().to_snapshot_bytes().unwrap(), bytes);
+    }
+
+    /// Frames `body` as a snapshot with a valid checksum.
+    fn framed(meta: &[u8], body: &[u8]) -> Vec<u8> {
+        format::encode_snapshot(meta, body)
     }
 
     #[test]
@@ -731,50 +686,63 @@ mod tests {
         b.push(0);
         assert!(matches!(
             StateMachine::from_snapshot_bytes(&b),
-            Err(SnapshotError::LengthMismatch { .. })
+            Err(SnapshotError::Frame(FormatError::LengthMismatch { .. }))
         ));
 
         let mut b = bytes.clone();
         b[0] = b'X';
         assert!(matches!(
             StateMachine::from_snapshot_bytes(&b),
-            Err(SnapshotError::BadMagic { .. })
+            Err(SnapshotError::Frame(FormatError::BadMagic { .. }))
         ));
         let mut b = bytes.clone();
-        b[8] = 2;
-        assert_eq!(
-            StateMachine::from_snapshot_bytes(&b),
-            Err(SnapshotError::UnsupportedVersion {
-                found: 2,
-                supported: 1
-            })
+        b[8] = 99;
+        let e = StateMachine::from_snapshot_bytes(&b).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SnapshotError::Frame(FormatError::UnsupportedVersion { found: 99, .. })
+            ),
+            "{e:?}"
         );
+        assert!(e.to_string().contains("version 99"), "{e}");
         let mut b = bytes.clone();
         let last = b.len() - 1;
         b[last] ^= 1;
         assert!(matches!(
             StateMachine::from_snapshot_bytes(&b),
-            Err(SnapshotError::ChecksumMismatch { .. })
+            Err(SnapshotError::Frame(FormatError::ChecksumMismatch { .. }))
         ));
         assert!(matches!(
             StateMachine::from_snapshot_bytes(&bytes[..10]),
-            Err(SnapshotError::TooShort { .. })
+            Err(SnapshotError::Frame(FormatError::TooShort { .. }))
         ));
         let e = StateMachine::from_snapshot_bytes(&bytes[..bytes.len() - 1]).unwrap_err();
-        assert!(e.to_string().contains("length mismatch"), "{e}");
+        assert!(e.to_string().contains("truncated"), "{e}");
+        // A frame with Raft metadata is a member snapshot, not ours.
+        let body = postcard::to_stdvec(&sample()).unwrap();
+        assert_eq!(
+            StateMachine::from_snapshot_bytes(&framed(b"m", &body)),
+            Err(SnapshotError::UnexpectedMeta(1))
+        );
+        // The framing of builds before the shared frame (tests only).
+        let old = include_bytes!("../../tests/fixtures/pre-state-machine.wdnsnap1");
+        assert!(matches!(
+            StateMachine::from_snapshot_bytes(old),
+            Err(SnapshotError::Frame(FormatError::BadMagic { .. }))
+        ));
     }
 
     #[test]
     fn valid_checksum_but_garbage_body_is_refused() {
-        let body = vec![0xffu8; 20];
-        let mut b = Vec::new();
-        b.extend_from_slice(&SNAPSHOT_MAGIC);
-        b.extend_from_slice(&1u32.to_le_bytes());
-        b.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        b.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        b.extend_from_slice(&body);
         assert!(matches!(
-            StateMachine::from_snapshot_bytes(&b),
+            StateMachine::from_snapshot_bytes(&framed(&[], &[0xffu8; 20])),
+            Err(SnapshotError::Decode(_))
+        ));
+        let mut body = postcard::to_stdvec(&sample()).unwrap();
+        body.push(0);
+        assert!(matches!(
+            StateMachine::from_snapshot_bytes(&framed(&[], &body)),
             Err(SnapshotError::Decode(_))
         ));
     }
@@ -800,16 +768,22 @@ mod tests {
             locks: LockTable::default(),
         })
         .unwrap();
-        let mut b = Vec::new();
-        b.extend_from_slice(&SNAPSHOT_MAGIC);
-        b.extend_from_slice(&1u32.to_le_bytes());
-        b.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        b.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        b.extend_from_slice(&body);
         assert!(matches!(
-            StateMachine::from_snapshot_bytes(&b),
+            StateMachine::from_snapshot_bytes(&framed(&[], &body)),
             Err(SnapshotError::Invalid(_))
         ));
+    }
+
+    proptest::proptest! {
+        /// Whatever a checksummed frame holds, decoding never panics and
+        /// accepts only a consistent store (the frame-level twin of
+        /// `proptests::random_bytes_never_panic`).
+        #[test]
+        fn random_bodies_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            if let Ok(m) = StateMachine::from_snapshot_bytes(&framed(&[], &body)) {
+                proptest::prop_assert_eq!(m.check_invariants(), Ok(()));
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,12 @@
-//! On-disk state of a member: the Raft log and hard state (`log_db`) and
-//! state-machine snapshot files (`snapshot_file`). Knows bytes, files and
-//! fsync; knows nothing about Raft or key-value semantics.
+//! On-disk state of a member: the byte formats and their versions
+//! (`format`), the Raft log and hard state (`log_db`) and snapshot files and
+//! backups (`snapshot_file`). Knows bytes, files and fsync; knows nothing
+//! about Raft or key-value semantics.
+//!
+//! Must never: import `state` (the dependency goes the other way: `state`
+//! frames its snapshots with [`mod@format`], which does no IO), or write bytes in
+//! a layout [`mod@format`] does not define.
 
+pub mod format;
 pub mod log_db;
 pub mod snapshot_file;

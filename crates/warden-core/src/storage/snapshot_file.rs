@@ -1,22 +1,25 @@
-//! Snapshot files: `snap-<index>-<term>.snap` in the member's `snap/` dir.
+//! Snapshot files (`snap-<index>-<term>.snap` in the member's `snap/` dir)
+//! and backups, as files.
 //!
-//! Format (all integers little endian):
-//! `magic "WDNSNAPF" | format version u32 | meta length u64 | body length u64 |
-//!  crc32 of meta+body u32 | meta | body`.
-//! A file with the wrong magic, version, lengths or checksum is refused with
-//! an error naming the file, so a corrupt or foreign snapshot is never loaded.
+//! Owns: reading and writing those files atomically and durably, their
+//! names, and the outer layer of backups (etcd's zero padding to 512 bytes
+//! and SHA-256 trailer, which `etcdctl snapshot save` checks). The bytes
+//! inside are one snapshot frame, whose layout and version rules belong to
+//! [`super::format`]; a file whose frame has the wrong magic, version,
+//! lengths or checksum is refused with an error naming the file, so a
+//! corrupt, foreign or newer snapshot is never loaded. Files written before
+//! the format module existed use the same frame (version 1) and load as is.
+//!
 //! Files are written to a temporary name, fsynced, renamed, and the directory
 //! fsynced, so a crash leaves either the old or the new snapshot.
 //!
-//! Must never: know what meta or body contain.
+//! Must never: know what meta or body contain, or frame bytes itself.
 
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"WDNSNAPF";
-const VERSION: u32 = 1;
-const HEADER: usize = 8 + 4 + 8 + 8 + 4;
+use super::format::{self, FormatError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotFileError {
@@ -25,6 +28,12 @@ pub enum SnapshotFileError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("snapshot {path}: {source}")]
+    Format {
+        path: PathBuf,
+        #[source]
+        source: FormatError,
     },
     #[error("snapshot {path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
@@ -49,73 +58,18 @@ pub fn file_name(index: u64, term: u64) -> String {
     format!("snap-{index:020}-{term:020}.snap")
 }
 
-/// Encodes a whole snapshot file in memory.
+/// Encodes a whole snapshot file in memory (see [`format::encode_snapshot`]).
 pub fn encode(meta: &[u8], body: &[u8]) -> Vec<u8> {
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(meta);
-    crc.update(body);
-    let mut out = Vec::with_capacity(HEADER + meta.len() + body.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&(meta.len() as u64).to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
-    out.extend_from_slice(meta);
-    out.extend_from_slice(body);
-    out
+    format::encode_snapshot(meta, body)
 }
 
 /// Decodes and verifies a snapshot held in memory; `path` names it in errors.
 pub fn decode(path: &Path, raw: &[u8]) -> Result<(Vec<u8>, Vec<u8>), SnapshotFileError> {
-    let invalid = |reason: String| SnapshotFileError::Invalid {
-        path: path.to_path_buf(),
-        reason,
-    };
-    if raw.len() < HEADER {
-        return Err(invalid(format!(
-            "truncated: {} bytes, shorter than the {HEADER}-byte header",
-            raw.len()
-        )));
-    }
-    if &raw[..8] != MAGIC {
-        return Err(invalid("not a warden snapshot (bad magic number)".into()));
-    }
-    let u32_at = |o: usize| u32::from_le_bytes([raw[o], raw[o + 1], raw[o + 2], raw[o + 3]]);
-    let u64_at = |o: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&raw[o..o + 8]);
-        u64::from_le_bytes(b)
-    };
-    let version = u32_at(8);
-    if version != VERSION {
-        return Err(invalid(format!(
-            "format version {version} is not supported (this build reads {VERSION})"
-        )));
-    }
-    let meta_len = u64_at(12);
-    let body_len = u64_at(20);
-    let want_crc = u32_at(28);
-    let expected = (HEADER as u64)
-        .checked_add(meta_len)
-        .and_then(|x| x.checked_add(body_len));
-    if expected != Some(raw.len() as u64) {
-        return Err(invalid(format!(
-            "truncated or padded: header promises {meta_len}+{body_len} bytes of content, file has {}",
-            raw.len() - HEADER
-        )));
-    }
-    let meta_end = HEADER + meta_len as usize;
-    let meta = &raw[HEADER..meta_end];
-    let body = &raw[meta_end..];
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(meta);
-    crc.update(body);
-    let got = crc.finalize();
-    if got != want_crc {
-        return Err(invalid(format!(
-            "checksum mismatch (stored {want_crc:08x}, computed {got:08x})"
-        )));
-    }
+    let (meta, body) =
+        format::decode_snapshot(raw).map_err(|source| SnapshotFileError::Format {
+            path: path.to_path_buf(),
+            source,
+        })?;
     Ok((meta.to_vec(), body.to_vec()))
 }
 
@@ -139,7 +93,7 @@ pub fn read_backup(path: &Path) -> Result<(Vec<u8>, Vec<u8>), SnapshotFileError>
     fs::File::open(path)
         .and_then(|mut f| f.read_to_end(&mut raw))
         .map_err(io_err(path))?;
-    let sealed = raw.len() >= HEADER + 32 && (raw.len() - 32) % 512 == 0;
+    let sealed = raw.len() >= format::SNAPSHOT_HEADER_LEN + 32 && (raw.len() - 32) % 512 == 0;
     if !sealed {
         return decode(path, &raw);
     }
@@ -150,19 +104,11 @@ pub fn read_backup(path: &Path) -> Result<(Vec<u8>, Vec<u8>), SnapshotFileError>
             reason: "SHA-256 trailer does not match the content (damaged or truncated)".into(),
         });
     }
-    // The header says how long the snapshot is; the rest must be padding.
-    let declared = content
-        .get(12..28)
-        .map(|b| {
-            let mut m = [0u8; 8];
-            let mut n = [0u8; 8];
-            m.copy_from_slice(&b[..8]);
-            n.copy_from_slice(&b[8..]);
-            HEADER as u64 + u64::from_le_bytes(m) + u64::from_le_bytes(n)
-        })
-        .unwrap_or(0);
-    let end = usize::try_from(declared)
-        .unwrap_or(usize::MAX)
+    // The header says how long the snapshot is (clamped to what is there);
+    // the rest must be padding.
+    let end = format::snapshot_claimed_len(content)
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0)
         .min(content.len());
     if content[end..].iter().any(|b| *b != 0) {
         return Err(SnapshotFileError::Invalid {
@@ -286,7 +232,7 @@ mod tests {
     fn damaged_files_are_refused() {
         let p = Path::new("x.snap");
         let good = encode(b"meta", b"the body of the snapshot");
-        for cut in [0, 10, HEADER, good.len() - 1] {
+        for cut in [0, 10, format::SNAPSHOT_HEADER_LEN, good.len() - 1] {
             let e = decode(p, &good[..cut]).unwrap_err().to_string();
             assert!(e.contains("truncated"), "cut {cut}: {e}");
         }

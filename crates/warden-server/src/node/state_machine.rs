@@ -6,8 +6,16 @@
 //! and snapshot files on disk. A restart loads the newest snapshot and openraft
 //! replays the committed log tail after it, so no applied write is lost.
 //!
-//! Must never: apply an entry out of order, or serve a snapshot file that was
-//! not fully written and fsynced.
+//! Snapshot files and backups hold the postcard encoding of the Raft
+//! `SnapshotMeta` (meta) and of [`SmData`] (body) in the one snapshot frame of
+//! `warden_core::storage::format`, which carries the format version; every
+//! snapshot is encoded by `encode_snapshot` and decoded by `parse_snapshot`
+//! here, and a backup adds etcd's padding and SHA-256 trailer
+//! (`snapshot_file::seal_backup`). Files written before the frame was shared
+//! are the same bytes and load unchanged (golden tests below).
+//!
+//! Must never: apply an entry out of order, serve a snapshot file that was
+//! not fully written and fsynced, or frame snapshot bytes itself.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -20,6 +28,7 @@ use openraft::{EntryPayload, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+pub use super::types::SnapshotFile;
 use super::types::{
     LogId, RaftSnapshot, Request, Response, SnapshotMeta, StoredMembership, TypeConfig,
 };
@@ -30,7 +39,10 @@ use warden_core::state::StateMachine;
 use warden_core::storage::snapshot_file;
 
 /// Everything the replicated state consists of; what a snapshot holds.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+///
+/// Stored with postcard (field order is the format): changing the fields
+/// changes the snapshot format (see `types` on `FORMAT_VERSION`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SmData {
     pub kv: StateMachine,
     pub last_applied: Option<LogId>,
@@ -42,11 +54,8 @@ pub struct SmData {
     pub names: BTreeMap<u64, String>,
 }
 
-/// A snapshot as openraft passes it around: a verified file on disk.
-#[derive(Debug, Clone)]
-pub struct SnapshotFile {
-    pub path: PathBuf,
-}
+/// The Raft instance of a member, driving this state machine.
+pub type Raft = openraft::Raft<TypeConfig, SmStore>;
 
 /// Lock table changes as this member applies them (see `SmStore::lock_feed`).
 #[derive(Clone, Debug)]
@@ -97,11 +106,30 @@ pub fn load_backup(path: &Path) -> io::Result<(SnapshotMeta, SmData)> {
     parse_snapshot(path, &meta, &body)
 }
 
+/// Decodes one postcard section of a snapshot, refusing trailing bytes (an
+/// encoding that does not fill its section is not one this build wrote).
+fn decode_section<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+    bytes: &[u8],
+) -> io::Result<T> {
+    let (v, rest) = postcard::take_from_bytes::<T>(bytes)
+        .map_err(|e| other(format!("snapshot {}: bad {what}: {e}", path.display())))?;
+    if !rest.is_empty() {
+        return Err(other(format!(
+            "snapshot {}: bad {what}: {} trailing bytes",
+            path.display(),
+            rest.len()
+        )));
+    }
+    Ok(v)
+}
+
+/// The payloads of a snapshot file (frame checked by `snapshot_file`) as
+/// its meta and state.
 fn parse_snapshot(path: &Path, meta: &[u8], body: &[u8]) -> io::Result<(SnapshotMeta, SmData)> {
-    let meta: SnapshotMeta = postcard::from_bytes(meta)
-        .map_err(|e| other(format!("snapshot {}: bad meta: {e}", path.display())))?;
-    let data: SmData = postcard::from_bytes(body)
-        .map_err(|e| other(format!("snapshot {}: bad body: {e}", path.display())))?;
+    let meta: SnapshotMeta = decode_section(path, "meta", meta)?;
+    let data: SmData = decode_section(path, "body", body)?;
     data.kv.check_invariants().map_err(|e| {
         other(format!(
             "snapshot {}: inconsistent state: {e}",
@@ -119,16 +147,30 @@ fn parse_snapshot(path: &Path, meta: &[u8], body: &[u8]) -> io::Result<(Snapshot
     Ok((meta, data))
 }
 
-/// The whole state as snapshot-file bytes (a backup: `Maintenance.Snapshot`).
-pub fn export(data: &SmData) -> io::Result<Vec<u8>> {
-    let meta = SnapshotMeta {
+/// The snapshot file bytes of `data` under `meta`: the payloads are the
+/// postcard encoding of both, framed by `storage::format` (via
+/// `snapshot_file::encode`).
+fn encode_snapshot(meta: &SnapshotMeta, data: &SmData) -> io::Result<Vec<u8>> {
+    let m = postcard::to_allocvec(meta).map_err(|e| other(format!("encode snapshot meta: {e}")))?;
+    let b = postcard::to_allocvec(data).map_err(|e| other(format!("encode snapshot: {e}")))?;
+    Ok(snapshot_file::encode(&m, &b))
+}
+
+/// The meta describing a snapshot of `data`.
+fn meta_of(data: &SmData) -> SnapshotMeta {
+    SnapshotMeta {
         last_log_id: data.last_applied,
         last_membership: data.last_membership.clone(),
-    };
-    let m =
-        postcard::to_allocvec(&meta).map_err(|e| other(format!("encode snapshot meta: {e}")))?;
-    let b = postcard::to_allocvec(data).map_err(|e| other(format!("encode snapshot: {e}")))?;
-    Ok(snapshot_file::seal_backup(snapshot_file::encode(&m, &b)))
+    }
+}
+
+/// The whole state as a backup (`Maintenance.Snapshot`): a snapshot file
+/// sealed with etcd's padding and SHA-256 trailer.
+pub fn export(data: &SmData) -> io::Result<Vec<u8>> {
+    Ok(snapshot_file::seal_backup(encode_snapshot(
+        &meta_of(data),
+        data,
+    )?))
 }
 
 /// Seeds `snap_dir` of a new member with the key-value, lease and lock state
@@ -141,20 +183,10 @@ pub fn restore(backup: &Path, snap_dir: &Path) -> io::Result<SmData> {
         kv: data.kv,
         ..SmData::default()
     };
-    let meta = SnapshotMeta {
-        last_log_id: None,
-        last_membership: StoredMembership::default(),
-    };
-    let m =
-        postcard::to_allocvec(&meta).map_err(|e| other(format!("encode snapshot meta: {e}")))?;
-    let b = postcard::to_allocvec(&base).map_err(|e| other(format!("encode snapshot: {e}")))?;
+    let bytes = encode_snapshot(&meta_of(&base), &base)?;
     std::fs::create_dir_all(snap_dir)
         .map_err(|e| other(format!("create {}: {e}", snap_dir.display())))?;
-    snapshot_file::write_atomic(
-        snap_dir,
-        &snapshot_file::file_name(0, 0),
-        &snapshot_file::encode(&m, &b),
-    )?;
+    snapshot_file::write_atomic(snap_dir, &snapshot_file::file_name(0, 0), &bytes)?;
     Ok(base)
 }
 
@@ -271,24 +303,18 @@ impl RaftSnapshotBuilder<TypeConfig> for SmStore {
 
     async fn build_snapshot(&mut self) -> Result<RaftSnapshot, io::Error> {
         let data = self.read()?.clone();
-        let meta = SnapshotMeta {
-            last_log_id: data.last_applied,
-            last_membership: data.last_membership.clone(),
-        };
+        let meta = meta_of(&data);
         let dir = self.shared.snap_dir.clone();
         let meta2 = meta.clone();
         let path = tokio::task::spawn_blocking(move || -> io::Result<PathBuf> {
-            let m = postcard::to_allocvec(&meta2)
-                .map_err(|e| other(format!("encode snapshot meta: {e}")))?;
-            let b =
-                postcard::to_allocvec(&data).map_err(|e| other(format!("encode snapshot: {e}")))?;
+            let bytes = encode_snapshot(&meta2, &data)?;
             let (index, term) = meta2
                 .last_log_id
                 .map_or((0, 0), |l| (l.index, l.leader_id.term));
             Ok(snapshot_file::write_atomic(
                 &dir,
                 &snapshot_file::file_name(index, term),
-                &snapshot_file::encode(&m, &b),
+                &bytes,
             )?)
         })
         .await
@@ -385,5 +411,148 @@ impl RaftStateMachine<TypeConfig> for SmStore {
             meta: meta.clone(),
             snapshot: SnapshotFile { path: path.clone() },
         }))
+    }
+}
+
+/// Golden bytes: a snapshot file and a backup written by the code before the
+/// frame was shared (byte for byte what this build writes too), decoded to
+/// the sample values and re-encoded to the same bytes.
+#[cfg(test)]
+mod golden {
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(samples::FIXTURES)
+            .join(name)
+    }
+
+    #[test]
+    fn snapshot_file_decodes_and_reencodes_exactly() {
+        let path = fixture("pre-snapshot.snap");
+        let (meta, data) = load_snapshot(&path).unwrap();
+        let want = samples::data();
+        assert_eq!(data, want);
+        assert_eq!(meta, meta_of(&want));
+        assert_eq!(
+            encode_snapshot(&meta_of(&want), &want).unwrap(),
+            std::fs::read(&path).unwrap(),
+            "the snapshot format changed: bump FORMAT_VERSION"
+        );
+    }
+
+    #[test]
+    fn backup_decodes_and_reencodes_exactly() {
+        let path = fixture("pre-backup.db");
+        let (meta, data) = load_backup(&path).unwrap();
+        assert_eq!(data, samples::data());
+        assert_eq!(meta, meta_of(&data));
+        assert_eq!(
+            export(&samples::data()).unwrap(),
+            std::fs::read(&path).unwrap(),
+            "the backup format changed: bump FORMAT_VERSION"
+        );
+        // And restores into a member that starts from its state.
+        let dir = tempfile::tempdir().unwrap();
+        let snap = dir.path().join("snap");
+        let base = restore(&path, &snap).unwrap();
+        assert_eq!(base.kv, samples::data().kv);
+        let st = SmStore::open(&snap).unwrap();
+        assert_eq!(st.read().unwrap().kv, samples::data().kv);
+    }
+
+    #[test]
+    fn future_versions_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut raw = std::fs::read(fixture("pre-snapshot.snap")).unwrap();
+        raw[8] = 99;
+        let snap = dir.path().join("snap");
+        snapshot_file::write_atomic(&snap, &snapshot_file::file_name(5, 2), &raw).unwrap();
+        let e = SmStore::open(&snap).err().unwrap().to_string();
+        assert!(e.contains("format version 99"), "{e}");
+        assert!(e.contains("reads version 1"), "{e}");
+        assert!(e.contains("snap-"), "names the file: {e}");
+        // The same frame inside a sealed backup.
+        let backup = dir.path().join("backup.db");
+        std::fs::write(&backup, snapshot_file::seal_backup(raw)).unwrap();
+        let e = load_backup(&backup).unwrap_err().to_string();
+        assert!(e.contains("format version 99"), "{e}");
+    }
+
+    #[test]
+    fn trailing_bytes_in_a_section_are_refused() {
+        let data = samples::data();
+        let m = postcard::to_allocvec(&meta_of(&data)).unwrap();
+        let mut b = postcard::to_allocvec(&data).unwrap();
+        b.push(0);
+        let e = parse_snapshot(Path::new("x.snap"), &m, &b).unwrap_err();
+        assert!(e.to_string().contains("trailing"), "{e}");
+    }
+}
+
+/// Fixed sample values behind the golden-bytes fixtures in
+/// `crates/warden-core/tests/fixtures/`. Changing any value here changes the
+/// fixtures: don't.
+#[cfg(test)]
+pub(crate) mod samples {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::testing::log_id;
+    use openraft::{EntryPayload, Membership};
+    use warden_core::state::types::PutRequest;
+    use warden_core::state::{Command, StateMachine};
+
+    use super::SmData;
+    use crate::node::types::{Entry, LogId, Member, Request, StoredMembership, TypeConfig, Vote};
+
+    /// Where the fixtures live, from this crate's manifest dir.
+    pub const FIXTURES: &str = "../warden-core/tests/fixtures";
+
+    pub fn put() -> Command {
+        Command::Put(PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+    }
+
+    pub fn entry() -> Entry {
+        Entry {
+            log_id: log_id::<TypeConfig>(2, 1, 5),
+            payload: EntryPayload::Normal(Request::Kv(put())),
+        }
+    }
+
+    pub fn vote() -> Vote {
+        Vote::new_committed(2, 1)
+    }
+
+    pub fn committed() -> Option<LogId> {
+        Some(log_id::<TypeConfig>(2, 1, 5))
+    }
+
+    pub fn purged() -> LogId {
+        log_id::<TypeConfig>(1, 1, 3)
+    }
+
+    pub fn data() -> SmData {
+        let mut kv = StateMachine::new();
+        kv.apply(&put());
+        let member = Member {
+            name: "n1".into(),
+            peer_addr: "127.0.0.1:2380".into(),
+        };
+        let membership = Membership::new(
+            vec![BTreeSet::from([1u64])],
+            BTreeMap::from([(1u64, member)]),
+        )
+        .expect("valid membership");
+        SmData {
+            kv,
+            last_applied: Some(log_id::<TypeConfig>(2, 1, 5)),
+            last_membership: StoredMembership::new(Some(log_id::<TypeConfig>(1, 1, 1)), membership),
+            client_addrs: BTreeMap::from([(1, "127.0.0.1:2379".to_string())]),
+            names: BTreeMap::from([(1, "n1".to_string())]),
+        }
     }
 }

@@ -1,10 +1,23 @@
 //! The Raft type configuration: what a log entry carries (`Request`), what
-//! applying it returns (`Response`) and what a member is (`Member`).
+//! applying it returns (`Response`), what a member is (`Member`) and what a
+//! snapshot is as openraft passes it around (`SnapshotFile`).
 //!
 //! Every openraft type the rest of the code names is aliased here, so an
 //! upgrade of the pinned alpha touches this module and its siblings only.
+//! The one alias that needs the state machine, `Raft`, is defined in
+//! `state_machine` (this module must never depend on the modules that use
+//! it); it is re-exported here only until `node/mod.rs` imports it from
+//! there.
+//!
+//! `Request`, `Member` and openraft's entry and vote types are written to the
+//! Raft log and into snapshots with postcard, which encodes an enum variant
+//! by its position and a struct by its field order: reordering, inserting
+//! before, or removing a variant or field changes what stored bytes mean and
+//! must bump `warden_core::storage::format::FORMAT_VERSION` (the golden tests
+//! in `log_store` and `state_machine` fail when it happens by accident).
 
 use std::fmt;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -69,14 +82,20 @@ openraft::declare_raft_types!(
         Node = Member,
 );
 
-pub type Raft = openraft::Raft<TypeConfig, crate::node::state_machine::SmStore>;
+/// Transitional re-export: `node/mod.rs` still imports `Raft` from here.
+pub use super::state_machine::Raft;
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
-pub type RaftSnapshot =
-    openraft::alias::SnapshotOf<TypeConfig, crate::node::state_machine::SnapshotFile>;
+pub type RaftSnapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
+
+/// A snapshot as openraft passes it around: a verified file on disk.
+#[derive(Debug, Clone)]
+pub struct SnapshotFile {
+    pub path: PathBuf,
+}
 
 /// Node id from a member name: FNV-1a 64, never zero. Every member computes
 /// the same ids from `--initial-cluster`, so ids need no coordination.
