@@ -18,8 +18,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::header;
-use super::lock::lock_keys;
 use super::recipes::{by_create, create_or_get, txn, wait_deletes, KeyGuard};
+use super::v3lock::lock_keys;
 use crate::node::peer_service::grpc_timeout;
 use crate::node::Node;
 use warden_client::keys::prefix_range_end as prefix_end;
