@@ -733,11 +733,16 @@ impl Node {
 
 /// Whether a failed peer call never reached the peer (connect refused or
 /// timed out), as opposed to failing after the request may have been sent.
+///
+/// Decided by the error types in the status's source chain: an I/O error
+/// decides by its kind; a chain without one decides by whether tonic reports
+/// the failure as happening while connecting (`tonic::ConnectError`).
 fn not_delivered(s: &tonic::Status) -> bool {
     use std::error::Error;
     if s.code() != tonic::Code::Unavailable {
         return false;
     }
+    let mut connecting = false;
     let mut src: Option<&(dyn Error + 'static)> = s.source();
     while let Some(e) = src {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
@@ -746,9 +751,10 @@ fn not_delivered(s: &tonic::Status) -> bool {
                 std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut
             );
         }
+        connecting |= e.is::<tonic::ConnectError>();
         src = e.source();
     }
-    s.message().contains("tcp connect error")
+    connecting
 }
 
 pub(crate) enum Redirect {
@@ -804,20 +810,27 @@ async fn join_cluster(cfg: &NodeConfig) -> anyhow::Result<membership::Identity> 
     let id = membership::id_for_peer(&cfg.peer_addr);
     let cluster_id = match added {
         Ok(r) => r.header.map_or(0, |h| h.cluster_id),
-        Err(e) if e.to_string().contains("Peer URLs already exists") => {
+        // Refused as a duplicate (etcd's "Peer URLs already exists" and
+        // "member ID already exist" are both FailedPrecondition): the
+        // member list tells whether it is this member, added before a crash.
+        Err(e) if e.code() == tonic::Code::FailedPrecondition => {
             let list = client.member_list(true).await?;
-            let mine = list
+            let holder = list
                 .members
                 .iter()
                 .find(|m| m.peer_urls.contains(&peer_url))
                 .map(|m| m.id);
-            if mine != Some(id) {
-                anyhow::bail!(
+            match holder {
+                Some(h) if h == id => list.header.map_or(0, |h| h.cluster_id),
+                Some(_) => anyhow::bail!(
                     "cannot join: peer address {} is taken by another member",
                     cfg.peer_addr
-                );
+                ),
+                None => {
+                    return Err(anyhow::anyhow!(e)
+                        .context(format!("joining the cluster at {}", cfg.join.join(","))))
+                }
             }
-            list.header.map_or(0, |h| h.cluster_id)
         }
         Err(e) => {
             return Err(anyhow::anyhow!(e)
@@ -838,7 +851,10 @@ async fn join_cluster(cfg: &NodeConfig) -> anyhow::Result<membership::Identity> 
 /// Publishes this member's client address into the replicated state until it
 /// is there (as etcd publishes member attributes after start).
 async fn publish_client_addr(node: Arc<Node>) {
-    let mut backoff = network::jittered_backoff(Duration::from_millis(100), Duration::from_secs(2));
+    let mut backoff = network::schedule(warden_client::backoff::Backoff {
+        base: Duration::from_millis(100),
+        max: Duration::from_secs(2),
+    });
     loop {
         let present = node
             .sm
