@@ -35,8 +35,8 @@ const GRPC_OVERHEAD: usize = 512 * 1024;
 /// The header every response carries.
 pub fn header(node: &Node, revision: i64) -> pb::ResponseHeader {
     pb::ResponseHeader {
-        cluster_id: node.cluster_id,
-        member_id: node.id,
+        cluster_id: node.cluster_id(),
+        member_id: node.id(),
         revision,
         raft_term: node.term(),
     }
