@@ -18,29 +18,27 @@ pub struct ClusterService {
 
 pub fn members(node: &Node) -> Result<Vec<pb::Member>, Status> {
     let st = node.status();
-    let d = node
-        .sm
-        .read()
-        .map_err(|e| Status::internal(e.to_string()))?;
-    Ok(st
-        .members
-        .iter()
-        .map(|(id, m)| pb::Member {
-            id: *id,
-            name: if m.name.is_empty() {
-                d.names.get(id).cloned().unwrap_or_default()
-            } else {
-                m.name.clone()
-            },
-            peer_urls: vec![format!("http://{}", m.peer_addr)],
-            client_urls: d
-                .client_addrs
-                .get(id)
-                .map(|a| vec![format!("http://{a}")])
-                .unwrap_or_default(),
-            is_learner: st.learners.contains(id),
-        })
-        .collect())
+    node.with_state(|d| {
+        st.members
+            .iter()
+            .map(|(id, m)| pb::Member {
+                id: *id,
+                name: if m.name.is_empty() {
+                    d.names.get(id).cloned().unwrap_or_default()
+                } else {
+                    m.name.clone()
+                },
+                peer_urls: vec![format!("http://{}", m.peer_addr)],
+                client_urls: d
+                    .client_addrs
+                    .get(id)
+                    .map(|a| vec![format!("http://{a}")])
+                    .unwrap_or_default(),
+                is_learner: st.learners.contains(id),
+            })
+            .collect()
+    })
+    .map_err(super::error::node_status)
 }
 
 /// Peer URL of a membership request as host:port.

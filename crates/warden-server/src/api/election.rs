@@ -18,8 +18,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::header;
-use super::lock::lock_keys;
 use super::recipes::{by_create, create_or_get, txn, wait_deletes, KeyGuard};
+use super::v3lock::lock_keys;
 use crate::node::peer_service::grpc_timeout;
 use crate::node::Node;
 use warden_client::keys::prefix_range_end as prefix_end;
@@ -149,16 +149,15 @@ impl pb::election_server::Election for ElectionService {
             let mut last: Option<(Vec<u8>, i64)> = None;
             loop {
                 // Subscribe first, then read: a change after the read is
-                // then seen on the subscription.
-                let mut sub = {
-                    let Ok(_d) = node.sm.read() else { return };
-                    node.sm.hub().subscribe(prefix.clone(), prefix_end(&prefix))
+                // then seen on the subscription. The guard unsubscribes on
+                // every way out of this iteration.
+                let Ok(mut sub) = node.subscribe(prefix.clone(), prefix_end(&prefix)) else {
+                    return;
                 };
                 let current = by_create(&node, &prefix, true, 0).await;
                 let (rev, kv) = match current {
                     Ok(x) => x,
                     Err(e) => {
-                        node.sm.hub().unsubscribe(sub.id);
                         let _ = tx.send(Err(e)).await;
                         return;
                     }
@@ -172,19 +171,14 @@ impl pb::election_server::Election for ElectionService {
                             kv: Some(mvccpb::KeyValue::convert_from(kv)),
                         };
                         if tx.send(Ok(resp)).await.is_err() {
-                            node.sm.hub().unsubscribe(sub.id);
                             return;
                         }
                     }
                 }
                 tokio::select! {
-                    _ = sub.rx.recv() => {}
-                    _ = tx.closed() => {
-                        node.sm.hub().unsubscribe(sub.id);
-                        return;
-                    }
+                    _ = sub.recv() => {}
+                    _ = tx.closed() => return,
                 }
-                node.sm.hub().unsubscribe(sub.id);
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -11,7 +11,8 @@ pub fn node_status(e: NodeError) -> Status {
         NodeError::NoLeader
         | NodeError::Timeout
         | NodeError::LeaderChanged
-        | NodeError::Stopped => Status::new(Code::Unavailable, e.to_string()),
+        | NodeError::Stopped
+        | NodeError::NotReady => Status::new(Code::Unavailable, e.to_string()),
         NodeError::Internal(m) => Status::internal(m),
         NodeError::Refused { code, message } => Status::new(Code::from_i32(code), message),
     }

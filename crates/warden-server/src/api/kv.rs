@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use super::error::{node_status, state_status, too_large};
 use super::header;
 use crate::node::peer_service::grpc_timeout;
-use crate::node::Node;
+use crate::node::{Consistency, Node};
 use warden_core::state::types as st;
 use warden_core::state::{validate, Command, CommandResult};
 use warden_proto::etcdserverpb as pb;
@@ -52,32 +52,19 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let r = st::RangeRequest::try_convert_from(request.get_ref().clone())?;
-        if !r.serializable {
-            let deadline = self.node.deadline(grpc_timeout(&request));
-            self.node.linearize(deadline).await.map_err(node_status)?;
-        }
-        let (rev, out) = {
-            let d = self
-                .node
-                .sm
-                .read()
-                .map_err(|e| Status::internal(e.to_string()))?;
-            // Like etcd, a member that joined a running cluster serves reads
-            // only once it has applied its own announcement
-            // (`Request::Publish`), i.e. caught up at least to when it
-            // joined: it must not answer a serializable read from its empty
-            // state. (Bootstrapping members start from the same empty state
-            // as everyone.)
-            if r.serializable
-                && self.node.joined
-                && d.client_addrs.get(&self.node.id) != Some(&self.node.client_addr)
-            {
-                return Err(Status::unavailable(
-                    "etcdserver: not ready: this member is still catching up",
-                ));
-            }
-            (d.kv.revision(), d.kv.range(&r))
+        // A serializable range is refused until this member is ready
+        // (`Node::ready_for_reads`).
+        let consistency = if r.serializable {
+            Consistency::Serializable
+        } else {
+            Consistency::Linearizable
         };
+        let deadline = self.node.deadline(grpc_timeout(&request));
+        let (rev, out) = self
+            .node
+            .read(consistency, deadline, |d| (d.kv.revision(), d.kv.range(&r)))
+            .await
+            .map_err(node_status)?;
         let out = out.map_err(state_status)?;
         let mut resp = pb::RangeResponse::convert_from(out);
         resp.header = Some(header(&self.node, rev));

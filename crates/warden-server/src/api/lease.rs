@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::error::{node_status, state_status};
 use super::{header, propose};
 use crate::node::peer_service::grpc_timeout;
-use crate::node::Node;
+use crate::node::{Consistency, Node};
 use warden_core::state::lease::MAX_LEASE_TTL;
 use warden_core::state::{Command, CommandResult, StateError};
 use warden_proto::etcdserverpb as pb;
@@ -28,13 +28,6 @@ const KEEPALIVE_QUEUE: usize = 64;
 
 pub struct LeaseService {
     pub node: Arc<Node>,
-}
-
-/// etcd's minimum TTL: 1.5 election timeouts, rounded up to seconds, so a
-/// lease cannot expire during a normal election.
-fn min_ttl(node: &Node) -> i64 {
-    let ms = node.config.election_timeout_min_ms.saturating_mul(3) / 2;
-    ms.div_ceil(1000).max(1) as i64
 }
 
 /// Grants a lease: `id` as asked, or (0) one picked at random, again on a
@@ -53,7 +46,7 @@ pub async fn grant(
             "warden: lease id must not be negative",
         ));
     }
-    let ttl = ttl.max(min_ttl(node));
+    let ttl = ttl.max(node.min_lease_ttl());
     let attempts = if id == 0 { 5 } else { 1 };
     let mut last = StateError::LeaseExists;
     for _ in 0..attempts {
@@ -177,19 +170,18 @@ impl pb::lease_server::Lease for LeaseService {
         request: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
         let deadline = self.node.deadline(grpc_timeout(&request));
-        self.node.linearize(deadline).await.map_err(node_status)?;
-        let d = self
+        let (rev, leases) = self
             .node
-            .sm
-            .read()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let leases =
-            d.kv.leases()
-                .iter()
-                .map(|l| pb::LeaseStatus { id: l.id })
-                .collect();
-        let rev = d.kv.revision();
-        drop(d);
+            .read(Consistency::Linearizable, deadline, |d| {
+                let leases: Vec<pb::LeaseStatus> =
+                    d.kv.leases()
+                        .iter()
+                        .map(|l| pb::LeaseStatus { id: l.id })
+                        .collect();
+                (d.kv.revision(), leases)
+            })
+            .await
+            .map_err(node_status)?;
         Ok(Response::new(pb::LeaseLeasesResponse {
             header: Some(header(&self.node, rev)),
             leases,

@@ -4,14 +4,11 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use openraft::async_runtime::WatchReceiver;
-use openraft::ServerState;
 use tonic::{Request, Response, Status};
 
-use super::error::state_status;
+use super::error::{node_status, state_status};
 use super::{header, ETCD_API_VERSION};
 use crate::node::network::SNAPSHOT_CHUNK;
 use crate::node::Node;
@@ -40,9 +37,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         _r: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let st = self.node.status();
-        let db_size = std::fs::metadata(&self.node.log_path)
-            .map(|m| m.len() as i64)
-            .unwrap_or(0);
+        let db_size = self.node.log_file_size() as i64;
         Ok(Response::new(pb::StatusResponse {
             header: Some(header(&self.node, st.revision)),
             version: ETCD_API_VERSION.to_string(),
@@ -53,7 +48,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_applied_index: st.applied,
             errors: link_errors(&self.node),
             db_size_in_use: db_size,
-            is_learner: st.state == ServerState::Learner,
+            is_learner: st.is_learner(),
         }))
     }
 
@@ -78,28 +73,26 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         r: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
-        let d = self
+        let asked = r.get_ref().revision;
+        let (rev, hash, compact_revision) = self
             .node
-            .sm
-            .read()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let rev = d.kv.revision();
-        let at = if r.get_ref().revision == 0 {
-            rev
-        } else {
-            r.get_ref().revision
-        };
-        if at > rev {
-            return Err(state_status(StateError::FutureRevision));
-        }
-        if at < d.kv.compact_revision() {
-            return Err(state_status(StateError::Compacted));
-        }
-        let hash = d.kv.hash_kv(at);
+            .with_state(|d| {
+                let rev = d.kv.revision();
+                let at = if asked == 0 { rev } else { asked };
+                if at > rev {
+                    return Err(StateError::FutureRevision);
+                }
+                if at < d.kv.compact_revision() {
+                    return Err(StateError::Compacted);
+                }
+                Ok((rev, d.kv.hash_kv(at), d.kv.compact_revision()))
+            })
+            .map_err(node_status)?
+            .map_err(state_status)?;
         Ok(Response::new(pb::HashKvResponse {
             header: Some(header(&self.node, rev)),
             hash,
-            compact_revision: d.kv.compact_revision(),
+            compact_revision,
         }))
     }
 
@@ -112,17 +105,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         // A consistent copy of this member's applied state, taken under the
         // read lock; encoding and sending happen outside it.
-        let data = self
-            .node
-            .sm
-            .read()
-            .map_err(|e| Status::internal(e.to_string()))?
-            .clone();
-        let rev = data.kv.revision();
-        let bytes = tokio::task::spawn_blocking(move || crate::node::state_machine::export(&data))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let (rev, bytes) = self.node.export_state().await.map_err(node_status)?;
         let header = header(&self.node, rev);
         // One chunk is copied out at a time, as the client takes them.
         let bytes = Arc::new(bytes);
@@ -143,38 +126,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         r: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
         let target = r.get_ref().target_id;
-        let st = self.node.status();
-        if st.leader != Some(self.node.id) {
-            return Err(Status::failed_precondition("etcdserver: not leader"));
-        }
-        if !st.members.contains_key(&target) || st.learners.contains(&target) {
-            return Err(Status::failed_precondition(
-                "etcdserver: bad leader transferee",
-            ));
-        }
-        if target != self.node.id {
-            self.node
-                .raft
-                .trigger()
-                .transfer_leader(target)
-                .await
-                .map_err(|e| Status::unavailable(e.to_string()))?;
-            let mut rx = self.node.raft.metrics();
-            let wait = Duration::from_millis(self.node.config.election_timeout_max_ms * 3);
-            let moved = tokio::time::timeout(wait, async {
-                while rx.borrow_and_update().current_leader != Some(target) {
-                    if rx.changed().await.is_err() {
-                        break;
-                    }
-                }
-            })
-            .await;
-            if moved.is_err() {
-                return Err(Status::unavailable(
-                    "etcdserver: request timed out, leader transfer took too long",
-                ));
-            }
-        }
+        self.node
+            .transfer_leader(target)
+            .await
+            .map_err(node_status)?;
         let rev = self.node.status().revision;
         Ok(Response::new(pb::MoveLeaderResponse {
             header: Some(header(&self.node, rev)),
@@ -194,8 +149,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 /// them). Links are exercised by the leader, so its view is the useful one.
 fn link_errors(node: &Node) -> Vec<String> {
     use crate::node::network::LinkState;
-    node.links
-        .snapshot()
+    node.peer_links()
         .into_iter()
         .filter(|(_, l)| l.state == LinkState::Disconnected)
         .map(|(id, l)| {

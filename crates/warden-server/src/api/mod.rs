@@ -1,8 +1,9 @@
 //! The client-facing gRPC API: etcd v3 services (`kv`, `maintenance`,
-//! `cluster`, `watch`, `lease`, `v3lock`, `v3election`,
-//! `grpc.health.v1`) and warden's own `warden.v1.Locks` (`locks`) served on the client address. Each service
-//! translates protobuf to state-machine types (`convert`), calls the `Node`,
-//! and maps errors once (`error`).
+//! `cluster`, `watch`, `lease`, `v3lock` (`v3lock`), `v3election`
+//! (`election`), `grpc.health.v1`) and warden's own `warden.v1.Locks`
+//! (`native_locks`), served on the client address. Each service translates
+//! protobuf to state-machine types (`convert`), calls the `Node`'s narrow
+//! API, and maps errors once (`error`).
 //!
 //! Must never: touch Raft or storage directly; everything goes through `Node`.
 
@@ -12,10 +13,10 @@ pub mod election;
 pub mod error;
 pub mod kv;
 pub mod lease;
-pub mod lock;
-pub mod locks;
 pub mod maintenance;
+pub mod native_locks;
 pub mod recipes;
+pub mod v3lock;
 pub mod watch;
 
 use std::sync::Arc;
@@ -34,8 +35,8 @@ const GRPC_OVERHEAD: usize = 512 * 1024;
 /// The header every response carries.
 pub fn header(node: &Node, revision: i64) -> pb::ResponseHeader {
     pb::ResponseHeader {
-        cluster_id: node.cluster_id,
-        member_id: node.id,
+        cluster_id: node.cluster_id(),
+        member_id: node.id(),
         revision,
         raft_term: node.term(),
     }
@@ -116,7 +117,7 @@ pub async fn serve(
     .max_decoding_message_size(limit);
     let lease = pb::lease_server::LeaseServer::new(lease::LeaseService { node: node.clone() })
         .max_decoding_message_size(limit);
-    let lock = warden_proto::v3lockpb::lock_server::LockServer::new(lock::LockService {
+    let lock = warden_proto::v3lockpb::lock_server::LockServer::new(v3lock::LockService {
         node: node.clone(),
     })
     .max_decoding_message_size(limit);
@@ -124,10 +125,11 @@ pub async fn serve(
         election::ElectionService { node: node.clone() },
     )
     .max_decoding_message_size(limit);
-    let locks = warden_proto::warden::v1::locks_server::LocksServer::new(locks::LocksService {
-        node: node.clone(),
-    })
-    .max_decoding_message_size(limit);
+    let locks =
+        warden_proto::warden::v1::locks_server::LocksServer::new(native_locks::LocksService {
+            node: node.clone(),
+        })
+        .max_decoding_message_size(limit);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health)

@@ -17,8 +17,7 @@ use tonic::Status;
 
 use super::error::{node_status, state_status};
 use super::{propose, unexpected};
-use crate::node::watch_hub::Subscription;
-use crate::node::Node;
+use crate::node::{Consistency, Node};
 use warden_client::keys::prefix_range_end as prefix_end;
 use warden_core::state::types::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, EventKind, KeyValue, PutRequest,
@@ -34,13 +33,13 @@ pub async fn read(
     timeout: Option<Duration>,
 ) -> Result<(i64, RangeResponse), Status> {
     let deadline = node.deadline(timeout);
-    node.linearize(deadline).await.map_err(node_status)?;
-    let d = node
-        .sm
-        .read()
-        .map_err(|e| Status::internal(e.to_string()))?;
-    let r = d.kv.range(&req).map_err(state_status)?;
-    Ok((d.kv.revision(), r))
+    let (rev, r) = node
+        .read(Consistency::Linearizable, deadline, |d| {
+            (d.kv.revision(), d.kv.range(&req))
+        })
+        .await
+        .map_err(node_status)?;
+    Ok((rev, r.map_err(state_status)?))
 }
 
 /// A transaction through the log.
@@ -149,36 +148,23 @@ pub async fn create_or_get(
     Ok((r.succeeded, my_rev, owner, rev))
 }
 
-/// Unsubscribes from the hub when dropped.
-struct Sub<'a> {
-    node: &'a Node,
-    sub: Subscription,
-}
-
-impl Drop for Sub<'_> {
-    fn drop(&mut self) {
-        self.node.sm.hub().unsubscribe(self.sub.id);
-    }
-}
-
 /// Returns once `key` does not exist.
 pub async fn wait_deleted(node: &Node, key: &[u8]) -> Result<(), Status> {
     loop {
-        let mut sub = {
-            let d = node
-                .sm
-                .read()
-                .map_err(|e| Status::internal(e.to_string()))?;
-            if d.kv.mvcc().get(key).is_none() {
-                return Ok(());
-            }
-            Sub {
-                node,
-                sub: node.sm.hub().subscribe(key.to_vec(), Vec::new()),
-            }
+        // Check and subscribe under one read lock (see the module doc).
+        let sub = node
+            .watch_state(|d, s| {
+                d.kv.mvcc()
+                    .get(key)
+                    .is_some()
+                    .then(|| s.subscribe(key.to_vec(), Vec::new()))
+            })
+            .map_err(node_status)?;
+        let Some(mut sub) = sub else {
+            return Ok(());
         };
         loop {
-            match sub.sub.rx.recv().await {
+            match sub.recv().await {
                 Some(b) if b.events.iter().any(|e| e.kind == EventKind::Delete) => return Ok(()),
                 Some(_) => {}
                 // Dropped (too slow, or a snapshot replaced the state):

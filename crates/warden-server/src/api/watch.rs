@@ -13,7 +13,6 @@
 use crate::api::convert::ConvertFrom;
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::header;
-use crate::node::watch_hub::Subscription;
-use crate::node::Node;
+use crate::node::{Node, WatchGuard};
 use warden_core::state::types::{Event, EventKind};
 use warden_core::state::StateError;
 use warden_proto::etcdserverpb as pb;
@@ -88,8 +86,9 @@ struct Spec {
     start_revision: i64,
 }
 
+/// A watcher's task; it owns the watcher's `WatchGuard`, so aborting or
+/// ending the task unsubscribes it.
 struct Running {
-    hub_id: u64,
     task: JoinHandle<()>,
 }
 
@@ -103,7 +102,7 @@ impl StreamCtx {
     }
 
     fn current_revision(&self) -> i64 {
-        self.node.sm.read().map(|d| d.kv.revision()).unwrap_or(0)
+        self.node.revision()
     }
 
     async fn send(&self, r: pb::WatchResponse) -> bool {
@@ -143,7 +142,6 @@ impl StreamCtx {
                 Some(RequestUnion::CancelRequest(c)) => {
                     if let Some(w) = watchers.remove(&c.watch_id) {
                         w.task.abort();
-                        self.node.sm.hub().unsubscribe(w.hub_id);
                         let mut r = self.resp(self.current_revision(), c.watch_id);
                         r.canceled = true;
                         if !self.send(r).await {
@@ -162,7 +160,6 @@ impl StreamCtx {
         }
         for (_, w) in watchers {
             w.task.abort();
-            self.node.sm.hub().unsubscribe(w.hub_id);
         }
     }
 
@@ -183,9 +180,6 @@ impl StreamCtx {
         let mut created = self.resp(current, id);
         created.created = true;
         if !self.send(created).await {
-            if let Some(s) = sub {
-                self.node.sm.hub().unsubscribe(s.id);
-            }
             return None;
         }
         let (replay, sub) = match (replay, sub) {
@@ -202,10 +196,9 @@ impl StreamCtx {
             }
             (Ok(_), None) => return None,
         };
-        let hub_id = sub.id;
         let ctx = self.clone();
         let task = tokio::spawn(async move { ctx.feed(spec, replay, sub).await });
-        Some(Running { hub_id, task })
+        Some(Running { task })
     }
 
     /// Reads the history to replay and subscribes to live events under one
@@ -215,33 +208,28 @@ impl StreamCtx {
     fn read_and_subscribe(
         &self,
         c: &pb::WatchCreateRequest,
-    ) -> Option<(
-        i64,
-        i64,
-        Result<Vec<Event>, StateError>,
-        Option<Subscription>,
-    )> {
-        let d = self.node.sm.read().ok()?;
-        let current = d.kv.revision();
-        let start = if c.start_revision > 0 {
-            c.start_revision
-        } else {
-            current + 1
-        };
-        let replay = if start <= current {
-            d.kv.mvcc().events_since(start, &c.key, &c.range_end)
-        } else if start <= d.kv.compact_revision() {
-            Err(StateError::Compacted)
-        } else {
-            Ok(Vec::new())
-        };
-        let sub = replay.is_ok().then(|| {
-            self.node
-                .sm
-                .hub()
-                .subscribe(c.key.clone(), c.range_end.clone())
-        });
-        Some((current, d.kv.compact_revision(), replay, sub))
+    ) -> Option<(i64, i64, Result<Vec<Event>, StateError>, Option<WatchGuard>)> {
+        self.node
+            .watch_state(|d, s| {
+                let current = d.kv.revision();
+                let start = if c.start_revision > 0 {
+                    c.start_revision
+                } else {
+                    current + 1
+                };
+                let replay = if start <= current {
+                    d.kv.mvcc().events_since(start, &c.key, &c.range_end)
+                } else if start <= d.kv.compact_revision() {
+                    Err(StateError::Compacted)
+                } else {
+                    Ok(Vec::new())
+                };
+                let sub = replay
+                    .is_ok()
+                    .then(|| s.subscribe(c.key.clone(), c.range_end.clone()));
+                (current, d.kv.compact_revision(), replay, sub)
+            })
+            .ok()
     }
 
     /// Ends the stream with an internal error (the state machine lock was
@@ -255,7 +243,7 @@ impl StreamCtx {
     }
 
     /// Sends the replay, then live batches, until cancelled or overflowed.
-    async fn feed(self, spec: Spec, replay: Vec<Event>, mut sub: Subscription) {
+    async fn feed(self, spec: Spec, replay: Vec<Event>, mut sub: WatchGuard) {
         let mut i = 0;
         while i < replay.len() {
             let rev = replay[i].kv.mod_revision;
@@ -272,7 +260,7 @@ impl StreamCtx {
         tick.tick().await;
         loop {
             tokio::select! {
-                b = sub.rx.recv() => match b {
+                b = sub.recv() => match b {
                     Some(b) if b.revision < spec.start_revision => {}
                     Some(b) => {
                         if !self.deliver(&spec, b.revision, &b.events).await {
@@ -280,7 +268,7 @@ impl StreamCtx {
                         }
                     }
                     None => {
-                        if sub.overflowed.load(Ordering::SeqCst) {
+                        if sub.overflowed() {
                             let mut r = self.resp(self.current_revision(), spec.watch_id);
                             r.canceled = true;
                             r.cancel_reason =
@@ -297,7 +285,6 @@ impl StreamCtx {
                 }
             }
         }
-        self.node.sm.hub().unsubscribe(sub.id);
     }
 
     /// Sends one revision's events after filtering; fragments when asked and

@@ -17,7 +17,12 @@
 //! over), never shorten it: no lease expires early because the leader changed.
 //!
 //! Followers keep no countdowns; they forward renewals and TTL questions to
-//! the leader (`Node::lease_renew`, `Node::lease_time_to_live`).
+//! the leader (`Node::lease_renew`, `Node::lease_time_to_live`, defined here
+//! with the leader's side of those questions; `Node::min_lease_ttl` is the
+//! shortest TTL a grant gets).
+//!
+//! Must never: acknowledge a renewal before its checkpoint is applied, or
+//! keep countdowns on a member that is not the caught-up leader.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -28,7 +33,7 @@ use openraft::ServerState;
 use tokio::time::Instant;
 
 use super::types::Request;
-use super::{Node, NodeError};
+use super::{ForwardRequest, ForwardResponse, Node, NodeError};
 use warden_core::state::{Command, StateError};
 
 /// How often remaining TTLs are recorded in the log.
@@ -152,6 +157,120 @@ impl Lessor {
             granted: lease.ttl,
             keys: lease.keys.iter().cloned().collect(),
         })
+    }
+}
+
+impl Node {
+    /// etcd's minimum lease TTL in seconds: 1.5 election timeouts, rounded
+    /// up, so a lease cannot expire during a normal election.
+    pub fn min_lease_ttl(&self) -> i64 {
+        let ms = self.config.election_timeout_min_ms.saturating_mul(3) / 2;
+        ms.div_ceil(1000).max(1) as i64
+    }
+
+    /// Answers a lessor question as this member (the leader's lessor, or
+    /// `NotLeader`).
+    pub(super) async fn lessor_local(&self, req: &ForwardRequest) -> ForwardResponse {
+        let answer = match req {
+            ForwardRequest::LeaseRenew(id) => self
+                .lessor
+                .renew(self, *id)
+                .await
+                .map(|t| ForwardResponse::LeaseRenew(Ok(t))),
+            ForwardRequest::LeaseTimeToLive(id) => self
+                .lessor
+                .time_to_live(self, *id)
+                .map(|t| ForwardResponse::LeaseTimeToLive(Ok(t))),
+            _ => {
+                return ForwardResponse::Failed(NodeError::Internal("not a lessor request".into()))
+            }
+        };
+        answer.unwrap_or_else(|e| self.lessor_answer(e))
+    }
+
+    fn lessor_answer(&self, e: LessorError) -> ForwardResponse {
+        match e {
+            LessorError::NotLeader => {
+                ForwardResponse::NotLeader(self.leader().filter(|l| *l != self.id))
+            }
+            LessorError::State(e) => match e {
+                e @ StateError::LeaseNotFound => ForwardResponse::LeaseRenew(Err(e)),
+                e => ForwardResponse::Failed(NodeError::Internal(e.to_string())),
+            },
+            LessorError::Node(e) => ForwardResponse::Failed(e),
+        }
+    }
+
+    /// Sends a lessor question to whoever leads (this member included) and
+    /// returns the answer; follows redirects a few times.
+    async fn ask_lessor(
+        &self,
+        req: ForwardRequest,
+        deadline: Instant,
+    ) -> Result<ForwardResponse, NodeError> {
+        for _ in 0..5 {
+            let leader = match self.leader() {
+                Some(l) => l,
+                None => self
+                    .wait_leader(deadline)
+                    .await
+                    .ok_or(NodeError::NoLeader)?,
+            };
+            let answer = if leader == self.id {
+                self.lessor_local(&req).await
+            } else {
+                self.forward(leader, &req, deadline).await?
+            };
+            match answer {
+                ForwardResponse::NotLeader(_) => {
+                    // A new leader, or one still taking over its leases.
+                    if Instant::now() >= deadline {
+                        return Err(NodeError::Timeout);
+                    }
+                    tokio::time::sleep(Duration::from_millis(
+                        self.config.heartbeat_interval_ms.max(10),
+                    ))
+                    .await;
+                }
+                ForwardResponse::Failed(e) => return Err(e),
+                other => return Ok(other),
+            }
+        }
+        Err(NodeError::NoLeader)
+    }
+
+    /// Renews a lease (etcd `LeaseKeepAlive`): the leader restarts its
+    /// countdown and records the renewal durably. `Ok(Err(LeaseNotFound))`
+    /// for an unknown or expired lease. Returns the TTL.
+    pub async fn lease_renew(
+        &self,
+        id: i64,
+        deadline: Instant,
+    ) -> Result<Result<i64, StateError>, NodeError> {
+        match self
+            .ask_lessor(ForwardRequest::LeaseRenew(id), deadline)
+            .await?
+        {
+            ForwardResponse::LeaseRenew(r) => Ok(r),
+            _ => Err(NodeError::Internal("unexpected lessor answer".into())),
+        }
+    }
+
+    /// A lease's remaining and granted TTL and keys, from the leader.
+    pub async fn lease_time_to_live(
+        &self,
+        id: i64,
+        deadline: Instant,
+    ) -> Result<Result<TimeToLive, StateError>, NodeError> {
+        match self
+            .ask_lessor(ForwardRequest::LeaseTimeToLive(id), deadline)
+            .await?
+        {
+            ForwardResponse::LeaseTimeToLive(r) => Ok(r),
+            // The lessor reports a missing lease the same way for both.
+            ForwardResponse::LeaseRenew(Err(e)) => Ok(Err(e)),
+            _ => Err(NodeError::Internal("unexpected lessor answer".into())),
+        }
     }
 }
 

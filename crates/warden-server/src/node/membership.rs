@@ -8,6 +8,7 @@
 //!   refuses promotion while it lags (etcd's "in sync with leader" rule).
 //! - Removing the leader hands leadership to the most caught-up voter first,
 //!   then the new leader removes the old one.
+//! - `transfer_leader` (etcd `MoveLeader`) hands leadership to a voter.
 //! - A member's identity (name, id, cluster id) is kept in `member.json` in
 //!   its data dir, so a restart needs no `--join` and cannot take the wrong
 //!   directory.
@@ -59,10 +60,7 @@ pub fn id_for_peer(peer_addr: &str) -> u64 {
 }
 
 fn refused(code: tonic::Code, message: &str) -> NodeError {
-    NodeError::Refused {
-        code: code as i32,
-        message: message.to_string(),
-    }
+    NodeError::refused(code, message)
 }
 
 pub fn member_not_found() -> NodeError {
@@ -114,7 +112,7 @@ impl Node {
     }
 
     /// Serves a forwarded membership change.
-    pub(crate) async fn handle_members(&self, op: MemberOp, deadline: Instant) -> ForwardResponse {
+    pub(super) async fn handle_members(&self, op: MemberOp, deadline: Instant) -> ForwardResponse {
         match self.change_members_local(op, deadline).await {
             Ok(Done::Ok) => ForwardResponse::MembersDone,
             Ok(Done::Redirect(l)) => ForwardResponse::NotLeader(l),
@@ -267,6 +265,50 @@ impl Node {
             .map_err(|_| NodeError::Stopped)?;
         self.wait_leader_other_than(self.id, deadline).await;
         Ok(Done::Redirect(self.leader().filter(|l| *l != self.id)))
+    }
+
+    /// Hands leadership to voter `target` (etcd `MoveLeader`) and waits (up
+    /// to three election timeouts) until it leads. Only the leader may ask;
+    /// moving to itself is a no-op.
+    pub async fn transfer_leader(&self, target: u64) -> Result<(), NodeError> {
+        let st = self.status();
+        if st.leader != Some(self.id) {
+            return Err(refused(
+                tonic::Code::FailedPrecondition,
+                "etcdserver: not leader",
+            ));
+        }
+        if !st.members.contains_key(&target) || st.learners.contains(&target) {
+            return Err(refused(
+                tonic::Code::FailedPrecondition,
+                "etcdserver: bad leader transferee",
+            ));
+        }
+        if target == self.id {
+            return Ok(());
+        }
+        self.raft
+            .trigger()
+            .transfer_leader(target)
+            .await
+            .map_err(|e| refused(tonic::Code::Unavailable, &e.to_string()))?;
+        let mut rx = self.raft.metrics();
+        let wait = Duration::from_millis(self.config.election_timeout_max_ms * 3);
+        let moved = tokio::time::timeout(wait, async {
+            while rx.borrow_and_update().current_leader != Some(target) {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        if moved.is_err() {
+            return Err(refused(
+                tonic::Code::Unavailable,
+                "etcdserver: request timed out, leader transfer took too long",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -4,8 +4,9 @@
 //!
 //! Each peer gets one lazily connected tonic channel; tonic re-dials a broken
 //! connection on the next call. When a peer is unreachable openraft backs off
-//! using `backoff()` below: exponential from 50 ms to 2 s with ±50 % jitter so
-//! members restarting together do not retry in lockstep. Messages are bounded
+//! using `PEER_BACKOFF` (warden-client's `Backoff` schedule): exponential from
+//! 50 ms to 2 s with jitter so members restarting together do not retry in
+//! lockstep. Messages are bounded
 //! (`MAX_MESSAGE`), snapshots go in `SNAPSHOT_CHUNK`-sized pieces.
 //!
 //! Must never: block on a dead peer past the RPC's time budget.
@@ -23,7 +24,6 @@ use openraft::raft::{
     TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::RaftNetworkV2;
-use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
@@ -31,6 +31,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::state_machine::SnapshotFile;
 use super::types::{Member, RaftSnapshot, SnapshotMeta, TypeConfig, Vote};
+use warden_client::backoff::Backoff as ClientBackoff;
 use warden_proto::peer::raft_peer_client::RaftPeerClient;
 use warden_proto::peer::Blob;
 
@@ -38,6 +39,12 @@ use warden_proto::peer::Blob;
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 /// Size of one snapshot chunk on the wire.
 pub const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+/// Reconnect schedule for an unreachable peer: exponential from 50 ms to
+/// 2 s, each delay jittered between half and all of its ceiling.
+pub const PEER_BACKOFF: ClientBackoff = ClientBackoff {
+    base: Duration::from_millis(50),
+    max: Duration::from_secs(2),
+};
 
 /// State of the link to one peer, as shown in status.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,13 +117,14 @@ impl Links {
     }
 
     /// How long to wait before calling a peer whose recent calls failed:
-    /// exponential from 50 ms to 2 s with jitter, nothing after a success.
+    /// `PEER_BACKOFF` (exponential from 50 ms to 2 s with jitter), nothing
+    /// after a success.
     /// openraft retries a broken replication stream at once; without this
     /// pause a dead peer costs a busy loop (and a log line per attempt).
     pub fn retry_delay(&self, id: u64) -> Option<Duration> {
         let failures = self.inner.lock().ok()?.get(&id)?.failures;
-        let steps = failures.checked_sub(1)?;
-        jittered_backoff(Duration::from_millis(50), Duration::from_secs(2)).nth(steps as usize)
+        let round = failures.checked_sub(1)?;
+        Some(PEER_BACKOFF.delay_random(round))
     }
 
     pub fn snapshot(&self) -> BTreeMap<u64, LinkInfo> {
@@ -435,26 +443,15 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     }
 
     fn backoff(&self) -> Option<Backoff> {
-        Some(Backoff::new(jittered_backoff(
-            Duration::from_millis(50),
-            Duration::from_secs(2),
-        )))
+        Some(Backoff::new(schedule(PEER_BACKOFF)))
     }
 }
 
-/// Exponential backoff from `base` doubling up to `cap`, each step scaled by
-/// a random factor in [0.5, 1.5).
-pub fn jittered_backoff(
-    base: Duration,
-    cap: Duration,
-) -> impl Iterator<Item = Duration> + Send + 'static {
-    let mut next = base;
-    std::iter::repeat_with(move || {
-        let cur = next;
-        next = (next * 2).min(cap);
-        let f: f64 = rand::rng().random_range(0.5..1.5);
-        cur.mul_f64(f)
-    })
+/// The endless sequence of delays of `backoff`, one per retry round, each
+/// with fresh jitter (the form openraft's `Backoff` and retry loops take).
+pub fn schedule(backoff: ClientBackoff) -> impl Iterator<Item = Duration> + Send + 'static {
+    std::iter::successors(Some(0u32), |r| Some(r.saturating_add(1)))
+        .map(move |round| backoff.delay_random(round))
 }
 
 #[cfg(test)]
@@ -481,9 +478,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_to_cap_with_jitter() {
-        let v: Vec<Duration> = jittered_backoff(Duration::from_millis(50), Duration::from_secs(2))
-            .take(12)
-            .collect();
+        let v: Vec<Duration> = schedule(PEER_BACKOFF).take(12).collect();
         assert!(v[0] >= Duration::from_millis(25) && v[0] < Duration::from_millis(75));
         for d in &v[8..] {
             assert!(

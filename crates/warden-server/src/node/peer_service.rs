@@ -21,8 +21,15 @@ use super::{ForwardRequest, Node};
 use warden_proto::peer::raft_peer_server::RaftPeer;
 use warden_proto::peer::Blob;
 
+/// The peer service of one member (serve it on the peer address).
 pub struct PeerService {
-    pub node: Arc<Node>,
+    node: Arc<Node>,
+}
+
+impl PeerService {
+    pub fn new(node: Arc<Node>) -> Self {
+        PeerService { node }
+    }
 }
 
 fn bad(e: String) -> Status {

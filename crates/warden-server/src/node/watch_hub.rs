@@ -10,6 +10,10 @@
 //! its queue is dropped and told so (`overflowed`), never buffered without
 //! bound.
 //!
+//! Outside the node, a subscription is held as a `WatchGuard` (made through
+//! `Node::watch_state` / `Node::subscribe`, in `reads.rs`), which
+//! unsubscribes when dropped: no exit path has to remember to.
+//!
 //! Must never: block the apply path (publishing only uses `try_send`).
 
 use std::collections::BTreeMap;

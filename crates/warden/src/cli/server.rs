@@ -304,8 +304,8 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let client_listener = bind("client-addr", &cfg.client_addr).await?;
     let node = Node::start(cfg.clone()).await?;
     tracing::info!(
-        name = %node.name,
-        id = %format!("{:x}", node.id),
+        name = %node.name(),
+        id = %format!("{:x}", node.id()),
         clients = %cfg.client_addr,
         peers = %cfg.peer_addr,
         data_dir = %cfg.data_dir.display(),
@@ -320,7 +320,7 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         .tcp_nodelay(true)
         .add_service(
             warden_proto::peer::raft_peer_server::RaftPeerServer::new(
-                warden_server::node::peer_service::PeerService { node: node.clone() },
+                warden_server::node::peer_service::PeerService::new(node.clone()),
             )
             .max_decoding_message_size(warden_server::node::network::MAX_MESSAGE)
             .max_encoding_message_size(warden_server::node::network::MAX_MESSAGE),

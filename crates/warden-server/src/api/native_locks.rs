@@ -26,8 +26,7 @@ use tonic::{Request, Response, Status};
 use super::error::{node_status, state_status};
 use super::{header, propose, unexpected};
 use crate::node::peer_service::grpc_timeout;
-use crate::node::state_machine::LockFeed;
-use crate::node::Node;
+use crate::node::{Consistency, LockFeed, Node};
 use warden_core::state::lock_table::{self as lt, AcquireOutcome, LockEvent, LockMode};
 use warden_core::state::types as st;
 use warden_core::state::{Command, CommandResult, StateError};
@@ -139,7 +138,7 @@ impl Acquire {
     }
 
     async fn run(self, req: lt::AcquireRequest, wait_for: Option<Duration>) {
-        let mut feed = self.node.sm.lock_feed();
+        let mut feed = self.node.lock_feed();
         let outcome = match propose(&self.node, None, Command::LockAcquire(req)).await {
             Ok((_, CommandResult::LockAcquire(o))) => o,
             Ok(_) => {
@@ -264,8 +263,10 @@ impl Acquire {
 
     /// After missed events: still queued (`None`), granted, or gone.
     fn recheck_wait(&self, waiter_id: u64) -> Option<Waited> {
-        let d = self.node.sm.read().ok()?;
-        let info = d.kv.locks().inspect(&self.name);
+        let info = self
+            .node
+            .with_state(|d| d.kv.locks().inspect(&self.name))
+            .ok()?;
         let queued = info
             .as_ref()
             .is_some_and(|i| i.waiters.iter().any(|w| w.waiter_id == waiter_id));
@@ -369,9 +370,7 @@ impl Acquire {
                 Ok(LockFeed::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     let holds = self
                         .node
-                        .sm
-                        .read()
-                        .map(|d| d.kv.locks().check_fence(&self.name, token))
+                        .with_state(|d| d.kv.locks().check_fence(&self.name, token))
                         .unwrap_or(false);
                     if !holds {
                         return Some("the hold ended".into());
@@ -452,20 +451,18 @@ impl pb::locks_server::Locks for LocksService {
     ) -> Result<Response<pb::InspectResponse>, Status> {
         let deadline = self.node.deadline(grpc_timeout(&request));
         let r = request.into_inner();
-        self.node.linearize(deadline).await.map_err(node_status)?;
-        let (rev, infos) = {
-            let d = self
-                .node
-                .sm
-                .read()
-                .map_err(|e| Status::internal(e.to_string()))?;
-            let infos: Vec<lt::LockInfo> = if r.prefix {
-                d.kv.locks().locks_with_prefix(&r.name).collect()
-            } else {
-                d.kv.locks().inspect(&r.name).into_iter().collect()
-            };
-            (d.kv.revision(), infos)
-        };
+        let (rev, infos) = self
+            .node
+            .read(Consistency::Linearizable, deadline, |d| {
+                let infos: Vec<lt::LockInfo> = if r.prefix {
+                    d.kv.locks().locks_with_prefix(&r.name).collect()
+                } else {
+                    d.kv.locks().inspect(&r.name).into_iter().collect()
+                };
+                (d.kv.revision(), infos)
+            })
+            .await
+            .map_err(node_status)?;
         let mut locks = Vec::new();
         for info in infos {
             let mut holders = Vec::new();
@@ -513,7 +510,7 @@ impl pb::locks_server::Locks for LocksService {
         request: Request<pb::WatchLocksRequest>,
     ) -> Result<Response<WatchLocksStream>, Status> {
         let r = request.into_inner();
-        let mut feed = self.node.sm.lock_feed();
+        let mut feed = self.node.lock_feed();
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let wanted = |n: &str| {

@@ -1,0 +1,335 @@
+//! Writes, and client traffic a follower forwards to the leader over the
+//! peer `Forward` RPC (`ForwardRequest` / `ForwardResponse`): proposals,
+//! read-index questions, lessor questions and membership changes. Also
+//! finding the leader (`wait_leader`) and serving forwarded requests as the
+//! leader (`handle_forward`).
+//!
+//! A forward that never reached the peer (the connection could not be made)
+//! is retried with the new leader; one that may have been delivered is not.
+//!
+//! Must never: retry a forwarded write whose outcome is unknown (that would
+//! apply it twice), or answer a forwarded write before it was applied on the
+//! leader.
+
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::ReadPolicy;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use super::types::{Request, Response};
+use super::{lessor, membership, network, Node, NodeError};
+use warden_core::state::StateError;
+use warden_proto::peer::raft_peer_client::RaftPeerClient;
+
+/// Client traffic a follower forwards to the leader.
+#[derive(Serialize, Deserialize)]
+pub enum ForwardRequest {
+    Write(Request),
+    ReadIndex,
+    /// Renew a lease (the leader keeps lease countdowns).
+    LeaseRenew(i64),
+    /// Remaining time of a lease.
+    LeaseTimeToLive(i64),
+    /// A membership change.
+    Members(membership::MemberOp),
+    /// The membership the receiver has applied (asked by a member that
+    /// wonders whether it was removed).
+    AppliedMembership,
+}
+
+#[derive(Serialize, Deserialize)]
+pub enum ForwardResponse {
+    /// The applied result and the entry's log index.
+    Write(Response, u64),
+    ReadIndex(u64),
+    /// The receiver is not the leader (any more); here is who it thinks is.
+    NotLeader(Option<u64>),
+    Failed(NodeError),
+    LeaseRenew(Result<i64, StateError>),
+    LeaseTimeToLive(Result<lessor::TimeToLive, StateError>),
+    MembersDone,
+    AppliedMembership(membership::Applied),
+}
+
+impl Node {
+    /// Waits (bounded) until a leader other than `old` is known (or none
+    /// can be within an election or two).
+    pub(super) async fn wait_leader_other_than(&self, old: u64, deadline: Instant) {
+        self.wait_leader_except(Some(old), deadline).await;
+    }
+
+    /// Waits (bounded) until some leader is known; `None` at the deadline.
+    pub(super) async fn wait_leader(&self, deadline: Instant) -> Option<u64> {
+        self.wait_leader_except(None, deadline).await
+    }
+
+    /// Waits up to two election timeouts (or `deadline`) for a leader that is
+    /// not `old`.
+    pub(super) async fn wait_leader_except(
+        &self,
+        old: Option<u64>,
+        deadline: Instant,
+    ) -> Option<u64> {
+        let mut rx = self.raft.metrics();
+        let wait = Duration::from_millis(self.config.election_timeout_max_ms * 2);
+        let until = deadline.min(Instant::now() + wait);
+        loop {
+            let leader = rx.borrow_and_update().current_leader;
+            if let Some(l) = leader.filter(|l| Some(*l) != old) {
+                return Some(l);
+            }
+            if tokio::time::timeout_at(until, rx.changed()).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Proposes `req` and returns its applied result. Forwards to the leader
+    /// when this member is not it.
+    pub async fn write(&self, req: Request, deadline: Instant) -> Result<Response, NodeError> {
+        loop {
+            match self.write_local(req.clone(), deadline).await {
+                Ok(r) => return Ok(r),
+                Err(Redirect::Leader(l)) if l != self.id => {
+                    return self.forward_write(l, req, deadline).await
+                }
+                Err(Redirect::Leader(_)) | Err(Redirect::Unknown) => {
+                    if Instant::now() >= deadline {
+                        return Err(NodeError::Timeout);
+                    }
+                    match self.wait_leader(deadline).await {
+                        None => return Err(NodeError::NoLeader),
+                        Some(l) if l != self.id => {
+                            return self.forward_write(l, req, deadline).await
+                        }
+                        Some(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+                Err(Redirect::Failed(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Proposes on this member only.
+    pub(super) async fn write_local(
+        &self,
+        req: Request,
+        deadline: Instant,
+    ) -> Result<Response, Redirect> {
+        self.write_local_at(req, deadline).await.map(|(r, _)| r)
+    }
+
+    /// Proposes on this member only; also returns the entry's log index.
+    pub(super) async fn write_local_at(
+        &self,
+        req: Request,
+        deadline: Instant,
+    ) -> Result<(Response, u64), Redirect> {
+        match tokio::time::timeout_at(deadline, self.raft.client_write(req)).await {
+            Err(_) => Err(Redirect::Failed(NodeError::Timeout)),
+            Ok(Ok(r)) => Ok((r.data, r.log_id.index)),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(f.leader_id.map_or(Redirect::Unknown, Redirect::Leader))
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+                Err(Redirect::Failed(NodeError::LeaderChanged))
+            }
+            Ok(Err(RaftError::APIError(e))) => {
+                Err(Redirect::Failed(NodeError::Internal(e.to_string())))
+            }
+            Ok(Err(RaftError::Fatal(_))) => Err(Redirect::Failed(NodeError::Stopped)),
+        }
+    }
+
+    fn forward_client(&self, leader: u64) -> Result<RaftPeerClient<Channel>, NodeError> {
+        let addr = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|m| m.peer_addr.clone())
+            .ok_or(NodeError::NoLeader)?;
+        let mut cache = self
+            .forward_clients
+            .lock()
+            .map_err(|_| NodeError::Internal("forward client cache poisoned".into()))?;
+        if let Some((a, c)) = cache.get(&leader) {
+            if *a == addr {
+                return Ok(c.clone());
+            }
+        }
+        let c = network::peer_client(&self.links.route(&addr)).map_err(NodeError::Internal)?;
+        cache.insert(leader, (addr, c.clone()));
+        Ok(c)
+    }
+
+    /// Sends one request to a peer's Forward endpoint: the decoded answer,
+    /// or the gRPC status of a failed call.
+    pub(super) async fn call_peer(
+        &self,
+        peer: u64,
+        req: &ForwardRequest,
+        deadline: Instant,
+    ) -> Result<Result<ForwardResponse, tonic::Status>, NodeError> {
+        let mut client = self.forward_client(peer)?;
+        let mut r = tonic::Request::new(network::encode(req).map_err(NodeError::Internal)?);
+        r.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        match client.forward(r).await {
+            Ok(resp) => network::decode(resp.get_ref())
+                .map(Ok)
+                .map_err(NodeError::Internal),
+            Err(s) => Ok(Err(s)),
+        }
+    }
+
+    pub(super) async fn forward(
+        &self,
+        leader: u64,
+        req: &ForwardRequest,
+        deadline: Instant,
+    ) -> Result<ForwardResponse, NodeError> {
+        match self.call_peer(leader, req, deadline).await? {
+            Ok(resp) => Ok(resp),
+            Err(s) if s.code() == tonic::Code::DeadlineExceeded => Err(NodeError::Timeout),
+            // The connection could not even be made: the request was never
+            // delivered, so it is safe to find the new leader and retry.
+            Err(s) if not_delivered(&s) => {
+                tracing::debug!("forward to {leader:x} not delivered: {s}");
+                self.wait_leader_other_than(leader, deadline).await;
+                Ok(ForwardResponse::NotLeader(None))
+            }
+            Err(s) => {
+                tracing::debug!("forward to {leader:x}: {s}");
+                Err(NodeError::LeaderChanged)
+            }
+        }
+    }
+
+    async fn forward_write(
+        &self,
+        leader: u64,
+        req: Request,
+        deadline: Instant,
+    ) -> Result<Response, NodeError> {
+        let mut leader = leader;
+        for _ in 0..3 {
+            match self
+                .forward(leader, &ForwardRequest::Write(req.clone()), deadline)
+                .await?
+            {
+                ForwardResponse::Write(r, index) => {
+                    // Read-your-writes on this member, as etcd gives: answer
+                    // once the entry is applied here too. The write is
+                    // committed either way, so a member slow to apply it
+                    // still reports success after a bounded wait.
+                    let wait = deadline.min(Instant::now() + Duration::from_secs(1));
+                    if self.wait_applied(index, wait).await.is_err() {
+                        tracing::debug!(index, "answering a forwarded write before applying it");
+                    }
+                    return Ok(r);
+                }
+                // The receiver refused before proposing: safe to try again.
+                ForwardResponse::NotLeader(Some(l)) if l != leader => leader = l,
+                ForwardResponse::NotLeader(_) => match self.wait_leader(deadline).await {
+                    Some(l) if l != self.id => leader = l,
+                    Some(_) => {
+                        return self
+                            .write_local(req, deadline)
+                            .await
+                            .map_err(Redirect::into_error)
+                    }
+                    None => return Err(NodeError::NoLeader),
+                },
+                ForwardResponse::Failed(e) => return Err(e),
+                _ => return Err(NodeError::Internal("unexpected forward answer".into())),
+            }
+        }
+        Err(NodeError::NoLeader)
+    }
+
+    /// Serves a forwarded request as the leader.
+    pub(super) async fn handle_forward(
+        &self,
+        req: ForwardRequest,
+        deadline: Instant,
+    ) -> ForwardResponse {
+        match req {
+            ForwardRequest::Write(r) => match self.write_local_at(r, deadline).await {
+                Ok((resp, index)) => ForwardResponse::Write(resp, index),
+                Err(Redirect::Leader(l)) => ForwardResponse::NotLeader(Some(l)),
+                Err(Redirect::Unknown) => ForwardResponse::NotLeader(None),
+                Err(Redirect::Failed(e)) => ForwardResponse::Failed(e),
+            },
+            ForwardRequest::ReadIndex => {
+                let fut = self.raft.get_read_log_id(ReadPolicy::ReadIndex);
+                match tokio::time::timeout_at(deadline, fut).await {
+                    Err(_) => ForwardResponse::Failed(NodeError::Timeout),
+                    Ok(Ok((read, _applied))) => ForwardResponse::ReadIndex(read.index()),
+                    Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
+                        ForwardResponse::NotLeader(f.leader_id)
+                    }
+                    Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)))) => {
+                        ForwardResponse::Failed(NodeError::NoLeader)
+                    }
+                    Ok(Err(RaftError::Fatal(_))) => ForwardResponse::Failed(NodeError::Stopped),
+                }
+            }
+            ForwardRequest::Members(op) => self.handle_members(op, deadline).await,
+            ForwardRequest::AppliedMembership => match membership::applied(self) {
+                Some(a) => ForwardResponse::AppliedMembership(a),
+                None => ForwardResponse::Failed(NodeError::Stopped),
+            },
+            req @ (ForwardRequest::LeaseRenew(_) | ForwardRequest::LeaseTimeToLive(_)) => {
+                self.lessor_local(&req).await
+            }
+        }
+    }
+}
+
+/// Whether a failed peer call never reached the peer (connect refused or
+/// timed out), as opposed to failing after the request may have been sent.
+///
+/// Decided by the error types in the status's source chain: an I/O error
+/// decides by its kind; a chain without one decides by whether tonic reports
+/// the failure as happening while connecting (`tonic::ConnectError`).
+fn not_delivered(s: &tonic::Status) -> bool {
+    use std::error::Error;
+    if s.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut connecting = false;
+    let mut src: Option<&(dyn Error + 'static)> = s.source();
+    while let Some(e) = src {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut
+            );
+        }
+        connecting |= e.is::<tonic::ConnectError>();
+        src = e.source();
+    }
+    connecting
+}
+
+/// Where a proposal on this member went instead of being applied.
+pub(super) enum Redirect {
+    Leader(u64),
+    Unknown,
+    Failed(NodeError),
+}
+
+impl Redirect {
+    pub(super) fn into_error(self) -> NodeError {
+        match self {
+            Redirect::Leader(_) | Redirect::Unknown => NodeError::NoLeader,
+            Redirect::Failed(e) => e,
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Reads of this member's applied state, for the API layer: linearizable
+//! reads (`linearize`, ReadIndex through the leader), serializable reads
+//! behind the readiness gate (`ready_for_reads`), plain state access
+//! (`with_state`), watch subscriptions made under the state's read lock
+//! (`watch_state`, `subscribe`, `WatchGuard`), the lock feed and state
+//! exports.
+//!
+//! Must never: answer a linearizable read before this member applied the
+//! leader's confirmed commit index, answer a serializable read from a joining
+//! member that has not caught up (see `ready_for_reads`), register a watcher
+//! other than under the read lock it read history under, or leave a watcher
+//! registered once its `WatchGuard` is gone.
+
+use openraft::error::{LinearizableReadError, RaftError};
+use openraft::ReadPolicy;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use super::state_machine::{LockFeed, SmData, SmStore};
+use super::watch_hub::{Batch, Subscription};
+use super::{ForwardRequest, ForwardResponse, Node, NodeError};
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read began (ReadIndex).
+    Linearizable,
+    /// Whatever this member has applied (possibly stale), once it is ready.
+    Serializable,
+}
+
+/// A watch-hub subscription that unsubscribes when dropped, whichever way
+/// its owner ends (returns, fails, is cancelled or aborted).
+pub struct WatchGuard {
+    sm: SmStore,
+    sub: Subscription,
+}
+
+impl WatchGuard {
+    /// The next batch of events; `None` once the subscription was dropped by
+    /// the hub (too slow, or a snapshot replaced the state).
+    pub async fn recv(&mut self) -> Option<Batch> {
+        self.sub.rx.recv().await
+    }
+
+    /// Whether the hub dropped this watcher for falling too far behind (or
+    /// because a snapshot replaced the state and it must re-sync).
+    pub fn overflowed(&self) -> bool {
+        self.sub
+            .overflowed
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.sm.hub().unsubscribe(self.sub.id);
+    }
+}
+
+/// Registers watchers; handed out only while the state's read lock is held
+/// (`Node::watch_state`), so a watcher's history read and its live events
+/// meet without a gap or an overlap.
+pub struct Subscriber<'a> {
+    sm: &'a SmStore,
+}
+
+impl Subscriber<'_> {
+    /// Watches `[key, range_end)` (etcd's range conventions) from now on.
+    pub fn subscribe(&self, key: Vec<u8>, range_end: Vec<u8>) -> WatchGuard {
+        WatchGuard {
+            sm: self.sm.clone(),
+            sub: self.sm.hub().subscribe(key, range_end),
+        }
+    }
+}
+
+fn unavailable(e: std::io::Error) -> NodeError {
+    NodeError::Internal(e.to_string())
+}
+
+impl Node {
+    /// Runs `f` on this member's applied state, under its read lock (keep
+    /// `f` short: applying waits for it).
+    pub fn with_state<T>(&self, f: impl FnOnce(&SmData) -> T) -> Result<T, NodeError> {
+        let d = self.sm.read().map_err(unavailable)?;
+        Ok(f(&d))
+    }
+
+    /// Like `with_state`, and `f` may register watchers: they see every
+    /// change after the state `f` read, and none before.
+    pub fn watch_state<T>(
+        &self,
+        f: impl FnOnce(&SmData, &Subscriber<'_>) -> T,
+    ) -> Result<T, NodeError> {
+        let d = self.sm.read().map_err(unavailable)?;
+        Ok(f(&d, &Subscriber { sm: &self.sm }))
+    }
+
+    /// Watches `[key, range_end)` from the current applied state on.
+    pub fn subscribe(&self, key: Vec<u8>, range_end: Vec<u8>) -> Result<WatchGuard, NodeError> {
+        self.watch_state(|_, s| s.subscribe(key, range_end))
+    }
+
+    /// Lock table changes as this member applies them, from now on.
+    pub fn lock_feed(&self) -> broadcast::Receiver<LockFeed> {
+        self.sm.lock_feed()
+    }
+
+    /// Whether this member may answer serializable reads from `state` (its
+    /// applied state, read under the lock).
+    ///
+    /// Like etcd, a member that joined a running cluster serves reads only
+    /// once it has applied its own announcement (`Request::Publish`), i.e.
+    /// caught up at least to when it joined: it must not answer a
+    /// serializable read from its empty state. (Bootstrapping members start
+    /// from the same empty state as everyone.)
+    pub fn ready_for_reads(&self, state: &SmData) -> bool {
+        !self.joined || state.client_addrs.get(&self.id) == Some(&self.client_addr)
+    }
+
+    /// Reads the applied state at `consistency`: a linearizable read waits
+    /// (until `deadline`) for `linearize`; a serializable one is refused with
+    /// `NodeError::NotReady` until `ready_for_reads`.
+    pub async fn read<T>(
+        &self,
+        consistency: Consistency,
+        deadline: Instant,
+        f: impl FnOnce(&SmData) -> T,
+    ) -> Result<T, NodeError> {
+        if consistency == Consistency::Linearizable {
+            self.linearize(deadline).await?;
+        }
+        let d = self.sm.read().map_err(unavailable)?;
+        if consistency == Consistency::Serializable && !self.ready_for_reads(&d) {
+            return Err(NodeError::NotReady);
+        }
+        Ok(f(&d))
+    }
+
+    /// A consistent copy of this member's applied state in the snapshot
+    /// file format (etcd `Maintenance.Snapshot`), and its revision. Copied
+    /// under the read lock; encoded outside it.
+    pub async fn export_state(&self) -> Result<(i64, Vec<u8>), NodeError> {
+        let data = self.sm.read().map_err(unavailable)?.clone();
+        let rev = data.kv.revision();
+        let bytes = tokio::task::spawn_blocking(move || super::state_machine::export(&data))
+            .await
+            .map_err(|e| NodeError::Internal(e.to_string()))?
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        Ok((rev, bytes))
+    }
+
+    /// Returns once a read of the local state machine is linearizable: the
+    /// leader confirmed its leadership with a quorum and this member applied
+    /// at least the leader's commit index at that moment.
+    pub async fn linearize(&self, deadline: Instant) -> Result<(), NodeError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let fut = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
+            let leader = match tokio::time::timeout_at(deadline, fut).await {
+                Err(_) => return Err(NodeError::Timeout),
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
+                    f.leader_id
+                }
+                Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)))) => {
+                    return Err(NodeError::NoLeader)
+                }
+                Ok(Err(RaftError::Fatal(_))) => return Err(NodeError::Stopped),
+            };
+            let leader = match leader {
+                Some(l) if l != self.id => l,
+                _ => match self.wait_leader(deadline).await {
+                    Some(l) if l != self.id => l,
+                    Some(_) if tries < 3 => continue,
+                    _ => return Err(NodeError::NoLeader),
+                },
+            };
+            match self
+                .forward(leader, &ForwardRequest::ReadIndex, deadline)
+                .await?
+            {
+                ForwardResponse::ReadIndex(idx) => return self.wait_applied(idx, deadline).await,
+                ForwardResponse::NotLeader(_) if tries < 3 => {
+                    self.wait_leader(deadline).await;
+                }
+                ForwardResponse::Failed(e) => return Err(e),
+                _ => return Err(NodeError::NoLeader),
+            }
+        }
+    }
+
+    /// Waits until this member has applied `index`.
+    pub(super) async fn wait_applied(
+        &self,
+        index: u64,
+        deadline: Instant,
+    ) -> Result<(), NodeError> {
+        let mut rx = self.sm.applied();
+        loop {
+            if *rx.borrow_and_update() >= index {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Err(_) => return Err(NodeError::Timeout),
+                Ok(Err(_)) => return Err(NodeError::Stopped),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+}
