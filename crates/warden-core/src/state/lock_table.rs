@@ -34,7 +34,8 @@
 //! `HashMap`: replicas must reach identical tables from identical commands,
 //! and the table goes into snapshots as it is (ordered maps only). Leases are
 //! not owned here: the lease table decides expiry and calls
-//! [`LockTable::revoke_lease`]. Nothing here panics on any input.
+//! [`LockTable::revoke_lease`]. Nothing here panics on any input. The unit
+//! and model-based tests live in `lock_table_tests.rs`, a child module.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;

@@ -14,6 +14,7 @@
 //! This module must stay deterministic: no IO, clocks, randomness or hash-map
 //! iteration. Two stores given the same requests are equal, field for field.
 //! Leases are not owned here; a put that names a lease asks a [`LeaseLookup`].
+//! The unit tests live in `mvcc_tests.rs`, a child module of this one.
 
 use imbl::OrdMap;
 use std::cmp::Ordering;
