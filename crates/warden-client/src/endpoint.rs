@@ -1,6 +1,14 @@
 //! Endpoint strings: parsing what users type (`host:port`, `http://host:port`,
 //! `[::1]:2379`) into the canonical `host:port` form the client keys its
-//! connections by. Pure string handling; never touches the network.
+//! connections by.
+//!
+//! Owns: the one parser of addresses users type. `warden server` uses it too,
+//! for its listen, peer, initial-cluster, route and join addresses, so a
+//! member accepts exactly the address forms a client does.
+//!
+//! Must never: touch the network (pure string handling; resolving and
+//! dialing happen in the client), or accept an address it cannot turn into
+//! a dialable `host:port`.
 
 use super::error::ClientError;
 

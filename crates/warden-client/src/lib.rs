@@ -1,4 +1,4 @@
-//! The Rust client library for warden's etcd-compatible API (SPEC CL1):
+//! The Rust client library for warden's etcd-compatible API:
 //! endpoint list, one lazily connected gRPC channel per endpoint, failover to
 //! the next endpoint when one is unreachable, retries with exponential
 //! backoff and jitter within one overall deadline, and serializable reads

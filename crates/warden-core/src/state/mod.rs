@@ -1,8 +1,11 @@
 //! The replicated state: everything every member holds identically because
 //! it applied the same committed commands in the same order.
 //!
-//! The MVCC key-value store (`mvcc`) and the lease table (`lease`), driven by
-//! [`StateMachine`] (`machine`), which also owns the snapshot format.
+//! Owns: the MVCC key-value store (`mvcc`), the lease table (`lease`) and the
+//! lock table (`lock_table`), all three driven by [`StateMachine`]
+//! (`machine`), which also owns the snapshot format. `machine` applies lock
+//! commands (acquire, release, cancel, fenced writes) to the lock table and
+//! ends a lease's holds and waits in the same entry that revokes the lease.
 //!
 //! This layer is a pure function of (state, command) → (state, result,
 //! events). It must never do IO, read a clock, use randomness, or depend on
@@ -13,8 +16,11 @@
 //! Files: `types` (request/response records mirroring etcd's protobufs),
 //! `error` (etcd's error strings and their gRPC classes), `validate`
 //! (stateless request checks the api layer may also run before proposing),
-//! `mvcc` (the store), `machine` (commands, apply, snapshots), `lock_table`
-//! (named locks, wait queues, fencing tokens; not yet driven by `machine`).
+//! `mvcc` (the store), `lease` (leases and their TTLs), `machine` (commands,
+//! apply, snapshots), `lock_table` (named locks, wait queues, fencing
+//! tokens). The unit tests of `mvcc` and `lock_table` live beside them in
+//! `mvcc_tests.rs` and `lock_table_tests.rs`; `proptests` checks the whole
+//! machine against a naive model.
 
 pub mod error;
 pub mod lease;

@@ -1,9 +1,16 @@
 //! `warden bench`: drives any etcd v3 endpoint (warden or etcd itself) with N
-//! concurrent clients and reports throughput and latency percentiles (SPEC O4).
+//! concurrent clients and reports throughput and latency percentiles (p50,
+//! p90, p99, p99.9, max), as text or JSON.
 //!
 //! Each client is a task issuing one request at a time over a shared pool of
 //! HTTP/2 connections spread round-robin over the endpoints; latencies go into
-//! an HDR histogram (microsecond resolution).
+//! an HDR histogram (microsecond resolution). Endpoints are parsed by the
+//! client library's parser, like every other command's.
+//!
+//! Must never: retry a failed request or record its latency (failures are
+//! counted and reported next to the successes), or hide that every request
+//! failed (that is an error). Note that `put` overwrites the keys it names
+//! (zero-padded numbers), so it is not for clusters whose data matters.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,6 +21,7 @@ use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use tonic::transport::{Channel, Endpoint};
 
+use warden_client::endpoint::{endpoint_uri, parse_endpoints};
 use warden_proto::etcdserverpb as pb;
 use warden_proto::etcdserverpb::kv_client::KvClient;
 
@@ -62,14 +70,11 @@ pub async fn run_bench(endpoints: &[String], args: BenchArgs, json: bool) -> any
     if args.clients == 0 || args.conns == 0 || args.total == 0 {
         bail!("--clients, --conns and --total must be > 0");
     }
-    if endpoints.is_empty() {
-        bail!("no endpoints");
-    }
+    let endpoints = parse_endpoints(endpoints)?;
     let mut channels = Vec::new();
     for i in 0..args.conns {
         let ep = &endpoints[i % endpoints.len()];
-        let addr = ep.strip_prefix("http://").unwrap_or(ep);
-        let ch: Channel = Endpoint::from_shared(format!("http://{addr}"))
+        let ch: Channel = Endpoint::from_shared(endpoint_uri(ep))
             .with_context(|| format!("bad endpoint {ep:?}"))?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(3))

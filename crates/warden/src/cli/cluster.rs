@@ -1,12 +1,17 @@
 //! The cluster commands of the command-line client: `status` (etcdctl's
 //! `endpoint status`: one row per endpoint) and `member list`. Owns their
 //! flags and how failures of single endpoints are reported.
+//!
+//! Must never: print directly (output goes into the caller's buffer through
+//! [`super::output`] or `writeln!`), or send a membership change as anything
+//! but a write, which the client library does not retry unless it provably
+//! was not applied.
 
 use clap::{Args, Subcommand};
 
 use warden_client::Client;
 
-use super::kv::Consistency;
+use super::kv_args::Consistency;
 use super::output::{self, EndpointStatus, Format};
 
 /// Flags of `status`.

@@ -3,17 +3,27 @@
 //! other subcommand is a client of the etcd v3 API built on
 //! [`warden_client`], printing human output to stdout (or `--output json`).
 //!
+//! Files: `kv` (key-value commands) over `txn_parse` (etcdctl's transaction
+//! syntax) over `kv_args` (the `put`/`get`/`del` flags both share);
+//! `lease`, `watch`, `elect` and `lock` (the long-lived commands, sharing
+//! `common`); `cluster`, `snapshot`, `bench`, `server`; `output` (printing).
+//!
 //! This module never prints errors itself: they are returned to `main`,
 //! which prints one `Error: …` line on stderr.
 
 pub mod bench;
 pub mod cluster;
-pub mod coord;
+mod common;
+pub mod elect;
 pub mod kv;
+pub mod kv_args;
+pub mod lease;
+pub mod lock;
 pub mod output;
 pub mod server;
 pub mod snapshot;
 pub mod txn_parse;
+pub mod watch;
 
 use std::io::Write;
 use std::time::Duration;
@@ -66,11 +76,11 @@ pub enum Command {
     /// Run a local cluster of several members for trying warden out.
     Dev(server::DevArgs),
     /// Write a key.
-    Put(kv::PutArgs),
+    Put(kv_args::PutArgs),
     /// Read a key or a range of keys.
-    Get(Box<kv::GetArgs>),
+    Get(Box<kv_args::GetArgs>),
     /// Delete a key or a range of keys.
-    Del(kv::DelArgs),
+    Del(kv_args::DelArgs),
     /// Run a transaction read from standard input (etcdctl's txn syntax).
     Txn(kv::TxnArgs),
     /// Discard the key history before a revision.
@@ -80,14 +90,14 @@ pub enum Command {
     /// Leases: grant, revoke, keep-alive, timetolive, list.
     Lease {
         #[command(subcommand)]
-        command: coord::LeaseCommand,
+        command: lease::LeaseCommand,
     },
     /// Print changes to a key or prefix as they happen.
-    Watch(coord::WatchArgs),
+    Watch(watch::WatchArgs),
     /// Campaign in an election (or --listen to follow its leader).
-    Elect(coord::ElectArgs),
+    Elect(elect::ElectArgs),
     /// Hold a lock (running a command while holding it), or inspect one.
-    Lock(coord::LockArgs),
+    Lock(lock::LockArgs),
     /// Back up a member's state, or seed a new member from a backup.
     Snapshot {
         #[command(subcommand)]
@@ -125,11 +135,11 @@ impl Cli {
         let client = global.client().await?;
         let command = match command {
             Command::Lease { command } => {
-                return coord::lease(&client, command, global.output).await
+                return lease::lease(&client, command, global.output).await
             }
-            Command::Watch(a) => return coord::watch_cmd(&client, a, global.output).await,
-            Command::Elect(a) => return coord::elect(&client, a).await,
-            Command::Lock(a) => return coord::lock(&client, a, global.output).await,
+            Command::Watch(a) => return watch::watch_cmd(&client, a, global.output).await,
+            Command::Elect(a) => return elect::elect(&client, a).await,
+            Command::Lock(a) => return lock::lock(&client, a, global.output).await,
             Command::Snapshot { command } => return snapshot::snapshot(&client, command).await,
             other => other,
         };

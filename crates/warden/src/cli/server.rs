@@ -1,5 +1,12 @@
 //! `warden server` and `warden dev`: flags, configuration file and start-up of
 //! a member; and the local three-member cluster for trying warden out.
+//!
+//! Owns: turning flags, environment and the `--config` file into a validated
+//! `NodeConfig`, with one-line errors that name the flag. Addresses are
+//! parsed by the client library's endpoint parser
+//! ([`warden_client::parse_endpoint`]); this file must never grow an address
+//! parser of its own, nor start a member from a configuration it has not
+//! validated.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +16,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use serde::Deserialize;
 
+use warden_client::{parse_endpoint, parse_endpoints, ClientError};
 use warden_server::node::{Node, NodeConfig};
 
 /// Flags of `warden server`. Each is also read from `WARDEN_<FLAG>` and from
@@ -82,23 +90,30 @@ pub struct DevArgs {
     pub dir: std::path::PathBuf,
 }
 
-/// Strips an optional `http://` scheme: etcd users write URLs, we want host:port.
-fn strip_scheme(s: &str) -> &str {
-    s.trim()
-        .strip_prefix("http://")
-        .unwrap_or(s.trim())
-        .trim_end_matches('/')
+/// The address given to `--{field}`, in canonical `host:port` form. Parsed
+/// by the client library's endpoint parser (the one parser of addresses
+/// users type: optional `http://`, `[v6]:port`, port 1 to 65535); the error
+/// names the flag, the value and what is wrong with it.
+fn check_addr(field: &str, addr: &str) -> anyhow::Result<String> {
+    parse_endpoint(addr).map_err(|e| addr_error(field, addr, e))
 }
 
-fn check_addr(field: &str, addr: &str) -> anyhow::Result<String> {
-    let a = strip_scheme(addr);
-    let ok = a
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-    if !ok {
-        bail!("invalid --{field} {addr:?}: expected host:port, e.g. 127.0.0.1:2379");
+/// The one-line error for a bad address given to `--{field}`: the value,
+/// what is wrong with it, and an example of the field's form.
+fn addr_error(field: &str, addr: &str, e: ClientError) -> anyhow::Error {
+    let example = match field {
+        "client-addr" | "join" => "127.0.0.1:2379",
+        _ => "127.0.0.1:2380",
+    };
+    match e {
+        ClientError::InvalidEndpoint { endpoint, reason } if endpoint == addr => {
+            anyhow!("invalid --{field} {addr:?}: {reason}, e.g. {example}")
+        }
+        ClientError::InvalidEndpoint { endpoint, reason } => {
+            anyhow!("invalid --{field} {addr:?}: {endpoint:?}: {reason}, e.g. {example}")
+        }
+        other => anyhow!("invalid --{field} {addr:?}: {other}"),
     }
-    Ok(a.to_string())
 }
 
 /// Parses `name=addr,name=addr`; names and addresses must be unique.
@@ -189,19 +204,16 @@ impl ServerArgs {
         if client_addr == peer_addr {
             bail!("invalid --client-addr: same as --peer-addr ({peer_addr})");
         }
-        let join: Vec<String> = a
-            .join
-            .as_deref()
-            .map(|j| {
-                j.split(',')
-                    .map(|e| strip_scheme(e).to_string())
-                    .filter(|e| !e.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if a.join.is_some() && join.is_empty() {
-            bail!("invalid --join: give the client address of a running member");
-        }
+        let join: Vec<String> = match a.join.as_deref() {
+            None => Vec::new(),
+            Some(j) => match parse_endpoints(&[j]) {
+                Ok(eps) => eps,
+                Err(ClientError::NoEndpoints) => {
+                    bail!("invalid --join: give the client address of a running member")
+                }
+                Err(e) => return Err(addr_error("join", j, e)),
+            },
+        };
         if !join.is_empty() && a.initial_cluster.is_some() {
             bail!("--join and --initial-cluster cannot be used together: a joining member learns the cluster from it");
         }
@@ -225,8 +237,8 @@ impl ServerArgs {
             let Some((from, via)) = item.split_once('=') else {
                 bail!("invalid --peer-routes {item:?}: expected PEER-ADDR=VIA");
             };
-            let from = check_addr("peer-routes", strip_scheme(from))?;
-            let via = check_addr("peer-routes", strip_scheme(via))?;
+            let from = check_addr("peer-routes", from)?;
+            let via = check_addr("peer-routes", via)?;
             peer_routes.insert(from, via);
         }
         let min = a.election_timeout_min_ms.unwrap_or(1000);

@@ -20,6 +20,9 @@
 //! `put`, `get` or `del` with the same arguments and flags as the commands.
 //!
 //! Pure text to protobuf; reads nothing itself and never panics on input.
+//! Request lines reuse the flag definitions of [`super::kv_args`]; this
+//! module must never import from [`super::kv`], which uses it (the arrows
+//! point one way: `kv` → `txn_parse` → `kv_args`).
 
 use std::ffi::OsString;
 
@@ -31,7 +34,7 @@ use warden_proto::etcdserverpb::{
     Compare, RequestOp, TxnRequest,
 };
 
-use super::kv::{parse_lease_id, DelArgs, GetArgs, PutArgs};
+use super::kv_args::{parse_lease_id, DelArgs, GetArgs, PutArgs};
 
 /// A parse error, naming the input line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

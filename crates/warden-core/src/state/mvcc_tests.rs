@@ -1,0 +1,1013 @@
+//! Unit tests of the MVCC store (`mvcc`), kept beside it so `mvcc.rs` holds
+//! only the implementation. A child module of `mvcc`: it may reach private
+//! items through `super::*`.
+//!
+//! Owns: examples of Range, Put, DeleteRange, Txn and Compact against etcd's
+//! semantics, the snapshot encoding, and the store's invariant checks.
+//!
+//! Must never: be compiled outside `cfg(test)`, or weaken what a test asserts
+//! to make a change pass (the snapshot-encoding test pins the on-disk format).
+
+use super::*;
+
+fn b(s: &str) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+fn put_req(k: &str, v: &str) -> PutRequest {
+    PutRequest {
+        key: b(k),
+        value: b(v),
+        ..Default::default()
+    }
+}
+
+fn put(s: &mut MvccStore, k: &str, v: &str) -> WriteResult<PutResponse> {
+    s.put(&put_req(k, v), &NoLeases).unwrap()
+}
+
+#[test]
+fn key_map_encodes_as_a_btreemap_and_round_trips() {
+    let mut s = MvccStore::new();
+    for (k, v) in [("b", "1"), ("a", "2"), ("b", "3"), ("c", "4")] {
+        put(&mut s, k, v);
+    }
+    // The snapshot format predates the persistent map: same bytes.
+    #[derive(Serialize)]
+    struct Mirror {
+        current_revision: i64,
+        compact_revision: i64,
+        live_keys: u64,
+        keys: std::collections::BTreeMap<Vec<u8>, History>,
+    }
+    let mirror = Mirror {
+        current_revision: s.current_revision,
+        compact_revision: s.compact_revision,
+        live_keys: s.live_keys,
+        keys: s.keys.iter().map(|(k, h)| (k.clone(), h.clone())).collect(),
+    };
+    let bytes = postcard::to_stdvec(&s).unwrap();
+    assert_eq!(bytes, postcard::to_stdvec(&mirror).unwrap());
+    let back: MvccStore = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(back, s);
+    // A clone is a snapshot: later writes do not show through it.
+    let frozen = s.clone();
+    put(&mut s, "a", "5");
+    assert_eq!(frozen.get(b"a").unwrap().value, b("2"));
+    assert_eq!(s.get(b"a").unwrap().value, b("5"));
+}
+
+fn del_req(k: &str, end: &[u8]) -> DeleteRangeRequest {
+    DeleteRangeRequest {
+        key: b(k),
+        range_end: end.to_vec(),
+        prev_kv: true,
+    }
+}
+
+fn get_req(k: &str) -> RangeRequest {
+    RangeRequest {
+        key: b(k),
+        ..Default::default()
+    }
+}
+
+fn range_req(k: &[u8], end: &[u8]) -> RangeRequest {
+    RangeRequest {
+        key: k.to_vec(),
+        range_end: end.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn keys(r: &RangeResponse) -> Vec<String> {
+    r.kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect()
+}
+
+fn get(s: &MvccStore, k: &str, rev: i64) -> Option<KeyValue> {
+    let mut r = s
+        .range(&RangeRequest {
+            revision: rev,
+            ..get_req(k)
+        })
+        .unwrap();
+    assert!(r.kvs.len() <= 1);
+    r.kvs.pop()
+}
+
+fn cmp(k: &str, result: CompareResult, target: CompareTarget) -> Compare {
+    Compare {
+        result,
+        target,
+        key: b(k),
+        range_end: vec![],
+    }
+}
+
+fn txn(
+    s: &mut MvccStore,
+    compare: Vec<Compare>,
+    success: Vec<RequestOp>,
+    failure: Vec<RequestOp>,
+) -> Result<WriteResult<TxnResponse>, StateError> {
+    s.txn(
+        &TxnRequest {
+            compare,
+            success,
+            failure,
+        },
+        &NoLeases,
+    )
+}
+
+/// a=1@2, b=2@3, c=3@4, a=4@5, del b@6, b=5@7
+fn sample() -> MvccStore {
+    let mut s = MvccStore::new();
+    put(&mut s, "a", "1");
+    put(&mut s, "b", "2");
+    put(&mut s, "c", "3");
+    put(&mut s, "a", "4");
+    s.delete_range(&del_req("b", b"")).unwrap();
+    put(&mut s, "b", "5");
+    assert_eq!(s.current_revision(), 7);
+    s
+}
+
+#[test]
+fn events_since_replays_history_in_revision_order() {
+    let mut s = MvccStore::new();
+    put(&mut s, "b", "1"); // rev 2
+    put(&mut s, "a", "1"); // rev 3
+    put(&mut s, "b", "2"); // rev 4
+    let d = s.delete_range(&del_req("a", b""));
+    assert_eq!(d.map(|d| d.response.deleted), Ok(1)); // rev 5
+    put(&mut s, "z", "1"); // rev 6, outside [a, c)
+    let evs = s.events_since(3, b"a", b"c").unwrap_or_default();
+    let got: Vec<(i64, EventKind, String)> = evs
+        .iter()
+        .map(|e| {
+            (
+                e.kv.mod_revision,
+                e.kind,
+                String::from_utf8_lossy(&e.kv.key).into_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (3, EventKind::Put, "a".to_string()),
+            (4, EventKind::Put, "b".to_string()),
+            (5, EventKind::Delete, "a".to_string()),
+        ]
+    );
+    assert_eq!(
+        evs[1].prev_kv.as_ref().map(|p| p.value.clone()),
+        Some(b("1"))
+    );
+    assert_eq!(evs[1].kv.version, 2);
+    assert_eq!(evs[2].prev_kv.as_ref().map(|p| p.mod_revision), Some(3));
+    s.compact(5).unwrap_or_default();
+    assert_eq!(s.events_since(4, b"a", b"c"), Err(StateError::Compacted));
+    assert_eq!(s.events_since(6, b"", &[0]).map(|e| e.len()), Ok(1));
+}
+
+#[test]
+fn replay_keeps_the_order_of_changes_within_a_txn() {
+    let mut s = MvccStore::new();
+    let w = txn(
+        &mut s,
+        vec![],
+        vec![
+            RequestOp::Put(put_req("z", "1")),
+            RequestOp::Put(put_req("a", "1")),
+            RequestOp::Put(put_req("m", "1")),
+        ],
+        vec![],
+    );
+    let live: Vec<Vec<u8>> = w
+        .map(|w| w.events.into_iter().map(|e| e.kv.key).collect())
+        .unwrap_or_default();
+    let replay: Vec<Vec<u8>> = s
+        .events_since(1, b"", &[0])
+        .map(|evs| evs.into_iter().map(|e| e.kv.key).collect())
+        .unwrap_or_default();
+    assert_eq!(live, vec![b("z"), b("a"), b("m")]);
+    assert_eq!(replay, live, "replay and live watchers agree");
+}
+
+#[test]
+fn fresh_store() {
+    let s = MvccStore::new();
+    assert_eq!(s.current_revision(), 1);
+    assert_eq!(s.compact_revision(), 0);
+    assert!(s.is_empty());
+    assert_eq!(s.len(), 0);
+    let r = s.range(&range_req(&[0], &[0])).unwrap();
+    assert_eq!(r.count, 0);
+    assert_eq!(get(&s, "a", 1), None);
+    assert_eq!(s, MvccStore::default());
+}
+
+#[test]
+fn versions_and_revisions() {
+    let mut s = MvccStore::new();
+    let w = put(&mut s, "k", "v1");
+    assert_eq!(s.current_revision(), 2);
+    assert_eq!(w.response.prev_kv, None);
+    let kv = get(&s, "k", 0).unwrap();
+    assert_eq!(
+        kv,
+        KeyValue {
+            key: b("k"),
+            create_revision: 2,
+            mod_revision: 2,
+            version: 1,
+            value: b("v1"),
+            lease: 0
+        }
+    );
+    put(&mut s, "k", "v2");
+    let kv = get(&s, "k", 0).unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+    // Delete makes a tombstone; a new put starts a new life.
+    let d = s.delete_range(&del_req("k", b"")).unwrap();
+    assert_eq!(d.response.deleted, 1);
+    assert_eq!(s.current_revision(), 4);
+    assert_eq!(get(&s, "k", 0), None);
+    put(&mut s, "k", "v3");
+    let kv = get(&s, "k", 0).unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
+    // History is readable.
+    assert_eq!(get(&s, "k", 1), None);
+    assert_eq!(get(&s, "k", 2).unwrap().value, b("v1"));
+    assert_eq!(get(&s, "k", 3).unwrap().value, b("v2"));
+    assert_eq!(get(&s, "k", 4), None);
+    assert_eq!(s.get(b"k").unwrap().value, b("v3"));
+    assert_eq!(s.len(), 1);
+}
+
+#[test]
+fn delete_of_nothing_does_not_bump() {
+    let mut s = sample();
+    let d = s.delete_range(&del_req("zzz", b"")).unwrap();
+    assert_eq!(d.response.deleted, 0);
+    assert!(d.events.is_empty());
+    assert_eq!(s.current_revision(), 7);
+    let d = s.delete_range(&del_req("x", b"y")).unwrap();
+    assert_eq!(d.response.deleted, 0);
+    assert_eq!(s.current_revision(), 7);
+}
+
+#[test]
+fn prev_kv_and_events() {
+    let mut s = MvccStore::new();
+    let w = put(&mut s, "k", "v1");
+    assert_eq!(w.events.len(), 1);
+    assert_eq!(w.events[0].kind, EventKind::Put);
+    assert_eq!(w.events[0].prev_kv, None);
+    let w = s
+        .put(
+            &PutRequest {
+                prev_kv: true,
+                ..put_req("k", "v2")
+            },
+            &NoLeases,
+        )
+        .unwrap();
+    let prev = w.response.prev_kv.unwrap();
+    assert_eq!(prev.value, b("v1"));
+    assert_eq!(w.events[0].prev_kv.as_ref(), Some(&prev));
+    assert_eq!(w.events[0].kv.value, b("v2"));
+    // Without prev_kv the response has none, the event still does.
+    let w = put(&mut s, "k", "v3");
+    assert_eq!(w.response.prev_kv, None);
+    assert!(w.events[0].prev_kv.is_some());
+
+    put(&mut s, "l", "x");
+    let d = s.delete_range(&del_req("k", b"m")).unwrap();
+    assert_eq!(d.response.deleted, 2);
+    assert_eq!(
+        keys(&RangeResponse {
+            kvs: d.response.prev_kvs.clone(),
+            ..Default::default()
+        }),
+        ["k", "l"]
+    );
+    assert_eq!(d.events.len(), 2);
+    for (ev, prev) in d.events.iter().zip(&d.response.prev_kvs) {
+        assert_eq!(ev.kind, EventKind::Delete);
+        assert_eq!(
+            ev.kv,
+            KeyValue {
+                key: prev.key.clone(),
+                mod_revision: 6,
+                ..Default::default()
+            }
+        );
+        assert_eq!(ev.prev_kv.as_ref(), Some(prev));
+    }
+    let d = s
+        .delete_range(&DeleteRangeRequest {
+            prev_kv: false,
+            ..del_req("zz", b"")
+        })
+        .unwrap();
+    assert!(d.response.prev_kvs.is_empty());
+}
+
+#[test]
+fn ignore_value_and_lease() {
+    let mut s = MvccStore::new();
+    let missing = PutRequest {
+        key: b("k"),
+        ignore_value: true,
+        ..Default::default()
+    };
+    assert_eq!(s.put(&missing, &NoLeases), Err(StateError::KeyNotFound));
+    let missing = PutRequest {
+        key: b("k"),
+        value: b("x"),
+        ignore_lease: true,
+        ..Default::default()
+    };
+    assert_eq!(s.put(&missing, &NoLeases), Err(StateError::KeyNotFound));
+    assert_eq!(s.current_revision(), 1);
+
+    put(&mut s, "k", "orig");
+    s.put(
+        &PutRequest {
+            key: b("k"),
+            ignore_value: true,
+            ..Default::default()
+        },
+        &NoLeases,
+    )
+    .unwrap();
+    let kv = s.get(b"k").unwrap();
+    assert_eq!((kv.value, kv.version, kv.mod_revision), (b("orig"), 2, 3));
+    s.put(
+        &PutRequest {
+            key: b("k"),
+            value: b("new"),
+            ignore_lease: true,
+            ..Default::default()
+        },
+        &NoLeases,
+    )
+    .unwrap();
+    assert_eq!(s.get(b"k").unwrap().value, b("new"));
+    // Stateless checks.
+    let both = PutRequest {
+        key: b("k"),
+        value: b("x"),
+        ignore_value: true,
+        ..Default::default()
+    };
+    assert_eq!(s.put(&both, &NoLeases), Err(StateError::ValueProvided));
+}
+
+#[test]
+fn leases_go_through_the_lookup() {
+    struct Only(i64);
+    impl LeaseLookup for Only {
+        fn lease_exists(&self, l: i64) -> bool {
+            l == self.0
+        }
+    }
+    let mut s = MvccStore::new();
+    let req = PutRequest {
+        lease: 9,
+        ..put_req("k", "v")
+    };
+    assert_eq!(s.put(&req, &NoLeases), Err(StateError::LeaseNotFound));
+    assert_eq!(s.put(&req, &Only(8)), Err(StateError::LeaseNotFound));
+    s.put(&req, &Only(9)).unwrap();
+    assert_eq!(s.get(b"k").unwrap().lease, 9);
+    // ignore_lease keeps it without a lookup.
+    s.put(
+        &PutRequest {
+            ignore_lease: true,
+            ..put_req("k", "w")
+        },
+        &NoLeases,
+    )
+    .unwrap();
+    assert_eq!(s.get(b"k").unwrap().lease, 9);
+    // In a txn too.
+    let r = txn(&mut s, vec![], vec![RequestOp::Put(req.clone())], vec![]);
+    assert_eq!(r.unwrap_err(), StateError::LeaseNotFound);
+    assert_eq!(
+        s.put(&PutRequest { key: vec![], ..req }, &NoLeases),
+        Err(StateError::EmptyKey)
+    );
+}
+
+#[test]
+fn range_key_selection() {
+    let mut s = MvccStore::new();
+    for k in ["a", "ab", "abc", "b", "c", "\u{7f}"] {
+        put(&mut s, k, "v");
+    }
+    put(&mut s, "\0", "zero");
+    let r = |k: &[u8], e: &[u8]| keys(&s.range(&range_req(k, e)).unwrap());
+    assert_eq!(r(b"ab", b""), ["ab"]);
+    assert_eq!(r(b"zz", b""), Vec::<String>::new());
+    // Prefix "a" = [a, b).
+    assert_eq!(r(b"a", b"b"), ["a", "ab", "abc"]);
+    assert_eq!(r(b"ab", b"ac"), ["ab", "abc"]);
+    // From key.
+    assert_eq!(r(b"b", &[0]), ["b", "c", "\u{7f}"]);
+    // All keys.
+    assert_eq!(r(&[0], &[0]), ["\0", "a", "ab", "abc", "b", "c", "\u{7f}"]);
+    // Empty or inverted intervals.
+    assert_eq!(r(b"b", b"b"), Vec::<String>::new());
+    assert_eq!(r(b"c", b"a"), Vec::<String>::new());
+    assert_eq!(
+        s.range(&range_req(b"", b"")).unwrap_err(),
+        StateError::EmptyKey
+    );
+    assert_eq!(
+        s.range(&range_req(b"", &[0])).unwrap_err(),
+        StateError::EmptyKey
+    );
+}
+
+#[test]
+fn range_revisions() {
+    let mut s = sample();
+    let at = |s: &MvccStore, rev| {
+        keys(
+            &s.range(&RangeRequest {
+                revision: rev,
+                ..range_req(&[0], &[0])
+            })
+            .unwrap(),
+        )
+    };
+    assert_eq!(at(&s, 1), Vec::<String>::new());
+    assert_eq!(at(&s, 3), ["a", "b"]);
+    assert_eq!(at(&s, 6), ["a", "c"]);
+    assert_eq!(at(&s, 7), ["a", "b", "c"]);
+    assert_eq!(at(&s, 0), ["a", "b", "c"]);
+    assert_eq!(at(&s, -3), ["a", "b", "c"]);
+    let future = RangeRequest {
+        revision: 8,
+        ..get_req("a")
+    };
+    assert_eq!(s.range(&future), Err(StateError::FutureRevision));
+    s.compact(4).unwrap();
+    let old = RangeRequest {
+        revision: 3,
+        ..get_req("a")
+    };
+    assert_eq!(s.range(&old), Err(StateError::Compacted));
+    // Exactly at the compact revision is allowed.
+    assert_eq!(at(&s, 4), ["a", "b", "c"]);
+    assert_eq!(get(&s, "a", 4).unwrap().value, b("1"));
+    assert_eq!(get(&s, "b", 4).unwrap().value, b("2"));
+}
+
+#[test]
+fn count_limit_more() {
+    let mut s = MvccStore::new();
+    for k in ["a", "b", "c", "d", "e"] {
+        put(&mut s, k, k);
+    }
+    let all = range_req(&[0], &[0]);
+    let r = s.range(&all).unwrap();
+    assert_eq!((r.count, r.kvs.len(), r.more), (5, 5, false));
+    let r = s
+        .range(&RangeRequest {
+            limit: 2,
+            ..all.clone()
+        })
+        .unwrap();
+    assert_eq!(
+        (r.count, keys(&r), r.more),
+        (5, vec!["a".into(), "b".into()], true)
+    );
+    let r = s
+        .range(&RangeRequest {
+            limit: 5,
+            ..all.clone()
+        })
+        .unwrap();
+    assert_eq!((r.count, r.kvs.len(), r.more), (5, 5, false));
+    let r = s
+        .range(&RangeRequest {
+            limit: -1,
+            ..all.clone()
+        })
+        .unwrap();
+    assert_eq!((r.count, r.kvs.len(), r.more), (5, 5, false));
+    let r = s
+        .range(&RangeRequest {
+            count_only: true,
+            limit: 1,
+            ..all.clone()
+        })
+        .unwrap();
+    assert_eq!((r.count, r.kvs.len(), r.more), (5, 0, false));
+    let r = s
+        .range(&RangeRequest {
+            keys_only: true,
+            ..all.clone()
+        })
+        .unwrap();
+    assert!(r
+        .kvs
+        .iter()
+        .all(|kv| kv.value.is_empty() && kv.version == 1));
+    assert_eq!(r.kvs.len(), 5);
+}
+
+#[test]
+fn sorting() {
+    let mut s = MvccStore::new();
+    put(&mut s, "a", "3"); // rev 2
+    put(&mut s, "b", "1"); // rev 3
+    put(&mut s, "c", "2"); // rev 4
+    put(&mut s, "a", "0"); // rev 5, a version 2
+    put(&mut s, "b", "9"); // rev 6, b version 2
+    let sorted = |target, order| {
+        keys(
+            &s.range(&RangeRequest {
+                sort_target: target,
+                sort_order: order,
+                ..range_req(&[0], &[0])
+            })
+            .unwrap(),
+        )
+    };
+    use SortOrder::*;
+    use SortTarget::*;
+    assert_eq!(sorted(Key, None), ["a", "b", "c"]);
+    assert_eq!(sorted(Key, Ascend), ["a", "b", "c"]);
+    assert_eq!(sorted(Key, Descend), ["c", "b", "a"]);
+    // A non-key target with no order sorts ascending.
+    assert_eq!(sorted(Mod, None), ["c", "a", "b"]);
+    assert_eq!(sorted(Mod, Descend), ["b", "a", "c"]);
+    assert_eq!(sorted(Create, Ascend), ["a", "b", "c"]);
+    assert_eq!(sorted(Create, Descend), ["c", "b", "a"]);
+    assert_eq!(sorted(Value, Ascend), ["a", "c", "b"]);
+    assert_eq!(sorted(Value, Descend), ["b", "c", "a"]);
+    // Ties (a and b have version 2) stay in key order both ways.
+    assert_eq!(sorted(Version, Ascend), ["c", "a", "b"]);
+    assert_eq!(sorted(Version, Descend), ["a", "b", "c"]);
+    // Sort applies before the limit.
+    let r = s
+        .range(&RangeRequest {
+            sort_target: Value,
+            sort_order: Descend,
+            limit: 1,
+            keys_only: true,
+            ..range_req(&[0], &[0])
+        })
+        .unwrap();
+    assert_eq!(
+        (keys(&r), r.more, r.count),
+        (vec!["b".to_string()], true, 3)
+    );
+    assert!(r.kvs[0].value.is_empty());
+}
+
+#[test]
+fn min_max_filters() {
+    let mut s = MvccStore::new();
+    put(&mut s, "a", "x"); // 2
+    put(&mut s, "b", "x"); // 3
+    put(&mut s, "c", "x"); // 4
+    put(&mut s, "a", "y"); // 5: a create 2 mod 5
+    let f = |r: RangeRequest| {
+        let resp = s.range(&r).unwrap();
+        (keys(&resp), resp.count)
+    };
+    let all = range_req(&[0], &[0]);
+    // count is before filters.
+    assert_eq!(
+        f(RangeRequest {
+            min_mod_revision: 4,
+            ..all.clone()
+        }),
+        (vec!["a".into(), "c".into()], 3)
+    );
+    assert_eq!(
+        f(RangeRequest {
+            max_mod_revision: 3,
+            ..all.clone()
+        }),
+        (vec!["b".into()], 3)
+    );
+    assert_eq!(
+        f(RangeRequest {
+            min_create_revision: 3,
+            ..all.clone()
+        }),
+        (vec!["b".into(), "c".into()], 3)
+    );
+    assert_eq!(
+        f(RangeRequest {
+            max_create_revision: 3,
+            ..all.clone()
+        }),
+        (vec!["a".into(), "b".into()], 3)
+    );
+    // etcd's lock recipe: newest creator before mine.
+    let r = s
+        .range(&RangeRequest {
+            max_create_revision: 3,
+            sort_target: SortTarget::Create,
+            sort_order: SortOrder::Descend,
+            limit: 1,
+            ..all.clone()
+        })
+        .unwrap();
+    assert_eq!((keys(&r), r.more), (vec!["b".to_string()], true));
+}
+
+#[test]
+fn txn_branches_and_revisions() {
+    let mut s = MvccStore::new();
+    put(&mut s, "k", "v"); // rev 2
+    let w = txn(
+        &mut s,
+        vec![cmp("k", CompareResult::Equal, CompareTarget::Value(b("v")))],
+        vec![
+            RequestOp::Put(put_req("k", "v2")),
+            RequestOp::Put(put_req("other", "o")),
+            RequestOp::Range(get_req("k")),
+        ],
+        vec![RequestOp::Range(get_req("k"))],
+    )
+    .unwrap();
+    assert!(w.response.succeeded);
+    assert_eq!(s.current_revision(), 3);
+    assert_eq!(w.events.len(), 2);
+    assert!(w.events.iter().all(|e| e.kv.mod_revision == 3));
+    // The range sees the txn's own write.
+    let ResponseOp::Range(r) = &w.response.responses[2] else {
+        panic!("not a range")
+    };
+    assert_eq!(r.kvs[0].value, b("v2"));
+    assert_eq!(r.kvs[0].mod_revision, 3);
+
+    // Failure branch, read-only: no revision bump.
+    let w = txn(
+        &mut s,
+        vec![cmp("k", CompareResult::Equal, CompareTarget::Value(b("v")))],
+        vec![RequestOp::Put(put_req("k", "nope"))],
+        vec![RequestOp::Range(get_req("k"))],
+    )
+    .unwrap();
+    assert!(!w.response.succeeded);
+    assert_eq!(w.response.responses.len(), 1);
+    assert!(w.events.is_empty());
+    assert_eq!(s.current_revision(), 3);
+
+    // Empty txn succeeds and writes nothing.
+    let w = txn(&mut s, vec![], vec![], vec![]).unwrap();
+    assert!(w.response.succeeded);
+    assert_eq!(s.current_revision(), 3);
+
+    // A txn whose only write deletes nothing does not bump either.
+    txn(
+        &mut s,
+        vec![],
+        vec![RequestOp::DeleteRange(del_req("none", b""))],
+        vec![],
+    )
+    .unwrap();
+    assert_eq!(s.current_revision(), 3);
+
+    // Delete then range in one txn: the range sees the delete.
+    let w = txn(
+        &mut s,
+        vec![],
+        vec![
+            RequestOp::DeleteRange(del_req("k", b"")),
+            RequestOp::Range(range_req(&[0], &[0])),
+            RequestOp::Range(RangeRequest {
+                revision: 3,
+                ..get_req("k")
+            }),
+        ],
+        vec![],
+    )
+    .unwrap();
+    assert_eq!(s.current_revision(), 4);
+    let ResponseOp::Range(r) = &w.response.responses[1] else {
+        panic!()
+    };
+    assert_eq!(keys(r), ["other"]);
+    // An explicit earlier revision reads history.
+    let ResponseOp::Range(r) = &w.response.responses[2] else {
+        panic!()
+    };
+    assert_eq!(r.kvs[0].value, b("v2"));
+}
+
+#[test]
+fn txn_compares() {
+    let mut s = sample(); // a=4 (create 2, mod 5, v2), b=5 (create 7), c=3 (create 4)
+    let mut check = |c: Compare| {
+        txn(&mut s, vec![c], vec![], vec![])
+            .unwrap()
+            .response
+            .succeeded
+    };
+    use CompareResult::*;
+    use CompareTarget::*;
+    assert!(check(cmp("a", Equal, Value(b("4")))));
+    assert!(check(cmp("a", Greater, Value(b("3")))));
+    assert!(check(cmp("a", Less, Value(b("5")))));
+    assert!(check(cmp("a", NotEqual, Value(b("3")))));
+    assert!(check(cmp("a", Equal, Version(2))));
+    assert!(check(cmp("a", Equal, CreateRevision(2))));
+    assert!(check(cmp("a", Equal, ModRevision(5))));
+    assert!(check(cmp("a", Equal, Lease(0))));
+    assert!(!check(cmp("a", Greater, Version(2))));
+    // Missing key: value compares fail, others compare against zero.
+    assert!(!check(cmp("zz", Equal, Value(vec![]))));
+    assert!(!check(cmp("zz", NotEqual, Value(b("x")))));
+    assert!(check(cmp("zz", Equal, Version(0))));
+    assert!(check(cmp("zz", Equal, CreateRevision(0))));
+    assert!(check(cmp("zz", Less, ModRevision(1))));
+    // A range compare must hold for every key in the range.
+    let range = |result, target, end: &[u8]| Compare {
+        result,
+        target,
+        key: b("a"),
+        range_end: end.to_vec(),
+    };
+    assert!(check(range(Greater, CreateRevision(1), &[0])));
+    assert!(!check(range(Greater, CreateRevision(2), &[0])));
+    assert!(check(range(Greater, CreateRevision(1), b"c")));
+    assert!(!check(range(Equal, Version(1), b"c")));
+    assert!(!check(range(Equal, Version(1), b"")));
+    // All compares must hold.
+    let w = txn(
+        &mut s,
+        vec![
+            cmp("a", Equal, Value(b("4"))),
+            cmp("b", Equal, Value(b("nope"))),
+        ],
+        vec![],
+        vec![],
+    )
+    .unwrap();
+    assert!(!w.response.succeeded);
+}
+
+#[test]
+fn nested_txn_compares_see_the_state_before_the_txn() {
+    let mut s = MvccStore::new();
+    let w = txn(
+        &mut s,
+        vec![],
+        vec![
+            RequestOp::Put(put_req("a", "1")),
+            RequestOp::Txn(TxnRequest {
+                // Against the pre-txn store "a" does not exist yet.
+                compare: vec![cmp("a", CompareResult::Equal, CompareTarget::Version(0))],
+                success: vec![
+                    RequestOp::Put(put_req("b", "then")),
+                    RequestOp::Range(get_req("a")),
+                ],
+                failure: vec![RequestOp::Put(put_req("b", "else"))],
+            }),
+        ],
+        vec![],
+    )
+    .unwrap();
+    let ResponseOp::Txn(inner) = &w.response.responses[1] else {
+        panic!()
+    };
+    assert!(inner.succeeded);
+    // But the nested range sees the outer put.
+    let ResponseOp::Range(r) = &inner.responses[1] else {
+        panic!()
+    };
+    assert_eq!(r.kvs[0].value, b("1"));
+    assert_eq!(s.get(b"b").unwrap().value, b("then"));
+    assert_eq!(s.current_revision(), 2);
+    assert_eq!(s.get(b"a").unwrap().mod_revision, 2);
+    assert_eq!(s.get(b"b").unwrap().mod_revision, 2);
+}
+
+#[test]
+fn failing_txn_changes_nothing() {
+    let mut s = sample();
+    let before = s.clone();
+    let ops = vec![
+        RequestOp::Put(put_req("x", "1")),
+        RequestOp::Put(PutRequest {
+            key: b("missing"),
+            ignore_value: true,
+            ..Default::default()
+        }),
+    ];
+    assert_eq!(
+        txn(&mut s, vec![], ops, vec![]).unwrap_err(),
+        StateError::KeyNotFound
+    );
+    assert_eq!(s, before);
+    // Only the chosen branch's dynamic checks matter.
+    let bad = vec![RequestOp::Put(PutRequest {
+        key: b("missing"),
+        ignore_value: true,
+        ..Default::default()
+    })];
+    let w = txn(
+        &mut s,
+        vec![cmp(
+            "a",
+            CompareResult::Equal,
+            CompareTarget::Value(b("no")),
+        )],
+        bad,
+        vec![RequestOp::Put(put_req("x", "1"))],
+    )
+    .unwrap();
+    assert!(!w.response.succeeded);
+    assert_eq!(s.current_revision(), 8);
+    let before = s.clone();
+
+    let future = vec![
+        RequestOp::Put(put_req("y", "1")),
+        RequestOp::Range(RangeRequest {
+            revision: 9,
+            ..get_req("a")
+        }),
+    ];
+    assert_eq!(
+        txn(&mut s, vec![], future, vec![]).unwrap_err(),
+        StateError::FutureRevision
+    );
+    assert_eq!(s, before);
+    s.compact(5).unwrap();
+    let before = s.clone();
+    let old = vec![
+        RequestOp::DeleteRange(del_req("a", &[0])),
+        RequestOp::Range(RangeRequest {
+            revision: 4,
+            ..get_req("a")
+        }),
+    ];
+    assert_eq!(
+        txn(&mut s, vec![], old, vec![]).unwrap_err(),
+        StateError::Compacted
+    );
+    assert_eq!(s, before);
+
+    // A failure only visible while running (etcd panics here): a
+    // from-key delete is not a "duplicate" of a later put, but the
+    // ignore_value put then finds no key. Rolled back entirely.
+    let tricky = vec![
+        RequestOp::Put(put_req("new", "1")),
+        RequestOp::DeleteRange(del_req("a", &[0])),
+        RequestOp::Put(PutRequest {
+            key: b("a"),
+            ignore_value: true,
+            ..Default::default()
+        }),
+    ];
+    assert_eq!(
+        txn(&mut s, vec![], tricky, vec![]).unwrap_err(),
+        StateError::KeyNotFound
+    );
+    assert_eq!(s, before);
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn txn_static_errors() {
+    let mut s = sample();
+    let before = s.clone();
+    let many: Vec<RequestOp> = (0..129)
+        .map(|i| RequestOp::Put(put_req(&format!("k{i}"), "v")))
+        .collect();
+    assert_eq!(
+        txn(&mut s, vec![], many, vec![]).unwrap_err(),
+        StateError::TooManyOps
+    );
+    let dup = vec![
+        RequestOp::Put(put_req("k", "1")),
+        RequestOp::Put(put_req("k", "2")),
+    ];
+    assert_eq!(
+        txn(&mut s, vec![], dup, vec![]).unwrap_err(),
+        StateError::DuplicateKey
+    );
+    let dup = vec![
+        RequestOp::DeleteRange(del_req("a", b"c")),
+        RequestOp::Put(put_req("b", "2")),
+    ];
+    assert_eq!(
+        txn(&mut s, vec![], dup, vec![]).unwrap_err(),
+        StateError::DuplicateKey
+    );
+    let empty = vec![RequestOp::Range(get_req(""))];
+    assert_eq!(
+        txn(&mut s, vec![], vec![], empty).unwrap_err(),
+        StateError::EmptyKey
+    );
+    assert_eq!(s, before);
+}
+
+#[test]
+fn put_then_from_key_delete_in_one_txn() {
+    // Allowed by etcd's overlap check; ops run in order.
+    let mut s = sample();
+    let w = txn(
+        &mut s,
+        vec![],
+        vec![
+            RequestOp::Put(put_req("z", "1")),
+            RequestOp::DeleteRange(del_req("b", &[0])),
+            RequestOp::Txn(TxnRequest {
+                compare: vec![],
+                success: vec![RequestOp::Put(put_req("c", "again"))],
+                failure: vec![],
+            }),
+        ],
+        vec![],
+    )
+    .unwrap();
+    assert_eq!(s.current_revision(), 8);
+    assert_eq!(w.events.len(), 5); // put z, delete b c z, put c
+    assert_eq!(s.get(b"z"), None);
+    assert_eq!(s.get(b"b"), None);
+    let c = s.get(b"c").unwrap();
+    assert_eq!((c.create_revision, c.mod_revision, c.version), (8, 8, 1));
+    assert_eq!(s.len(), 2);
+    assert_eq!(get(&s, "c", 7).unwrap().value, b("3"));
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn compaction() {
+    let mut s = sample();
+    assert_eq!(s.compact(0), Err(StateError::Compacted));
+    assert_eq!(s.compact(8), Err(StateError::FutureRevision));
+    let snapshot_reads = |s: &MvccStore| -> Vec<(i64, Vec<KeyValue>)> {
+        (5..=7)
+            .map(|rev| {
+                let r = s
+                    .range(&RangeRequest {
+                        revision: rev,
+                        ..range_req(&[0], &[0])
+                    })
+                    .unwrap();
+                (rev, r.kvs)
+            })
+            .collect()
+    };
+    let before = snapshot_reads(&s);
+    s.compact(5).unwrap();
+    assert_eq!(s.compact_revision(), 5);
+    assert_eq!(s.current_revision(), 7);
+    assert_eq!(snapshot_reads(&s), before);
+    assert_eq!(s.compact(5), Err(StateError::Compacted));
+    assert_eq!(s.compact(4), Err(StateError::Compacted));
+    // b's tombstone at 6 is kept (6 > 5); compacting past it drops it.
+    s.delete_range(&del_req("c", b"")).unwrap(); // 8
+    s.compact(8).unwrap();
+    assert!(!s.keys.contains_key(b"c".as_slice()));
+    assert_eq!(s.keys.get(b"a".as_slice()).unwrap().versions.len(), 1);
+    assert_eq!(s.keys.get(b"b".as_slice()).unwrap().versions.len(), 1);
+    assert_eq!(s.len(), 2);
+    assert_eq!(get(&s, "a", 8).unwrap().version, 2);
+    s.check_invariants().unwrap();
+    // Writes continue normally.
+    put(&mut s, "c", "new");
+    assert_eq!(s.get(b"c").unwrap().create_revision, 9);
+}
+
+#[test]
+fn hash_kv_tracks_content() {
+    let a = sample();
+    let b_ = sample();
+    assert_eq!(a.hash_kv(0), b_.hash_kv(0));
+    assert_eq!(a.hash_kv(7), a.hash_kv(0));
+    assert_ne!(a.hash_kv(6), a.hash_kv(7));
+    let mut c = sample();
+    put(&mut c, "a", "other");
+    assert_eq!(c.hash_kv(7), a.hash_kv(7));
+    assert_ne!(c.hash_kv(0), a.hash_kv(0));
+}
+
+#[test]
+fn invariants_hold() {
+    let s = sample();
+    s.check_invariants().unwrap();
+    let mut bad = s.clone();
+    bad.live_keys = 7;
+    assert!(bad.check_invariants().is_err());
+    let mut bad = s;
+    bad.compact_revision = 100;
+    assert!(bad.check_invariants().is_err());
+}

@@ -1,0 +1,261 @@
+//! `warden lease`: grant, revoke, timetolive, list and keep-alive; and the
+//! background keep-alive ([`KeptLease`]) that `elect` and `lock` hold their
+//! lease with.
+//!
+//! Owns: the lease subcommands' flags and output, and the renewal loop. The
+//! keep-alive stream moves to the next endpoint when one fails, and gives up
+//! only when the lease is gone (TTL 0 from the leader) or no renewal got
+//! through for a whole TTL.
+//!
+//! Must never: report a lease as alive after a renewal was refused, or keep
+//! renewing silently once the lease is lost (callers are told through
+//! [`KeptLease::lost`]).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use super::common::{print, RETRY};
+use super::kv_args::parse_lease_id;
+use super::Format;
+use warden_client::{Client, OpKind};
+use warden_proto::etcdserverpb as pb;
+use warden_proto::etcdserverpb::lease_client::LeaseClient;
+
+#[derive(Subcommand, Debug)]
+pub enum LeaseCommand {
+    /// Create a lease with a TTL in seconds.
+    Grant { ttl: i64 },
+    /// Revoke a lease and delete its keys.
+    Revoke {
+        #[arg(value_parser = parse_lease_id)]
+        id: i64,
+    },
+    /// Show a lease's remaining time (and keys).
+    Timetolive {
+        #[arg(value_parser = parse_lease_id)]
+        id: i64,
+        /// Also list the attached keys.
+        #[arg(long)]
+        keys: bool,
+    },
+    /// List all leases.
+    List,
+    /// Keep a lease alive until interrupted (or once).
+    KeepAlive {
+        #[arg(value_parser = parse_lease_id)]
+        id: i64,
+        /// Renew once and exit.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+fn lease_client(ch: Channel) -> LeaseClient<Channel> {
+    LeaseClient::new(ch)
+}
+
+pub async fn grant(client: &Client, ttl: i64) -> anyhow::Result<pb::LeaseGrantResponse> {
+    let r = client
+        .request(OpKind::Write, move |ch, _| async move {
+            lease_client(ch)
+                .lease_grant(pb::LeaseGrantRequest { ttl, id: 0 })
+                .await
+        })
+        .await?;
+    Ok(r)
+}
+
+async fn revoke(client: &Client, id: i64) -> anyhow::Result<()> {
+    client
+        .request(OpKind::Write, move |ch, _| async move {
+            lease_client(ch)
+                .lease_revoke(pb::LeaseRevokeRequest { id })
+                .await
+        })
+        .await?;
+    Ok(())
+}
+
+pub async fn lease(client: &Client, cmd: LeaseCommand, f: Format) -> anyhow::Result<()> {
+    let json = f == Format::Json;
+    match cmd {
+        LeaseCommand::Grant { ttl } => {
+            let r = grant(client, ttl).await?;
+            if json {
+                print(&format!("{{\"ID\":{},\"TTL\":{}}}\n", r.id, r.ttl))
+            } else {
+                print(&format!(
+                    "lease {:016x} granted with TTL({}s)\n",
+                    r.id, r.ttl
+                ))
+            }
+        }
+        LeaseCommand::Revoke { id } => {
+            revoke(client, id).await?;
+            print(&format!("lease {id:016x} revoked\n"))
+        }
+        LeaseCommand::Timetolive { id, keys } => {
+            let r = client
+                .request(OpKind::Read, move |ch, _| async move {
+                    lease_client(ch)
+                        .lease_time_to_live(pb::LeaseTimeToLiveRequest { id, keys })
+                        .await
+                })
+                .await?;
+            let names: Vec<String> = r
+                .keys
+                .iter()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect();
+            if json {
+                let v = serde_json::json!({
+                    "ID": r.id, "TTL": r.ttl, "granted-ttl": r.granted_ttl, "keys": names,
+                });
+                print(&format!("{v}\n"))
+            } else if r.ttl == -1 {
+                print(&format!("lease {id:016x} already expired\n"))
+            } else {
+                let mut s = format!(
+                    "lease {id:016x} granted with TTL({}s), remaining({}s)",
+                    r.granted_ttl, r.ttl
+                );
+                if keys {
+                    s.push_str(&format!(", attached keys([{}])", names.join(" ")));
+                }
+                print(&format!("{s}\n"))
+            }
+        }
+        LeaseCommand::List => {
+            let r = client
+                .request(OpKind::Read, move |ch, _| async move {
+                    lease_client(ch)
+                        .lease_leases(pb::LeaseLeasesRequest {})
+                        .await
+                })
+                .await?;
+            if json {
+                let ids: Vec<i64> = r.leases.iter().map(|l| l.id).collect();
+                print(&format!("{}\n", serde_json::json!({ "leases": ids })))
+            } else {
+                let mut s = format!("found {} leases\n", r.leases.len());
+                for l in &r.leases {
+                    s.push_str(&format!("{:016x}\n", l.id));
+                }
+                print(&s)
+            }
+        }
+        LeaseCommand::KeepAlive { id, once } => {
+            keep_alive(client, id, once, |ttl| {
+                print(&format!("lease {id:016x} keepalived with TTL({ttl})\n"))
+            })
+            .await
+        }
+    }
+}
+
+/// Renews lease `id` every third of its TTL, over any endpoint, until an
+/// error: the lease expired or was revoked (TTL 0 from the leader), or no
+/// renewal got through for a whole TTL. `on_renew` sees each new TTL.
+pub async fn keep_alive(
+    client: &Client,
+    id: i64,
+    once: bool,
+    mut on_renew: impl FnMut(i64) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut last_ok = tokio::time::Instant::now();
+    let mut ttl: i64 = 0;
+    loop {
+        for (ep, ch) in client.channels() {
+            let (tx, rx) = mpsc::channel(1);
+            let stream = lease_client(ch)
+                .lease_keep_alive(ReceiverStream::new(rx))
+                .await;
+            let mut stream = match stream {
+                Ok(s) => s.into_inner(),
+                Err(e) => {
+                    tracing::debug!("keep-alive via {ep}: {e}");
+                    continue;
+                }
+            };
+            loop {
+                if tx.send(pb::LeaseKeepAliveRequest { id }).await.is_err() {
+                    break;
+                }
+                match stream.message().await {
+                    Ok(Some(r)) if r.ttl <= 0 => bail!("lease {id:016x} expired or revoked"),
+                    Ok(Some(r)) => {
+                        ttl = r.ttl;
+                        last_ok = tokio::time::Instant::now();
+                        on_renew(r.ttl)?;
+                        if once {
+                            return Ok(());
+                        }
+                        let every = Duration::from_millis((r.ttl.max(1) as u64) * 1000 / 3);
+                        tokio::time::sleep(every.max(Duration::from_millis(500))).await;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!("keep-alive via {ep}: {e}");
+                        break;
+                    }
+                }
+            }
+            if ttl > 0 && last_ok.elapsed() > Duration::from_secs(ttl as u64) {
+                bail!("lease {id:016x} lost: no renewal got through for {ttl}s");
+            }
+        }
+        if once {
+            bail!("could not renew lease {id:016x} on any endpoint");
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// A lease kept alive in the background; `lost` turns `Some(reason)` when
+/// the keep-alive gives up.
+pub(super) struct KeptLease {
+    pub(super) id: i64,
+    lost: watch::Receiver<Option<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl KeptLease {
+    pub(super) async fn start(client: &Client, ttl: i64) -> anyhow::Result<KeptLease> {
+        let id = grant(client, ttl).await.context("creating the lease")?.id;
+        let (tx, lost) = watch::channel(None);
+        let c = client.clone();
+        let task = tokio::spawn(async move {
+            let reason = match keep_alive(&c, id, false, |_| Ok(())).await {
+                Ok(()) => "keep-alive stopped".to_string(),
+                Err(e) => format!("{e:#}"),
+            };
+            let _ = tx.send(Some(reason));
+        });
+        Ok(KeptLease { id, lost, task })
+    }
+
+    /// Resolves when the lease is lost, with the reason.
+    pub(super) async fn lost(&mut self) -> String {
+        loop {
+            if let Some(r) = self.lost.borrow_and_update().clone() {
+                return r;
+            }
+            if self.lost.changed().await.is_err() {
+                return "keep-alive task ended".into();
+            }
+        }
+    }
+
+    /// Stops renewing and revokes the lease (best effort).
+    pub(super) async fn release(self, client: &Client) {
+        self.task.abort();
+        if let Err(e) = revoke(client, self.id).await {
+            tracing::debug!("revoking lease {:x}: {e:#}", self.id);
+        }
+    }
+}
