@@ -62,6 +62,7 @@ struct Live {
     create_revision: i64,
     version: i64,
     lease: i64,
+    #[serde(with = "serde_bytes")]
     value: Vec<u8>,
 }
 

@@ -239,6 +239,18 @@ impl LogDb {
         &self,
         range: impl RangeBounds<u64>,
     ) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+        self.read_range_limited(range, usize::MAX)
+    }
+
+    /// Like [`read_range`](Self::read_range), but stops before the entry
+    /// that would take the total payload past `max_bytes`. The first entry
+    /// is always returned, however large, so a non-empty range never reads
+    /// as empty (a reader that made no progress would loop forever).
+    pub fn read_range_limited(
+        &self,
+        range: impl RangeBounds<u64>,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
         let lo = match range.start_bound() {
             Bound::Included(x) => *x,
             Bound::Excluded(x) => x.saturating_add(1),
@@ -261,6 +273,7 @@ impl LogDb {
         }
         .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
+        let mut total = 0usize;
         for item in iter {
             let (k, v) = item.map_err(|e| self.err(e))?;
             let index = k.value();
@@ -269,6 +282,10 @@ impl LogDb {
                 index,
                 source,
             })?;
+            total = total.saturating_add(body.len());
+            if total > max_bytes && !out.is_empty() {
+                break;
+            }
             out.push((index, body.to_vec()));
         }
         Ok(out)
@@ -383,6 +400,21 @@ mod tests {
         assert_eq!(db.get_meta("vote").unwrap(), Some(b"v1".to_vec()));
         assert_eq!(db.get_meta("nothing").unwrap(), None);
         assert_eq!(db.verify().unwrap(), 3);
+    }
+
+    #[test]
+    fn limited_reads_stop_at_the_byte_budget_but_never_return_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let entries: Vec<_> = (1..=10).map(|i| (i, vec![0u8; 100])).collect();
+        db.append(&entries).unwrap();
+        let idx = |v: Vec<(u64, Vec<u8>)>| v.into_iter().map(|e| e.0).collect::<Vec<_>>();
+        assert_eq!(idx(db.read_range_limited(1..11, 350).unwrap()), [1, 2, 3]);
+        assert_eq!(idx(db.read_range_limited(4..11, 300).unwrap()), [4, 5, 6]);
+        // One entry over the budget still comes back alone.
+        assert_eq!(idx(db.read_range_limited(5..11, 10).unwrap()), [5]);
+        assert_eq!(db.read_range_limited(1..11, usize::MAX).unwrap().len(), 10);
+        assert!(db.read_range_limited(11..20, 10).unwrap().is_empty());
     }
 
     #[test]

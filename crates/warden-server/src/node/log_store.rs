@@ -36,6 +36,11 @@ pub struct LogStore {
     db: Arc<LogDb>,
 }
 
+/// Payload bytes of log entries sent to a follower in one replication
+/// message (etcd's `MaxSizePerMsg` is 1 MiB too). One entry larger than
+/// this (up to the request limit) still goes alone.
+pub const REPLICATION_BATCH_BYTES: usize = 1024 * 1024;
+
 fn enc<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
     postcard::to_allocvec(v).map_err(|e| io::Error::other(format!("encode raft record: {e}")))
 }
@@ -97,6 +102,26 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let hi = range.end_bound().cloned();
         blocking(move || {
             let raw = db.read_range((lo, hi))?;
+            raw.iter()
+                .map(|(i, b)| dec(&db, &format!("entry {i}"), b))
+                .collect()
+        })
+        .await
+    }
+
+    /// What replication sends in one message: at most
+    /// [`REPLICATION_BATCH_BYTES`] of entries (and at least one entry).
+    /// openraft caps a batch only by count (`max_payload_entries`); without
+    /// this, a follower behind on large entries would be sent one message
+    /// past the peer message limit, refuse it, and be sent it again forever.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let db = self.db.clone();
+        blocking(move || {
+            let raw = db.read_range_limited(start..end, REPLICATION_BATCH_BYTES)?;
             raw.iter()
                 .map(|(i, b)| dec(&db, &format!("entry {i}"), b))
                 .collect()

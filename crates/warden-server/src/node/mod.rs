@@ -50,8 +50,9 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use network::{LinkInfo, Links};
+use state_machine::Raft;
 use state_machine::SmStore;
-use types::{Member, Raft};
+use types::Member;
 use warden_proto::peer::raft_peer_client::RaftPeerClient;
 
 pub use bootstrap::cluster_id_for;

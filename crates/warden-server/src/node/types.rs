@@ -6,8 +6,7 @@
 //! upgrade of the pinned alpha touches this module and its siblings only.
 //! The one alias that needs the state machine, `Raft`, is defined in
 //! `state_machine` (this module must never depend on the modules that use
-//! it); it is re-exported here only until `node/mod.rs` imports it from
-//! there.
+//! it).
 //!
 //! `Request`, `Member` and openraft's entry and vote types are written to the
 //! Raft log and into snapshots with postcard, which encodes an enum variant
@@ -82,8 +81,6 @@ openraft::declare_raft_types!(
         Node = Member,
 );
 
-/// Transitional re-export: `node/mod.rs` still imports `Raft` from here.
-pub use super::state_machine::Raft;
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;
