@@ -150,7 +150,7 @@ pub fn check(h: &History) -> CheckResult {
         }
     }
 
-    // Leases never expire early (SPEC L5): a lease granted with `ttl` was
+    // Leases never expire early, even across fail-over: a lease granted with `ttl` was
     // applied after its grant was invoked, so it cannot end before invoke +
     // ttl. A fenced write refused for not holding the lock, with the refusal
     // back before that moment, shows the hold ended early (the clients

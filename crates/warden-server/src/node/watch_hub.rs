@@ -1,4 +1,5 @@
-//! Fan-out of applied key-value events to watchers on this member (SPEC K3).
+//! Fan-out of applied key-value events to watchers on this member (the live
+//! half of Watch; history replay is `api::watch`'s).
 //!
 //! `SmStore::apply` publishes each entry's events while it still holds the
 //! state's write lock; a watcher is registered while its creator holds the
