@@ -1,4 +1,4 @@
-//! Durability of a member across crashes and damage : SIGKILL
+//! Durability of a member across crashes and damage: SIGKILL
 //! under a continuous writer loses no acknowledged write; a record damaged on
 //! disk stops the server with an error naming the file instead of serving; a
 //! graceful SIGTERM exits 0; bad configuration exits non-zero with one line.
