@@ -309,6 +309,39 @@ pub async fn get_prefix(addr: &str, prefix: &str) -> Result<Vec<(String, String)
         .collect())
 }
 
+/// HashKV of one member at its current revision: (hash, revision).
+pub async fn hash(addr: &str) -> Result<(u32, i64), String> {
+    let r = MaintenanceClient::new(channel(addr).await)
+        .hash_kv(pb::HashKvRequest { revision: 0 })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    Ok((r.hash, r.header.map_or(0, |h| h.revision)))
+}
+
+impl Cluster {
+    /// Waits until every member answers HashKV with the same hash at the
+    /// same revision (all members hold the same data).
+    pub async fn converge(&self, timeout: Duration) {
+        let all: Vec<String> = self.members.iter().map(|m| m.client.clone()).collect();
+        eventually(timeout, || {
+            let all = all.clone();
+            async move {
+                let mut hashes = Vec::new();
+                for ep in &all {
+                    hashes.push(hash(ep).await?);
+                }
+                if hashes.windows(2).all(|w| w[0] == w[1]) {
+                    Ok(())
+                } else {
+                    Err(format!("members differ: {hashes:?}"))
+                }
+            }
+        })
+        .await;
+    }
+}
+
 /// Retries `f` until it returns Ok; fails the test once the deadline passes.
 pub async fn eventually<T, F, Fut>(timeout: Duration, f: F) -> T
 where
