@@ -192,38 +192,27 @@ impl Cluster {
     /// Polls members' Status until the running ones agree on one leader;
     /// returns the index of the leader member.
     pub async fn wait_leader(&self, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let mut leaders = Vec::new();
-            let mut alive = 0;
-            for m in &self.members {
-                if m.child.is_none() {
-                    continue;
+        let running: Vec<usize> = (0..self.members.len())
+            .filter(|i| self.members[*i].child.is_some())
+            .collect();
+        let mut channels = Vec::new();
+        for i in &running {
+            channels.push(channel(&self.members[*i].client).await);
+        }
+        let found = warden_testkit::poll::until(timeout, || {
+            let channels = channels.clone();
+            async move {
+                let views = warden_testkit::leader::views(&channels, Duration::from_secs(2)).await;
+                if views.iter().any(Option::is_none) {
+                    return Err(format!("not every running member answered: {views:?}"));
                 }
-                alive += 1;
-                if let Ok(s) = status(&m.client).await {
-                    if s.leader != 0 {
-                        leaders.push(s.leader);
-                    }
-                }
+                warden_testkit::leader::agreed(&views).ok_or(format!("no agreed leader: {views:?}"))
             }
-            if alive > 0 && leaders.len() == alive && leaders.iter().all(|l| *l == leaders[0]) {
-                let id = leaders[0];
-                for (i, m) in self.members.iter().enumerate() {
-                    if m.child.is_some() {
-                        if let Ok(s) = status(&m.client).await {
-                            if s.header.as_ref().map(|h| h.member_id) == Some(id) {
-                                return i;
-                            }
-                        }
-                    }
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no agreed leader within {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        })
+        .await;
+        match found {
+            Ok(k) => running[k],
+            Err(e) => panic!("{e}"),
         }
     }
 }
