@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::error::check_request_size;
 use super::header;
 use super::recipes::{by_create, create_or_get, txn, wait_deletes, KeyGuard};
 use super::v3lock::lock_keys;
@@ -32,6 +33,8 @@ use warden_proto::v3electionpb as pb;
 
 pub struct ElectionService {
     pub node: Arc<Node>,
+    /// `--max-request-bytes`: larger requests are refused.
+    pub max_request_bytes: usize,
 }
 
 fn not_leader() -> Status {
@@ -64,6 +67,7 @@ impl pb::election_server::Election for ElectionService {
         &self,
         request: Request<pb::CampaignRequest>,
     ) -> Result<Response<pb::CampaignResponse>, Status> {
+        check_request_size(request.get_ref(), self.max_request_bytes)?;
         let r = request.into_inner();
         if r.name.is_empty() {
             return Err(Status::invalid_argument("etcdserver: key is not provided"));
@@ -103,6 +107,7 @@ impl pb::election_server::Election for ElectionService {
         &self,
         request: Request<pb::ProclaimRequest>,
     ) -> Result<Response<pb::ProclaimResponse>, Status> {
+        check_request_size(request.get_ref(), self.max_request_bytes)?;
         let timeout = grpc_timeout(&request);
         let r = request.into_inner();
         let leader = r.leader.ok_or_else(not_leader)?;
@@ -188,6 +193,7 @@ impl pb::election_server::Election for ElectionService {
         &self,
         request: Request<pb::ResignRequest>,
     ) -> Result<Response<pb::ResignResponse>, Status> {
+        check_request_size(request.get_ref(), self.max_request_bytes)?;
         let timeout = grpc_timeout(&request);
         let leader = request.into_inner().leader.ok_or_else(not_leader)?;
         let del = RequestOp::DeleteRange(DeleteRangeRequest {
