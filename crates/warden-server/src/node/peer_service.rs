@@ -112,24 +112,37 @@ impl RaftPeer for PeerService {
         req: Request<Streaming<Blob>>,
     ) -> Result<Response<BlobStream>, Status> {
         let incoming = req.into_inner();
-        // Decode until the first bad or failed message; the stream then ends
+        // Decode until the first bad or failed message; the input then ends,
+        // the answer stream ends with InvalidArgument naming the problem,
         // and the leader re-establishes replication.
+        let bad_message = Arc::new(std::sync::Mutex::new(None::<String>));
+        let seen = bad_message.clone();
         let input = incoming
             .take_while(|m| futures::future::ready(m.is_ok()))
-            .filter_map(|m| async move {
-                let blob = m.ok()?;
-                match decode::<AppendEntriesRequest<TypeConfig>>(&blob) {
-                    Ok(r) => Some(r),
-                    Err(e) => {
-                        tracing::warn!("stream_append: {e}");
-                        None
+            .map(move |m| match m {
+                Ok(blob) => decode::<AppendEntriesRequest<TypeConfig>>(&blob).map_err(|e| {
+                    tracing::warn!("stream_append: {e}");
+                    if let Ok(mut slot) = seen.lock() {
+                        *slot = Some(e);
                     }
-                }
-            });
+                }),
+                Err(_) => Err(()),
+            })
+            .take_while(|r| futures::future::ready(r.is_ok()))
+            .filter_map(|r| futures::future::ready(r.ok()));
         let out = self.node.raft.stream_append(input).map(|item| {
             let r: Remote<_> = item.map_err(|fatal| fatal.to_string());
             encode(&r).map_err(Status::internal)
         });
+        let last = futures::stream::once(async move {
+            bad_message
+                .lock()
+                .ok()
+                .and_then(|mut slot| slot.take())
+                .map(|e| Err(bad(e)))
+        })
+        .filter_map(futures::future::ready);
+        let out = out.chain(last);
         Ok(Response::new(Box::pin(out)))
     }
 
