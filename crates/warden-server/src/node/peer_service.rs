@@ -40,6 +40,10 @@ fn reply<T: serde::Serialize>(v: &Remote<T>) -> Result<Response<Blob>, Status> {
     encode(v).map(Response::new).map_err(Status::internal)
 }
 
+/// Largest snapshot file accepted over `InstallSnapshot` (8 GiB, etcd's
+/// largest suggested backend quota), so a peer cannot fill the disk.
+pub const MAX_SNAPSHOT_BYTES: u64 = 8 << 30;
+
 /// Longest `grpc-timeout` taken from a caller: one day. The header allows
 /// up to 99 999 999 hours; anything longer than this is taken as this (the
 /// node then caps the deadline to a few request timeouts anyway).
@@ -165,8 +169,15 @@ impl RaftPeer for PeerService {
             let mut f = tokio::fs::File::create(&tmp)
                 .await
                 .map_err(|e| Status::internal(format!("create {}: {e}", tmp.display())))?;
+            let mut received: u64 = 0;
             while let Some(chunk) = incoming.next().await {
                 let chunk = chunk?;
+                received = received.saturating_add(chunk.data.len() as u64);
+                if received > MAX_SNAPSHOT_BYTES {
+                    return Err(bad(format!(
+                        "snapshot larger than {MAX_SNAPSHOT_BYTES} bytes refused"
+                    )));
+                }
                 f.write_all(&chunk.data)
                     .await
                     .map_err(|e| Status::internal(format!("write {}: {e}", tmp.display())))?;
