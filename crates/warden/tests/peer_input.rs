@@ -107,6 +107,15 @@ async fn hostile_peer_input_is_refused_and_the_member_keeps_serving() {
             assert_refused("stream_append", last);
         }
     }
+    // A forwarded write too large to replicate as one entry (zeros decode
+    // as a put, so only the size check refuses this).
+    assert_refused(
+        "oversized forward",
+        p.forward(Blob {
+            data: vec![0; 33 << 20],
+        })
+        .await,
+    );
     // Empty messages are not messages either.
     assert!(p.forward(Blob { data: vec![] }).await.is_err());
     assert!(p.vote(Blob { data: vec![] }).await.is_err());

@@ -1,8 +1,9 @@
 //! The request-size limit (`--max-request-bytes`) holds on every RPC that
 //! proposes, not only KV: lock, election and native-lock requests over it
-//! get etcd's `request is too large`. Also: a v3lock `Lock` without a lease
-//! locks under a fresh lease (as etcd), and a native `Acquire` that granted
-//! its own lease revokes it when it ends without a hold.
+//! get etcd's `request is too large`. Also: a v3lock `Lock` or a `Campaign`
+//! without a lease runs under a fresh 60 s lease (as etcd), and a native
+//! `Acquire` that granted its own lease revokes it when it ends without a
+//! hold.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop the test
 
 mod common;
@@ -169,6 +170,36 @@ async fn v3lock_without_a_lease_locks_under_a_fresh_lease() {
         .into_inner();
     assert!(ttl.granted_ttl == 60 && ttl.ttl > 0, "{ttl:?}");
     assert_eq!(ttl.keys, vec![r.key]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaign_without_a_lease_campaigns_under_a_fresh_lease() {
+    let (_c, ch) = one_member().await;
+    let leader = ElectionClient::new(ch.clone())
+        .campaign(elpb::CampaignRequest {
+            name: b"nolease-election".to_vec(),
+            lease: 0,
+            value: b"me".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .leader
+        .unwrap();
+    assert_ne!(
+        leader.lease, 0,
+        "the leader key must be attached to a lease"
+    );
+    let ttl = LeaseClient::new(ch)
+        .lease_time_to_live(epb::LeaseTimeToLiveRequest {
+            id: leader.lease,
+            keys: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ttl.granted_ttl == 60 && ttl.ttl > 0, "{ttl:?}");
+    assert_eq!(ttl.keys, vec![leader.key]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,6 +44,13 @@ fn reply<T: serde::Serialize>(v: &Remote<T>) -> Result<Response<Blob>, Status> {
 /// largest suggested backend quota), so a peer cannot fill the disk.
 pub const MAX_SNAPSHOT_BYTES: u64 = 8 << 30;
 
+/// Largest `Forward` message served. Members forward client requests,
+/// which are bounded by `--max-request-bytes` (1.5 MiB by default); a
+/// forwarded write becomes one log entry, and an entry close to the peer
+/// message limit (`MAX_MESSAGE`, 64 MiB) would not fit in the message that
+/// replicates it, wedging replication. Half of it leaves room.
+pub const MAX_FORWARD_BYTES: usize = super::network::MAX_MESSAGE / 2;
+
 /// Longest `grpc-timeout` taken from a caller: one day. The header allows
 /// up to 99 999 999 hours; anything longer than this is taken as this (the
 /// node then caps the deadline to a few request timeouts anyway).
@@ -225,6 +232,13 @@ impl RaftPeer for PeerService {
 
     async fn forward(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
         let deadline = self.node.deadline(grpc_timeout(&req));
+        let len = req.get_ref().data.len();
+        if len > MAX_FORWARD_BYTES {
+            return Err(bad(format!(
+                "forwarded request of {len} bytes is larger than {MAX_FORWARD_BYTES}: \
+                 etcdserver: request is too large"
+            )));
+        }
         let fwd: ForwardRequest = decode(req.get_ref()).map_err(bad)?;
         let resp = self.node.handle_forward(fwd, deadline).await;
         encode(&resp).map(Response::new).map_err(Status::internal)
