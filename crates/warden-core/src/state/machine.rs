@@ -72,6 +72,8 @@ pub enum Command {
     Fenced {
         name: String,
         token: u64,
+        /// Decoding is depth-bounded (`nesting`), like every recursive field.
+        #[serde(deserialize_with = "super::nesting::bounded")]
         command: Box<Command>,
     },
 }

@@ -119,15 +119,20 @@ pub async fn serve(
         .max_decoding_message_size(limit);
     let lock = warden_proto::v3lockpb::lock_server::LockServer::new(v3lock::LockService {
         node: node.clone(),
+        max_request_bytes,
     })
     .max_decoding_message_size(limit);
     let election = warden_proto::v3electionpb::election_server::ElectionServer::new(
-        election::ElectionService { node: node.clone() },
+        election::ElectionService {
+            node: node.clone(),
+            max_request_bytes,
+        },
     )
     .max_decoding_message_size(limit);
     let locks =
         warden_proto::warden::v1::locks_server::LocksServer::new(native_locks::LocksService {
             node: node.clone(),
+            max_request_bytes,
         })
         .max_decoding_message_size(limit);
     tonic::transport::Server::builder()
