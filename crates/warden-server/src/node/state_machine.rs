@@ -195,6 +195,9 @@ impl SmStore {
     pub fn open(snap_dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(snap_dir)
             .map_err(|e| other(format!("create {}: {e}", snap_dir.display())))?;
+        // Nothing is receiving or writing a snapshot yet: temp files here
+        // are left over from a crash.
+        snapshot_file::remove_stale_temp_files(snap_dir)?;
         let (data, current) = match snapshot_file::newest(snap_dir)? {
             Some(path) => {
                 let (meta, data) = load_snapshot(&path)?;
