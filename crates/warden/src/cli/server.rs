@@ -77,6 +77,12 @@ pub struct ServerArgs {
     /// proxy there).
     #[arg(long, env = "WARDEN_PEER_ROUTES")]
     pub peer_routes: Option<String>,
+    /// Storage quota in bytes, as etcd's flag: a write that would take the
+    /// state size (`Status.db_size`) to it raises the NOSPACE alarm and is
+    /// refused ("etcdserver: mvcc: database space exceeded"); 0 means the
+    /// default, a negative value disables the quota [default: 2147483648].
+    #[arg(long, env = "WARDEN_QUOTA_BACKEND_BYTES", allow_hyphen_values = true)]
+    pub quota_backend_bytes: Option<i64>,
 }
 
 /// Flags of `warden dev`.
@@ -174,6 +180,7 @@ impl ServerArgs {
             max_request_bytes,
             join,
             no_auto_promote,
+            quota_backend_bytes,
             peer_routes
         );
         Ok(self)
@@ -261,6 +268,10 @@ impl ServerArgs {
         if request_timeout_ms == 0 {
             bail!("invalid --request-timeout-ms: must be > 0");
         }
+        let quota_backend_bytes = match a.quota_backend_bytes.unwrap_or(0) {
+            0 => Some(DEFAULT_QUOTA_BACKEND_BYTES),
+            q => u64::try_from(q).ok(),
+        };
         let max_request_bytes = a.max_request_bytes.unwrap_or(1536 * 1024);
         if max_request_bytes == 0 {
             bail!("invalid --max-request-bytes: must be > 0");
@@ -280,11 +291,15 @@ impl ServerArgs {
                 join,
                 auto_promote: !a.no_auto_promote.unwrap_or(false),
                 peer_routes,
+                quota_backend_bytes,
             },
             max_request_bytes,
         ))
     }
 }
+
+/// etcd's default `--quota-backend-bytes`: 2 GiB.
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
@@ -557,5 +572,23 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("nmae"), "{e}");
+    }
+
+    #[test]
+    fn quota_backend_bytes_like_etcd() {
+        let quota = |q: Option<i64>| {
+            ServerArgs {
+                quota_backend_bytes: q,
+                ..args()
+            }
+            .resolve()
+            .unwrap()
+            .0
+            .quota_backend_bytes
+        };
+        assert_eq!(quota(None), Some(2 * 1024 * 1024 * 1024));
+        assert_eq!(quota(Some(0)), Some(2 * 1024 * 1024 * 1024), "0: default");
+        assert_eq!(quota(Some(65536)), Some(65536));
+        assert_eq!(quota(Some(-1)), None, "negative: no quota");
     }
 }
