@@ -185,3 +185,38 @@ async fn nospace_alarm_refuses_puts_until_compact_defrag_disarm() {
     let got = ctl_ok(&one(2), &["get", "after", "--print-value-only"], ELECT);
     assert_eq!(got.trim(), "ok");
 }
+
+/// `--auto-compaction-retention 2s` (periodic mode, the default): the
+/// leader compacts the history older than about two seconds by itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn periodic_auto_compaction_drops_old_history() {
+    let c = Cluster::start_with(3, &["--auto-compaction-retention", "2s"]);
+    c.wait_leader(ELECT).await;
+    let all = c.endpoints();
+    for i in 0..5 {
+        ctl_ok(&all, &["put", "k", &format!("v{i}")], ELECT);
+    }
+    let first = revision(&c.members[0].client) - 4;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = ctl(&all, &["get", "k", &format!("--rev={first}")]);
+        if !out.success {
+            assert!(
+                out.stderr.contains("required revision has been compacted"),
+                "{}",
+                out.stderr
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "history at {first} never compacted"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The latest value is kept, on every member.
+    for m in &c.members {
+        let got = ctl_ok(&m.client, &["get", "k", "--print-value-only"], ELECT);
+        assert_eq!(got.trim(), "v4");
+    }
+}

@@ -26,6 +26,7 @@
 //! a current leader's commit index, or retry a forwarded write whose outcome is
 //! unknown (that would apply it twice).
 
+pub mod auto_compact;
 mod bootstrap;
 mod forward;
 pub mod lessor;
@@ -124,6 +125,9 @@ pub struct NodeConfig {
     /// take `StateMachine::size` to it or past it raise NOSPACE and are
     /// refused. `None`: no quota.
     pub quota_backend_bytes: Option<u64>,
+    /// Auto-compaction run by the leader (`--auto-compaction-mode` and
+    /// `--auto-compaction-retention`); `None`: off.
+    pub auto_compaction: Option<auto_compact::AutoCompaction>,
 }
 
 /// A running member. Its fields are private: the gRPC services use the
