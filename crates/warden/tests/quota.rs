@@ -104,7 +104,8 @@ async fn nospace_alarm_refuses_puts_until_compact_defrag_disarm() {
     let one = |i: usize| clients[i].clone();
     let value = "x".repeat(1000);
 
-    // Fill until refused; each put costs about 1.3 KB of the 64 KiB.
+    // Fill until refused; each put costs 1260 bytes of the 44 KiB left
+    // above the 20 KiB an empty state counts.
     let mut stored = 0;
     let refused = loop {
         let out = ctl(&one(0), &["put", &format!("k{stored:03}"), &value]);
@@ -115,10 +116,7 @@ async fn nospace_alarm_refuses_puts_until_compact_defrag_disarm() {
         assert!(stored < 200, "64 KiB quota never reached");
     };
     assert!(refused.contains(NOSPACE), "refusal: {refused}");
-    assert!(
-        (40..=52).contains(&stored),
-        "{stored} puts of ~1.3 KB fit in 64 KiB"
-    );
+    assert_eq!(stored, 35, "puts of 1260 bytes that fit in 64 KiB - 20 KiB");
     let size = db_size(&one(0));
     assert!((50_000..65_536).contains(&size), "db size {size}");
 
@@ -180,7 +178,7 @@ async fn nospace_alarm_refuses_puts_until_compact_defrag_disarm() {
         let list = ctl_ok(&one(i), &["alarm", "list"], ELECT);
         assert_eq!(list.trim(), "", "member {i} still lists {list:?}");
     }
-    assert!(db_size(&one(0)) < 1000, "compaction freed the space");
+    assert_eq!(db_size(&one(0)), 20 * 1024, "compaction freed the space");
     assert_eq!(ctl_ok(&all, &["put", "after", "ok"], ELECT).trim(), "OK");
     let got = ctl_ok(&one(2), &["get", "after", "--print-value-only"], ELECT);
     assert_eq!(got.trim(), "ok");

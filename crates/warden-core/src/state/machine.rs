@@ -103,6 +103,12 @@ pub enum CommandResult {
 /// [`StateMachine::size`].
 pub const LEASE_OVERHEAD: u64 = 64;
 
+/// What an empty state counts in [`StateMachine::size`]: the size etcd
+/// reports for a fresh backend (20 KiB of bbolt meta, freelist and bucket
+/// pages), so an empty member reports a non-zero `db_size` as etcd does and
+/// a quota leaves the same room as on etcd.
+pub const EMPTY_STATE_SIZE: u64 = 20 * 1024;
+
 /// The quota cost of one put (etcd `costPut`): key, value and
 /// [`mvcc::VERSION_OVERHEAD`].
 fn put_cost(p: &PutRequest) -> u64 {
@@ -305,11 +311,14 @@ impl StateMachine {
     }
 
     /// The size of the state the storage quota is checked against (etcd's
-    /// backend size): [`MvccStore::size`] plus [`LEASE_OVERHEAD`] per lease.
-    /// Maintained incrementally; the same on every replica.
+    /// backend size): [`EMPTY_STATE_SIZE`] plus [`MvccStore::size`] plus
+    /// [`LEASE_OVERHEAD`] per lease. Maintained incrementally; the same on
+    /// every replica.
     pub fn size(&self) -> u64 {
         let leases = (self.leases.len() as u64).saturating_mul(LEASE_OVERHEAD);
-        self.mvcc.size().saturating_add(leases)
+        EMPTY_STATE_SIZE
+            .saturating_add(self.mvcc.size())
+            .saturating_add(leases)
     }
 
     /// The current store revision.
@@ -655,6 +664,52 @@ mod tests {
         assert!(m.check_invariants().is_ok());
         let bytes = m.to_snapshot_bytes().unwrap_or_default();
         assert_eq!(StateMachine::from_snapshot_bytes(&bytes).ok(), Some(m));
+    }
+
+    #[test]
+    fn size_counts_the_empty_state_versions_and_leases() {
+        let mut m = StateMachine::new();
+        assert_eq!(m.size(), EMPTY_STATE_SIZE);
+        m.apply(&put("key", "value"));
+        let one = 3 + 5 + mvcc::VERSION_OVERHEAD;
+        assert_eq!(m.size(), EMPTY_STATE_SIZE + one);
+        m.apply(&Command::LeaseGrant { id: 1, ttl: 10 });
+        assert_eq!(m.size(), EMPTY_STATE_SIZE + one + LEASE_OVERHEAD);
+        m.apply(&Command::LeaseRevoke { id: 1 });
+        assert_eq!(m.size(), EMPTY_STATE_SIZE + one);
+        // The quota cost of a put is what it adds.
+        let p = put("other", "12");
+        let before = m.size();
+        m.apply(&p);
+        assert_eq!(m.size() - before, p.quota_cost());
+        let txn = Command::Txn(TxnRequest {
+            compare: vec![],
+            success: vec![RequestOp::Put(PutRequest {
+                key: b"a".to_vec(),
+                ..Default::default()
+            })],
+            failure: vec![
+                RequestOp::Put(PutRequest {
+                    key: b"bb".to_vec(),
+                    ..Default::default()
+                }),
+                RequestOp::DeleteRange(DeleteRangeRequest::default()),
+            ],
+        });
+        assert_eq!(
+            txn.quota_cost(),
+            2 + mvcc::VERSION_OVERHEAD,
+            "costlier branch"
+        );
+        assert_eq!(Command::LeaseRevoke { id: 1 }.quota_cost(), 0);
+        assert_eq!(
+            Command::Compact(CompactionRequest {
+                revision: 1,
+                physical: false
+            })
+            .quota_cost(),
+            0
+        );
     }
 
     #[test]
