@@ -128,6 +128,9 @@ async fn nospace_alarm_refuses_puts_until_compact_defrag_disarm() {
             "member {i}: {list:?}"
         );
     }
+    // `endpoint status` lists it in ERRORS, as etcd does.
+    let st = ctl_ok(&one(2), &["endpoint", "status", "-w", "json"], ELECT);
+    assert!(st.contains("alarm:NOSPACE"), "{st}");
     // Any member refuses writes now, small ones too, and lease grants.
     for i in 0..3 {
         let out = ctl(&one(i), &["put", "small", "v"]);

@@ -12,7 +12,8 @@
 //!
 //! Status reports the state size (`StateMachine::size`, warden's analogue
 //! of etcd's backend size, the figure the quota is checked against) as both
-//! `db_size` and `db_size_in_use`.
+//! `db_size` and `db_size_in_use`, and lists active alarms in `errors`
+//! (before unreachable peers), as etcd does.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -100,7 +101,16 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         _r: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let st = self.node.status();
-        let db_size = self.node.with_state(|d| d.kv.size()).map_err(node_status)?;
+        let (db_size, alarms) = self
+            .node
+            .with_state(|d| (d.kv.size(), d.alarms.get(0, AlarmType::None)))
+            .map_err(node_status)?;
+        // Active alarms first, as etcd lists them in `errors`.
+        let mut errors: Vec<String> = alarms
+            .iter()
+            .map(|a| format!("memberID:{} alarm:{}", a.member_id, alarm_name(a.alarm)))
+            .collect();
+        errors.extend(link_errors(&self.node));
         let db_size = i64::try_from(db_size).unwrap_or(i64::MAX);
         Ok(Response::new(pb::StatusResponse {
             header: Some(header(&self.node, st.revision)),
@@ -110,7 +120,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_index: st.last_log_index,
             raft_term: st.term,
             raft_applied_index: st.applied,
-            errors: link_errors(&self.node),
+            errors,
             db_size_in_use: db_size,
             is_learner: st.is_learner(),
         }))
@@ -205,6 +215,15 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         _r: Request<pb::DowngradeRequest>,
     ) -> Result<Response<pb::DowngradeResponse>, Status> {
         Err(Status::unimplemented("downgrade is not supported"))
+    }
+}
+
+/// etcd's name of an alarm type (`AlarmType` in `rpc.proto`).
+fn alarm_name(a: AlarmType) -> &'static str {
+    match a {
+        AlarmType::None => "NONE",
+        AlarmType::NoSpace => "NOSPACE",
+        AlarmType::Corrupt => "CORRUPT",
     }
 }
 
