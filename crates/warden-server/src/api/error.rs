@@ -25,6 +25,7 @@ pub fn state_status(e: StateError) -> Status {
         ErrorClass::InvalidArgument => Code::InvalidArgument,
         ErrorClass::NotFound => Code::NotFound,
         ErrorClass::FailedPrecondition => Code::FailedPrecondition,
+        ErrorClass::ResourceExhausted => Code::ResourceExhausted,
     };
     Status::new(code, e.grpc_message())
 }

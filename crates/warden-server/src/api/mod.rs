@@ -15,6 +15,7 @@ pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub mod native_locks;
+pub mod quota;
 pub mod recipes;
 pub mod v3lock;
 pub mod watch;
@@ -67,6 +68,9 @@ pub async fn propose(
     timeout: Option<std::time::Duration>,
     cmd: warden_core::state::Command,
 ) -> Result<(i64, warden_core::state::CommandResult), Proposal> {
+    quota::check(node, &cmd, timeout)
+        .await
+        .map_err(Proposal::State)?;
     let deadline = node.deadline(timeout);
     let resp = node
         .write(crate::node::types::Request::Kv(cmd), deadline)

@@ -17,6 +17,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use warden_client::{parse_endpoint, parse_endpoints, ClientError};
+use warden_server::node::auto_compact::AutoCompaction;
 use warden_server::node::{Node, NodeConfig};
 
 /// Flags of `warden server`. Each is also read from `WARDEN_<FLAG>` and from
@@ -77,6 +78,22 @@ pub struct ServerArgs {
     /// proxy there).
     #[arg(long, env = "WARDEN_PEER_ROUTES")]
     pub peer_routes: Option<String>,
+    /// Storage quota in bytes, as etcd's flag: a write that would take the
+    /// state size (`Status.db_size`) to it raises the NOSPACE alarm and is
+    /// refused ("etcdserver: mvcc: database space exceeded"); 0 means the
+    /// default, a negative value disables the quota [default: 2147483648].
+    #[arg(long, env = "WARDEN_QUOTA_BACKEND_BYTES", allow_hyphen_values = true)]
+    pub quota_backend_bytes: Option<i64>,
+    /// Auto-compaction mode, as etcd's flag: `periodic` (keep the history of
+    /// the last RETENTION) or `revision` (keep the last RETENTION
+    /// revisions) [default: periodic].
+    #[arg(long, env = "WARDEN_AUTO_COMPACTION_MODE")]
+    pub auto_compaction_mode: Option<String>,
+    /// Auto-compaction retention, as etcd's flag: for `periodic` a duration
+    /// (`30m`, `1h30m`; a bare number is hours), for `revision` a number of
+    /// revisions; 0 turns auto-compaction off [default: 0].
+    #[arg(long, env = "WARDEN_AUTO_COMPACTION_RETENTION")]
+    pub auto_compaction_retention: Option<String>,
 }
 
 /// Flags of `warden dev`.
@@ -174,6 +191,9 @@ impl ServerArgs {
             max_request_bytes,
             join,
             no_auto_promote,
+            quota_backend_bytes,
+            auto_compaction_mode,
+            auto_compaction_retention,
             peer_routes
         );
         Ok(self)
@@ -261,6 +281,14 @@ impl ServerArgs {
         if request_timeout_ms == 0 {
             bail!("invalid --request-timeout-ms: must be > 0");
         }
+        let quota_backend_bytes = match a.quota_backend_bytes.unwrap_or(0) {
+            0 => Some(DEFAULT_QUOTA_BACKEND_BYTES),
+            q => u64::try_from(q).ok(),
+        };
+        let auto_compaction = auto_compaction(
+            a.auto_compaction_mode.as_deref().unwrap_or("periodic"),
+            a.auto_compaction_retention.as_deref().unwrap_or("0"),
+        )?;
         let max_request_bytes = a.max_request_bytes.unwrap_or(1536 * 1024);
         if max_request_bytes == 0 {
             bail!("invalid --max-request-bytes: must be > 0");
@@ -280,11 +308,81 @@ impl ServerArgs {
                 join,
                 auto_promote: !a.no_auto_promote.unwrap_or(false),
                 peer_routes,
+                quota_backend_bytes,
+                auto_compaction,
             },
             max_request_bytes,
         ))
     }
 }
+
+/// etcd's `--auto-compaction-mode` and `--auto-compaction-retention`.
+fn auto_compaction(mode: &str, retention: &str) -> anyhow::Result<Option<AutoCompaction>> {
+    let retention = retention.trim();
+    match mode {
+        "periodic" => {
+            let period = if let Ok(hours) = retention.parse::<u64>() {
+                Duration::from_secs(hours.saturating_mul(3600))
+            } else {
+                parse_duration(retention).ok_or_else(|| {
+                    anyhow!(
+                        "invalid --auto-compaction-retention {retention:?}: for periodic mode, \
+                         a duration like 30m or 1h30m, or a number of hours"
+                    )
+                })?
+            };
+            Ok((!period.is_zero()).then_some(AutoCompaction::Periodic(period)))
+        }
+        "revision" => {
+            let revs = retention
+                .parse::<i64>()
+                .ok()
+                .filter(|r| *r >= 0)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "invalid --auto-compaction-retention {retention:?}: for revision mode, \
+                     a number of revisions"
+                    )
+                })?;
+            Ok((revs > 0).then_some(AutoCompaction::Revision(revs)))
+        }
+        other => {
+            bail!("invalid --auto-compaction-mode {other:?}: must be \"periodic\" or \"revision\"")
+        }
+    }
+}
+
+/// A Go-style duration: one or more NUMBER UNIT pairs, units `ms`, `s`,
+/// `m`, `h` (`90s`, `1h30m`).
+fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let n: u64 = rest.get(..digits)?.parse().ok()?;
+        let tail = rest.get(digits..)?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let unit = tail.get(..unit_len)?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            _ => return None,
+        };
+        total = total.saturating_add(d);
+        rest = tail.get(unit_len..)?;
+    }
+    Some(total)
+}
+
+/// etcd's default `--quota-backend-bytes`: 2 GiB.
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
@@ -557,5 +655,68 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("nmae"), "{e}");
+    }
+
+    #[test]
+    fn quota_backend_bytes_like_etcd() {
+        let quota = |q: Option<i64>| {
+            ServerArgs {
+                quota_backend_bytes: q,
+                ..args()
+            }
+            .resolve()
+            .unwrap()
+            .0
+            .quota_backend_bytes
+        };
+        assert_eq!(quota(None), Some(2 * 1024 * 1024 * 1024));
+        assert_eq!(quota(Some(0)), Some(2 * 1024 * 1024 * 1024), "0: default");
+        assert_eq!(quota(Some(65536)), Some(65536));
+        assert_eq!(quota(Some(-1)), None, "negative: no quota");
+    }
+
+    #[test]
+    fn auto_compaction_like_etcd() {
+        let ac = |mode: Option<&str>, ret: Option<&str>| {
+            ServerArgs {
+                auto_compaction_mode: mode.map(Into::into),
+                auto_compaction_retention: ret.map(Into::into),
+                ..args()
+            }
+            .resolve()
+            .map(|(c, _)| c.auto_compaction)
+        };
+        let h = |n: u64| Duration::from_secs(n * 3600);
+        assert_eq!(ac(None, None).unwrap(), None, "off by default");
+        assert_eq!(ac(Some("periodic"), Some("0")).unwrap(), None);
+        assert_eq!(
+            ac(None, Some("72")).unwrap(),
+            Some(AutoCompaction::Periodic(h(72)))
+        );
+        assert_eq!(
+            ac(None, Some("1h30m")).unwrap(),
+            Some(AutoCompaction::Periodic(Duration::from_secs(5400)))
+        );
+        assert_eq!(
+            ac(Some("periodic"), Some("2s")).unwrap(),
+            Some(AutoCompaction::Periodic(Duration::from_secs(2)))
+        );
+        assert_eq!(
+            ac(Some("revision"), Some("1000")).unwrap(),
+            Some(AutoCompaction::Revision(1000))
+        );
+        for (mode, ret, want) in [
+            (Some("daily"), Some("1"), "--auto-compaction-mode"),
+            (Some("revision"), Some("1h"), "--auto-compaction-retention"),
+            (
+                Some("periodic"),
+                Some("5 parsecs"),
+                "--auto-compaction-retention",
+            ),
+            (Some("periodic"), Some("h"), "--auto-compaction-retention"),
+        ] {
+            let e = ac(mode, ret).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
     }
 }
