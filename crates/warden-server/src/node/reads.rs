@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::state_machine::{LockFeed, SmData, SmStore};
-use super::watch_hub::{Batch, Subscription};
+use super::watch_hub::{Batch, Cancelled, Subscription, WatchLimits};
 use super::{ForwardRequest, ForwardResponse, Node, NodeError};
 
 /// How fresh a read must be.
@@ -37,18 +37,16 @@ pub struct WatchGuard {
 }
 
 impl WatchGuard {
-    /// The next batch of events; `None` once the subscription was dropped by
-    /// the hub (too slow, or a snapshot replaced the state).
+    /// The next batch of events; `None` once the hub cancelled the
+    /// subscription (see `cancelled`).
     pub async fn recv(&mut self) -> Option<Batch> {
-        self.sub.rx.recv().await
+        self.sub.recv().await
     }
 
-    /// Whether the hub dropped this watcher for falling too far behind (or
-    /// because a snapshot replaced the state and it must re-sync).
-    pub fn overflowed(&self) -> bool {
-        self.sub
-            .overflowed
-            .load(std::sync::atomic::Ordering::SeqCst)
+    /// Why the hub cancelled this watcher (too far behind, or a snapshot
+    /// replaced the state and it must re-sync), if it did.
+    pub fn cancelled(&self) -> Option<Cancelled> {
+        self.sub.cancelled()
     }
 }
 
@@ -95,6 +93,17 @@ impl Node {
     ) -> Result<T, NodeError> {
         let d = self.sm.read().map_err(unavailable)?;
         Ok(f(&d, &Subscriber { sm: &self.sm }))
+    }
+
+    /// This member's watch limits.
+    pub fn watch_limits(&self) -> WatchLimits {
+        self.sm.hub().limits()
+    }
+
+    /// Bytes of applied events queued for this member's watchers (each
+    /// applied entry counted once).
+    pub fn watch_pending_bytes(&self) -> usize {
+        self.sm.hub().pending_bytes()
     }
 
     /// Watches `[key, range_end)` from the current applied state on.
