@@ -157,7 +157,13 @@ impl StreamCtx {
         let mut next_id: i64 = 0;
         let max_watchers = self.node.watch_limits().watchers_per_stream;
         while let Some(msg) = incoming.next().await {
-            let Ok(msg) = msg else { break };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!("watch stream: request stream failed: {e}");
+                    break;
+                }
+            };
             watchers.retain(|_, w| !w.task.is_finished());
             match msg.request_union {
                 Some(RequestUnion::CreateRequest(c)) => {
@@ -211,6 +217,7 @@ impl StreamCtx {
                 None => {}
             }
         }
+        tracing::debug!("watch stream: request stream ended");
         for (_, w) in watchers {
             w.task.abort();
         }

@@ -1,0 +1,236 @@
+//! Watchers that stop reading must not pin the member's memory: 50 watchers
+//! on the whole key space that never read, while ~2 MB of values (each put
+//! also carries its ~2 KB previous value) are written. Their queues are
+//! bounded in bytes (`--watch-queue-bytes`, small here), so they are
+//! cancelled with a reason, and the member's RSS stays bounded; a watcher
+//! that does read sees every event, in order.
+//!
+//! Without the bounds, each slow watcher kept up to 1024 deep-copied
+//! batches plus 256 converted responses: 50 x ~4 MB (value + prev value)
+//! = ~200 MB here. With them each holds at most its stream's 256 KiB of
+//! outgoing responses, the client's 64 KiB HTTP/2 window, and 256 KiB of
+//! views of shared batches; `RSS_GROWTH_BOUND` leaves room for allocator
+//! slack on top of ~16 MB.
+//!
+//! Also: a stream refuses watchers past `--max-watchers-per-stream`, and the
+//! HTTP/2 keepalive flags are accepted (a 1 s ping interval disturbs no live
+//! client).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop the test
+
+mod common;
+
+use std::time::Duration;
+
+use common::{put, Cluster};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Streaming;
+use warden_proto::etcdserverpb as pb;
+use warden_proto::etcdserverpb::watch_client::WatchClient;
+use warden_proto::etcdserverpb::watch_request::RequestUnion;
+
+const SLOW_WATCHERS: usize = 50;
+const PUTS: usize = 1000;
+const VALUE: usize = 2048;
+/// Most the member's resident memory may grow over the test.
+const RSS_GROWTH_BOUND_KB: u64 = 64 * 1024;
+
+/// A field of /proc/<pid>/status, in kB.
+fn proc_kb(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("field in proc status")
+}
+
+struct W {
+    _tx: mpsc::Sender<pb::WatchRequest>,
+    rx: Streaming<pb::WatchResponse>,
+}
+
+/// Opens a Watch stream on `ch` with one watcher on every key, prev_kv on,
+/// and waits for its `created` answer.
+async fn watch_all(ch: Channel) -> W {
+    let (tx, r) = mpsc::channel(8);
+    tx.send(pb::WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(pb::WatchCreateRequest {
+            key: vec![0],
+            range_end: vec![0],
+            prev_kv: true,
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut rx = WatchClient::new(ch)
+        .watch(ReceiverStream::new(r))
+        .await
+        .expect("watch")
+        .into_inner();
+    let created = next(&mut rx).await;
+    assert!(created.created && !created.canceled, "{created:?}");
+    W { _tx: tx, rx }
+}
+
+async fn next(rx: &mut Streaming<pb::WatchResponse>) -> pb::WatchResponse {
+    tokio::time::timeout(Duration::from_secs(20), rx.message())
+        .await
+        .expect("watch answer in time")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_watchers_are_cancelled_and_memory_stays_bounded() {
+    let c = Cluster::start_with(
+        1,
+        &[
+            "--watch-queue-bytes",
+            "262144",
+            "--watch-pending-bytes",
+            "8388608",
+            "--max-watchers-per-stream",
+            "3",
+            "--max-concurrent-streams",
+            "100",
+            // Pings every second: live clients answer them, so nothing here
+            // may be dropped for it.
+            "--grpc-keepalive-interval",
+            "1s",
+            "--grpc-keepalive-timeout",
+            "5s",
+        ],
+    );
+    c.wait_leader(Duration::from_secs(20)).await;
+    let ep = c.members[0].client.clone();
+    let pid = c.members[0].child.as_ref().expect("running").id();
+
+    // The slow watchers share one connection whose HTTP/2 windows are small,
+    // so what they do not read backs up in the member, not in this process.
+    let slow_ch = Endpoint::from_shared(format!("http://{ep}"))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .expect("connect");
+    let mut slow = Vec::new();
+    for _ in 0..SLOW_WATCHERS {
+        slow.push(watch_all(slow_ch.clone()).await);
+    }
+    let mut reader = watch_all(common::channel(&ep).await).await;
+    let start_rev = common::status(&ep).await.unwrap().header.unwrap().revision;
+
+    // A stream holds at most --max-watchers-per-stream watchers.
+    let mut w = watch_all(common::channel(&ep).await).await;
+    for _ in 0..3 {
+        w._tx
+            .send(pb::WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(pb::WatchCreateRequest {
+                    key: b"x".to_vec(),
+                    ..Default::default()
+                })),
+            })
+            .await
+            .unwrap();
+    }
+    let mut refused = Vec::new();
+    for _ in 0..3 {
+        let r = next(&mut w.rx).await;
+        assert!(r.created, "{r:?}");
+        if r.canceled {
+            refused.push(r.cancel_reason);
+        }
+    }
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].contains("--max-watchers-per-stream 3"),
+        "{refused:?}"
+    );
+    drop(w);
+
+    let baseline = proc_kb(pid, "VmRSS:");
+    let value = "v".repeat(VALUE);
+    let writer = {
+        let ep = ep.clone();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            for i in 0..PUTS {
+                put(&ep, &format!("k{:03}", i % 100), &value)
+                    .await
+                    .expect("put");
+                if i % 50 == 0 {
+                    peak = peak.max(proc_kb(pid, "VmRSS:"));
+                }
+            }
+            peak
+        })
+    };
+
+    // (b) The reading watcher gets every revision, in order, one put each.
+    let last = start_rev + PUTS as i64;
+    let mut want = start_rev + 1;
+    while want <= last {
+        let r = next(&mut reader.rx).await;
+        assert!(!r.canceled, "reader cancelled: {}", r.cancel_reason);
+        for e in &r.events {
+            let kv = e.kv.as_ref().expect("kv");
+            assert_eq!(kv.mod_revision, want, "in order, nothing lost or twice");
+            assert_eq!(kv.value.len(), VALUE);
+            want += 1;
+        }
+    }
+    let peak = writer.await.unwrap().max(proc_kb(pid, "VmRSS:"));
+    let hwm = proc_kb(pid, "VmHWM:");
+    eprintln!("member RSS: baseline {baseline} kB, peak sampled {peak} kB, VmHWM {hwm} kB");
+
+    // (a) Memory stays bounded.
+    assert!(
+        peak.max(hwm) < baseline + RSS_GROWTH_BOUND_KB,
+        "member RSS grew from {baseline} kB to {} kB",
+        peak.max(hwm)
+    );
+
+    // (c) Once they read, the slow watchers find they were cancelled, with a
+    // reason, after a prefix of the events in order. (They share a
+    // connection window, so they are read all at once.)
+    let mut readers = tokio::task::JoinSet::new();
+    for (i, w) in slow.into_iter().enumerate() {
+        readers.spawn(async move {
+            // Keep the request side open: the member ends a Watch stream
+            // whose client closed its sending side, as etcd does.
+            let W { _tx, mut rx } = w;
+            let mut want = start_rev + 1;
+            loop {
+                let r = tokio::time::timeout(Duration::from_secs(20), rx.message())
+                    .await
+                    .expect("in time");
+                let r = match r {
+                    Ok(Some(r)) => r,
+                    other => panic!(
+                        "watcher {i} after {} events: {other:?}",
+                        want - start_rev - 1
+                    ),
+                };
+                for e in &r.events {
+                    assert_eq!(e.kv.as_ref().expect("kv").mod_revision, want);
+                    want += 1;
+                }
+                if r.canceled {
+                    assert!(
+                        r.cancel_reason.contains("fell too far behind"),
+                        "watcher {i}: {:?}",
+                        r.cancel_reason
+                    );
+                    assert!(want <= last, "watcher {i} was cancelled after everything");
+                    return;
+                }
+            }
+        });
+    }
+    while let Some(r) = readers.join_next().await {
+        r.expect("slow watcher check");
+    }
+}
