@@ -8,9 +8,10 @@
 //! Without the bounds, each slow watcher kept up to 1024 deep-copied
 //! batches plus 256 converted responses: 50 x ~4 MB (value + prev value)
 //! = ~200 MB here. With them each holds at most its stream's 256 KiB of
-//! outgoing responses, the client's 64 KiB HTTP/2 window, and 256 KiB of
-//! views of shared batches; `RSS_GROWTH_BOUND` leaves room for allocator
-//! slack on top of ~16 MB.
+//! outgoing responses and 400 KiB in the HTTP/2 send buffer, and all share
+//! one copy of the queued batches (under 256 KiB each): ~33 MB at worst
+//! (about 25 MB measured); `RSS_GROWTH_BOUND_KB` leaves room for allocator
+//! slack.
 //!
 //! Also: a stream refuses watchers past `--max-watchers-per-stream`, and the
 //! HTTP/2 keepalive flags are accepted (a 1 s ping interval disturbs no live

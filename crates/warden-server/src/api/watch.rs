@@ -298,12 +298,17 @@ impl StreamCtx {
 
     /// Replays `[start_revision, current]` in chunks, each read under its
     /// own read lock. False if the watcher ended (cancelled, stream gone).
-    async fn replay(&self, spec: &Spec, current: i64) -> bool {
+    async fn replay(&self, spec: &Spec, current: i64, sub: &WatchGuard) -> bool {
         let mut from = spec.start_revision;
         if from <= 0 {
             return true;
         }
         while from <= current {
+            if sub.cancelled().is_some() {
+                // Live events overflowed meanwhile: stop here, the live
+                // loop reports why.
+                return true;
+            }
             let chunk = self.node.with_state(|d| {
                 (
                     d.kv.mvcc().events_chunk(
@@ -352,7 +357,7 @@ impl StreamCtx {
 
     /// Sends the replay, then live batches, until cancelled.
     async fn feed(self, spec: Spec, current: i64, mut sub: WatchGuard) {
-        if !self.replay(&spec, current).await {
+        if !self.replay(&spec, current, &sub).await {
             return;
         }
         let mut tick = tokio::time::interval(self.progress);

@@ -8,8 +8,9 @@
 //! Must never: answer a linearizable read before this member applied the
 //! leader's confirmed commit index, answer a serializable read from a joining
 //! member that has not caught up (see `ready_for_reads`), register a watcher
-//! other than under the read lock it read history under, or leave a watcher
-//! registered once its `WatchGuard` is gone.
+//! other than under a read lock of the state (where its creator notes the
+//! revision after which live events start), or leave a watcher registered
+//! once its `WatchGuard` is gone.
 
 use openraft::error::{LinearizableReadError, RaftError};
 use openraft::ReadPolicy;
@@ -57,8 +58,8 @@ impl Drop for WatchGuard {
 }
 
 /// Registers watchers; handed out only while the state's read lock is held
-/// (`Node::watch_state`), so a watcher's history read and its live events
-/// meet without a gap or an overlap.
+/// (`Node::watch_state`), so the live events of a watcher are exactly those
+/// after the revision read under that lock.
 pub struct Subscriber<'a> {
     sm: &'a SmStore,
 }

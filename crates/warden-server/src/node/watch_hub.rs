@@ -359,16 +359,21 @@ impl WatchHub {
         // Over the member's budget: cancel the watchers holding the most
         // until the shared batches fit (a batch is freed once no queue
         // holds it).
-        while self.pending.load(Ordering::SeqCst) > limits.member_bytes {
-            let biggest = g
+        if self.pending.load(Ordering::SeqCst) > limits.member_bytes {
+            let mut by_size: Vec<(usize, u64)> = g
                 .watchers
                 .iter()
                 .map(|(id, w)| (lock(&w.slot.queue).bytes, *id))
                 .filter(|(b, _)| *b > 0)
-                .max_by_key(|(b, id)| (*b, std::cmp::Reverse(*id)));
-            let Some((_, id)) = biggest else { break };
-            if let Some(e) = g.watchers.remove(&id) {
-                e.slot.cancel(Cancelled::MemberBudget);
+                .collect();
+            by_size.sort_by_key(|(b, id)| (std::cmp::Reverse(*b), *id));
+            for (_, id) in by_size {
+                if self.pending.load(Ordering::SeqCst) <= limits.member_bytes {
+                    break;
+                }
+                if let Some(e) = g.watchers.remove(&id) {
+                    e.slot.cancel(Cancelled::MemberBudget);
+                }
             }
         }
     }
