@@ -14,8 +14,8 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::time::Instant;
 
-use super::workload::{with_timeout, Topology};
-use warden_proto::etcdserverpb::{maintenance_client::MaintenanceClient, StatusRequest};
+use super::workload::Topology;
+use warden_testkit::leader;
 use warden_testkit::ports::free_ports;
 use warden_testkit::proxy::Proxies;
 
@@ -401,29 +401,13 @@ fn strip_ansi(s: &str) -> String {
 /// the leader that a member reporting itself as leader confirms (highest
 /// term wins).
 pub async fn poll_leader(topo: &Topology) -> Option<usize> {
-    let mut best: Option<(u64, usize)> = None;
-    let asks = topo.channels.iter().enumerate().map(|(i, ch)| {
-        let ch = ch.clone();
-        async move {
-            let r = tokio::time::timeout(
-                Duration::from_millis(800),
-                MaintenanceClient::new(ch)
-                    .status(with_timeout(StatusRequest {}, Duration::from_millis(700))),
-            )
-            .await;
-            (i, r)
-        }
-    });
-    for (i, r) in futures::future::join_all(asks).await {
-        let Ok(Ok(r)) = r else { continue };
-        let s = r.into_inner();
-        let Some(h) = s.header else { continue };
-        topo.learn_id(h.member_id, i);
-        if s.leader != 0 && s.leader == h.member_id && best.is_none_or(|(t, _)| h.raft_term > t) {
-            best = Some((h.raft_term, i));
+    let views = leader::views(&topo.channels, Duration::from_millis(700)).await;
+    for (i, v) in views.iter().enumerate() {
+        if let Some(v) = v {
+            topo.learn_id(v.member_id, i);
         }
     }
-    let leader = best.map(|(_, i)| i);
+    let leader = leader::self_confirmed(&views);
     topo.set_leader(leader);
     leader
 }

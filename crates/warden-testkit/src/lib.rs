@@ -4,12 +4,15 @@
 //! - [`ports`]: ports for servers, picked at run time, never handed out twice
 //!   in one process;
 //! - [`proxy`]: per-link TCP proxies that cut and heal the peer network;
-//! - [`poll`]: wait for a condition with a deadline instead of sleeping.
+//! - [`poll`]: wait for a condition with a deadline instead of sleeping;
+//! - [`leader`]: who leads, as the members' Status answers say.
 //!
-//! Nothing here knows warden's protocol: it is plain TCP, ports and time, so
-//! any layer's tests may use it. Never used by the server itself.
+//! Only [`leader`] speaks warden's protocol (the etcd Maintenance API, as a
+//! client); the rest is plain TCP, ports and time. Never used by the server
+//! itself.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod leader;
 pub mod poll;
 pub mod ports;
 pub mod proxy;

@@ -44,7 +44,7 @@ pub struct Proxies {
 impl Proxies {
     /// Starts a listener for every directed link between `peer_addrs.len()`
     /// members; link i → j forwards to `peer_addrs[j]`.
-    pub async fn start(peer_addrs: &[String]) -> anyhow::Result<Proxies> {
+    pub async fn start(peer_addrs: &[String]) -> std::io::Result<Proxies> {
         let cuts = Arc::new(Cuts::default());
         let (changed, _) = watch::channel(0u64);
         let mut addrs = BTreeMap::new();

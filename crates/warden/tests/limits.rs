@@ -11,9 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, kv, put, status, Cluster};
-use tonic::transport::Channel;
 use warden_proto::etcdserverpb as pb;
-use warden_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 
 const ELECT: Duration = Duration::from_secs(20);
 /// Just under the 1.5 MiB request limit, as in the report that found the wedge.
@@ -31,36 +29,6 @@ async fn put_big(addr: &str, key: String) -> Result<(), tonic::Status> {
     })
     .await
     .map(|_| ())
-}
-
-async fn hash(addr: &str) -> Result<(u32, i64), String> {
-    let ch: Channel = common::channel(addr).await;
-    let r = MaintenanceClient::new(ch)
-        .hash_kv(pb::HashKvRequest { revision: 0 })
-        .await
-        .map_err(|e| e.to_string())?
-        .into_inner();
-    Ok((r.hash, r.header.map_or(0, |h| h.revision)))
-}
-
-/// Every member answers HashKV with the same hash at the same revision.
-async fn converge(c: &Cluster, timeout: Duration) {
-    let all: Vec<String> = c.members.iter().map(|m| m.client.clone()).collect();
-    eventually(timeout, || {
-        let all = all.clone();
-        async move {
-            let mut hashes = Vec::new();
-            for ep in &all {
-                hashes.push(hash(ep).await?);
-            }
-            if hashes.windows(2).all(|w| w[0] == w[1]) {
-                Ok(())
-            } else {
-                Err(format!("members differ: {hashes:?}"))
-            }
-        }
-    })
-    .await;
 }
 
 /// A follower that was down while 80 near-limit values (about 112 MB, well
@@ -102,7 +70,7 @@ async fn a_follower_behind_on_large_entries_catches_up() {
         }
     })
     .await;
-    converge(&c, Duration::from_secs(30)).await;
+    c.converge(Duration::from_secs(30)).await;
     put(&ep, "small", "after").await.expect("put after");
 }
 
@@ -154,5 +122,5 @@ async fn many_clients_putting_large_values_leave_the_cluster_working() {
         })
         .await;
     }
-    converge(&c, Duration::from_secs(60)).await;
+    c.converge(Duration::from_secs(60)).await;
 }

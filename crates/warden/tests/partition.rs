@@ -8,20 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, get_prefix, put, Cluster};
-use warden_proto::etcdserverpb as pb;
-use warden_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use warden_testkit::proxy::Proxies;
 
 const ELECT: Duration = Duration::from_secs(20);
-
-async fn hash(addr: &str) -> Result<(u32, i64), String> {
-    let r = MaintenanceClient::new(common::channel(addr).await)
-        .hash_kv(pb::HashKvRequest { revision: 0 })
-        .await
-        .map_err(|e| e.to_string())?
-        .into_inner();
-    Ok((r.hash, r.header.map_or(0, |h| h.revision)))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolated_leader_steps_down_majority_continues_and_all_converge() {
@@ -82,22 +71,7 @@ async fn isolated_leader_steps_down_majority_continues_and_all_converge() {
 
     // Heal: every member converges to the same state.
     proxies.heal();
-    let all: Vec<String> = c.members.iter().map(|m| m.client.clone()).collect();
-    eventually(Duration::from_secs(30), || {
-        let all = all.clone();
-        async move {
-            let mut hashes = Vec::new();
-            for ep in &all {
-                hashes.push(hash(ep).await?);
-            }
-            if hashes.windows(2).all(|w| w[0] == w[1]) {
-                Ok(())
-            } else {
-                Err(format!("members differ: {hashes:?}"))
-            }
-        }
-    })
-    .await;
+    c.converge(Duration::from_secs(30)).await;
     // Nothing acknowledged was lost, and the isolated write never applied.
     let got = get_prefix(&old_ep, "p/").await.expect("read after heal");
     assert_eq!(got.len(), 40, "{got:?}");

@@ -61,6 +61,10 @@ pub enum StateError {
     /// A fenced command that is not a key-value write.
     #[error("warden: only put, delete and txn can be fenced")]
     FenceNotKv,
+    /// A write that adds data while the `NOSPACE` alarm is active, or that
+    /// would take the state past the storage quota (etcd `ErrNoSpace`).
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
 }
 
 /// How the api layer should classify a [`StateError`] (etcd's gRPC codes).
@@ -74,6 +78,8 @@ pub enum ErrorClass {
     NotFound,
     /// gRPC `FAILED_PRECONDITION`.
     FailedPrecondition,
+    /// gRPC `RESOURCE_EXHAUSTED`.
+    ResourceExhausted,
 }
 
 impl StateError {
@@ -99,6 +105,7 @@ impl StateError {
             | StateError::ValueProvided
             | StateError::LeaseProvided => ErrorClass::InvalidArgument,
             StateError::LeaseNotFound => ErrorClass::NotFound,
+            StateError::NoSpace => ErrorClass::ResourceExhausted,
         }
     }
 
@@ -126,6 +133,7 @@ impl StateError {
             StateError::LeaseNotFound => "etcdserver: requested lease not found",
             StateError::LeaseExists => "etcdserver: lease already exists",
             StateError::LeaseTtlTooLarge => "etcdserver: too large lease TTL",
+            StateError::NoSpace => "etcdserver: mvcc: database space exceeded",
             StateError::Lock(_) | StateError::FenceRejected { .. } | StateError::FenceNotKv => {
                 return self.to_string().into()
             }
@@ -192,6 +200,11 @@ mod tests {
             StateError::Compacted.grpc_message(),
             "etcdserver: mvcc: required revision has been compacted"
         );
+        assert_eq!(
+            StateError::NoSpace.grpc_message(),
+            "etcdserver: mvcc: database space exceeded"
+        );
+        assert_eq!(StateError::NoSpace.class(), ErrorClass::ResourceExhausted);
     }
 
     #[test]

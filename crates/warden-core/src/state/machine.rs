@@ -24,15 +24,16 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::alarm::AlarmMember;
 use super::error::{SnapshotError, StateError};
 use super::lease::LeaseTable;
 use super::lock_table::{AcquireOutcome, AcquireRequest, LockEvent, LockTable};
-use super::mvcc::MvccStore;
+use super::mvcc::{self, MvccStore};
 use crate::storage::format;
 
 use super::types::{
     CompactionRequest, DeleteRangeRequest, DeleteRangeResponse, Event, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
 };
 
 /// A write, as proposed to and committed in the Raft log.
@@ -72,6 +73,8 @@ pub enum Command {
     Fenced {
         name: String,
         token: u64,
+        /// Decoding is depth-bounded (`nesting`), like every recursive field.
+        #[serde(deserialize_with = "super::nesting::bounded")]
         command: Box<Command>,
     },
 }
@@ -83,12 +86,77 @@ pub enum CommandResult {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compact,
-    LeaseGrant { id: i64, ttl: i64 },
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
     LeaseRevoke,
     LeaseCheckpoint,
     LockAcquire(AcquireOutcome),
     LockRelease,
     LockCancel,
+    /// The alarms an alarm request concerns (applied by the server, which
+    /// keeps the `alarm::AlarmTable`; appended last so the encoding of the
+    /// other variants is unchanged).
+    Alarm(Vec<AlarmMember>),
+}
+
+/// etcd's `leaseOverhead`: what a lease costs against the quota and adds to
+/// [`StateMachine::size`].
+pub const LEASE_OVERHEAD: u64 = 64;
+
+/// What an empty state counts in [`StateMachine::size`]: the size etcd
+/// reports for a fresh backend (20 KiB of bbolt meta, freelist and bucket
+/// pages), so an empty member reports a non-zero `db_size` as etcd does and
+/// a quota leaves the same room as on etcd.
+pub const EMPTY_STATE_SIZE: u64 = 20 * 1024;
+
+/// The quota cost of one put (etcd `costPut`): key, value and
+/// [`mvcc::VERSION_OVERHEAD`].
+fn put_cost(p: &PutRequest) -> u64 {
+    (p.key.len() as u64)
+        .saturating_add(p.value.len() as u64)
+        .saturating_add(mvcc::VERSION_OVERHEAD)
+}
+
+/// The quota cost of one txn branch: its puts, nested txns included.
+fn ops_cost(ops: &[RequestOp]) -> u64 {
+    ops.iter().fold(0u64, |acc, op| {
+        acc.saturating_add(match op {
+            RequestOp::Put(p) => put_cost(p),
+            RequestOp::Txn(t) => txn_cost(t),
+            RequestOp::Range(_) | RequestOp::DeleteRange(_) => 0,
+        })
+    })
+}
+
+/// etcd `costTxn`: the costlier branch.
+fn txn_cost(t: &TxnRequest) -> u64 {
+    ops_cost(&t.success).max(ops_cost(&t.failure))
+}
+
+impl Command {
+    /// What this command may add to the state, as etcd's quota estimates it
+    /// (`backendQuota.Cost`): a put's key and value plus
+    /// [`mvcc::VERSION_OVERHEAD`], a txn's costlier branch, a lease grant
+    /// [`LEASE_OVERHEAD`], a lock acquire [`LEASE_OVERHEAD`] (a holder or
+    /// waiter entry), a fenced write its inner command. 0 for commands that
+    /// only remove or record (delete, compact, revoke, checkpoint, release,
+    /// cancel): those still apply while the `NOSPACE` alarm is active.
+    pub fn quota_cost(&self) -> u64 {
+        match self {
+            Command::Put(p) => put_cost(p),
+            Command::Txn(t) => txn_cost(t),
+            Command::LeaseGrant { .. } | Command::LockAcquire(_) => LEASE_OVERHEAD,
+            Command::Fenced { command, .. } => command.quota_cost(),
+            Command::DeleteRange(_)
+            | Command::Compact(_)
+            | Command::LeaseRevoke { .. }
+            | Command::LeaseCheckpoint { .. }
+            | Command::LockRelease { .. }
+            | Command::LockCancel { .. } => 0,
+        }
+    }
 }
 
 /// What applying one command did.
@@ -242,6 +310,17 @@ impl StateMachine {
     /// A read served outside the log (serializable, or after a read index).
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, StateError> {
         self.mvcc.range(req)
+    }
+
+    /// The size of the state the storage quota is checked against (etcd's
+    /// backend size): [`EMPTY_STATE_SIZE`] plus [`MvccStore::size`] plus
+    /// [`LEASE_OVERHEAD`] per lease. Maintained incrementally; the same on
+    /// every replica.
+    pub fn size(&self) -> u64 {
+        let leases = (self.leases.len() as u64).saturating_mul(LEASE_OVERHEAD);
+        EMPTY_STATE_SIZE
+            .saturating_add(self.mvcc.size())
+            .saturating_add(leases)
     }
 
     /// The current store revision.
@@ -587,6 +666,52 @@ mod tests {
         assert!(m.check_invariants().is_ok());
         let bytes = m.to_snapshot_bytes().unwrap_or_default();
         assert_eq!(StateMachine::from_snapshot_bytes(&bytes).ok(), Some(m));
+    }
+
+    #[test]
+    fn size_counts_the_empty_state_versions_and_leases() {
+        let mut m = StateMachine::new();
+        assert_eq!(m.size(), EMPTY_STATE_SIZE);
+        m.apply(&put("key", "value"));
+        let one = 3 + 5 + mvcc::VERSION_OVERHEAD;
+        assert_eq!(m.size(), EMPTY_STATE_SIZE + one);
+        m.apply(&Command::LeaseGrant { id: 1, ttl: 10 });
+        assert_eq!(m.size(), EMPTY_STATE_SIZE + one + LEASE_OVERHEAD);
+        m.apply(&Command::LeaseRevoke { id: 1 });
+        assert_eq!(m.size(), EMPTY_STATE_SIZE + one);
+        // The quota cost of a put is what it adds.
+        let p = put("other", "12");
+        let before = m.size();
+        m.apply(&p);
+        assert_eq!(m.size() - before, p.quota_cost());
+        let txn = Command::Txn(TxnRequest {
+            compare: vec![],
+            success: vec![RequestOp::Put(PutRequest {
+                key: b"a".to_vec(),
+                ..Default::default()
+            })],
+            failure: vec![
+                RequestOp::Put(PutRequest {
+                    key: b"bb".to_vec(),
+                    ..Default::default()
+                }),
+                RequestOp::DeleteRange(DeleteRangeRequest::default()),
+            ],
+        });
+        assert_eq!(
+            txn.quota_cost(),
+            2 + mvcc::VERSION_OVERHEAD,
+            "costlier branch"
+        );
+        assert_eq!(Command::LeaseRevoke { id: 1 }.quota_cost(), 0);
+        assert_eq!(
+            Command::Compact(CompactionRequest {
+                revision: 1,
+                physical: false
+            })
+            .quota_cost(),
+            0
+        );
     }
 
     #[test]

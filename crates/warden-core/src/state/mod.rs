@@ -18,15 +18,20 @@
 //! (stateless request checks the api layer may also run before proposing),
 //! `mvcc` (the store), `lease` (leases and their TTLs), `machine` (commands,
 //! apply, snapshots), `lock_table` (named locks, wait queues, fencing
-//! tokens). The unit tests of `mvcc` and `lock_table` live beside them in
+//! tokens), `nesting` (the depth bound on decoding recursive commands),
+//! `alarm` (etcd's NOSPACE/CORRUPT alarm table; the server keeps it next to
+//! the state and applies its commands). The unit tests of `mvcc` and
+//! `lock_table` live beside them in
 //! `mvcc_tests.rs` and `lock_table_tests.rs`; `proptests` checks the whole
 //! machine against a naive model.
 
+pub mod alarm;
 pub mod error;
 pub mod lease;
 pub mod lock_table;
 pub mod machine;
 pub mod mvcc;
+pub mod nesting;
 pub mod types;
 pub mod validate;
 
@@ -36,4 +41,5 @@ mod proptests;
 pub use error::{ErrorClass, SnapshotError, StateError};
 pub use machine::{Applied, Command, CommandResult, StateMachine};
 pub use mvcc::{LeaseLookup, MvccStore, NoLeases, WriteResult};
+pub use nesting::MAX_NESTING;
 pub use validate::MAX_TXN_OPS;

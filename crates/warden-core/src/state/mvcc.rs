@@ -247,8 +247,29 @@ mod keys_serde {
     }
 }
 
+/// Bytes [`MvccStore::size`] counts for every stored version on top of its
+/// key and value: etcd's `kvOverhead`, its estimate of a key's metadata
+/// (revision key, create/mod revision, version, lease) in the backend.
+pub const VERSION_OVERHEAD: u64 = 256;
+
+/// What one stored version of `key` adds to [`MvccStore::size`].
+fn version_size(key: &[u8], v: &Version) -> u64 {
+    let value = v.live.as_ref().map_or(0, |l| l.value.len());
+    (key.len() as u64)
+        .saturating_add(value as u64)
+        .saturating_add(VERSION_OVERHEAD)
+}
+
+/// What a whole history adds to [`MvccStore::size`].
+fn history_size(key: &[u8], h: &History) -> u64 {
+    h.versions
+        .iter()
+        .fold(0u64, |acc, v| acc.saturating_add(version_size(key, v)))
+}
+
 /// The multi-version key-value store. See the module docs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredMvcc")]
 pub struct MvccStore {
     current_revision: i64,
     compact_revision: i64,
@@ -260,6 +281,36 @@ pub struct MvccStore {
     /// its path.
     #[serde(with = "keys_serde")]
     keys: OrdMap<Vec<u8>, History>,
+    /// [`MvccStore::size`], kept up to date by every write, rollback and
+    /// compaction. Not stored: recomputed when a store is decoded, so the
+    /// snapshot encoding is unchanged.
+    #[serde(skip)]
+    size: u64,
+}
+
+/// The stored form of [`MvccStore`]: the same fields in the same order, so
+/// the postcard bytes are those of the store; decoding recounts the size.
+#[derive(Deserialize)]
+struct StoredMvcc {
+    current_revision: i64,
+    compact_revision: i64,
+    live_keys: u64,
+    #[serde(with = "keys_serde")]
+    keys: OrdMap<Vec<u8>, History>,
+}
+
+impl From<StoredMvcc> for MvccStore {
+    fn from(s: StoredMvcc) -> Self {
+        let mut store = MvccStore {
+            current_revision: s.current_revision,
+            compact_revision: s.compact_revision,
+            live_keys: s.live_keys,
+            keys: s.keys,
+            size: 0,
+        };
+        store.size = store.recount_size();
+        store
+    }
 }
 
 impl Default for MvccStore {
@@ -276,7 +327,30 @@ impl MvccStore {
             compact_revision: 0,
             live_keys: 0,
             keys: OrdMap::new(),
+            size: 0,
         }
+    }
+
+    /// warden's analogue of etcd's backend size (`Status.db_size`, the
+    /// figure `--quota-backend-bytes` is checked against): the bytes of
+    /// every retained version of every key, i.e. for each version still in
+    /// history (live values and tombstones, up to the compact revision),
+    /// the key length plus the value length (0 for a tombstone) plus
+    /// [`VERSION_OVERHEAD`]. Puts and deletes add to it, compaction takes
+    /// off what it drops. It is maintained incrementally (no walk per
+    /// write), deterministic (every replica that applied the same commands
+    /// has the same size), and does not shrink on overwrite: old versions
+    /// are kept until compacted, as in etcd. Leases and locks are not
+    /// counted here (see `StateMachine::size`).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// [`MvccStore::size`] computed from scratch by walking every history.
+    pub fn recount_size(&self) -> u64 {
+        self.keys
+            .iter()
+            .fold(0u64, |acc, (k, h)| acc.saturating_add(history_size(k, h)))
     }
 
     /// The revision of the last write (1 for a fresh store).
@@ -428,6 +502,13 @@ impl MvccStore {
         for key in changed {
             let now_empty = match self.keys.get_mut(key.as_slice()) {
                 Some(h) => {
+                    let drop = h.compact_from(rev);
+                    let dropped = h
+                        .versions
+                        .iter()
+                        .take(drop)
+                        .fold(0u64, |acc, v| acc.saturating_add(version_size(&key, v)));
+                    self.size = self.size.saturating_sub(dropped);
                     h.compact(rev);
                     h.versions.is_empty()
                 }
@@ -637,6 +718,13 @@ impl MvccStore {
             return Err(format!(
                 "live key count {} does not match the {} live keys",
                 self.live_keys, live
+            ));
+        }
+        let recount = self.recount_size();
+        if recount != self.size {
+            return Err(format!(
+                "size {} does not match the {recount} bytes the histories hold",
+                self.size
             ));
         }
         Ok(())
@@ -851,7 +939,9 @@ impl MvccStore {
             let now_empty = match self.keys.get_mut(key) {
                 Some(h) => {
                     while h.versions.last().is_some_and(|v| v.mod_revision == rev) {
-                        h.versions.pop();
+                        if let Some(v) = h.versions.pop() {
+                            self.size = self.size.saturating_sub(version_size(key, &v));
+                        }
                     }
                     h.versions.is_empty()
                 }
@@ -909,6 +999,9 @@ impl MvccStore {
             sub: w.events.len() as u32,
             live: Some(live),
         };
+        self.size = self
+            .size
+            .saturating_add(version_size(&req.key, &new_version));
         match self.keys.get_mut(req.key.as_slice()) {
             Some(h) => h.versions.push(new_version),
             None => {
@@ -947,11 +1040,15 @@ impl MvccStore {
         };
         for prev in victims {
             if let Some(h) = self.keys.get_mut(prev.key.as_slice()) {
-                h.versions.push(Version {
+                let tombstone = Version {
                     mod_revision: rev,
                     sub: w.events.len() as u32,
                     live: None,
-                });
+                };
+                self.size = self
+                    .size
+                    .saturating_add(version_size(&prev.key, &tombstone));
+                h.versions.push(tombstone);
             }
             self.live_keys = self.live_keys.saturating_sub(1);
             w.changed = true;

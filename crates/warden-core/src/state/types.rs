@@ -125,6 +125,8 @@ pub enum RequestOp {
     Range(RangeRequest),
     Put(PutRequest),
     DeleteRange(DeleteRangeRequest),
+    /// Decoding is depth-bounded (`nesting`), like every recursive field.
+    #[serde(deserialize_with = "super::nesting::bounded")]
     Txn(TxnRequest),
 }
 
@@ -133,6 +135,8 @@ pub enum ResponseOp {
     Range(RangeResponse),
     Put(PutResponse),
     DeleteRange(DeleteRangeResponse),
+    /// Decoding is depth-bounded (`nesting`), like every recursive field.
+    #[serde(deserialize_with = "super::nesting::bounded")]
     Txn(TxnResponse),
 }
 

@@ -18,7 +18,11 @@
 //! and keep a decoder for the old version.
 //!
 //! - Version 1: the payload encoding of warden up to and including this
-//!   build.
+//!   build. Additions that old data never contains and old builds refuse
+//!   rather than misread stay at version 1: variants appended after the
+//!   existing ones (`Request::Alarm`, `CommandResult::Alarm`) and the alarm
+//!   table a member snapshot body carries after the state only when it is
+//!   not empty (`warden_server::node::state_machine`).
 //! - "Format 0" is not a payload version but a log file layout: a Raft log
 //!   written before records carried a version (no `format` table in the redb
 //!   file). Its records are `[crc32][payload]` with version-1 payloads; see

@@ -251,6 +251,26 @@ impl LogDb {
         range: impl RangeBounds<u64>,
         max_bytes: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        self.scan(range, |index, body| {
+            total = total.saturating_add(body.len());
+            if total > max_bytes && !out.is_empty() {
+                return false;
+            }
+            out.push((index, body.to_vec()));
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` with each entry in `range`, in order, checksum verified,
+    /// until it returns `false`. Holds one record in memory at a time.
+    fn scan(
+        &self,
+        range: impl RangeBounds<u64>,
+        mut f: impl FnMut(u64, &[u8]) -> bool,
+    ) -> Result<(), LogError> {
         let lo = match range.start_bound() {
             Bound::Included(x) => *x,
             Bound::Excluded(x) => x.saturating_add(1),
@@ -258,12 +278,12 @@ impl LogDb {
         };
         let hi = match range.end_bound() {
             Bound::Included(x) => Some(*x),
-            Bound::Excluded(0) => return Ok(Vec::new()),
+            Bound::Excluded(0) => return Ok(()),
             Bound::Excluded(x) => Some(x - 1),
             Bound::Unbounded => None,
         };
         if hi.is_some_and(|h| h < lo) {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let r = self.db.begin_read().map_err(|e| self.err(e))?;
         let t = r.open_table(ENTRIES).map_err(|e| self.err(e))?;
@@ -272,8 +292,6 @@ impl LogDb {
             None => t.range(lo..),
         }
         .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        let mut total = 0usize;
         for item in iter {
             let (k, v) = item.map_err(|e| self.err(e))?;
             let index = k.value();
@@ -282,13 +300,11 @@ impl LogDb {
                 index,
                 source,
             })?;
-            total = total.saturating_add(body.len());
-            if total > max_bytes && !out.is_empty() {
+            if !f(index, body) {
                 break;
             }
-            out.push((index, body.to_vec()));
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The last entry, if any.
@@ -309,8 +325,14 @@ impl LogDb {
 
     /// Checks every record's checksum; returns the number of records. Run at
     /// start so a damaged log stops the server before it serves anything.
+    /// Reads one record at a time, so a long log is not loaded whole.
     pub fn verify(&self) -> Result<u64, LogError> {
-        Ok(self.read_range(..)?.len() as u64)
+        let mut n = 0u64;
+        self.scan(.., |_, _| {
+            n += 1;
+            true
+        })?;
+        Ok(n)
     }
 
     /// Deletes entries with index > `index` (all of them when `None`).

@@ -169,18 +169,30 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>, SnapshotFileError> {
     Ok(out)
 }
 
-/// Removes every snapshot file in `dir` except `keep`, and stray temp files.
+/// Removes every snapshot file in `dir` except `keep`. Temp files are left
+/// alone: one may be a snapshot being received or written right now (see
+/// [`remove_stale_temp_files`]).
 pub fn remove_others(dir: &Path, keep: &Path) -> Result<(), SnapshotFileError> {
     for p in list(dir)? {
         if p != keep {
             fs::remove_file(&p).map_err(io_err(&p))?;
         }
     }
-    if let Ok(rd) = fs::read_dir(dir) {
-        for ent in rd.flatten() {
-            if ent.file_name().to_string_lossy().ends_with(".tmp") {
-                let _ = fs::remove_file(ent.path());
-            }
+    Ok(())
+}
+
+/// Removes the `*.tmp` files a crash left in `dir`. Call only at start,
+/// before anything can be writing a snapshot there.
+pub fn remove_stale_temp_files(dir: &Path) -> Result<(), SnapshotFileError> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    for ent in rd.flatten() {
+        if ent.file_name().to_string_lossy().ends_with(".tmp") {
+            let p = ent.path();
+            fs::remove_file(&p).map_err(io_err(&p))?;
         }
     }
     Ok(())
@@ -223,9 +235,21 @@ mod tests {
         let b = write_atomic(dir.path(), &file_name(12, 2), &encode(b"m12", b"body12")).unwrap();
         assert_eq!(newest(dir.path()).unwrap(), Some(b.clone()));
         assert_eq!(read(&a).unwrap(), (b"m5".to_vec(), b"body5".to_vec()));
+        let receiving = dir.path().join("recv-0000000000000001.tmp");
+        fs::write(&receiving, b"half a snapshot").unwrap();
         remove_others(dir.path(), &b).unwrap();
         assert!(!a.exists());
+        assert!(
+            receiving.exists(),
+            "a snapshot being received is not touched"
+        );
         assert_eq!(read(&b).unwrap(), (b"m12".to_vec(), b"body12".to_vec()));
+        remove_stale_temp_files(dir.path()).unwrap();
+        assert!(
+            !receiving.exists(),
+            "left over from a crash: removed at start"
+        );
+        assert!(b.exists());
     }
 
     #[test]

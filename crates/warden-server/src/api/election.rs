@@ -17,9 +17,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::error::check_request_size;
 use super::header;
 use super::recipes::{by_create, create_or_get, txn, wait_deletes, KeyGuard};
-use super::v3lock::lock_keys;
+use super::v3lock::{lock_keys, DEFAULT_SESSION_TTL};
 use crate::node::peer_service::grpc_timeout;
 use crate::node::Node;
 use warden_client::keys::prefix_range_end as prefix_end;
@@ -32,6 +33,8 @@ use warden_proto::v3electionpb as pb;
 
 pub struct ElectionService {
     pub node: Arc<Node>,
+    /// `--max-request-bytes`: larger requests are refused.
+    pub max_request_bytes: usize,
 }
 
 fn not_leader() -> Status {
@@ -64,26 +67,38 @@ impl pb::election_server::Election for ElectionService {
         &self,
         request: Request<pb::CampaignRequest>,
     ) -> Result<Response<pb::CampaignResponse>, Status> {
+        check_request_size(request.get_ref(), self.max_request_bytes)?;
+        let timeout = grpc_timeout(&request);
         let r = request.into_inner();
         if r.name.is_empty() {
             return Err(Status::invalid_argument("etcdserver: key is not provided"));
         }
         let node = &self.node;
-        let (prefix, key) = lock_keys(&r.name, r.lease);
-        let (created, my_rev, _, _) = create_or_get(node, &prefix, &key, &r.value, r.lease).await?;
+        // No lease: like etcd (whose election server opens a session with
+        // the caller's lease), campaign under a fresh lease of the default
+        // session TTL rather than with a key nothing ever deletes.
+        let lease = if r.lease != 0 {
+            r.lease
+        } else {
+            super::lease::grant(node, 0, DEFAULT_SESSION_TTL, timeout)
+                .await?
+                .1
+        };
+        let (prefix, key) = lock_keys(&r.name, lease);
+        let (created, my_rev, _, _) = create_or_get(node, &prefix, &key, &r.value, lease).await?;
         let guard = created.then(|| KeyGuard::new(node.clone(), key.clone()));
         let leader = pb::LeaderKey {
             name: r.name.clone(),
             key: key.clone(),
             rev: my_rev,
-            lease: r.lease,
+            lease,
         };
         if !created {
             // Already campaigning with this lease: refresh the value.
             let put = RequestOp::Put(PutRequest {
                 key: key.clone(),
                 value: r.value.clone(),
-                lease: r.lease,
+                lease,
                 ..Default::default()
             });
             txn(node, if_still_leader(&leader, put), None).await?;
@@ -103,6 +118,7 @@ impl pb::election_server::Election for ElectionService {
         &self,
         request: Request<pb::ProclaimRequest>,
     ) -> Result<Response<pb::ProclaimResponse>, Status> {
+        check_request_size(request.get_ref(), self.max_request_bytes)?;
         let timeout = grpc_timeout(&request);
         let r = request.into_inner();
         let leader = r.leader.ok_or_else(not_leader)?;
@@ -188,6 +204,7 @@ impl pb::election_server::Election for ElectionService {
         &self,
         request: Request<pb::ResignRequest>,
     ) -> Result<Response<pb::ResignResponse>, Status> {
+        check_request_size(request.get_ref(), self.max_request_bytes)?;
         let timeout = grpc_timeout(&request);
         let leader = request.into_inner().leader.ok_or_else(not_leader)?;
         let del = RequestOp::DeleteRange(DeleteRangeRequest {

@@ -25,6 +25,7 @@ pub fn state_status(e: StateError) -> Status {
         ErrorClass::InvalidArgument => Code::InvalidArgument,
         ErrorClass::NotFound => Code::NotFound,
         ErrorClass::FailedPrecondition => Code::FailedPrecondition,
+        ErrorClass::ResourceExhausted => Code::ResourceExhausted,
     };
     Status::new(code, e.grpc_message())
 }
@@ -32,4 +33,14 @@ pub fn state_status(e: StateError) -> Status {
 /// etcd's answer to a request over the size limit.
 pub fn too_large() -> Status {
     Status::invalid_argument("etcdserver: request is too large")
+}
+
+/// The request-size limit (`--max-request-bytes`) every RPC that proposes
+/// checks before it does anything, as etcd refuses any proposal larger than
+/// its limit: the protobuf-encoded size of `m` must not exceed `max`.
+pub fn check_request_size<M: prost::Message>(m: &M, max: usize) -> Result<(), Status> {
+    if m.encoded_len() > max {
+        return Err(too_large());
+    }
+    Ok(())
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::error::{node_status, state_status, too_large};
+use super::error::{check_request_size, node_status, state_status};
 use super::header;
 use crate::node::peer_service::grpc_timeout;
 use crate::node::{Consistency, Node};
@@ -28,10 +28,7 @@ pub struct KvService {
 
 impl KvService {
     fn check_size<M: Message>(&self, m: &M) -> Result<(), Status> {
-        if m.encoded_len() > self.max_request_bytes {
-            return Err(too_large());
-        }
-        Ok(())
+        check_request_size(m, self.max_request_bytes)
     }
 
     async fn propose<T>(

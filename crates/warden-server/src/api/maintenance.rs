@@ -1,6 +1,19 @@
-//! etcd `Maintenance` service: Status, Alarm (always empty), HashKV (to
-//! compare replicas), Defragment (nothing to do: the log file is compacted by
-//! redb itself), MoveLeader. Snapshot and Downgrade are not offered yet.
+//! etcd `Maintenance` service: Status, Alarm, HashKV (to compare replicas),
+//! Defragment, MoveLeader, Snapshot. Downgrade is not offered.
+//!
+//! Alarm: ACTIVATE and DEACTIVATE go through the log (`Request::Alarm`, as
+//! etcd's `AlarmRequest` goes through Raft), so every member holds the same
+//! table; GET is a linearizable read of it. `member_id` 0 means every member
+//! (GET, DEACTIVATE), alarm type NONE every type.
+//!
+//! Defragment has nothing to do and succeeds (etcd clients call it to
+//! recover from NOSPACE): compaction already frees the memory of dropped
+//! versions, and redb reuses the log file's free pages itself.
+//!
+//! Status reports the state size (`StateMachine::size`, warden's analogue
+//! of etcd's backend size, the figure the quota is checked against) as both
+//! `db_size` and `db_size_in_use`, and lists active alarms in `errors`
+//! (before unreachable peers), as etcd does.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,8 +24,11 @@ use tonic::{Request, Response, Status};
 use super::error::{node_status, state_status};
 use super::{header, ETCD_API_VERSION};
 use crate::node::network::SNAPSHOT_CHUNK;
-use crate::node::Node;
-use warden_core::state::StateError;
+use crate::node::peer_service::grpc_timeout;
+use crate::node::types::Request as NodeRequest;
+use crate::node::{Consistency, Node};
+use warden_core::state::alarm::{AlarmAction, AlarmType};
+use warden_core::state::{CommandResult, StateError};
 use warden_proto::etcdserverpb as pb;
 
 pub struct MaintenanceService {
@@ -23,12 +39,60 @@ pub struct MaintenanceService {
 impl pb::maintenance_server::Maintenance for MaintenanceService {
     async fn alarm(
         &self,
-        _r: Request<pb::AlarmRequest>,
+        r: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
-        let rev = self.node.status().revision;
+        let req = r.get_ref();
+        let alarm = AlarmType::from_i32(req.alarm).ok_or_else(|| {
+            Status::invalid_argument(format!("warden: unknown alarm type {}", req.alarm))
+        })?;
+        let action = match pb::alarm_request::AlarmAction::try_from(req.action) {
+            Ok(pb::alarm_request::AlarmAction::Get) => AlarmAction::Get,
+            Ok(pb::alarm_request::AlarmAction::Activate) => AlarmAction::Activate,
+            Ok(pb::alarm_request::AlarmAction::Deactivate) => AlarmAction::Deactivate,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "warden: unknown alarm action {}",
+                    req.action
+                )))
+            }
+        };
+        let member_id = req.member_id;
+        let deadline = self.node.deadline(grpc_timeout(&r));
+        let (rev, alarms) = if action == AlarmAction::Get {
+            self.node
+                .read(Consistency::Linearizable, deadline, |d| {
+                    (d.kv.revision(), d.alarms.get(member_id, alarm))
+                })
+                .await
+                .map_err(node_status)?
+        } else {
+            let resp = self
+                .node
+                .write(
+                    NodeRequest::Alarm {
+                        action,
+                        member_id,
+                        alarm,
+                    },
+                    deadline,
+                )
+                .await
+                .map_err(node_status)?;
+            match resp.result {
+                Ok(Some(CommandResult::Alarm(a))) => (resp.revision, a),
+                Ok(_) => return Err(super::unexpected()),
+                Err(e) => return Err(state_status(e)),
+            }
+        };
         Ok(Response::new(pb::AlarmResponse {
             header: Some(header(&self.node, rev)),
-            alarms: vec![],
+            alarms: alarms
+                .into_iter()
+                .map(|a| pb::AlarmMember {
+                    member_id: a.member_id,
+                    alarm: a.alarm.as_i32(),
+                })
+                .collect(),
         }))
     }
 
@@ -37,7 +101,17 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         _r: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let st = self.node.status();
-        let db_size = self.node.log_file_size() as i64;
+        let (db_size, alarms) = self
+            .node
+            .with_state(|d| (d.kv.size(), d.alarms.get(0, AlarmType::None)))
+            .map_err(node_status)?;
+        // Active alarms first, as etcd lists them in `errors`.
+        let mut errors: Vec<String> = alarms
+            .iter()
+            .map(|a| format!("memberID:{} alarm:{}", a.member_id, alarm_name(a.alarm)))
+            .collect();
+        errors.extend(link_errors(&self.node));
+        let db_size = i64::try_from(db_size).unwrap_or(i64::MAX);
         Ok(Response::new(pb::StatusResponse {
             header: Some(header(&self.node, st.revision)),
             version: ETCD_API_VERSION.to_string(),
@@ -46,7 +120,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_index: st.last_log_index,
             raft_term: st.term,
             raft_applied_index: st.applied,
-            errors: link_errors(&self.node),
+            errors,
             db_size_in_use: db_size,
             is_learner: st.is_learner(),
         }))
@@ -141,6 +215,15 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         _r: Request<pb::DowngradeRequest>,
     ) -> Result<Response<pb::DowngradeResponse>, Status> {
         Err(Status::unimplemented("downgrade is not supported"))
+    }
+}
+
+/// etcd's name of an alarm type (`AlarmType` in `rpc.proto`).
+fn alarm_name(a: AlarmType) -> &'static str {
+    match a {
+        AlarmType::None => "NONE",
+        AlarmType::NoSpace => "NOSPACE",
+        AlarmType::Corrupt => "CORRUPT",
     }
 }
 

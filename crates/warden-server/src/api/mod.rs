@@ -15,6 +15,7 @@ pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub mod native_locks;
+pub mod quota;
 pub mod recipes;
 pub mod v3lock;
 pub mod watch;
@@ -67,6 +68,9 @@ pub async fn propose(
     timeout: Option<std::time::Duration>,
     cmd: warden_core::state::Command,
 ) -> Result<(i64, warden_core::state::CommandResult), Proposal> {
+    quota::check(node, &cmd, timeout)
+        .await
+        .map_err(Proposal::State)?;
     let deadline = node.deadline(timeout);
     let resp = node
         .write(crate::node::types::Request::Kv(cmd), deadline)
@@ -119,15 +123,20 @@ pub async fn serve(
         .max_decoding_message_size(limit);
     let lock = warden_proto::v3lockpb::lock_server::LockServer::new(v3lock::LockService {
         node: node.clone(),
+        max_request_bytes,
     })
     .max_decoding_message_size(limit);
     let election = warden_proto::v3electionpb::election_server::ElectionServer::new(
-        election::ElectionService { node: node.clone() },
+        election::ElectionService {
+            node: node.clone(),
+            max_request_bytes,
+        },
     )
     .max_decoding_message_size(limit);
     let locks =
         warden_proto::warden::v1::locks_server::LocksServer::new(native_locks::LocksService {
             node: node.clone(),
+            max_request_bytes,
         })
         .max_decoding_message_size(limit);
     // HTTP/2 limits (etcd's `--max-concurrent-streams` and

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::error::{node_status, state_status};
+use super::error::{check_request_size, node_status, state_status};
 use super::{header, propose, unexpected};
 use crate::node::peer_service::grpc_timeout;
 use crate::node::{Consistency, LockFeed, Node};
@@ -34,6 +34,8 @@ use warden_proto::warden::v1 as pb;
 
 pub struct LocksService {
     pub node: Arc<Node>,
+    /// `--max-request-bytes`: larger requests are refused.
+    pub max_request_bytes: usize,
 }
 
 type AcquireStream = Pin<Box<dyn Stream<Item = Result<pb::AcquireResponse, Status>> + Send>>;
@@ -114,6 +116,9 @@ struct Acquire {
     tx: mpsc::Sender<Result<pb::AcquireResponse, Status>>,
     name: String,
     lease: i64,
+    /// `lease` was granted by this call (for its `ttl`), so it is revoked
+    /// again if the call ends without a hold.
+    own_lease: bool,
     owner: String,
 }
 
@@ -138,16 +143,41 @@ impl Acquire {
     }
 
     async fn run(self, req: lt::AcquireRequest, wait_for: Option<Duration>) {
+        let granted = self.acquire(req, wait_for).await;
+        if self.own_lease && !granted {
+            self.revoke_own_lease().await;
+        }
+    }
+
+    /// Revokes the lease this call granted for its `ttl` when the call ends
+    /// without handing a hold to the client (would block, failed, timed
+    /// out, abandoned): nothing else knows the lease, which would otherwise
+    /// stay until its TTL ran out.
+    async fn revoke_own_lease(&self) {
+        let cmd = Command::LeaseRevoke { id: self.lease };
+        match propose(&self.node, None, cmd).await {
+            Ok(_) | Err(super::Proposal::State(StateError::LeaseNotFound)) => {}
+            Err(e) => tracing::warn!(
+                "acquire {:?}: revoke of its lease {:x} failed (it expires with its TTL): {}",
+                self.name,
+                self.lease,
+                Status::from(e).message()
+            ),
+        }
+    }
+
+    /// Runs the acquire; true once the client was told it holds the lock.
+    async fn acquire(&self, req: lt::AcquireRequest, wait_for: Option<Duration>) -> bool {
         let mut feed = self.node.lock_feed();
         let outcome = match propose(&self.node, None, Command::LockAcquire(req)).await {
             Ok((_, CommandResult::LockAcquire(o))) => o,
             Ok(_) => {
                 let _ = self.tx.send(Err(unexpected())).await;
-                return;
+                return false;
             }
             Err(e) => {
                 let _ = self.tx.send(Err(e.into())).await;
-                return;
+                return false;
             }
         };
         use pb::acquire_response::State;
@@ -156,7 +186,7 @@ impl Acquire {
                 let mut r = self.answer(State::WouldBlock);
                 r.reason = format!("lock {:?} is held", self.name);
                 self.send(r).await;
-                return;
+                return false;
             }
             AcquireOutcome::Granted { token } => token,
             AcquireOutcome::Queued {
@@ -168,7 +198,7 @@ impl Acquire {
                 r.position = position;
                 if !self.send(r).await {
                     self.withdraw(waiter_id, &mut feed).await;
-                    return;
+                    return false;
                 }
                 let until = wait_for.map(|d| Instant::now() + d);
                 match self.wait_grant(waiter_id, &mut feed, until).await {
@@ -178,7 +208,7 @@ impl Acquire {
                         r.waiter_id = waiter_id;
                         r.reason = reason;
                         self.send(r).await;
-                        return;
+                        return false;
                     }
                     Waited::Abandoned => {
                         self.withdraw(waiter_id, &mut feed).await;
@@ -191,7 +221,7 @@ impl Acquire {
                                 ))))
                                 .await;
                         }
-                        return;
+                        return false;
                     }
                 }
             }
@@ -199,7 +229,8 @@ impl Acquire {
         let mut r = self.answer(State::Granted);
         r.token = token;
         if !self.send(r).await {
-            return;
+            // The client is gone and never learned of the hold.
+            return false;
         }
         let reason = self.hold(token, &mut feed).await;
         if let Some(reason) = reason {
@@ -208,6 +239,7 @@ impl Acquire {
             r.reason = reason;
             self.send(r).await;
         }
+        true
     }
 
     /// Waits for the grant of `waiter_id`.
@@ -392,12 +424,14 @@ impl pb::locks_server::Locks for LocksService {
         &self,
         request: Request<pb::AcquireRequest>,
     ) -> Result<Response<AcquireStream>, Status> {
+        check_request_size(request.get_ref(), self.max_request_bytes)?;
         let r = request.into_inner();
         let mode = match pb::LockMode::try_from(r.mode) {
             Ok(pb::LockMode::Exclusive) => LockMode::Exclusive,
             Ok(pb::LockMode::Shared) => LockMode::Shared,
             Err(_) => return Err(Status::invalid_argument("warden: unknown lock mode")),
         };
+        let own_lease = r.lease == 0;
         let lease = if r.lease != 0 {
             r.lease
         } else if r.ttl > 0 {
@@ -423,6 +457,7 @@ impl pb::locks_server::Locks for LocksService {
             tx,
             name: r.name,
             lease,
+            own_lease,
             owner: r.owner,
         };
         tokio::spawn(a.run(req, wait_for));
@@ -433,6 +468,7 @@ impl pb::locks_server::Locks for LocksService {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        check_request_size(request.get_ref(), self.max_request_bytes)?;
         let timeout = grpc_timeout(&request);
         let r = request.into_inner();
         let cmd = Command::LockRelease {
@@ -564,6 +600,7 @@ impl pb::locks_server::Locks for LocksService {
         &self,
         request: Request<pb::FencedTxnRequest>,
     ) -> Result<Response<warden_proto::etcdserverpb::TxnResponse>, Status> {
+        check_request_size(request.get_ref(), self.max_request_bytes)?;
         let timeout = grpc_timeout(&request);
         let r = request.into_inner();
         let txn = st::TxnRequest::try_convert_from(r.txn.unwrap_or_default())?;

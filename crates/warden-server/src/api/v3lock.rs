@@ -5,12 +5,14 @@
 //! `etcdctl lock` on the same name): the key is `name/<lease hex>`, attached
 //! to the lease; the oldest key under `name/` owns the lock; a waiter waits
 //! for every older key to be deleted. If the lease expires the key goes and
-//! the next waiter owns the lock.
+//! the next waiter owns the lock. A `Lock` without a lease gets one of
+//! [`DEFAULT_SESSION_TTL`], as etcd's lock server does.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::error::check_request_size;
 use super::header;
 use super::recipes::{create_or_get, delete, read, wait_deletes, KeyGuard};
 use crate::node::peer_service::grpc_timeout;
@@ -18,8 +20,16 @@ use crate::node::Node;
 use warden_core::state::types::RangeRequest;
 use warden_proto::v3lockpb as pb;
 
+/// TTL in seconds of the lease a `Lock` without one gets: etcd's lock
+/// server opens a session with the caller's lease, and a session without a
+/// lease grants one of `concurrency`'s default session TTL (60 s), never
+/// kept alive, so the lock is released within a minute unless unlocked.
+pub const DEFAULT_SESSION_TTL: i64 = 60;
+
 pub struct LockService {
     pub node: Arc<Node>,
+    /// `--max-request-bytes`: larger requests are refused.
+    pub max_request_bytes: usize,
 }
 
 /// `name/` and the caller's key `name/<lease hex>`.
@@ -37,13 +47,24 @@ impl pb::lock_server::Lock for LockService {
         &self,
         request: Request<pb::LockRequest>,
     ) -> Result<Response<pb::LockResponse>, Status> {
+        check_request_size(request.get_ref(), self.max_request_bytes)?;
+        let timeout = grpc_timeout(&request);
         let r = request.into_inner();
         if r.name.is_empty() {
             return Err(Status::invalid_argument("etcdserver: key is not provided"));
         }
         let node = &self.node;
-        let (prefix, key) = lock_keys(&r.name, r.lease);
-        let (created, my_rev, owner, _) = create_or_get(node, &prefix, &key, b"", r.lease).await?;
+        // No lease: like etcd, lock under a fresh lease of the default
+        // session TTL, not a key that nothing ever deletes.
+        let lease = if r.lease != 0 {
+            r.lease
+        } else {
+            super::lease::grant(node, 0, DEFAULT_SESSION_TTL, timeout)
+                .await?
+                .1
+        };
+        let (prefix, key) = lock_keys(&r.name, lease);
+        let (created, my_rev, owner, _) = create_or_get(node, &prefix, &key, b"", lease).await?;
         // Abandoned while waiting: take our key away again (as etcd does).
         let guard = created.then(|| KeyGuard::new(node.clone(), key.clone()));
         if owner.is_none_or(|o| o.create_revision != my_rev) {
@@ -77,6 +98,7 @@ impl pb::lock_server::Lock for LockService {
         &self,
         request: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
+        check_request_size(request.get_ref(), self.max_request_bytes)?;
         let timeout = grpc_timeout(&request);
         let rev = delete(&self.node, &request.get_ref().key, timeout).await?;
         Ok(Response::new(pb::UnlockResponse {

@@ -144,6 +144,9 @@ impl Node {
         });
         tokio::spawn(publish_client_addr(node.clone()));
         tokio::spawn(lessor::run(node.clone()));
+        if let Some(policy) = node.config.auto_compaction {
+            tokio::spawn(super::auto_compact::run(node.clone(), policy));
+        }
         if node.config.auto_promote {
             tokio::spawn(membership::promote_when_ready(node.clone()));
         }

@@ -67,6 +67,14 @@ impl Node {
         self.wait_leader_except(None, deadline).await
     }
 
+    /// The current leader, or the next one known before `deadline`.
+    pub(super) async fn leader_or_wait(&self, deadline: Instant) -> Result<u64, NodeError> {
+        match self.leader() {
+            Some(l) => Ok(l),
+            None => self.wait_leader(deadline).await.ok_or(NodeError::NoLeader),
+        }
+    }
+
     /// Waits up to two election timeouts (or `deadline`) for a leader that is
     /// not `old`.
     pub(super) async fn wait_leader_except(

@@ -209,13 +209,7 @@ impl Node {
         deadline: Instant,
     ) -> Result<ForwardResponse, NodeError> {
         for _ in 0..5 {
-            let leader = match self.leader() {
-                Some(l) => l,
-                None => self
-                    .wait_leader(deadline)
-                    .await
-                    .ok_or(NodeError::NoLeader)?,
-            };
+            let leader = self.leader_or_wait(deadline).await?;
             let answer = if leader == self.id {
                 self.lessor_local(&req).await
             } else {

@@ -78,13 +78,7 @@ impl Node {
     /// committed.
     pub async fn change_members(&self, op: MemberOp, deadline: Instant) -> Result<(), NodeError> {
         for _ in 0..5 {
-            let leader = match self.leader() {
-                Some(l) => l,
-                None => self
-                    .wait_leader(deadline)
-                    .await
-                    .ok_or(NodeError::NoLeader)?,
-            };
+            let leader = self.leader_or_wait(deadline).await?;
             let next = if leader == self.id {
                 match self.change_members_local(op.clone(), deadline).await? {
                     Done::Ok => return Ok(()),

@@ -26,6 +26,7 @@
 //! a current leader's commit index, or retry a forwarded write whose outcome is
 //! unknown (that would apply it twice).
 
+pub mod auto_compact;
 mod bootstrap;
 mod forward;
 pub mod lessor;
@@ -125,6 +126,13 @@ pub struct NodeConfig {
     pub watch: watch_hub::WatchLimits,
     /// HTTP/2 limits of the client port (streams per connection, keepalive).
     pub client_http2: Http2Limits,
+    /// Storage quota (`--quota-backend-bytes`, resolved): writes that would
+    /// take `StateMachine::size` to it or past it raise NOSPACE and are
+    /// refused. `None`: no quota.
+    pub quota_backend_bytes: Option<u64>,
+    /// Auto-compaction run by the leader (`--auto-compaction-mode` and
+    /// `--auto-compaction-retention`); `None`: off.
+    pub auto_compaction: Option<auto_compact::AutoCompaction>,
 }
 
 /// HTTP/2 settings of the client port, under etcd's flag names.
@@ -272,6 +280,11 @@ impl Node {
     /// Link state of every peer this member has talked to.
     pub fn peer_links(&self) -> BTreeMap<u64, LinkInfo> {
         self.links.snapshot()
+    }
+
+    /// This member's storage quota in bytes (`None`: no quota).
+    pub fn quota_bytes(&self) -> Option<u64> {
+        self.config.quota_backend_bytes
     }
 
     /// Size in bytes of this member's Raft log file (0 if unreadable).

@@ -34,8 +34,9 @@ use super::types::{
 };
 use super::watch_hub::WatchHub;
 use tokio::sync::broadcast;
+use warden_core::state::alarm::{AlarmTable, AlarmType};
 use warden_core::state::lock_table::LockEvent;
-use warden_core::state::StateMachine;
+use warden_core::state::{CommandResult, StateError, StateMachine};
 use warden_core::storage::snapshot_file;
 
 /// Everything the replicated state consists of; what a snapshot holds.
@@ -52,6 +53,15 @@ pub struct SmData {
     /// Name each member published (members added by `MemberAdd` have no
     /// name in the Raft membership until they start and publish it).
     pub names: BTreeMap<u64, String>,
+    /// Active alarms (`Request::Alarm`). Not part of the derived encoding:
+    /// `encode_snapshot` appends it after the fields above only when it is
+    /// not empty, and `parse_snapshot` reads it from any bytes that follow
+    /// them, so snapshots without alarms keep their exact bytes and every
+    /// earlier snapshot loads with no alarms. A build from before alarms
+    /// refuses a snapshot holding some (trailing bytes) rather than
+    /// dropping them.
+    #[serde(skip)]
+    pub alarms: AlarmTable,
 }
 
 /// The Raft instance of a member, driving this state machine.
@@ -129,7 +139,22 @@ fn decode_section<T: serde::de::DeserializeOwned>(
 /// its meta and state.
 fn parse_snapshot(path: &Path, meta: &[u8], body: &[u8]) -> io::Result<(SnapshotMeta, SmData)> {
     let meta: SnapshotMeta = decode_section(path, "meta", meta)?;
-    let data: SmData = decode_section(path, "body", body)?;
+    let (mut data, alarms) = postcard::take_from_bytes::<SmData>(body)
+        .map_err(|e| other(format!("snapshot {}: bad body: {e}", path.display())))?;
+    if !alarms.is_empty() {
+        // Only a non-empty table is ever written after the state.
+        let table = postcard::take_from_bytes::<AlarmTable>(alarms)
+            .ok()
+            .filter(|(t, rest)| rest.is_empty() && !t.is_empty())
+            .map(|(t, _)| t);
+        data.alarms = table.ok_or_else(|| {
+            other(format!(
+                "snapshot {}: bad body: {} trailing bytes after the state are not an alarm table",
+                path.display(),
+                alarms.len()
+            ))
+        })?;
+    }
     data.kv.check_invariants().map_err(|e| {
         other(format!(
             "snapshot {}: inconsistent state: {e}",
@@ -152,7 +177,12 @@ fn parse_snapshot(path: &Path, meta: &[u8], body: &[u8]) -> io::Result<(Snapshot
 /// `snapshot_file::encode`).
 fn encode_snapshot(meta: &SnapshotMeta, data: &SmData) -> io::Result<Vec<u8>> {
     let m = postcard::to_allocvec(meta).map_err(|e| other(format!("encode snapshot meta: {e}")))?;
-    let b = postcard::to_allocvec(data).map_err(|e| other(format!("encode snapshot: {e}")))?;
+    let mut b = postcard::to_allocvec(data).map_err(|e| other(format!("encode snapshot: {e}")))?;
+    if !data.alarms.is_empty() {
+        let a = postcard::to_allocvec(&data.alarms)
+            .map_err(|e| other(format!("encode snapshot alarm table: {e}")))?;
+        b.extend_from_slice(&a);
+    }
     Ok(snapshot_file::encode(&m, &b))
 }
 
@@ -195,6 +225,9 @@ impl SmStore {
     pub fn open(snap_dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(snap_dir)
             .map_err(|e| other(format!("create {}: {e}", snap_dir.display())))?;
+        // Nothing is receiving or writing a snapshot yet: temp files here
+        // are left over from a crash.
+        snapshot_file::remove_stale_temp_files(snap_dir)?;
         let (data, current) = match snapshot_file::newest(snap_dir)? {
             Some(path) => {
                 let (meta, data) = load_snapshot(&path)?;
@@ -251,6 +284,16 @@ impl SmStore {
                 revision: d.kv.revision(),
                 result: Ok(None),
             },
+            // etcd's capped applier: while NOSPACE is raised, commands
+            // that add data are refused, the same way on every member.
+            EntryPayload::Normal(Request::Kv(cmd))
+                if cmd.quota_cost() > 0 && d.alarms.has(AlarmType::NoSpace) =>
+            {
+                Response {
+                    revision: d.kv.revision(),
+                    result: Err(StateError::NoSpace),
+                }
+            }
             EntryPayload::Normal(Request::Kv(cmd)) => {
                 let applied = d.kv.apply(&cmd);
                 // Published under the write lock: see watch_hub's module doc.
@@ -277,6 +320,17 @@ impl SmStore {
                 Response {
                     revision: d.kv.revision(),
                     result: Ok(None),
+                }
+            }
+            EntryPayload::Normal(Request::Alarm {
+                action,
+                member_id,
+                alarm,
+            }) => {
+                let alarms = d.alarms.apply(action, member_id, alarm);
+                Response {
+                    revision: d.kv.revision(),
+                    result: Ok(Some(CommandResult::Alarm(alarms))),
                 }
             }
             EntryPayload::Membership(m) => {
@@ -488,6 +542,49 @@ mod golden {
         let e = parse_snapshot(Path::new("x.snap"), &m, &b).unwrap_err();
         assert!(e.to_string().contains("trailing"), "{e}");
     }
+
+    /// The alarm table follows the state only when it is not empty: the
+    /// bytes before it are exactly those of the same state without alarms
+    /// (so every older snapshot loads, with no alarms), and it survives a
+    /// snapshot and a backup.
+    #[test]
+    fn alarms_are_appended_after_the_state_and_round_trip() {
+        use warden_core::state::alarm::AlarmAction;
+        let plain = samples::data();
+        let mut data = samples::data();
+        data.alarms
+            .apply(AlarmAction::Activate, 7, AlarmType::NoSpace);
+        let old = encode_snapshot(&meta_of(&plain), &plain).unwrap();
+        let new = encode_snapshot(&meta_of(&data), &data).unwrap();
+        assert_ne!(old, new);
+        let (_, m1, b1) = split(&old);
+        let (_, m2, b2) = split(&new);
+        assert_eq!(m1, m2);
+        assert!(b2.starts_with(&b1), "the state's bytes are unchanged");
+        let (_, back) = parse_snapshot(Path::new("x.snap"), &m2, &b2).unwrap();
+        assert_eq!(back.alarms, data.alarms);
+        assert_eq!(back, data);
+        let dir = tempfile::tempdir().unwrap();
+        let backup = dir.path().join("b.db");
+        std::fs::write(&backup, export(&data).unwrap()).unwrap();
+        assert_eq!(load_backup(&backup).unwrap().1.alarms, data.alarms);
+        // A damaged alarm section is refused, never dropped.
+        let mut bad = b2.clone();
+        bad.push(0);
+        assert!(parse_snapshot(Path::new("x.snap"), &m2, &bad).is_err());
+    }
+
+    /// (header, meta, body) of a framed snapshot.
+    fn split(bytes: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let h = warden_core::storage::format::SNAPSHOT_HEADER_LEN;
+        let len = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+        let (m, b) = (len(12), len(20));
+        (
+            bytes[..h].to_vec(),
+            bytes[h..h + m].to_vec(),
+            bytes[h + m..h + m + b].to_vec(),
+        )
+    }
 }
 
 /// Fixed sample values behind the golden-bytes fixtures in
@@ -553,6 +650,7 @@ pub(crate) mod samples {
             last_membership: StoredMembership::new(Some(log_id::<TypeConfig>(1, 1, 1)), membership),
             client_addrs: BTreeMap::from([(1, "127.0.0.1:2379".to_string())]),
             names: BTreeMap::from([(1, "n1".to_string())]),
+            alarms: Default::default(),
         }
     }
 }

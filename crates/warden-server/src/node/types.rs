@@ -20,6 +20,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use warden_core::state::alarm::{AlarmAction, AlarmType};
 use warden_core::state::{Command, CommandResult, StateError};
 
 /// A member of the cluster as Raft knows it: its name and peer address are
@@ -49,6 +50,14 @@ pub enum Request {
         name: String,
         client_addr: String,
     },
+    /// etcd's `AlarmRequest` (activate, deactivate or list alarms), applied
+    /// to the replicated alarm table (`SmData::alarms`). Appended last:
+    /// the encoding of the variants before it is unchanged.
+    Alarm {
+        action: AlarmAction,
+        member_id: u64,
+        alarm: AlarmType,
+    },
 }
 
 impl fmt::Display for Request {
@@ -60,6 +69,11 @@ impl fmt::Display for Request {
                 name,
                 client_addr,
             } => write!(f, "publish {node_id:x} {name} {client_addr}"),
+            Request::Alarm {
+                action,
+                member_id,
+                alarm,
+            } => write!(f, "alarm {action:?} member={member_id:x} {alarm:?}"),
         }
     }
 }

@@ -17,6 +17,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use warden_client::{parse_endpoint, parse_endpoints, ClientError};
+use warden_server::node::auto_compact::AutoCompaction;
 use warden_server::node::{Http2Limits, WatchLimits};
 use warden_server::node::{Node, NodeConfig};
 
@@ -108,6 +109,22 @@ pub struct ServerArgs {
     /// (etcd's flag) [default: 20s].
     #[arg(long, env = "WARDEN_GRPC_KEEPALIVE_TIMEOUT")]
     pub grpc_keepalive_timeout: Option<String>,
+    /// Storage quota in bytes, as etcd's flag: a write that would take the
+    /// state size (`Status.db_size`) to it raises the NOSPACE alarm and is
+    /// refused ("etcdserver: mvcc: database space exceeded"); 0 means the
+    /// default, a negative value disables the quota [default: 2147483648].
+    #[arg(long, env = "WARDEN_QUOTA_BACKEND_BYTES", allow_hyphen_values = true)]
+    pub quota_backend_bytes: Option<i64>,
+    /// Auto-compaction mode, as etcd's flag: `periodic` (keep the history of
+    /// the last RETENTION) or `revision` (keep the last RETENTION
+    /// revisions) [default: periodic].
+    #[arg(long, env = "WARDEN_AUTO_COMPACTION_MODE")]
+    pub auto_compaction_mode: Option<String>,
+    /// Auto-compaction retention, as etcd's flag: for `periodic` a duration
+    /// (`30m`, `1h30m`; a bare number is hours), for `revision` a number of
+    /// revisions; 0 turns auto-compaction off [default: 0].
+    #[arg(long, env = "WARDEN_AUTO_COMPACTION_RETENTION")]
+    pub auto_compaction_retention: Option<String>,
 }
 
 /// Flags of `warden dev`.
@@ -205,6 +222,9 @@ impl ServerArgs {
             max_request_bytes,
             join,
             no_auto_promote,
+            quota_backend_bytes,
+            auto_compaction_mode,
+            auto_compaction_retention,
             peer_routes
         );
         fill!(
@@ -302,6 +322,14 @@ impl ServerArgs {
         if request_timeout_ms == 0 {
             bail!("invalid --request-timeout-ms: must be > 0");
         }
+        let quota_backend_bytes = match a.quota_backend_bytes.unwrap_or(0) {
+            0 => Some(DEFAULT_QUOTA_BACKEND_BYTES),
+            q => u64::try_from(q).ok(),
+        };
+        let auto_compaction = auto_compaction(
+            a.auto_compaction_mode.as_deref().unwrap_or("periodic"),
+            a.auto_compaction_retention.as_deref().unwrap_or("0"),
+        )?;
         let max_request_bytes = a.max_request_bytes.unwrap_or(1536 * 1024);
         if max_request_bytes == 0 {
             bail!("invalid --max-request-bytes: must be > 0");
@@ -323,6 +351,8 @@ impl ServerArgs {
                 peer_routes,
                 watch,
                 client_http2,
+                quota_backend_bytes,
+                auto_compaction,
             },
             max_request_bytes,
         ))
@@ -354,7 +384,7 @@ impl ServerArgs {
         };
         let d = Http2Limits::default();
         let duration = |field: &str, v: &Option<String>, default: Duration| match v {
-            Some(v) => parse_duration(v).map_err(|e| anyhow!("invalid --{field} {v:?}: {e}")),
+            Some(v) => parse_go_duration(v).map_err(|e| anyhow!("invalid --{field} {v:?}: {e}")),
             None => Ok(default),
         };
         let interval = duration(
@@ -390,7 +420,7 @@ impl ServerArgs {
 
 /// A duration as etcd's flags take it (Go's form): `0`, or numbers with
 /// units `ns`, `us`, `ms`, `s`, `m`, `h`, e.g. `5s`, `2h`, `1m30s`, `1.5s`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+fn parse_go_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s == "0" {
         return Ok(Duration::ZERO);
@@ -427,6 +457,74 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     Duration::try_from_secs_f64(total).map_err(|e| e.to_string())
 }
+
+/// etcd's `--auto-compaction-mode` and `--auto-compaction-retention`.
+fn auto_compaction(mode: &str, retention: &str) -> anyhow::Result<Option<AutoCompaction>> {
+    let retention = retention.trim();
+    match mode {
+        "periodic" => {
+            let period = if let Ok(hours) = retention.parse::<u64>() {
+                Duration::from_secs(hours.saturating_mul(3600))
+            } else {
+                parse_duration(retention).ok_or_else(|| {
+                    anyhow!(
+                        "invalid --auto-compaction-retention {retention:?}: for periodic mode, \
+                         a duration like 30m or 1h30m, or a number of hours"
+                    )
+                })?
+            };
+            Ok((!period.is_zero()).then_some(AutoCompaction::Periodic(period)))
+        }
+        "revision" => {
+            let revs = retention
+                .parse::<i64>()
+                .ok()
+                .filter(|r| *r >= 0)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "invalid --auto-compaction-retention {retention:?}: for revision mode, \
+                     a number of revisions"
+                    )
+                })?;
+            Ok((revs > 0).then_some(AutoCompaction::Revision(revs)))
+        }
+        other => {
+            bail!("invalid --auto-compaction-mode {other:?}: must be \"periodic\" or \"revision\"")
+        }
+    }
+}
+
+/// A Go-style duration: one or more NUMBER UNIT pairs, units `ms`, `s`,
+/// `m`, `h` (`90s`, `1h30m`).
+fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let n: u64 = rest.get(..digits)?.parse().ok()?;
+        let tail = rest.get(digits..)?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let unit = tail.get(..unit_len)?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            _ => return None,
+        };
+        total = total.saturating_add(d);
+        rest = tail.get(unit_len..)?;
+    }
+    Some(total)
+}
+
+/// etcd's default `--quota-backend-bytes`: 2 GiB.
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
@@ -771,7 +869,70 @@ mod tests {
             let e = a.resolve().unwrap_err().to_string();
             assert!(e.contains(field), "{e}");
         }
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_go_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_go_duration("1.5s"), Ok(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn quota_backend_bytes_like_etcd() {
+        let quota = |q: Option<i64>| {
+            ServerArgs {
+                quota_backend_bytes: q,
+                ..args()
+            }
+            .resolve()
+            .unwrap()
+            .0
+            .quota_backend_bytes
+        };
+        assert_eq!(quota(None), Some(2 * 1024 * 1024 * 1024));
+        assert_eq!(quota(Some(0)), Some(2 * 1024 * 1024 * 1024), "0: default");
+        assert_eq!(quota(Some(65536)), Some(65536));
+        assert_eq!(quota(Some(-1)), None, "negative: no quota");
+    }
+
+    #[test]
+    fn auto_compaction_like_etcd() {
+        let ac = |mode: Option<&str>, ret: Option<&str>| {
+            ServerArgs {
+                auto_compaction_mode: mode.map(Into::into),
+                auto_compaction_retention: ret.map(Into::into),
+                ..args()
+            }
+            .resolve()
+            .map(|(c, _)| c.auto_compaction)
+        };
+        let h = |n: u64| Duration::from_secs(n * 3600);
+        assert_eq!(ac(None, None).unwrap(), None, "off by default");
+        assert_eq!(ac(Some("periodic"), Some("0")).unwrap(), None);
+        assert_eq!(
+            ac(None, Some("72")).unwrap(),
+            Some(AutoCompaction::Periodic(h(72)))
+        );
+        assert_eq!(
+            ac(None, Some("1h30m")).unwrap(),
+            Some(AutoCompaction::Periodic(Duration::from_secs(5400)))
+        );
+        assert_eq!(
+            ac(Some("periodic"), Some("2s")).unwrap(),
+            Some(AutoCompaction::Periodic(Duration::from_secs(2)))
+        );
+        assert_eq!(
+            ac(Some("revision"), Some("1000")).unwrap(),
+            Some(AutoCompaction::Revision(1000))
+        );
+        for (mode, ret, want) in [
+            (Some("daily"), Some("1"), "--auto-compaction-mode"),
+            (Some("revision"), Some("1h"), "--auto-compaction-retention"),
+            (
+                Some("periodic"),
+                Some("5 parsecs"),
+                "--auto-compaction-retention",
+            ),
+            (Some("periodic"), Some("h"), "--auto-compaction-retention"),
+        ] {
+            let e = ac(mode, ret).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
     }
 }

@@ -192,38 +192,27 @@ impl Cluster {
     /// Polls members' Status until the running ones agree on one leader;
     /// returns the index of the leader member.
     pub async fn wait_leader(&self, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let mut leaders = Vec::new();
-            let mut alive = 0;
-            for m in &self.members {
-                if m.child.is_none() {
-                    continue;
+        let running: Vec<usize> = (0..self.members.len())
+            .filter(|i| self.members[*i].child.is_some())
+            .collect();
+        let mut channels = Vec::new();
+        for i in &running {
+            channels.push(channel(&self.members[*i].client).await);
+        }
+        let found = warden_testkit::poll::until(timeout, || {
+            let channels = channels.clone();
+            async move {
+                let views = warden_testkit::leader::views(&channels, Duration::from_secs(2)).await;
+                if views.iter().any(Option::is_none) {
+                    return Err(format!("not every running member answered: {views:?}"));
                 }
-                alive += 1;
-                if let Ok(s) = status(&m.client).await {
-                    if s.leader != 0 {
-                        leaders.push(s.leader);
-                    }
-                }
+                warden_testkit::leader::agreed(&views).ok_or(format!("no agreed leader: {views:?}"))
             }
-            if alive > 0 && leaders.len() == alive && leaders.iter().all(|l| *l == leaders[0]) {
-                let id = leaders[0];
-                for (i, m) in self.members.iter().enumerate() {
-                    if m.child.is_some() {
-                        if let Ok(s) = status(&m.client).await {
-                            if s.header.as_ref().map(|h| h.member_id) == Some(id) {
-                                return i;
-                            }
-                        }
-                    }
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no agreed leader within {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        })
+        .await;
+        match found {
+            Ok(k) => running[k],
+            Err(e) => panic!("{e}"),
         }
     }
 }
@@ -307,6 +296,39 @@ pub async fn get_prefix(addr: &str, prefix: &str) -> Result<Vec<(String, String)
             )
         })
         .collect())
+}
+
+/// HashKV of one member at its current revision: (hash, revision).
+pub async fn hash(addr: &str) -> Result<(u32, i64), String> {
+    let r = MaintenanceClient::new(channel(addr).await)
+        .hash_kv(pb::HashKvRequest { revision: 0 })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    Ok((r.hash, r.header.map_or(0, |h| h.revision)))
+}
+
+impl Cluster {
+    /// Waits until every member answers HashKV with the same hash at the
+    /// same revision (all members hold the same data).
+    pub async fn converge(&self, timeout: Duration) {
+        let all: Vec<String> = self.members.iter().map(|m| m.client.clone()).collect();
+        eventually(timeout, || {
+            let all = all.clone();
+            async move {
+                let mut hashes = Vec::new();
+                for ep in &all {
+                    hashes.push(hash(ep).await?);
+                }
+                if hashes.windows(2).all(|w| w[0] == w[1]) {
+                    Ok(())
+                } else {
+                    Err(format!("members differ: {hashes:?}"))
+                }
+            }
+        })
+        .await;
+    }
 }
 
 /// Retries `f` until it returns Ok; fails the test once the deadline passes.
