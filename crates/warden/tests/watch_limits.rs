@@ -17,7 +17,9 @@
 //! every event once and in order across replay chunks and the live tail;
 //! a stream refuses watchers past `--max-watchers-per-stream`, and the
 //! HTTP/2 keepalive flags are accepted (a 1 s ping interval disturbs no live
-//! client).
+//! client). A second test: a client that vanishes without closing its
+//! connection is dropped by the keepalive (with `--grpc-keepalive-interval 0`
+//! it stays connected: checked by hand when the test was written).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop the test
 
 mod common;
@@ -291,4 +293,89 @@ async fn slow_watchers_are_cancelled_and_memory_stays_bounded() {
     while let Some(r) = readers.join_next().await {
         r.expect("slow watcher check");
     }
+}
+
+/// A client that vanishes without closing its connection (here: a proxy
+/// that stops forwarding) no longer holds its watchers forever: the member
+/// pings the idle connection (`--grpc-keepalive-interval`) and closes it
+/// when the ping goes unanswered (`--grpc-keepalive-timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_connections_are_closed_by_keepalive() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let c = Cluster::start_with(
+        1,
+        &[
+            "--grpc-keepalive-interval",
+            "1s",
+            "--grpc-keepalive-timeout",
+            "2s",
+        ],
+    );
+    c.wait_leader(Duration::from_secs(20)).await;
+    let ep = c.members[0].client.clone();
+
+    // client <-> proxy <-> member; once `dead`, the proxy forwards nothing
+    // (the member's pings are lost) but notices when the member hangs up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = listener.local_addr().unwrap().to_string();
+    let dead = Arc::new(AtomicBool::new(false));
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<std::time::Instant>();
+    {
+        let dead = dead.clone();
+        let ep = ep.clone();
+        tokio::spawn(async move {
+            let (mut client, _) = listener.accept().await.unwrap();
+            let mut member = tokio::net::TcpStream::connect(&ep).await.unwrap();
+            let (mut cb, mut mb) = (vec![0u8; 65536], vec![0u8; 65536]);
+            loop {
+                tokio::select! {
+                    n = client.read(&mut cb) => match n {
+                        Ok(n) if n > 0 => {
+                            if !dead.load(Ordering::SeqCst) {
+                                member.write_all(&cb[..n]).await.unwrap();
+                            }
+                        }
+                        _ => std::future::pending::<()>().await,
+                    },
+                    n = member.read(&mut mb) => match n {
+                        Ok(n) if n > 0 => {
+                            if !dead.load(Ordering::SeqCst) {
+                                client.write_all(&mb[..n]).await.unwrap();
+                            }
+                        }
+                        _ => {
+                            let _ = closed_tx.send(std::time::Instant::now());
+                            return;
+                        }
+                    },
+                }
+            }
+        });
+    }
+
+    let ch = Endpoint::from_shared(format!("http://{proxy_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect through the proxy");
+    let mut w = watch_all(ch).await;
+    put(&ep, "alive", "1").await.unwrap();
+    let r = next(&mut w.rx).await;
+    assert_eq!(r.events.len(), 1, "the watcher works through the proxy");
+
+    dead.store(true, Ordering::SeqCst);
+    let t0 = std::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(20), closed_rx)
+        .await
+        .expect("the member closes the dead connection")
+        .expect("proxy reports");
+    let after = closed - t0;
+    eprintln!("dead connection closed by the member after {after:?}");
+    assert!(after >= Duration::from_millis(1500), "{after:?}");
+    put(&ep, "alive", "2")
+        .await
+        .expect("the member still serves");
 }
