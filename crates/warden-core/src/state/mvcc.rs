@@ -125,6 +125,31 @@ impl History {
     }
 }
 
+/// The watch event of version `i` (`v`) of key `k`, with the key's previous
+/// live version as `prev_kv`.
+fn event_of(k: &[u8], h: &History, i: usize, v: &Version) -> Event {
+    let prev_kv = i
+        .checked_sub(1)
+        .and_then(|p| h.versions.get(p))
+        .and_then(|p| p.live.as_ref().map(|l| to_kv(k, p.mod_revision, l, true)));
+    match &v.live {
+        Some(l) => Event {
+            kind: EventKind::Put,
+            kv: to_kv(k, v.mod_revision, l, true),
+            prev_kv,
+        },
+        None => Event {
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                key: k.to_vec(),
+                mod_revision: v.mod_revision,
+                ..KeyValue::default()
+            },
+            prev_kv,
+        },
+    }
+}
+
 fn to_kv(key: &[u8], mod_revision: i64, live: &Live, with_value: bool) -> KeyValue {
     KeyValue {
         key: key.to_vec(),
@@ -543,6 +568,69 @@ impl MvccStore {
         // made in (what live watchers see).
         out.sort_by_key(|(sub, e)| (e.kv.mod_revision, *sub));
         Ok(out.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// One chunk of watch replay: the events of `events_since(from, ..)` with
+    /// revisions in `[from, end]`, and `end`. `end <= to` and covers at
+    /// most `max_revisions` revisions, and stops at the first revision that
+    /// brings the chunk to `max_bytes` (keys and values, previous versions
+    /// included); a revision is never split. Only the chunk's events are
+    /// copied. Call with `from = end + 1` for the next chunk.
+    pub fn events_chunk(
+        &self,
+        from: i64,
+        to: i64,
+        key: &[u8],
+        range_end: &[u8],
+        max_revisions: i64,
+        max_bytes: usize,
+    ) -> Result<(Vec<Event>, i64), StateError> {
+        if from < self.compact_revision {
+            return Err(StateError::Compacted);
+        }
+        if from > to {
+            return Ok((Vec::new(), to));
+        }
+        let window_end = to.min(from.saturating_add(max_revisions.max(1) - 1));
+        let in_window = |h: &'_ History| {
+            let first = h.versions.partition_point(|v| v.mod_revision < from);
+            let last = h.versions.partition_point(|v| v.mod_revision <= window_end);
+            first..last.max(first)
+        };
+        // Sizes per revision first, without copying anything.
+        let mut sizes: std::collections::BTreeMap<i64, usize> = Default::default();
+        for (k, h) in self.iter_range(key, range_end) {
+            for i in in_window(h) {
+                let Some(v) = h.versions.get(i) else { break };
+                let size = |v: &Version| v.live.as_ref().map_or(0, |l| l.value.len()) + k.len();
+                let prev = i
+                    .checked_sub(1)
+                    .and_then(|p| h.versions.get(p))
+                    .map_or(0, size);
+                *sizes.entry(v.mod_revision).or_default() += size(v) + prev;
+            }
+        }
+        let mut end = window_end;
+        let mut total = 0usize;
+        for (rev, n) in &sizes {
+            total += n;
+            if total >= max_bytes {
+                end = *rev;
+                break;
+            }
+        }
+        let mut out: Vec<(u32, Event)> = Vec::new();
+        for (k, h) in self.iter_range(key, range_end) {
+            for i in in_window(h) {
+                let Some(v) = h.versions.get(i) else { break };
+                if v.mod_revision > end {
+                    break;
+                }
+                out.push((v.sub, event_of(k, h, i, v)));
+            }
+        }
+        out.sort_by_key(|(sub, e)| (e.kv.mod_revision, *sub));
+        Ok((out.into_iter().map(|(_, e)| e).collect(), end))
     }
 
     /// CRC32 over every stored version with `mod_revision <= rev` (all of

@@ -1012,6 +1012,56 @@ fn invariants_hold() {
     assert!(bad.check_invariants().is_err());
 }
 
+#[test]
+fn replay_in_chunks_equals_replay_at_once() {
+    let mut s = MvccStore::new();
+    for i in 0..50 {
+        put(&mut s, &format!("k{}", i % 7), &"v".repeat(i * 10)); // revs 2..=51
+        if i % 10 == 3 {
+            let _ = s.delete_range(&del_req(&format!("k{}", i % 7), b""));
+        }
+    }
+    let _ = txn(
+        &mut s,
+        vec![],
+        vec![
+            RequestOp::Put(put_req("k9", "1")),
+            RequestOp::Put(put_req("k8", "1")),
+        ],
+        vec![],
+    );
+    let now = s.current_revision();
+    let all = s.events_since(3, b"k", b"l").unwrap_or_default();
+    for (revs, bytes) in [(1, usize::MAX), (4, usize::MAX), (1000, 100), (3, 1)] {
+        let mut got = Vec::new();
+        let mut from = 3;
+        let mut chunks = 0;
+        while from <= now {
+            let (evs, end) = s
+                .events_chunk(from, now, b"k", b"l", revs, bytes)
+                .unwrap_or_default();
+            assert!(end >= from && end <= now && end - from < revs);
+            assert!(evs
+                .iter()
+                .all(|e| (from..=end).contains(&e.kv.mod_revision)));
+            got.extend(evs);
+            from = end + 1;
+            chunks += 1;
+        }
+        assert_eq!(got, all, "chunks of {revs} revisions / {bytes} bytes");
+        assert!(chunks > 1);
+    }
+    assert_eq!(
+        s.events_chunk(now + 1, now, b"k", b"l", 10, 10),
+        Ok((Vec::new(), now))
+    );
+    s.compact(10).unwrap_or_default();
+    assert_eq!(
+        s.events_chunk(5, now, b"k", b"l", 10, 10),
+        Err(StateError::Compacted)
+    );
+}
+
 // ----- size accounting -------------------------------------------------------
 
 /// What one version of `k` with a value of `v` bytes adds to the size.

@@ -139,8 +139,15 @@ pub async fn serve(
             max_request_bytes,
         })
         .max_decoding_message_size(limit);
+    // HTTP/2 limits (etcd's `--max-concurrent-streams` and
+    // `--grpc-keepalive-*`): bound the streams one connection may hold, and
+    // ping idle connections so dead ones (and the watchers on them) go.
+    let http2 = node.client_http2();
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .max_concurrent_streams(http2.max_concurrent_streams)
+        .http2_keepalive_interval(http2.keepalive_interval)
+        .http2_keepalive_timeout(Some(http2.keepalive_timeout))
         .add_service(health)
         .add_service(kv)
         .add_service(maintenance)

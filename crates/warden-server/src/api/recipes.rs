@@ -165,7 +165,7 @@ pub async fn wait_deleted(node: &Node, key: &[u8]) -> Result<(), Status> {
         };
         loop {
             match sub.recv().await {
-                Some(b) if b.events.iter().any(|e| e.kind == EventKind::Delete) => return Ok(()),
+                Some(b) if b.events().any(|e| e.kind == EventKind::Delete) => return Ok(()),
                 Some(_) => {}
                 // Dropped (too slow, or a snapshot replaced the state):
                 // check again from scratch.

@@ -1,12 +1,19 @@
 //! etcd `Watch` service: one bidirectional stream carries many watchers.
 //!
-//! A create request reads history from the local MVCC store (replay from
-//! `start_revision`) and registers with the member's `WatchHub` under the
-//! same read lock, so the replay and the live events meet without a gap or an
-//! overlap. Each watcher then runs as its own task feeding the stream's
-//! bounded outgoing queue. Events arrive grouped by revision, in revision
-//! order; a compacted start revision is answered with `compact_revision` and
-//! a cancel; a watcher that cannot keep up is cancelled with a reason.
+//! A create request subscribes to the member's `WatchHub` under the state's
+//! read lock and notes the revision R applied then; the watcher's task then
+//! replays history `[start_revision, R]` from the local MVCC store in chunks
+//! (`REPLAY_REVISIONS` revisions or `REPLAY_BYTES` bytes per read lock, so a
+//! watch from revision 1 does not hold up applying), and then sends the live
+//! events, all after R. So replay and live events meet without a gap or an
+//! overlap. Events arrive grouped by revision, in revision order; a
+//! compacted start revision (or history compacted away during the replay) is
+//! answered with `compact_revision` and a cancel; a watcher that cannot keep
+//! up is cancelled with a reason (see `watch_hub` for the byte budgets).
+//!
+//! Limits per stream: at most `WatchLimits::watchers_per_stream` watchers,
+//! and at most `OUT_WINDOW` bytes of responses waiting for the HTTP/2 layer
+//! (which itself holds no more than the client's flow-control window).
 //!
 //! Must never: buffer without bound, or deliver an event twice or out of order.
 
@@ -18,7 +25,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -32,8 +39,19 @@ use warden_proto::etcdserverpb::watch_create_request::FilterType;
 use warden_proto::etcdserverpb::watch_request::RequestUnion;
 use warden_proto::mvccpb;
 
-/// Outgoing responses queued per stream.
+/// Outgoing responses queued per stream (also bounded by `OUT_WINDOW`).
 const STREAM_QUEUE: usize = 256;
+
+/// Bytes of encoded responses a stream may queue before its watchers wait
+/// (a larger single response is let through alone).
+const OUT_WINDOW: usize = 256 * 1024;
+
+/// Most revisions replayed per read of the state.
+const REPLAY_REVISIONS: i64 = 1000;
+
+/// Most bytes replayed per read of the state (a single revision may exceed
+/// it; revisions are not split).
+const REPLAY_BYTES: usize = 1 << 20;
 
 pub struct WatchService {
     pub node: Arc<Node>,
@@ -42,6 +60,13 @@ pub struct WatchService {
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send + 'static>>;
+
+/// A response and its share of the stream's `OUT_WINDOW`, given back when
+/// the HTTP/2 layer takes the response.
+type Out = (
+    Result<pb::WatchResponse, Status>,
+    Option<OwnedSemaphorePermit>,
+);
 
 #[tonic::async_trait]
 impl pb::watch_server::Watch for WatchService {
@@ -52,22 +77,25 @@ impl pb::watch_server::Watch for WatchService {
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
         let incoming = request.into_inner();
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let (tx, rx) = mpsc::channel::<Out>(STREAM_QUEUE);
         let ctx = StreamCtx {
             node: self.node.clone(),
             tx,
+            window: Arc::new(Semaphore::new(OUT_WINDOW)),
             max_bytes: self.max_response_bytes,
             progress: self.progress_interval,
         };
         tokio::spawn(ctx.run(incoming));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let out = ReceiverStream::new(rx).map(|(r, _permit)| r);
+        Ok(Response::new(Box::pin(out)))
     }
 }
 
 #[derive(Clone)]
 struct StreamCtx {
     node: Arc<Node>,
-    tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    tx: mpsc::Sender<Out>,
+    window: Arc<Semaphore>,
     max_bytes: usize,
     progress: Duration,
 }
@@ -76,6 +104,8 @@ struct StreamCtx {
 #[derive(Clone)]
 struct Spec {
     watch_id: i64,
+    key: Vec<u8>,
+    range_end: Vec<u8>,
     no_put: bool,
     no_delete: bool,
     prev_kv: bool,
@@ -105,15 +135,35 @@ impl StreamCtx {
         self.node.revision()
     }
 
+    /// Queues a response once the stream's window has room for it.
     async fn send(&self, r: pb::WatchResponse) -> bool {
-        self.tx.send(Ok(r)).await.is_ok()
+        let n = r.encoded_len().clamp(1, OUT_WINDOW) as u32;
+        let Ok(permit) = self.window.clone().acquire_many_owned(n).await else {
+            return false;
+        };
+        self.tx.send((Ok(r), Some(permit))).await.is_ok()
+    }
+
+    async fn cancel(&self, watch_id: i64, reason: &str, compact_revision: i64) {
+        let mut r = self.resp(self.current_revision(), watch_id);
+        r.canceled = true;
+        r.cancel_reason = reason.to_string();
+        r.compact_revision = compact_revision;
+        self.send(r).await;
     }
 
     async fn run(self, mut incoming: Streaming<pb::WatchRequest>) {
         let mut watchers: BTreeMap<i64, Running> = BTreeMap::new();
         let mut next_id: i64 = 0;
+        let max_watchers = self.node.watch_limits().watchers_per_stream;
         while let Some(msg) = incoming.next().await {
-            let Ok(msg) = msg else { break };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!("watch stream: request stream failed: {e}");
+                    break;
+                }
+            };
             watchers.retain(|_, w| !w.task.is_finished());
             match msg.request_union {
                 Some(RequestUnion::CreateRequest(c)) => {
@@ -125,11 +175,20 @@ impl StreamCtx {
                         }
                         next_id
                     };
-                    if watchers.contains_key(&id) || id < 0 {
+                    let refused = if watchers.contains_key(&id) || id < 0 {
+                        Some("etcdserver: duplicate watch ID".to_string())
+                    } else if watchers.len() >= max_watchers {
+                        Some(format!(
+                            "warden: too many watchers on this stream (--max-watchers-per-stream {max_watchers}); open another stream"
+                        ))
+                    } else {
+                        None
+                    };
+                    if let Some(reason) = refused {
                         let mut r = self.resp(self.current_revision(), id);
                         r.created = true;
                         r.canceled = true;
-                        r.cancel_reason = "etcdserver: duplicate watch ID".into();
+                        r.cancel_reason = reason;
                         if !self.send(r).await {
                             break;
                         }
@@ -158,6 +217,7 @@ impl StreamCtx {
                 None => {}
             }
         }
+        tracing::debug!("watch stream: request stream ended");
         for (_, w) in watchers {
             w.task.abort();
         }
@@ -172,9 +232,11 @@ impl StreamCtx {
             fragment: c.fragment,
             progress_notify: c.progress_notify,
             start_revision: c.start_revision,
+            key: c.key,
+            range_end: c.range_end,
         };
-        // Read history and subscribe under one read lock (see module doc).
-        let Some((current, compact, replay, sub)) = self.read_and_subscribe(&c) else {
+        // Subscribe under the read lock, noting the revision (module doc).
+        let Some((current, compact, sub)) = self.subscribe(&spec) else {
             return self.fail_internal().await;
         };
         let mut created = self.resp(current, id);
@@ -182,52 +244,41 @@ impl StreamCtx {
         if !self.send(created).await {
             return None;
         }
-        let (replay, sub) = match (replay, sub) {
-            (Ok(r), Some(s)) => (r, s),
-            (Err(e), _) => {
-                let mut r = self.resp(current, id);
-                r.canceled = true;
-                if matches!(e, StateError::Compacted) {
-                    r.compact_revision = compact;
-                }
-                r.cancel_reason = e.grpc_message().to_string();
-                self.send(r).await;
+        let sub = match sub {
+            Ok(s) => s,
+            Err(e) => {
+                let compact = if matches!(e, StateError::Compacted) {
+                    compact
+                } else {
+                    0
+                };
+                self.cancel(id, &e.grpc_message(), compact).await;
                 return None;
             }
-            (Ok(_), None) => return None,
         };
         let ctx = self.clone();
-        let task = tokio::spawn(async move { ctx.feed(spec, replay, sub).await });
+        let task = tokio::spawn(async move { ctx.feed(spec, current, sub).await });
         Some(Running { task })
     }
 
-    /// Reads the history to replay and subscribes to live events under one
-    /// read lock of the state machine, so nothing falls between the two.
-    /// `None` if the lock is poisoned.
-    #[allow(clippy::type_complexity)]
-    fn read_and_subscribe(
-        &self,
-        c: &pb::WatchCreateRequest,
-    ) -> Option<(i64, i64, Result<Vec<Event>, StateError>, Option<WatchGuard>)> {
+    /// Subscribes to live events under the state's read lock and returns
+    /// the revision R applied then (live events are all after R) and the
+    /// compaction point. `Compacted` instead of a subscription when the
+    /// history to replay is gone. `None` if the lock is poisoned.
+    fn subscribe(&self, spec: &Spec) -> Option<(i64, i64, Result<WatchGuard, StateError>)> {
         self.node
             .watch_state(|d, s| {
                 let current = d.kv.revision();
-                let start = if c.start_revision > 0 {
-                    c.start_revision
-                } else {
-                    current + 1
-                };
-                let replay = if start <= current {
-                    d.kv.mvcc().events_since(start, &c.key, &c.range_end)
-                } else if start <= d.kv.compact_revision() {
+                let compact = d.kv.compact_revision();
+                let sub = if spec.start_revision > 0
+                    && spec.start_revision <= current
+                    && spec.start_revision < compact
+                {
                     Err(StateError::Compacted)
                 } else {
-                    Ok(Vec::new())
+                    Ok(s.subscribe(spec.key.clone(), spec.range_end.clone()))
                 };
-                let sub = replay
-                    .is_ok()
-                    .then(|| s.subscribe(c.key.clone(), c.range_end.clone()));
-                (current, d.kv.compact_revision(), replay, sub)
+                (current, compact, sub)
             })
             .ok()
     }
@@ -237,24 +288,77 @@ impl StreamCtx {
     async fn fail_internal(&self) -> Option<Running> {
         let _ = self
             .tx
-            .send(Err(Status::internal("warden: state machine unavailable")))
+            .send((
+                Err(Status::internal("warden: state machine unavailable")),
+                None,
+            ))
             .await;
         None
     }
 
-    /// Sends the replay, then live batches, until cancelled or overflowed.
-    async fn feed(self, spec: Spec, replay: Vec<Event>, mut sub: WatchGuard) {
-        let mut i = 0;
-        while i < replay.len() {
-            let rev = replay[i].kv.mod_revision;
-            let mut j = i;
-            while j < replay.len() && replay[j].kv.mod_revision == rev {
-                j += 1;
+    /// Replays `[start_revision, current]` in chunks, each read under its
+    /// own read lock. False if the watcher ended (cancelled, stream gone).
+    async fn replay(&self, spec: &Spec, current: i64, sub: &WatchGuard) -> bool {
+        let mut from = spec.start_revision;
+        if from <= 0 {
+            return true;
+        }
+        while from <= current {
+            if sub.cancelled().is_some() {
+                // Live events overflowed meanwhile: stop here, the live
+                // loop reports why.
+                return true;
             }
-            if !self.deliver(&spec, rev, &replay[i..j]).await {
-                return;
+            let chunk = self.node.with_state(|d| {
+                (
+                    d.kv.mvcc().events_chunk(
+                        from,
+                        current,
+                        &spec.key,
+                        &spec.range_end,
+                        REPLAY_REVISIONS,
+                        REPLAY_BYTES,
+                    ),
+                    d.kv.compact_revision(),
+                )
+            });
+            let (events, end) = match chunk {
+                Err(_) => {
+                    self.fail_internal().await;
+                    return false;
+                }
+                Ok((Err(e), compact)) => {
+                    let compact = if matches!(e, StateError::Compacted) {
+                        compact
+                    } else {
+                        0
+                    };
+                    self.cancel(spec.watch_id, &e.grpc_message(), compact).await;
+                    return false;
+                }
+                Ok((Ok(c), _)) => c,
+            };
+            let mut i = 0;
+            while i < events.len() {
+                let rev = events[i].kv.mod_revision;
+                let mut j = i;
+                while j < events.len() && events[j].kv.mod_revision == rev {
+                    j += 1;
+                }
+                if !self.deliver(spec, rev, events[i..j].iter()).await {
+                    return false;
+                }
+                i = j;
             }
-            i = j;
+            from = end + 1;
+        }
+        true
+    }
+
+    /// Sends the replay, then live batches, until cancelled.
+    async fn feed(self, spec: Spec, current: i64, mut sub: WatchGuard) {
+        if !self.replay(&spec, current, &sub).await {
+            return;
         }
         let mut tick = tokio::time::interval(self.progress);
         tick.tick().await;
@@ -263,17 +367,15 @@ impl StreamCtx {
                 b = sub.recv() => match b {
                     Some(b) if b.revision < spec.start_revision => {}
                     Some(b) => {
-                        if !self.deliver(&spec, b.revision, &b.events).await {
+                        if !self.deliver(&spec, b.revision, b.events()).await {
                             break;
                         }
                     }
                     None => {
-                        if sub.overflowed() {
-                            let mut r = self.resp(self.current_revision(), spec.watch_id);
-                            r.canceled = true;
-                            r.cancel_reason =
-                                "warden: watcher fell too far behind and was cancelled; watch again from the last revision received".into();
-                            self.send(r).await;
+                        if let Some(why) = sub.cancelled() {
+                            // Unsubscribe before waiting for the client.
+                            drop(sub);
+                            self.cancel(spec.watch_id, why.reason(), 0).await;
                         }
                         break;
                     }
@@ -289,19 +391,27 @@ impl StreamCtx {
 
     /// Sends one revision's events after filtering; fragments when asked and
     /// the response would exceed the size limit.
-    async fn deliver(&self, spec: &Spec, revision: i64, events: &[Event]) -> bool {
+    async fn deliver<'a>(
+        &self,
+        spec: &Spec,
+        revision: i64,
+        events: impl Iterator<Item = &'a Event>,
+    ) -> bool {
         let evs: Vec<mvccpb::Event> = events
-            .iter()
             .filter(|e| match e.kind {
                 EventKind::Put => !spec.no_put,
                 EventKind::Delete => !spec.no_delete,
             })
             .map(|e| {
-                let mut e = e.clone();
-                if !spec.prev_kv {
-                    e.prev_kv = None;
-                }
-                mvccpb::Event::convert_from(e)
+                mvccpb::Event::convert_from(Event {
+                    kind: e.kind,
+                    kv: e.kv.clone(),
+                    prev_kv: if spec.prev_kv {
+                        e.prev_kv.clone()
+                    } else {
+                        None
+                    },
+                })
             })
             .collect();
         if evs.is_empty() {

@@ -52,6 +52,7 @@ impl Node {
         let records = db.verify()?;
         tracing::info!(log = %log_path.display(), records, "raft log verified");
         let sm = SmStore::open(&cfg.data_dir.join("snap"))?;
+        sm.hub().set_limits(cfg.watch);
 
         let raft_config = openraft::Config {
             cluster_name: "warden".into(),

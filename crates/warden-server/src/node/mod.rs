@@ -61,6 +61,7 @@ use forward::Redirect;
 pub use forward::{ForwardRequest, ForwardResponse};
 pub use reads::{Consistency, Subscriber, WatchGuard};
 pub use state_machine::{LockFeed, SmData};
+pub use watch_hub::WatchLimits;
 
 /// Why a request could not be served; mapped to gRPC at the API edge.
 #[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
@@ -121,6 +122,10 @@ pub struct NodeConfig {
     pub auto_promote: bool,
     /// Peer address → address to dial instead (proxies, NAT).
     pub peer_routes: BTreeMap<String, String>,
+    /// Watch limits: byte budgets of queued events, watchers per stream.
+    pub watch: watch_hub::WatchLimits,
+    /// HTTP/2 limits of the client port (streams per connection, keepalive).
+    pub client_http2: Http2Limits,
     /// Storage quota (`--quota-backend-bytes`, resolved): writes that would
     /// take `StateMachine::size` to it or past it raise NOSPACE and are
     /// refused. `None`: no quota.
@@ -128,6 +133,36 @@ pub struct NodeConfig {
     /// Auto-compaction run by the leader (`--auto-compaction-mode` and
     /// `--auto-compaction-retention`); `None`: off.
     pub auto_compaction: Option<auto_compact::AutoCompaction>,
+}
+
+/// HTTP/2 settings of the client port, under etcd's flag names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Http2Limits {
+    /// Most concurrent streams (RPCs) per client connection
+    /// (`--max-concurrent-streams`).
+    pub max_concurrent_streams: u32,
+    /// Ping a connection idle this long; `None` = never
+    /// (`--grpc-keepalive-interval`).
+    pub keepalive_interval: Option<Duration>,
+    /// Close a connection whose ping is not answered within this
+    /// (`--grpc-keepalive-timeout`).
+    pub keepalive_timeout: Duration,
+    /// etcd's minimum interval between client pings
+    /// (`--grpc-keepalive-min-time`). Accepted and validated for etcd
+    /// compatibility; the HTTP/2 server (hyper) has no ping policy to
+    /// enforce it with.
+    pub keepalive_min_time: Duration,
+}
+
+impl Default for Http2Limits {
+    fn default() -> Self {
+        Http2Limits {
+            max_concurrent_streams: 256,
+            keepalive_interval: Some(Duration::from_secs(2 * 3600)),
+            keepalive_timeout: Duration::from_secs(20),
+            keepalive_min_time: Duration::from_secs(5),
+        }
+    }
 }
 
 /// A running member. Its fields are private: the gRPC services use the
@@ -183,6 +218,11 @@ impl Node {
     /// This member's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// HTTP/2 limits for the client port (`api::serve`).
+    pub fn client_http2(&self) -> Http2Limits {
+        self.config.client_http2
     }
 
     /// The id of the cluster this member belongs to.

@@ -8,8 +8,9 @@
 //! Must never: answer a linearizable read before this member applied the
 //! leader's confirmed commit index, answer a serializable read from a joining
 //! member that has not caught up (see `ready_for_reads`), register a watcher
-//! other than under the read lock it read history under, or leave a watcher
-//! registered once its `WatchGuard` is gone.
+//! other than under a read lock of the state (where its creator notes the
+//! revision after which live events start), or leave a watcher registered
+//! once its `WatchGuard` is gone.
 
 use openraft::error::{LinearizableReadError, RaftError};
 use openraft::ReadPolicy;
@@ -17,7 +18,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::state_machine::{LockFeed, SmData, SmStore};
-use super::watch_hub::{Batch, Subscription};
+use super::watch_hub::{Batch, Cancelled, Subscription, WatchLimits};
 use super::{ForwardRequest, ForwardResponse, Node, NodeError};
 
 /// How fresh a read must be.
@@ -37,18 +38,16 @@ pub struct WatchGuard {
 }
 
 impl WatchGuard {
-    /// The next batch of events; `None` once the subscription was dropped by
-    /// the hub (too slow, or a snapshot replaced the state).
+    /// The next batch of events; `None` once the hub cancelled the
+    /// subscription (see `cancelled`).
     pub async fn recv(&mut self) -> Option<Batch> {
-        self.sub.rx.recv().await
+        self.sub.recv().await
     }
 
-    /// Whether the hub dropped this watcher for falling too far behind (or
-    /// because a snapshot replaced the state and it must re-sync).
-    pub fn overflowed(&self) -> bool {
-        self.sub
-            .overflowed
-            .load(std::sync::atomic::Ordering::SeqCst)
+    /// Why the hub cancelled this watcher (too far behind, or a snapshot
+    /// replaced the state and it must re-sync), if it did.
+    pub fn cancelled(&self) -> Option<Cancelled> {
+        self.sub.cancelled()
     }
 }
 
@@ -59,8 +58,8 @@ impl Drop for WatchGuard {
 }
 
 /// Registers watchers; handed out only while the state's read lock is held
-/// (`Node::watch_state`), so a watcher's history read and its live events
-/// meet without a gap or an overlap.
+/// (`Node::watch_state`), so the live events of a watcher are exactly those
+/// after the revision read under that lock.
 pub struct Subscriber<'a> {
     sm: &'a SmStore,
 }
@@ -95,6 +94,17 @@ impl Node {
     ) -> Result<T, NodeError> {
         let d = self.sm.read().map_err(unavailable)?;
         Ok(f(&d, &Subscriber { sm: &self.sm }))
+    }
+
+    /// This member's watch limits.
+    pub fn watch_limits(&self) -> WatchLimits {
+        self.sm.hub().limits()
+    }
+
+    /// Bytes of applied events queued for this member's watchers (each
+    /// applied entry counted once).
+    pub fn watch_pending_bytes(&self) -> usize {
+        self.sm.hub().pending_bytes()
     }
 
     /// Watches `[key, range_end)` from the current applied state on.

@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use warden_client::{parse_endpoint, parse_endpoints, ClientError};
 use warden_server::node::auto_compact::AutoCompaction;
+use warden_server::node::{Http2Limits, WatchLimits};
 use warden_server::node::{Node, NodeConfig};
 
 /// Flags of `warden server`. Each is also read from `WARDEN_<FLAG>` and from
@@ -78,6 +79,36 @@ pub struct ServerArgs {
     /// proxy there).
     #[arg(long, env = "WARDEN_PEER_ROUTES")]
     pub peer_routes: Option<String>,
+    /// Bytes of events queued in the member for one watcher that is not
+    /// keeping up; past it the watcher is cancelled with a reason
+    /// [default: 16777216 (16 MiB)].
+    #[arg(long, env = "WARDEN_WATCH_QUEUE_BYTES")]
+    pub watch_queue_bytes: Option<usize>,
+    /// Bytes of events queued for all watchers of the member (each applied
+    /// entry counted once); past it the watchers holding the most are
+    /// cancelled [default: 268435456 (256 MiB)].
+    #[arg(long, env = "WARDEN_WATCH_PENDING_BYTES")]
+    pub watch_pending_bytes: Option<usize>,
+    /// Most watchers on one Watch stream; more are refused with a reason
+    /// [default: 10000].
+    #[arg(long, env = "WARDEN_MAX_WATCHERS_PER_STREAM")]
+    pub max_watchers_per_stream: Option<usize>,
+    /// Most concurrent streams (RPCs) per client connection (etcd's flag;
+    /// clients wait for a free stream beyond it) [default: 256].
+    #[arg(long, env = "WARDEN_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
+    /// Minimum interval a client should wait between pings (etcd's flag;
+    /// accepted for compatibility, not enforced) [default: 5s].
+    #[arg(long, env = "WARDEN_GRPC_KEEPALIVE_MIN_TIME")]
+    pub grpc_keepalive_min_time: Option<String>,
+    /// Ping a client connection idle this long, 0 to disable (etcd's flag)
+    /// [default: 2h].
+    #[arg(long, env = "WARDEN_GRPC_KEEPALIVE_INTERVAL")]
+    pub grpc_keepalive_interval: Option<String>,
+    /// Close a client connection whose ping is unanswered this long
+    /// (etcd's flag) [default: 20s].
+    #[arg(long, env = "WARDEN_GRPC_KEEPALIVE_TIMEOUT")]
+    pub grpc_keepalive_timeout: Option<String>,
     /// Storage quota in bytes, as etcd's flag: a write that would take the
     /// state size (`Status.db_size`) to it raises the NOSPACE alarm and is
     /// refused ("etcdserver: mvcc: database space exceeded"); 0 means the
@@ -196,12 +227,22 @@ impl ServerArgs {
             auto_compaction_retention,
             peer_routes
         );
+        fill!(
+            watch_queue_bytes,
+            watch_pending_bytes,
+            max_watchers_per_stream,
+            max_concurrent_streams,
+            grpc_keepalive_min_time,
+            grpc_keepalive_interval,
+            grpc_keepalive_timeout
+        );
         Ok(self)
     }
 
     /// Validates everything and produces the member's configuration.
     pub fn resolve(self) -> anyhow::Result<(NodeConfig, usize)> {
         let a = self.merge_file()?;
+        let (watch, client_http2) = a.limits()?;
         let name = a.name.unwrap_or_else(|| "default".to_string());
         if name.is_empty() || name.contains([',', '=']) || name.chars().any(char::is_whitespace) {
             bail!("invalid --name {name:?}: must be non-empty without spaces, ',' or '='");
@@ -308,12 +349,113 @@ impl ServerArgs {
                 join,
                 auto_promote: !a.no_auto_promote.unwrap_or(false),
                 peer_routes,
+                watch,
+                client_http2,
                 quota_backend_bytes,
                 auto_compaction,
             },
             max_request_bytes,
         ))
     }
+}
+
+impl ServerArgs {
+    /// Watch and HTTP/2 limits (`--watch-*`, `--max-watchers-per-stream`,
+    /// `--max-concurrent-streams`, `--grpc-keepalive-*`).
+    fn limits(&self) -> anyhow::Result<(WatchLimits, Http2Limits)> {
+        let positive = |field: &str, v: Option<usize>, default: usize| match v {
+            Some(0) => Err(anyhow!("invalid --{field}: must be > 0")),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        };
+        let d = WatchLimits::default();
+        let watch = WatchLimits {
+            watcher_bytes: positive("watch-queue-bytes", self.watch_queue_bytes, d.watcher_bytes)?,
+            member_bytes: positive(
+                "watch-pending-bytes",
+                self.watch_pending_bytes,
+                d.member_bytes,
+            )?,
+            watchers_per_stream: positive(
+                "max-watchers-per-stream",
+                self.max_watchers_per_stream,
+                d.watchers_per_stream,
+            )?,
+        };
+        let d = Http2Limits::default();
+        let duration = |field: &str, v: &Option<String>, default: Duration| match v {
+            Some(v) => parse_go_duration(v).map_err(|e| anyhow!("invalid --{field} {v:?}: {e}")),
+            None => Ok(default),
+        };
+        let interval = duration(
+            "grpc-keepalive-interval",
+            &self.grpc_keepalive_interval,
+            d.keepalive_interval.unwrap_or_default(),
+        )?;
+        let timeout = duration(
+            "grpc-keepalive-timeout",
+            &self.grpc_keepalive_timeout,
+            d.keepalive_timeout,
+        )?;
+        if timeout.is_zero() {
+            bail!("invalid --grpc-keepalive-timeout: must be > 0");
+        }
+        let http2 = Http2Limits {
+            max_concurrent_streams: match self.max_concurrent_streams {
+                Some(0) => bail!("invalid --max-concurrent-streams: must be > 0"),
+                Some(n) => n,
+                None => d.max_concurrent_streams,
+            },
+            keepalive_interval: (!interval.is_zero()).then_some(interval),
+            keepalive_timeout: timeout,
+            keepalive_min_time: duration(
+                "grpc-keepalive-min-time",
+                &self.grpc_keepalive_min_time,
+                d.keepalive_min_time,
+            )?,
+        };
+        Ok((watch, http2))
+    }
+}
+
+/// A duration as etcd's flags take it (Go's form): `0`, or numbers with
+/// units `ns`, `us`, `ms`, `s`, `m`, `h`, e.g. `5s`, `2h`, `1m30s`, `1.5s`.
+fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut rest = s;
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(n);
+        let num: f64 = num
+            .parse()
+            .map_err(|_| "expected a number with a unit, e.g. 5s or 2h".to_string())?;
+        let u = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(u);
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "" => return Err("missing unit (ns, us, ms, s, m, h)".into()),
+            other => return Err(format!("unknown unit {other:?} (ns, us, ms, s, m, h)")),
+        };
+        total += num * scale;
+        rest = tail;
+    }
+    Duration::try_from_secs_f64(total).map_err(|e| e.to_string())
 }
 
 /// etcd's `--auto-compaction-mode` and `--auto-compaction-retention`.
@@ -655,6 +797,80 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("nmae"), "{e}");
+    }
+
+    #[test]
+    fn watch_and_http2_limits() {
+        let (c, _) = args().resolve().unwrap();
+        assert_eq!(c.watch, WatchLimits::default());
+        assert_eq!(c.watch.watchers_per_stream, 10_000);
+        assert_eq!(c.client_http2, Http2Limits::default());
+        assert_eq!(
+            c.client_http2.keepalive_interval,
+            Some(Duration::from_secs(7200))
+        );
+        let (c, _) = ServerArgs {
+            watch_queue_bytes: Some(1000),
+            watch_pending_bytes: Some(5000),
+            max_watchers_per_stream: Some(7),
+            max_concurrent_streams: Some(9),
+            grpc_keepalive_min_time: Some("500ms".into()),
+            grpc_keepalive_interval: Some("0".into()),
+            grpc_keepalive_timeout: Some("1m30s".into()),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            (
+                c.watch.watcher_bytes,
+                c.watch.member_bytes,
+                c.watch.watchers_per_stream
+            ),
+            (1000, 5000, 7)
+        );
+        assert_eq!(c.client_http2.max_concurrent_streams, 9);
+        assert_eq!(c.client_http2.keepalive_interval, None);
+        assert_eq!(c.client_http2.keepalive_timeout, Duration::from_secs(90));
+        assert_eq!(
+            c.client_http2.keepalive_min_time,
+            Duration::from_millis(500)
+        );
+        for (a, field) in [
+            (
+                ServerArgs {
+                    watch_queue_bytes: Some(0),
+                    ..args()
+                },
+                "--watch-queue-bytes",
+            ),
+            (
+                ServerArgs {
+                    max_concurrent_streams: Some(0),
+                    ..args()
+                },
+                "--max-concurrent-streams",
+            ),
+            (
+                ServerArgs {
+                    grpc_keepalive_interval: Some("5".into()),
+                    ..args()
+                },
+                "--grpc-keepalive-interval",
+            ),
+            (
+                ServerArgs {
+                    grpc_keepalive_timeout: Some("2 weeks".into()),
+                    ..args()
+                },
+                "--grpc-keepalive-timeout",
+            ),
+        ] {
+            let e = a.resolve().unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+        assert_eq!(parse_go_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_go_duration("1.5s"), Ok(Duration::from_millis(1500)));
     }
 
     #[test]
