@@ -466,10 +466,10 @@ fn auto_compaction(mode: &str, retention: &str) -> anyhow::Result<Option<AutoCom
             let period = if let Ok(hours) = retention.parse::<u64>() {
                 Duration::from_secs(hours.saturating_mul(3600))
             } else {
-                parse_duration(retention).ok_or_else(|| {
+                parse_go_duration(retention).map_err(|e| {
                     anyhow!(
                         "invalid --auto-compaction-retention {retention:?}: for periodic mode, \
-                         a duration like 30m or 1h30m, or a number of hours"
+                         a duration like 30m or 1h30m, or a number of hours ({e})"
                     )
                 })?
             };
@@ -492,35 +492,6 @@ fn auto_compaction(mode: &str, retention: &str) -> anyhow::Result<Option<AutoCom
             bail!("invalid --auto-compaction-mode {other:?}: must be \"periodic\" or \"revision\"")
         }
     }
-}
-
-/// A Go-style duration: one or more NUMBER UNIT pairs, units `ms`, `s`,
-/// `m`, `h` (`90s`, `1h30m`).
-fn parse_duration(s: &str) -> Option<Duration> {
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
-        let n: u64 = rest.get(..digits)?.parse().ok()?;
-        let tail = rest.get(digits..)?;
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(tail.len());
-        let unit = tail.get(..unit_len)?;
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            _ => return None,
-        };
-        total = total.saturating_add(d);
-        rest = tail.get(unit_len..)?;
-    }
-    Some(total)
 }
 
 /// etcd's default `--quota-backend-bytes`: 2 GiB.
