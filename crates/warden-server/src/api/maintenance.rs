@@ -229,11 +229,17 @@ fn alarm_name(a: AlarmType) -> &'static str {
 
 /// Peers this member cannot currently reach, as `Status.errors` lines (etcd
 /// reports alarms there; `warden status` and `etcdctl endpoint status` show
-/// them). Links are exercised by the leader, so its view is the useful one.
+/// them). The leader reports every link; a follower only its link to the
+/// leader. A follower does not talk to other followers, so its record of a
+/// failed dial to one (a vote asked at start-up, before that peer listened)
+/// would never be refreshed and would read as a fault that is not there.
 fn link_errors(node: &Node) -> Vec<String> {
     use crate::node::network::LinkState;
+    let leader = node.leader();
+    let leading = leader == Some(node.id());
     node.peer_links()
         .into_iter()
+        .filter(|(id, _)| leading || Some(*id) == leader)
         .filter(|(_, l)| l.state == LinkState::Disconnected)
         .map(|(id, l)| {
             let since = l.last_ok.map_or("never reached".to_string(), |t| {
