@@ -1091,23 +1091,33 @@ async fn cluster_commands_match_real_etcd() {
         seen.insert(ep);
     }
     assert_eq!(seen, clients);
-    let w = ok(
-        etcdctl(
-            ctl,
-            &cluster.members[1].client,
-            &["endpoint", "health", "--cluster", "-w", "json"],
-            None,
-        ),
-        "health --cluster",
-    );
-    let healthy: BTreeSet<String> = w
-        .json("health --cluster")
-        .as_array()
-        .expect("health array")
-        .iter()
-        .filter(|h| h["health"] == true)
-        .map(|h| h["endpoint"].as_str().unwrap().to_string())
-        .collect();
+    // Each member's client URL reaches the member list once it has
+    // published it through the log, and a health probe can time out on a
+    // loaded machine: ask until every member answers, within a deadline.
+    let deadline = Instant::now() + CATCH_UP;
+    let healthy = loop {
+        let w = ok(
+            etcdctl(
+                ctl,
+                &cluster.members[1].client,
+                &["endpoint", "health", "--cluster", "-w", "json"],
+                None,
+            ),
+            "health --cluster",
+        );
+        let healthy: BTreeSet<String> = w
+            .json("health --cluster")
+            .as_array()
+            .expect("health array")
+            .iter()
+            .filter(|h| h["health"] == true)
+            .map(|h| h["endpoint"].as_str().unwrap().to_string())
+            .collect();
+        if healthy == want || Instant::now() > deadline {
+            break healthy;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(
         healthy, want,
         "health --cluster reaches every member by its client URL"
