@@ -216,15 +216,26 @@ pub fn encode_snapshot(meta: &[u8], body: &[u8]) -> Vec<u8> {
     let mut crc = crc32fast::Hasher::new();
     crc.update(meta);
     crc.update(body);
+    let header = encode_snapshot_header(meta.len() as u64, body.len() as u64, crc.finalize());
     let mut out = Vec::with_capacity(SNAPSHOT_HEADER_LEN + meta.len() + body.len());
-    out.extend_from_slice(&SNAPSHOT_MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&(meta.len() as u64).to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&header);
     out.extend_from_slice(meta);
     out.extend_from_slice(body);
     out
+}
+
+/// The header of a snapshot frame at the current [`FORMAT_VERSION`] whose
+/// meta and body are `meta_len` and `body_len` bytes long and have the
+/// CRC32 `crc` (of meta then body). For writers that measure the sections
+/// before streaming them; [`encode_snapshot`] is the in-memory equivalent.
+pub fn encode_snapshot_header(meta_len: u64, body_len: u64, crc: u32) -> [u8; SNAPSHOT_HEADER_LEN] {
+    let mut h = [0u8; SNAPSHOT_HEADER_LEN];
+    h[..8].copy_from_slice(&SNAPSHOT_MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[12..20].copy_from_slice(&meta_len.to_le_bytes());
+    h[20..28].copy_from_slice(&body_len.to_le_bytes());
+    h[28..32].copy_from_slice(&crc.to_le_bytes());
+    h
 }
 
 /// The parsed fixed header of a snapshot frame.

@@ -10,6 +10,11 @@
 //! corrupt, foreign or newer snapshot is never loaded. Files written before
 //! the format module existed use the same frame (version 1) and load as is.
 //!
+//! A backup can also be streamed without holding it: [`Measure`] takes the
+//! sections' length and CRC in a first pass (the header carries them before
+//! the sections), [`BackupWriter`] writes header, sections, padding and
+//! trailer to any sink in a second pass over the same sections.
+//!
 //! Files are written to a temporary name, fsynced, renamed, and the directory
 //! fsynced, so a crash leaves either the old or the new snapshot.
 //!
@@ -83,6 +88,156 @@ pub fn seal_backup(mut raw: Vec<u8>) -> Vec<u8> {
     let sum = sha2::Sha256::digest(&raw);
     raw.extend_from_slice(&sum);
     raw
+}
+
+/// Length of the sealed backup of a frame of `frame_len` bytes: the frame
+/// zero-padded to a multiple of 512 bytes, plus the 32-byte SHA-256 trailer
+/// (what [`seal_backup`] makes of it).
+pub fn backup_len(frame_len: u64) -> u64 {
+    frame_len.div_ceil(512) * 512 + 32
+}
+
+/// Pass 1 of streaming a backup: a sink that keeps no bytes, only how many
+/// went through it and their CRC32, which the frame header must carry
+/// before the sections it covers.
+#[derive(Default)]
+pub struct Measure {
+    len: u64,
+    crc: crc32fast::Hasher,
+}
+
+impl Measure {
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// CRC32 of the bytes written so far.
+    pub fn crc(&self) -> u32 {
+        self.crc.clone().finalize()
+    }
+}
+
+impl Write for Measure {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.len += buf.len() as u64;
+        self.crc.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Pass 2 of streaming a backup: writes the sealed backup to `sink` while
+/// the meta and body are written through it, given their lengths and CRC
+/// from pass 1 (a [`Measure`]). The bytes are those of
+/// `seal_backup(encode(meta, body))`, and nothing but the sink's own
+/// buffering is held. The sections must be written again exactly as
+/// measured: [`BackupWriter::finish`] refuses otherwise, and a write past
+/// the measured length fails at once.
+pub struct BackupWriter<W: Write> {
+    sink: W,
+    sha: sha2::Sha256,
+    crc: crc32fast::Hasher,
+    /// Section bytes written so far.
+    written: u64,
+    /// Section bytes (meta + body) announced in the header.
+    content_len: u64,
+    /// CRC announced in the header.
+    content_crc: u32,
+}
+
+impl<W: Write> BackupWriter<W> {
+    /// Writes the frame header to `sink` and returns the writer for the
+    /// sections (meta first, then body).
+    pub fn new(meta_len: u64, body_len: u64, crc: u32, sink: W) -> std::io::Result<Self> {
+        let content_len = meta_len.checked_add(body_len).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("backup sections of {meta_len}+{body_len} bytes overflow"),
+            )
+        })?;
+        let mut w = Self {
+            sink,
+            sha: sha2::Digest::new(),
+            crc: crc32fast::Hasher::new(),
+            written: 0,
+            content_len,
+            content_crc: crc,
+        };
+        let header = format::encode_snapshot_header(meta_len, body_len, crc);
+        w.emit(&header)?;
+        Ok(w)
+    }
+
+    /// The whole length of the sealed backup being written.
+    pub fn total_len(&self) -> u64 {
+        backup_len(format::SNAPSHOT_HEADER_LEN as u64 + self.content_len)
+    }
+
+    fn emit(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        sha2::Digest::update(&mut self.sha, buf);
+        self.sink.write_all(buf)
+    }
+
+    /// Checks the sections were all written as measured, writes the zero
+    /// padding and the SHA-256 trailer, flushes and returns the sink.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        let crc = self.crc.clone().finalize();
+        if self.written != self.content_len || crc != self.content_crc {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "backup sections changed between measuring and writing: measured {} bytes \
+                     with CRC {:08x}, wrote {} with CRC {crc:08x}",
+                    self.content_len, self.content_crc, self.written
+                ),
+            ));
+        }
+        let frame_len = format::SNAPSHOT_HEADER_LEN as u64 + self.content_len;
+        let mut pad = backup_len(frame_len) - 32 - frame_len;
+        let zeros = [0u8; 512];
+        while pad > 0 {
+            let n = pad.min(zeros.len() as u64) as usize;
+            self.emit(&zeros[..n])?;
+            pad -= n as u64;
+        }
+        let sum = sha2::Digest::finalize(self.sha.clone());
+        self.sink.write_all(&sum)?;
+        self.sink.flush()?;
+        Ok(self.sink)
+    }
+}
+
+impl<W: Write> Write for BackupWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let after = self.written + buf.len() as u64;
+        if after > self.content_len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "backup sections grew between measuring and writing: more than the {} bytes \
+                     measured",
+                    self.content_len
+                ),
+            ));
+        }
+        self.emit(buf)?;
+        self.crc.update(buf);
+        self.written = after;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.sink.flush()
+    }
 }
 
 /// Reads a backup: a snapshot file, with or without the sealed trailer
@@ -201,6 +356,56 @@ pub fn remove_stale_temp_files(dir: &Path) -> Result<(), SnapshotFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Streams meta and body through a `Measure`, then a `BackupWriter`.
+    fn streamed(meta: &[u8], body: &[u8]) -> std::io::Result<Vec<u8>> {
+        let mut m = Measure::default();
+        m.write_all(meta)?;
+        let meta_len = m.len();
+        m.write_all(body)?;
+        let mut w = BackupWriter::new(meta_len, m.len() - meta_len, m.crc(), Vec::new())?;
+        // In odd pieces, as an encoder writes.
+        for piece in meta.chunks(3).chain(body.chunks(7)) {
+            w.write_all(piece)?;
+        }
+        let total = w.total_len();
+        let out = w.finish()?;
+        assert_eq!(out.len() as u64, total);
+        Ok(out)
+    }
+
+    #[test]
+    fn streamed_backups_are_the_sealed_bytes() {
+        // Frame lengths around the 512-byte padding boundary included.
+        for body_len in [0usize, 1, 100, 480 - 4, 480 - 3, 480 - 2, 1000, 5000] {
+            let body: Vec<u8> = (0..body_len).map(|i| (i * 7 % 251) as u8).collect();
+            let want = seal_backup(encode(b"meta", &body));
+            assert_eq!(streamed(b"meta", &body).unwrap(), want, "body {body_len}");
+            assert_eq!(
+                backup_len((format::SNAPSHOT_HEADER_LEN + 4 + body_len) as u64),
+                want.len() as u64
+            );
+        }
+    }
+
+    #[test]
+    fn streamed_sections_must_match_the_measure() {
+        let mut m = Measure::default();
+        m.write_all(b"mb").unwrap();
+        // Same length, different bytes.
+        let mut w = BackupWriter::new(1, 1, m.crc(), Vec::new()).unwrap();
+        w.write_all(b"mc").unwrap();
+        let e = w.finish().unwrap_err().to_string();
+        assert!(e.contains("changed between measuring and writing"), "{e}");
+        // Shorter.
+        let mut w = BackupWriter::new(1, 1, m.crc(), Vec::new()).unwrap();
+        w.write_all(b"m").unwrap();
+        assert!(w.finish().is_err());
+        // Longer: refused at the write.
+        let mut w = BackupWriter::new(1, 1, m.crc(), Vec::new()).unwrap();
+        let e = w.write_all(b"mbx").unwrap_err().to_string();
+        assert!(e.contains("grew"), "{e}");
+    }
 
     #[test]
     fn sealed_backups_verify_their_trailer() {
