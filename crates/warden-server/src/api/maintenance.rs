@@ -10,6 +10,10 @@
 //! recover from NOSPACE): compaction already frees the memory of dropped
 //! versions, and redb reuses the log file's free pages itself.
 //!
+//! Snapshot streams a backup encoded as the client reads it, from a
+//! consistent copy of the state, so a stream holds a few chunks rather than
+//! the whole database; at most [`MAX_SNAPSHOT_STREAMS`] run at once.
+//!
 //! Status reports the state size (`StateMachine::size`, warden's analogue
 //! of etcd's backend size, the figure the quota is checked against) as both
 //! `db_size` and `db_size_in_use`, and lists active alarms in `errors`
@@ -18,7 +22,8 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use super::error::{node_status, state_status};
@@ -31,8 +36,33 @@ use warden_core::state::alarm::{AlarmAction, AlarmType};
 use warden_core::state::{CommandResult, StateError};
 use warden_proto::etcdserverpb as pb;
 
+/// Backups (`Maintenance.Snapshot`) one member streams at once; a further
+/// caller gets `ResourceExhausted`. etcd has no such limit, but each stream
+/// costs the member a copy-on-write view of the state (pages that later
+/// writes replace stay alive until it ends) and a core to encode it twice,
+/// for as long as its client takes to read it: a few slow or stuck backup
+/// clients must not be able to exhaust the member's memory or CPU.
+pub const MAX_SNAPSHOT_STREAMS: usize = 2;
+
+/// Chunks of `SNAPSHOT_CHUNK` bytes a backup stream encodes ahead of its
+/// client. With the one being filled and the one being sent, a stream
+/// holds about `(SNAPSHOT_STREAM_DEPTH + 2) x SNAPSHOT_CHUNK` bytes, however
+/// large the state.
+pub const SNAPSHOT_STREAM_DEPTH: usize = 2;
+
 pub struct MaintenanceService {
     pub node: Arc<Node>,
+    /// Permits for backup streams ([`MAX_SNAPSHOT_STREAMS`]).
+    snapshot_streams: Arc<Semaphore>,
+}
+
+impl MaintenanceService {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self {
+            node,
+            snapshot_streams: Arc::new(Semaphore::new(MAX_SNAPSHOT_STREAMS)),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -177,22 +207,54 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         _r: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let permit = self
+            .snapshot_streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "warden: this member is already streaming {MAX_SNAPSHOT_STREAMS} backups \
+                     (Maintenance.Snapshot), its limit; retry when one has finished, or take \
+                     the backup from another member"
+                ))
+            })?;
         // A consistent copy of this member's applied state, taken under the
-        // read lock; encoding and sending happen outside it.
-        let (rev, bytes) = self.node.export_state().await.map_err(node_status)?;
+        // read lock, encoded outside it as the client takes the chunks: at
+        // most SNAPSHOT_STREAM_DEPTH chunks wait for a slow client.
+        let (rev, total, chunks) = self
+            .node
+            .stream_state(SNAPSHOT_CHUNK, SNAPSHOT_STREAM_DEPTH)
+            .await
+            .map_err(node_status)?;
         let header = header(&self.node, rev);
-        // One chunk is copied out at a time, as the client takes them.
-        let bytes = Arc::new(bytes);
-        let total = bytes.len();
-        let chunks = futures::stream::iter((0..total).step_by(SNAPSHOT_CHUNK)).map(move |from| {
-            let to = (from + SNAPSHOT_CHUNK).min(total);
-            Ok(pb::SnapshotResponse {
-                header: Some(header),
-                remaining_bytes: (total - to) as u64,
-                blob: bytes.get(from..to).unwrap_or_default().to_vec(),
-            })
-        });
-        Ok(Response::new(Box::pin(chunks)))
+        // The permit lives as long as the stream: until the last chunk is
+        // sent, an error ends it, or the client goes away.
+        let stream = futures::stream::unfold(
+            (chunks, total, Some(permit)),
+            move |(mut chunks, remaining, permit)| async move {
+                let permit = permit?;
+                let item = match chunks.recv().await {
+                    Some(Ok(blob)) => {
+                        let remaining = remaining.saturating_sub(blob.len() as u64);
+                        let resp = pb::SnapshotResponse {
+                            header: Some(header),
+                            remaining_bytes: remaining,
+                            blob,
+                        };
+                        return Some((Ok(resp), (chunks, remaining, Some(permit))));
+                    }
+                    Some(Err(e)) => Status::internal(format!(
+                        "warden: backup at revision {rev} failed with {remaining} bytes left: {e}"
+                    )),
+                    None if remaining == 0 => return None,
+                    None => Status::internal(format!(
+                        "warden: backup at revision {rev} ended {remaining} bytes short"
+                    )),
+                };
+                Some((Err(item), (chunks, remaining, None)))
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn move_leader(

@@ -105,11 +105,10 @@ pub async fn serve(
         max_request_bytes,
     })
     .max_decoding_message_size(limit);
-    let maintenance =
-        pb::maintenance_server::MaintenanceServer::new(maintenance::MaintenanceService {
-            node: node.clone(),
-        })
-        .max_decoding_message_size(limit);
+    let maintenance = pb::maintenance_server::MaintenanceServer::new(
+        maintenance::MaintenanceService::new(node.clone()),
+    )
+    .max_decoding_message_size(limit);
     let cluster =
         pb::cluster_server::ClusterServer::new(cluster::ClusterService { node: node.clone() })
             .max_decoding_message_size(limit);

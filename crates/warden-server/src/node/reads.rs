@@ -3,7 +3,7 @@
 //! behind the readiness gate (`ready_for_reads`), plain state access
 //! (`with_state`), watch subscriptions made under the state's read lock
 //! (`watch_state`, `subscribe`, `WatchGuard`), the lock feed and state
-//! exports.
+//! exports (streamed backups, `stream_state`).
 //!
 //! Must never: answer a linearizable read before this member applied the
 //! leader's confirmed commit index, answer a serializable read from a joining
@@ -12,9 +12,11 @@
 //! revision after which live events start), or leave a watcher registered
 //! once its `WatchGuard` is gone.
 
+use std::io;
+
 use openraft::error::{LinearizableReadError, RaftError};
 use openraft::ReadPolicy;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use super::state_machine::{LockFeed, SmData, SmStore};
@@ -148,17 +150,31 @@ impl Node {
         Ok(f(&d))
     }
 
-    /// A consistent copy of this member's applied state in the snapshot
-    /// file format (etcd `Maintenance.Snapshot`), and its revision. Copied
-    /// under the read lock; encoded outside it.
-    pub async fn export_state(&self) -> Result<(i64, Vec<u8>), NodeError> {
+    /// A consistent copy of this member's applied state as a backup (etcd
+    /// `Maintenance.Snapshot`), streamed in pieces of `chunk` bytes with at
+    /// most `depth` of them waiting for the reader; see
+    /// `state_machine::stream_backup`. Copied under the read lock (a cheap
+    /// clone: the key map is persistent); encoded outside it, twice, so
+    /// nothing the size of the state is held. Returns the revision of the
+    /// copy, the backup's whole length and the chunks.
+    pub async fn stream_state(
+        &self,
+        chunk: usize,
+        depth: usize,
+    ) -> Result<(i64, u64, mpsc::Receiver<io::Result<Vec<u8>>>), NodeError> {
         let data = self.sm.read().map_err(unavailable)?.clone();
         let rev = data.kv.revision();
-        let bytes = tokio::task::spawn_blocking(move || super::state_machine::export(&data))
+        let s = super::state_machine::stream_backup(data, chunk, depth);
+        let len = s
+            .len
             .await
-            .map_err(|e| NodeError::Internal(e.to_string()))?
-            .map_err(|e| NodeError::Internal(e.to_string()))?;
-        Ok((rev, bytes))
+            .map_err(|_| {
+                NodeError::Internal(format!(
+                    "backup at revision {rev}: the encoding task ended before measuring it"
+                ))
+            })?
+            .map_err(|e| NodeError::Internal(format!("measuring backup at revision {rev}: {e}")))?;
+        Ok((rev, len, s.chunks))
     }
 
     /// Returns once a read of the local state machine is linearizable: the

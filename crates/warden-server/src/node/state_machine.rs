@@ -26,7 +26,7 @@ use futures::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use super::types::SnapshotFile;
 use super::types::{
@@ -201,6 +201,169 @@ pub fn export(data: &SmData) -> io::Result<Vec<u8>> {
         &meta_of(data),
         data,
     )?))
+}
+
+/// Writes the body section of `data` (as `encode_snapshot` lays it out) to
+/// `w`.
+fn write_body<W: io::Write>(data: &SmData, w: W) -> io::Result<W> {
+    let w = postcard::to_io(data, w).map_err(|e| other(format!("encode snapshot: {e}")))?;
+    if data.alarms.is_empty() {
+        return Ok(w);
+    }
+    postcard::to_io(&data.alarms, w).map_err(|e| other(format!("encode snapshot alarm table: {e}")))
+}
+
+/// A backup of a state, to be streamed rather than held: the same bytes as
+/// [`export`], encoded twice from the same immutable `data` (a cheap clone
+/// taken under the read lock, the key map being persistent), so the memory
+/// it takes does not grow with the size of the state. [`BackupEncoder::new`]
+/// encodes once into a sink that only counts bytes and takes their CRC (the
+/// frame header carries both before the sections);
+/// [`BackupEncoder::write_to`] encodes again into the sink.
+pub struct BackupEncoder<'a> {
+    data: &'a SmData,
+    meta: SnapshotMeta,
+    meta_len: u64,
+    body_len: u64,
+    crc: u32,
+}
+
+impl<'a> BackupEncoder<'a> {
+    /// Pass 1: measures the sections of `data`.
+    pub fn new(data: &'a SmData) -> io::Result<Self> {
+        let meta = meta_of(data);
+        let m = postcard::to_io(&meta, snapshot_file::Measure::default())
+            .map_err(|e| other(format!("measure snapshot meta: {e}")))?;
+        let meta_len = m.len();
+        let m = write_body(data, m)?;
+        Ok(Self {
+            data,
+            meta,
+            meta_len,
+            body_len: m.len() - meta_len,
+            crc: m.crc(),
+        })
+    }
+
+    /// The length of the whole backup, known before any byte is written.
+    pub fn len(&self) -> u64 {
+        snapshot_file::backup_len(
+            warden_core::storage::format::SNAPSHOT_HEADER_LEN as u64
+                + self.meta_len
+                + self.body_len,
+        )
+    }
+
+    /// Never: a backup has at least a header and a trailer.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Pass 2: writes the whole backup to `sink` and returns it. Fails if
+    /// the sections do not come out as measured (which would mean the
+    /// encoding is not deterministic) or if the sink fails.
+    pub fn write_to<W: io::Write>(&self, sink: W) -> io::Result<W> {
+        let w = snapshot_file::BackupWriter::new(self.meta_len, self.body_len, self.crc, sink)?;
+        let w = postcard::to_io(&self.meta, w)
+            .map_err(|e| other(format!("encode snapshot meta: {e}")))?;
+        let w = write_body(self.data, w)?;
+        w.finish()
+    }
+}
+
+/// A backup being streamed by [`stream_backup`].
+pub struct BackupChunks {
+    /// The backup's whole length, or why it could not be measured; sent
+    /// before the first chunk.
+    pub len: oneshot::Receiver<io::Result<u64>>,
+    /// The bytes in pieces of the chunk size (the last one shorter), or an
+    /// error, after which nothing follows.
+    pub chunks: mpsc::Receiver<io::Result<Vec<u8>>>,
+    /// The encoding task; it ends when the backup is written, on an error,
+    /// or as soon as the receiver of `chunks` (or of `len`) is dropped.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Streams the backup of `data` from a blocking task, in pieces of `chunk`
+/// bytes through a channel holding at most `depth` of them: what a stream
+/// holds is about `(depth + 1) x chunk` bytes whatever the size of `data`.
+/// The task waits while the channel is full and stops when its receiver is
+/// dropped (the client went away).
+pub fn stream_backup(data: SmData, chunk: usize, depth: usize) -> BackupChunks {
+    let (len_tx, len_rx) = oneshot::channel();
+    let (tx, rx) = mpsc::channel(depth.max(1));
+    let task = tokio::task::spawn_blocking(move || {
+        let enc = match BackupEncoder::new(&data) {
+            Ok(enc) => enc,
+            Err(e) => {
+                let _ = len_tx.send(Err(e));
+                return;
+            }
+        };
+        if len_tx.send(Ok(enc.len())).is_err() {
+            return;
+        }
+        let sink = ChunkSink {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(chunk),
+            chunk: chunk.max(1),
+        };
+        let sent = enc.write_to(sink).and_then(ChunkSink::finish);
+        if let Err(e) = sent {
+            if !tx.is_closed() {
+                let _ = tx.blocking_send(Err(e));
+            }
+        }
+    });
+    BackupChunks {
+        len: len_rx,
+        chunks: rx,
+        task,
+    }
+}
+
+/// A writer cutting what it is given into chunks sent on a bounded channel
+/// (blocking while it is full). `flush` sends nothing: chunks are cut by
+/// size only, and [`ChunkSink::finish`] sends the rest.
+struct ChunkSink {
+    tx: mpsc::Sender<io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    chunk: usize,
+}
+
+impl ChunkSink {
+    fn send(&mut self) -> io::Result<()> {
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk));
+        self.tx.blocking_send(Ok(full)).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "backup stream closed by its reader",
+            )
+        })
+    }
+
+    fn finish(mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.send()
+    }
+}
+
+impl io::Write for ChunkSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = self.chunk - self.buf.len();
+        let n = buf.len().min(room);
+        self.buf.extend_from_slice(&buf[..n]);
+        if self.buf.len() == self.chunk {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Seeds `snap_dir` of a new member with the key-value, lease and lock state
@@ -584,6 +747,88 @@ mod golden {
             bytes[h..h + m].to_vec(),
             bytes[h + m..h + m + b].to_vec(),
         )
+    }
+}
+
+#[cfg(test)]
+mod streaming {
+    use super::*;
+    use warden_core::state::alarm::AlarmAction;
+    use warden_core::state::types::PutRequest;
+    use warden_core::state::Command;
+
+    /// Samples: the fixture state, with alarms, and a larger one.
+    fn states() -> Vec<SmData> {
+        let mut alarmed = samples::data();
+        alarmed
+            .alarms
+            .apply(AlarmAction::Activate, 7, AlarmType::NoSpace);
+        let mut big = samples::data();
+        for i in 0..300u32 {
+            big.kv.apply(&Command::Put(PutRequest {
+                key: format!("key/{i:04}").into_bytes(),
+                value: vec![(i % 251) as u8; (i as usize * 13) % 700],
+                ..Default::default()
+            }));
+        }
+        vec![samples::data(), alarmed, big]
+    }
+
+    #[test]
+    fn encoder_writes_the_exported_bytes() {
+        for data in states() {
+            let want = export(&data).unwrap();
+            let enc = BackupEncoder::new(&data).unwrap();
+            assert_eq!(enc.len(), want.len() as u64);
+            assert_eq!(enc.write_to(Vec::new()).unwrap(), want);
+        }
+        // The golden backup fixture, streamed.
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(samples::FIXTURES)
+            .join("pre-backup.db");
+        let data = samples::data();
+        assert_eq!(
+            BackupEncoder::new(&data)
+                .unwrap()
+                .write_to(Vec::new())
+                .unwrap(),
+            std::fs::read(fixture).unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn streamed_chunks_are_the_exported_bytes() {
+        for data in states() {
+            let want = export(&data).unwrap();
+            for chunk in [1, 7, 512, 4096, 1 << 20] {
+                let mut s = stream_backup(data.clone(), chunk, 2);
+                assert_eq!(s.len.await.unwrap().unwrap(), want.len() as u64);
+                let mut got = Vec::new();
+                let mut pieces = 0;
+                while let Some(c) = s.chunks.recv().await {
+                    let c = c.unwrap();
+                    assert!(c.len() <= chunk && !c.is_empty());
+                    got.extend_from_slice(&c);
+                    pieces += 1;
+                }
+                assert_eq!(got, want, "chunk {chunk}");
+                assert_eq!(pieces, want.len().div_ceil(chunk), "chunk {chunk}");
+                s.task.await.unwrap();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn encoding_stops_when_the_reader_goes_away() {
+        let data = states().pop().unwrap();
+        let mut s = stream_backup(data, 64, 2);
+        assert!(s.len.await.unwrap().unwrap() > 64 * 10);
+        assert_eq!(s.chunks.recv().await.unwrap().unwrap().len(), 64);
+        drop(s.chunks);
+        tokio::time::timeout(std::time::Duration::from_secs(10), s.task)
+            .await
+            .expect("the encoding task stops")
+            .unwrap();
     }
 }
 
