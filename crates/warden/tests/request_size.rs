@@ -139,6 +139,22 @@ async fn lease_ids(ch: &Channel) -> Vec<i64> {
     ids
 }
 
+/// Waits until the member's leases are exactly `before` again.
+async fn leases_return_to(ch: &Channel, before: &[i64]) {
+    eventually(Duration::from_secs(5), || {
+        let ch = ch.clone();
+        async move {
+            let now = lease_ids(&ch).await;
+            if now == before {
+                Ok(())
+            } else {
+                Err(format!("leases {now:?}, want {before:?}"))
+            }
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v3lock_without_a_lease_locks_under_a_fresh_lease() {
     let (_c, ch) = one_member().await;
@@ -231,20 +247,7 @@ async fn acquire_that_would_block_revokes_the_lease_it_granted() {
         .into_inner();
     let answer = tryer.message().await.unwrap().unwrap();
     assert_eq!(answer.state, State::WouldBlock as i32, "{answer:?}");
-    let ch2 = ch.clone();
-    eventually(Duration::from_secs(5), || {
-        let ch = ch2.clone();
-        let before = before.clone();
-        async move {
-            let now = lease_ids(&ch).await;
-            if now == before {
-                Ok(())
-            } else {
-                Err(format!("leases {now:?}, want {before:?}"))
-            }
-        }
-    })
-    .await;
+    leases_return_to(&ch, &before).await;
     // Timed out while queued: revoked too.
     let mut waiter = locks
         .acquire(pb::AcquireRequest {
@@ -257,18 +260,6 @@ async fn acquire_that_would_block_revokes_the_lease_it_granted() {
         .unwrap()
         .into_inner();
     while let Ok(Some(_)) = waiter.message().await {}
-    eventually(Duration::from_secs(5), || {
-        let ch = ch.clone();
-        let before = before.clone();
-        async move {
-            let now = lease_ids(&ch).await;
-            if now == before {
-                Ok(())
-            } else {
-                Err(format!("leases {now:?}, want {before:?}"))
-            }
-        }
-    })
-    .await;
+    leases_return_to(&ch, &before).await;
     drop(holder);
 }

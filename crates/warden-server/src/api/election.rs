@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 use super::error::check_request_size;
 use super::header;
 use super::recipes::{by_create, create_or_get, txn, wait_deletes, KeyGuard};
-use super::v3lock::{lock_keys, DEFAULT_SESSION_TTL};
+use super::v3lock::{lease_or_session, lock_keys};
 use crate::node::peer_service::grpc_timeout;
 use crate::node::Node;
 use warden_client::keys::prefix_range_end as prefix_end;
@@ -74,16 +74,7 @@ impl pb::election_server::Election for ElectionService {
             return Err(Status::invalid_argument("etcdserver: key is not provided"));
         }
         let node = &self.node;
-        // No lease: like etcd (whose election server opens a session with
-        // the caller's lease), campaign under a fresh lease of the default
-        // session TTL rather than with a key nothing ever deletes.
-        let lease = if r.lease != 0 {
-            r.lease
-        } else {
-            super::lease::grant(node, 0, DEFAULT_SESSION_TTL, timeout)
-                .await?
-                .1
-        };
+        let lease = lease_or_session(node, r.lease, timeout).await?;
         let (prefix, key) = lock_keys(&r.name, lease);
         let (created, my_rev, _, _) = create_or_get(node, &prefix, &key, &r.value, lease).await?;
         let guard = created.then(|| KeyGuard::new(node.clone(), key.clone()));

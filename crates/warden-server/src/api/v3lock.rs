@@ -26,6 +26,23 @@ use warden_proto::v3lockpb as pb;
 /// kept alive, so the lock is released within a minute unless unlocked.
 pub const DEFAULT_SESSION_TTL: i64 = 60;
 
+/// The caller's lease, or with none (`lease = 0`) a fresh lease of
+/// [`DEFAULT_SESSION_TTL`]: etcd's lock and election servers open a session
+/// with the caller's lease, so a lock or a candidacy is never a key that
+/// nothing ever deletes.
+pub(super) async fn lease_or_session(
+    node: &Node,
+    lease: i64,
+    timeout: Option<std::time::Duration>,
+) -> Result<i64, Status> {
+    if lease != 0 {
+        return Ok(lease);
+    }
+    Ok(super::lease::grant(node, 0, DEFAULT_SESSION_TTL, timeout)
+        .await?
+        .1)
+}
+
 pub struct LockService {
     pub node: Arc<Node>,
     /// `--max-request-bytes`: larger requests are refused.
@@ -54,15 +71,7 @@ impl pb::lock_server::Lock for LockService {
             return Err(Status::invalid_argument("etcdserver: key is not provided"));
         }
         let node = &self.node;
-        // No lease: like etcd, lock under a fresh lease of the default
-        // session TTL, not a key that nothing ever deletes.
-        let lease = if r.lease != 0 {
-            r.lease
-        } else {
-            super::lease::grant(node, 0, DEFAULT_SESSION_TTL, timeout)
-                .await?
-                .1
-        };
+        let lease = lease_or_session(node, r.lease, timeout).await?;
         let (prefix, key) = lock_keys(&r.name, lease);
         let (created, my_rev, owner, _) = create_or_get(node, &prefix, &key, b"", lease).await?;
         // Abandoned while waiting: take our key away again (as etcd does).
