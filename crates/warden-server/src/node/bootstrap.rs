@@ -135,7 +135,6 @@ impl Node {
             raft,
             sm,
             links,
-            log_path,
             config: cfg,
             forward_clients: Mutex::new(BTreeMap::new()),
             lessor: lessor::Lessor::default(),

@@ -177,7 +177,6 @@ pub struct Node {
     sm: SmStore,
     links: Arc<Links>,
     config: NodeConfig,
-    log_path: PathBuf,
     forward_clients: Mutex<BTreeMap<u64, (String, RaftPeerClient<Channel>)>>,
     lessor: lessor::Lessor,
     /// This member joined a running cluster (`--join`) rather than
@@ -285,11 +284,6 @@ impl Node {
     /// This member's storage quota in bytes (`None`: no quota).
     pub fn quota_bytes(&self) -> Option<u64> {
         self.config.quota_backend_bytes
-    }
-
-    /// Size in bytes of this member's Raft log file (0 if unreadable).
-    pub fn log_file_size(&self) -> u64 {
-        std::fs::metadata(&self.log_path).map_or(0, |m| m.len())
     }
 
     /// Resolves once the cluster has removed this member, with the reason.

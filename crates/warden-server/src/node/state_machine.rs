@@ -177,12 +177,7 @@ fn parse_snapshot(path: &Path, meta: &[u8], body: &[u8]) -> io::Result<(Snapshot
 /// `snapshot_file::encode`).
 fn encode_snapshot(meta: &SnapshotMeta, data: &SmData) -> io::Result<Vec<u8>> {
     let m = postcard::to_allocvec(meta).map_err(|e| other(format!("encode snapshot meta: {e}")))?;
-    let mut b = postcard::to_allocvec(data).map_err(|e| other(format!("encode snapshot: {e}")))?;
-    if !data.alarms.is_empty() {
-        let a = postcard::to_allocvec(&data.alarms)
-            .map_err(|e| other(format!("encode snapshot alarm table: {e}")))?;
-        b.extend_from_slice(&a);
-    }
+    let b = write_body(data, Vec::new())?;
     Ok(snapshot_file::encode(&m, &b))
 }
 
@@ -194,8 +189,11 @@ fn meta_of(data: &SmData) -> SnapshotMeta {
     }
 }
 
-/// The whole state as a backup (`Maintenance.Snapshot`): a snapshot file
-/// sealed with etcd's padding and SHA-256 trailer.
+/// The whole state as a backup, built in memory: a snapshot file sealed
+/// with etcd's padding and SHA-256 trailer. `Maintenance.Snapshot` streams
+/// it instead ([`stream_backup`]); this whole-buffer form is the reference
+/// the streamed bytes are tested against.
+#[cfg(test)]
 pub fn export(data: &SmData) -> io::Result<Vec<u8>> {
     Ok(snapshot_file::seal_backup(encode_snapshot(
         &meta_of(data),
@@ -203,8 +201,10 @@ pub fn export(data: &SmData) -> io::Result<Vec<u8>> {
     )?))
 }
 
-/// Writes the body section of `data` (as `encode_snapshot` lays it out) to
-/// `w`.
+/// Writes the body section of `data` to `w`: the state, then the alarm
+/// table only when an alarm is active (so a state without alarms has the
+/// bytes older builds wrote). The one definition of the body layout, for
+/// snapshot files and backups alike.
 fn write_body<W: io::Write>(data: &SmData, w: W) -> io::Result<W> {
     let w = postcard::to_io(data, w).map_err(|e| other(format!("encode snapshot: {e}")))?;
     if data.alarms.is_empty() {
@@ -214,7 +214,7 @@ fn write_body<W: io::Write>(data: &SmData, w: W) -> io::Result<W> {
 }
 
 /// A backup of a state, to be streamed rather than held: the same bytes as
-/// [`export`], encoded twice from the same immutable `data` (a cheap clone
+/// a sealed snapshot file, encoded twice from the same immutable `data` (a cheap clone
 /// taken under the read lock, the key map being persistent), so the memory
 /// it takes does not grow with the size of the state. [`BackupEncoder::new`]
 /// encodes once into a sink that only counts bytes and takes their CRC (the
