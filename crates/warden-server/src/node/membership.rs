@@ -394,21 +394,47 @@ pub fn applied(node: &Node) -> Option<Applied> {
     })
 }
 
-/// Whether the cluster has removed a member, judged from its own applied
-/// membership and a peer's.
-///
-/// Only committed (applied) memberships count, and they form one sequence
-/// in the log. So if ours at index `a` lists us and a peer's at a later
-/// index does not, an entry between them removed us. If ours no longer lists
-/// us although an earlier one (`listed_at`, kept in `member.json` across
-/// restarts) did, we applied our removal.
-/// A learner that applied an old snapshot and has not yet reached its own
-/// addition is never listed yet, so it is never judged removed.
-pub fn removed_by(id: u64, ours: &Applied, listed_at: Option<u64>, peer: Option<&Applied>) -> bool {
-    if !ours.ids.contains(&id) {
-        return listed_at.is_some_and(|at| at < ours.index);
+/// The newest membership in this member's log, applied or not.
+pub fn in_log(node: &Node) -> Applied {
+    let m = node
+        .raft
+        .metrics()
+        .borrow_watched()
+        .membership_config
+        .clone();
+    Applied {
+        index: m.log_id().as_ref().map_or(0, |l| l.index),
+        ids: m.membership().nodes().map(|(id, _)| *id).collect(),
     }
-    peer.is_some_and(|p| p.index > ours.index && !p.ids.contains(&id))
+}
+
+/// Whether the cluster has removed a member, judged from its own
+/// memberships and a peer's applied one.
+///
+/// `ours` is our applied membership; `log` is the newest membership in our
+/// log, applied or not (after a restart the log can hold memberships the
+/// state machine has not re-applied yet, and a member killed soon after it
+/// started may have applied none). Applied memberships form one sequence in
+/// the log, so if one of ours at index `a` lists us and a peer's applied one
+/// at a later index does not, the cluster no longer has us as of that index.
+/// That also holds when the entry at `a` was never committed: the peer's is.
+/// If our applied membership no longer lists us although an earlier one
+/// (`listed_at`, kept in `member.json` across restarts) did, we applied our
+/// removal. A learner that applied an old snapshot and has not yet reached
+/// its own addition is never listed yet, so it is never judged removed.
+pub fn removed_by(
+    id: u64,
+    ours: &Applied,
+    log: &Applied,
+    listed_at: Option<u64>,
+    peer: Option<&Applied>,
+) -> bool {
+    if !ours.ids.contains(&id) && listed_at.is_some_and(|at| at < ours.index) {
+        return true;
+    }
+    let Some(p) = peer else { return false };
+    let later_without_us = |m: &Applied| m.ids.contains(&id) && p.index > m.index;
+    !p.ids.contains(&id) && (later_without_us(ours) || later_without_us(log))
 }
 
 /// Stops this member once the cluster has removed it, as etcd does: a
@@ -426,31 +452,35 @@ pub async fn watch_for_removal(node: std::sync::Arc<Node>, mut identity: Identit
             return;
         }
         let Some(ours) = applied(&node) else { continue };
-        let peer = if ours.ids.contains(&node.id) {
-            if identity.listed_at.is_none() {
-                identity.listed_at = Some(ours.index);
-                if let Err(e) = identity.save(&node.config.data_dir) {
-                    tracing::warn!("recording membership in member.json: {e:#}");
+        let log = in_log(&node);
+        if ours.ids.contains(&node.id) && identity.listed_at.is_none() {
+            identity.listed_at = Some(ours.index);
+            if let Err(e) = identity.save(&node.config.data_dir) {
+                tracing::warn!("recording membership in member.json: {e:#}");
+            }
+        }
+        // Ask a peer named by whichever of our memberships still lists us.
+        let listing = [&log, &ours].into_iter().find(|m| m.ids.contains(&node.id));
+        let peer = match listing {
+            Some(m) => {
+                let peers: Vec<u64> = m.ids.iter().copied().filter(|p| *p != node.id).collect();
+                if peers.is_empty() {
+                    continue;
+                }
+                turn = turn.wrapping_add(1);
+                let target = peers[turn % peers.len()];
+                let deadline = Instant::now() + period;
+                match node
+                    .call_peer(target, &ForwardRequest::AppliedMembership, deadline)
+                    .await
+                {
+                    Ok(Ok(ForwardResponse::AppliedMembership(a))) => Some(a),
+                    _ => None,
                 }
             }
-            let peers: Vec<u64> = ours.ids.iter().copied().filter(|p| *p != node.id).collect();
-            if peers.is_empty() {
-                continue;
-            }
-            turn = turn.wrapping_add(1);
-            let target = peers[turn % peers.len()];
-            let deadline = Instant::now() + period;
-            match node
-                .call_peer(target, &ForwardRequest::AppliedMembership, deadline)
-                .await
-            {
-                Ok(Ok(ForwardResponse::AppliedMembership(a))) => Some(a),
-                _ => None,
-            }
-        } else {
-            None
+            None => None,
         };
-        if !removed_by(node.id, &ours, identity.listed_at, peer.as_ref()) {
+        if !removed_by(node.id, &ours, &log, identity.listed_at, peer.as_ref()) {
             continue;
         }
         let index = peer.as_ref().map_or(ours.index, |p| p.index);
@@ -517,13 +547,49 @@ mod tests {
     #[test]
     fn a_later_membership_without_us_means_removed() {
         let ours = at(10, &[1, 2, 3]);
-        assert!(removed_by(3, &ours, Some(10), Some(&at(14, &[1, 2]))));
+        assert!(removed_by(
+            3,
+            &ours,
+            &ours,
+            Some(10),
+            Some(&at(14, &[1, 2]))
+        ));
         // The same or an older membership proves nothing.
-        assert!(!removed_by(3, &ours, Some(10), Some(&at(10, &[1, 2]))));
-        assert!(!removed_by(3, &ours, Some(10), Some(&at(7, &[1, 2]))));
+        assert!(!removed_by(
+            3,
+            &ours,
+            &ours,
+            Some(10),
+            Some(&at(10, &[1, 2]))
+        ));
+        assert!(!removed_by(
+            3,
+            &ours,
+            &ours,
+            Some(10),
+            Some(&at(7, &[1, 2]))
+        ));
         // Still listed, or no answer.
-        assert!(!removed_by(3, &ours, Some(10), Some(&at(14, &[1, 2, 3]))));
-        assert!(!removed_by(3, &ours, Some(10), None));
+        assert!(!removed_by(
+            3,
+            &ours,
+            &ours,
+            Some(10),
+            Some(&at(14, &[1, 2, 3]))
+        ));
+        assert!(!removed_by(3, &ours, &ours, Some(10), None));
+    }
+
+    #[test]
+    fn a_member_restarted_before_reapplying_judges_by_its_log() {
+        // Killed soon after it started: nothing applied, never recorded as
+        // listed, but its log holds the membership that lists it.
+        let none = at(0, &[]);
+        let log = at(1, &[1, 2, 3]);
+        assert!(removed_by(3, &none, &log, None, Some(&at(6, &[1, 2]))));
+        assert!(!removed_by(3, &none, &log, None, Some(&at(6, &[1, 2, 3]))));
+        assert!(!removed_by(3, &none, &log, None, Some(&at(1, &[1, 2]))));
+        assert!(!removed_by(3, &none, &none, None, Some(&at(6, &[1, 2]))));
     }
 
     #[test]
@@ -545,7 +611,13 @@ mod tests {
 
     #[test]
     fn applying_our_own_removal_means_removed() {
-        assert!(removed_by(3, &at(14, &[1, 2]), Some(10), None));
+        assert!(removed_by(
+            3,
+            &at(14, &[1, 2]),
+            &at(14, &[1, 2]),
+            Some(10),
+            None
+        ));
     }
 
     #[test]
@@ -553,7 +625,7 @@ mod tests {
         // It applied a snapshot from before it was added: never listed yet,
         // and a lagging peer's membership does not list it either.
         let ours = at(5, &[1, 2, 3]);
-        assert!(!removed_by(4, &ours, None, Some(&at(8, &[1, 2, 3]))));
-        assert!(!removed_by(4, &ours, None, None));
+        assert!(!removed_by(4, &ours, &ours, None, Some(&at(8, &[1, 2, 3]))));
+        assert!(!removed_by(4, &ours, &ours, None, None));
     }
 }
