@@ -807,9 +807,10 @@ impl MvccStore {
             };
         }
 
-        let keep_values = !req.keys_only || req.sort_target == SortTarget::Value;
+        // Sort references, not copies: the only kvs built are those returned,
+        // so a `limit = 1` read of a large range holds one value, not all.
         let mut count = 0usize;
-        let mut kvs = Vec::new();
+        let mut refs: Vec<(&[u8], i64, &Live)> = Vec::new();
         for (k, m, l) in live {
             count += 1;
             let pruned = (req.max_mod_revision != 0 && m > req.max_mod_revision)
@@ -817,20 +818,15 @@ impl MvccStore {
                 || (req.max_create_revision != 0 && l.create_revision > req.max_create_revision)
                 || (req.min_create_revision != 0 && l.create_revision < req.min_create_revision);
             if !pruned {
-                kvs.push(to_kv(k, m, l, keep_values));
+                refs.push((k, m, l));
             }
         }
-        sort_kvs(&mut kvs, req.sort_target, sort_order);
-        let mut more = false;
-        if kvs.len() > limit {
-            kvs.truncate(limit);
-            more = true;
-        }
-        if req.keys_only {
-            for kv in &mut kvs {
-                kv.value = Vec::new();
-            }
-        }
+        let more = refs.len() > limit;
+        select_sorted(&mut refs, req.sort_target, sort_order, limit);
+        let kvs = refs
+            .into_iter()
+            .map(|(k, m, l)| to_kv(k, m, l, !req.keys_only))
+            .collect();
         RangeResponse {
             kvs,
             more,
@@ -1130,19 +1126,40 @@ fn compare_one(c: &Compare, kv: Option<(i64, &Live)>) -> bool {
 
 /// Stable sort, so keys that tie on the target stay in ascending key order
 /// (for both directions). etcd's sort is unstable; this fixes the order.
-fn sort_kvs(kvs: &mut [KeyValue], target: SortTarget, order: SortOrder) {
-    let cmp = |a: &KeyValue, b: &KeyValue| match target {
-        SortTarget::Key => a.key.cmp(&b.key),
-        SortTarget::Version => a.version.cmp(&b.version),
-        SortTarget::Create => a.create_revision.cmp(&b.create_revision),
-        SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
-        SortTarget::Value => a.value.cmp(&b.value),
+/// Leaves in `refs` the first `limit` of them in `order` by `target`, sorted.
+/// Ties keep key order (the order `refs` arrive in, ascending, whichever
+/// way the sort goes), so this gives what a stable sort of the whole range
+/// followed by a truncation gives, in O(n + limit log limit).
+fn select_sorted(
+    refs: &mut Vec<(&[u8], i64, &Live)>,
+    target: SortTarget,
+    order: SortOrder,
+    limit: usize,
+) {
+    let by_target = |a: &(&[u8], i64, &Live), b: &(&[u8], i64, &Live)| match target {
+        SortTarget::Key => a.0.cmp(b.0),
+        SortTarget::Version => a.2.version.cmp(&b.2.version),
+        SortTarget::Create => a.2.create_revision.cmp(&b.2.create_revision),
+        SortTarget::Mod => a.1.cmp(&b.1),
+        SortTarget::Value => a.2.value.cmp(&b.2.value),
     };
-    match order {
-        SortOrder::None => {}
-        SortOrder::Ascend => kvs.sort_by(cmp),
-        SortOrder::Descend => kvs.sort_by(|a, b| cmp(b, a)),
+    let cmp = |a: &(&[u8], i64, &Live), b: &(&[u8], i64, &Live)| {
+        let o = match order {
+            SortOrder::None => std::cmp::Ordering::Equal,
+            SortOrder::Ascend => by_target(a, b),
+            SortOrder::Descend => by_target(b, a),
+        };
+        o.then_with(|| a.0.cmp(b.0))
+    };
+    if limit < refs.len() {
+        if limit == 0 {
+            refs.clear();
+            return;
+        }
+        refs.select_nth_unstable_by(limit - 1, cmp);
+        refs.truncate(limit);
     }
+    refs.sort_unstable_by(cmp);
 }
 
 #[cfg(test)]
