@@ -173,6 +173,17 @@ pub struct Applied {
     pub lock_events: Vec<LockEvent>,
 }
 
+/// A `Compact` worked out on a copy of the store
+/// ([`StateMachine::compact_copy`]), for [`StateMachine::apply_prepared`].
+#[derive(Debug)]
+pub struct Compaction {
+    /// Current revision, compact revision and size of the copy before.
+    base: (i64, i64, u64),
+    rev: i64,
+    store: MvccStore,
+    result: Result<(), StateError>,
+}
+
 /// The replicated state. See the module docs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateMachine {
@@ -198,6 +209,64 @@ impl StateMachine {
             revision: self.mvcc.current_revision(),
             events,
             lock_events,
+        }
+    }
+
+    /// For a `Compact`, a copy of the store to compact (O(1): the key map
+    /// is persistent) and the revision; `None` for any other command.
+    /// Compaction walks every key; with this, [`StateMachine::compact_copy`]
+    /// and [`StateMachine::apply_prepared`] a caller can do that walk where
+    /// it holds no lock on the state and blocks no async worker.
+    pub fn compaction_base(&self, cmd: &Command) -> Option<(MvccStore, i64)> {
+        match cmd {
+            Command::Compact(req) => Some((self.mvcc.clone(), req.revision)),
+            _ => None,
+        }
+    }
+
+    /// Compacts a copy from [`StateMachine::compaction_base`].
+    pub fn compact_copy(mut store: MvccStore, rev: i64) -> Compaction {
+        let base = (
+            store.current_revision(),
+            store.compact_revision(),
+            store.size(),
+        );
+        let result = store.compact(rev);
+        Compaction {
+            base,
+            rev,
+            store,
+            result,
+        }
+    }
+
+    /// `apply(cmd)`, using `prepared` if it is the compaction of this very
+    /// command on this very store: then only the swap of the compacted
+    /// store happens here. Otherwise (no compaction, another command, or
+    /// the store changed since the copy) it is plain `apply`, so the result
+    /// is always what `apply` gives.
+    pub fn apply_prepared(&mut self, cmd: &Command, prepared: Option<Compaction>) -> Applied {
+        let Some(c) = prepared else {
+            return self.apply(cmd);
+        };
+        let same_store = (
+            self.mvcc.current_revision(),
+            self.mvcc.compact_revision(),
+            self.mvcc.size(),
+        ) == c.base;
+        match cmd {
+            Command::Compact(req) if req.revision == c.rev && same_store => {
+                if c.result.is_ok() {
+                    self.mvcc = c.store;
+                }
+                Applied {
+                    result: c.result.map(|()| CommandResult::Compact),
+                    revision: self.mvcc.current_revision(),
+                    events: Vec::new(),
+                    lock_events: Vec::new(),
+                }
+            }
+            _ => self.apply(cmd),
         }
     }
 
@@ -755,6 +824,64 @@ mod tests {
         assert_eq!(a.result, Ok(CommandResult::Compact));
         assert_eq!(a.revision, 3);
         assert_eq!(m.compact_revision(), 3);
+    }
+
+    fn compact(rev: i64) -> Command {
+        Command::Compact(CompactionRequest {
+            revision: rev,
+            physical: false,
+        })
+    }
+
+    #[test]
+    fn a_prepared_compaction_applies_as_apply_does() {
+        let mut base = StateMachine::new();
+        for i in 0..40 {
+            base.apply(&put(&format!("k{}", i % 7), &format!("v{i}")));
+        }
+        // Done, refused (future, already compacted): the same either way.
+        for rev in [20, 42, 99, 20, 5] {
+            let mut plain = base.clone();
+            let mut prepared = base.clone();
+            let cmd = compact(rev);
+            let want = plain.apply(&cmd);
+            let (store, r) = prepared.compaction_base(&cmd).unwrap();
+            let got = prepared.apply_prepared(&cmd, Some(StateMachine::compact_copy(store, r)));
+            assert_eq!(got, want, "compact {rev}");
+            assert_eq!(prepared, plain, "compact {rev}");
+            prepared.check_invariants().unwrap();
+            base = plain;
+        }
+        assert_eq!(base.compact_revision(), 20);
+        assert!(base.compaction_base(&put("k", "v")).is_none());
+    }
+
+    #[test]
+    fn a_stale_prepared_compaction_is_not_installed() {
+        let mut m = StateMachine::new();
+        for i in 0..10 {
+            m.apply(&put("k", &format!("v{i}")));
+        }
+        let cmd = compact(5);
+        let (store, r) = m.compaction_base(&cmd).unwrap();
+        let prepared = StateMachine::compact_copy(store, r);
+        // The store moves on after the copy: installing the copy would lose
+        // this write, so apply_prepared compacts the store as it is.
+        m.apply(&put("k", "late"));
+        let mut plain = m.clone();
+        let want = plain.apply(&cmd);
+        assert_eq!(m.apply_prepared(&cmd, Some(prepared)), want);
+        assert_eq!(m, plain);
+        assert_eq!(m.mvcc().get(b"k").unwrap().value, b"late".to_vec());
+        // Prepared for another revision: plain apply too.
+        let (store, r) = m.compaction_base(&compact(8)).unwrap();
+        let other = StateMachine::compact_copy(store, r);
+        let mut plain = m.clone();
+        assert_eq!(
+            m.apply_prepared(&compact(9), Some(other)),
+            plain.apply(&compact(9))
+        );
+        assert_eq!(m, plain);
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub mod validate;
 mod proptests;
 
 pub use error::{ErrorClass, SnapshotError, StateError};
-pub use machine::{Applied, Command, CommandResult, StateMachine};
+pub use machine::{Applied, Command, CommandResult, Compaction, StateMachine};
 pub use mvcc::{LeaseLookup, MvccStore, NoLeases, WriteResult};
 pub use nesting::MAX_NESTING;
 pub use validate::MAX_TXN_OPS;

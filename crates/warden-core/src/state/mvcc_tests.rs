@@ -1234,7 +1234,7 @@ mod sorted_range_props {
         match order {
             SortOrder::None => {}
             SortOrder::Ascend => kvs.sort_by_key(|kv| field(kv)),
-            SortOrder::Descend => kvs.sort_by(|a, b| field(b).cmp(&field(a))),
+            SortOrder::Descend => kvs.sort_by_key(|kv| std::cmp::Reverse(field(kv))),
         }
         let limit = if req.limit > 0 {
             req.limit as usize

@@ -57,9 +57,12 @@ impl pb::kv_server::Kv for KvService {
             Consistency::Linearizable
         };
         let deadline = self.node.deadline(grpc_timeout(&request));
+        let scan = !r.range_end.is_empty();
         let (rev, out) = self
             .node
-            .read(consistency, deadline, |d| (d.kv.revision(), d.kv.range(&r)))
+            .read_kv(consistency, deadline, scan, move |m| {
+                (m.current_revision(), m.range(&r))
+            })
             .await
             .map_err(node_status)?;
         let out = out.map_err(state_status)?;

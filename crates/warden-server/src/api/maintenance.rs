@@ -178,19 +178,21 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         r: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
         let asked = r.get_ref().revision;
+        // Hashes every key: on a copy, off the lock and the async workers.
         let (rev, hash, compact_revision) = self
             .node
-            .with_state(|d| {
-                let rev = d.kv.revision();
+            .scan_applied(move |m| {
+                let rev = m.current_revision();
                 let at = if asked == 0 { rev } else { asked };
                 if at > rev {
                     return Err(StateError::FutureRevision);
                 }
-                if at < d.kv.compact_revision() {
+                if at < m.compact_revision() {
                     return Err(StateError::Compacted);
                 }
-                Ok((rev, d.kv.hash_kv(at), d.kv.compact_revision()))
+                Ok((rev, m.hash_kv(at), m.compact_revision()))
             })
+            .await
             .map_err(node_status)?
             .map_err(state_status)?;
         Ok(Response::new(pb::HashKvResponse {

@@ -33,9 +33,10 @@ pub async fn read(
     timeout: Option<Duration>,
 ) -> Result<(i64, RangeResponse), Status> {
     let deadline = node.deadline(timeout);
+    let scan = !req.range_end.is_empty();
     let (rev, r) = node
-        .read(Consistency::Linearizable, deadline, |d| {
-            (d.kv.revision(), d.kv.range(&req))
+        .read_kv(Consistency::Linearizable, deadline, scan, move |m| {
+            (m.current_revision(), m.range(&req))
         })
         .await
         .map_err(node_status)?;

@@ -33,7 +33,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::header;
 use crate::node::{Node, WatchGuard};
 use warden_core::state::types::{Event, EventKind};
-use warden_core::state::StateError;
+use warden_core::state::{MvccStore, StateError};
 use warden_proto::etcdserverpb as pb;
 use warden_proto::etcdserverpb::watch_create_request::FilterType;
 use warden_proto::etcdserverpb::watch_request::RequestUnion;
@@ -58,6 +58,10 @@ pub struct WatchService {
     pub max_response_bytes: usize,
     pub progress_interval: Duration,
 }
+
+/// What `subscribe` returns: the revision subscribed at, the compaction
+/// point, the subscription (or why none), and the history to replay.
+type Subscribed = (i64, i64, Result<WatchGuard, StateError>, Option<MvccStore>);
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send + 'static>>;
 
@@ -236,7 +240,7 @@ impl StreamCtx {
             range_end: c.range_end,
         };
         // Subscribe under the read lock, noting the revision (module doc).
-        let Some((current, compact, sub)) = self.subscribe(&spec) else {
+        let Some((current, compact, sub, history)) = self.subscribe(&spec) else {
             return self.fail_internal().await;
         };
         let mut created = self.resp(current, id);
@@ -257,17 +261,20 @@ impl StreamCtx {
             }
         };
         let ctx = self.clone();
-        let task = tokio::spawn(async move { ctx.feed(spec, current, sub).await });
+        let task = tokio::spawn(async move { ctx.feed(spec, current, sub, history).await });
         Some(Running { task })
     }
 
     /// Subscribes to live events under the state's read lock and returns
     /// the revision R applied then (live events are all after R) and the
     /// compaction point. `Compacted` instead of a subscription when the
-    /// history to replay is gone. `None` if the lock is poisoned.
-    fn subscribe(&self, spec: &Spec) -> Option<(i64, i64, Result<WatchGuard, StateError>)> {
+    /// history to replay is gone. With a start revision, also a copy of the
+    /// store as of R (O(1): the key map is persistent) for the replay to
+    /// read without the lock. `None` if the lock is poisoned.
+    fn subscribe(&self, spec: &Spec) -> Option<Subscribed> {
         self.node
             .watch_state(|d, s| {
+                let history = (spec.start_revision > 0).then(|| d.kv.mvcc().clone());
                 let current = d.kv.revision();
                 let compact = d.kv.compact_revision();
                 let sub = if spec.start_revision > 0
@@ -278,7 +285,7 @@ impl StreamCtx {
                 } else {
                     Ok(s.subscribe(spec.key.clone(), spec.range_end.clone()))
                 };
-                (current, compact, sub)
+                (current, compact, sub, history)
             })
             .ok()
     }
@@ -296,32 +303,46 @@ impl StreamCtx {
         None
     }
 
-    /// Replays `[start_revision, current]` in chunks, each read under its
-    /// own read lock. False if the watcher ended (cancelled, stream gone).
-    async fn replay(&self, spec: &Spec, current: i64, sub: &WatchGuard) -> bool {
+    /// Replays `[start_revision, current]` in chunks from `history`, the
+    /// store as of `current`, each chunk read on a blocking thread with no
+    /// lock held. False if the watcher ended (cancelled, stream gone).
+    async fn replay(
+        &self,
+        spec: &Spec,
+        current: i64,
+        sub: &WatchGuard,
+        history: Option<MvccStore>,
+    ) -> bool {
         let mut from = spec.start_revision;
         if from <= 0 {
             return true;
         }
+        let Some(history) = history else {
+            self.fail_internal().await;
+            return false;
+        };
         while from <= current {
             if sub.cancelled().is_some() {
                 // Live events overflowed meanwhile: stop here, the live
                 // loop reports why.
                 return true;
             }
-            let chunk = self.node.with_state(|d| {
+            let store = history.clone();
+            let (key, range_end) = (spec.key.clone(), spec.range_end.clone());
+            let chunk = tokio::task::spawn_blocking(move || {
                 (
-                    d.kv.mvcc().events_chunk(
+                    store.events_chunk(
                         from,
                         current,
-                        &spec.key,
-                        &spec.range_end,
+                        &key,
+                        &range_end,
                         REPLAY_REVISIONS,
                         REPLAY_BYTES,
                     ),
-                    d.kv.compact_revision(),
+                    store.compact_revision(),
                 )
-            });
+            })
+            .await;
             let (events, end) = match chunk {
                 Err(_) => {
                     self.fail_internal().await;
@@ -356,8 +377,8 @@ impl StreamCtx {
     }
 
     /// Sends the replay, then live batches, until cancelled.
-    async fn feed(self, spec: Spec, current: i64, mut sub: WatchGuard) {
-        if !self.replay(&spec, current, &sub).await {
+    async fn feed(self, spec: Spec, current: i64, mut sub: WatchGuard, history: Option<MvccStore>) {
+        if !self.replay(&spec, current, &sub, history).await {
             return;
         }
         let mut tick = tokio::time::interval(self.progress);

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use super::state_machine::{LockFeed, SmData, SmStore};
 use super::watch_hub::{Batch, Cancelled, Subscription, WatchLimits};
 use super::{ForwardRequest, ForwardResponse, Node, NodeError};
+use warden_core::state::MvccStore;
 
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +75,15 @@ impl Subscriber<'_> {
             sub: self.sm.hub().subscribe(key, range_end),
         }
     }
+}
+
+/// Runs `f` on tokio's blocking pool.
+async fn off_the_workers<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NodeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| NodeError::Internal(format!("read task ended: {e}")))
 }
 
 fn unavailable(e: std::io::Error) -> NodeError {
@@ -148,6 +158,39 @@ impl Node {
             return Err(NodeError::NotReady);
         }
         Ok(f(&d))
+    }
+
+    /// Reads the applied key-value store at `consistency` (as `read`) from
+    /// a copy taken under the read lock, which is O(1): the key map is a
+    /// persistent B-tree, so the copy shares every node. `f` runs with no
+    /// lock held, so applying never waits for it; a `scan` (a key range,
+    /// a count, a hash of every key) runs on a blocking thread, so however
+    /// long it takes it holds up neither apply nor the async workers that
+    /// carry heartbeats.
+    pub async fn read_kv<T: Send + 'static>(
+        &self,
+        consistency: Consistency,
+        deadline: Instant,
+        scan: bool,
+        f: impl FnOnce(&MvccStore) -> T + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let store = self
+            .read(consistency, deadline, |d| d.kv.mvcc().clone())
+            .await?;
+        if !scan {
+            return Ok(f(&store));
+        }
+        off_the_workers(move || f(&store)).await
+    }
+
+    /// Like `read_kv` with no consistency step: a copy of what this member
+    /// applied so far, scanned on a blocking thread.
+    pub async fn scan_applied<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&MvccStore) -> T + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let store = self.with_state(|d| d.kv.mvcc().clone())?;
+        off_the_workers(move || f(&store)).await
     }
 
     /// A consistent copy of this member's applied state as a backup (etcd

@@ -36,7 +36,7 @@ use super::watch_hub::WatchHub;
 use tokio::sync::broadcast;
 use warden_core::state::alarm::{AlarmTable, AlarmType};
 use warden_core::state::lock_table::LockEvent;
-use warden_core::state::{CommandResult, StateError, StateMachine};
+use warden_core::state::{CommandResult, Compaction, StateError, StateMachine};
 use warden_core::storage::snapshot_file;
 
 /// Everything the replicated state consists of; what a snapshot holds.
@@ -439,7 +439,28 @@ impl SmStore {
         self.shared.applied_tx.subscribe()
     }
 
-    fn apply_one(&self, entry: super::types::Entry) -> io::Result<Response> {
+    /// For a `Compact` entry, the compaction worked out on a copy of the
+    /// store: on a blocking thread, with no lock held, so reads go on and
+    /// async workers (heartbeats) are not held up however many keys there
+    /// are. `apply_one` then only swaps the result in.
+    async fn prepare(&self, entry: &super::types::Entry) -> io::Result<Option<Compaction>> {
+        let EntryPayload::Normal(Request::Kv(cmd)) = &entry.payload else {
+            return Ok(None);
+        };
+        let Some((store, rev)) = self.read()?.kv.compaction_base(cmd) else {
+            return Ok(None);
+        };
+        tokio::task::spawn_blocking(move || StateMachine::compact_copy(store, rev))
+            .await
+            .map(Some)
+            .map_err(|e| io::Error::other(format!("compaction task ended: {e}")))
+    }
+
+    fn apply_one(
+        &self,
+        entry: super::types::Entry,
+        prepared: Option<Compaction>,
+    ) -> io::Result<Response> {
         let mut d = self.shared.data.write().map_err(|_| lock_poisoned())?;
         d.last_applied = Some(entry.log_id);
         let resp = match entry.payload {
@@ -458,7 +479,7 @@ impl SmStore {
                 }
             }
             EntryPayload::Normal(Request::Kv(cmd)) => {
-                let applied = d.kv.apply(&cmd);
+                let applied = d.kv.apply_prepared(&cmd, prepared);
                 // Published under the write lock: see watch_hub's module doc.
                 self.shared.hub.publish(applied.revision, &applied.events);
                 if !applied.lock_events.is_empty() {
@@ -561,7 +582,8 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let index = entry.log_id.index;
-            let resp = self.apply_one(entry)?;
+            let prepared = self.prepare(&entry).await?;
+            let resp = self.apply_one(entry, prepared)?;
             self.shared.applied_tx.send_replace(index);
             if let Some(r) = responder {
                 r.send(resp);
