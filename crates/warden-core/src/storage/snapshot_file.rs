@@ -274,13 +274,25 @@ pub fn read_backup(path: &Path) -> Result<(Vec<u8>, Vec<u8>), SnapshotFileError>
     decode(path, &content[..end])
 }
 
-/// Reads and verifies a snapshot file.
+/// Reads and verifies a snapshot file. The body comes back in the buffer
+/// the file was read into (the frame ends with it), so what this holds at
+/// most is the file once, not the file and a copy of its body.
 pub fn read(path: &Path) -> Result<(Vec<u8>, Vec<u8>), SnapshotFileError> {
     let mut raw = Vec::new();
     fs::File::open(path)
         .and_then(|mut f| f.read_to_end(&mut raw))
         .map_err(io_err(path))?;
-    decode(path, &raw)
+    let (meta, body_len) = {
+        let (meta, body) =
+            format::decode_snapshot(&raw).map_err(|source| SnapshotFileError::Format {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        (meta.to_vec(), body.len())
+    };
+    // decode_snapshot checked that header, meta and body are all the bytes.
+    raw.drain(..raw.len().saturating_sub(body_len));
+    Ok((meta, raw))
 }
 
 /// Writes bytes to `dir/name` atomically and durably.
@@ -298,6 +310,73 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, Sna
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))?;
     Ok(path)
+}
+
+/// Writes a snapshot frame to `dir/name` atomically and durably, streaming
+/// its sections: `sections` writes the meta and then the body into the
+/// writer it is given, and returns the length of the meta. What this holds
+/// is a write buffer, whatever the size of the state: the header, which
+/// carries both lengths and the CRC before the sections, is written last,
+/// over a placeholder. The file has the bytes [`encode`] would make.
+pub fn write_frame_atomic(
+    dir: &Path,
+    name: &str,
+    sections: impl FnOnce(&mut dyn Write) -> std::io::Result<u64>,
+) -> Result<PathBuf, SnapshotFileError> {
+    use std::io::{Seek, SeekFrom};
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    {
+        let f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
+        out.write_all(&[0u8; format::SNAPSHOT_HEADER_LEN])
+            .map_err(io_err(&tmp))?;
+        let mut tee = Tee {
+            out,
+            seen: Measure::default(),
+        };
+        let meta_len = sections(&mut tee).map_err(io_err(&tmp))?;
+        let Tee { out, seen } = tee;
+        let body_len = seen.len().checked_sub(meta_len).ok_or_else(|| {
+            io_err(&tmp)(std::io::Error::other(format!(
+                "meta length {meta_len} is more than the {} bytes written",
+                seen.len()
+            )))
+        })?;
+        let mut f = out.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
+        f.seek(SeekFrom::Start(0)).map_err(io_err(&tmp))?;
+        f.write_all(&format::encode_snapshot_header(
+            meta_len,
+            body_len,
+            seen.crc(),
+        ))
+        .map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))?;
+    Ok(path)
+}
+
+/// Writes through to `out` and measures what went through.
+struct Tee<W: Write> {
+    out: W,
+    seen: Measure,
+}
+
+impl<W: Write> Write for Tee<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.seen.write_all(&buf[..n])?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// The newest snapshot file in `dir`, if any.
@@ -356,6 +435,32 @@ pub fn remove_stale_temp_files(dir: &Path) -> Result<(), SnapshotFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_streamed_frame_has_the_bytes_of_encode() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = b"meta bytes".to_vec();
+        let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let path = write_frame_atomic(dir.path(), "snap-x.snap", |w| {
+            w.write_all(&meta)?;
+            for piece in body.chunks(4099) {
+                w.write_all(piece)?;
+            }
+            Ok(meta.len() as u64)
+        })
+        .unwrap();
+        assert_eq!(fs::read(&path).unwrap(), encode(&meta, &body));
+        assert_eq!(read(&path).unwrap(), (meta.clone(), body));
+        assert!(!dir.path().join("snap-x.snap.tmp").exists());
+        // A meta length beyond what was written is refused, nothing renamed.
+        let err = write_frame_atomic(dir.path(), "snap-y.snap", |w| {
+            w.write_all(b"ab")?;
+            Ok(3)
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("meta length 3"), "{err}");
+        assert!(!dir.path().join("snap-y.snap").exists());
+    }
 
     /// Streams meta and body through a `Measure`, then a `BackupWriter`.
     fn streamed(meta: &[u8], body: &[u8]) -> std::io::Result<Vec<u8>> {

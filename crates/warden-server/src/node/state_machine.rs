@@ -172,9 +172,11 @@ fn parse_snapshot(path: &Path, meta: &[u8], body: &[u8]) -> io::Result<(Snapshot
     Ok((meta, data))
 }
 
-/// The snapshot file bytes of `data` under `meta`: the payloads are the
-/// postcard encoding of both, framed by `storage::format` (via
-/// `snapshot_file::encode`).
+/// The snapshot file bytes of `data` under `meta`, in one buffer: the
+/// payloads are the postcard encoding of both, framed by `storage::format`
+/// (via `snapshot_file::encode`). The reference the streamed files
+/// ([`write_snapshot_file`]) are tested against.
+#[cfg(test)]
 fn encode_snapshot(meta: &SnapshotMeta, data: &SmData) -> io::Result<Vec<u8>> {
     let m = postcard::to_allocvec(meta).map_err(|e| other(format!("encode snapshot meta: {e}")))?;
     let b = write_body(data, Vec::new())?;
@@ -211,6 +213,24 @@ fn write_body<W: io::Write>(data: &SmData, w: W) -> io::Result<W> {
         return Ok(w);
     }
     postcard::to_io(&data.alarms, w).map_err(|e| other(format!("encode snapshot alarm table: {e}")))
+}
+
+/// Writes the snapshot file of `data` to `dir/name`, atomically and
+/// durably, streamed: what it holds is a write buffer, not an encoding of
+/// the whole state. The bytes are those of [`encode_snapshot`].
+fn write_snapshot_file(
+    dir: &Path,
+    name: &str,
+    meta: &SnapshotMeta,
+    data: &SmData,
+) -> io::Result<PathBuf> {
+    Ok(snapshot_file::write_frame_atomic(dir, name, |w| {
+        let meta =
+            postcard::to_allocvec(meta).map_err(|e| other(format!("encode snapshot meta: {e}")))?;
+        w.write_all(&meta)?;
+        write_body(data, w)?;
+        Ok(meta.len() as u64)
+    })?)
 }
 
 /// A backup of a state, to be streamed rather than held: the same bytes as
@@ -376,10 +396,12 @@ pub fn restore(backup: &Path, snap_dir: &Path) -> io::Result<SmData> {
         kv: data.kv,
         ..SmData::default()
     };
-    let bytes = encode_snapshot(&meta_of(&base), &base)?;
-    std::fs::create_dir_all(snap_dir)
-        .map_err(|e| other(format!("create {}: {e}", snap_dir.display())))?;
-    snapshot_file::write_atomic(snap_dir, &snapshot_file::file_name(0, 0), &bytes)?;
+    write_snapshot_file(
+        snap_dir,
+        &snapshot_file::file_name(0, 0),
+        &meta_of(&base),
+        &base,
+    )?;
     Ok(base)
 }
 
@@ -545,15 +567,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SmStore {
         let dir = self.shared.snap_dir.clone();
         let meta2 = meta.clone();
         let path = tokio::task::spawn_blocking(move || -> io::Result<PathBuf> {
-            let bytes = encode_snapshot(&meta2, &data)?;
             let (index, term) = meta2
                 .last_log_id
                 .map_or((0, 0), |l| (l.index, l.leader_id.term));
-            Ok(snapshot_file::write_atomic(
-                &dir,
-                &snapshot_file::file_name(index, term),
-                &bytes,
-            )?)
+            write_snapshot_file(&dir, &snapshot_file::file_name(index, term), &meta2, &data)
         })
         .await
         .map_err(|e| other(format!("snapshot task failed: {e}")))??;
@@ -677,6 +694,13 @@ mod golden {
             encode_snapshot(&meta_of(&want), &want).unwrap(),
             std::fs::read(&path).unwrap(),
             "the snapshot format changed: bump FORMAT_VERSION"
+        );
+        // Written streamed, the file has the same bytes.
+        let dir = tempfile::tempdir().unwrap();
+        let written = write_snapshot_file(dir.path(), "s.snap", &meta_of(&want), &want).unwrap();
+        assert_eq!(
+            std::fs::read(written).unwrap(),
+            std::fs::read(&path).unwrap()
         );
     }
 
