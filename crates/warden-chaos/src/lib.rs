@@ -170,6 +170,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                 base: Duration::from_millis(50),
                 max: Duration::from_millis(500),
             },
+            tls: None,
         },
         end: Instant::now(),
         fault: opts.fault,

@@ -36,9 +36,10 @@ pub fn parse_endpoints<S: AsRef<str>>(items: &[S]) -> Result<Vec<String>, Client
 
 /// Parses one endpoint into canonical `host:port`.
 ///
-/// Accepts an optional `http://` scheme and a trailing `/`. `https://` is
-/// refused (TLS is not supported by this client yet), as are other schemes,
-/// paths, a missing or non-numeric port and an empty host.
+/// Accepts an optional `http://` or `https://` scheme and a trailing `/`
+/// (whether TLS is used is set by `ClientOptions::tls`, as with etcdctl,
+/// whose `--cacert` turns it on). Other schemes, paths, a missing or
+/// non-numeric port and an empty host are refused.
 pub fn parse_endpoint(raw: &str) -> Result<String, ClientError> {
     let invalid = |reason: &str| ClientError::InvalidEndpoint {
         endpoint: raw.to_string(),
@@ -47,8 +48,7 @@ pub fn parse_endpoint(raw: &str) -> Result<String, ClientError> {
     let s = raw.trim();
     let rest = if let Some((scheme, rest)) = s.split_once("://") {
         match scheme.to_ascii_lowercase().as_str() {
-            "http" => rest,
-            "https" => return Err(invalid("https (TLS) is not supported yet; use host:port")),
+            "http" | "https" => rest,
             _ => {
                 return Err(invalid(
                     "unsupported scheme; use host:port or http://host:port",
@@ -92,9 +92,13 @@ pub fn parse_endpoint(raw: &str) -> Result<String, ClientError> {
     }
 }
 
-/// The URI tonic dials for a canonical endpoint.
-pub fn endpoint_uri(endpoint: &str) -> String {
-    format!("http://{endpoint}")
+/// The URI tonic dials for a canonical endpoint, over TLS or not.
+pub fn endpoint_uri(endpoint: &str, tls: bool) -> String {
+    if tls {
+        format!("https://{endpoint}")
+    } else {
+        format!("http://{endpoint}")
+    }
 }
 
 #[cfg(test)]
@@ -129,7 +133,6 @@ mod tests {
             "a:0",
             "a:65536",
             "a:x",
-            "https://a:1",
             "unix://sock",
             "a:1/path",
             "::1:2379",
@@ -177,6 +180,7 @@ mod tests {
 
     #[test]
     fn uri() {
-        assert_eq!(endpoint_uri("a:1"), "http://a:1");
+        assert_eq!(endpoint_uri("a:1", false), "http://a:1");
+        assert_eq!(endpoint_uri("a:1", true), "https://a:1");
     }
 }

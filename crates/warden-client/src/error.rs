@@ -19,6 +19,10 @@ pub enum ClientError {
         reason: String,
     },
 
+    /// TLS files could not be read or used.
+    #[error("TLS: {0}")]
+    Tls(String),
+
     /// A server answered the request with an error that retrying cannot fix
     /// (or that would be unsafe to retry, e.g. a write that may have been
     /// applied). `message` is the server's message (etcd's wording).
@@ -59,7 +63,9 @@ impl ClientError {
     /// The gRPC code of the failure (`InvalidArgument` for bad endpoints).
     pub fn code(&self) -> Code {
         match self {
-            ClientError::NoEndpoints | ClientError::InvalidEndpoint { .. } => Code::InvalidArgument,
+            ClientError::NoEndpoints
+            | ClientError::InvalidEndpoint { .. }
+            | ClientError::Tls(_) => Code::InvalidArgument,
             ClientError::Server { code, .. } | ClientError::Unavailable { code, .. } => *code,
             ClientError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
         }
@@ -82,7 +88,9 @@ impl ClientError {
             ClientError::Server { endpoint, .. } => vec![endpoint.clone()],
             ClientError::Unavailable { endpoints, .. }
             | ClientError::DeadlineExceeded { endpoints, .. } => endpoints.clone(),
-            ClientError::NoEndpoints | ClientError::InvalidEndpoint { .. } => Vec::new(),
+            ClientError::NoEndpoints
+            | ClientError::InvalidEndpoint { .. }
+            | ClientError::Tls(_) => Vec::new(),
         }
     }
 }

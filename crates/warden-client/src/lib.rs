@@ -24,6 +24,7 @@ pub mod error;
 pub mod keys;
 pub mod options;
 pub mod retry;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,6 +47,7 @@ pub use endpoint::{parse_endpoint, parse_endpoints};
 pub use error::ClientError;
 pub use options::{DeleteOptions, GetOptions, KeyRange, PutOptions};
 pub use retry::OpKind;
+pub use tls::TlsOptions;
 
 /// Largest response accepted (etcd's client uses `math.MaxInt32` too).
 const MAX_RECV_BYTES: usize = i32::MAX as usize;
@@ -60,6 +62,8 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Delay between retry rounds (a round tries every endpoint once).
     pub backoff: Backoff,
+    /// TLS (`https`) with these files; `None`: plaintext.
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for ClientOptions {
@@ -68,6 +72,7 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             backoff: Backoff::default(),
+            tls: None,
         }
     }
 }
@@ -407,13 +412,20 @@ impl Client {
 
 /// One lazily connected channel to `endpoint`.
 fn make_channel(endpoint: &str, opts: &ClientOptions) -> Result<Channel, ClientError> {
-    let ep = tonic::transport::Endpoint::from_shared(endpoint::endpoint_uri(endpoint))
-        .map_err(|e| ClientError::InvalidEndpoint {
-            endpoint: endpoint.to_string(),
-            reason: e.to_string(),
-        })?
+    let invalid = |e: tonic::transport::Error| ClientError::InvalidEndpoint {
+        endpoint: endpoint.to_string(),
+        reason: e.to_string(),
+    };
+    let uri = endpoint::endpoint_uri(endpoint, opts.tls.is_some());
+    let mut ep = tonic::transport::Endpoint::from_shared(uri)
+        .map_err(invalid)?
         .connect_timeout(opts.connect_timeout)
         .tcp_nodelay(true);
+    if let Some(tls) = &opts.tls {
+        ep = ep
+            .tls_config(tls.tonic_config(tls::host_of(endpoint))?)
+            .map_err(invalid)?;
+    }
     Ok(ep.connect_lazy())
 }
 
@@ -511,6 +523,7 @@ mod tests {
                 base: Duration::from_millis(10),
                 max: Duration::from_millis(50),
             },
+            tls: None,
         };
         let client = Client::connect(
             [format!("127.0.0.1:{a}"), format!("http://127.0.0.1:{b}")],

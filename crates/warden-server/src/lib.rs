@@ -7,6 +7,7 @@
 //! - [`api`]: the gRPC services on the client port (etcd v3 KV, Watch,
 //!   Lease, Cluster, Maintenance, v3lock, v3election, health, and the native
 //!   `warden.v1.Locks`): protobuf in, `Node` calls, protobuf out.
+//! - [`tls`]: TLS on both ports (rustls), reloaded when the files change.
 //!
 //! Arrows point down: `api` uses `node`, `node` uses `warden-core`; neither
 //! knows about the CLI.
@@ -14,3 +15,4 @@
 
 pub mod api;
 pub mod node;
+pub mod tls;

@@ -210,7 +210,9 @@ pub fn revision_of(header: Option<&ResponseHeader>) -> i64 {
 /// definite answer), `Info` when it may have.
 pub fn outcome_of(e: &ClientError) -> Outcome {
     match e {
-        ClientError::NoEndpoints | ClientError::InvalidEndpoint { .. } => Outcome::Fail,
+        ClientError::NoEndpoints | ClientError::InvalidEndpoint { .. } | ClientError::Tls(_) => {
+            Outcome::Fail
+        }
         // The client only gives up this way on a write after every attempt
         // failed before sending or with "no leader".
         ClientError::Unavailable { .. } => Outcome::Fail,

@@ -18,6 +18,8 @@ pub struct ClusterService {
 
 pub fn members(node: &Node) -> Result<Vec<pb::Member>, Status> {
     let st = node.status();
+    // Every member of a cluster is set up alike: our schemes are theirs.
+    let (client, peer) = node.schemes();
     node.with_state(|d| {
         st.members
             .iter()
@@ -28,11 +30,11 @@ pub fn members(node: &Node) -> Result<Vec<pb::Member>, Status> {
                 } else {
                     m.name.clone()
                 },
-                peer_urls: vec![format!("http://{}", m.peer_addr)],
+                peer_urls: vec![format!("{peer}://{}", m.peer_addr)],
                 client_urls: d
                     .client_addrs
                     .get(id)
-                    .map(|a| vec![format!("http://{a}")])
+                    .map(|a| vec![format!("{client}://{a}")])
                     .unwrap_or_default(),
                 is_learner: st.learners.contains(id),
             })
@@ -51,6 +53,7 @@ fn peer_addr(urls: &[String]) -> Result<String, Status> {
     let addr = url
         .trim()
         .strip_prefix("http://")
+        .or_else(|| url.trim().strip_prefix("https://"))
         .unwrap_or(url.trim())
         .trim_end_matches('/');
     if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
@@ -103,7 +106,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             member: Some(pb::Member {
                 id,
                 name: String::new(),
-                peer_urls: vec![format!("http://{addr}")],
+                peer_urls: vec![format!("{}://{addr}", self.node.schemes().1)],
                 client_urls: Vec::new(),
                 is_learner: req.is_learner,
             }),

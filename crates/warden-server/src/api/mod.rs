@@ -88,11 +88,13 @@ pub fn unexpected() -> tonic::Status {
     tonic::Status::internal("state machine answered with the wrong result kind")
 }
 
-/// Serves the client API on `listener` until `shutdown` resolves.
+/// Serves the client API on `listener` (over TLS with `tls`) until
+/// `shutdown` resolves.
 pub async fn serve(
     node: Arc<Node>,
     listener: TcpListener,
     max_request_bytes: usize,
+    tls: Option<Arc<crate::tls::ServerTls>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let limit = max_request_bytes + GRPC_OVERHEAD;
@@ -142,7 +144,7 @@ pub async fn serve(
     // `--grpc-keepalive-*`): bound the streams one connection may hold, and
     // ping idle connections so dead ones (and the watchers on them) go.
     let http2 = node.client_http2();
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(http2.max_concurrent_streams)
         .http2_keepalive_interval(http2.keepalive_interval)
@@ -155,14 +157,27 @@ pub async fn serve(
         .add_service(lease)
         .add_service(lock)
         .add_service(election)
-        .add_service(locks)
-        .serve_with_incoming_shutdown(
-            // `Server::tcp_nodelay` does not apply to a given listener: set it
-            // on the incoming stream, or small responses wait ~40 ms for a
-            // delayed ACK.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await?;
+        .add_service(locks);
+    match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(
+                    crate::tls::incoming(listener, tls, "client"),
+                    shutdown,
+                )
+                .await?
+        }
+        // `Server::tcp_nodelay` does not apply to a given listener: set it
+        // on the incoming stream, or small responses wait ~40 ms for a
+        // delayed ACK.
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown,
+                )
+                .await?
+        }
+    }
     Ok(())
 }

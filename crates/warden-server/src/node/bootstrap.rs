@@ -96,7 +96,10 @@ impl Node {
             }
         };
         let id = identity.id;
-        let links = Arc::new(Links::with_routes(cfg.peer_routes.clone()));
+        let links = Arc::new(Links::new(
+            cfg.peer_routes.clone(),
+            cfg.peer_tls.as_ref().map(|t| t.as_client()),
+        ));
         let net = NetworkFactory {
             links: links.clone(),
         };
@@ -160,8 +163,12 @@ impl Node {
 async fn join_cluster(cfg: &NodeConfig) -> anyhow::Result<membership::Identity> {
     use warden_client::{Client, ClientOptions, OpKind};
     use warden_proto::etcdserverpb::{cluster_client::ClusterClient, MemberAddRequest};
-    let client = Client::connect(&cfg.join, ClientOptions::default()).await?;
-    let peer_url = format!("http://{}", cfg.peer_addr);
+    let opts = ClientOptions {
+        tls: cfg.client_tls.as_ref().map(|t| t.as_client()),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(&cfg.join, opts).await?;
+    let peer_url = format!("{}://{}", cfg.peer_scheme(), cfg.peer_addr);
     // The cluster may be electing a leader: keep asking for a while.
     let give_up = Instant::now() + Duration::from_secs(30);
     let added = loop {

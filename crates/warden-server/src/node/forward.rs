@@ -172,7 +172,7 @@ impl Node {
                 return Ok(c.clone());
             }
         }
-        let c = network::peer_client(&self.links.route(&addr)).map_err(NodeError::Internal)?;
+        let c = self.links.client(&addr).map_err(NodeError::Internal)?;
         cache.insert(leader, (addr, c.clone()));
         Ok(c)
     }

@@ -133,6 +133,33 @@ pub struct NodeConfig {
     /// Auto-compaction run by the leader (`--auto-compaction-mode` and
     /// `--auto-compaction-retention`); `None`: off.
     pub auto_compaction: Option<auto_compact::AutoCompaction>,
+    /// TLS on the client port (`--cert-file`, `--key-file`,
+    /// `--trusted-ca-file`, `--client-cert-auth`); `None`: plaintext.
+    pub client_tls: Option<crate::tls::TlsFiles>,
+    /// TLS between members (`--peer-cert-file`, `--peer-key-file`,
+    /// `--peer-trusted-ca-file`, `--peer-client-cert-auth`); `None`:
+    /// plaintext.
+    pub peer_tls: Option<crate::tls::TlsFiles>,
+}
+
+impl NodeConfig {
+    /// `https` if clients reach this member over TLS, else `http`.
+    pub fn client_scheme(&self) -> &'static str {
+        if self.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// `https` if members reach each other over TLS, else `http`.
+    pub fn peer_scheme(&self) -> &'static str {
+        if self.peer_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 /// HTTP/2 settings of the client port, under etcd's flag names.
@@ -222,6 +249,11 @@ impl Node {
     /// HTTP/2 limits for the client port (`api::serve`).
     pub fn client_http2(&self) -> Http2Limits {
         self.config.client_http2
+    }
+
+    /// URL schemes of the client and peer ports (`https` with TLS).
+    pub fn schemes(&self) -> (&'static str, &'static str) {
+        (self.config.client_scheme(), self.config.peer_scheme())
     }
 
     /// The id of the cluster this member belongs to.

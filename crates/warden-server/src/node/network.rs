@@ -73,14 +73,31 @@ pub struct Links {
     inner: Mutex<BTreeMap<u64, LinkInfo>>,
     /// Peer address → address to dial instead (`--peer-route`).
     routes: BTreeMap<String, String>,
+    /// TLS to peers (the `--peer-*` files), or plaintext.
+    tls: Option<warden_client::TlsOptions>,
 }
 
 impl Links {
-    pub fn with_routes(routes: BTreeMap<String, String>) -> Self {
+    pub fn new(routes: BTreeMap<String, String>, tls: Option<warden_client::TlsOptions>) -> Self {
         Links {
             inner: Mutex::default(),
             routes,
+            tls,
         }
+    }
+
+    /// A lazily connecting client for the peer advertised at `peer_addr`:
+    /// dialed at its route, over TLS if configured (the peer's certificate
+    /// must be valid for the host of `peer_addr`, wherever it is dialed).
+    pub fn client(&self, peer_addr: &str) -> Result<RaftPeerClient<Channel>, String> {
+        let tls = match &self.tls {
+            None => None,
+            Some(t) => Some(
+                t.tonic_config(warden_client::tls::host_of(peer_addr))
+                    .map_err(|e| e.to_string())?,
+            ),
+        };
+        peer_client(&self.route(peer_addr), tls)
     }
 
     /// The address to dial for a peer's advertised address.
@@ -144,14 +161,22 @@ pub fn decode<T: DeserializeOwned>(b: &Blob) -> Result<T, String> {
     postcard::from_bytes(&b.data).map_err(|e| format!("decode peer message: {e}"))
 }
 
-/// A lazily connecting client for a peer address.
-pub fn peer_client(addr: &str) -> Result<RaftPeerClient<Channel>, String> {
-    let ep = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
+/// A lazily connecting client dialing `addr`, over TLS with `tls`.
+fn peer_client(
+    addr: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<RaftPeerClient<Channel>, String> {
+    let bad = |e: tonic::transport::Error| format!("bad peer address {addr:?}: {e}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(bad)?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5));
+    if let Some(tls) = tls {
+        ep = ep.tls_config(tls).map_err(bad)?;
+    }
     Ok(RaftPeerClient::new(ep.connect_lazy())
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE))
@@ -171,7 +196,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         PeerNetwork {
             target,
             addr: node.peer_addr.clone(),
-            client: peer_client(&self.links.route(&node.peer_addr)).map_err(|e| e.to_string()),
+            client: self.links.client(&node.peer_addr),
             links: self.links.clone(),
         }
     }

@@ -74,7 +74,7 @@ pub async fn run_bench(endpoints: &[String], args: BenchArgs, json: bool) -> any
     let mut channels = Vec::new();
     for i in 0..args.conns {
         let ep = &endpoints[i % endpoints.len()];
-        let ch: Channel = Endpoint::from_shared(endpoint_uri(ep))
+        let ch: Channel = Endpoint::from_shared(endpoint_uri(ep, false))
             .with_context(|| format!("bad endpoint {ep:?}"))?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(3))

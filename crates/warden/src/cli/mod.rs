@@ -12,6 +12,7 @@
 //! which prints one `Error: …` line on stderr.
 
 pub mod bench;
+pub mod certs;
 pub mod cluster;
 mod common;
 pub mod elect;
@@ -66,6 +67,29 @@ pub struct GlobalArgs {
     /// ms/s/m (e.g. 500ms, 1m).
     #[arg(long, global = true, default_value = "5", value_parser = parse_timeout)]
     pub command_timeout: Duration,
+    /// Connect over TLS, trusting servers whose certificate chains to this
+    /// CA (PEM), as etcdctl's flag. TLS is also used when --cert is given or
+    /// an endpoint is https://.
+    #[arg(long, id = "tls_cacert", global = true, env = "WARDEN_CACERT")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for servers that require one.
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        global = true,
+        env = "WARDEN_CERT",
+        requires = "tls_key"
+    )]
+    pub cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        global = true,
+        env = "WARDEN_KEY",
+        requires = "tls_cert"
+    )]
+    pub key: Option<std::path::PathBuf>,
 }
 
 /// The subcommands.
@@ -105,6 +129,8 @@ pub enum Command {
     },
     /// Measure throughput and latency against the endpoints.
     Bench(bench::BenchArgs),
+    /// Write a throwaway CA and certificates for trying TLS out.
+    Certs(certs::CertsArgs),
     /// Cluster membership.
     Member {
         /// What to do with members.
@@ -126,6 +152,7 @@ impl Cli {
         let command = match self.command {
             Command::Server(args) => return server::run_server(*args).await,
             Command::Dev(args) => return server::run_dev(args).await,
+            Command::Certs(args) => return certs::run_certs(args),
             Command::Bench(args) => {
                 let json = global.output == Format::Json;
                 return bench::run_bench(&global.endpoints, args, json).await;
@@ -160,9 +187,23 @@ impl GlobalArgs {
             connect_timeout: self
                 .command_timeout
                 .min(ClientOptions::default().connect_timeout),
+            tls: self.tls(),
             ..ClientOptions::default()
         };
         Ok(Client::connect(&self.endpoints, opts).await?)
+    }
+
+    /// TLS options, if any TLS flag is given or an endpoint is https.
+    pub fn tls(&self) -> Option<warden_client::TlsOptions> {
+        let https = self
+            .endpoints
+            .iter()
+            .any(|e| e.trim().to_ascii_lowercase().starts_with("https://"));
+        (https || self.cacert.is_some() || self.cert.is_some()).then(|| warden_client::TlsOptions {
+            ca: self.cacert.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        })
     }
 }
 
@@ -186,6 +227,7 @@ async fn execute(
         Command::Server(_)
         | Command::Dev(_)
         | Command::Bench(_)
+        | Command::Certs(_)
         | Command::Lease { .. }
         | Command::Watch(_)
         | Command::Elect(_)

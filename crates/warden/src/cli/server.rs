@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -20,6 +21,7 @@ use warden_client::{parse_endpoint, parse_endpoints, ClientError};
 use warden_server::node::auto_compact::AutoCompaction;
 use warden_server::node::{Http2Limits, WatchLimits};
 use warden_server::node::{Node, NodeConfig};
+use warden_server::tls::{ServerTls, TlsFiles};
 
 /// Flags of `warden server`. Each is also read from `WARDEN_<FLAG>` and from
 /// the optional TOML file given with `--config` (same names, kebab-case);
@@ -125,6 +127,36 @@ pub struct ServerArgs {
     /// revisions; 0 turns auto-compaction off [default: 0].
     #[arg(long, env = "WARDEN_AUTO_COMPACTION_RETENTION")]
     pub auto_compaction_retention: Option<String>,
+    /// Certificate (PEM) of the client port: with --key-file, clients
+    /// connect over TLS (etcd's flag).
+    #[arg(long, env = "WARDEN_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file (etcd's flag).
+    #[arg(long, env = "WARDEN_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates must chain to; also what
+    /// this member trusts when it joins through a member's client port
+    /// (etcd's flag).
+    #[arg(long, env = "WARDEN_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate chaining to --trusted-ca-file (etcd's
+    /// flag) [default: false].
+    #[arg(long, env = "WARDEN_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub client_cert_auth: Option<bool>,
+    /// Certificate (PEM) of the peer port, also presented when dialing
+    /// peers: with --peer-key-file, members talk over TLS (etcd's flag).
+    #[arg(long, env = "WARDEN_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --peer-cert-file (etcd's flag).
+    #[arg(long, env = "WARDEN_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) peers' certificates must chain to (etcd's flag).
+    #[arg(long, env = "WARDEN_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Require peers to present a certificate chaining to
+    /// --peer-trusted-ca-file (etcd's flag) [default: false].
+    #[arg(long, env = "WARDEN_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub peer_client_cert_auth: Option<bool>,
 }
 
 /// Flags of `warden dev`.
@@ -236,6 +268,16 @@ impl ServerArgs {
             grpc_keepalive_interval,
             grpc_keepalive_timeout
         );
+        fill!(
+            cert_file,
+            key_file,
+            trusted_ca_file,
+            client_cert_auth,
+            peer_cert_file,
+            peer_key_file,
+            peer_trusted_ca_file,
+            peer_client_cert_auth
+        );
         Ok(self)
     }
 
@@ -330,6 +372,20 @@ impl ServerArgs {
             a.auto_compaction_mode.as_deref().unwrap_or("periodic"),
             a.auto_compaction_retention.as_deref().unwrap_or("0"),
         )?;
+        let client_tls = tls_files(
+            "",
+            a.cert_file,
+            a.key_file,
+            a.trusted_ca_file,
+            a.client_cert_auth.unwrap_or(false),
+        )?;
+        let peer_tls = tls_files(
+            "peer-",
+            a.peer_cert_file,
+            a.peer_key_file,
+            a.peer_trusted_ca_file,
+            a.peer_client_cert_auth.unwrap_or(false),
+        )?;
         let max_request_bytes = a.max_request_bytes.unwrap_or(1536 * 1024);
         if max_request_bytes == 0 {
             bail!("invalid --max-request-bytes: must be > 0");
@@ -353,9 +409,44 @@ impl ServerArgs {
                 client_http2,
                 quota_backend_bytes,
                 auto_compaction,
+                client_tls,
+                peer_tls,
             },
             max_request_bytes,
         ))
+    }
+}
+
+/// The TLS files of one port from its flags (`prefix` is `""` for the
+/// client port, `"peer-"` for the peer port), checked for consistency; the
+/// files themselves are loaded when the member starts.
+fn tls_files(
+    prefix: &str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    client_cert_auth: bool,
+) -> anyhow::Result<Option<TlsFiles>> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            if client_cert_auth && ca.is_none() {
+                bail!("--{prefix}client-cert-auth needs --{prefix}trusted-ca-file: the CA client certificates must chain to");
+            }
+            Ok(Some(TlsFiles {
+                cert,
+                key,
+                ca,
+                client_cert_auth,
+            }))
+        }
+        (None, None) => {
+            if client_cert_auth || ca.is_some() {
+                bail!("--{prefix}client-cert-auth and --{prefix}trusted-ca-file need TLS: give --{prefix}cert-file and --{prefix}key-file");
+            }
+            Ok(None)
+        }
+        (Some(_), None) => bail!("--{prefix}cert-file needs --{prefix}key-file"),
+        (None, Some(_)) => bail!("--{prefix}key-file needs --{prefix}cert-file"),
     }
 }
 
@@ -523,6 +614,16 @@ async fn bind(field: &str, addr: &str) -> anyhow::Result<tokio::net::TcpListener
 /// stops accepting, lets Raft finish what is in flight, and exits 0.
 pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let (cfg, max_request_bytes) = args.resolve()?;
+    let load = |port: &str, files: &Option<TlsFiles>| -> anyhow::Result<Option<Arc<ServerTls>>> {
+        match files {
+            None => Ok(None),
+            Some(f) => Ok(Some(Arc::new(
+                ServerTls::load(f.clone()).with_context(|| format!("TLS of the {port} port"))?,
+            ))),
+        }
+    };
+    let client_tls = load("client", &cfg.client_tls)?;
+    let peer_tls = load("peer", &cfg.peer_tls)?;
     let peer_listener = bind("peer-addr", &cfg.peer_addr).await?;
     let client_listener = bind("client-addr", &cfg.client_addr).await?;
     let node = Node::start(cfg.clone()).await?;
@@ -539,7 +640,7 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let peer = tonic::transport::Server::builder()
+    let peer_router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(
             warden_proto::peer::raft_peer_server::RaftPeerServer::new(
@@ -547,15 +648,34 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             )
             .max_decoding_message_size(warden_server::node::network::MAX_MESSAGE)
             .max_encoding_message_size(warden_server::node::network::MAX_MESSAGE),
-        )
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(peer_listener).with_nodelay(Some(true)),
-            stopped(stop_rx.clone()),
         );
+    let peer_stop = stopped(stop_rx.clone());
+    let peer = async move {
+        match peer_tls {
+            Some(tls) => {
+                peer_router
+                    .serve_with_incoming_shutdown(
+                        warden_server::tls::incoming(peer_listener, tls, "peer"),
+                        peer_stop,
+                    )
+                    .await
+            }
+            None => {
+                peer_router
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(peer_listener)
+                            .with_nodelay(Some(true)),
+                        peer_stop,
+                    )
+                    .await
+            }
+        }
+    };
     let client = warden_server::api::serve(
         node.clone(),
         client_listener,
         max_request_bytes,
+        client_tls,
         stopped(stop_rx),
     );
     let peer_task = tokio::spawn(peer);

@@ -36,6 +36,8 @@ pub struct Cluster {
     pub initial: String,
     /// Extra flags every member gets.
     pub extra: Vec<String>,
+    /// How the harness reaches the client ports (TLS clusters).
+    pub tls: Option<warden_client::TlsOptions>,
     _tmp: tempfile::TempDir,
 }
 
@@ -79,6 +81,7 @@ impl Cluster {
             members,
             initial,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls: None,
             _tmp: tmp,
         }
     }
@@ -197,7 +200,7 @@ impl Cluster {
             .collect();
         let mut channels = Vec::new();
         for i in &running {
-            channels.push(channel(&self.members[*i].client).await);
+            channels.push(self.channel(*i));
         }
         let found = warden_testkit::poll::until(timeout, || {
             let channels = channels.clone();
@@ -223,6 +226,37 @@ impl Drop for Cluster {
             self.kill(i);
         }
     }
+}
+
+impl Cluster {
+    /// A channel to member `i`'s client port (over TLS if the cluster has
+    /// `tls`).
+    pub fn channel(&self, i: usize) -> Channel {
+        match &self.tls {
+            None => plain_channel(&self.members[i].client),
+            Some(t) => tls_channel(&self.members[i].client, t),
+        }
+    }
+}
+
+/// A channel to `addr` over TLS with `tls`.
+pub fn tls_channel(addr: &str, tls: &warden_client::TlsOptions) -> Channel {
+    let host = warden_client::tls::host_of(addr);
+    tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .expect("endpoint")
+        .tls_config(tls.tonic_config(host).expect("tls config"))
+        .expect("tls")
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy()
+}
+
+fn plain_channel(addr: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy()
 }
 
 pub async fn channel(addr: &str) -> Channel {

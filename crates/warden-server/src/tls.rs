@@ -1,0 +1,255 @@
+//! TLS on the client and peer ports, with rustls over the `ring` provider
+//! (pure Rust and C with no system OpenSSL, builds offline on every target
+//! we ship; aws-lc would add a CMake build for no gain here).
+//!
+//! - [`ServerTls`]: a port's certificate, key and, with client certificate
+//!   authentication (etcd's `--client-cert-auth`, `--peer-client-cert-auth`),
+//!   the CA that client certificates must chain to. The files are checked
+//!   again whenever a connection arrives and reloaded when they changed, so
+//!   a certificate replaced on disk serves the next connection with no
+//!   restart; a replacement that does not load is logged and the previous
+//!   configuration kept.
+//! - [`incoming`]: the accept loop of a TLS port. Handshakes run in their
+//!   own tasks, at most [`MAX_HANDSHAKES`] at once and each within
+//!   [`HANDSHAKE_TIMEOUT`], so a client that connects and sends nothing
+//!   holds one socket for a bounded time and never stalls other clients.
+//! - [`TlsFiles::as_client`]: what a member presents when it dials a peer
+//!   (or, when joining, a member's client port), as a
+//!   `warden_client::TlsOptions`: read from disk for each new connection.
+//!
+//! Must never: accept a connection whose handshake failed, or whose client
+//! certificate is missing or does not chain to the CA when client
+//! certificate authentication is on.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::rustls;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Most TLS handshakes in progress on one port.
+pub const MAX_HANDSHAKES: usize = 256;
+
+/// Longest a TLS handshake may take before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A port's TLS files, under etcd's flag names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `--cert-file` / `--peer-cert-file`: PEM certificate chain.
+    pub cert: PathBuf,
+    /// `--key-file` / `--peer-key-file`: PEM private key.
+    pub key: PathBuf,
+    /// `--trusted-ca-file` / `--peer-trusted-ca-file`: PEM CA certificates
+    /// that the other side's certificate must chain to.
+    pub ca: Option<PathBuf>,
+    /// `--client-cert-auth` / `--peer-client-cert-auth`: require a client
+    /// certificate chaining to `ca`.
+    pub client_cert_auth: bool,
+}
+
+/// Why TLS files could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading {what} {}: {reason}", path.display())]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{0}")]
+    Config(String),
+}
+
+fn file_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(String) -> TlsError + 'a {
+    move |reason| TlsError::File {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads a PEM certificate chain (at least one certificate).
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err("certificate", path)(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err("certificate", path)(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(file_err("certificate", path)(
+            "no PEM certificate in it".into(),
+        ));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_err("private key", path)(e.to_string()))
+}
+
+fn read_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(path)? {
+        roots
+            .add(c)
+            .map_err(|e| file_err("CA certificate", path)(e.to_string()))?;
+    }
+    Ok(roots)
+}
+
+/// Builds the rustls server configuration of `files`.
+fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
+    let certs = read_certs(&files.cert)?;
+    let key = read_key(&files.key)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = if files.client_cert_auth {
+        let ca = files.ca.as_deref().ok_or_else(|| {
+            TlsError::Config("client certificate authentication needs a trusted CA file".into())
+        })?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(read_roots(ca)?),
+            provider(),
+        )
+        .build()
+        .map_err(|e| TlsError::Config(format!("client verifier from {}: {e}", ca.display())))?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut cfg = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Config(format!("{}: {e}", files.cert.display())))?;
+    // gRPC is HTTP/2 only.
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
+/// Modification time and length of each file: what a reload compares.
+type Stamp = Vec<Option<(SystemTime, u64)>>;
+
+fn stamp(files: &TlsFiles) -> Stamp {
+    [Some(&files.cert), Some(&files.key), files.ca.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
+/// A port's server TLS configuration, reloaded when its files change.
+pub struct ServerTls {
+    files: TlsFiles,
+    current: Mutex<(Stamp, Arc<rustls::ServerConfig>)>,
+}
+
+impl ServerTls {
+    /// Loads `files`; an error here stops the member at startup.
+    pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
+        let s = stamp(&files);
+        let cfg = server_config(&files)?;
+        Ok(ServerTls {
+            files,
+            current: Mutex::new((s, Arc::new(cfg))),
+        })
+    }
+
+    /// The configuration to use for a new connection: reloaded first if a
+    /// file changed since the last load (kept as it was, with a warning, if
+    /// the new files do not load, e.g. a key written before its certificate).
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
+        let now = stamp(&self.files);
+        let mut cur = match self.current.lock() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        if cur.0 != now {
+            match server_config(&self.files) {
+                Ok(cfg) => {
+                    tracing::info!(cert = %self.files.cert.display(), "TLS files changed: reloaded");
+                    *cur = (now, Arc::new(cfg));
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "TLS files changed but do not load, keeping the previous ones: {e}"
+                    );
+                    cur.0 = now;
+                }
+            }
+        }
+        cur.1.clone()
+    }
+}
+
+/// Accepts TLS connections on `listener`: the stream of established
+/// sessions for `tonic`'s `serve_with_incoming`. Ends when the server drops
+/// the stream.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    port: &'static str,
+) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+    let (tx, rx) = mpsc::channel(64);
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = tx.closed() => return,
+                a = listener.accept() => a,
+            };
+            let (tcp, from) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off a little.
+                    tracing::warn!(port, "accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                tracing::warn!(port, %from, "too many TLS handshakes in progress: connection dropped");
+                continue;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => {
+                        let _ = tx.send(Ok(s)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(port, %from, "TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(port, %from, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+impl TlsFiles {
+    /// The same files as a client presents them when dialing (a member
+    /// dialing its peers with the peer files).
+    pub fn as_client(&self) -> warden_client::TlsOptions {
+        warden_client::TlsOptions {
+            ca: self.ca.clone(),
+            cert: Some(self.cert.clone()),
+            key: Some(self.key.clone()),
+        }
+    }
+}
