@@ -168,6 +168,10 @@ pub struct DevArgs {
     /// Directory holding each member's data directory.
     #[arg(long, default_value = "warden-dev")]
     pub dir: std::path::PathBuf,
+    /// Serve clients and peers over TLS with client certificates required,
+    /// using a throwaway CA made in DIR/certs (see `warden certs`).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// The address given to `--{field}`, in canonical `host:port` form. Parsed
@@ -719,6 +723,28 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let initial = initial.join(",");
     let mut children = Vec::new();
     let mut endpoints = Vec::new();
+    let certs = if args.tls {
+        let hosts = ["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+        Some(super::certs::write_certs(&args.dir.join("certs"), &hosts)?)
+    } else {
+        None
+    };
+    let mut tls_flags: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(f) = &certs {
+        for (flag, path) in [
+            ("--cert-file", &f.server_cert),
+            ("--key-file", &f.server_key),
+            ("--trusted-ca-file", &f.ca),
+            ("--peer-cert-file", &f.server_cert),
+            ("--peer-key-file", &f.server_key),
+            ("--peer-trusted-ca-file", &f.ca),
+        ] {
+            tls_flags.push(flag.into());
+            tls_flags.push(path.into());
+        }
+        tls_flags.push("--client-cert-auth".into());
+        tls_flags.push("--peer-client-cert-auth".into());
+    }
     for (i, name) in names.iter().enumerate() {
         let (c, p) = dev_ports(i);
         let dir: PathBuf = args.dir.join(name);
@@ -732,6 +758,7 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             .args(["--client-addr", &format!("127.0.0.1:{c}")])
             .args(["--peer-addr", &format!("127.0.0.1:{p}")])
             .args(["--initial-cluster", &initial])
+            .args(&tls_flags)
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
@@ -745,13 +772,29 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         children.push(child);
     }
     let eps = endpoints.join(",");
+    let (eps, tls) = match &certs {
+        None => (eps, String::new()),
+        Some(f) => (
+            endpoints
+                .iter()
+                .map(|e| format!("https://{e}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            format!(
+                " --cacert {} --cert {} --key {}",
+                f.ca.display(),
+                f.client_cert.display(),
+                f.client_key.display()
+            ),
+        ),
+    };
     println!();
     println!("logs: {}/<name>.log   stop: Ctrl-C", args.dir.display());
     println!("try:");
-    println!("  warden --endpoints {eps} put greeting hello");
-    println!("  warden --endpoints {eps} get greeting");
-    println!("  warden --endpoints {eps} status");
-    println!("  etcdctl --endpoints {eps} member list -w table");
+    println!("  warden --endpoints {eps}{tls} put greeting hello");
+    println!("  warden --endpoints {eps}{tls} get greeting");
+    println!("  warden --endpoints {eps}{tls} status");
+    println!("  etcdctl --endpoints {eps}{tls} member list -w table");
     shutdown_signal().await;
     println!("stopping members");
     for c in &mut children {
