@@ -12,3 +12,13 @@
 
 pub mod state;
 pub mod storage;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
+
+#[cfg(test)]
+mod fuzz_tests;
+
+/// Measures the largest allocation of the decoder fuzz tests.
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: testing::ProbeAlloc = testing::ProbeAlloc;

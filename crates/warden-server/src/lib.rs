@@ -16,3 +16,8 @@
 pub mod api;
 pub mod node;
 pub mod tls;
+
+/// Measures the largest allocation of the decoder fuzz tests.
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: warden_core::testing::ProbeAlloc = warden_core::testing::ProbeAlloc;

@@ -87,7 +87,8 @@ impl From<LogError> for std::io::Error {
 /// Handle to the log file. Cheap to share behind an `Arc`; redb serialises
 /// writers internally.
 pub struct LogDb {
-    db: Database,
+    /// Always `Some` until dropped (see the `Drop` impl).
+    db: Option<Database>,
     path: PathBuf,
     upgraded_from: Option<u32>,
 }
@@ -96,6 +97,38 @@ pub struct LogDb {
 /// payload encoding (version 1), so the version is checked and dropped here.
 fn unframe(raw: &[u8]) -> Result<&[u8], FormatError> {
     format::decode_record(raw).map(|(_version, payload)| payload)
+}
+
+/// The error for a panic redb raised on a damaged file. redb panics on some
+/// damaged files instead of returning `Corrupted` (an index out of bounds
+/// reading a page, a failed assertion on its allocator state; found by the
+/// fuzz tests, docs/testing.md): opening and reading are run under
+/// `catch_unwind` so that a damaged log is refused with an error naming the
+/// file, like any other damage, rather than crashing the member. Only
+/// reads are guarded: the server stops on any log error, so a handle is
+/// not written to after one.
+fn damaged(panic: &(dyn std::any::Any + Send)) -> redb::Error {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown cause");
+    redb::Error::Corrupted(format!(
+        "damaged file: the database failed reading it ({what})"
+    ))
+}
+
+/// Closing a database writes its allocator state, which redb can panic
+/// on when the file is damaged (see [`damaged`]): the close is guarded so
+/// a damaged log does not turn a clean shutdown into a crash.
+impl Drop for LogDb {
+    fn drop(&mut self) {
+        if let Some(db) = self.db.take() {
+            // A failed close leaves the file as damaged as it was; the
+            // panic hook has printed why.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(db)));
+        }
+    }
 }
 
 /// What [`LogDb::open`] found about the file's layout.
@@ -108,24 +141,38 @@ impl LogDb {
     /// Opens (or creates) the log file at `path`, upgrading a format-0 file
     /// in place (see the module docs) and refusing an unknown format.
     pub fn open(path: &Path) -> Result<Self, LogError> {
-        let db = Database::create(path).map_err(|e| LogError::Db {
+        let db_err = |source: redb::Error| LogError::Db {
             path: path.to_path_buf(),
-            source: Box::new(e.into()),
-        })?;
+            source: Box::new(source),
+        };
+        // redb panics on some damaged files (see `damaged`).
+        let db = std::panic::catch_unwind(|| Database::create(path))
+            .map_err(|panic| db_err(damaged(&*panic)))?
+            .map_err(|e| db_err(e.into()))?;
         let mut this = Self {
-            db,
+            db: Some(db),
             path: path.to_path_buf(),
             upgraded_from: None,
         };
-        let txn = this.db.begin_write().map_err(|e| this.err(e))?;
-        // Creating the tables here means readers never see "table missing".
-        let layout = this.layout(&txn)?;
-        if let Layout::Format0 = layout {
-            this.upgrade_format_0(&txn)?;
-            this.upgraded_from = Some(0);
-        }
-        txn.commit().map_err(|e| this.err(e))?;
+        // The first transaction reads the tables: guarded too.
+        this.upgraded_from = this.guarded(|| this.prepare())?;
         Ok(this)
+    }
+
+    /// Creates the tables (so readers never see "table missing"), checks
+    /// the layout and upgrades a format-0 file; returns the format it was
+    /// upgraded from, if it was.
+    fn prepare(&self) -> Result<Option<u32>, LogError> {
+        let txn = self.db()?.begin_write().map_err(|e| self.err(e))?;
+        let upgraded_from = match self.layout(&txn)? {
+            Layout::Format0 => {
+                self.upgrade_format_0(&txn)?;
+                Some(0)
+            }
+            Layout::Current => None,
+        };
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(upgraded_from)
     }
 
     /// Reads (and for a new file, stamps) the layout version.
@@ -207,6 +254,24 @@ impl LogDb {
         &self.path
     }
 
+    /// Runs a read of the file, turning a panic of redb into an error
+    /// (see [`damaged`]).
+    fn guarded<T>(&self, f: impl FnOnce() -> Result<T, LogError>) -> Result<T, LogError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+            Err(LogError::Db {
+                path: self.path.clone(),
+                source: Box::new(damaged(&*panic)),
+            })
+        })
+    }
+
+    fn db(&self) -> Result<&Database, LogError> {
+        self.db.as_ref().ok_or_else(|| LogError::Db {
+            path: self.path.clone(),
+            source: Box::new(redb::Error::DatabaseAlreadyOpen),
+        })
+    }
+
     fn err(&self, e: impl Into<redb::Error>) -> LogError {
         LogError::Db {
             path: self.path.clone(),
@@ -218,7 +283,7 @@ impl LogDb {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), LogError> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let txn = self.db()?.begin_write().map_err(|e| self.err(e))?;
         f(&txn).map_err(|e| self.err(e))?;
         txn.commit().map_err(|e| self.err(e))
     }
@@ -269,7 +334,7 @@ impl LogDb {
     fn scan(
         &self,
         range: impl RangeBounds<u64>,
-        mut f: impl FnMut(u64, &[u8]) -> bool,
+        f: impl FnMut(u64, &[u8]) -> bool,
     ) -> Result<(), LogError> {
         let lo = match range.start_bound() {
             Bound::Included(x) => *x,
@@ -285,7 +350,16 @@ impl LogDb {
         if hi.is_some_and(|h| h < lo) {
             return Ok(());
         }
-        let r = self.db.begin_read().map_err(|e| self.err(e))?;
+        self.guarded(|| self.scan_inner(lo, hi, f))
+    }
+
+    fn scan_inner(
+        &self,
+        lo: u64,
+        hi: Option<u64>,
+        mut f: impl FnMut(u64, &[u8]) -> bool,
+    ) -> Result<(), LogError> {
+        let r = self.db()?.begin_read().map_err(|e| self.err(e))?;
         let t = r.open_table(ENTRIES).map_err(|e| self.err(e))?;
         let iter = match hi {
             Some(h) => t.range(lo..=h),
@@ -309,7 +383,11 @@ impl LogDb {
 
     /// The last entry, if any.
     pub fn last(&self) -> Result<Option<(u64, Vec<u8>)>, LogError> {
-        let r = self.db.begin_read().map_err(|e| self.err(e))?;
+        self.guarded(|| self.last_inner())
+    }
+
+    fn last_inner(&self) -> Result<Option<(u64, Vec<u8>)>, LogError> {
+        let r = self.db()?.begin_read().map_err(|e| self.err(e))?;
         let t = r.open_table(ENTRIES).map_err(|e| self.err(e))?;
         let Some((k, v)) = t.last().map_err(|e| self.err(e))? else {
             return Ok(None);
@@ -366,7 +444,11 @@ impl LogDb {
     }
 
     pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, LogError> {
-        let r = self.db.begin_read().map_err(|e| self.err(e))?;
+        self.guarded(|| self.get_meta_inner(key))
+    }
+
+    fn get_meta_inner(&self, key: &str) -> Result<Option<Vec<u8>>, LogError> {
+        let r = self.db()?.begin_read().map_err(|e| self.err(e))?;
         let t = r.open_table(META).map_err(|e| self.err(e))?;
         let Some(v) = t.get(key).map_err(|e| self.err(e))? else {
             return Ok(None);

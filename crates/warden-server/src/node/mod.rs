@@ -39,6 +39,9 @@ pub mod state_machine;
 pub mod types;
 pub mod watch_hub;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

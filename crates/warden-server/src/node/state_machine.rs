@@ -137,7 +137,11 @@ fn decode_section<T: serde::de::DeserializeOwned>(
 
 /// The payloads of a snapshot file (frame checked by `snapshot_file`) as
 /// its meta and state.
-fn parse_snapshot(path: &Path, meta: &[u8], body: &[u8]) -> io::Result<(SnapshotMeta, SmData)> {
+pub(crate) fn parse_snapshot(
+    path: &Path,
+    meta: &[u8],
+    body: &[u8],
+) -> io::Result<(SnapshotMeta, SmData)> {
     let meta: SnapshotMeta = decode_section(path, "meta", meta)?;
     let (mut data, alarms) = postcard::take_from_bytes::<SmData>(body)
         .map_err(|e| other(format!("snapshot {}: bad body: {e}", path.display())))?;
