@@ -112,6 +112,11 @@ pub struct Args {
     /// Keep the members' data directories even when every check passes.
     #[arg(long)]
     pub keep_data: bool,
+    /// Run the members with TLS on both ports (client certificates
+    /// required, mutual TLS between members), with certificates made by
+    /// `warden certs` in OUT/certs; every client connects over TLS.
+    #[arg(long)]
+    pub tls: bool,
     /// Do not run anything: check the history saved in this directory.
     #[arg(long)]
     pub check: Option<PathBuf>,
@@ -190,6 +195,7 @@ impl Args {
                 ms(self.hold_max_ms.max(self.hold_min_ms)),
             ),
             keep_data: self.keep_data,
+            tls: self.tls,
             strict_watch_order: self.strict_watch_order,
         })
     }

@@ -55,6 +55,53 @@ pub struct ChaosCluster {
     pub topo: Arc<Topology>,
     /// Members that exited without being killed: "name: status".
     pub crashes: Vec<String>,
+    /// TLS flags every member gets (empty: plaintext).
+    tls_flags: Vec<String>,
+    /// How clients reach the members, with TLS.
+    pub client_tls: Option<warden_client::TlsOptions>,
+}
+
+/// Runs `warden certs DIR` and returns the members' TLS flags (both ports,
+/// client certificates required) and the clients' TLS options.
+fn make_certs(
+    bin: &Path,
+    dir: &Path,
+) -> anyhow::Result<(Vec<String>, Option<warden_client::TlsOptions>)> {
+    let out = Command::new(bin)
+        .arg("certs")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {} certs", bin.display()))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "warden certs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let f = |name: &str| dir.join(name).display().to_string();
+    let flags = vec![
+        "--cert-file".into(),
+        f("server.pem"),
+        "--key-file".into(),
+        f("server-key.pem"),
+        "--trusted-ca-file".into(),
+        f("ca.pem"),
+        "--client-cert-auth".into(),
+        "--peer-cert-file".into(),
+        f("server.pem"),
+        "--peer-key-file".into(),
+        f("server-key.pem"),
+        "--peer-trusted-ca-file".into(),
+        f("ca.pem"),
+        "--peer-client-cert-auth".into(),
+    ];
+    let client = warden_client::TlsOptions {
+        ca: Some(dir.join("ca.pem")),
+        cert: Some(dir.join("client.pem")),
+        key: Some(dir.join("client-key.pem")),
+    };
+    Ok((flags, Some(client)))
 }
 
 fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
@@ -81,6 +128,7 @@ impl ChaosCluster {
         data: &Path,
         timing: ServerTiming,
         proxied: bool,
+        tls: bool,
     ) -> anyhow::Result<ChaosCluster> {
         if !bin.exists() {
             anyhow::bail!(
@@ -126,7 +174,12 @@ impl ChaosCluster {
                 join: None,
             });
         }
-        let topo = Arc::new(Topology::new(names, client_addrs)?);
+        let (tls_flags, client_tls) = if tls {
+            make_certs(bin, &dir.join("certs"))?
+        } else {
+            (Vec::new(), None)
+        };
+        let topo = Arc::new(Topology::new(names, client_addrs, client_tls.clone())?);
         let mut c = ChaosCluster {
             bin: bin.to_path_buf(),
             timing,
@@ -134,6 +187,8 @@ impl ChaosCluster {
             proxies,
             topo,
             crashes: Vec::new(),
+            tls_flags,
+            client_tls,
         };
         for i in 0..n {
             c.restart(i)?;
@@ -196,6 +251,7 @@ impl ChaosCluster {
         if let Some(s) = t.snapshot_entries {
             cmd.args(["--snapshot-entries", &s.to_string()]);
         }
+        cmd.args(&self.tls_flags);
         let child = cmd
             .env("WARDEN_LOG", "info,openraft=warn")
             .env("WARDEN_WATCH_PROGRESS_INTERVAL_MS", "1000")

@@ -60,6 +60,7 @@ pub struct Options {
     pub hold: (Duration, Duration),
     pub keep_data: bool,
     pub strict_watch_order: bool,
+    pub tls: bool,
 }
 
 /// Initial balance of every bank account.
@@ -146,6 +147,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         &data,
         opts.timing.clone(),
         proxied,
+        opts.tls,
     )
     .await?;
     let topo = cluster.topo.clone();
@@ -170,7 +172,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                 base: Duration::from_millis(50),
                 max: Duration::from_millis(500),
             },
-            tls: None,
+            tls: cluster.client_tls.clone(),
         },
         end: Instant::now(),
         fault: opts.fault,

@@ -1,6 +1,9 @@
 //! The short chaos profile (docs/testing.md): `warden-chaos` drives a real
 //! 3-member cluster with every workload while every nemesis strikes at
-//! least once, with a fixed seed, and must find no violation. A second run
+//! least once, with a fixed seed, and must find no violation. It runs with
+//! TLS on both ports (client certificates required, mutual TLS between
+//! members, peer traffic through the partitioning proxies), as a production
+//! cluster would; the other runs are plaintext. A second run
 //! turns on the harness's deliberate client-side fault (linearizable reads
 //! served as serializable reads by followers) and must be caught.
 //!
@@ -60,6 +63,7 @@ fn short_profile_finds_no_violation() {
             "20260501",
             "--snapshot-entries",
             "500",
+            "--tls",
         ],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -67,6 +71,10 @@ fn short_profile_finds_no_violation() {
         out.status.code(),
         Some(0),
         "the short profile found violations or failed"
+    );
+    assert!(
+        dir.path().join("certs").join("ca.pem").is_file(),
+        "not run over TLS"
     );
     assert!(stdout.contains("RESULT: 0 violation(s)"), "{stdout}");
     for checker in [

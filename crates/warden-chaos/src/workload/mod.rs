@@ -88,16 +88,22 @@ pub struct Topology {
 const NO_LEADER: usize = usize::MAX;
 
 impl Topology {
-    pub fn new(names: Vec<String>, client_addrs: Vec<String>) -> anyhow::Result<Topology> {
+    pub fn new(
+        names: Vec<String>,
+        client_addrs: Vec<String>,
+        tls: Option<warden_client::TlsOptions>,
+    ) -> anyhow::Result<Topology> {
         let channels = client_addrs
             .iter()
             .map(|a| {
-                Ok(
-                    tonic::transport::Endpoint::from_shared(format!("http://{a}"))?
-                        .connect_timeout(Duration::from_millis(500))
-                        .tcp_nodelay(true)
-                        .connect_lazy(),
-                )
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                let mut ep = tonic::transport::Endpoint::from_shared(format!("{scheme}://{a}"))?
+                    .connect_timeout(Duration::from_millis(500))
+                    .tcp_nodelay(true);
+                if let Some(t) = &tls {
+                    ep = ep.tls_config(t.tonic_config(warden_client::tls::host_of(a))?)?;
+                }
+                Ok(ep.connect_lazy())
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Topology {
