@@ -157,8 +157,18 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Blob, String> {
 }
 
 /// Deserialises a peer message.
+/// Bytes after the message are refused: a sender that appends anything is
+/// not speaking this format.
 pub fn decode<T: DeserializeOwned>(b: &Blob) -> Result<T, String> {
-    postcard::from_bytes(&b.data).map_err(|e| format!("decode peer message: {e}"))
+    let (v, rest) =
+        postcard::take_from_bytes(&b.data).map_err(|e| format!("decode peer message: {e}"))?;
+    if !rest.is_empty() {
+        return Err(format!(
+            "decode peer message: {} unexpected bytes after it",
+            rest.len()
+        ));
+    }
+    Ok(v)
 }
 
 /// A lazily connecting client dialing `addr`, over TLS with `tls`.
@@ -482,6 +492,15 @@ pub fn schedule(backoff: ClientBackoff) -> impl Iterator<Item = Duration> + Send
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trailing_bytes_after_a_message_are_refused() {
+        let mut b = encode(&(7u64, String::from("x"))).unwrap();
+        assert_eq!(decode::<(u64, String)>(&b).unwrap(), (7, "x".into()));
+        b.data.push(0);
+        let e = decode::<(u64, String)>(&b).unwrap_err();
+        assert!(e.contains("1 unexpected bytes"), "{e}");
+    }
 
     #[test]
     fn failing_links_back_off_and_recover() {
