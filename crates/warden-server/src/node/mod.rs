@@ -133,6 +133,10 @@ pub struct NodeConfig {
     /// Auto-compaction run by the leader (`--auto-compaction-mode` and
     /// `--auto-compaction-retention`); `None`: off.
     pub auto_compaction: Option<auto_compact::AutoCompaction>,
+    /// How often the leader checkpoints the remaining TTL of a lease whose
+    /// remaining TTL exceeds it (`--lease-checkpoint-interval`, etcd's
+    /// flag); see `lessor`.
+    pub lease_checkpoint_interval: Duration,
 }
 
 /// HTTP/2 settings of the client port, under etcd's flag names.

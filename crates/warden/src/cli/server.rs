@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use warden_client::{parse_endpoint, parse_endpoints, ClientError};
 use warden_server::node::auto_compact::AutoCompaction;
+use warden_server::node::lessor;
 use warden_server::node::{Http2Limits, WatchLimits};
 use warden_server::node::{Node, NodeConfig};
 
@@ -125,6 +126,17 @@ pub struct ServerArgs {
     /// revisions; 0 turns auto-compaction off [default: 0].
     #[arg(long, env = "WARDEN_AUTO_COMPACTION_RETENTION")]
     pub auto_compaction_retention: Option<String>,
+    /// How often the leader records the remaining TTL of each lease whose
+    /// remaining TTL is longer than this, so a new leader resumes its
+    /// countdown rather than restarting it (etcd's flag; also accepted as
+    /// `--experimental-lease-checkpoint-interval`) [default: 5m].
+    #[arg(
+        long,
+        env = "WARDEN_LEASE_CHECKPOINT_INTERVAL",
+        alias = "experimental-lease-checkpoint-interval"
+    )]
+    #[serde(alias = "experimental-lease-checkpoint-interval")]
+    pub lease_checkpoint_interval: Option<String>,
 }
 
 /// Flags of `warden dev`.
@@ -234,7 +246,8 @@ impl ServerArgs {
             max_concurrent_streams,
             grpc_keepalive_min_time,
             grpc_keepalive_interval,
-            grpc_keepalive_timeout
+            grpc_keepalive_timeout,
+            lease_checkpoint_interval
         );
         Ok(self)
     }
@@ -330,6 +343,14 @@ impl ServerArgs {
             a.auto_compaction_mode.as_deref().unwrap_or("periodic"),
             a.auto_compaction_retention.as_deref().unwrap_or("0"),
         )?;
+        let lease_checkpoint_interval = match &a.lease_checkpoint_interval {
+            Some(v) => parse_go_duration(v)
+                .map_err(|e| anyhow!("invalid --lease-checkpoint-interval {v:?}: {e}"))?,
+            None => lessor::DEFAULT_CHECKPOINT_INTERVAL,
+        };
+        if lease_checkpoint_interval.is_zero() {
+            bail!("invalid --lease-checkpoint-interval: must be > 0");
+        }
         let max_request_bytes = a.max_request_bytes.unwrap_or(1536 * 1024);
         if max_request_bytes == 0 {
             bail!("invalid --max-request-bytes: must be > 0");
@@ -353,6 +374,7 @@ impl ServerArgs {
                 client_http2,
                 quota_backend_bytes,
                 auto_compaction,
+                lease_checkpoint_interval,
             },
             max_request_bytes,
         ))
