@@ -578,12 +578,15 @@ impl Node {
     }
 
     /// This leader heard from a quorum within the maximum election timeout
-    /// (see the module doc); true when openraft does not say.
+    /// (see the module doc); true when it is the only voter (no one else
+    /// can be elected) or openraft does not say.
     fn quorum_recent(&self) -> bool {
-        let since = self
-            .raft
-            .metrics()
-            .borrow_watched()
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        if m.membership_config.membership().voter_ids().count() <= 1 {
+            return true;
+        }
+        let since = m
             .last_quorum_acked
             .as_ref()
             .map(|t| openraft::Instant::elapsed(&**t));
