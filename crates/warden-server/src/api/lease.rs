@@ -3,9 +3,11 @@
 //!
 //! Grant and Revoke are commands through the log. KeepAlive and TimeToLive
 //! go to the leader's lessor (`node::lessor`), forwarded when this member
-//! is a follower. Leases lists the local table after a ReadIndex.
+//! is a follower; a keep-alive is answered from the leader's memory (see
+//! the lessor for why a failover still never shortens a lease). Leases
+//! lists the local table after a ReadIndex.
 //!
-//! Must never: acknowledge a keep-alive the leader has not made durable.
+//! Must never: answer a keep-alive anywhere but from the leader's lessor.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -173,18 +175,18 @@ impl pb::lease_server::Lease for LeaseService {
         let (rev, leases) = self
             .node
             .read(Consistency::Linearizable, deadline, |d| {
-                let leases: Vec<pb::LeaseStatus> =
-                    d.kv.leases()
-                        .iter()
-                        .map(|l| pb::LeaseStatus { id: l.id })
-                        .collect();
-                (d.kv.revision(), leases)
+                // Only the ids are copied under the state lock.
+                let ids: Vec<i64> = d.kv.leases().iter().map(|l| l.id).collect();
+                (d.kv.revision(), ids)
             })
             .await
             .map_err(node_status)?;
         Ok(Response::new(pb::LeaseLeasesResponse {
             header: Some(header(&self.node, rev)),
-            leases,
+            leases: leases
+                .into_iter()
+                .map(|id| pb::LeaseStatus { id })
+                .collect(),
         }))
     }
 }

@@ -143,6 +143,10 @@ pub struct NodeConfig {
     /// `--peer-trusted-ca-file`, `--peer-client-cert-auth`); `None`:
     /// plaintext.
     pub peer_tls: Option<crate::tls::TlsFiles>,
+    /// How often the leader checkpoints the remaining TTL of a lease whose
+    /// remaining TTL exceeds it (`--lease-checkpoint-interval`, etcd's
+    /// flag); see `lessor`.
+    pub lease_checkpoint_interval: Duration,
 }
 
 impl NodeConfig {

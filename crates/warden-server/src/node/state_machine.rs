@@ -28,6 +28,7 @@ use openraft::{EntryPayload, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::lessor::LeaseFeed;
 pub use super::types::SnapshotFile;
 use super::types::{
     LogId, RaftSnapshot, Request, Response, SnapshotMeta, StoredMembership, TypeConfig,
@@ -89,6 +90,8 @@ struct Shared {
     applied_tx: watch::Sender<u64>,
     snap_dir: PathBuf,
     current: Mutex<Option<(SnapshotMeta, PathBuf)>>,
+    /// Lease grants and revokes as applied, for the leader's lessor.
+    lease_feed: LeaseFeed,
 }
 
 #[derive(Clone)]
@@ -438,6 +441,7 @@ impl SmStore {
                 applied_tx,
                 snap_dir: snap_dir.to_path_buf(),
                 current: Mutex::new(current),
+                lease_feed: LeaseFeed::default(),
             }),
         })
     }
@@ -458,6 +462,12 @@ impl SmStore {
     /// re-read the table.
     pub fn lock_feed(&self) -> broadcast::Receiver<LockFeed> {
         self.shared.lock_feed.subscribe()
+    }
+
+    /// Lease grants and revokes as they are applied (collected only while
+    /// the lessor runs as leader; see `lessor`).
+    pub(super) fn lease_feed(&self) -> &LeaseFeed {
+        &self.shared.lease_feed
     }
 
     /// Index of the last applied entry, as a watch.
@@ -506,6 +516,12 @@ impl SmStore {
             }
             EntryPayload::Normal(Request::Kv(cmd)) => {
                 let applied = d.kv.apply_prepared(&cmd, prepared);
+                if applied.result.is_ok() {
+                    // Under the write lock, so the lessor's take-over (under
+                    // the read lock) sees each change either in the table
+                    // or in the feed, never both or neither.
+                    self.shared.lease_feed.applied(&cmd);
+                }
                 // Published under the write lock: see watch_hub's module doc.
                 self.shared.hub.publish(applied.revision, &applied.events);
                 if !applied.lock_events.is_empty() {
@@ -658,6 +674,8 @@ impl RaftStateMachine<TypeConfig> for SmStore {
             // No event stream exists across a snapshot: watchers re-sync.
             self.shared.hub.drop_all();
             let _ = self.shared.lock_feed.send(LockFeed::Resync);
+            // A lessor collecting changes must read the table afresh.
+            self.shared.lease_feed.stop();
         }
         self.shared.applied_tx.send_replace(index);
         self.set_current(meta.clone(), path)?;

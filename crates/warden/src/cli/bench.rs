@@ -18,12 +18,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use futures::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
 use tonic::transport::{Channel, Endpoint};
 
 use warden_client::endpoint::{endpoint_uri, parse_endpoints};
+use warden_client::TlsOptions;
 use warden_proto::etcdserverpb as pb;
 use warden_proto::etcdserverpb::kv_client::KvClient;
+use warden_proto::etcdserverpb::lease_client::LeaseClient;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum BenchOp {
@@ -58,6 +61,112 @@ pub struct BenchArgs {
     /// Number of distinct keys.
     #[arg(long, default_value_t = 100_000)]
     pub key_space: u64,
+    /// Keep this many leases alive during the run, from one more connection
+    /// and one keep-alive stream, each renewed every TTL/3 as etcd clients
+    /// do. They are granted before the measurement and revoked after it.
+    #[arg(long, default_value_t = 0)]
+    pub keepalive_leases: usize,
+    /// TTL in seconds of the `--keepalive-leases` leases.
+    #[arg(long, default_value_t = 10)]
+    pub keepalive_ttl: i64,
+}
+
+/// Leases kept alive in the background (`--keepalive-leases`).
+struct Keeper {
+    channel: Channel,
+    ids: Arc<Vec<i64>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<(u64, u64)>>,
+}
+
+impl Keeper {
+    /// Grants `n` leases (64 at a time) and starts renewing them.
+    async fn start(channel: Channel, n: usize, ttl: i64) -> anyhow::Result<Keeper> {
+        let lease = LeaseClient::new(channel.clone());
+        let ids: Vec<i64> = futures::stream::iter(0..n)
+            .map(|_| {
+                let mut lease = lease.clone();
+                async move {
+                    lease
+                        .lease_grant(pb::LeaseGrantRequest { ttl, id: 0 })
+                        .await
+                        .map(|r| r.into_inner().id)
+                }
+            })
+            .buffer_unordered(64)
+            .try_collect()
+            .await
+            .context("granting the keep-alive leases")?;
+        let ids = Arc::new(ids);
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let mut answers = LeaseClient::new(channel.clone())
+            .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .context("opening the keep-alive stream")?
+            .into_inner();
+        let round = Duration::from_millis((ttl.max(1) as u64) * 1000 / 3);
+        let all = ids.clone();
+        let task = tokio::spawn(async move {
+            let (mut renewed, mut lost) = (0u64, 0u64);
+            while !*stopped.borrow() {
+                let started = Instant::now();
+                let send = async {
+                    for id in all.iter() {
+                        if tx
+                            .send(pb::LeaseKeepAliveRequest { id: *id })
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                };
+                let recv = async {
+                    for _ in 0..all.len() {
+                        match answers.message().await {
+                            Ok(Some(r)) if r.ttl > 0 => renewed += 1,
+                            Ok(Some(_)) => lost += 1,
+                            Ok(None) => bail!("keep-alive stream ended"),
+                            Err(e) => bail!("keep-alive stream: {e}"),
+                        }
+                    }
+                    Ok(())
+                };
+                let (_, r) = tokio::join!(send, recv);
+                r?;
+                let _ = tokio::time::timeout(
+                    round.saturating_sub(started.elapsed()),
+                    stopped.changed(),
+                )
+                .await;
+            }
+            Ok((renewed, lost))
+        });
+        Ok(Keeper {
+            channel,
+            ids,
+            stop,
+            task,
+        })
+    }
+
+    /// Stops renewing and revokes the leases; returns (renewals answered,
+    /// renewals of a lease found expired).
+    async fn finish(self) -> anyhow::Result<(u64, u64)> {
+        let _ = self.stop.send(true);
+        let counts = self.task.await.context("keep-alive task")??;
+        let lease = LeaseClient::new(self.channel.clone());
+        futures::stream::iter(self.ids.iter().copied())
+            .map(|id| {
+                let mut lease = lease.clone();
+                async move { lease.lease_revoke(pb::LeaseRevokeRequest { id }).await }
+            })
+            .buffer_unordered(64)
+            .for_each(|_| async {})
+            .await;
+        Ok(counts)
+    }
 }
 
 fn key(i: u64, size: usize) -> Vec<u8> {
@@ -65,8 +174,36 @@ fn key(i: u64, size: usize) -> Vec<u8> {
     s.into_bytes()
 }
 
+/// One connection to `ep` (over TLS with `tls`), made now.
+async fn connect(
+    ep: &str,
+    tls: Option<&TlsOptions>,
+    timeout: Option<Duration>,
+) -> anyhow::Result<Channel> {
+    let mut e = Endpoint::from_shared(endpoint_uri(ep, tls.is_some()))
+        .with_context(|| format!("bad endpoint {ep:?}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(3));
+    if let Some(t) = timeout {
+        e = e.timeout(t);
+    }
+    if let Some(t) = tls {
+        e = e
+            .tls_config(t.tonic_config(warden_client::tls::host_of(ep))?)
+            .with_context(|| format!("TLS for {ep}"))?;
+    }
+    e.connect()
+        .await
+        .with_context(|| format!("connecting to {ep}"))
+}
+
 /// Runs the benchmark against `endpoints` and prints a report.
-pub async fn run_bench(endpoints: &[String], args: BenchArgs, json: bool) -> anyhow::Result<()> {
+pub async fn run_bench(
+    endpoints: &[String],
+    tls: Option<TlsOptions>,
+    args: BenchArgs,
+    json: bool,
+) -> anyhow::Result<()> {
     if args.clients == 0 || args.conns == 0 || args.total == 0 {
         bail!("--clients, --conns and --total must be > 0");
     }
@@ -74,15 +211,7 @@ pub async fn run_bench(endpoints: &[String], args: BenchArgs, json: bool) -> any
     let mut channels = Vec::new();
     for i in 0..args.conns {
         let ep = &endpoints[i % endpoints.len()];
-        let ch: Channel = Endpoint::from_shared(endpoint_uri(ep, false))
-            .with_context(|| format!("bad endpoint {ep:?}"))?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(10))
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {ep}"))?;
-        channels.push(ch);
+        channels.push(connect(ep, tls.as_ref(), Some(Duration::from_secs(10))).await?);
     }
     let value = vec![b'v'; args.val_size];
     if matches!(args.op, BenchOp::Get | BenchOp::GetSerializable) {
@@ -98,6 +227,14 @@ pub async fn run_bench(endpoints: &[String], args: BenchArgs, json: bool) -> any
             .context("preloading keys")?;
         }
     }
+    let keeper = if args.keepalive_leases > 0 {
+        // Its own connection, so the measured clients share none with it.
+        let ep = &endpoints[args.conns % endpoints.len()];
+        let ch = connect(ep, tls.as_ref(), None).await?;
+        Some(Keeper::start(ch, args.keepalive_leases, args.keepalive_ttl).await?)
+    } else {
+        None
+    };
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -162,6 +299,10 @@ pub async fn run_bench(endpoints: &[String], args: BenchArgs, json: bool) -> any
         all.add(&h).map_err(|e| anyhow::anyhow!("histogram: {e}"))?;
     }
     let secs = started.elapsed().as_secs_f64();
+    let kept = match keeper {
+        Some(k) => Some(k.finish().await?),
+        None => None,
+    };
     let ok = all.len();
     let errs = errors.load(Ordering::Relaxed);
     let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
@@ -175,6 +316,9 @@ pub async fn run_bench(endpoints: &[String], args: BenchArgs, json: bool) -> any
             "seconds": secs,
             "throughput": ok as f64 / secs,
             "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p999": ms(0.999), "max": all.max() as f64 / 1000.0, "mean": all.mean() / 1000.0},
+            "keepalive_leases": args.keepalive_leases,
+            "keepalives": kept.map(|(r, _)| r),
+            "keepalives_expired": kept.map(|(_, l)| l),
         });
         println!("{v}");
     } else {
@@ -193,6 +337,13 @@ pub async fn run_bench(endpoints: &[String], args: BenchArgs, json: bool) -> any
             ms(0.999),
             all.max() as f64 / 1000.0
         );
+        if let Some((renewed, lost)) = kept {
+            println!(
+                "kept {} leases alive: {renewed} renewals ({:.0}/s), {lost} found expired",
+                args.keepalive_leases,
+                renewed as f64 / secs
+            );
+        }
     }
     if ok == 0 {
         bail!("every request failed ({errs})");

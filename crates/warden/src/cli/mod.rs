@@ -155,7 +155,7 @@ impl Cli {
             Command::Certs(args) => return certs::run_certs(args),
             Command::Bench(args) => {
                 let json = global.output == Format::Json;
-                return bench::run_bench(&global.endpoints, args, json).await;
+                return bench::run_bench(&global.endpoints, global.tls(), args, json).await;
             }
             other => other,
         };

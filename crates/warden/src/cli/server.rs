@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use warden_client::{parse_endpoint, parse_endpoints, ClientError};
 use warden_server::node::auto_compact::AutoCompaction;
+use warden_server::node::lessor;
 use warden_server::node::{Http2Limits, WatchLimits};
 use warden_server::node::{Node, NodeConfig};
 use warden_server::tls::{ServerTls, TlsFiles};
@@ -157,6 +158,17 @@ pub struct ServerArgs {
     /// --peer-trusted-ca-file (etcd's flag) [default: false].
     #[arg(long, env = "WARDEN_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true")]
     pub peer_client_cert_auth: Option<bool>,
+    /// How often the leader records the remaining TTL of each lease whose
+    /// remaining TTL is longer than this, so a new leader resumes its
+    /// countdown rather than restarting it (etcd's flag; also accepted as
+    /// `--experimental-lease-checkpoint-interval`) [default: 5m].
+    #[arg(
+        long,
+        env = "WARDEN_LEASE_CHECKPOINT_INTERVAL",
+        alias = "experimental-lease-checkpoint-interval"
+    )]
+    #[serde(alias = "experimental-lease-checkpoint-interval")]
+    pub lease_checkpoint_interval: Option<String>,
 }
 
 /// Flags of `warden dev`.
@@ -270,7 +282,8 @@ impl ServerArgs {
             max_concurrent_streams,
             grpc_keepalive_min_time,
             grpc_keepalive_interval,
-            grpc_keepalive_timeout
+            grpc_keepalive_timeout,
+            lease_checkpoint_interval
         );
         fill!(
             cert_file,
@@ -390,6 +403,14 @@ impl ServerArgs {
             a.peer_trusted_ca_file,
             a.peer_client_cert_auth.unwrap_or(false),
         )?;
+        let lease_checkpoint_interval = match &a.lease_checkpoint_interval {
+            Some(v) => parse_go_duration(v)
+                .map_err(|e| anyhow!("invalid --lease-checkpoint-interval {v:?}: {e}"))?,
+            None => lessor::DEFAULT_CHECKPOINT_INTERVAL,
+        };
+        if lease_checkpoint_interval.is_zero() {
+            bail!("invalid --lease-checkpoint-interval: must be > 0");
+        }
         let max_request_bytes = a.max_request_bytes.unwrap_or(1536 * 1024);
         if max_request_bytes == 0 {
             bail!("invalid --max-request-bytes: must be > 0");
@@ -415,6 +436,7 @@ impl ServerArgs {
                 auto_compaction,
                 client_tls,
                 peer_tls,
+                lease_checkpoint_interval,
             },
             max_request_bytes,
         ))
