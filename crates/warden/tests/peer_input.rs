@@ -1,14 +1,16 @@
 //! Hostile bytes on a member's peer port: a deeply nested `Forward` write
 //! (which overflowed the stack and aborted the process before decoding was
 //! depth-bounded) and garbage on every peer RPC must each get an error
-//! answer, and the member must keep serving.
+//! answer, and the member must keep serving. The bytes are sent with a
+//! real member's identity metadata (cluster id and member id), so they get
+//! past admission to the decoders; without it, they are refused unread.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop the test
 
 mod common;
 
 use std::time::Duration;
 
-use common::{eventually, get, put, Cluster};
+use common::{as_member, eventually, get, ids, put, Cluster};
 use tonic::transport::Channel;
 use warden_proto::peer::raft_peer_client::RaftPeerClient;
 use warden_proto::peer::Blob;
@@ -68,31 +70,39 @@ async fn hostile_peer_input_is_refused_and_the_member_keeps_serving() {
     let victim = 1;
     let peer = c.members[victim].peer.clone();
     let mut p = peer_client(&peer).await;
+    // Speak as member 0 of this cluster.
+    let (cluster, _, _) = ids(&c.members[victim].client).await.unwrap();
+    let (_, member, _) = ids(&c.members[0].client).await.unwrap();
+    let me = |b: Blob| as_member(b, cluster, member);
+    let me_stream = |b: Blob| as_member(futures::stream::iter(vec![b]), cluster, member);
 
     // ~40 KB of nesting: 10 000 levels, far past the bound of 129.
     let deep = nested_forward_write(10_000);
     assert!(deep.len() < 64 << 10);
-    assert_refused("deep forward", p.forward(Blob { data: deep.clone() }).await);
+    // Without identity: refused before it is read.
+    let anonymous = p.forward(Blob { data: deep.clone() }).await.unwrap_err();
+    assert_eq!(
+        anonymous.code(),
+        tonic::Code::PermissionDenied,
+        "{anonymous:?}"
+    );
+    assert_refused(
+        "deep forward",
+        p.forward(me(Blob { data: deep.clone() })).await,
+    );
     for seed in 1..=8u64 {
         for len in [0usize, 7, 300, 5000] {
             let data = garbage(seed, len);
-            let blob = || Blob { data: data.clone() };
+            let blob = || me(Blob { data: data.clone() });
+            let stream = || me_stream(Blob { data: data.clone() });
             assert_refused("append_entries", p.append_entries(blob()).await);
             assert_refused("vote", p.vote(blob()).await);
             assert_refused("pre_vote", p.pre_vote(blob()).await);
             assert_refused("transfer_leader", p.transfer_leader(blob()).await);
             assert_refused("forward", p.forward(blob()).await);
-            assert_refused(
-                "install_snapshot",
-                p.install_snapshot(futures::stream::iter(vec![blob()]))
-                    .await,
-            );
+            assert_refused("install_snapshot", p.install_snapshot(stream()).await);
             // A stream: the answer stream ends with the error.
-            let mut answers = p
-                .stream_append(futures::stream::iter(vec![blob()]))
-                .await
-                .unwrap()
-                .into_inner();
+            let mut answers = p.stream_append(stream()).await.unwrap().into_inner();
             let mut last = Ok(None);
             while let Some(r) = tokio::time::timeout(Duration::from_secs(10), answers.message())
                 .await
@@ -111,14 +121,14 @@ async fn hostile_peer_input_is_refused_and_the_member_keeps_serving() {
     // as a put, so only the size check refuses this).
     assert_refused(
         "oversized forward",
-        p.forward(Blob {
+        p.forward(me(Blob {
             data: vec![0; 33 << 20],
-        })
+        }))
         .await,
     );
     // Empty messages are not messages either.
-    assert!(p.forward(Blob { data: vec![] }).await.is_err());
-    assert!(p.vote(Blob { data: vec![] }).await.is_err());
+    assert!(p.forward(me(Blob { data: vec![] })).await.is_err());
+    assert!(p.vote(me(Blob { data: vec![] })).await.is_err());
 
     // Still running, and still serving writes and linearizable reads.
     let child = c.members[victim].child.as_mut().unwrap();
@@ -138,7 +148,10 @@ async fn hostile_peer_input_is_refused_and_the_member_keeps_serving() {
     })
     .await;
     // The deep payload once more, now that the cluster has data.
-    assert_refused("deep forward again", p.forward(Blob { data: deep }).await);
+    assert_refused(
+        "deep forward again",
+        p.forward(me(Blob { data: deep })).await,
+    );
     let child = c.members[victim].child.as_mut().unwrap();
     assert!(child.try_wait().unwrap().is_none(), "the member exited");
 }

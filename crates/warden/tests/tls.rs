@@ -280,12 +280,13 @@ async fn etcdctl_over_tls_and_refusals() {
         cert: None,
         key: None,
     };
-    // A member's certificate reaches the service (which refuses the empty
-    // message as undecodable: an answer from the service, not the socket).
+    // A member's certificate reaches the service (which refuses the call
+    // for want of a member identity: an answer from the service, not the
+    // socket).
     let member_says = peer_call(as_member).await.expect_err("empty message");
     assert_eq!(
         member_says.code(),
-        tonic::Code::InvalidArgument,
+        tonic::Code::PermissionDenied,
         "{member_says}"
     );
     // The others never reach it: the handshake fails or, in TLS 1.3, the
@@ -294,7 +295,7 @@ async fn etcdctl_over_tls_and_refusals() {
         let e = peer_call(tls).await.expect_err("refused");
         // A transport failure (it has a source), not the service's answer.
         assert!(
-            e.code() != tonic::Code::InvalidArgument && std::error::Error::source(&e).is_some(),
+            e.code() != tonic::Code::PermissionDenied && std::error::Error::source(&e).is_some(),
             "{who} reached the peer service: {e:?}"
         );
     }

@@ -99,6 +99,10 @@ impl Node {
         let links = Arc::new(Links::new(
             cfg.peer_routes.clone(),
             cfg.peer_tls.as_ref().map(|t| t.as_client()),
+            super::peer_auth::PeerIdentity {
+                cluster_id: identity.cluster_id,
+                member_id: id,
+            },
         ));
         let net = NetworkFactory {
             links: links.clone(),
@@ -226,7 +230,15 @@ async fn join_cluster(cfg: &NodeConfig) -> anyhow::Result<membership::Identity> 
                 .context(format!("joining the cluster at {}", cfg.join.join(","))))
         }
     };
-    tracing::info!(id = %format!("{id:x}"), "joined the cluster as a learner");
+    // Every peer call carries the cluster id, and members refuse calls from
+    // another cluster: a joining member must know it before its first call.
+    if cluster_id == 0 {
+        anyhow::bail!(
+            "joining the cluster at {}: its answer carried no cluster id",
+            cfg.join.join(",")
+        );
+    }
+    tracing::info!(id = %format!("{id:x}"), cluster_id = %format!("{cluster_id:x}"), "joined the cluster as a learner");
     Ok(membership::Identity {
         name: cfg.name.clone(),
         id,

@@ -18,12 +18,10 @@ use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::ReadPolicy;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use super::types::{Request, Response};
 use super::{lessor, membership, network, Node, NodeError};
 use warden_core::state::StateError;
-use warden_proto::peer::raft_peer_client::RaftPeerClient;
 
 /// Client traffic a follower forwards to the leader.
 #[derive(Serialize, Deserialize)]
@@ -153,7 +151,7 @@ impl Node {
         }
     }
 
-    fn forward_client(&self, leader: u64) -> Result<RaftPeerClient<Channel>, NodeError> {
+    fn forward_client(&self, leader: u64) -> Result<super::peer_auth::PeerClient, NodeError> {
         let addr = self
             .raft
             .metrics()

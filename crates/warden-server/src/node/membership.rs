@@ -408,44 +408,84 @@ pub fn in_log(node: &Node) -> Applied {
     }
 }
 
+/// Whether a peer's applied membership `p` shows that the cluster removed
+/// member `id`: it does not list `id`, and it is later than one of our
+/// memberships that does (`ours`, applied, or `log`, the newest in our log).
+///
+/// Applied memberships form one sequence in the log, so if one of ours at
+/// index `a` lists us and a peer's applied one at a later index does not,
+/// the cluster no longer has us as of that index. That also holds when the
+/// entry at `a` was never committed: the peer's is.
+pub fn shows_removal(id: u64, ours: &Applied, log: &Applied, p: &Applied) -> bool {
+    let later_without_us = |m: &Applied| m.ids.contains(&id) && p.index > m.index;
+    !p.ids.contains(&id) && (later_without_us(ours) || later_without_us(log))
+}
+
+/// The members to ask whether we were removed: the others listed by the
+/// newest of our memberships that lists us (none if neither does).
+pub fn removal_witnesses(id: u64, ours: &Applied, log: &Applied) -> BTreeSet<u64> {
+    [log, ours]
+        .into_iter()
+        .find(|m| m.ids.contains(&id))
+        .map(|m| m.ids.iter().copied().filter(|p| *p != id).collect())
+        .unwrap_or_default()
+}
+
 /// Whether the cluster has removed a member, judged from its own
-/// memberships and a peer's applied one.
+/// memberships and the applied memberships its peers answered (`answers`,
+/// by peer).
 ///
 /// `ours` is our applied membership; `log` is the newest membership in our
 /// log, applied or not (after a restart the log can hold memberships the
 /// state machine has not re-applied yet, and a member killed soon after it
-/// started may have applied none). Applied memberships form one sequence in
-/// the log, so if one of ours at index `a` lists us and a peer's applied one
-/// at a later index does not, the cluster no longer has us as of that index.
-/// That also holds when the entry at `a` was never committed: the peer's is.
-/// If our applied membership no longer lists us although an earlier one
-/// (`listed_at`, kept in `member.json` across restarts) did, we applied our
-/// removal. A learner that applied an old snapshot and has not yet reached
-/// its own addition is never listed yet, so it is never judged removed.
+/// started may have applied none). If our applied membership no longer
+/// lists us although an earlier one (`listed_at`, kept in `member.json`
+/// across restarts) did, we applied our removal. Otherwise peers must say
+/// so: a majority of the other members our membership lists
+/// ([`removal_witnesses`]) must each have answered with a membership that
+/// [`shows_removal`]; one peer's word is not enough (a faulty or hostile
+/// peer could otherwise stop any member). A learner that applied an old
+/// snapshot and has not yet reached its own addition is never listed yet,
+/// so it is never judged removed.
 pub fn removed_by(
     id: u64,
     ours: &Applied,
     log: &Applied,
     listed_at: Option<u64>,
-    peer: Option<&Applied>,
+    answers: &BTreeMap<u64, Applied>,
 ) -> bool {
     if !ours.ids.contains(&id) && listed_at.is_some_and(|at| at < ours.index) {
         return true;
     }
-    let Some(p) = peer else { return false };
-    let later_without_us = |m: &Applied| m.ids.contains(&id) && p.index > m.index;
-    !p.ids.contains(&id) && (later_without_us(ours) || later_without_us(log))
+    let witnesses = removal_witnesses(id, ours, log);
+    if witnesses.is_empty() {
+        return false;
+    }
+    let agreeing = witnesses
+        .iter()
+        .filter(|w| {
+            answers
+                .get(w)
+                .is_some_and(|a| shows_removal(id, ours, log, a))
+        })
+        .count();
+    agreeing > witnesses.len() / 2
 }
 
 /// Stops this member once the cluster has removed it, as etcd does: a
 /// removed member would otherwise run on alone, unable to serve anything.
 /// Every few election timeouts it compares its applied membership with a
-/// peer's (one small call, to each peer in turn). On removal it records
-/// that in `member.json`, so the data dir cannot be restarted as a member.
+/// peer's (one small call, to each peer in turn); once a peer's answer shows
+/// a removal, it asks the other peers in turn at once, and stops only when
+/// a majority of them agree ([`removed_by`]). On removal it records that in
+/// `member.json`, so the data dir cannot be restarted as a member.
 pub async fn watch_for_removal(node: std::sync::Arc<Node>, mut identity: Identity) {
     let period = Duration::from_millis(node.config.election_timeout_max_ms.saturating_mul(2))
         .max(Duration::from_millis(500));
     let mut turn = 0usize;
+    // The latest answer of each peer (memberships only move forward, so an
+    // older answer stays true of the past).
+    let mut answers: BTreeMap<u64, Applied> = BTreeMap::new();
     loop {
         tokio::time::sleep(period).await;
         if node.raft.metrics().borrow_watched().state == ServerState::Shutdown {
@@ -459,31 +499,38 @@ pub async fn watch_for_removal(node: std::sync::Arc<Node>, mut identity: Identit
                 tracing::warn!("recording membership in member.json: {e:#}");
             }
         }
-        // Ask a peer named by whichever of our memberships still lists us.
-        let listing = [&log, &ours].into_iter().find(|m| m.ids.contains(&node.id));
-        let peer = match listing {
-            Some(m) => {
-                let peers: Vec<u64> = m.ids.iter().copied().filter(|p| *p != node.id).collect();
-                if peers.is_empty() {
-                    continue;
-                }
-                turn = turn.wrapping_add(1);
-                let target = peers[turn % peers.len()];
-                let deadline = Instant::now() + period;
-                match node
-                    .call_peer(target, &ForwardRequest::AppliedMembership, deadline)
-                    .await
-                {
-                    Ok(Ok(ForwardResponse::AppliedMembership(a))) => Some(a),
-                    _ => None,
-                }
+        let peers: Vec<u64> = removal_witnesses(node.id, &ours, &log)
+            .into_iter()
+            .collect();
+        answers.retain(|p, _| peers.contains(p));
+        // One peer per round while all is well; once one says we were
+        // removed, the others in turn right away.
+        for _ in 0..peers.len() {
+            turn = turn.wrapping_add(1);
+            let target = peers[turn % peers.len()];
+            let deadline = Instant::now() + period;
+            if let Ok(Ok(ForwardResponse::AppliedMembership(a))) = node
+                .call_peer(target, &ForwardRequest::AppliedMembership, deadline)
+                .await
+            {
+                answers.insert(target, a);
             }
-            None => None,
-        };
-        if !removed_by(node.id, &ours, &log, identity.listed_at, peer.as_ref()) {
+            let alarming = answers
+                .get(&target)
+                .is_some_and(|a| shows_removal(node.id, &ours, &log, a));
+            if !alarming || removed_by(node.id, &ours, &log, identity.listed_at, &answers) {
+                break;
+            }
+        }
+        if !removed_by(node.id, &ours, &log, identity.listed_at, &answers) {
             continue;
         }
-        let index = peer.as_ref().map_or(ours.index, |p| p.index);
+        let index = answers
+            .values()
+            .filter(|a| shows_removal(node.id, &ours, &log, a))
+            .map(|a| a.index)
+            .max()
+            .unwrap_or(ours.index);
         tracing::warn!(
             index,
             "this member was removed from the cluster; stopping (empty the data dir and use --join to add it again)"
@@ -544,6 +591,16 @@ mod tests {
         }
     }
 
+    /// Answers by peer.
+    fn said(answers: &[(u64, Applied)]) -> BTreeMap<u64, Applied> {
+        answers.iter().cloned().collect()
+    }
+
+    /// Both other members of a 3-member cluster answer `a`.
+    fn both(a: Applied) -> BTreeMap<u64, Applied> {
+        said(&[(1, a.clone()), (2, a)])
+    }
+
     #[test]
     fn a_later_membership_without_us_means_removed() {
         let ours = at(10, &[1, 2, 3]);
@@ -552,7 +609,7 @@ mod tests {
             &ours,
             &ours,
             Some(10),
-            Some(&at(14, &[1, 2]))
+            &both(at(14, &[1, 2]))
         ));
         // The same or an older membership proves nothing.
         assert!(!removed_by(
@@ -560,14 +617,14 @@ mod tests {
             &ours,
             &ours,
             Some(10),
-            Some(&at(10, &[1, 2]))
+            &both(at(10, &[1, 2]))
         ));
         assert!(!removed_by(
             3,
             &ours,
             &ours,
             Some(10),
-            Some(&at(7, &[1, 2]))
+            &both(at(7, &[1, 2]))
         ));
         // Still listed, or no answer.
         assert!(!removed_by(
@@ -575,9 +632,93 @@ mod tests {
             &ours,
             &ours,
             Some(10),
-            Some(&at(14, &[1, 2, 3]))
+            &both(at(14, &[1, 2, 3]))
         ));
-        assert!(!removed_by(3, &ours, &ours, Some(10), None));
+        assert!(!removed_by(3, &ours, &ours, Some(10), &BTreeMap::new()));
+    }
+
+    #[test]
+    fn one_peers_word_is_not_enough() {
+        let ours = at(10, &[1, 2, 3]);
+        // One of two others says so, the other has not answered, or says
+        // we are still there: no majority of the others.
+        assert!(!removed_by(
+            3,
+            &ours,
+            &ours,
+            Some(10),
+            &said(&[(1, at(14, &[1, 2]))])
+        ));
+        assert!(!removed_by(
+            3,
+            &ours,
+            &ours,
+            Some(10),
+            &said(&[(1, at(14, &[1, 2])), (2, at(12, &[1, 2, 3]))])
+        ));
+        // A hostile answer of an empty membership, from one peer.
+        assert!(!removed_by(
+            3,
+            &ours,
+            &ours,
+            Some(10),
+            &said(&[(2, at(u64::MAX, &[]))])
+        ));
+        // Answers from members our membership does not list do not count.
+        assert!(!removed_by(
+            3,
+            &ours,
+            &ours,
+            Some(10),
+            &said(&[
+                (1, at(14, &[1, 2])),
+                (9, at(14, &[1, 2])),
+                (8, at(15, &[1]))
+            ])
+        ));
+    }
+
+    #[test]
+    fn a_majority_of_the_others_must_agree() {
+        // Five members, we are 5: three of the other four must say so.
+        let ours = at(20, &[1, 2, 3, 4, 5]);
+        let gone = at(25, &[1, 2, 3, 4]);
+        let two = said(&[(1, gone.clone()), (2, gone.clone())]);
+        assert!(!removed_by(5, &ours, &ours, Some(20), &two));
+        let mut three = two;
+        three.insert(4, at(30, &[1, 2, 4])); // a later one still without us
+        assert!(removed_by(5, &ours, &ours, Some(20), &three));
+        // Two members, we are 2: the other one is the majority of one.
+        let pair = at(5, &[1, 2]);
+        assert!(removed_by(
+            2,
+            &pair,
+            &pair,
+            Some(5),
+            &said(&[(1, at(6, &[1]))])
+        ));
+        // Alone in our membership: nobody to ask, never judged by peers.
+        let alone = at(5, &[2]);
+        assert!(!removed_by(
+            2,
+            &alone,
+            &alone,
+            Some(5),
+            &said(&[(1, at(6, &[1]))])
+        ));
+    }
+
+    #[test]
+    fn witnesses_are_the_others_in_the_newest_membership_listing_us() {
+        let log = at(12, &[1, 2, 3, 4]);
+        let ours = at(10, &[1, 2, 3]);
+        assert_eq!(removal_witnesses(3, &ours, &log), BTreeSet::from([1, 2, 4]));
+        assert_eq!(removal_witnesses(4, &ours, &log), BTreeSet::from([1, 2, 3]));
+        assert_eq!(
+            removal_witnesses(3, &ours, &at(12, &[1, 2])),
+            BTreeSet::from([1, 2])
+        );
+        assert!(removal_witnesses(9, &ours, &log).is_empty());
     }
 
     #[test]
@@ -586,10 +727,17 @@ mod tests {
         // listed, but its log holds the membership that lists it.
         let none = at(0, &[]);
         let log = at(1, &[1, 2, 3]);
-        assert!(removed_by(3, &none, &log, None, Some(&at(6, &[1, 2]))));
-        assert!(!removed_by(3, &none, &log, None, Some(&at(6, &[1, 2, 3]))));
-        assert!(!removed_by(3, &none, &log, None, Some(&at(1, &[1, 2]))));
-        assert!(!removed_by(3, &none, &none, None, Some(&at(6, &[1, 2]))));
+        assert!(removed_by(3, &none, &log, None, &both(at(6, &[1, 2]))));
+        assert!(!removed_by(3, &none, &log, None, &both(at(6, &[1, 2, 3]))));
+        assert!(!removed_by(3, &none, &log, None, &both(at(1, &[1, 2]))));
+        assert!(!removed_by(3, &none, &none, None, &both(at(6, &[1, 2]))));
+        assert!(!removed_by(
+            3,
+            &none,
+            &log,
+            None,
+            &said(&[(2, at(6, &[1, 2]))])
+        ));
     }
 
     #[test]
@@ -616,16 +764,26 @@ mod tests {
             &at(14, &[1, 2]),
             &at(14, &[1, 2]),
             Some(10),
-            None
+            &BTreeMap::new()
         ));
     }
 
     #[test]
     fn a_learner_not_yet_at_its_own_addition_is_not_removed() {
         // It applied a snapshot from before it was added: never listed yet,
-        // and a lagging peer's membership does not list it either.
+        // and lagging peers' memberships do not list it either.
         let ours = at(5, &[1, 2, 3]);
-        assert!(!removed_by(4, &ours, &ours, None, Some(&at(8, &[1, 2, 3]))));
-        assert!(!removed_by(4, &ours, &ours, None, None));
+        assert!(!removed_by(
+            4,
+            &ours,
+            &ours,
+            None,
+            &said(&[
+                (1, at(8, &[1, 2, 3])),
+                (2, at(8, &[1, 2, 3])),
+                (3, at(8, &[1, 2, 3])),
+            ])
+        ));
+        assert!(!removed_by(4, &ours, &ours, None, &BTreeMap::new()));
     }
 }

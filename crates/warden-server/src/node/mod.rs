@@ -33,6 +33,7 @@ pub mod lessor;
 pub mod log_store;
 pub mod membership;
 pub mod network;
+pub mod peer_auth;
 pub mod peer_service;
 mod reads;
 pub mod state_machine;
@@ -51,13 +52,11 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use network::{LinkInfo, Links};
 use state_machine::Raft;
 use state_machine::SmStore;
 use types::Member;
-use warden_proto::peer::raft_peer_client::RaftPeerClient;
 
 pub use bootstrap::cluster_id_for;
 use forward::Redirect;
@@ -211,7 +210,7 @@ pub struct Node {
     sm: SmStore,
     links: Arc<Links>,
     config: NodeConfig,
-    forward_clients: Mutex<BTreeMap<u64, (String, RaftPeerClient<Channel>)>>,
+    forward_clients: Mutex<BTreeMap<u64, (String, peer_auth::PeerClient)>>,
     lessor: lessor::Lessor,
     /// This member joined a running cluster (`--join`) rather than
     /// bootstrapping it.

@@ -27,8 +27,9 @@ use openraft::RaftNetworkV2;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
+use super::peer_auth::{PeerClient, PeerIdentity};
 use super::state_machine::SnapshotFile;
 use super::types::{Member, RaftSnapshot, SnapshotMeta, TypeConfig, Vote};
 use warden_client::backoff::Backoff as ClientBackoff;
@@ -75,21 +76,29 @@ pub struct Links {
     routes: BTreeMap<String, String>,
     /// TLS to peers (the `--peer-*` files), or plaintext.
     tls: Option<warden_client::TlsOptions>,
+    /// Who this member is, sent with every peer call.
+    identity: PeerIdentity,
 }
 
 impl Links {
-    pub fn new(routes: BTreeMap<String, String>, tls: Option<warden_client::TlsOptions>) -> Self {
+    pub fn new(
+        routes: BTreeMap<String, String>,
+        tls: Option<warden_client::TlsOptions>,
+        identity: PeerIdentity,
+    ) -> Self {
         Links {
             inner: Mutex::default(),
             routes,
             tls,
+            identity,
         }
     }
 
     /// A lazily connecting client for the peer advertised at `peer_addr`:
     /// dialed at its route, over TLS if configured (the peer's certificate
     /// must be valid for the host of `peer_addr`, wherever it is dialed).
-    pub fn client(&self, peer_addr: &str) -> Result<RaftPeerClient<Channel>, String> {
+    /// Every call made with it carries this member's identity.
+    pub fn client(&self, peer_addr: &str) -> Result<PeerClient, String> {
         let tls = match &self.tls {
             None => None,
             Some(t) => Some(
@@ -97,7 +106,7 @@ impl Links {
                     .map_err(|e| e.to_string())?,
             ),
         };
-        peer_client(&self.route(peer_addr), tls)
+        peer_client(&self.route(peer_addr), tls, self.identity)
     }
 
     /// The address to dial for a peer's advertised address.
@@ -171,11 +180,13 @@ pub fn decode<T: DeserializeOwned>(b: &Blob) -> Result<T, String> {
     Ok(v)
 }
 
-/// A lazily connecting client dialing `addr`, over TLS with `tls`.
+/// A lazily connecting client dialing `addr`, over TLS with `tls`, that
+/// sends `identity` with every call.
 fn peer_client(
     addr: &str,
     tls: Option<tonic::transport::ClientTlsConfig>,
-) -> Result<RaftPeerClient<Channel>, String> {
+    identity: PeerIdentity,
+) -> Result<PeerClient, String> {
     let bad = |e: tonic::transport::Error| format!("bad peer address {addr:?}: {e}");
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
@@ -187,9 +198,11 @@ fn peer_client(
     if let Some(tls) = tls {
         ep = ep.tls_config(tls).map_err(bad)?;
     }
-    Ok(RaftPeerClient::new(ep.connect_lazy())
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE))
+    Ok(
+        RaftPeerClient::with_interceptor(ep.connect_lazy(), identity)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+    )
 }
 
 #[derive(Clone)]
@@ -215,7 +228,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct PeerNetwork {
     target: u64,
     addr: String,
-    client: Result<RaftPeerClient<Channel>, String>,
+    client: Result<PeerClient, String>,
     links: Arc<Links>,
 }
 
@@ -251,7 +264,7 @@ impl PeerNetwork {
         }
     }
 
-    fn client(&self) -> Result<RaftPeerClient<Channel>, RPCError<TypeConfig>> {
+    fn client(&self) -> Result<PeerClient, RPCError<TypeConfig>> {
         self.client
             .clone()
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&Msg(e))))
@@ -275,7 +288,7 @@ impl PeerNetwork {
     where
         Req: Serialize,
         Resp: DeserializeOwned,
-        F: FnOnce(RaftPeerClient<Channel>, tonic::Request<Blob>) -> Fut,
+        F: FnOnce(PeerClient, tonic::Request<Blob>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Blob>, tonic::Status>>,
     {
         self.pace().await;

@@ -2,8 +2,19 @@
 //! messages and hands them to the local Raft; serves forwarded client
 //! requests when this member is the leader.
 //!
-//! Must never: trust a peer's bytes (decode failures are `InvalidArgument`),
-//! or install a snapshot before the whole file arrived and verified.
+//! Every call is admitted first (`PeerService::admit`, rules in
+//! `peer_auth`): the caller's cluster id must be ours, the caller must be a
+//! member of our effective membership (any caller of our cluster may ask
+//! `AppliedMembership`; a member that has no membership yet, i.e. a joining
+//! member before its first contact, admits any caller of our cluster), and
+//! with `--peer-client-cert-auth` its certificate must be valid for the host
+//! of its advertised peer address. Raft messages are then range-checked
+//! (terms, log indexes, the vote must be the sender's) before openraft
+//! sees them.
+//!
+//! Must never: trust a peer's bytes (decode failures and out-of-range
+//! values are `InvalidArgument`), let a caller speak for another member, or
+//! install a snapshot before the whole file arrived and verified.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,20 +26,137 @@ use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::network::{decode, encode, Remote, SnapshotHeader};
+use super::peer_auth::{self, PeerIdentity, RefusalLog};
 use super::state_machine::SnapshotFile;
-use super::types::TypeConfig;
+use super::types::{Request as RaftRequest, TypeConfig};
 use super::{ForwardRequest, Node};
+use openraft::async_runtime::WatchReceiver;
 use warden_proto::peer::raft_peer_server::RaftPeer;
 use warden_proto::peer::Blob;
 
 /// The peer service of one member (serve it on the peer address).
 pub struct PeerService {
     node: Arc<Node>,
+    refusals: RefusalLog,
+}
+
+/// Who may make a call.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Need {
+    /// A member of our effective membership (voter or learner).
+    Member,
+    /// Anyone of our cluster (a removed member asking whether it was).
+    SameCluster,
 }
 
 impl PeerService {
     pub fn new(node: Arc<Node>) -> Self {
-        PeerService { node }
+        PeerService {
+            node,
+            refusals: RefusalLog::default(),
+        }
+    }
+
+    /// Admits a call, or refuses it with `FailedPrecondition` (another
+    /// cluster) or `PermissionDenied` (not a member, no identity, a
+    /// certificate not valid for the sender's address). Returns the
+    /// sender's member id.
+    fn admit<T>(&self, req: &Request<T>, rpc: &'static str, need: Need) -> Result<u64, Status> {
+        let from = req
+            .remote_addr()
+            .map_or_else(|| "?".to_string(), |a| a.to_string());
+        let refuse = |reason: &'static str, status: Status| {
+            self.refusals
+                .warn(reason, &format!("{rpc} from {from}: {}", status.message()));
+            status
+        };
+        let Some(caller) = PeerIdentity::of(req.metadata()) else {
+            return Err(refuse(
+                "no identity",
+                Status::permission_denied(format!(
+                    "warden: peer call without valid {} and {} metadata",
+                    peer_auth::CLUSTER_ID_HEADER,
+                    peer_auth::MEMBER_ID_HEADER
+                )),
+            ));
+        };
+        let sender = caller.member_id;
+        if caller.cluster_id != self.node.cluster_id {
+            return Err(refuse(
+                "cluster id mismatch",
+                Status::failed_precondition(format!(
+                    "warden: cluster id mismatch: member {sender:x} of cluster {:x} called a member of cluster {:x}",
+                    caller.cluster_id, self.node.cluster_id
+                )),
+            ));
+        }
+        if sender == self.node.id {
+            return Err(refuse(
+                "not a member",
+                Status::permission_denied(format!(
+                    "warden: a peer call claims to come from this member ({sender:x})"
+                )),
+            ));
+        }
+        let config = self
+            .node
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone();
+        let mem = config.membership();
+        let listed = mem.get_node(&sender).map(|n| n.peer_addr.clone());
+        let uninitialized = mem.nodes().next().is_none();
+        // A member with no membership yet (joined, not yet contacted by the
+        // leader) cannot tell members apart: our cluster id is all it has.
+        if listed.is_none() && need == Need::Member && !uninitialized {
+            return Err(refuse(
+                "not a member",
+                Status::permission_denied(format!(
+                    "warden: {sender:x} is not a member of this cluster's membership"
+                )),
+            ));
+        }
+        let mtls = self
+            .node
+            .config
+            .peer_tls
+            .as_ref()
+            .is_some_and(|t| t.client_cert_auth);
+        if let (true, Some(addr)) = (mtls, listed) {
+            let host = warden_client::tls::host_of(&addr);
+            let checked = match req.peer_certs() {
+                None => Err("no client certificate".to_string()),
+                Some(certs) => match certs.first() {
+                    None => Err("no client certificate".to_string()),
+                    Some(c) => peer_auth::cert_valid_for(c.as_ref(), host),
+                },
+            };
+            if let Err(e) = checked {
+                return Err(refuse(
+                    "certificate",
+                    Status::permission_denied(format!(
+                        "warden: member {sender:x} is at {addr}: {e}"
+                    )),
+                ));
+            }
+        }
+        Ok(sender)
+    }
+
+    /// Refuses a message whose values are out of range (`InvalidArgument`).
+    fn in_range(
+        &self,
+        rpc: &'static str,
+        sender: u64,
+        r: Result<(), String>,
+    ) -> Result<(), Status> {
+        r.map_err(|e| {
+            self.refusals
+                .warn("out of range", &format!("{rpc} from {sender:x}: {e}"));
+            bad(format!("warden: {e}"))
+        })
     }
 }
 
@@ -89,7 +217,14 @@ type BlobStream = Pin<Box<dyn Stream<Item = Result<Blob, Status>> + Send + 'stat
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
     async fn append_entries(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let sender = self.admit(&req, "AppendEntries", Need::Member)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref()).map_err(bad)?;
+        let term = self.node.term();
+        self.in_range(
+            "AppendEntries",
+            sender,
+            peer_auth::check_append(&rpc, term, sender),
+        )?;
         let r = self
             .node
             .raft
@@ -100,13 +235,27 @@ impl RaftPeer for PeerService {
     }
 
     async fn vote(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let sender = self.admit(&req, "Vote", Need::Member)?;
         let rpc: VoteRequest<TypeConfig> = decode(req.get_ref()).map_err(bad)?;
+        let term = self.node.term();
+        self.in_range(
+            "Vote",
+            sender,
+            peer_auth::check_vote_request(&rpc, term, sender),
+        )?;
         let r = self.node.raft.vote(rpc).await.map_err(|e| e.to_string());
         reply(&r)
     }
 
     async fn pre_vote(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let sender = self.admit(&req, "PreVote", Need::Member)?;
         let rpc: VoteRequest<TypeConfig> = decode(req.get_ref()).map_err(bad)?;
+        let term = self.node.term();
+        self.in_range(
+            "PreVote",
+            sender,
+            peer_auth::check_vote_request(&rpc, term, sender),
+        )?;
         let r = self
             .node
             .raft
@@ -122,21 +271,29 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<Streaming<Blob>>,
     ) -> Result<Response<BlobStream>, Status> {
+        let sender = self.admit(&req, "StreamAppend", Need::Member)?;
         let incoming = req.into_inner();
-        // Decode until the first bad or failed message; the input then ends,
-        // the answer stream ends with InvalidArgument naming the problem,
-        // and the leader re-establishes replication.
+        // Decode and range-check until the first bad or failed message; the
+        // input then ends, the answer stream ends with InvalidArgument
+        // naming the problem, and the leader re-establishes replication.
         let bad_message = Arc::new(std::sync::Mutex::new(None::<String>));
         let seen = bad_message.clone();
+        let node = self.node.clone();
         let input = incoming
             .take_while(|m| futures::future::ready(m.is_ok()))
             .map(move |m| match m {
-                Ok(blob) => decode::<AppendEntriesRequest<TypeConfig>>(&blob).map_err(|e| {
-                    tracing::warn!("stream_append: {e}");
-                    if let Ok(mut slot) = seen.lock() {
-                        *slot = Some(e);
-                    }
-                }),
+                Ok(blob) => decode::<AppendEntriesRequest<TypeConfig>>(&blob)
+                    .and_then(|rpc| {
+                        peer_auth::check_append(&rpc, node.term(), sender)
+                            .map(|()| rpc)
+                            .map_err(|e| format!("warden: {e}"))
+                    })
+                    .map_err(|e| {
+                        tracing::warn!("stream_append from {sender:x}: {e}");
+                        if let Ok(mut slot) = seen.lock() {
+                            *slot = Some(e);
+                        }
+                    }),
                 Err(_) => Err(()),
             })
             .take_while(|r| futures::future::ready(r.is_ok()))
@@ -161,12 +318,19 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<Streaming<Blob>>,
     ) -> Result<Response<Blob>, Status> {
+        let sender = self.admit(&req, "InstallSnapshot", Need::Member)?;
         let mut incoming = req.into_inner();
         let first = incoming
             .next()
             .await
             .ok_or_else(|| bad("empty snapshot stream".into()))??;
         let header: SnapshotHeader = decode(&first).map_err(bad)?;
+        let term = self.node.term();
+        self.in_range(
+            "InstallSnapshot",
+            sender,
+            peer_auth::check_snapshot_header(&header, term, sender),
+        )?;
         let dir = self.node.config.data_dir.join("snap");
         tokio::fs::create_dir_all(&dir)
             .await
@@ -220,7 +384,14 @@ impl RaftPeer for PeerService {
     }
 
     async fn transfer_leader(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let sender = self.admit(&req, "TransferLeader", Need::Member)?;
         let rpc: TransferLeaderRequest<TypeConfig> = decode(req.get_ref()).map_err(bad)?;
+        let term = self.node.term();
+        self.in_range(
+            "TransferLeader",
+            sender,
+            peer_auth::check_transfer(&rpc, term, sender),
+        )?;
         let r = self
             .node
             .raft
@@ -231,6 +402,9 @@ impl RaftPeer for PeerService {
     }
 
     async fn forward(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        // Anyone of our cluster may ask what our membership is (a removed
+        // member asks to learn that it was); everything else needs a member.
+        let sender = self.admit(&req, "Forward", Need::SameCluster)?;
         let deadline = self.node.deadline(grpc_timeout(&req));
         let len = req.get_ref().data.len();
         if len > MAX_FORWARD_BYTES {
@@ -240,6 +414,20 @@ impl RaftPeer for PeerService {
             )));
         }
         let fwd: ForwardRequest = decode(req.get_ref()).map_err(bad)?;
+        if !matches!(fwd, ForwardRequest::AppliedMembership) {
+            self.admit(&req, "Forward", Need::Member)?;
+        }
+        // A member publishes its own client address, nobody else's.
+        if let ForwardRequest::Write(RaftRequest::Publish { node_id, .. }) = &fwd {
+            if *node_id != sender {
+                let msg = format!(
+                    "warden: member {sender:x} may not publish the attributes of member {node_id:x}"
+                );
+                self.refusals
+                    .warn("speaks for another member", &format!("Forward: {msg}"));
+                return Err(Status::permission_denied(msg));
+            }
+        }
         let resp = self.node.handle_forward(fwd, deadline).await;
         encode(&resp).map(Response::new).map_err(Status::internal)
     }

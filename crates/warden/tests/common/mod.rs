@@ -376,3 +376,27 @@ where
         Err(e) => panic!("{e}"),
     }
 }
+
+/// `msg` as a peer call from `member` of `cluster` (the identity metadata
+/// every member sends with its peer calls).
+pub fn as_member<T>(msg: T, cluster: u64, member: u64) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    let md = r.metadata_mut();
+    md.insert(
+        "warden-cluster-id",
+        format!("{cluster:x}").parse().expect("hex"),
+    );
+    md.insert(
+        "warden-member-id",
+        format!("{member:x}").parse().expect("hex"),
+    );
+    r
+}
+
+/// (cluster id, member id, raft term) of the member serving clients at
+/// `addr`, from Maintenance Status.
+pub async fn ids(addr: &str) -> Result<(u64, u64, u64), tonic::Status> {
+    let s = status(addr).await?;
+    let h = s.header.unwrap_or_default();
+    Ok((h.cluster_id, h.member_id, s.raft_term))
+}
