@@ -119,7 +119,7 @@ fn damaged(panic: &(dyn std::any::Any + Send)) -> redb::Error {
 }
 
 /// Closing a database writes its allocator state, which redb can panic
-/// on when the file is damaged (see [`damaged`]): the close is guarded so
+/// on when the file is damaged (see `damaged`): the close is guarded so
 /// a damaged log does not turn a clean shutdown into a crash.
 impl Drop for LogDb {
     fn drop(&mut self) {

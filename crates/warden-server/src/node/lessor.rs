@@ -8,7 +8,7 @@
 //!   (its keys are deleted in that revision on every member), at most
 //!   [`REVOKE_RATE`] per second with at most [`REVOKES_IN_FLIGHT`]
 //!   proposals outstanding; a revoke that did not take effect is proposed
-//!   again [`REVOKE_RETRY`] later;
+//!   again `REVOKE_RETRY` later;
 //! - a renewal (`LeaseKeepAlive`) moves the deadline in memory and is
 //!   answered at once, with no log entry. Only when the table holds a
 //!   checkpointed remaining TTL for the lease (or this leader proposed one)
