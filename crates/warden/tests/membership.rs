@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::{eventually, get, get_prefix, put, Cluster};
 use warden_proto::etcdserverpb as pb;
 use warden_proto::etcdserverpb::cluster_client::ClusterClient;
+use warden_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 
 const ELECT: Duration = Duration::from_secs(20);
 
@@ -440,4 +441,71 @@ fn compacted_upto(log: &str) -> u64 {
         .filter_map(|v| v.split_whitespace().next()?.parse().ok())
         .max()
         .unwrap_or(0)
+}
+
+/// A member that was down while another joined does not know the newcomer.
+/// If the newcomer then leads, the lagging member must still take its
+/// replication (after a member it knows vouches for the newcomer), not
+/// refuse it as a stranger and stay behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_missed_a_join_follows_the_newcomer_as_leader() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(ELECT).await;
+    let lagging = (leader + 1) % 3;
+    let ep = c.members[leader].client.clone();
+    c.kill(lagging);
+    put(&ep, "before-join", "1").await.expect("put");
+
+    let n4 = c.join("n4");
+    eventually(Duration::from_secs(30), || {
+        let ep = ep.clone();
+        async move {
+            let ms = members(&ep).await?;
+            if ms.len() == 4
+                && ms.iter().all(|m| !m.is_learner)
+                && ms.iter().any(|m| m.name == "n4")
+            {
+                Ok(())
+            } else {
+                Err(format!("{ms:?}"))
+            }
+        }
+    })
+    .await;
+    let n4_id = member_id(&ep, "n4").await;
+    // Leadership moves to the newcomer.
+    eventually(Duration::from_secs(30), || {
+        let ep = ep.clone();
+        let n4_ep = c.members[n4].client.clone();
+        async move {
+            let s = common::status(&n4_ep).await.map_err(|e| e.to_string())?;
+            if s.leader == n4_id {
+                return Ok(());
+            }
+            let _ = MaintenanceClient::new(common::channel(&ep).await)
+                .move_leader(pb::MoveLeaderRequest { target_id: n4_id })
+                .await;
+            Err(format!("leader is {:x}", s.leader))
+        }
+    })
+    .await;
+    let n4_ep = c.members[n4].client.clone();
+    put(&n4_ep, "under-n4", "2").await.expect("put through n4");
+
+    // The lagging member comes back and catches up under n4.
+    c.restart(lagging);
+    let lag_ep = c.members[lagging].client.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(v)) = get(&lag_ep, "under-n4", true).await {
+            assert_eq!(v, b"2".to_vec());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lagging member did not catch up under the newcomer:\n{}",
+            c.log(lagging)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

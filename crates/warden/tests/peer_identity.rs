@@ -185,9 +185,12 @@ async fn forged_peer_messages_are_refused_and_change_nothing() {
             data: vec![0; 4096],
         },
     ]);
+    // Replication from a sender we do not list is refused while the members
+    // we know are asked whether it joined after our membership (nobody
+    // vouches for a stranger, so it stays refused).
     refused_with(
         "snapshot from a stranger",
-        tonic::Code::PermissionDenied,
+        tonic::Code::Unavailable,
         to_follower
             .install_snapshot(as_member(stream, cluster, stranger))
             .await,
@@ -221,11 +224,23 @@ async fn forged_peer_messages_are_refused_and_change_nothing() {
     // ...and from a stranger of this cluster.
     refused_with(
         "append from a stranger",
-        tonic::Code::PermissionDenied,
+        tonic::Code::Unavailable,
         to_follower
-            .append_entries(as_member(blob, cluster, stranger))
+            .append_entries(as_member(blob.clone(), cluster, stranger))
             .await,
     );
+    // Once the members were asked (and said no), still refused.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        refused_with(
+            "append from a stranger, asked about",
+            tonic::Code::Unavailable,
+            to_follower
+                .append_entries(as_member(blob.clone(), cluster, stranger))
+                .await,
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 
     // A forged Publish: member `other` rewrites the follower's client URL.
     let publish = ForwardRequest::Write(Request::Publish {

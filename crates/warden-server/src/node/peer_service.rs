@@ -8,7 +8,11 @@
 //! `AppliedMembership`; a member that has no membership yet, i.e. a joining
 //! member before its first contact, admits any caller of our cluster), and
 //! with `--peer-client-cert-auth` its certificate must be valid for the host
-//! of its advertised peer address. Raft messages are then range-checked
+//! of its advertised peer address. Replication (AppendEntries, StreamAppend,
+//! InstallSnapshot) from a sender our membership does not list yet is
+//! admitted once a member we know vouches for it (`Vouches`): this member
+//! may have missed the change that added it, and that sender may now lead.
+//! Raft messages are then range-checked
 //! (terms, log indexes, the vote must be the sender's) before openraft
 //! sees them.
 //!
@@ -19,6 +23,8 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::{Stream, StreamExt};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
@@ -38,6 +44,99 @@ use warden_proto::peer::Blob;
 pub struct PeerService {
     node: Arc<Node>,
     refusals: RefusalLog,
+    vouches: Arc<Vouches>,
+}
+
+/// How long a vouch for a sender holds.
+const VOUCH_FOR: Duration = Duration::from_secs(30);
+/// How long before a sender nobody vouched for is asked about again.
+const VOUCH_RETRY: Duration = Duration::from_secs(1);
+/// Most senders being asked about or remembered at once (a flood of made-up
+/// ids costs at most this many small questions per `VOUCH_RETRY`).
+const MAX_VOUCHES: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Vouch {
+    Checking,
+    Yes(Instant),
+    No(Instant),
+}
+
+/// Senders our membership does not list, and what the members we know said
+/// of them.
+#[derive(Default)]
+struct Vouches {
+    m: std::sync::Mutex<std::collections::BTreeMap<u64, Vouch>>,
+}
+
+impl Vouches {
+    /// Whether `sender` is vouched for now; if it is not and nobody is being
+    /// asked, marks it as being asked and returns `Start`.
+    fn check(&self, sender: u64, now: Instant) -> VouchCheck {
+        let Ok(mut m) = self.m.lock() else {
+            return VouchCheck::Refuse;
+        };
+        m.retain(|_, v| match v {
+            Vouch::Checking => true,
+            Vouch::Yes(until) | Vouch::No(until) => *until > now,
+        });
+        match m.get(&sender) {
+            Some(Vouch::Yes(_)) => VouchCheck::Admit,
+            Some(_) => VouchCheck::Refuse,
+            None if m.len() >= MAX_VOUCHES => VouchCheck::Refuse,
+            None => {
+                m.insert(sender, Vouch::Checking);
+                VouchCheck::Start
+            }
+        }
+    }
+
+    fn settle(&self, sender: u64, vouched: bool, now: Instant) {
+        if let Ok(mut m) = self.m.lock() {
+            let v = if vouched {
+                Vouch::Yes(now + VOUCH_FOR)
+            } else {
+                Vouch::No(now + VOUCH_RETRY)
+            };
+            m.insert(sender, v);
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum VouchCheck {
+    Admit,
+    Refuse,
+    Start,
+}
+
+/// Asks the members our newest membership lists, in turn, whether their
+/// applied membership is newer than ours and lists `sender`; one yes is
+/// enough (it is a member we know, speaking of a change we missed).
+async fn ask_for_vouch(node: Arc<Node>, vouches: Arc<Vouches>, sender: u64) {
+    let ours = super::membership::in_log(&node);
+    let mut vouched = false;
+    for peer in ours.ids.iter().copied() {
+        if peer == node.id || peer == sender {
+            continue;
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        if let Ok(Ok(super::ForwardResponse::AppliedMembership(a))) = node
+            .call_peer(peer, &ForwardRequest::AppliedMembership, deadline)
+            .await
+        {
+            if a.index > ours.index && a.ids.contains(&sender) {
+                tracing::info!(
+                    sender = %format!("{sender:x}"),
+                    by = %format!("{peer:x}"),
+                    "a member added after our membership was vouched for"
+                );
+                vouched = true;
+                break;
+            }
+        }
+    }
+    vouches.settle(sender, vouched, Instant::now());
 }
 
 /// Who may make a call.
@@ -45,6 +144,9 @@ pub struct PeerService {
 enum Need {
     /// A member of our effective membership (voter or learner).
     Member,
+    /// A member, or a sender a member we know vouches for (replication
+    /// from a member added by a change we have not seen yet).
+    Replicate,
     /// Anyone of our cluster (a removed member asking whether it was).
     SameCluster,
 }
@@ -54,6 +156,7 @@ impl PeerService {
         PeerService {
             node,
             refusals: RefusalLog::default(),
+            vouches: Arc::default(),
         }
     }
 
@@ -108,6 +211,25 @@ impl PeerService {
         let mem = config.membership();
         let listed = mem.get_node(&sender).map(|n| n.peer_addr.clone());
         let uninitialized = mem.nodes().next().is_none();
+        if listed.is_none() && need == Need::Replicate && !uninitialized {
+            match self.vouches.check(sender, Instant::now()) {
+                VouchCheck::Admit => return Ok(sender),
+                VouchCheck::Start => {
+                    tokio::spawn(ask_for_vouch(
+                        self.node.clone(),
+                        self.vouches.clone(),
+                        sender,
+                    ));
+                }
+                VouchCheck::Refuse => {}
+            }
+            return Err(refuse(
+                "not a member yet",
+                Status::unavailable(format!(
+                    "warden: {sender:x} is not in this member's membership; asking the members it knows"
+                )),
+            ));
+        }
         // A member with no membership yet (joined, not yet contacted by the
         // leader) cannot tell members apart: our cluster id is all it has.
         if listed.is_none() && need == Need::Member && !uninitialized {
@@ -217,7 +339,7 @@ type BlobStream = Pin<Box<dyn Stream<Item = Result<Blob, Status>> + Send + 'stat
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
     async fn append_entries(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let sender = self.admit(&req, "AppendEntries", Need::Member)?;
+        let sender = self.admit(&req, "AppendEntries", Need::Replicate)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref()).map_err(bad)?;
         let term = self.node.term();
         self.in_range(
@@ -271,7 +393,7 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<Streaming<Blob>>,
     ) -> Result<Response<BlobStream>, Status> {
-        let sender = self.admit(&req, "StreamAppend", Need::Member)?;
+        let sender = self.admit(&req, "StreamAppend", Need::Replicate)?;
         let incoming = req.into_inner();
         // Decode and range-check until the first bad or failed message; the
         // input then ends, the answer stream ends with InvalidArgument
@@ -318,7 +440,7 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<Streaming<Blob>>,
     ) -> Result<Response<Blob>, Status> {
-        let sender = self.admit(&req, "InstallSnapshot", Need::Member)?;
+        let sender = self.admit(&req, "InstallSnapshot", Need::Replicate)?;
         let mut incoming = req.into_inner();
         let first = incoming
             .next()
@@ -436,6 +558,28 @@ impl RaftPeer for PeerService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vouches_are_asked_once_remembered_and_bounded() {
+        let v = Vouches::default();
+        let t0 = Instant::now();
+        assert_eq!(v.check(7, t0), VouchCheck::Start);
+        // Being asked: refused meanwhile, not asked twice.
+        assert_eq!(v.check(7, t0), VouchCheck::Refuse);
+        v.settle(7, false, t0);
+        assert_eq!(v.check(7, t0), VouchCheck::Refuse);
+        // Asked again once the refusal expires; a yes admits for a while.
+        let t1 = t0 + VOUCH_RETRY + Duration::from_millis(1);
+        assert_eq!(v.check(7, t1), VouchCheck::Start);
+        v.settle(7, true, t1);
+        assert_eq!(v.check(7, t1), VouchCheck::Admit);
+        assert_eq!(v.check(7, t1 + VOUCH_FOR), VouchCheck::Start);
+        // A flood of made-up ids is bounded.
+        for id in 100..(100 + MAX_VOUCHES as u64) {
+            let _ = v.check(id, t1);
+        }
+        assert_eq!(v.check(9999, t1), VouchCheck::Refuse);
+    }
     use crate::node::forward::ForwardResponse;
     use openraft::raft::{
         AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteResponse,
