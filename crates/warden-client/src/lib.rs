@@ -412,21 +412,9 @@ impl Client {
 
 /// One lazily connected channel to `endpoint`.
 fn make_channel(endpoint: &str, opts: &ClientOptions) -> Result<Channel, ClientError> {
-    let invalid = |e: tonic::transport::Error| ClientError::InvalidEndpoint {
-        endpoint: endpoint.to_string(),
-        reason: e.to_string(),
-    };
-    let uri = endpoint::endpoint_uri(endpoint, opts.tls.is_some());
-    let mut ep = tonic::transport::Endpoint::from_shared(uri)
-        .map_err(invalid)?
+    Ok(tls::endpoint(endpoint, opts.tls.as_ref())?
         .connect_timeout(opts.connect_timeout)
-        .tcp_nodelay(true);
-    if let Some(tls) = &opts.tls {
-        ep = ep
-            .tls_config(tls.tonic_config(tls::host_of(endpoint))?)
-            .map_err(invalid)?;
-    }
-    Ok(ep.connect_lazy())
+        .connect_lazy())
 }
 
 fn kv(ch: Channel) -> KvClient<Channel> {

@@ -52,6 +52,29 @@ impl TlsOptions {
     }
 }
 
+/// A tonic endpoint for a canonical `host:port`: `https` with `tls` (the
+/// server's certificate checked against the host), `http` without, with
+/// TCP_NODELAY. Connection settings beyond that are the caller's.
+pub fn endpoint(
+    addr: &str,
+    tls: Option<&TlsOptions>,
+) -> Result<tonic::transport::Endpoint, ClientError> {
+    let invalid = |e: tonic::transport::Error| ClientError::InvalidEndpoint {
+        endpoint: addr.to_string(),
+        reason: e.to_string(),
+    };
+    let uri = crate::endpoint::endpoint_uri(addr, tls.is_some());
+    let ep = tonic::transport::Endpoint::from_shared(uri)
+        .map_err(invalid)?
+        .tcp_nodelay(true);
+    match tls {
+        None => Ok(ep),
+        Some(t) => ep
+            .tls_config(t.tonic_config(host_of(addr))?)
+            .map_err(invalid),
+    }
+}
+
 /// The host part of a canonical `host:port` endpoint (an IPv6 address
 /// without its brackets).
 pub fn host_of(endpoint: &str) -> &str {

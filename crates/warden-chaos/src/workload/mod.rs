@@ -96,14 +96,9 @@ impl Topology {
         let channels = client_addrs
             .iter()
             .map(|a| {
-                let scheme = if tls.is_some() { "https" } else { "http" };
-                let mut ep = tonic::transport::Endpoint::from_shared(format!("{scheme}://{a}"))?
+                Ok(warden_client::tls::endpoint(a, tls.as_ref())?
                     .connect_timeout(Duration::from_millis(500))
-                    .tcp_nodelay(true);
-                if let Some(t) = &tls {
-                    ep = ep.tls_config(t.tonic_config(warden_client::tls::host_of(a))?)?;
-                }
-                Ok(ep.connect_lazy())
+                    .connect_lazy())
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Topology {

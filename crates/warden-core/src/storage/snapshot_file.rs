@@ -297,12 +297,22 @@ pub fn read(path: &Path) -> Result<(Vec<u8>, Vec<u8>), SnapshotFileError> {
 
 /// Writes bytes to `dir/name` atomically and durably.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, SnapshotFileError> {
+    atomically(dir, name, |f| f.write_all(bytes))
+}
+
+/// Creates `dir/name.tmp`, lets `fill` write it, fsyncs it, renames it to
+/// `dir/name` and fsyncs the directory: the file is either whole or absent.
+fn atomically(
+    dir: &Path,
+    name: &str,
+    fill: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
+) -> Result<PathBuf, SnapshotFileError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
     {
         let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
+        fill(&mut f).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
     }
     fs::rename(&tmp, &path).map_err(io_err(&path))?;
@@ -324,41 +334,28 @@ pub fn write_frame_atomic(
     sections: impl FnOnce(&mut dyn Write) -> std::io::Result<u64>,
 ) -> Result<PathBuf, SnapshotFileError> {
     use std::io::{Seek, SeekFrom};
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let tmp = dir.join(format!("{name}.tmp"));
-    let path = dir.join(name);
-    {
-        let f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
-        out.write_all(&[0u8; format::SNAPSHOT_HEADER_LEN])
-            .map_err(io_err(&tmp))?;
+    atomically(dir, name, |f| {
         let mut tee = Tee {
-            out,
+            out: std::io::BufWriter::with_capacity(1 << 20, &mut *f),
             seen: Measure::default(),
         };
-        let meta_len = sections(&mut tee).map_err(io_err(&tmp))?;
+        tee.out.write_all(&[0u8; format::SNAPSHOT_HEADER_LEN])?;
+        let meta_len = sections(&mut tee)?;
         let Tee { out, seen } = tee;
+        let f = out.into_inner().map_err(|e| e.into_error())?;
         let body_len = seen.len().checked_sub(meta_len).ok_or_else(|| {
-            io_err(&tmp)(std::io::Error::other(format!(
+            std::io::Error::other(format!(
                 "meta length {meta_len} is more than the {} bytes written",
                 seen.len()
-            )))
+            ))
         })?;
-        let mut f = out.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
-        f.seek(SeekFrom::Start(0)).map_err(io_err(&tmp))?;
+        f.seek(SeekFrom::Start(0))?;
         f.write_all(&format::encode_snapshot_header(
             meta_len,
             body_len,
             seen.crc(),
         ))
-        .map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-    }
-    fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))?;
-    Ok(path)
+    })
 }
 
 /// Writes through to `out` and measures what went through.

@@ -158,26 +158,6 @@ pub async fn serve(
         .add_service(lock)
         .add_service(election)
         .add_service(locks);
-    match tls {
-        Some(tls) => {
-            router
-                .serve_with_incoming_shutdown(
-                    crate::tls::incoming(listener, tls, "client"),
-                    shutdown,
-                )
-                .await?
-        }
-        // `Server::tcp_nodelay` does not apply to a given listener: set it
-        // on the incoming stream, or small responses wait ~40 ms for a
-        // delayed ACK.
-        None => {
-            router
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    shutdown,
-                )
-                .await?
-        }
-    }
+    crate::tls::serve(router, listener, tls, "client", shutdown).await?;
     Ok(())
 }

@@ -20,9 +20,9 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use futures::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use warden_client::endpoint::{endpoint_uri, parse_endpoints};
+use warden_client::endpoint::parse_endpoints;
 use warden_client::TlsOptions;
 use warden_proto::etcdserverpb as pb;
 use warden_proto::etcdserverpb::kv_client::KvClient;
@@ -180,17 +180,9 @@ async fn connect(
     tls: Option<&TlsOptions>,
     timeout: Option<Duration>,
 ) -> anyhow::Result<Channel> {
-    let mut e = Endpoint::from_shared(endpoint_uri(ep, tls.is_some()))
-        .with_context(|| format!("bad endpoint {ep:?}"))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(3));
+    let mut e = warden_client::tls::endpoint(ep, tls)?.connect_timeout(Duration::from_secs(3));
     if let Some(t) = timeout {
         e = e.timeout(t);
-    }
-    if let Some(t) = tls {
-        e = e
-            .tls_config(t.tonic_config(warden_client::tls::host_of(ep))?)
-            .with_context(|| format!("TLS for {ep}"))?;
     }
     e.connect()
         .await

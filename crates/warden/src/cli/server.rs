@@ -676,27 +676,7 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             .max_encoding_message_size(warden_server::node::network::MAX_MESSAGE),
         );
     let peer_stop = stopped(stop_rx.clone());
-    let peer = async move {
-        match peer_tls {
-            Some(tls) => {
-                peer_router
-                    .serve_with_incoming_shutdown(
-                        warden_server::tls::incoming(peer_listener, tls, "peer"),
-                        peer_stop,
-                    )
-                    .await
-            }
-            None => {
-                peer_router
-                    .serve_with_incoming_shutdown(
-                        tonic::transport::server::TcpIncoming::from(peer_listener)
-                            .with_nodelay(Some(true)),
-                        peer_stop,
-                    )
-                    .await
-            }
-        }
-    };
+    let peer = warden_server::tls::serve(peer_router, peer_listener, peer_tls, "peer", peer_stop);
     let client = warden_server::api::serve(
         node.clone(),
         client_listener,

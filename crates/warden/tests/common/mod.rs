@@ -241,11 +241,8 @@ impl Cluster {
 
 /// A channel to `addr` over TLS with `tls`.
 pub fn tls_channel(addr: &str, tls: &warden_client::TlsOptions) -> Channel {
-    let host = warden_client::tls::host_of(addr);
-    tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
-        .expect("endpoint")
-        .tls_config(tls.tonic_config(host).expect("tls config"))
-        .expect("tls")
+    warden_client::tls::endpoint(addr, Some(tls))
+        .expect("tls endpoint")
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(5))
         .connect_lazy()
