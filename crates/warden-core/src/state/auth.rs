@@ -62,7 +62,9 @@ impl PermKind {
     fn allows(self, need: Need) -> bool {
         matches!(
             (self, need),
-            (PermKind::ReadWrite, _) | (PermKind::Read, Need::Read) | (PermKind::Write, Need::Write)
+            (PermKind::ReadWrite, _)
+                | (PermKind::Read, Need::Read)
+                | (PermKind::Write, Need::Write)
         )
     }
 }
@@ -113,7 +115,9 @@ impl Role {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AuthCommand {
     /// Turn auth on; `token_key` signs the tokens issued from now on.
-    Enable { token_key: Vec<u8> },
+    Enable {
+        token_key: Vec<u8>,
+    },
     Disable,
     UserAdd {
         name: String,

@@ -56,9 +56,7 @@ fn store() -> AuthStore {
 #[test]
 fn enable_needs_root_user_with_root_role() {
     let mut s = AuthStore::default();
-    let enable = AuthCommand::Enable {
-        token_key: vec![1],
-    };
+    let enable = AuthCommand::Enable { token_key: vec![1] };
     assert_eq!(s.apply(&enable), Err(AuthError::RootUserNotExist));
     add_user(&mut s, ROOT);
     assert_eq!(s.apply(&enable), Err(AuthError::RootRoleNotExist));
@@ -200,7 +198,10 @@ fn key_range_checks() {
     );
     // Root may do anything; nobody and unknown users nothing.
     assert_eq!(s.check_write(Some(ROOT), b"anything", &[0]), Ok(()));
-    assert_eq!(s.check_range(None, b"app/x", b""), Err(AuthError::UserEmpty));
+    assert_eq!(
+        s.check_range(None, b"app/x", b""),
+        Err(AuthError::UserEmpty)
+    );
     assert_eq!(
         s.check_range(Some("mallory"), b"app/x", b""),
         Err(AuthError::PermissionDenied)
@@ -230,9 +231,15 @@ fn adjacent_grants_cover_their_union() {
     let a = Some("alice");
     assert_eq!(s.check_range(a, b"a", b"e"), Ok(()));
     assert_eq!(s.check_range(a, b"b", b"d"), Ok(()));
-    assert_eq!(s.check_range(a, b"a", b"f"), Err(AuthError::PermissionDenied));
+    assert_eq!(
+        s.check_range(a, b"a", b"f"),
+        Err(AuthError::PermissionDenied)
+    );
     assert_eq!(s.check_write(a, b"a", b"c"), Ok(()));
-    assert_eq!(s.check_write(a, b"a", b"d"), Err(AuthError::PermissionDenied));
+    assert_eq!(
+        s.check_write(a, b"a", b"d"),
+        Err(AuthError::PermissionDenied)
+    );
     assert_eq!(s.check_range(a, b"single", b""), Ok(()));
     assert_eq!(
         s.check_range(a, b"single", b"singlf"),

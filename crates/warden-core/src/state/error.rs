@@ -152,9 +152,7 @@ impl StateError {
             StateError::Lock(_)
             | StateError::FenceRejected { .. }
             | StateError::FenceNotKv
-            | StateError::Auth(_) => {
-                return self.to_string().into()
-            }
+            | StateError::Auth(_) => return self.to_string().into(),
         };
         fixed.into()
     }

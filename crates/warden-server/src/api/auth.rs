@@ -216,7 +216,8 @@ pub fn verify_token(store: &AuthStore, token: &str, now: u64) -> Result<String, 
     let given = URL_SAFE_NO_PAD
         .decode(m)
         .map_err(|_| AuthError::InvalidAuthToken)?;
-    let want = mac(store.token_key(), &user, generation, expires).ok_or(AuthError::InvalidAuthToken)?;
+    let want =
+        mac(store.token_key(), &user, generation, expires).ok_or(AuthError::InvalidAuthToken)?;
     if !bool::from(want.ct_eq(&given)) || expires <= now {
         return Err(bad);
     }
@@ -270,7 +271,10 @@ impl Gate {
         let token = req
             .metadata()
             .get(TOKEN_METADATA)
-            .map(|v| v.to_str().map_err(|_| auth_status(AuthError::InvalidAuthToken)))
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| auth_status(AuthError::InvalidAuthToken))
+            })
             .transpose()?;
         let now = now_unix();
         let resolved = self.store(|s| {
@@ -541,7 +545,9 @@ impl pb::auth_server::Auth for AuthService {
             Some((Some(hash), g, k)) => {
                 let ok = self
                     .gate
-                    .hash_job(deadline, move || bcrypt::verify(password, &hash).unwrap_or(false))
+                    .hash_job(deadline, move || {
+                        bcrypt::verify(password, &hash).unwrap_or(false)
+                    })
                     .await?;
                 (ok, Some(g), k)
             }
@@ -553,9 +559,12 @@ impl pb::auth_server::Auth for AuthService {
             }
         };
         let token = match (ok, generation) {
-            (true, Some(g)) => {
-                sign_token(&key, &name, g, now_unix().saturating_add(self.gate.settings.token_ttl.as_secs()))
-            }
+            (true, Some(g)) => sign_token(
+                &key,
+                &name,
+                g,
+                now_unix().saturating_add(self.gate.settings.token_ttl.as_secs()),
+            ),
             _ => None,
         };
         let mut failures = self
@@ -614,7 +623,9 @@ impl pb::auth_server::Auth for AuthService {
         }
         let roles = self
             .gate
-            .read(deadline, |s| s.user(&name).map(|u| u.roles.iter().cloned().collect()))
+            .read(deadline, |s| {
+                s.user(&name).map(|u| u.roles.iter().cloned().collect())
+            })
             .await?
             .ok_or_else(|| auth_status(AuthError::UserNotFound))?;
         Ok(Response::new(pb::AuthUserGetResponse {
@@ -797,7 +808,9 @@ impl pb::auth_server::Auth for AuthService {
             .gate
             .change(AuthCommand::RoleGrantPermission { name, perm }, deadline)
             .await?;
-        Ok(Response::new(pb::AuthRoleGrantPermissionResponse { header }))
+        Ok(Response::new(pb::AuthRoleGrantPermissionResponse {
+            header,
+        }))
     }
 
     async fn role_revoke_permission(
@@ -818,7 +831,9 @@ impl pb::auth_server::Auth for AuthService {
                 deadline,
             )
             .await?;
-        Ok(Response::new(pb::AuthRoleRevokePermissionResponse { header }))
+        Ok(Response::new(pb::AuthRoleRevokePermissionResponse {
+            header,
+        }))
     }
 }
 
@@ -856,9 +871,15 @@ mod tests {
         assert_eq!(verify_token(&s, &t, 1000), Err(AuthError::InvalidAuthToken));
         // Another key, a changed field, garbage.
         let other = sign_token(&[1; 32], ROOT, g, 1000).unwrap();
-        assert_eq!(verify_token(&s, &other, 1), Err(AuthError::InvalidAuthToken));
+        assert_eq!(
+            verify_token(&s, &other, 1),
+            Err(AuthError::InvalidAuthToken)
+        );
         let longer = t.replacen(".1000.", ".2000.", 1);
-        assert_eq!(verify_token(&s, &longer, 1), Err(AuthError::InvalidAuthToken));
+        assert_eq!(
+            verify_token(&s, &longer, 1),
+            Err(AuthError::InvalidAuthToken)
+        );
         for junk in ["", "a.b.c.d", "....", &"x".repeat(5000), "cm9vdA.1.1000"] {
             assert_eq!(verify_token(&s, junk, 1), Err(AuthError::InvalidAuthToken));
         }

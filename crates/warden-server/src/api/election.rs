@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::error::check_request_size;
 use super::auth::Gate;
+use super::error::check_request_size;
 use super::header;
 use super::recipes::{by_create, create_or_get, txn, wait_deletes, KeyGuard};
 use super::v3lock::{lease_or_session, lock_keys};
@@ -79,7 +79,8 @@ impl pb::election_server::Election for ElectionService {
         let node = &self.node;
         let lease = lease_or_session(node, &caller, r.lease, timeout).await?;
         let (prefix, key) = lock_keys(&r.name, lease);
-        let (created, my_rev, _, _) = create_or_get(node, &caller, &prefix, &key, &r.value, lease).await?;
+        let (created, my_rev, _, _) =
+            create_or_get(node, &caller, &prefix, &key, &r.value, lease).await?;
         let guard = created.then(|| KeyGuard::new(node.clone(), caller.clone(), key.clone()));
         let leader = pb::LeaderKey {
             name: r.name.clone(),
@@ -156,7 +157,8 @@ impl pb::election_server::Election for ElectionService {
         let caller = self.gate.caller(&request)?;
         let mut prefix = request.into_inner().name;
         prefix.push(b'/');
-        self.gate.check_range(&caller, &prefix, &prefix_end(&prefix))?;
+        self.gate
+            .check_range(&caller, &prefix, &prefix_end(&prefix))?;
         let (tx, rx) = mpsc::channel(16);
         let node = self.node.clone();
         tokio::spawn(async move {

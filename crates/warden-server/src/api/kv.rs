@@ -13,8 +13,8 @@ use std::sync::Arc;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::error::{check_request_size, node_status, state_status};
 use super::auth::Gate;
+use super::error::{check_request_size, node_status, state_status};
 use super::header;
 use crate::node::peer_service::grpc_timeout;
 use crate::node::{Consistency, Node};

@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::error::{node_status, state_status};
 use super::auth::{Caller, Gate};
+use super::error::{node_status, state_status};
 use super::{header, propose};
 use crate::node::peer_service::grpc_timeout;
 use crate::node::{Consistency, Node};

@@ -26,8 +26,8 @@ use futures::Stream;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
-use super::error::{node_status, state_status};
 use super::auth::Gate;
+use super::error::{node_status, state_status};
 use super::{header, ETCD_API_VERSION};
 use crate::node::network::SNAPSHOT_CHUNK;
 use crate::node::peer_service::grpc_timeout;
@@ -170,7 +170,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         r: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        self.gate.admin(&r)?;
+        self.gate.admin(&r).map_err(raw_auth_error)?;
         let rev = self.node.status().revision;
         Ok(Response::new(pb::DefragmentResponse {
             header: Some(header(&self.node, rev)),
@@ -181,7 +181,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         r: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        self.gate.admin(&r)?;
+        self.gate.admin(&r).map_err(raw_auth_error)?;
         Err(Status::unimplemented("Hash is not supported; use HashKV"))
     }
 
@@ -189,7 +189,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         r: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
-        self.gate.admin(&r)?;
+        self.gate.admin(&r).map_err(raw_auth_error)?;
         let asked = r.get_ref().revision;
         // Hashes every key: on a copy, off the lock and the async workers.
         let (rev, hash, compact_revision) = self
@@ -222,7 +222,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         r: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        self.gate.admin(&r)?;
+        self.gate.admin(&r).map_err(raw_auth_error)?;
         let permit = self
             .snapshot_streams
             .clone()
@@ -332,4 +332,21 @@ fn link_errors(node: &Node) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// etcd checks Defragment, Hash, HashKV and Snapshot in a wrapper that
+/// returns the auth store's own error unconverted, so etcdctl prints
+/// `rpc error: code = Unknown desc = auth: permission denied` for them
+/// (not `etcdserver: permission denied`). Same code and text here.
+fn raw_auth_error(s: Status) -> Status {
+    match s.code() {
+        tonic::Code::PermissionDenied
+        | tonic::Code::Unauthenticated
+        | tonic::Code::InvalidArgument => {
+            let msg = s.message();
+            let rest = msg.strip_prefix("etcdserver: ").unwrap_or(msg);
+            Status::unknown(format!("auth: {rest}"))
+        }
+        _ => s,
+    }
 }

@@ -125,12 +125,11 @@ pub async fn serve(
         maintenance::MaintenanceService::new(node.clone(), gate.clone()),
     )
     .max_decoding_message_size(limit);
-    let cluster =
-        pb::cluster_server::ClusterServer::new(cluster::ClusterService {
-            node: node.clone(),
-            gate: gate.clone(),
-        })
-            .max_decoding_message_size(limit);
+    let cluster = pb::cluster_server::ClusterServer::new(cluster::ClusterService {
+        node: node.clone(),
+        gate: gate.clone(),
+    })
+    .max_decoding_message_size(limit);
     let watch = pb::watch_server::WatchServer::new(watch::WatchService {
         node: node.clone(),
         gate: gate.clone(),
@@ -142,7 +141,7 @@ pub async fn serve(
         node: node.clone(),
         gate: gate.clone(),
     })
-        .max_decoding_message_size(limit);
+    .max_decoding_message_size(limit);
     let lock = warden_proto::v3lockpb::lock_server::LockServer::new(v3lock::LockService {
         node: node.clone(),
         gate: gate.clone(),

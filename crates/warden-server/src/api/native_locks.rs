@@ -23,8 +23,8 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::error::{check_request_size, node_status, state_status};
 use super::auth::{Caller, Gate};
+use super::error::{check_request_size, node_status, state_status};
 use super::{header, propose, unexpected};
 use crate::node::peer_service::grpc_timeout;
 use crate::node::{Consistency, LockFeed, Node};
@@ -187,7 +187,8 @@ impl Acquire {
     /// Runs the acquire; true once the client was told it holds the lock.
     async fn acquire(&self, req: lt::AcquireRequest, wait_for: Option<Duration>) -> bool {
         let mut feed = self.node.lock_feed();
-        let outcome = match propose(&self.node, None, &self.caller, Command::LockAcquire(req)).await {
+        let outcome = match propose(&self.node, None, &self.caller, Command::LockAcquire(req)).await
+        {
             Ok((_, CommandResult::LockAcquire(o))) => o,
             Ok(_) => {
                 let _ = self.tx.send(Err(unexpected())).await;
@@ -454,7 +455,9 @@ impl pb::locks_server::Locks for LocksService {
         let lease = if r.lease != 0 {
             r.lease
         } else if r.ttl > 0 {
-            super::lease::grant(&self.node, &caller, 0, r.ttl, None).await?.1
+            super::lease::grant(&self.node, &caller, 0, r.ttl, None)
+                .await?
+                .1
         } else {
             return Err(Status::invalid_argument(
                 "warden: an acquire needs a lease or a ttl",

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use tonic::Status;
 
-use super::error::{node_status, state_status};
 use super::auth::{check_range_at, Caller};
+use super::error::{node_status, state_status};
 use super::{propose, unexpected};
 use crate::node::{Consistency, Node};
 use warden_client::keys::prefix_range_end as prefix_end;
@@ -83,7 +83,13 @@ pub async fn by_create(
     first: bool,
     max_create: i64,
 ) -> Result<(i64, Option<KeyValue>), Status> {
-    let (rev, r) = read(node, caller, create_ordered(prefix, first, max_create), None).await?;
+    let (rev, r) = read(
+        node,
+        caller,
+        create_ordered(prefix, first, max_create),
+        None,
+    )
+    .await?;
     Ok((rev, r.kvs.into_iter().next()))
 }
 

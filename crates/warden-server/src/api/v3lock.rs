@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::error::check_request_size;
 use super::auth::{Caller, Gate};
+use super::error::check_request_size;
 use super::header;
 use super::recipes::{create_or_get, delete, read, wait_deletes, KeyGuard};
 use crate::node::peer_service::grpc_timeout;
@@ -40,9 +40,11 @@ pub(super) async fn lease_or_session(
     if lease != 0 {
         return Ok(lease);
     }
-    Ok(super::lease::grant(node, caller, 0, DEFAULT_SESSION_TTL, timeout)
-        .await?
-        .1)
+    Ok(
+        super::lease::grant(node, caller, 0, DEFAULT_SESSION_TTL, timeout)
+            .await?
+            .1,
+    )
 }
 
 pub struct LockService {
@@ -77,7 +79,8 @@ impl pb::lock_server::Lock for LockService {
         let node = &self.node;
         let lease = lease_or_session(node, &caller, r.lease, timeout).await?;
         let (prefix, key) = lock_keys(&r.name, lease);
-        let (created, my_rev, owner, _) = create_or_get(node, &caller, &prefix, &key, b"", lease).await?;
+        let (created, my_rev, owner, _) =
+            create_or_get(node, &caller, &prefix, &key, b"", lease).await?;
         // Abandoned while waiting: take our key away again (as etcd does).
         let guard = created.then(|| KeyGuard::new(node.clone(), caller.clone(), key.clone()));
         if owner.is_none_or(|o| o.create_revision != my_rev) {

@@ -189,8 +189,7 @@ impl StreamCtx {
                     };
                     let refused = if watchers.contains_key(&id) || id < 0 {
                         Some("etcdserver: duplicate watch ID".to_string())
-                    } else if let Err(e) =
-                        self.gate.check_range(&self.caller, &c.key, &c.range_end)
+                    } else if let Err(e) = self.gate.check_range(&self.caller, &c.key, &c.range_end)
                     {
                         // etcd's cancel reason is the status as Go prints it.
                         Some(format!(

@@ -167,8 +167,8 @@ pub(crate) fn parse_snapshot(
                 rest.len()
             ))
         };
-        let (table, rest) = postcard::take_from_bytes::<AlarmTable>(rest)
-            .map_err(|_| bad("an alarm table"))?;
+        let (table, rest) =
+            postcard::take_from_bytes::<AlarmTable>(rest).map_err(|_| bad("an alarm table"))?;
         if rest.is_empty() {
             // Alone, only a non-empty table is ever written.
             if table.is_empty() {
@@ -588,12 +588,7 @@ impl SmStore {
     }
 
     /// Applies a key-value command (already allowed by the auth store).
-    fn apply_kv(
-        &self,
-        d: &mut SmData,
-        cmd: &Command,
-        prepared: Option<Compaction>,
-    ) -> Response {
+    fn apply_kv(&self, d: &mut SmData, cmd: &Command, prepared: Option<Compaction>) -> Response {
         // etcd's capped applier: while NOSPACE is raised, commands that add
         // data are refused, the same way on every member.
         if cmd.quota_cost() > 0 && d.alarms.has(AlarmType::NoSpace) {

@@ -226,4 +226,3 @@ impl Drop for Etcd {
         let _ = self.child.wait();
     }
 }
-
