@@ -66,6 +66,13 @@ impl Keeper {
         let ids = Arc::new(ids);
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        // etcd (grpc-go) answers the call only once the first request is
+        // sent, so it is queued before the call is made.
+        if let Some(first) = ids.first() {
+            tx.send(pb::LeaseKeepAliveRequest { id: *first })
+                .await
+                .context("queueing the first keep-alive")?;
+        }
         let mut answers = LeaseClient::new(channel.clone())
             .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
@@ -75,10 +82,13 @@ impl Keeper {
         let all = ids.clone();
         let task = tokio::spawn(async move {
             let (mut renewed, mut lost) = (0u64, 0u64);
+            let mut first_round = true;
             while !*stopped.borrow() {
                 let started = Instant::now();
+                // The first round's first request was queued by `start`.
+                let skip = usize::from(std::mem::take(&mut first_round));
                 let send = async {
-                    for id in all.iter() {
+                    for id in all.iter().skip(skip) {
                         if tx
                             .send(pb::LeaseKeepAliveRequest { id: *id })
                             .await

@@ -374,10 +374,21 @@ impl Worker {
     /// One keep-alive round trip of this client's lease on its own stream
     /// (opened on first use, and again after a failure).
     async fn keep_alive(&mut self) -> anyhow::Result<Done> {
-        let (tx, rx) = match self.keepalive.take() {
-            Some(s) => s,
+        let req = pb::LeaseKeepAliveRequest { id: self.lease };
+        let mut stream = match self.keepalive.take() {
+            Some((tx, answers)) => {
+                tx.send(req)
+                    .await
+                    .map_err(|_| anyhow!("keep-alive stream closed"))?;
+                (tx, answers)
+            }
             None => {
+                // etcd (grpc-go) answers the call only once the first
+                // request is sent, so it is queued before the call is made.
                 let (tx, rx) = mpsc::channel(4);
+                tx.send(req)
+                    .await
+                    .map_err(|_| anyhow!("keep-alive stream closed"))?;
                 let answers = LeaseClient::new(self.channel())
                     .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
                     .await?
@@ -385,12 +396,6 @@ impl Worker {
                 (tx, answers)
             }
         };
-        let mut stream = (tx, rx);
-        stream
-            .0
-            .send(pb::LeaseKeepAliveRequest { id: self.lease })
-            .await
-            .map_err(|_| anyhow!("keep-alive stream closed"))?;
         let r = stream
             .1
             .message()
