@@ -128,7 +128,7 @@ pub enum Command {
         command: snapshot::SnapshotCommand,
     },
     /// Measure throughput and latency against the endpoints.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// Write a throwaway CA and certificates for trying TLS out.
     Certs(certs::CertsArgs),
     /// Cluster membership.
@@ -155,7 +155,7 @@ impl Cli {
             Command::Certs(args) => return certs::run_certs(args),
             Command::Bench(args) => {
                 let json = global.output == Format::Json;
-                return bench::run_bench(&global.endpoints, global.tls(), args, json).await;
+                return bench::run_bench(&global.endpoints, global.tls(), *args, json).await;
             }
             other => other,
         };
