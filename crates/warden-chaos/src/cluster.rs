@@ -56,7 +56,7 @@ pub struct ChaosCluster {
     /// Members that exited without being killed: "name: status".
     pub crashes: Vec<String>,
     /// TLS flags every member gets (empty: plaintext).
-    tls_flags: Vec<String>,
+    server_flags: Vec<String>,
     /// How clients reach the members, with TLS.
     pub client_tls: Option<warden_client::TlsOptions>,
 }
@@ -129,6 +129,7 @@ impl ChaosCluster {
         timing: ServerTiming,
         proxied: bool,
         tls: bool,
+        auth: bool,
     ) -> anyhow::Result<ChaosCluster> {
         if !bin.exists() {
             anyhow::bail!(
@@ -174,11 +175,16 @@ impl ChaosCluster {
                 join: None,
             });
         }
-        let (tls_flags, client_tls) = if tls {
+        let (mut server_flags, client_tls) = if tls {
             make_certs(bin, &dir.join("certs"))?
         } else {
             (Vec::new(), None)
         };
+        if auth {
+            // The cheapest bcrypt cost: the harness authenticates a client
+            // per workload process, and hashing is not what is under test.
+            server_flags.extend(["--bcrypt-cost".to_owned(), "4".to_owned()]);
+        }
         let topo = Arc::new(Topology::new(names, client_addrs, client_tls.clone())?);
         let mut c = ChaosCluster {
             bin: bin.to_path_buf(),
@@ -187,7 +193,7 @@ impl ChaosCluster {
             proxies,
             topo,
             crashes: Vec::new(),
-            tls_flags,
+            server_flags,
             client_tls,
         };
         for i in 0..n {
@@ -251,7 +257,7 @@ impl ChaosCluster {
         if let Some(s) = t.snapshot_entries {
             cmd.args(["--snapshot-entries", &s.to_string()]);
         }
-        cmd.args(&self.tls_flags);
+        cmd.args(&self.server_flags);
         let child = cmd
             .env("WARDEN_LOG", "info,openraft=warn")
             .env("WARDEN_WATCH_PROGRESS_INTERVAL_MS", "1000")
@@ -457,7 +463,7 @@ fn strip_ansi(s: &str) -> String {
 /// the leader that a member reporting itself as leader confirms (highest
 /// term wins).
 pub async fn poll_leader(topo: &Topology) -> Option<usize> {
-    let views = leader::views(&topo.channels, Duration::from_millis(700)).await;
+    let views = leader::views(&topo.raw, Duration::from_millis(700)).await;
     for (i, v) in views.iter().enumerate() {
         if let Some(v) = v {
             topo.learn_id(v.member_id, i);
