@@ -41,9 +41,11 @@ pub async fn enable(opts: &ClientOptions, topo: &Topology) -> anyhow::Result<Cre
     })
     .await?;
     step(&client, "role add root", |mut a| async move {
-        a.role_add(pb::AuthRoleAddRequest { name: "root".into() })
-            .await
-            .map(drop)
+        a.role_add(pb::AuthRoleAddRequest {
+            name: "root".into(),
+        })
+        .await
+        .map(drop)
     })
     .await?;
     step(&client, "user grant-role root root", |mut a| async move {
@@ -65,18 +67,22 @@ pub async fn enable(opts: &ClientOptions, topo: &Topology) -> anyhow::Result<Cre
             .map(drop)
     })
     .await?;
-    step(&client, "role grant-permission app readwrite --from-key ''", |mut a| async move {
-        a.role_grant_permission(pb::AuthRoleGrantPermissionRequest {
-            name: "app".into(),
-            perm: Some(authpb::Permission {
-                perm_type: authpb::permission::Type::Readwrite as i32,
-                key: vec![0],
-                range_end: vec![0],
-            }),
-        })
-        .await
-        .map(drop)
-    })
+    step(
+        &client,
+        "role grant-permission app readwrite --from-key ''",
+        |mut a| async move {
+            a.role_grant_permission(pb::AuthRoleGrantPermissionRequest {
+                name: "app".into(),
+                perm: Some(authpb::Permission {
+                    perm_type: authpb::permission::Type::Readwrite as i32,
+                    key: vec![0],
+                    range_end: vec![0],
+                }),
+            })
+            .await
+            .map(drop)
+        },
+    )
     .await?;
     step(&client, "user grant-role chaos app", |mut a| async move {
         a.user_grant_role(pb::AuthUserGrantRoleRequest {
@@ -91,6 +97,19 @@ pub async fn enable(opts: &ClientOptions, topo: &Topology) -> anyhow::Result<Cre
         a.auth_enable(pb::AuthEnableRequest {}).await.map(drop)
     })
     .await?;
+
+    // Auth is on: a read without a token is refused.
+    let mut kv = pb::kv_client::KvClient::new(topo.raw.first().context("no members")?.clone());
+    if kv
+        .range(pb::RangeRequest {
+            key: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .is_ok()
+    {
+        anyhow::bail!("auth enable returned, but a read without a token still succeeds");
+    }
 
     let creds = Credentials {
         user: USER.to_owned(),
@@ -109,8 +128,12 @@ pub async fn enable(opts: &ClientOptions, topo: &Topology) -> anyhow::Result<Cre
             Err(e) => errors.push(format!("{addr}: {}", e.message())),
         }
     }
-    let token = token
-        .with_context(|| format!("no member authenticated the chaos user: {}", errors.join("; ")))?;
+    let token = token.with_context(|| {
+        format!(
+            "no member authenticated the chaos user: {}",
+            errors.join("; ")
+        )
+    })?;
     topo.token
         .set(&token)
         .map_err(|e| anyhow::anyhow!("auth token: {e}"))?;

@@ -118,6 +118,13 @@ fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How clients reach the members: TLS on both ports, etcd auth on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Access {
+    pub tls: bool,
+    pub auth: bool,
+}
+
 impl ChaosCluster {
     /// Starts `n` members with data in `data/nI` and logs in `dir/logs`;
     /// with `proxied`, peer traffic goes through per-link proxies.
@@ -128,9 +135,9 @@ impl ChaosCluster {
         data: &Path,
         timing: ServerTiming,
         proxied: bool,
-        tls: bool,
-        auth: bool,
+        access: Access,
     ) -> anyhow::Result<ChaosCluster> {
+        let Access { tls, auth } = access;
         if !bin.exists() {
             anyhow::bail!(
                 "warden binary {} not found (build it, or pass --warden-bin)",

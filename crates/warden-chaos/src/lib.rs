@@ -149,8 +149,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         &data,
         opts.timing.clone(),
         proxied,
-        opts.tls,
-        opts.auth,
+        cluster::Access {
+            tls: opts.tls,
+            auth: opts.auth,
+        },
     )
     .await?;
     let topo = cluster.topo.clone();

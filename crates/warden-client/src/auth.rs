@@ -43,7 +43,9 @@ impl Credentials {
                 password: password.to_owned(),
             }),
             // Not echoed: a mistyped value may be the password alone.
-            _ => Err("expected user:password (a non-empty user name, a colon, the password)".to_owned()),
+            _ => Err(
+                "expected user:password (a non-empty user name, a colon, the password)".to_owned(),
+            ),
         }
     }
 }
@@ -89,7 +91,11 @@ impl TokenCell {
 
 impl std::fmt::Debug for TokenCell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TokenCell({})", if self.is_set() { "set" } else { "empty" })
+        write!(
+            f,
+            "TokenCell({})",
+            if self.is_set() { "set" } else { "empty" }
+        )
     }
 }
 
@@ -152,7 +158,10 @@ mod tests {
         assert!(Credentials::parse("alice").is_err());
         assert!(Credentials::parse(":pw").is_err());
         let err = Credentials::parse("secretvalue").err().unwrap();
-        assert!(!err.contains("secretvalue"), "never echoes what may be a password: {err}");
+        assert!(
+            !err.contains("secretvalue"),
+            "never echoes what may be a password: {err}"
+        );
     }
 
     #[test]
