@@ -24,8 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::lease::LeaseTable;
-use super::machine::Command;
+use super::machine::{Command, StateMachine};
 use super::types::{RequestOp, TxnRequest};
 
 /// The user and the role with every permission.
@@ -535,7 +534,7 @@ impl AuthStore {
         &self,
         caller: Caller<'_>,
         cmd: &Command,
-        leases: &LeaseTable,
+        state: &StateMachine,
     ) -> Result<(), AuthError> {
         if !self.enabled {
             return Ok(());
@@ -549,7 +548,7 @@ impl AuthStore {
                 if p.prev_kv {
                     self.check_range(caller, &p.key, &[])?;
                 }
-                self.check_lease_keys(caller, p.lease, leases)
+                self.check_lease_holdings(caller, p.lease, state)
             }
             Command::DeleteRange(d) => {
                 self.check_write(caller, &d.key, &d.range_end)?;
@@ -558,38 +557,69 @@ impl AuthStore {
                 }
                 Ok(())
             }
-            Command::Txn(t) => self.check_txn(caller, t, leases),
+            Command::Txn(t) => self.check_txn(caller, t, state),
             Command::LeaseGrant { .. } => self.check_authenticated(caller),
             Command::LeaseRevoke { id } => {
                 self.check_authenticated(caller)?;
-                self.check_lease_keys(caller, *id, leases)
+                self.check_lease_holdings(caller, *id, state)
             }
-            Command::LockAcquire(req) => self.check_write(caller, req.name.as_bytes(), &[]),
+            // Holding on a lease that holds other names (or keys) is as
+            // good as revoking it: the same permissions.
+            Command::LockAcquire(req) => {
+                self.check_write(caller, req.name.as_bytes(), &[])?;
+                self.check_lease_holdings(caller, req.lease, state)
+            }
             Command::LockRelease { name, .. } | Command::LockCancel { name, .. } => {
                 self.check_write(caller, name.as_bytes(), &[])
             }
             Command::Fenced { name, command, .. } => {
                 self.check_write(caller, name.as_bytes(), &[])?;
-                self.check_command(caller, command, leases)
+                self.check_command(caller, command, state)
             }
             Command::Compact(_) | Command::LeaseCheckpoint { .. } => self.check_admin(caller),
         }
     }
 
-    fn check_lease_keys(
+    /// Write permission on everything `lease` holds: its keys and the
+    /// names of the locks it holds or waits on (revoking or renewing the
+    /// lease decides their fate). A lease that does not exist (yet) holds
+    /// nothing.
+    pub fn check_lease_holdings(
         &self,
         caller: Caller<'_>,
         lease: i64,
-        leases: &LeaseTable,
+        state: &StateMachine,
     ) -> Result<(), AuthError> {
-        if lease == 0 {
+        self.check_lease_access(caller, lease, state, true)
+    }
+
+    /// Write (`write`) or read permission on every key and lock name
+    /// `lease` holds: etcd's `checkLeaseRenew` / `checkLeaseTimeToLive`,
+    /// with warden's lock names counted as keys.
+    pub fn check_lease_access(
+        &self,
+        caller: Caller<'_>,
+        lease: i64,
+        state: &StateMachine,
+        write: bool,
+    ) -> Result<(), AuthError> {
+        if lease == 0 || !self.enabled || caller.is_some_and(|u| self.is_root(u)) {
             return Ok(());
         }
-        let Some(l) = leases.get(lease) else {
-            return Ok(());
+        let check = |key: &[u8]| {
+            if write {
+                self.check_write(caller, key, &[])
+            } else {
+                self.check_range(caller, key, &[])
+            }
         };
-        for key in &l.keys {
-            self.check_write(caller, key, &[])?;
+        if let Some(l) = state.leases().get(lease) {
+            for key in &l.keys {
+                check(key)?;
+            }
+        }
+        for name in state.locks().names_on_lease(lease) {
+            check(name.as_bytes())?;
         }
         Ok(())
     }
@@ -598,7 +628,7 @@ impl AuthStore {
         &self,
         caller: Caller<'_>,
         t: &TxnRequest,
-        leases: &LeaseTable,
+        state: &StateMachine,
     ) -> Result<(), AuthError> {
         for c in &t.compare {
             self.check_range(caller, &c.key, &c.range_end)?;
@@ -606,13 +636,11 @@ impl AuthStore {
         for op in t.success.iter().chain(&t.failure) {
             match op {
                 RequestOp::Range(r) => self.check_range(caller, &r.key, &r.range_end)?,
-                RequestOp::Put(p) => {
-                    self.check_command(caller, &Command::Put(p.clone()), leases)?
-                }
+                RequestOp::Put(p) => self.check_command(caller, &Command::Put(p.clone()), state)?,
                 RequestOp::DeleteRange(d) => {
-                    self.check_command(caller, &Command::DeleteRange(d.clone()), leases)?
+                    self.check_command(caller, &Command::DeleteRange(d.clone()), state)?
                 }
-                RequestOp::Txn(inner) => self.check_txn(caller, inner, leases)?,
+                RequestOp::Txn(inner) => self.check_txn(caller, inner, state)?,
             }
         }
         Ok(())

@@ -266,7 +266,7 @@ fn auth_off_checks_nothing() {
 #[test]
 fn commands_need_what_they_touch() {
     let s = store();
-    let leases = LeaseTable::default();
+    let leases = crate::state::StateMachine::new();
     let a = Some("alice");
     let put = |key: &[u8], prev_kv: bool| {
         Command::Put(PutRequest {
@@ -348,10 +348,10 @@ fn lease_revoke_needs_write_on_its_keys() {
     }));
     let revoke = Command::LeaseRevoke { id: 9 };
     assert_eq!(
-        s.check_command(Some("alice"), &revoke, sm.leases()),
+        s.check_command(Some("alice"), &revoke, &sm),
         Err(AuthError::PermissionDenied)
     );
-    assert_eq!(s.check_command(Some(ROOT), &revoke, sm.leases()), Ok(()));
+    assert_eq!(s.check_command(Some(ROOT), &revoke, &sm), Ok(()));
     // Attaching a key to that lease is a claim on it as well.
     let attach = Command::Put(PutRequest {
         key: b"app/w/1".to_vec(),
@@ -359,7 +359,7 @@ fn lease_revoke_needs_write_on_its_keys() {
         ..Default::default()
     });
     assert_eq!(
-        s.check_command(Some("alice"), &attach, sm.leases()),
+        s.check_command(Some("alice"), &attach, &sm),
         Err(AuthError::PermissionDenied)
     );
 }
@@ -370,4 +370,48 @@ fn end_of_single_key_orders_before_longer_keys() {
     assert!(End::of(b"a", b"") < End::Before(b"a\x01".to_vec()));
     assert!(End::of(b"a", b"") == End::Before(b"a\0".to_vec()));
     assert!(End::of(b"a", &[0]) > End::Before(vec![0xff; 64]));
+}
+
+/// A lease that holds a lock is guarded like a lease with keys: revoking
+/// it (which ends the hold) or acquiring on it needs write on the lock
+/// name; a user with write on the name may.
+#[test]
+fn a_lease_holding_a_lock_needs_write_on_the_lock_name() {
+    use crate::state::lock_table::{AcquireRequest, LockMode};
+    let s = store();
+    let mut sm = crate::state::StateMachine::new();
+    sm.apply(&Command::LeaseGrant { id: 7, ttl: 30 });
+    let acquire = |name: &str| {
+        Command::LockAcquire(AcquireRequest {
+            name: name.into(),
+            mode: LockMode::Exclusive,
+            lease: 7,
+            priority: 0,
+            owner: "holder".into(),
+            wait: false,
+        })
+    };
+    assert!(sm.apply(&acquire("deploy")).result.is_ok());
+    let revoke = Command::LeaseRevoke { id: 7 };
+    assert_eq!(
+        s.check_command(Some("alice"), &revoke, &sm),
+        Err(AuthError::PermissionDenied),
+        "alice has no write on the lock name the lease holds"
+    );
+    assert_eq!(
+        s.check_lease_access(Some("alice"), 7, &sm, false),
+        Err(AuthError::PermissionDenied),
+        "nor read (lease time-to-live)"
+    );
+    // On her own name, on the same lease: still the other name's lease.
+    assert_eq!(
+        s.check_command(Some("alice"), &acquire("app/w/mine"), &sm),
+        Err(AuthError::PermissionDenied)
+    );
+    assert_eq!(s.check_command(Some(ROOT), &revoke, &sm), Ok(()));
+    // A lease holding only a name alice may write is hers to revoke.
+    let mut sm2 = crate::state::StateMachine::new();
+    sm2.apply(&Command::LeaseGrant { id: 7, ttl: 30 });
+    assert!(sm2.apply(&acquire("app/w/mine")).result.is_ok());
+    assert_eq!(s.check_command(Some("alice"), &revoke, &sm2), Ok(()));
 }

@@ -589,6 +589,14 @@ impl LockTable {
             .map(|(name, lock)| lock.info(name))
     }
 
+    /// The names of the locks `lease` holds or waits on.
+    pub fn names_on_lease(&self, lease: i64) -> impl Iterator<Item = &str> + '_ {
+        self.lease_refs
+            .get(&lease)
+            .into_iter()
+            .flat_map(|names| names.keys().map(String::as_str))
+    }
+
     /// How many locks have a holder or a waiter.
     pub fn len(&self) -> usize {
         self.locks.len()

@@ -143,8 +143,37 @@ impl Failures {
         e.1 = e.1.saturating_add(1);
     }
 
-    fn succeeded(&mut self, addr: IpAddr) {
-        self.by_addr.remove(&addr);
+    /// Counts an attempt from `addr` as a failure before its password is
+    /// checked (so concurrent or abandoned attempts count too), or refuses
+    /// it when the address is braked.
+    fn charge(&mut self, addr: IpAddr, now: Instant) -> Result<(), Duration> {
+        let addr = bucket(addr);
+        self.allowed(addr, now)?;
+        self.failed(addr, now);
+        Ok(())
+    }
+
+    /// Takes back the charge of an attempt that succeeded. Only that one:
+    /// a success with one account does not wipe the failures of guesses at
+    /// another from the same address.
+    fn refund(&mut self, addr: IpAddr) {
+        if let Some(e) = self.by_addr.get_mut(&bucket(addr)) {
+            e.1 = e.1.saturating_sub(1);
+        }
+    }
+}
+
+/// The address a failure is counted against: IPv4 as is, IPv6 by its /64
+/// (one host usually owns a whole /64, so counting single addresses would
+/// let it guess without limit).
+fn bucket(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(_) => addr,
+        IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            o[8..].fill(0);
+            IpAddr::from(o)
+        }
     }
 }
 
@@ -154,7 +183,7 @@ pub struct Gate {
     node: Arc<Node>,
     settings: AuthSettings,
     failures: Mutex<Failures>,
-    hashing: Semaphore,
+    hashing: Arc<Semaphore>,
 }
 
 fn auth_status(e: AuthError) -> Status {
@@ -253,7 +282,7 @@ impl Gate {
             node,
             settings,
             failures: Mutex::new(Failures::default()),
-            hashing: Semaphore::new(HASHING_SLOTS),
+            hashing: Arc::new(Semaphore::new(HASHING_SLOTS)),
         })
     }
 
@@ -337,19 +366,14 @@ impl Gate {
                     return Ok(());
                 }
                 s.check_authenticated(caller.user())?;
-                if caller.user().is_some_and(|u| s.is_root(u)) {
-                    return Ok(());
-                }
-                let leases: Vec<_> = match id {
-                    Some(id) => d.kv.leases().get(id).into_iter().collect(),
-                    None => d.kv.leases().iter().collect(),
+                let ids: Vec<i64> = match id {
+                    Some(id) => vec![id],
+                    None => d.kv.leases().iter().map(|l| l.id).collect(),
                 };
-                for key in leases.iter().flat_map(|l| l.keys.iter()) {
-                    if write {
-                        s.check_write(caller.user(), key, &[])?;
-                    } else {
-                        s.check_range(caller.user(), key, &[])?;
-                    }
+                // Keys and the names of the locks held on the lease alike:
+                // renewing or revoking it decides their fate.
+                for id in ids {
+                    s.check_lease_access(caller.user(), id, &d.kv, write)?;
                 }
                 Ok(())
             })
@@ -370,13 +394,18 @@ impl Gate {
         deadline: Instant,
         job: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Status> {
-        let _slot = tokio::time::timeout_at(deadline, self.hashing.acquire())
+        let slot = tokio::time::timeout_at(deadline, self.hashing.clone().acquire_owned())
             .await
             .map_err(|_| Status::unavailable("etcdserver: request timed out"))?
             .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
-        tokio::task::spawn_blocking(job)
-            .await
-            .map_err(|e| Status::internal(format!("password hashing task ended: {e}")))
+        // The slot goes with the job: a caller that gives up does not free
+        // it while the hash still runs.
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            job()
+        })
+        .await
+        .map_err(|e| Status::internal(format!("password hashing task ended: {e}")))
     }
 
     /// The bcrypt hash a new password gets, or `None` for no password.
@@ -518,7 +547,7 @@ impl pb::auth_server::Auth for AuthService {
             .failures
             .lock()
             .map_err(|_| Status::internal("auth failure counter poisoned"))?
-            .allowed(addr, now);
+            .charge(addr, now);
         if let Err(wait) = allowed {
             return Err(Status::resource_exhausted(format!(
                 "warden: too many failed authentications from {addr}; retry in {} s",
@@ -573,12 +602,11 @@ impl pb::auth_server::Auth for AuthService {
             .lock()
             .map_err(|_| Status::internal("auth failure counter poisoned"))?;
         let Some(token) = token else {
-            failures.failed(addr, Instant::now());
             drop(failures);
-            tracing::info!(%addr, user = %name, "authentication failed");
+            tracing::info!(%addr, user = ?name, "authentication failed");
             return Err(auth_status(AuthError::AuthFailed));
         };
-        failures.succeeded(addr);
+        failures.refund(addr);
         Ok(Response::new(pb::AuthenticateResponse {
             header: self.hdr(),
             token,
@@ -889,6 +917,32 @@ mod tests {
         })
         .unwrap();
         assert_eq!(verify_token(&s, &t, 1), Err(AuthError::InvalidAuthToken));
+    }
+
+    #[test]
+    fn attempts_are_charged_before_checking_and_only_their_own_success_refunds() {
+        let mut f = Failures::default();
+        let now = Instant::now();
+        let a = IpAddr::from([10, 0, 0, 1]);
+        // Concurrent attempts: each is charged as it starts, so the sixth
+        // is braked even though none has finished.
+        for _ in 0..MAX_FAILURES {
+            assert!(f.charge(a, now).is_ok());
+        }
+        assert!(f.charge(a, now).is_err());
+        // One success takes back one charge, not the other guesses.
+        f.refund(a);
+        assert!(f.charge(a, now).is_ok());
+        assert!(f.charge(a, now).is_err());
+        // IPv6: one /64 is one address.
+        let v6 = |last: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, last]);
+        for i in 0..MAX_FAILURES as u16 {
+            assert!(f.charge(v6(i), now).is_ok());
+        }
+        assert!(f.charge(v6(999), now).is_err());
+        assert!(f
+            .charge(IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]), now)
+            .is_ok());
     }
 
     #[test]

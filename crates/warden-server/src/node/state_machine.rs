@@ -536,7 +536,7 @@ impl SmStore {
             },
             EntryPayload::Normal(Request::Kv(cmd)) => self.apply_kv(&mut d, &cmd, prepared),
             EntryPayload::Normal(Request::KvAs { user, cmd }) => {
-                match d.auth.check_command(user.as_deref(), &cmd, d.kv.leases()) {
+                match d.auth.check_command(user.as_deref(), &cmd, &d.kv) {
                     Ok(()) => self.apply_kv(&mut d, &cmd, prepared),
                     Err(e) => Response {
                         revision: d.kv.revision(),
