@@ -1063,3 +1063,7 @@ mod tests {
         assert_eq!(c.to_string(), "compact revision=9");
     }
 }
+
+#[cfg(test)]
+#[path = "lock_golden_tests.rs"]
+mod lock_golden_tests;
