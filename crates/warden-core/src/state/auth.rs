@@ -564,11 +564,13 @@ impl AuthStore {
                 self.check_authenticated(caller)?;
                 self.check_lease_keys(caller, *id, leases)
             }
-            Command::LockAcquire(req) => self.check_write(caller, req.name.as_bytes(), &[]),
-            Command::LockRelease { name, .. } | Command::LockCancel { name, .. } => {
-                self.check_write(caller, name.as_bytes(), &[])
+            Command::LockAcquire(req) | Command::LockAcquireProven { req, .. } => {
+                self.check_write(caller, req.name.as_bytes(), &[])
             }
-            Command::Fenced { name, command, .. } => {
+            Command::LockRelease { name, .. }
+            | Command::LockReleaseProven { name, .. }
+            | Command::LockCancel { name, .. } => self.check_write(caller, name.as_bytes(), &[]),
+            Command::Fenced { name, command, .. } | Command::FencedProven { name, command, .. } => {
                 self.check_write(caller, name.as_bytes(), &[])?;
                 self.check_command(caller, command, leases)
             }

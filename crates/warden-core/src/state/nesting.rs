@@ -1,8 +1,9 @@
 //! A bound on how deeply the recursive command types may nest when they are
 //! decoded, so bytes from a peer or from disk cannot overflow the stack.
 //!
-//! Three fields make the state's types recursive: `Command::Fenced`'s boxed
-//! command, `RequestOp::Txn` and `ResponseOp::Txn`. Each is deserialized
+//! Four fields make the state's types recursive: the boxed command of
+//! `Command::Fenced` and of `Command::FencedProven`, `RequestOp::Txn` and
+//! `ResponseOp::Txn`. Each is deserialized
 //! through [`bounded`] (serde's `deserialize_with`), which counts the
 //! recursive fields currently being decoded on this thread and fails once
 //! more than [`MAX_NESTING`] are open. postcard (and any other serde format)
