@@ -272,7 +272,10 @@ pub enum LockError {
     WaiterIdsExhausted,
     /// The command's handle digest is not the holder's. Appended after the
     /// variants above (they keep their encoding), like the next one.
-    #[error("warden: lock {} token {token}: handle does not match the holder", Short(name))]
+    #[error(
+        "warden: lock {} token {token}: handle does not match the holder",
+        Short(name)
+    )]
     WrongHandle { name: String, token: u64 },
     /// A token alone, for a hold granted with a handle.
     #[error(
@@ -805,10 +808,14 @@ impl LockTable {
             }
         }
         if let Some(token) = holders.keys().next() {
-            return Err(format!("a handle digest for token {token}, which holds no lock"));
+            return Err(format!(
+                "a handle digest for token {token}, which holds no lock"
+            ));
         }
         if let Some(waiter) = waiters.keys().next() {
-            return Err(format!("a handle digest for waiter {waiter}, which is not queued"));
+            return Err(format!(
+                "a handle digest for waiter {waiter}, which is not queued"
+            ));
         }
         Ok(())
     }
@@ -957,11 +964,7 @@ impl LockTable {
 /// Whether a command carrying `proof` may act as `holder` (see
 /// [`LockTable::prove`]). One error for any mismatch: nothing tells which
 /// bytes differ.
-fn check_proof(
-    name: &str,
-    holder: &Holder,
-    proof: Option<&HandleDigest>,
-) -> Result<(), LockError> {
+fn check_proof(name: &str, holder: &Holder, proof: Option<&HandleDigest>) -> Result<(), LockError> {
     match (&holder.proof, proof) {
         (None, _) => Ok(()),
         (Some(have), Some(given)) if have == given => Ok(()),

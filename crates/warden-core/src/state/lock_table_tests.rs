@@ -818,7 +818,10 @@ fn digests_are_never_shown() {
     let raw: [u8; 32] = postcard::from_bytes(&postcard::to_stdvec(&d).unwrap()).unwrap();
     let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
     let shown = format!("{t:?} {:?}", t.inspect("l"));
-    assert!(!shown.contains(&hex) && !shown.contains(&format!("{raw:?}")), "{shown}");
+    assert!(
+        !shown.contains(&hex) && !shown.contains(&format!("{raw:?}")),
+        "{shown}"
+    );
     // Domain-separated SHA-256 of the handle: not the plain hash.
     let plain: [u8; 32] = Sha256::digest([1u8; HANDLE_LEN]).into();
     assert_ne!(raw, plain);
@@ -1397,17 +1400,17 @@ mod model {
             }
             // Every hold and wait of the proven table has its digest.
             let proofs = proven.proofs();
-            let (holds, waits): (usize, usize) = proven
-                .locks_with_prefix("")
-                .fold((0, 0), |(h, w), i| (h + i.holders.len(), w + i.waiters.len()));
+            let (holds, waits): (usize, usize) =
+                proven.locks_with_prefix("").fold((0, 0), |(h, w), i| {
+                    (h + i.holders.len(), w + i.waiters.len())
+                });
             prop_assert_eq!((proofs.holders.len(), proofs.waiters.len()), (holds, waits));
             for (token, d) in &proofs.holders {
                 prop_assert_eq!(by_token.get(token), Some(d));
             }
         }
         // Snapshot: the derived encoding plus the digests section.
-        let bytes =
-            postcard::to_stdvec(&proven).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let bytes = postcard::to_stdvec(&proven).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(
             &bytes,
             &postcard::to_stdvec(&plain).map_err(|e| TestCaseError::fail(e.to_string()))?

@@ -1206,3 +1206,7 @@ mod tests {
 #[cfg(test)]
 #[path = "lock_golden_tests.rs"]
 mod lock_golden_tests;
+
+#[cfg(test)]
+#[path = "lock_proof_tests.rs"]
+mod lock_proof_tests;
