@@ -587,8 +587,9 @@ async fn only_the_holder_can_release_or_fence() {
 
 /// `warden lock NAME -- CMD` hands the command its handle in
 /// WARDEN_LOCK_HANDLE (what a fenced write needs, and what nobody else
-/// has) and releases the lock with it when the command ends: the hold ends
-/// RELEASED, not by its lease being revoked.
+/// has: `warden put --fenced` in the command uses it, the same with a
+/// guessed handle fails) and releases the lock with it when the command
+/// ends: the hold ends RELEASED, not by its lease being revoked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warden_lock_hands_the_command_its_handle_and_releases_with_it() {
     use pb::lock_event::Kind;
@@ -610,9 +611,12 @@ async fn warden_lock_hands_the_command_its_handle_and_releases_with_it() {
         .args([
             "sh",
             "-c",
-            r#"echo "$WARDEN_LOCK_TOKEN $WARDEN_LOCK_HANDLE" > held.tmp && mv held.tmp held
+            r#""$WARDEN" --endpoints="$EPS" put --fenced cli-job/data from-cli > put.out 2>&1 || exit 3
+               echo "$WARDEN_LOCK_TOKEN $WARDEN_LOCK_HANDLE" > held.tmp && mv held.tmp held
                while [ ! -f go ]; do sleep 0.05; done"#,
         ])
+        .env("WARDEN", common::BIN)
+        .env("EPS", c.endpoints())
         .current_dir(dir.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -631,8 +635,41 @@ async fn warden_lock_hands_the_command_its_handle_and_releases_with_it() {
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
         .collect();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("put.out")).expect("put output"),
+        "OK\n"
+    );
+    assert_eq!(
+        get(&c.members[2].client, "cli-job/data", false)
+            .await
+            .expect("get"),
+        Some(b"from-cli".to_vec())
+    );
     let other = common::channel(&c.members[1].client).await;
     stranger_is_refused(&other, "cli-job", token).await;
+    // `warden put --fenced` with the name and token but a guessed handle,
+    // or outside `warden lock`: refused.
+    let stranger_put = |env: &[(&str, String)]| {
+        let out = std::process::Command::new(common::BIN)
+            .arg(format!("--endpoints={}", c.endpoints()))
+            .args(["put", "--fenced", "cli-job/data", "stranger"])
+            .env_remove("WARDEN_LOCK_NAME")
+            .env_remove("WARDEN_LOCK_TOKEN")
+            .env_remove("WARDEN_LOCK_HANDLE")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .expect("warden put");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = stranger_put(&[
+        ("WARDEN_LOCK_NAME", "cli-job".into()),
+        ("WARDEN_LOCK_TOKEN", token.to_string()),
+        ("WARDEN_LOCK_HANDLE", "00".repeat(16)),
+    ]);
+    assert!(err.contains("handle does not match the holder"), "{err}");
+    let err = stranger_put(&[]);
+    assert!(err.contains("--fenced needs WARDEN_LOCK_NAME"), "{err}");
     // The command's handle is the real one.
     LocksClient::new(other.clone())
         .fenced_txn(fence("cli-job", token, &handle, "from the command"))
