@@ -522,3 +522,175 @@ async fn password_change_ends_old_tokens_and_guessing_is_braked() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::ResourceExhausted);
 }
+
+/// The Rust client (and the `warden` CLI built on it) authenticates by
+/// itself, and again when its token expires, for calls and for streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rust_client_and_cli_authenticate_and_renew_expired_tokens() {
+    use warden_client::{Client, ClientOptions, Credentials, GetOptions, PutOptions};
+
+    let bin = require_etcdctl();
+    // Tokens live one second: the client outlives several.
+    let cluster = Cluster::start_with(3, &["--auth-token-ttl", "1", "--bcrypt-cost", "4"]);
+    cluster.wait_leader(ELECT).await;
+    let eps = cluster.endpoints();
+    for a in [
+        "user add root:rootpw",
+        "role add root",
+        "user grant-role root root",
+        "auth enable",
+    ] {
+        ok(&bin, &eps, None, a);
+    }
+    for a in [
+        "role add app",
+        "role grant-permission app readwrite app/ --prefix=true",
+        "user add alice:alicepw",
+        "user grant-role alice app",
+    ] {
+        ok(&bin, &eps, ROOT, a);
+    }
+    let opts = |user: &str, password: &str| ClientOptions {
+        credentials: Some(Credentials {
+            user: user.into(),
+            password: password.into(),
+        }),
+        ..ClientOptions::default()
+    };
+    let endpoints: Vec<String> = eps.split(',').map(str::to_owned).collect();
+    let alice = Client::connect(&endpoints, opts("alice", "alicepw"))
+        .await
+        .unwrap();
+    alice
+        .put("app/x", "1", PutOptions::default())
+        .await
+        .unwrap();
+    let e = alice
+        .put("secret", "1", PutOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert_eq!(e.message(), "etcdserver: permission denied");
+
+    // Wait until the token alice's client holds has expired (the server
+    // refuses a token issued as long ago), then use the client again.
+    let mut raw = warden_proto::etcdserverpb::auth_client::AuthClient::new(cluster.channel(0));
+    let old = raw
+        .authenticate(warden_proto::etcdserverpb::AuthenticateRequest {
+            name: "alice".into(),
+            password: "alicepw".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let kv = warden_proto::etcdserverpb::kv_client::KvClient::new(cluster.channel(0));
+    common::eventually(Duration::from_secs(10), || {
+        let mut kv = kv.clone();
+        let old = old.clone();
+        async move {
+            let mut r = tonic::Request::new(warden_proto::etcdserverpb::RangeRequest {
+                key: b"app/x".to_vec(),
+                ..Default::default()
+            });
+            r.metadata_mut()
+                .insert("token", old.parse().map_err(|_| "token".to_owned())?);
+            match kv.range(r).await {
+                Err(s) if s.code() == tonic::Code::Unauthenticated => Ok(()),
+                other => Err(format!("the old token still works: {other:?}")),
+            }
+        }
+    })
+    .await;
+    let got = alice.get("app/x", GetOptions::default()).await.unwrap();
+    assert_eq!(got.kvs[0].value, b"1", "the client renewed its token");
+    alice
+        .put("app/x", "2", PutOptions::default())
+        .await
+        .unwrap();
+
+    // A wrong password is the server's answer, not retried into a timeout.
+    let wrong = Client::connect(&endpoints, opts("alice", "nope"))
+        .await
+        .unwrap();
+    let e = wrong.get("app/x", GetOptions::default()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert_eq!(
+        e.message(),
+        "etcdserver: authentication failed, invalid user ID or password"
+    );
+
+    // The CLI: --user for calls and for a watch stream.
+    let warden = env!("CARGO_BIN_EXE_warden");
+    let cli = |args: &[&str]| {
+        Command::new(warden)
+            .arg(format!("--endpoints={eps}"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run warden")
+    };
+    let o = cli(&["get", "app/x"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("etcdserver: user name is empty"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = cli(&[
+        "--user",
+        "alice:alicepw",
+        "get",
+        "app/x",
+        "--print-value-only",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "2");
+    let o = cli(&["--user", "alice:alicepw", "watch", "secret"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("permission denied"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // A watch the role allows sees a put made after it started.
+    let mut watch = Command::new(warden)
+        .arg(format!("--endpoints={eps}"))
+        .args(["--user", "alice:alicepw", "watch", "app/w"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Put until the watcher prints it (it may not be subscribed yet).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = false;
+    while !seen && Instant::now() < deadline {
+        alice
+            .put("app/w", "seen", PutOptions::default())
+            .await
+            .unwrap();
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
+            if line == "seen" {
+                seen = true;
+                break;
+            }
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(seen, "the authenticated watch never printed the put");
+}
