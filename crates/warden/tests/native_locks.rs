@@ -490,12 +490,13 @@ async fn stranger_is_refused(ch: &Channel, name: &str, token: u64) {
 
 /// Proving you hold a lock: only the client that got the handle with
 /// GRANTED can release the hold or fence a write with it, before and
-/// after the leader is killed (SIGKILL) and restarted; a waiter granted
-/// later gets its own handle, and the old one does not work for it.
+/// after the leader is killed (SIGKILL) and restarted (from a snapshot
+/// holding the digest: one every 5 entries) and leads again; a waiter
+/// granted later gets its own handle, and the old one does not work for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_holder_can_release_or_fence() {
     use pb::LockMode::Exclusive;
-    let mut c = Cluster::start(3);
+    let mut c = Cluster::start_with(3, &["--snapshot-entries", "5"]);
     let leader = c.wait_leader(ELECT).await;
     let (holder_at, stranger_at) = ((leader + 1) % 3, (leader + 2) % 3);
     let ch = common::channel(&c.members[holder_at].client).await;
@@ -521,12 +522,48 @@ async fn only_the_holder_can_release_or_fence() {
         .expect("the holder's fenced write");
 
     // The leader is killed and restarted on its data dir: the digest is in
-    // the replicated state, not in any member's memory.
+    // the replicated state (and its snapshots), not in any member's memory.
+    let snaps = c.members[leader].dir.join("snap");
+    let has_snapshot = std::fs::read_dir(&snaps)
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("snap-"))
+        })
+        .unwrap_or(false);
+    assert!(has_snapshot, "no snapshot in {}", snaps.display());
     c.kill(leader);
     c.wait_leader(ELECT).await;
     c.restart(leader);
     c.wait_leader(ELECT).await;
-    let restarted = common::channel(&c.members[leader].client).await;
+    // It leads again, so the refusals below are its own applies of the
+    // state it reloaded.
+    let restarted_ep = c.members[leader].client.clone();
+    let (_, restarted_id, _) = answered(|| common::ids(&restarted_ep)).await.expect("ids");
+    let all: Vec<String> = c.members.iter().map(|m| m.client.clone()).collect();
+    eventually(Duration::from_secs(30), || {
+        let (all, restarted_ep) = (all.clone(), restarted_ep.clone());
+        async move {
+            let s = common::status(&restarted_ep)
+                .await
+                .map_err(|e| e.to_string())?;
+            if s.leader == restarted_id {
+                return Ok(());
+            }
+            // Asked of every member: the leader is the one that moves it.
+            let mut answers = Vec::new();
+            for ep in &all {
+                let r = epb::maintenance_client::MaintenanceClient::new(common::channel(ep).await)
+                    .move_leader(epb::MoveLeaderRequest {
+                        target_id: restarted_id,
+                    })
+                    .await;
+                answers.push(r.map(|_| ()).map_err(|e| e.message().to_string()));
+            }
+            Err(format!("leader is {:x}: {answers:?}", s.leader))
+        }
+    })
+    .await;
+    let restarted = common::channel(&restarted_ep).await;
     stranger_is_refused(&restarted, "job", token).await;
     stranger_is_refused(&stranger, "job", token).await;
     answered(|| {
