@@ -707,8 +707,9 @@ impl LockTable {
         events
     }
 
-    /// True iff `token` currently holds `name` (in either mode): the check
-    /// behind fenced KV writes.
+    /// True iff `token` currently holds `name` (in either mode), whoever
+    /// asks: no handle is checked. For following a hold one already owns;
+    /// fenced writes go through [`LockTable::prove`].
     pub fn check_fence(&self, name: &str, token: u64) -> bool {
         self.locks
             .get(name)
