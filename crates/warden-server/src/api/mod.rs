@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod convert;
 pub mod election;
 pub mod error;
+pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
@@ -167,11 +168,16 @@ pub async fn serve(
     // `--grpc-keepalive-*`): bound the streams one connection may hold, and
     // ping idle connections so dead ones (and the watchers on them) go.
     let http2 = node.client_http2();
+    // HTTP/1.1 too, for the probes of `http.rs` (`curl`, load balancers);
+    // gRPC clients speak HTTP/2 on the same port, told apart per connection.
+    let http = tonic::service::Routes::from(http::router(node.clone()));
     let router = tonic::transport::Server::builder()
+        .accept_http1(true)
         .tcp_nodelay(true)
         .max_concurrent_streams(http2.max_concurrent_streams)
         .http2_keepalive_interval(http2.keepalive_interval)
         .http2_keepalive_timeout(Some(http2.keepalive_timeout))
+        .add_routes(http)
         .add_service(health)
         .add_service(kv)
         .add_service(maintenance)
