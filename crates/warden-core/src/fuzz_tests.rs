@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 
 use crate::state::alarm::{AlarmAction, AlarmTable, AlarmType};
-use crate::state::lock_table::{AcquireRequest, LockMode};
+use crate::state::lock_table::{AcquireRequest, HandleDigest, LockMode};
 use crate::state::types::*;
 use crate::state::{Applied, Command, StateMachine, MAX_NESTING};
 use crate::storage::format::{self, SNAPSHOT_HEADER_LEN};
@@ -114,6 +114,28 @@ fn commands() -> Vec<Command> {
         Command::Fenced {
             name: "l".into(),
             token: 1,
+            command: Box::new(Command::Txn(txn.clone())),
+        },
+        Command::LockAcquireProven {
+            req: AcquireRequest {
+                name: "l".into(),
+                mode: LockMode::Exclusive,
+                lease: 7,
+                priority: 1,
+                owner: "proven".into(),
+                wait: true,
+            },
+            proof: HandleDigest::of_handle(b"one"),
+        },
+        Command::LockReleaseProven {
+            name: "l".into(),
+            token: 1,
+            proof: HandleDigest::of_handle(b"one"),
+        },
+        Command::FencedProven {
+            name: "l".into(),
+            token: 1,
+            proof: HandleDigest::of_handle(b"one"),
             command: Box::new(Command::Txn(txn)),
         },
     ]
@@ -150,6 +172,29 @@ fn rich_state() -> StateMachine {
             owner: "second".into(),
             wait: true,
         }),
+        // Holds and waits with handle digests: the snapshot's last section.
+        Command::LockAcquireProven {
+            req: AcquireRequest {
+                name: "m".into(),
+                mode: LockMode::Exclusive,
+                lease: 8,
+                priority: 0,
+                owner: "third".into(),
+                wait: true,
+            },
+            proof: HandleDigest::of_handle(b"third"),
+        },
+        Command::LockAcquireProven {
+            req: AcquireRequest {
+                name: "m".into(),
+                mode: LockMode::Exclusive,
+                lease: 7,
+                priority: 0,
+                owner: "fourth".into(),
+                wait: true,
+            },
+            proof: HandleDigest::of_handle(b"fourth"),
+        },
         Command::LeaseCheckpoint {
             checkpoints: vec![(7, 30_000, 1)],
         },
@@ -376,29 +421,48 @@ fn hostile_corpus() {
         );
     }
 
-    // 129 and more levels of fences around a txn: refused (the bound is
-    // MAX_NESTING open recursive fields).
-    for depth in [MAX_NESTING + 1, 1000] {
-        let mut raw = Vec::new();
-        for _ in 0..depth {
-            raw.extend_from_slice(&[11, 1, b'l', 1]); // Fenced { "l", 1, ..
+    // Fences around a txn: `MAX_NESTING` levels decode, more are refused
+    // (the bound is MAX_NESTING open recursive fields). Both fence variants:
+    // `Fenced` (tag 10) and `FencedProven` (tag 13, a 32-byte digest after
+    // the token). The accepted depth is checked first, so a refusal below
+    // is about depth and not about a wrong tag.
+    let fence = |proven: bool| -> Vec<u8> {
+        if proven {
+            let mut f = vec![13, 1, b'l', 1]; // FencedProven { "l", 1, ..
+            f.extend_from_slice(&[0xab; 32]);
+            f
+        } else {
+            vec![10, 1, b'l', 1] // Fenced { "l", 1, ..
         }
-        raw.extend_from_slice(&[2, 0, 0, 0]);
-        assert!(postcard::from_bytes::<Command>(&raw).is_err(), "{depth}");
+    };
+    for proven in [false, true] {
+        let fences = |depth: usize| {
+            let mut raw = fence(proven).repeat(depth);
+            raw.extend_from_slice(&[2, 0, 0, 0]); // Txn(empty)
+            raw
+        };
+        assert!(postcard::from_bytes::<Command>(&fences(MAX_NESTING)).is_ok());
+        for depth in [MAX_NESTING + 1, 1000] {
+            assert!(
+                postcard::from_bytes::<Command>(&fences(depth)).is_err(),
+                "{depth}"
+            );
+        }
+        // Fences and txns mixed: at the bound, and one level past it.
+        let mixed = |extra: usize| {
+            let mut raw = fence(proven).repeat(MAX_NESTING / 2);
+            raw.push(2); // Command::Txn: not a recursive field itself
+            let levels = MAX_NESTING - MAX_NESTING / 2 + extra;
+            for _ in 0..levels {
+                raw.extend_from_slice(&[0, 1, 3]); // success: [RequestOp::Txn(..)]
+            }
+            raw.extend_from_slice(&[0, 0, 0]);
+            raw.extend(std::iter::repeat_n(0u8, levels));
+            raw
+        };
+        assert!(postcard::from_bytes::<Command>(&mixed(0)).is_ok());
+        assert!(postcard::from_bytes::<Command>(&mixed(1)).is_err());
     }
-    // Fences and txns mixed, one level past the bound.
-    let mut raw = Vec::new();
-    for _ in 0..MAX_NESTING / 2 {
-        raw.extend_from_slice(&[11, 1, b'l', 1]);
-    }
-    raw.push(2);
-    let txns = MAX_NESTING + 1 - MAX_NESTING / 2;
-    for _ in 0..txns - 1 {
-        raw.extend_from_slice(&[0, 1, 3]);
-    }
-    raw.extend_from_slice(&[0, 0, 0]);
-    raw.extend(std::iter::repeat_n(0u8, txns - 1));
-    assert!(postcard::from_bytes::<Command>(&raw).is_err());
 
     // A snapshot frame whose lengths add up only by overflow.
     let mut raw = format::encode_snapshot(b"m", b"b");

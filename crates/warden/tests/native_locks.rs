@@ -134,9 +134,10 @@ async fn modes_queues_tokens_and_fencing() {
     assert_eq!(waiting, ["x", "s3"]);
 
     // Fenced writes: a holder's token passes.
-    let fenced = |token: u64, v: &str| pb::FencedTxnRequest {
+    let fenced = |g: &pb::AcquireResponse, v: &str| pb::FencedTxnRequest {
         name: "db".into(),
-        token,
+        token: g.token,
+        handle: g.handle.clone(),
         txn: Some(epb::TxnRequest {
             success: vec![epb::RequestOp {
                 request: Some(epb::request_op::Request::RequestPut(epb::PutRequest {
@@ -150,16 +151,17 @@ async fn modes_queues_tokens_and_fencing() {
     };
     let mut locks = LocksClient::new(ch.clone());
     locks
-        .fenced_txn(fenced(g1.token, "s1"))
+        .fenced_txn(fenced(&g1, "s1"))
         .await
         .expect("fenced by a holder");
 
     // Releasing both shared holds grants the exclusive waiter only.
-    for (tok, s) in [(g1.token, &mut s1), (g2.token, &mut s2)] {
+    for (g, s) in [(&g1, &mut s1), (&g2, &mut s2)] {
         locks
             .release(pb::ReleaseRequest {
                 name: "db".into(),
-                token: tok,
+                token: g.token,
+                handle: g.handle.clone(),
             })
             .await
             .expect("release");
@@ -170,7 +172,7 @@ async fn modes_queues_tokens_and_fencing() {
     assert!(gx.token > g2.token);
     // The released token is stale now: refused, nothing written.
     let err = locks
-        .fenced_txn(fenced(g1.token, "stale"))
+        .fenced_txn(fenced(&g1, "stale"))
         .await
         .expect_err("stale token");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
@@ -283,6 +285,7 @@ async fn holds_and_queues_survive_leader_kill() {
         .release(pb::ReleaseRequest {
             name: "job".into(),
             token: gh.token,
+            handle: gh.handle.clone(),
         })
         .await
         .expect("release");
@@ -293,6 +296,7 @@ async fn holds_and_queues_survive_leader_kill() {
         .release(pb::ReleaseRequest {
             name: "job".into(),
             token: g1.token,
+            handle: g1.handle.clone(),
         })
         .await
         .expect("release");
@@ -363,5 +367,378 @@ async fn watch_locks_reports_changes_in_order() {
             (Kind::Expired, "q/one".into(), ga.token, String::new()),
             (Kind::Granted, "q/one".into(), gb.token, "b".into()),
         ]
+    );
+}
+
+/// What a client that is not the holder can learn: the lock's name and
+/// the holder's token (Inspect shows them to anyone with read access).
+async fn inspect_token(ch: &Channel, name: &str) -> u64 {
+    let info = LocksClient::new(ch.clone())
+        .inspect(pb::InspectRequest {
+            name: name.into(),
+            prefix: false,
+        })
+        .await
+        .expect("inspect")
+        .into_inner();
+    assert_eq!(info.locks.len(), 1, "{info:?}");
+    assert_eq!(info.locks[0].holders.len(), 1, "{info:?}");
+    info.locks[0].holders[0].token
+}
+
+fn fence(name: &str, token: u64, handle: &[u8], value: &str) -> pb::FencedTxnRequest {
+    pb::FencedTxnRequest {
+        name: name.into(),
+        token,
+        handle: handle.to_vec(),
+        txn: Some(epb::TxnRequest {
+            success: vec![epb::RequestOp {
+                request: Some(epb::request_op::Request::RequestPut(epb::PutRequest {
+                    key: format!("{name}/data").into_bytes(),
+                    value: value.as_bytes().to_vec(),
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        }),
+    }
+}
+
+fn release(name: &str, token: u64, handle: &[u8]) -> pb::ReleaseRequest {
+    pb::ReleaseRequest {
+        name: name.into(),
+        token,
+        handle: handle.to_vec(),
+    }
+}
+
+/// Runs `call` until it gets an answer that is not UNAVAILABLE (a member
+/// just restarted, an election in progress): the answer.
+async fn answered<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    eventually(Duration::from_secs(30), || {
+        let fut = call();
+        async move {
+            match fut.await {
+                Err(s) if s.code() == tonic::Code::Unavailable => Err(s.to_string()),
+                other => Ok(other),
+            }
+        }
+    })
+    .await
+}
+
+/// A client that knows the name and token (from Inspect) but not the
+/// handle is refused, releasing and fencing, with the token alone, with a
+/// guessed handle, or with a handle of the wrong size; nothing changes.
+async fn stranger_is_refused(ch: &Channel, name: &str, token: u64) {
+    let mut locks = LocksClient::new(ch.clone());
+    let guessed = [0x5au8; 16];
+    for (handle, msg) in [
+        (&[][..], "the holder's handle is required"),
+        (&guessed[..], "handle does not match the holder"),
+    ] {
+        let want = format!("warden: lock \"{name}\" token {token}: {msg}");
+        let r = answered(|| {
+            let mut l = locks.clone();
+            let req = release(name, token, handle);
+            async move { l.release(req).await }
+        })
+        .await;
+        let e = r.expect_err("a stranger's release");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+        assert!(e.message().starts_with(&want), "{}", e.message());
+        let r = answered(|| {
+            let mut l = locks.clone();
+            let req = fence(name, token, handle, "stranger");
+            async move { l.fenced_txn(req).await }
+        })
+        .await;
+        let e = r.expect_err("a stranger's fenced write");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+        assert!(e.message().starts_with(&want), "{}", e.message());
+    }
+    let e = locks
+        .release(release(name, token, &[1, 2, 3]))
+        .await
+        .expect_err("not a handle");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    // Still held by the same token; the stranger wrote nothing.
+    assert_eq!(inspect_token(ch, name).await, token);
+    let written = answered(|| {
+        let addr = ch.clone();
+        async move {
+            epb::kv_client::KvClient::new(addr)
+                .range(epb::RangeRequest {
+                    key: format!("{name}/data").into_bytes(),
+                    ..Default::default()
+                })
+                .await
+        }
+    })
+    .await
+    .expect("get")
+    .into_inner();
+    assert!(
+        written.kvs.iter().all(|kv| kv.value != b"stranger"),
+        "{written:?}"
+    );
+}
+
+/// Proving you hold a lock: only the client that got the handle with
+/// GRANTED can release the hold or fence a write with it, before and
+/// after the leader is killed (SIGKILL) and restarted (from a snapshot
+/// holding the digest: one every 5 entries) and leads again; a waiter
+/// granted later gets its own handle, and the old one does not work for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_holder_can_release_or_fence() {
+    use pb::LockMode::Exclusive;
+    let mut c = Cluster::start_with(3, &["--snapshot-entries", "5"]);
+    let leader = c.wait_leader(ELECT).await;
+    let (holder_at, stranger_at) = ((leader + 1) % 3, (leader + 2) % 3);
+    let ch = common::channel(&c.members[holder_at].client).await;
+    let stranger = common::channel(&c.members[stranger_at].client).await;
+    let (l1, l2) = (grant(&ch, 120).await, grant(&ch, 120).await);
+    let mut h = acquire(&ch, req("job", Exclusive, l1, -1, "holder")).await;
+    let g = next(&mut h).await;
+    assert_eq!(state(&g), State::Granted);
+    assert_eq!(g.handle.len(), 16, "GRANTED carries the handle");
+    let mut w = acquire(&ch, req("job", Exclusive, l2, -1, "waiter")).await;
+    let q = next(&mut w).await;
+    assert_eq!(state(&q), State::Queued);
+    assert!(q.handle.is_empty(), "a handle only comes with GRANTED");
+
+    let token = inspect_token(&stranger, "job").await;
+    assert_eq!(token, g.token);
+    stranger_is_refused(&stranger, "job", token).await;
+    // The holder's handle does what the stranger could not.
+    let mut locks = LocksClient::new(ch.clone());
+    locks
+        .fenced_txn(fence("job", g.token, &g.handle, "holder-1"))
+        .await
+        .expect("the holder's fenced write");
+
+    // The leader is killed and restarted on its data dir: the digest is in
+    // the replicated state (and its snapshots), not in any member's memory.
+    let snaps = c.members[leader].dir.join("snap");
+    let has_snapshot = std::fs::read_dir(&snaps)
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("snap-"))
+        })
+        .unwrap_or(false);
+    assert!(has_snapshot, "no snapshot in {}", snaps.display());
+    c.kill(leader);
+    c.wait_leader(ELECT).await;
+    c.restart(leader);
+    c.wait_leader(ELECT).await;
+    // It leads again, so the refusals below are its own applies of the
+    // state it reloaded.
+    let restarted_ep = c.members[leader].client.clone();
+    let (_, restarted_id, _) = answered(|| common::ids(&restarted_ep)).await.expect("ids");
+    let all: Vec<String> = c.members.iter().map(|m| m.client.clone()).collect();
+    eventually(Duration::from_secs(30), || {
+        let (all, restarted_ep) = (all.clone(), restarted_ep.clone());
+        async move {
+            let s = common::status(&restarted_ep)
+                .await
+                .map_err(|e| e.to_string())?;
+            if s.leader == restarted_id {
+                return Ok(());
+            }
+            // Asked of every member: the leader is the one that moves it.
+            let mut answers = Vec::new();
+            for ep in &all {
+                let r = epb::maintenance_client::MaintenanceClient::new(common::channel(ep).await)
+                    .move_leader(epb::MoveLeaderRequest {
+                        target_id: restarted_id,
+                    })
+                    .await;
+                answers.push(r.map(|_| ()).map_err(|e| e.message().to_string()));
+            }
+            Err(format!("leader is {:x}: {answers:?}", s.leader))
+        }
+    })
+    .await;
+    let restarted = common::channel(&restarted_ep).await;
+    stranger_is_refused(&restarted, "job", token).await;
+    stranger_is_refused(&stranger, "job", token).await;
+    answered(|| {
+        let mut l = locks.clone();
+        let req = fence("job", g.token, &g.handle, "holder-2");
+        async move { l.fenced_txn(req).await }
+    })
+    .await
+    .expect("the holder's fenced write after the failover");
+    assert_eq!(
+        get(&c.members[leader].client, "job/data", false)
+            .await
+            .expect("get"),
+        Some(b"holder-2".to_vec())
+    );
+
+    // The holder releases with its handle; the waiter is granted with a
+    // handle of its own.
+    answered(|| {
+        let mut l = locks.clone();
+        let req = release("job", g.token, &g.handle);
+        async move { l.release(req).await }
+    })
+    .await
+    .expect("the holder's release");
+    assert_eq!(state(&next(&mut h).await), State::Lost);
+    let g2 = next(&mut w).await;
+    assert_eq!(state(&g2), State::Granted);
+    assert!(g2.token > g.token);
+    assert_eq!(g2.handle.len(), 16);
+    assert_ne!(g2.handle, g.handle);
+    let e = locks
+        .fenced_txn(fence("job", g2.token, &g.handle, "old-handle"))
+        .await
+        .expect_err("the previous holder's handle");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    let e = locks
+        .fenced_txn(fence("job", g.token, &g.handle, "old-token"))
+        .await
+        .expect_err("the released token");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+    stranger_is_refused(&restarted, "job", g2.token).await;
+    locks
+        .release(release("job", g2.token, &g2.handle))
+        .await
+        .expect("the waiter's release");
+    assert_eq!(state(&next(&mut w).await), State::Lost);
+    let info = locks
+        .inspect(pb::InspectRequest {
+            name: "job".into(),
+            prefix: false,
+        })
+        .await
+        .expect("inspect")
+        .into_inner();
+    assert!(info.locks.is_empty(), "{info:?}");
+}
+
+/// `warden lock NAME -- CMD` hands the command its handle in
+/// WARDEN_LOCK_HANDLE (what a fenced write needs, and what nobody else
+/// has: `warden put --fenced` in the command uses it, the same with a
+/// guessed handle fails) and releases the lock with it when the command
+/// ends: the hold ends RELEASED, not by its lease being revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warden_lock_hands_the_command_its_handle_and_releases_with_it() {
+    use pb::lock_event::Kind;
+    let c = Cluster::start(3);
+    c.wait_leader(ELECT).await;
+    let ch = common::channel(&c.members[0].client).await;
+    let mut events = LocksClient::new(ch.clone())
+        .watch_locks(pb::WatchLocksRequest {
+            name: "cli-job".into(),
+            prefix: false,
+        })
+        .await
+        .expect("watch locks")
+        .into_inner();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cli = std::process::Command::new(common::BIN)
+        .arg(format!("--endpoints={}", c.endpoints()))
+        .args(["lock", "cli-job", "--"])
+        .args([
+            "sh",
+            "-c",
+            r#""$WARDEN" --endpoints="$EPS" put --fenced cli-job/data from-cli > put.out 2>&1 || exit 3
+               echo "$WARDEN_LOCK_TOKEN $WARDEN_LOCK_HANDLE" > held.tmp && mv held.tmp held
+               while [ ! -f go ]; do sleep 0.05; done"#,
+        ])
+        .env("WARDEN", common::BIN)
+        .env("EPS", c.endpoints())
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn warden lock");
+    let held = dir.path().join("held");
+    let line = eventually(Duration::from_secs(30), || {
+        let held = held.clone();
+        async move { std::fs::read_to_string(&held).map_err(|e| e.to_string()) }
+    })
+    .await;
+    let (token, hex) = line.trim().split_once(' ').expect("token and handle");
+    let token: u64 = token.parse().expect("token");
+    assert_eq!(hex.len(), 32, "{hex}");
+    let handle: Vec<u8> = (0..32)
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("put.out")).expect("put output"),
+        "OK\n"
+    );
+    assert_eq!(
+        get(&c.members[2].client, "cli-job/data", false)
+            .await
+            .expect("get"),
+        Some(b"from-cli".to_vec())
+    );
+    let other = common::channel(&c.members[1].client).await;
+    stranger_is_refused(&other, "cli-job", token).await;
+    // `warden put --fenced` with the name and token but a guessed handle,
+    // or outside `warden lock`: refused.
+    let stranger_put = |env: &[(&str, String)]| {
+        let out = std::process::Command::new(common::BIN)
+            .arg(format!("--endpoints={}", c.endpoints()))
+            .args(["put", "--fenced", "cli-job/data", "stranger"])
+            .env_remove("WARDEN_LOCK_NAME")
+            .env_remove("WARDEN_LOCK_TOKEN")
+            .env_remove("WARDEN_LOCK_HANDLE")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .expect("warden put");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = stranger_put(&[
+        ("WARDEN_LOCK_NAME", "cli-job".into()),
+        ("WARDEN_LOCK_TOKEN", token.to_string()),
+        ("WARDEN_LOCK_HANDLE", "00".repeat(16)),
+    ]);
+    assert!(err.contains("handle does not match the holder"), "{err}");
+    let err = stranger_put(&[]);
+    assert!(err.contains("--fenced needs WARDEN_LOCK_NAME"), "{err}");
+    // The command's handle is the real one.
+    LocksClient::new(other.clone())
+        .fenced_txn(fence("cli-job", token, &handle, "from the command"))
+        .await
+        .expect("fenced write with the command's handle");
+    std::fs::write(dir.path().join("go"), "").expect("go");
+    let status = tokio::task::spawn_blocking(move || cli.wait_with_output())
+        .await
+        .expect("join")
+        .expect("warden lock");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|(k, _)| *k == Kind::Released || *k == Kind::Expired)
+    {
+        let r = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .expect("event in time")
+            .expect("stream ok")
+            .expect("stream open");
+        for e in r.events {
+            seen.push((Kind::try_from(e.kind).expect("kind"), e.token));
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![(Kind::Granted, token), (Kind::Released, token)],
+        "released with the handle, not expired by the lease revoke"
     );
 }

@@ -65,6 +65,7 @@ async fn fenced_txn_over_the_limit_is_too_large() {
             name: "l".into(),
             token: 1,
             txn: Some(txn),
+            handle: vec![0; 16],
         })
         .await;
     assert_too_large("FencedTxn", r);

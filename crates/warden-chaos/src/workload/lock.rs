@@ -1,7 +1,7 @@
 //! The lock workload: each cycle grants a lease, acquires an exclusive
 //! native lock (`warden.v1.Locks/Acquire`) with it, reads the counter the
 //! lock guards, writes counter + 1 with `FencedTxn` carrying the grant's
-//! token, releases, and revokes the lease. Now and then a client stalls
+//! token and handle, releases (with the handle), and revokes the lease. Now and then a client stalls
 //! past its lease's TTL while holding (a GC-like pause), so that another
 //! client is granted the lock and the stale holder's fenced write must be
 //! refused.
@@ -48,8 +48,13 @@ async fn cycle(ctx: &Ctx, client: &Client, process: u32, lock: &str, rng: &mut S
         tokio::time::sleep(Duration::from_millis(100)).await;
         return;
     };
-    if let Some(token) = acquire(ctx, client, process, lock, lease).await {
-        hold(ctx, client, process, lock, token, rng).await;
+    if let Some((token, handle)) = acquire(ctx, client, process, lock, lease).await {
+        let held = Held {
+            lock,
+            token,
+            handle,
+        };
+        hold(ctx, client, process, &held, rng).await;
     }
     revoke(ctx, client, process, lease).await;
 }
@@ -106,16 +111,31 @@ async fn revoke(ctx: &Ctx, client: &Client, process: u32, lease: i64) {
     }
 }
 
-/// Acquires `lock`; the token if granted.
-async fn acquire(ctx: &Ctx, client: &Client, process: u32, lock: &str, lease: i64) -> Option<u64> {
+/// A hold: what its fenced writes and its release carry.
+struct Held<'a> {
+    lock: &'a str,
+    token: u64,
+    /// The secret handle GRANTED came with.
+    handle: Vec<u8>,
+}
+
+/// Acquires `lock`; the token and handle if granted.
+async fn acquire(
+    ctx: &Ctx,
+    client: &Client,
+    process: u32,
+    lock: &str,
+    lease: i64,
+) -> Option<(u64, Vec<u8>)> {
     let call = Call::Acquire {
         lock: lock.to_string(),
         lease,
     };
     let invoke = ctx.rec.now();
-    let (outcome, ret, error, member) = acquire_stream(ctx, client, process, lock, lease).await;
+    let ((outcome, ret, error, member), handle) =
+        acquire_stream(ctx, client, process, lock, lease).await;
     let token = match &ret {
-        Some(Ret::Granted { token, .. }) => Some(*token),
+        Some(Ret::Granted { token, .. }) => Some((*token, handle)),
         _ => None,
     };
     ctx.rec
@@ -125,12 +145,26 @@ async fn acquire(ctx: &Ctx, client: &Client, process: u32, lock: &str, lease: i6
 
 type Answer = (Outcome, Option<Ret>, Option<String>, Option<String>);
 
+/// The answer to an acquire, and the handle of the hold if granted.
 async fn acquire_stream(
     ctx: &Ctx,
     client: &Client,
     process: u32,
     lock: &str,
     lease: i64,
+) -> (Answer, Vec<u8>) {
+    let mut handle = Vec::new();
+    let answer = acquire_answer(ctx, client, process, lock, lease, &mut handle).await;
+    (answer, handle)
+}
+
+async fn acquire_answer(
+    ctx: &Ctx,
+    client: &Client,
+    process: u32,
+    lock: &str,
+    lease: i64,
+    handle: &mut Vec<u8>,
 ) -> Answer {
     let req = pb::AcquireRequest {
         name: lock.to_string(),
@@ -182,6 +216,7 @@ async fn acquire_stream(
                     match State::try_from(r.state) {
                         Ok(State::Queued) => continue,
                         Ok(State::Granted) => {
+                            *handle = r.handle;
                             return (
                                 Outcome::Ok,
                                 Some(Ret::Granted {
@@ -190,7 +225,7 @@ async fn acquire_stream(
                                 }),
                                 None,
                                 member,
-                            )
+                            );
                         }
                         Ok(State::WouldBlock) | Ok(State::Lost) => {
                             return (
@@ -235,7 +270,8 @@ async fn acquire_stream(
     (Outcome::Fail, None, Some(last_err), None)
 }
 
-async fn hold(ctx: &Ctx, client: &Client, process: u32, lock: &str, token: u64, rng: &mut StdRng) {
+async fn hold(ctx: &Ctx, client: &Client, process: u32, held: &Held<'_>, rng: &mut StdRng) {
+    let (lock, token) = (held.lock, held.token);
     let key = keys::counter(lock);
     // Read the counter.
     let call = Call::CounterRead {
@@ -284,12 +320,13 @@ async fn hold(ctx: &Ctx, client: &Client, process: u32, lock: &str, token: u64, 
                 None,
             );
         }
-        fenced_incr(ctx, client, process, lock, token, from).await;
+        fenced_incr(ctx, client, process, held, from).await;
     }
-    release(ctx, client, process, lock, token).await;
+    release(ctx, client, process, held).await;
 }
 
-async fn fenced_incr(ctx: &Ctx, client: &Client, process: u32, lock: &str, token: u64, from: i64) {
+async fn fenced_incr(ctx: &Ctx, client: &Client, process: u32, held: &Held<'_>, from: i64) {
+    let (lock, token) = (held.lock, held.token);
     let to = from + 1;
     let call = Call::FencedIncr {
         lock: lock.to_string(),
@@ -311,6 +348,7 @@ async fn fenced_incr(ctx: &Ctx, client: &Client, process: u32, lock: &str, token
             }],
             failure: Vec::new(),
         }),
+        handle: held.handle.clone(),
     };
     let invoke = ctx.rec.now();
     let r = client
@@ -333,14 +371,15 @@ async fn fenced_incr(ctx: &Ctx, client: &Client, process: u32, lock: &str, token
     }
 }
 
-async fn release(ctx: &Ctx, client: &Client, process: u32, lock: &str, token: u64) {
+async fn release(ctx: &Ctx, client: &Client, process: u32, held: &Held<'_>) {
     let call = Call::Release {
-        lock: lock.to_string(),
-        token,
+        lock: held.lock.to_string(),
+        token: held.token,
     };
     let req = pb::ReleaseRequest {
-        name: lock.to_string(),
-        token,
+        name: held.lock.to_string(),
+        token: held.token,
+        handle: held.handle.clone(),
     };
     let invoke = ctx.rec.now();
     let r = client

@@ -565,14 +565,14 @@ impl AuthStore {
             }
             // Holding on a lease that holds other names (or keys) is as
             // good as revoking it: the same permissions.
-            Command::LockAcquire(req) => {
+            Command::LockAcquire(req) | Command::LockAcquireProven { req, .. } => {
                 self.check_write(caller, req.name.as_bytes(), &[])?;
                 self.check_lease_holdings(caller, req.lease, state)
             }
-            Command::LockRelease { name, .. } | Command::LockCancel { name, .. } => {
-                self.check_write(caller, name.as_bytes(), &[])
-            }
-            Command::Fenced { name, command, .. } => {
+            Command::LockRelease { name, .. }
+            | Command::LockReleaseProven { name, .. }
+            | Command::LockCancel { name, .. } => self.check_write(caller, name.as_bytes(), &[]),
+            Command::Fenced { name, command, .. } | Command::FencedProven { name, command, .. } => {
                 self.check_write(caller, name.as_bytes(), &[])?;
                 self.check_command(caller, command, state)
             }

@@ -415,3 +415,82 @@ fn a_lease_holding_a_lock_needs_write_on_the_lock_name() {
     assert!(sm2.apply(&acquire("app/w/mine")).result.is_ok());
     assert_eq!(s.check_command(Some("alice"), &revoke, &sm2), Ok(()));
 }
+
+/// Every lock command, plain or proven by a handle digest, needs write on
+/// the lock's name as a key; a fenced write also what its command needs.
+#[test]
+fn lock_commands_need_write_on_the_name_with_or_without_a_handle() {
+    use crate::state::lock_table::{AcquireRequest, HandleDigest, LockMode};
+    let s = store();
+    let leases = crate::state::StateMachine::new();
+    let a = Some("alice");
+    let proof = HandleDigest::of_handle(&[1; 16]);
+    let put = |key: &[u8]| {
+        Box::new(Command::Put(PutRequest {
+            key: key.to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        }))
+    };
+    let cmds = |name: &str, inner: &[u8]| {
+        let req = AcquireRequest {
+            name: name.into(),
+            mode: LockMode::Exclusive,
+            lease: 1,
+            priority: 0,
+            owner: String::new(),
+            wait: true,
+        };
+        vec![
+            Command::LockAcquire(req.clone()),
+            Command::LockAcquireProven { req, proof },
+            Command::LockRelease {
+                name: name.into(),
+                token: 1,
+            },
+            Command::LockReleaseProven {
+                name: name.into(),
+                token: 1,
+                proof,
+            },
+            Command::LockCancel {
+                name: name.into(),
+                waiter_id: 1,
+            },
+            Command::Fenced {
+                name: name.into(),
+                token: 1,
+                command: put(inner),
+            },
+            Command::FencedProven {
+                name: name.into(),
+                token: 1,
+                proof,
+                command: put(inner),
+            },
+        ]
+    };
+    for cmd in cmds("app/w/lock", b"app/w/k") {
+        assert_eq!(s.check_command(a, &cmd, &leases), Ok(()), "{cmd}");
+        assert_eq!(s.check_command(Some(ROOT), &cmd, &leases), Ok(()), "{cmd}");
+    }
+    // Read-only on the name: refused.
+    for cmd in cmds("app/lock", b"app/w/k") {
+        assert_eq!(
+            s.check_command(a, &cmd, &leases),
+            Err(AuthError::PermissionDenied),
+            "{cmd}"
+        );
+    }
+    // The fenced command itself is checked too.
+    for cmd in cmds("app/w/lock", b"app/k")
+        .into_iter()
+        .filter(|c| matches!(c, Command::Fenced { .. } | Command::FencedProven { .. }))
+    {
+        assert_eq!(
+            s.check_command(a, &cmd, &leases),
+            Err(AuthError::PermissionDenied),
+            "{cmd}"
+        );
+    }
+}

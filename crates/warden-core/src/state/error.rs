@@ -102,6 +102,7 @@ impl StateError {
                 ErrorClass::FailedPrecondition
             }
             StateError::Lock(e) if e.is_invalid_argument() => ErrorClass::InvalidArgument,
+            StateError::Lock(e) if e.is_proof_failure() => ErrorClass::PermissionDenied,
             StateError::FenceNotKv => ErrorClass::InvalidArgument,
             StateError::Lock(LockError::NoSuchLock { .. } | LockError::NoSuchWaiter { .. }) => {
                 ErrorClass::NotFound

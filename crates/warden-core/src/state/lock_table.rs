@@ -27,6 +27,18 @@
 //!   is never issued. Waiter ids come from a second counter, also never 0.
 //! - A lock with no holders and no waiters has no entry.
 //!
+//! - A hold or wait may carry a [`HandleDigest`]: the SHA-256 of the secret
+//!   handle the member that proposed the acquire gave its client. A holder
+//!   with one can only be released, or fence a write, by a command carrying
+//!   the same digest ([`LockTable::release_proven`], [`LockTable::prove`]);
+//!   a token alone gets [`LockError::HandleRequired`], another digest
+//!   [`LockError::WrongHandle`]. A waiter's digest becomes its holder's when
+//!   it is granted. Holds without one (made by the plain acquire, as every
+//!   build before handles did) are released by their token, as before.
+//!   Digests are never shown: not by `inspect`, not in events, not by
+//!   `Debug`. They are not part of the derived encoding of the table (see
+//!   [`LockTable::proofs`]), so a table without them encodes as it always did.
+//!
 //! Every mutating call either fails with a [`LockError`] and changes nothing,
 //! or succeeds and returns the events it caused, in order.
 //!
@@ -42,6 +54,7 @@ use std::fmt;
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
 /// The longest lock name accepted, in bytes.
@@ -52,6 +65,61 @@ pub const MAX_OWNER_LEN: usize = 1024;
 /// gets [`LockError::TooManyWaiters`]. Part of the replicated semantics:
 /// every member must use the same value.
 pub const MAX_WAITERS_PER_LOCK: usize = 10_000;
+
+/// The length of a lock handle in bytes: 128 random bits, drawn by the
+/// member that receives the acquire from the OS random number generator.
+pub const HANDLE_LEN: usize = 16;
+
+/// The SHA-256 of a lock handle (with a domain prefix): what a command and
+/// the table carry instead of the handle itself, so neither the Raft log nor
+/// a snapshot or backup holds a handle a client could present. Only a
+/// member computes one, from the handle a client sent
+/// ([`HandleDigest::of_handle`]), so knowing a digest gets nobody through
+/// the client API. `Debug` never prints it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct HandleDigest([u8; 32]);
+
+impl HandleDigest {
+    /// Domain separation: a handle digest is not the SHA-256 of anything
+    /// else warden stores.
+    const DOMAIN: &'static [u8] = b"warden lock handle v1\0";
+
+    /// The digest of `handle` (any bytes; members accept only
+    /// [`HANDLE_LEN`]-byte handles from clients).
+    pub fn of_handle(handle: &[u8]) -> Self {
+        let mut h = Sha256::new();
+        h.update(Self::DOMAIN);
+        h.update(handle);
+        HandleDigest(h.finalize().into())
+    }
+
+    /// A digest from its raw bytes (tests, decoders).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        HandleDigest(bytes)
+    }
+}
+
+impl fmt::Debug for HandleDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HandleDigest(..)")
+    }
+}
+
+/// The handle digests of a table's holders (by token) and waiters (by
+/// waiter id), each list in ascending order: the snapshot section that
+/// carries them ([`LockTable::proofs`], [`LockTable::restore_proofs`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockProofs {
+    pub holders: Vec<(u64, HandleDigest)>,
+    pub waiters: Vec<(u64, HandleDigest)>,
+}
+
+impl LockProofs {
+    /// True if no hold or wait has a digest.
+    pub fn is_empty(&self) -> bool {
+        self.holders.is_empty() && self.waiters.is_empty()
+    }
+}
 
 /// How a lock is held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -148,6 +216,10 @@ pub struct Holder {
     pub owner: String,
     pub mode: LockMode,
     pub lease: i64,
+    /// The digest of the holder's handle (`None`: a hold without one).
+    /// Not in the derived encoding: see [`LockTable::proofs`].
+    #[serde(skip)]
+    pub(crate) proof: Option<HandleDigest>,
 }
 
 /// A queued request for a lock.
@@ -158,6 +230,10 @@ pub struct Waiter {
     pub mode: LockMode,
     pub priority: i32,
     pub lease: i64,
+    /// Becomes the holder's digest when granted. Not encoded (see
+    /// [`LockTable::proofs`]).
+    #[serde(skip)]
+    pub(crate) proof: Option<HandleDigest>,
 }
 
 /// A lock as [`LockTable::inspect`] shows it.
@@ -194,6 +270,19 @@ pub enum LockError {
     TokensExhausted,
     #[error("warden: waiter ids are exhausted")]
     WaiterIdsExhausted,
+    /// The command's handle digest is not the holder's. Appended after the
+    /// variants above (they keep their encoding), like the next one.
+    #[error(
+        "warden: lock {} token {token}: handle does not match the holder",
+        Short(name)
+    )]
+    WrongHandle { name: String, token: u64 },
+    /// A token alone, for a hold granted with a handle.
+    #[error(
+        "warden: lock {} token {token}: the holder's handle is required (the hold was granted with one)",
+        Short(name)
+    )]
+    HandleRequired { name: String, token: u64 },
 }
 
 impl LockError {
@@ -206,6 +295,15 @@ impl LockError {
                 | LockError::NameTooLong { .. }
                 | LockError::InvalidLease
                 | LockError::OwnerTooLong { .. }
+        )
+    }
+
+    /// True when the request failed to prove it is the holder (the api maps
+    /// these to `PERMISSION_DENIED`).
+    pub fn is_proof_failure(&self) -> bool {
+        matches!(
+            self,
+            LockError::WrongHandle { .. } | LockError::HandleRequired { .. }
         )
     }
 }
@@ -314,6 +412,7 @@ impl LockState {
                 owner: w.owner,
                 mode: w.mode,
                 lease: w.lease,
+                proof: w.proof,
             });
         }
     }
@@ -386,6 +485,26 @@ impl LockTable {
     /// try-acquire that cannot be granted now) returns
     /// [`AcquireOutcome::WouldBlock`] without changing anything.
     pub fn acquire(&mut self, req: &AcquireRequest) -> Result<Acquired, LockError> {
+        self.acquire_with(req, None)
+    }
+
+    /// [`LockTable::acquire`] for a request proven by the digest of its
+    /// handle: the hold (or the wait, and the hold it becomes) carries
+    /// `proof`, and only a command carrying it again releases the hold or
+    /// fences a write with it.
+    pub fn acquire_proven(
+        &mut self,
+        req: &AcquireRequest,
+        proof: HandleDigest,
+    ) -> Result<Acquired, LockError> {
+        self.acquire_with(req, Some(proof))
+    }
+
+    fn acquire_with(
+        &mut self,
+        req: &AcquireRequest,
+        proof: Option<HandleDigest>,
+    ) -> Result<Acquired, LockError> {
         validate_acquire(req)?;
         let Some(lock) = self.locks.get_mut(req.name.as_str()) else {
             // No holders, no waiters: granted.
@@ -396,6 +515,7 @@ impl LockTable {
                 owner: req.owner.clone(),
                 mode: req.mode,
                 lease: req.lease,
+                proof,
             });
             self.locks.insert(req.name.clone(), lock);
             add_ref(&mut self.lease_refs, req.lease, &req.name);
@@ -413,6 +533,7 @@ impl LockTable {
                 owner: req.owner.clone(),
                 mode: req.mode,
                 lease: req.lease,
+                proof,
             });
             add_ref(&mut self.lease_refs, req.lease, &req.name);
             return Ok(granted_now(req, token));
@@ -442,6 +563,7 @@ impl LockTable {
                 mode: req.mode,
                 priority: req.priority,
                 lease: req.lease,
+                proof,
             },
         );
         add_ref(&mut self.lease_refs, req.lease, &req.name);
@@ -459,8 +581,31 @@ impl LockTable {
         })
     }
 
-    /// Ends the hold of `token` on `name`, then grants waiters.
+    /// Ends the hold of `token` on `name`, then grants waiters. A hold
+    /// granted with a handle is refused ([`LockError::HandleRequired`]):
+    /// see [`LockTable::release_proven`].
     pub fn release(&mut self, name: &str, token: u64) -> Result<Vec<LockEvent>, LockError> {
+        self.release_with(name, token, None)
+    }
+
+    /// Ends the hold of `token` on `name` if `proof` is its handle's digest
+    /// (or the hold has none), then grants waiters. A wrong digest gets
+    /// [`LockError::WrongHandle`] and changes nothing.
+    pub fn release_proven(
+        &mut self,
+        name: &str,
+        token: u64,
+        proof: &HandleDigest,
+    ) -> Result<Vec<LockEvent>, LockError> {
+        self.release_with(name, token, Some(proof))
+    }
+
+    fn release_with(
+        &mut self,
+        name: &str,
+        token: u64,
+        proof: Option<&HandleDigest>,
+    ) -> Result<Vec<LockEvent>, LockError> {
         validate_name(name)?;
         let lock = self
             .locks
@@ -474,6 +619,7 @@ impl LockTable {
                 name: name.to_owned(),
                 token,
             })?;
+        check_proof(name, &lock.holders[index], proof)?;
         let holder = lock.holders.remove(index);
         remove_ref(&mut self.lease_refs, holder.lease, name);
         let mut events = vec![LockEvent::Released {
@@ -561,12 +707,118 @@ impl LockTable {
         events
     }
 
-    /// True iff `token` currently holds `name` (in either mode): the check
-    /// behind fenced KV writes.
+    /// True iff `token` currently holds `name` (in either mode), whoever
+    /// asks: no handle is checked. For following a hold one already owns;
+    /// fenced writes go through [`LockTable::prove`].
     pub fn check_fence(&self, name: &str, token: u64) -> bool {
         self.locks
             .get(name)
             .is_some_and(|l| l.holder_index(token).is_some())
+    }
+
+    /// Whether a command carrying `proof` (`None`: a token alone) may act as
+    /// the holder of `token` on `name`: `Ok` if `token` holds the lock and
+    /// `proof` is its handle's digest (or the hold has none), else
+    /// [`LockError::NoSuchLock`], [`LockError::NotHolder`],
+    /// [`LockError::HandleRequired`] or [`LockError::WrongHandle`]. Does not
+    /// validate the name (an invalid name holds nothing). The check behind
+    /// fenced writes.
+    pub fn prove(
+        &self,
+        name: &str,
+        token: u64,
+        proof: Option<&HandleDigest>,
+    ) -> Result<(), LockError> {
+        let lock = self.locks.get(name).ok_or_else(|| LockError::NoSuchLock {
+            name: name.to_owned(),
+        })?;
+        let holder = lock
+            .holder_index(token)
+            .and_then(|i| lock.holders.get(i))
+            .ok_or_else(|| LockError::NotHolder {
+                name: name.to_owned(),
+                token,
+            })?;
+        check_proof(name, holder, proof)
+    }
+
+    /// The token of the hold on `name` whose handle digest is `proof`, if
+    /// there is one (how a member finds the grant of its own request).
+    pub fn token_with_proof(&self, name: &str, proof: &HandleDigest) -> Option<u64> {
+        self.locks
+            .get(name)?
+            .holders
+            .iter()
+            .find(|h| h.proof.as_ref() == Some(proof))
+            .map(|h| h.token)
+    }
+
+    /// The handle digests of every hold and wait that has one: the section a
+    /// snapshot carries after the derived encoding of the state (which
+    /// leaves them out, so a table without digests encodes exactly as in
+    /// builds before handles). Ascending tokens and waiter ids.
+    pub fn proofs(&self) -> LockProofs {
+        let mut p = LockProofs::default();
+        for lock in self.locks.values() {
+            p.holders.extend(
+                lock.holders
+                    .iter()
+                    .filter_map(|h| h.proof.map(|d| (h.token, d))),
+            );
+            p.waiters.extend(
+                lock.waiters
+                    .iter()
+                    .filter_map(|w| w.proof.map(|d| (w.waiter_id, d))),
+            );
+        }
+        p.holders.sort_unstable_by_key(|(t, _)| *t);
+        p.waiters.sort_unstable_by_key(|(w, _)| *w);
+        p
+    }
+
+    /// Puts the digests of [`LockTable::proofs`] back on a table decoded
+    /// without them. Refuses (the table is then to be discarded) lists out
+    /// of order, and digests for a token or waiter id the table does not
+    /// have or that already has one.
+    pub fn restore_proofs(&mut self, proofs: LockProofs) -> Result<(), String> {
+        fn ordered(what: &str, list: &[(u64, HandleDigest)]) -> Result<(), String> {
+            if list.windows(2).all(|w| w[0].0 < w[1].0) {
+                Ok(())
+            } else {
+                Err(format!("lock handle digests of {what} out of order"))
+            }
+        }
+        ordered("holders", &proofs.holders)?;
+        ordered("waiters", &proofs.waiters)?;
+        let mut holders: BTreeMap<u64, HandleDigest> = proofs.holders.into_iter().collect();
+        let mut waiters: BTreeMap<u64, HandleDigest> = proofs.waiters.into_iter().collect();
+        for lock in self.locks.values_mut() {
+            for h in &mut lock.holders {
+                if let Some(d) = holders.remove(&h.token) {
+                    if h.proof.replace(d).is_some() {
+                        return Err(format!("holder token {} has two handle digests", h.token));
+                    }
+                }
+            }
+            for w in &mut lock.waiters {
+                if let Some(d) = waiters.remove(&w.waiter_id) {
+                    if w.proof.replace(d).is_some() {
+                        return Err(format!("waiter {} has two handle digests", w.waiter_id));
+                    }
+                }
+            }
+        }
+        if let Some(token) = holders.keys().next() {
+            return Err(format!(
+                "a handle digest for token {token}, which holds no lock"
+            ));
+        }
+        if let Some(waiter) = waiters.keys().next() {
+            return Err(format!(
+                "a handle digest for waiter {waiter}, which is not queued"
+            ));
+        }
+        Ok(())
     }
 
     /// The holder of `name` with `token`, if it holds the lock.
@@ -715,6 +967,24 @@ impl LockTable {
             return Err("lease index does not match the holders and waiters".into());
         }
         Ok(())
+    }
+}
+
+/// Whether a command carrying `proof` may act as `holder` (see
+/// [`LockTable::prove`]). One error for any mismatch: nothing tells which
+/// bytes differ.
+fn check_proof(name: &str, holder: &Holder, proof: Option<&HandleDigest>) -> Result<(), LockError> {
+    match (&holder.proof, proof) {
+        (None, _) => Ok(()),
+        (Some(have), Some(given)) if have == given => Ok(()),
+        (Some(_), Some(_)) => Err(LockError::WrongHandle {
+            name: name.to_owned(),
+            token: holder.token,
+        }),
+        (Some(_), None) => Err(LockError::HandleRequired {
+            name: name.to_owned(),
+            token: holder.token,
+        }),
     }
 }
 

@@ -496,14 +496,16 @@ fn fence_inspect_and_prefix_listing() {
                 token: a,
                 owner: "owner-1".into(),
                 mode: Exclusive,
-                lease: 1
+                lease: 1,
+                proof: None,
             }],
             waiters: vec![Waiter {
                 waiter_id: w,
                 owner: "owner-3".into(),
                 mode: Shared,
                 priority: 4,
-                lease: 3
+                lease: 3,
+                proof: None,
             }],
         }
     );
@@ -633,6 +635,200 @@ fn snapshot_round_trip() {
     assert_eq!(postcard::to_stdvec(&back).unwrap(), bytes);
 }
 
+fn digest(n: u8) -> HandleDigest {
+    HandleDigest::of_handle(&[n; HANDLE_LEN])
+}
+
+/// Acquires with the handle digest `digest(h)`, checking invariants.
+fn acq_proven(t: &mut LockTable, name: &str, mode: LockMode, lease: i64, h: u8) -> AcquireOutcome {
+    let out = t
+        .acquire_proven(&req(name, mode, lease, 0, true), digest(h))
+        .unwrap();
+    t.check_invariants().unwrap();
+    out.outcome
+}
+
+#[test]
+fn a_proven_hold_is_released_only_with_its_handle() {
+    let mut t = LockTable::new();
+    let x = token(&acq_proven(&mut t, "l", Exclusive, 1, 1));
+    let before = t.clone();
+    // Another handle, or the token alone: refused, nothing changes.
+    let wrong = t.release_proven("l", x, &digest(2)).unwrap_err();
+    assert_eq!(
+        wrong,
+        LockError::WrongHandle {
+            name: "l".into(),
+            token: x
+        }
+    );
+    assert_eq!(
+        wrong.to_string(),
+        format!("warden: lock \"l\" token {x}: handle does not match the holder")
+    );
+    assert!(wrong.is_proof_failure() && !wrong.is_invalid_argument());
+    let bare = t.release("l", x).unwrap_err();
+    assert_eq!(
+        bare,
+        LockError::HandleRequired {
+            name: "l".into(),
+            token: x
+        }
+    );
+    assert!(bare.to_string().contains("handle is required"), "{bare}");
+    assert_eq!(t, before);
+    // Fencing checks the same way.
+    assert_eq!(t.prove("l", x, Some(&digest(1))), Ok(()));
+    assert_eq!(t.prove("l", x, Some(&digest(2))), Err(wrong.clone()));
+    assert_eq!(t.prove("l", x, None), Err(bare));
+    assert!(matches!(
+        t.prove("l", x + 1, Some(&digest(1))),
+        Err(LockError::NotHolder { .. })
+    ));
+    assert!(matches!(
+        t.prove("other", x, Some(&digest(1))),
+        Err(LockError::NoSuchLock { .. })
+    ));
+    assert!(t.check_fence("l", x), "check_fence is about holding only");
+    assert_eq!(t.token_with_proof("l", &digest(1)), Some(x));
+    assert_eq!(t.token_with_proof("l", &digest(2)), None);
+    // The handle releases it.
+    let evs = t.release_proven("l", x, &digest(1)).unwrap();
+    assert_eq!(
+        evs,
+        vec![LockEvent::Released {
+            name: "l".into(),
+            token: x
+        }]
+    );
+    assert!(t.is_empty());
+    assert!(t.proofs().is_empty());
+}
+
+#[test]
+fn a_queued_waiter_keeps_its_proof_when_granted() {
+    let mut t = LockTable::new();
+    let x = token(&acq_proven(&mut t, "l", Exclusive, 1, 1));
+    let w = waiter(&acq_proven(&mut t, "l", Exclusive, 2, 2));
+    let w2 = waiter(&acq(&mut t, "l", Exclusive, 3, 0));
+    assert_eq!(
+        t.proofs(),
+        LockProofs {
+            holders: vec![(x, digest(1))],
+            waiters: vec![(w, digest(2))],
+        }
+    );
+    let evs = t.release_proven("l", x, &digest(1)).unwrap();
+    let granted = grants(&evs);
+    assert_eq!(granted.len(), 1);
+    assert_eq!(granted[0].0, Some(w));
+    let y = granted[0].1;
+    // The grant carries the waiter's handle, and only it.
+    assert_eq!(t.token_with_proof("l", &digest(2)), Some(y));
+    assert!(matches!(
+        t.release_proven("l", y, &digest(1)),
+        Err(LockError::WrongHandle { .. })
+    ));
+    assert!(matches!(
+        t.release("l", y),
+        Err(LockError::HandleRequired { .. })
+    ));
+    // Lease revocation needs no handle: the lease governs.
+    let evs = t.revoke_lease(2);
+    let next = grants(&evs);
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].0, Some(w2));
+    // A plain waiter becomes a plain holder, released by its token.
+    t.release("l", next[0].1).unwrap();
+    t.check_invariants().unwrap();
+    assert!(t.is_empty());
+}
+
+#[test]
+fn holds_without_a_handle_work_by_token() {
+    // Holds made by the plain acquire (every hold of a data dir from before
+    // handles): the token releases them, and so does any handle.
+    let mut t = LockTable::new();
+    let a = token(&acq(&mut t, "l", Shared, 1, 0));
+    let b = token(&acq(&mut t, "l", Shared, 2, 0));
+    assert_eq!(t.prove("l", a, None), Ok(()));
+    assert_eq!(t.prove("l", a, Some(&digest(9))), Ok(()));
+    t.release("l", a).unwrap();
+    t.release_proven("l", b, &digest(9)).unwrap();
+    assert!(t.is_empty());
+}
+
+#[test]
+fn proofs_restore_onto_a_decoded_table() {
+    let mut t = LockTable::new();
+    let x = token(&acq_proven(&mut t, "a", Shared, 1, 1));
+    token(&acq(&mut t, "a", Shared, 2, 0));
+    let w = waiter(&acq_proven(&mut t, "a", Exclusive, 3, 3));
+    let z = token(&acq_proven(&mut t, "b", Exclusive, 4, 4));
+    let proofs = t.proofs();
+    assert_eq!(
+        proofs,
+        LockProofs {
+            holders: vec![(x, digest(1)), (z, digest(4))],
+            waiters: vec![(w, digest(3))],
+        }
+    );
+    // The derived encoding leaves the digests out ...
+    let bytes = postcard::to_stdvec(&t).unwrap();
+    let mut back: LockTable = postcard::from_bytes(&bytes).unwrap();
+    assert!(back.proofs().is_empty());
+    assert_ne!(back, t);
+    // ... and they are put back.
+    back.restore_proofs(proofs.clone()).unwrap();
+    assert_eq!(back, t);
+    // Digests that do not fit the table are refused.
+    let fresh = || -> LockTable { postcard::from_bytes(&bytes).unwrap() };
+    let refused = |p: LockProofs| fresh().restore_proofs(p).unwrap_err();
+    let e = refused(LockProofs {
+        holders: vec![(99, digest(1))],
+        waiters: vec![],
+    });
+    assert!(e.contains("token 99"), "{e}");
+    let e = refused(LockProofs {
+        holders: vec![],
+        waiters: vec![(w + 1, digest(1))],
+    });
+    assert!(e.contains(&format!("waiter {}", w + 1)), "{e}");
+    let e = refused(LockProofs {
+        holders: vec![(z, digest(4)), (x, digest(1))],
+        waiters: vec![],
+    });
+    assert!(e.contains("out of order"), "{e}");
+    let e = refused(LockProofs {
+        holders: vec![(x, digest(1)), (x, digest(2))],
+        waiters: vec![],
+    });
+    assert!(e.contains("out of order"), "{e}");
+    let mut twice = t.clone();
+    let e = twice.restore_proofs(proofs).unwrap_err();
+    assert!(e.contains("two handle digests"), "{e}");
+}
+
+#[test]
+fn digests_are_never_shown() {
+    let d = digest(1);
+    assert_eq!(format!("{d:?}"), "HandleDigest(..)");
+    let mut t = LockTable::new();
+    acq_proven(&mut t, "l", Exclusive, 1, 1);
+    let raw: [u8; 32] = postcard::from_bytes(&postcard::to_stdvec(&d).unwrap()).unwrap();
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let shown = format!("{t:?} {:?}", t.inspect("l"));
+    assert!(
+        !shown.contains(&hex) && !shown.contains(&format!("{raw:?}")),
+        "{shown}"
+    );
+    // Domain-separated SHA-256 of the handle: not the plain hash.
+    let plain: [u8; 32] = Sha256::digest([1u8; HANDLE_LEN]).into();
+    assert_ne!(raw, plain);
+    assert_eq!(HandleDigest::from_bytes(raw), d);
+    assert_ne!(digest(1), digest(2));
+}
+
 /// Model-based property test: random acquire / release / cancel /
 /// revoke / fence sequences on a few names and leases, run against the
 /// table and a deliberately naive model (queues kept in arrival order and
@@ -720,6 +916,7 @@ mod model {
                     owner: head.owner,
                     mode: head.mode,
                     lease: head.lease,
+                    proof: head.proof,
                 });
             }
             self.last_token = token;
@@ -748,6 +945,7 @@ mod model {
                     owner: r.owner.clone(),
                     mode: r.mode,
                     lease: r.lease,
+                    proof: None,
                 });
                 return Ok(Acquired {
                     outcome: AcquireOutcome::Granted { token },
@@ -775,6 +973,7 @@ mod model {
                 mode: r.mode,
                 priority: r.priority,
                 lease: r.lease,
+                proof: None,
             });
             let position = ahead as u64;
             Ok(Acquired {
@@ -1057,12 +1256,184 @@ mod model {
         Ok(())
     }
 
+    /// The table with every digest dropped.
+    fn stripped(t: &LockTable) -> LockTable {
+        let mut t = t.clone();
+        for lock in t.locks.values_mut() {
+            for h in &mut lock.holders {
+                h.proof = None;
+            }
+            for w in &mut lock.waiters {
+                w.proof = None;
+            }
+        }
+        t
+    }
+
+    /// Tokens holding some lock in `t`.
+    fn live_tokens(t: &LockTable) -> Vec<u64> {
+        t.locks_with_prefix("")
+            .flat_map(|i| i.holders.into_iter().map(|h| h.token))
+            .collect()
+    }
+
+    /// The same random operations on a plain table and on one whose every
+    /// acquire is proven (digest = the step's number): with the right
+    /// digests the proven table answers and changes exactly as the plain
+    /// one; before each release and fence, a wrong digest and a bare token
+    /// are tried on the proven table and must be refused with a proof error
+    /// (when the token holds) and change nothing. The digest a grant from
+    /// the queue carries is the one its waiter was queued with.
+    fn run_proven(ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let mut plain = LockTable::new();
+        let mut proven = LockTable::new();
+        // token -> digest and waiter id -> digest, as the events tell.
+        let mut by_token: BTreeMap<u64, HandleDigest> = BTreeMap::new();
+        let mut by_waiter: BTreeMap<u64, HandleDigest> = BTreeMap::new();
+        let wrong = HandleDigest::of_handle(b"not anybody's handle");
+        for (step, op) in ops.iter().enumerate() {
+            let (got, want) = match op {
+                Op::Acquire {
+                    name,
+                    mode,
+                    lease,
+                    priority,
+                    wait,
+                } => {
+                    let r = AcquireRequest {
+                        name: NAMES[*name].to_owned(),
+                        mode: *mode,
+                        lease: *lease,
+                        priority: *priority,
+                        owner: format!("o{step}"),
+                        wait: *wait,
+                    };
+                    let d = HandleDigest::of_handle(&step.to_le_bytes());
+                    let got = proven.acquire_proven(&r, d);
+                    match &got {
+                        Ok(Acquired {
+                            outcome: AcquireOutcome::Granted { token },
+                            ..
+                        }) => {
+                            by_token.insert(*token, d);
+                        }
+                        Ok(Acquired {
+                            outcome: AcquireOutcome::Queued { waiter_id, .. },
+                            ..
+                        }) => {
+                            by_waiter.insert(*waiter_id, d);
+                        }
+                        _ => {}
+                    }
+                    (got.map(|a| a.events), plain.acquire(&r).map(|a| a.events))
+                }
+                Op::Release { name, token } | Op::Fence { name, token } => {
+                    let name = NAMES[*name];
+                    let token = token.resolve(&live_tokens(&plain));
+                    let holds = plain.check_fence(name, token);
+                    let before = proven.clone();
+                    for bad in [Some(&wrong), None] {
+                        let e = proven.prove(name, token, bad);
+                        prop_assert_eq!(e.is_ok(), false, "step {}: {:?}", step, op);
+                        prop_assert_eq!(
+                            e.as_ref().is_err_and(|e| e.is_proof_failure()),
+                            holds,
+                            "step {}: {:?}: {:?}",
+                            step,
+                            op,
+                            e
+                        );
+                        if matches!(op, Op::Release { .. }) {
+                            let r = match bad {
+                                Some(d) => proven.release_proven(name, token, d),
+                                None => proven.release(name, token),
+                            };
+                            prop_assert_eq!(r.map_err(|e| e.is_proof_failure()), Err(holds));
+                        }
+                        prop_assert_eq!(&proven, &before, "a refused proof changed the table");
+                    }
+                    let right = by_token.get(&token).copied().unwrap_or(wrong);
+                    if matches!(op, Op::Fence { .. }) {
+                        prop_assert_eq!(proven.prove(name, token, Some(&right)).is_ok(), holds);
+                        (Ok(vec![]), Ok(vec![]))
+                    } else {
+                        (
+                            proven.release_proven(name, token, &right),
+                            plain.release(name, token),
+                        )
+                    }
+                }
+                Op::Cancel { name, waiter } => {
+                    let ids: Vec<u64> = plain
+                        .locks_with_prefix("")
+                        .flat_map(|i| i.waiters.into_iter().map(|w| w.waiter_id))
+                        .collect();
+                    let id = waiter.resolve(&ids);
+                    (
+                        proven.cancel_waiter(NAMES[*name], id),
+                        plain.cancel_waiter(NAMES[*name], id),
+                    )
+                }
+                Op::Revoke { lease } => (
+                    Ok(proven.revoke_lease(*lease)),
+                    Ok(plain.revoke_lease(*lease)),
+                ),
+            };
+            prop_assert_eq!(&got, &want, "step {}: {:?}", step, op);
+            for e in got.iter().flatten() {
+                if let LockEvent::Granted {
+                    token,
+                    waiter_id: Some(w),
+                    ..
+                } = e
+                {
+                    let d = by_waiter.get(w).copied();
+                    prop_assert!(d.is_some(), "waiter {} was queued with a digest", w);
+                    if let Some(d) = d {
+                        by_token.insert(*token, d);
+                    }
+                }
+            }
+            prop_assert_eq!(&stripped(&proven), &plain, "step {}: {:?}", step, op);
+            if let Err(e) = proven.check_invariants() {
+                return Err(TestCaseError::fail(format!("step {step}: {op:?}: {e}")));
+            }
+            // Every hold and wait of the proven table has its digest.
+            let proofs = proven.proofs();
+            let (holds, waits): (usize, usize) =
+                proven.locks_with_prefix("").fold((0, 0), |(h, w), i| {
+                    (h + i.holders.len(), w + i.waiters.len())
+                });
+            prop_assert_eq!((proofs.holders.len(), proofs.waiters.len()), (holds, waits));
+            for (token, d) in &proofs.holders {
+                prop_assert_eq!(by_token.get(token), Some(d));
+            }
+        }
+        // Snapshot: the derived encoding plus the digests section.
+        let bytes = postcard::to_stdvec(&proven).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(
+            &bytes,
+            &postcard::to_stdvec(&plain).map_err(|e| TestCaseError::fail(e.to_string()))?
+        );
+        let mut back: LockTable =
+            postcard::from_bytes(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        back.restore_proofs(proven.proofs())
+            .map_err(TestCaseError::fail)?;
+        prop_assert_eq!(&back, &proven);
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
         #[test]
         fn table_matches_naive_model(ops in prop::collection::vec(op(), 1..80)) {
             run(ops)?;
+        }
+
+        #[test]
+        fn proven_table_matches_plain_table(ops in prop::collection::vec(op(), 1..80)) {
+            run_proven(ops)?;
         }
     }
 }

@@ -11,6 +11,15 @@
 //! the state changes what stored bytes mean, so it must bump
 //! [`crate::storage::format::FORMAT_VERSION`] (see that module).
 //!
+//! The body is the postcard encoding of the `StateMachine`, followed, only
+//! when some hold or wait has a lock handle digest, by the
+//! [`LockProofs`] section (the digests are not part of the derived
+//! encoding): a state without digests has exactly the bytes of builds before
+//! lock handles, and such a build refuses a snapshot with digests (trailing
+//! bytes) rather than dropping them. Member snapshots
+//! (`warden_server::node::state_machine`) carry the same section after
+//! their own trailing sections.
+//!
 //! Encoding is deterministic (ordered maps only), so replicas that applied the
 //! same commands produce byte-identical snapshots. A snapshot with a wrong
 //! magic, version, length or checksum, or a body that does not decode to a
@@ -27,7 +36,9 @@ use serde::{Deserialize, Serialize};
 use super::alarm::AlarmMember;
 use super::error::{SnapshotError, StateError};
 use super::lease::LeaseTable;
-use super::lock_table::{AcquireOutcome, AcquireRequest, LockEvent, LockTable};
+use super::lock_table::{
+    AcquireOutcome, AcquireRequest, HandleDigest, LockError, LockEvent, LockProofs, LockTable,
+};
 use super::mvcc::{self, MvccStore};
 use crate::storage::format;
 
@@ -73,6 +84,32 @@ pub enum Command {
     Fenced {
         name: String,
         token: u64,
+        /// Decoding is depth-bounded (`nesting`), like every recursive field.
+        #[serde(deserialize_with = "super::nesting::bounded")]
+        command: Box<Command>,
+    },
+    /// [`Command::LockAcquire`] proven by `proof`, the digest of the secret
+    /// handle the proposing member drew for its client: the hold (or the
+    /// wait, and the hold it becomes) can then only be released or fence a
+    /// write by a command carrying the same digest. What members propose
+    /// for every acquire. The three `…Proven` variants are appended after
+    /// the others, whose encoding is unchanged; they answer as their plain
+    /// twins.
+    LockAcquireProven {
+        req: AcquireRequest,
+        proof: HandleDigest,
+    },
+    /// Release a hold by its token, proven by its handle's digest.
+    LockReleaseProven {
+        name: String,
+        token: u64,
+        proof: HandleDigest,
+    },
+    /// [`Command::Fenced`], proven by the holder's handle digest.
+    FencedProven {
+        name: String,
+        token: u64,
+        proof: HandleDigest,
         /// Decoding is depth-bounded (`nesting`), like every recursive field.
         #[serde(deserialize_with = "super::nesting::bounded")]
         command: Box<Command>,
@@ -149,13 +186,18 @@ impl Command {
         match self {
             Command::Put(p) => put_cost(p),
             Command::Txn(t) => txn_cost(t),
-            Command::LeaseGrant { .. } | Command::LockAcquire(_) => LEASE_OVERHEAD,
-            Command::Fenced { command, .. } => command.quota_cost(),
+            Command::LeaseGrant { .. }
+            | Command::LockAcquire(_)
+            | Command::LockAcquireProven { .. } => LEASE_OVERHEAD,
+            Command::Fenced { command, .. } | Command::FencedProven { command, .. } => {
+                command.quota_cost()
+            }
             Command::DeleteRange(_)
             | Command::Compact(_)
             | Command::LeaseRevoke { .. }
             | Command::LeaseCheckpoint { .. }
             | Command::LockRelease { .. }
+            | Command::LockReleaseProven { .. }
             | Command::LockCancel { .. } => 0,
         }
     }
@@ -316,25 +358,18 @@ impl StateMachine {
                 self.leases.checkpoint(checkpoints);
                 (Ok(CommandResult::LeaseCheckpoint), Vec::new())
             }
-            Command::LockAcquire(req) => {
-                if self.leases.get(req.lease).is_none() {
-                    return (Err(StateError::LeaseNotFound), Vec::new());
-                }
-                match self.locks.acquire(req) {
-                    Ok(a) => {
-                        lock_events.extend(a.events);
-                        (Ok(CommandResult::LockAcquire(a.outcome)), Vec::new())
-                    }
-                    Err(e) => (Err(e.into()), Vec::new()),
-                }
+            Command::LockAcquire(req) => (self.acquire(req, None, lock_events), Vec::new()),
+            Command::LockAcquireProven { req, proof } => {
+                (self.acquire(req, Some(*proof), lock_events), Vec::new())
             }
-            Command::LockRelease { name, token } => match self.locks.release(name, *token) {
-                Ok(evs) => {
-                    lock_events.extend(evs);
-                    (Ok(CommandResult::LockRelease), Vec::new())
-                }
-                Err(e) => (Err(e.into()), Vec::new()),
-            },
+            Command::LockRelease { name, token } => {
+                let r = self.locks.release(name, *token);
+                (released(r, lock_events), Vec::new())
+            }
+            Command::LockReleaseProven { name, token, proof } => {
+                let r = self.locks.release_proven(name, *token, proof);
+                (released(r, lock_events), Vec::new())
+            }
             Command::LockCancel { name, waiter_id } => {
                 match self.locks.cancel_waiter(name, *waiter_id) {
                     Ok(evs) => {
@@ -348,23 +383,63 @@ impl StateMachine {
                 name,
                 token,
                 command,
-            } => {
-                if !self.locks.check_fence(name, *token) {
-                    return (
-                        Err(StateError::FenceRejected {
-                            name: name.clone(),
-                            token: *token,
-                        }),
-                        Vec::new(),
-                    );
-                }
-                match command.as_ref() {
-                    Command::Put(_) | Command::DeleteRange(_) | Command::Txn(_) => {
-                        self.apply_inner(command, lock_events)
-                    }
-                    _ => (Err(StateError::FenceNotKv), Vec::new()),
-                }
+            } => self.apply_fenced(name, *token, None, command, lock_events),
+            Command::FencedProven {
+                name,
+                token,
+                proof,
+                command,
+            } => self.apply_fenced(name, *token, Some(proof), command, lock_events),
+        }
+    }
+
+    fn acquire(
+        &mut self,
+        req: &AcquireRequest,
+        proof: Option<HandleDigest>,
+        lock_events: &mut Vec<LockEvent>,
+    ) -> Result<CommandResult, StateError> {
+        if self.leases.get(req.lease).is_none() {
+            return Err(StateError::LeaseNotFound);
+        }
+        let a = match proof {
+            Some(p) => self.locks.acquire_proven(req, p),
+            None => self.locks.acquire(req),
+        }?;
+        lock_events.extend(a.events);
+        Ok(CommandResult::LockAcquire(a.outcome))
+    }
+
+    /// A fenced write: `command` applies only if `token` holds `name` and
+    /// `proof` proves it (see `LockTable::prove`); otherwise nothing
+    /// changes. A token that does not hold the lock is `FenceRejected` (a
+    /// stale holder), a failed proof the lock error.
+    fn apply_fenced(
+        &mut self,
+        name: &str,
+        token: u64,
+        proof: Option<&HandleDigest>,
+        command: &Command,
+        lock_events: &mut Vec<LockEvent>,
+    ) -> (Result<CommandResult, StateError>, Vec<Event>) {
+        match self.locks.prove(name, token, proof) {
+            Ok(()) => {}
+            Err(LockError::NoSuchLock { .. } | LockError::NotHolder { .. }) => {
+                return (
+                    Err(StateError::FenceRejected {
+                        name: name.to_owned(),
+                        token,
+                    }),
+                    Vec::new(),
+                )
             }
+            Err(e) => return (Err(e.into()), Vec::new()),
+        }
+        match command {
+            Command::Put(_) | Command::DeleteRange(_) | Command::Txn(_) => {
+                self.apply_inner(command, lock_events)
+            }
+            _ => (Err(StateError::FenceNotKv), Vec::new()),
         }
     }
 
@@ -461,8 +536,28 @@ impl StateMachine {
     /// Encoding cannot fail for these types (every collection has a known
     /// length); the `Result` only avoids a panic path.
     pub fn to_snapshot_bytes(&self) -> Result<Vec<u8>, SnapshotError> {
-        let body = postcard::to_stdvec(self).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+        let mut body =
+            postcard::to_stdvec(self).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+        let proofs = self.lock_proofs();
+        if !proofs.is_empty() {
+            body = postcard::to_extend(&proofs, body)
+                .map_err(|e| SnapshotError::Encode(format!("lock handle digests: {e}")))?;
+        }
         Ok(format::encode_snapshot(&[], &body))
+    }
+
+    /// The lock handle digests, which the derived encoding of the state
+    /// leaves out: a snapshot writer appends them after the state when
+    /// there are any (see the module docs).
+    pub fn lock_proofs(&self) -> LockProofs {
+        self.locks.proofs()
+    }
+
+    /// Puts the digests of [`StateMachine::lock_proofs`] back on a state
+    /// decoded without them; an error (then discard the state) if they do
+    /// not fit its lock table.
+    pub fn restore_lock_proofs(&mut self, proofs: LockProofs) -> Result<(), String> {
+        self.locks.restore_proofs(proofs)
     }
 
     /// Decodes a snapshot made by [`StateMachine::to_snapshot_bytes`],
@@ -473,17 +568,37 @@ impl StateMachine {
         if !meta.is_empty() {
             return Err(SnapshotError::UnexpectedMeta(meta.len()));
         }
-        let (machine, rest): (StateMachine, &[u8]) =
+        let (mut machine, rest): (StateMachine, &[u8]) =
             postcard::take_from_bytes(body).map_err(|e| SnapshotError::Decode(e.to_string()))?;
         if !rest.is_empty() {
-            return Err(SnapshotError::Decode(format!(
-                "{} trailing bytes after the state",
-                rest.len()
-            )));
+            // Only a non-empty digest section is ever written.
+            let bad = || {
+                SnapshotError::Decode(format!(
+                    "{} trailing bytes after the state are not lock handle digests",
+                    rest.len()
+                ))
+            };
+            let (proofs, tail) =
+                postcard::take_from_bytes::<LockProofs>(rest).map_err(|_| bad())?;
+            if !tail.is_empty() || proofs.is_empty() {
+                return Err(bad());
+            }
+            machine
+                .restore_lock_proofs(proofs)
+                .map_err(SnapshotError::Invalid)?;
         }
         machine.check_invariants().map_err(SnapshotError::Invalid)?;
         Ok(machine)
     }
+}
+
+/// The result of a release: its events recorded, or its error.
+fn released(
+    r: Result<Vec<LockEvent>, LockError>,
+    lock_events: &mut Vec<LockEvent>,
+) -> Result<CommandResult, StateError> {
+    lock_events.extend(r?);
+    Ok(CommandResult::LockRelease)
 }
 
 /// Writes at most 48 bytes of a key, escaped, then the total length if cut.
@@ -567,6 +682,30 @@ impl fmt::Display for Command {
             } => write!(
                 f,
                 "fenced by {}#{token}: {command}",
+                ShortBytes(name.as_bytes())
+            ),
+            // Never the digest.
+            Command::LockAcquireProven { req: r, .. } => write!(
+                f,
+                "lock acquire name={} mode={} lease={:x} wait={} (with handle)",
+                ShortBytes(r.name.as_bytes()),
+                r.mode,
+                r.lease,
+                r.wait
+            ),
+            Command::LockReleaseProven { name, token, .. } => write!(
+                f,
+                "lock release name={} token={token} (with handle)",
+                ShortBytes(name.as_bytes())
+            ),
+            Command::FencedProven {
+                name,
+                token,
+                command,
+                ..
+            } => write!(
+                f,
+                "fenced by {}#{token} (with handle): {command}",
                 ShortBytes(name.as_bytes())
             ),
         }
@@ -1063,3 +1202,11 @@ mod tests {
         assert_eq!(c.to_string(), "compact revision=9");
     }
 }
+
+#[cfg(test)]
+#[path = "lock_golden_tests.rs"]
+mod lock_golden_tests;
+
+#[cfg(test)]
+#[path = "lock_proof_tests.rs"]
+mod lock_proof_tests;

@@ -1,8 +1,9 @@
 //! A bound on how deeply the recursive command types may nest when they are
 //! decoded, so bytes from a peer or from disk cannot overflow the stack.
 //!
-//! Three fields make the state's types recursive: `Command::Fenced`'s boxed
-//! command, `RequestOp::Txn` and `ResponseOp::Txn`. Each is deserialized
+//! Four fields make the state's types recursive: the boxed command of
+//! `Command::Fenced` and of `Command::FencedProven`, `RequestOp::Txn` and
+//! `ResponseOp::Txn`. Each is deserialized
 //! through [`bounded`] (serde's `deserialize_with`), which counts the
 //! recursive fields currently being decoded on this thread and fails once
 //! more than [`MAX_NESTING`] are open. postcard (and any other serde format)
@@ -213,14 +214,31 @@ mod tests {
             postcard::from_bytes::<Command>(&bytes).map(|_| ())
         });
         assert!(r.is_err());
-        let r = on_stack(512, || {
+        // Fenced is tag 10 (the golden bytes in `lock_golden_tests` pin
+        // it), FencedProven 13 with a 32-byte digest after the token.
+        let fences = |depth: usize, proven: bool| {
             let mut b = Vec::new();
-            for _ in 0..10_000 {
-                b.extend_from_slice(&[11, 1, b'l', 1]); // Fenced { "l", 1, ..
+            for _ in 0..depth {
+                if proven {
+                    b.extend_from_slice(&[13, 1, b'l', 1]); // FencedProven { "l", 1, ..
+                    b.extend_from_slice(&[0; 32]);
+                } else {
+                    b.extend_from_slice(&[10, 1, b'l', 1]); // Fenced { "l", 1, ..
+                }
             }
             b.extend_from_slice(&[2, 0, 0, 0]); // Txn(empty)
-            postcard::from_bytes::<Command>(&b).map(|_| ())
-        });
-        assert!(r.is_err());
+            b
+        };
+        for proven in [false, true] {
+            let shallow = fences(3, proven);
+            assert!(
+                postcard::from_bytes::<Command>(&shallow).is_ok(),
+                "the bytes are fences"
+            );
+            let r = on_stack(512, move || {
+                postcard::from_bytes::<Command>(&fences(10_000, proven)).map(|_| ())
+            });
+            assert!(r.is_err());
+        }
     }
 }

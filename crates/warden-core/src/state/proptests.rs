@@ -350,9 +350,12 @@ impl Model {
             | Command::LeaseRevoke { .. }
             | Command::LeaseCheckpoint { .. }
             | Command::LockAcquire(_)
+            | Command::LockAcquireProven { .. }
             | Command::LockRelease { .. }
+            | Command::LockReleaseProven { .. }
             | Command::LockCancel { .. }
-            | Command::Fenced { .. } => {
+            | Command::Fenced { .. }
+            | Command::FencedProven { .. } => {
                 return (Err(StateError::LeaseNotFound), vec![]);
             }
         };

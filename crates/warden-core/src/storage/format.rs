@@ -22,7 +22,13 @@
 //!   rather than misread stay at version 1: variants appended after the
 //!   existing ones (`Request::Alarm`, `CommandResult::Alarm`) and the alarm
 //!   table a member snapshot body carries after the state only when it is
-//!   not empty (`warden_server::node::state_machine`).
+//!   not empty (`warden_server::node::state_machine`); likewise the lock
+//!   commands proven by a handle digest (`Command::LockAcquireProven`,
+//!   `LockReleaseProven`, `FencedProven`), the errors they add
+//!   (`LockError::WrongHandle`, `HandleRequired`) and the section of handle
+//!   digests snapshots carry last, only when some hold has one
+//!   (`state::machine`). `state/lock_golden_tests.rs` pins the bytes of
+//!   both the old lock commands and the new ones.
 //! - "Format 0" is not a payload version but a log file layout: a Raft log
 //!   written before records carried a version (no `format` table in the redb
 //!   file). Its records are `[crc32][payload]` with version-1 payloads; see

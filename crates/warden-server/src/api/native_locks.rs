@@ -9,8 +9,19 @@
 //! is abandoned (stream closed, timeout) is withdrawn with a cancel command;
 //! if the grant won that race, the hold is released again.
 //!
-//! Must never: report GRANTED for a hold the table does not have, or leave
-//! an abandoned waiter queued.
+//! Lock handles: this member draws a 128-bit handle from the OS random
+//! number generator for every Acquire, proposes the acquire with only its
+//! SHA-256 (`Command::LockAcquireProven`), and hands the handle to the
+//! client with GRANTED. Release and FencedTxn hash the handle the client
+//! sends and propose the digest (`…Proven`); the state machine compares it
+//! with the holder's when it applies the command. So the Raft log,
+//! snapshots and backups hold digests only, and the token (which Inspect
+//! and WatchLocks show to anyone) is not enough to end or use someone
+//! else's hold. A request without a handle proposes the plain command,
+//! which only holds from before handles accept.
+//!
+//! Must never: report GRANTED for a hold the table does not have, leave an
+//! abandoned waiter queued, or log or show a handle.
 
 use crate::api::convert::{ConvertFrom, TryConvertFrom};
 use std::pin::Pin;
@@ -28,7 +39,9 @@ use super::error::{check_request_size, node_status, state_status};
 use super::{header, propose, unexpected};
 use crate::node::peer_service::grpc_timeout;
 use crate::node::{Consistency, LockFeed, Node};
-use warden_core::state::lock_table::{self as lt, AcquireOutcome, LockEvent, LockMode};
+use warden_core::state::lock_table::{
+    self as lt, AcquireOutcome, HandleDigest, LockEvent, LockMode, HANDLE_LEN,
+};
 use warden_core::state::types as st;
 use warden_core::state::{Command, CommandResult, StateError};
 use warden_proto::warden::v1 as pb;
@@ -51,6 +64,31 @@ impl LocksService {
         } else {
             self.gate.check_range(caller, key, &[])
         }
+    }
+}
+
+/// A fresh lock handle from the OS random number generator.
+fn new_handle() -> Result<[u8; HANDLE_LEN], Status> {
+    use rand::TryRngCore as _;
+    let mut handle = [0u8; HANDLE_LEN];
+    rand::rngs::OsRng.try_fill_bytes(&mut handle).map_err(|e| {
+        Status::unavailable(format!(
+            "warden: cannot draw a lock handle from the OS random number generator: {e}"
+        ))
+    })?;
+    Ok(handle)
+}
+
+/// The digest of the handle a client sent for the hold of `token` on
+/// `name`: `None` for no handle (a token alone), refused if it cannot be a
+/// handle.
+fn proof_of(name: &str, token: u64, handle: &[u8]) -> Result<Option<HandleDigest>, Status> {
+    match handle.len() {
+        0 => Ok(None),
+        HANDLE_LEN => Ok(Some(HandleDigest::of_handle(handle))),
+        n => Err(Status::invalid_argument(format!(
+            "warden: lock {name:?} token {token}: a lock handle is {HANDLE_LEN} bytes, not {n}"
+        ))),
     }
 }
 
@@ -137,7 +175,10 @@ struct Acquire {
     /// `lease` was granted by this call (for its `ttl`), so it is revoked
     /// again if the call ends without a hold.
     own_lease: bool,
-    owner: String,
+    /// The handle given to the client with GRANTED (never logged), and its
+    /// digest, which is all that is proposed.
+    handle: [u8; HANDLE_LEN],
+    proof: HandleDigest,
 }
 
 enum Waited {
@@ -187,8 +228,11 @@ impl Acquire {
     /// Runs the acquire; true once the client was told it holds the lock.
     async fn acquire(&self, req: lt::AcquireRequest, wait_for: Option<Duration>) -> bool {
         let mut feed = self.node.lock_feed();
-        let outcome = match propose(&self.node, None, &self.caller, Command::LockAcquire(req)).await
-        {
+        let cmd = Command::LockAcquireProven {
+            req,
+            proof: self.proof,
+        };
+        let outcome = match propose(&self.node, None, &self.caller, cmd).await {
             Ok((_, CommandResult::LockAcquire(o))) => o,
             Ok(_) => {
                 let _ = self.tx.send(Err(unexpected())).await;
@@ -247,6 +291,7 @@ impl Acquire {
         };
         let mut r = self.answer(State::Granted);
         r.token = token;
+        r.handle = self.handle.to_vec();
         if !self.send(r).await {
             // The client is gone and never learned of the hold.
             return false;
@@ -324,15 +369,13 @@ impl Acquire {
         if queued {
             return None;
         }
-        // Granted while we were not looking: the newest hold of our lease
-        // and owner is ours.
-        let token = info.and_then(|i| {
-            i.holders
-                .iter()
-                .filter(|h| h.lease == self.lease && h.owner == self.owner)
-                .map(|h| h.token)
-                .max()
-        });
+        // Granted while we were not looking: the hold with our handle's
+        // digest is ours.
+        let token = self
+            .node
+            .with_state(|d| d.kv.locks().token_with_proof(&self.name, &self.proof))
+            .ok()
+            .flatten();
         Some(match token {
             Some(t) => Waited::Granted(t),
             None => Waited::Ended("the wait ended: its lease expired or was revoked".into()),
@@ -382,9 +425,10 @@ impl Acquire {
             }
         }
         if let Some(token) = token {
-            let release = Command::LockRelease {
+            let release = Command::LockReleaseProven {
                 name: self.name.clone(),
                 token,
+                proof: self.proof,
             };
             if let Err(e) = propose(&self.node, None, &self.caller, release).await {
                 tracing::warn!(lock = %self.name, token, "releasing an abandoned grant: {}", Status::from(e));
@@ -451,6 +495,9 @@ impl pb::locks_server::Locks for LocksService {
             Ok(pb::LockMode::Shared) => LockMode::Shared,
             Err(_) => return Err(Status::invalid_argument("warden: unknown lock mode")),
         };
+        // Before a lease is granted for the call: nothing to undo if the OS
+        // has no randomness to give.
+        let handle = new_handle()?;
         let own_lease = r.lease == 0;
         let lease = if r.lease != 0 {
             r.lease
@@ -481,7 +528,8 @@ impl pb::locks_server::Locks for LocksService {
             name: r.name,
             lease,
             own_lease,
-            owner: r.owner,
+            handle,
+            proof: HandleDigest::of_handle(&handle),
         };
         tokio::spawn(a.run(req, wait_for));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -495,9 +543,16 @@ impl pb::locks_server::Locks for LocksService {
         let timeout = grpc_timeout(&request);
         let caller = self.gate.caller(&request)?;
         let r = request.into_inner();
-        let cmd = Command::LockRelease {
-            name: r.name,
-            token: r.token,
+        let cmd = match proof_of(&r.name, r.token, &r.handle)? {
+            Some(proof) => Command::LockReleaseProven {
+                name: r.name,
+                token: r.token,
+                proof,
+            },
+            None => Command::LockRelease {
+                name: r.name,
+                token: r.token,
+            },
         };
         let (rev, _) = propose(&self.node, timeout, &caller, cmd).await?;
         Ok(Response::new(pb::ReleaseResponse {
@@ -634,10 +689,19 @@ impl pb::locks_server::Locks for LocksService {
         let r = request.into_inner();
         let txn = st::TxnRequest::try_convert_from(r.txn.unwrap_or_default())?;
         warden_core::state::validate::check_txn_request(&txn).map_err(state_status)?;
-        let cmd = Command::Fenced {
-            name: r.name,
-            token: r.token,
-            command: Box::new(Command::Txn(txn)),
+        let command = Box::new(Command::Txn(txn));
+        let cmd = match proof_of(&r.name, r.token, &r.handle)? {
+            Some(proof) => Command::FencedProven {
+                name: r.name,
+                token: r.token,
+                proof,
+                command,
+            },
+            None => Command::Fenced {
+                name: r.name,
+                token: r.token,
+                command,
+            },
         };
         match propose(&self.node, timeout, &caller, cmd).await? {
             (rev, CommandResult::Txn(t)) => {

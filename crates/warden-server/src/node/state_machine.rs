@@ -37,7 +37,7 @@ use super::watch_hub::WatchHub;
 use tokio::sync::broadcast;
 use warden_core::state::alarm::{AlarmTable, AlarmType};
 use warden_core::state::auth::AuthStore;
-use warden_core::state::lock_table::LockEvent;
+use warden_core::state::lock_table::{LockEvent, LockProofs};
 use warden_core::state::{Command, CommandResult, Compaction, StateError, StateMachine};
 use warden_core::storage::snapshot_file;
 
@@ -70,6 +70,13 @@ pub struct SmData {
     /// touched, so snapshots of clusters that never used auth keep their
     /// exact bytes, and a build from before auth refuses a snapshot that
     /// holds users (trailing bytes) rather than dropping them.
+    ///
+    /// After the auth store (then written even when pristine, as the alarm
+    /// table is before it) comes a fourth section, only when some lock hold
+    /// or wait has a handle digest: `kv`'s `StateMachine::lock_proofs`,
+    /// which the derived encoding of `kv` leaves out. Same argument: states
+    /// without digests keep their exact bytes, older builds refuse a
+    /// snapshot with digests rather than drop them.
     #[serde(skip)]
     pub auth: AuthStore,
 }
@@ -158,8 +165,10 @@ pub(crate) fn parse_snapshot(
     let (mut data, rest) = postcard::take_from_bytes::<SmData>(body)
         .map_err(|e| other(format!("snapshot {}: bad body: {e}", path.display())))?;
     if !rest.is_empty() {
-        // After the state: the alarm table, then the auth store (see
-        // `write_body`).
+        // After the state: the alarm table, then the auth store, then the
+        // lock handle digests (see `write_body`). The last section present
+        // is never the empty one: an encoding with an empty last section
+        // is not one this build wrote.
         let bad = |what: &str| {
             other(format!(
                 "snapshot {}: bad body: {} trailing bytes after the state are not {what}",
@@ -175,11 +184,27 @@ pub(crate) fn parse_snapshot(
                 return Err(bad("an alarm table"));
             }
         } else {
-            let auth = postcard::take_from_bytes::<AuthStore>(rest)
-                .ok()
-                .filter(|(a, tail)| tail.is_empty() && !a.is_pristine())
-                .map(|(a, _)| a)
-                .ok_or_else(|| bad("an alarm table and an auth store"))?;
+            let sections = "an alarm table and an auth store";
+            let (auth, rest) =
+                postcard::take_from_bytes::<AuthStore>(rest).map_err(|_| bad(sections))?;
+            if rest.is_empty() {
+                if auth.is_pristine() {
+                    return Err(bad(sections));
+                }
+            } else {
+                let sections = "an alarm table, an auth store and lock handle digests";
+                let proofs = postcard::take_from_bytes::<LockProofs>(rest)
+                    .ok()
+                    .filter(|(p, tail)| tail.is_empty() && !p.is_empty())
+                    .map(|(p, _)| p)
+                    .ok_or_else(|| bad(sections))?;
+                data.kv.restore_lock_proofs(proofs).map_err(|e| {
+                    other(format!(
+                        "snapshot {}: inconsistent lock handle digests: {e}",
+                        path.display()
+                    ))
+                })?;
+            }
             data.auth = auth;
         }
         data.alarms = table;
@@ -233,13 +258,16 @@ pub fn export(data: &SmData) -> io::Result<Vec<u8>> {
 }
 
 /// Writes the body section of `data` to `w`: the state, then the alarm
-/// table when an alarm is active or auth was ever touched, then the auth
-/// store when auth was ever touched (so a state without either has the
-/// bytes older builds wrote). The one definition of the body layout, for
-/// snapshot files and backups alike.
+/// table, the auth store and the lock handle digests, each written only
+/// when it or a section after it has something in it (an alarm is active,
+/// auth was ever touched, a hold or wait has a digest), so a state without
+/// any of them has the bytes older builds wrote. The one definition of the
+/// body layout, for snapshot files and backups alike.
 fn write_body<W: io::Write>(data: &SmData, w: W) -> io::Result<W> {
     let w = postcard::to_io(data, w).map_err(|e| other(format!("encode snapshot: {e}")))?;
-    let with_auth = !data.auth.is_pristine();
+    let proofs = data.kv.lock_proofs();
+    let with_proofs = !proofs.is_empty();
+    let with_auth = with_proofs || !data.auth.is_pristine();
     if data.alarms.is_empty() && !with_auth {
         return Ok(w);
     }
@@ -248,7 +276,13 @@ fn write_body<W: io::Write>(data: &SmData, w: W) -> io::Result<W> {
     if !with_auth {
         return Ok(w);
     }
-    postcard::to_io(&data.auth, w).map_err(|e| other(format!("encode snapshot auth store: {e}")))
+    let w = postcard::to_io(&data.auth, w)
+        .map_err(|e| other(format!("encode snapshot auth store: {e}")))?;
+    if !with_proofs {
+        return Ok(w);
+    }
+    postcard::to_io(&proofs, w)
+        .map_err(|e| other(format!("encode snapshot lock handle digests: {e}")))
 }
 
 /// Writes the snapshot file of `data` to `dir/name`, atomically and
@@ -852,6 +886,98 @@ mod golden {
         let mut bad = b2.clone();
         bad.push(0);
         assert!(parse_snapshot(Path::new("x.snap"), &m2, &bad).is_err());
+    }
+
+    /// A proven hold in the state: its handle digest follows the alarm
+    /// table and the auth store (written empty for it), so the bytes before
+    /// are exactly those of the same state without digests; it survives a
+    /// snapshot, a backup and a restore; a damaged or empty digest section
+    /// is refused.
+    #[test]
+    fn lock_handle_digests_follow_the_auth_store_and_round_trip() {
+        use warden_core::state::lock_table::{AcquireRequest, HandleDigest, LockMode};
+        let plain = samples::data();
+        let mut data = samples::data();
+        data.kv.apply(&Command::LeaseGrant { id: 9, ttl: 60 });
+        let mut stripped = data.clone();
+        let req = AcquireRequest {
+            name: "jobs".into(),
+            mode: LockMode::Exclusive,
+            lease: 9,
+            priority: 0,
+            owner: "me".into(),
+            wait: true,
+        };
+        let proof = HandleDigest::of_handle(&[5; 16]);
+        let a = data.kv.apply(&Command::LockAcquireProven {
+            req: req.clone(),
+            proof,
+        });
+        assert!(a.result.is_ok(), "{a:?}");
+        assert!(stripped.kv.apply(&Command::LockAcquire(req)).result.is_ok());
+        assert!(!data.kv.lock_proofs().is_empty());
+        let with = encode_snapshot(&meta_of(&data), &data).unwrap();
+        let without = encode_snapshot(&meta_of(&stripped), &stripped).unwrap();
+        let (_, m, body) = split(&with);
+        let (_, _, body_without) = split(&without);
+        assert!(body.len() > body_without.len() && body.starts_with(&body_without));
+        let (_, back) = parse_snapshot(Path::new("x.snap"), &m, &body).unwrap();
+        assert_eq!(back, data);
+        assert_eq!(back.kv.locks().token_with_proof("jobs", &proof), Some(1));
+        // The sample state without locks keeps its bytes (the golden tests).
+        assert_eq!(
+            encode_snapshot(&meta_of(&plain), &plain).unwrap(),
+            std::fs::read(fixture("pre-snapshot.snap")).unwrap()
+        );
+        // A backup and a restore carry the digests.
+        let dir = tempfile::tempdir().unwrap();
+        let backup = dir.path().join("b.db");
+        std::fs::write(&backup, export(&data).unwrap()).unwrap();
+        assert_eq!(load_backup(&backup).unwrap().1, data);
+        let restored = restore(&backup, &dir.path().join("snap")).unwrap();
+        assert_eq!(restored.kv.lock_proofs(), data.kv.lock_proofs());
+        let st = SmStore::open(&dir.path().join("snap")).unwrap();
+        assert_eq!(st.read().unwrap().kv, data.kv);
+        // With alarms and users too: every section, in order.
+        let mut full = data.clone();
+        full.alarms.apply(
+            warden_core::state::alarm::AlarmAction::Activate,
+            7,
+            AlarmType::NoSpace,
+        );
+        let e = encode_snapshot(&meta_of(&full), &full).unwrap();
+        let (_, m2, b2) = split(&e);
+        assert_eq!(
+            parse_snapshot(Path::new("x.snap"), &m2, &b2).unwrap().1,
+            full
+        );
+        // Damage: an empty digest section (never written), a byte more, a
+        // byte less, digests of a hold that does not exist.
+        let mut empty = body_without.clone();
+        empty.extend(postcard::to_allocvec(&AlarmTable::default()).unwrap());
+        empty.extend(postcard::to_allocvec(&AuthStore::default()).unwrap());
+        let auth_only = empty.clone();
+        empty.extend(postcard::to_allocvec(&LockProofs::default()).unwrap());
+        for bad in [
+            empty,
+            auth_only,
+            [body.clone(), vec![0]].concat(),
+            body[..body.len() - 1].to_vec(),
+        ] {
+            assert!(parse_snapshot(Path::new("x.snap"), &m, &bad).is_err());
+        }
+        let mut foreign = postcard::to_allocvec(&plain).unwrap();
+        foreign.extend(postcard::to_allocvec(&AlarmTable::default()).unwrap());
+        foreign.extend(postcard::to_allocvec(&AuthStore::default()).unwrap());
+        foreign.extend(postcard::to_allocvec(&data.kv.lock_proofs()).unwrap());
+        let e = parse_snapshot(
+            Path::new("x.snap"),
+            &split(&encode_snapshot(&meta_of(&plain), &plain).unwrap()).1,
+            &foreign,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("lock handle digests"), "{e}");
     }
 
     /// (header, meta, body) of a framed snapshot.

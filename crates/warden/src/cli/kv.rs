@@ -12,14 +12,70 @@
 
 use std::io::{BufRead, Read, Write};
 
-use anyhow::Context;
+use anyhow::{anyhow, bail, Context};
 use clap::Args;
 
-use warden_client::Client;
+use warden_client::{Client, OpKind};
+use warden_proto::etcdserverpb::{request_op, response_op, PutResponse, RequestOp, TxnRequest};
+use warden_proto::warden::v1 as wpb;
 
 use super::kv_args::{DelArgs, GetArgs, PutArgs};
 use super::output::{self, Format, GetView};
 use super::txn_parse::{self, Section, TxnBuilder};
+
+/// Flags of `put`: those a `txn` line takes too, and `--fenced`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct PutCmd {
+    #[command(flatten)]
+    pub args: PutArgs,
+    /// Write only while holding the lock `warden lock` runs this command
+    /// under (a fenced write: the lock, token and handle come from
+    /// WARDEN_LOCK_NAME, WARDEN_LOCK_TOKEN and WARDEN_LOCK_HANDLE). Refused,
+    /// writing nothing, once the hold has ended.
+    #[arg(long)]
+    pub fenced: bool,
+}
+
+/// The hold `warden lock` handed this process in its environment.
+struct HeldLock {
+    name: String,
+    token: u64,
+    handle: Vec<u8>,
+}
+
+impl HeldLock {
+    fn from_env() -> anyhow::Result<Self> {
+        let var = |k: &str| {
+            std::env::var(k).map_err(|_| {
+                anyhow!("--fenced needs {k}: run it as the command of `warden lock NAME -- ...`")
+            })
+        };
+        let name = var("WARDEN_LOCK_NAME")?;
+        let token = var("WARDEN_LOCK_TOKEN")?;
+        let token = token
+            .parse()
+            .map_err(|_| anyhow!("WARDEN_LOCK_TOKEN {token:?} is not a token"))?;
+        let handle = unhex(&var("WARDEN_LOCK_HANDLE")?)
+            .ok_or_else(|| anyhow!("WARDEN_LOCK_HANDLE is not hexadecimal"))?;
+        Ok(HeldLock {
+            name,
+            token,
+            handle,
+        })
+    }
+}
+
+/// Bytes from (an even number of) hex digits.
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim();
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|d| u8::from_str_radix(d, 16).ok()))
+        .collect()
+}
 
 /// Flags of `txn`.
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
@@ -41,12 +97,13 @@ pub struct CompactionArgs {
 }
 
 /// `warden put`.
-pub async fn put(
-    client: &Client,
-    args: PutArgs,
-    f: Format,
-    out: &mut Vec<u8>,
-) -> anyhow::Result<()> {
+pub async fn put(client: &Client, cmd: PutCmd, f: Format, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    let PutCmd { args, fenced } = cmd;
+    let held = if fenced {
+        Some(HeldLock::from_env()?)
+    } else {
+        None
+    };
     let stdin_value = if args.value.is_none() && !args.ignore_value {
         let mut buf = Vec::new();
         std::io::stdin()
@@ -57,9 +114,51 @@ pub async fn put(
         None
     };
     let req = args.to_request(stdin_value)?;
-    let resp = client.put_request(req).await?;
+    let resp = match held {
+        None => client.put_request(req).await?,
+        Some(held) => fenced_put(client, held, req).await?,
+    };
     output::put(out, f, &resp)?;
     Ok(())
+}
+
+/// A put as a one-op `FencedTxn` under `held`.
+async fn fenced_put(
+    client: &Client,
+    held: HeldLock,
+    req: warden_proto::etcdserverpb::PutRequest,
+) -> anyhow::Result<PutResponse> {
+    let name = held.name.clone();
+    let fenced = wpb::FencedTxnRequest {
+        name: held.name,
+        token: held.token,
+        handle: held.handle,
+        txn: Some(TxnRequest {
+            compare: Vec::new(),
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestPut(req)),
+            }],
+            failure: Vec::new(),
+        }),
+    };
+    let resp = client
+        .request(OpKind::Write, move |ch, _| {
+            let req = fenced.clone();
+            async move {
+                wpb::locks_client::LocksClient::new(ch)
+                    .fenced_txn(req)
+                    .await
+            }
+        })
+        .await
+        .with_context(|| format!("fenced write under lock {name}"))?;
+    match resp.responses.into_iter().next().and_then(|r| r.response) {
+        Some(response_op::Response::ResponsePut(mut p)) => {
+            p.header = resp.header;
+            Ok(p)
+        }
+        _ => bail!("fenced write under lock {name}: the answer holds no put"),
+    }
 }
 
 /// `warden get`.
@@ -150,5 +249,20 @@ fn get_view(args: &GetArgs) -> GetView {
     GetView {
         value_only: args.print_value_only,
         count_only: args.count_only,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_are_read_from_hex() {
+        assert_eq!(unhex("00ff10"), Some(vec![0, 0xff, 0x10]));
+        assert_eq!(unhex(" aB \n"), Some(vec![0xab]));
+        assert_eq!(unhex(""), Some(vec![]));
+        assert_eq!(unhex("abc"), None);
+        assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex("é1"), None);
     }
 }

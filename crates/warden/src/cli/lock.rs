@@ -2,13 +2,16 @@
 //! (`warden.v1.Locks`), running a command while holding it, and `lock
 //! inspect`, which shows holders and the queue of waiters.
 //!
-//! Owns: the lock flags and output. A held lock exports `WARDEN_LOCK_NAME`
-//! and `WARDEN_LOCK_TOKEN` (the fencing token) to the command, keeps the
-//! holder's lease alive with [`super::lease::KeptLease`], and releases the
-//! lock and revokes the lease afterwards.
+//! Owns: the lock flags and output. A held lock exports `WARDEN_LOCK_NAME`,
+//! `WARDEN_LOCK_TOKEN` (the fencing token) and `WARDEN_LOCK_HANDLE` (the
+//! hold's secret handle, hex: the proof a fenced write or a release of this
+//! hold must carry) to the command, keeps the holder's lease alive with
+//! [`super::lease::KeptLease`], and releases the lock with its handle and
+//! revokes the lease afterwards.
 //!
 //! Must never: let the command run on after the lock is lost (it is killed
-//! and the loss reported), or print a token for a lock it was not granted.
+//! and the loss reported), print a token for a lock it was not granted, or
+//! print a handle (it goes to the command's environment only).
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
@@ -69,6 +72,11 @@ pub struct HoldArgs {
     /// until interrupted.
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// Lower-case hex of `bytes` (how a handle is passed to the command).
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn locks_client(ch: Channel) -> LocksClient<Channel> {
@@ -191,7 +199,7 @@ async fn hold(client: &Client, a: HoldArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("acquiring lock {name}"))?;
     use wpb::acquire_response::State;
-    let token = loop {
+    let (token, handle) = loop {
         let msg = tokio::select! {
             m = stream.message() => m,
             reason = lease.lost() => bail!("waiting for lock {name} failed: {reason}"),
@@ -215,7 +223,7 @@ async fn hold(client: &Client, a: HoldArgs) -> anyhow::Result<()> {
             }
         };
         match State::try_from(msg.state) {
-            Ok(State::Granted) => break msg.token,
+            Ok(State::Granted) => break (msg.token, msg.handle),
             Ok(State::Queued) => {
                 tracing::info!(position = msg.position, "waiting for lock {name}");
             }
@@ -247,19 +255,23 @@ async fn hold(client: &Client, a: HoldArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     } else {
-        run_holding(&a, &name, token, &mut lease, lost).await
+        run_holding(&a, &name, token, &handle, &mut lease, lost).await
     };
     let n = name.clone();
-    let _ = client
+    let released = client
         .request(OpKind::Write, move |ch, _| {
-            let name = n.clone();
-            async move {
-                locks_client(ch)
-                    .release(wpb::ReleaseRequest { name, token })
-                    .await
-            }
+            let req = wpb::ReleaseRequest {
+                name: n.clone(),
+                token,
+                handle: handle.clone(),
+            };
+            async move { locks_client(ch).release(req).await }
         })
         .await;
+    if let Err(e) = released {
+        // The lease is revoked next, which ends the hold anyway.
+        tracing::debug!("releasing lock {name} token {token}: {e}");
+    }
     lease.release(client).await;
     result
 }
@@ -268,6 +280,7 @@ async fn run_holding(
     a: &HoldArgs,
     name: &str,
     token: u64,
+    handle: &[u8],
     lease: &mut KeptLease,
     lost: impl std::future::Future<Output = String>,
 ) -> anyhow::Result<()> {
@@ -279,6 +292,7 @@ async fn run_holding(
         .args(args)
         .env("WARDEN_LOCK_NAME", name)
         .env("WARDEN_LOCK_TOKEN", token.to_string())
+        .env("WARDEN_LOCK_HANDLE", hex(handle))
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {prog}"))?;

@@ -125,7 +125,7 @@ pub enum Command {
     /// Run a local cluster of several members for trying warden out.
     Dev(server::DevArgs),
     /// Write a key.
-    Put(kv_args::PutArgs),
+    Put(kv::PutCmd),
     /// Read a key or a range of keys.
     Get(Box<kv_args::GetArgs>),
     /// Delete a key or a range of keys.

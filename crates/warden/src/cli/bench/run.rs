@@ -356,18 +356,23 @@ impl Worker {
             })
             .await?
             .into_inner();
-        let token = loop {
+        let (token, handle) = loop {
             let m = stream
                 .message()
                 .await?
                 .ok_or_else(|| anyhow!("acquire stream ended before the grant"))?;
             match State::try_from(m.state) {
-                Ok(State::Granted) => break m.token,
+                Ok(State::Granted) => break (m.token, m.handle),
                 Ok(State::Queued) => {}
                 _ => bail!("lock {name} not granted: {}", m.reason),
             }
         };
-        c.release(wpb::ReleaseRequest { name, token }).await?;
+        c.release(wpb::ReleaseRequest {
+            name,
+            token,
+            handle,
+        })
+        .await?;
         Ok(Done::Plain)
     }
 
