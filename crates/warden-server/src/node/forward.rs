@@ -88,8 +88,18 @@ impl Node {
             if let Some(l) = leader.filter(|l| Some(*l) != old) {
                 return Some(l);
             }
-            if tokio::time::timeout_at(until, rx.changed()).await.is_err() {
+            // Cut off from the quorum (see `failover`): no leader will be
+            // known here soon, so say so at once.
+            if self.failover.is_cut_off() {
                 return None;
+            }
+            tokio::select! {
+                r = tokio::time::timeout_at(until, rx.changed()) => {
+                    if r.is_err() {
+                        return None;
+                    }
+                }
+                _ = self.failover.wait_cut_off() => return None,
             }
         }
     }
@@ -135,19 +145,43 @@ impl Node {
         req: Request,
         deadline: Instant,
     ) -> Result<(Response, u64), Redirect> {
-        match tokio::time::timeout_at(deadline, self.raft.client_write(req)).await {
+        if self.failover.is_cut_off() {
+            return Err(Redirect::Failed(NodeError::NoLeader));
+        }
+        // A leader that steps down for lack of a quorum fails the writes it
+        // holds at once: their outcome is unknown (see `failover`).
+        let write = async {
+            tokio::select! {
+                r = self.raft.client_write(req) => Some(r),
+                _ = self.failover.wait_cut_off() => None,
+            }
+        };
+        match tokio::time::timeout_at(deadline, write).await {
             Err(_) => Err(Redirect::Failed(NodeError::Timeout)),
-            Ok(Ok(r)) => Ok((r.data, r.log_id.index)),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            Ok(None) => Err(Redirect::Failed(NodeError::LeaderChanged)),
+            Ok(Some(r)) => Self::proposed(r),
+        }
+    }
+
+    /// What a proposal's answer from openraft means for the caller.
+    fn proposed(
+        r: Result<
+            openraft::raft::ClientWriteResponse<super::types::TypeConfig>,
+            RaftError<super::types::TypeConfig, ClientWriteError<super::types::TypeConfig>>,
+        >,
+    ) -> Result<(Response, u64), Redirect> {
+        match r {
+            Ok(r) => Ok((r.data, r.log_id.index)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(f.leader_id.map_or(Redirect::Unknown, Redirect::Leader))
             }
-            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
                 Err(Redirect::Failed(NodeError::LeaderChanged))
             }
-            Ok(Err(RaftError::APIError(e))) => {
+            Err(RaftError::APIError(e)) => {
                 Err(Redirect::Failed(NodeError::Internal(e.to_string())))
             }
-            Ok(Err(RaftError::Fatal(_))) => Err(Redirect::Failed(NodeError::Stopped)),
+            Err(RaftError::Fatal(_)) => Err(Redirect::Failed(NodeError::Stopped)),
         }
     }
 

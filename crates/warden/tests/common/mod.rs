@@ -164,6 +164,17 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM member `i` (a graceful stop); see `wait_exit`.
+    pub fn terminate(&mut self, i: usize) {
+        if let Some(c) = &self.members[i].child {
+            let status = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .expect("kill -TERM");
+            assert!(status.success(), "kill -TERM: {status}");
+        }
+    }
+
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {
             let _ = c.kill();
