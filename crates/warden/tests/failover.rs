@@ -37,7 +37,8 @@ async fn put_patient(addr: &str, key: &str) -> Result<pb::PutResponse, tonic::St
 }
 
 fn is_etcd_unavailable(s: &tonic::Status) -> bool {
-    s.code() == tonic::Code::Unavailable && (s.message() == NO_LEADER || s.message() == LEADER_CHANGED)
+    s.code() == tonic::Code::Unavailable
+        && (s.message() == NO_LEADER || s.message() == LEADER_CHANGED)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +61,9 @@ async fn isolated_leader_steps_down_and_fails_requests_at_once() {
         .expect("leader status");
     let others: Vec<usize> = (0..n).filter(|i| *i != leader).collect();
     let old_ep = c.members[leader].client.clone();
-    put(&old_ep, "f/before", "x").await.expect("put before the cut");
+    put(&old_ep, "f/before", "x")
+        .await
+        .expect("put before the cut");
 
     proxies.partition(&[vec![leader], others.clone()]);
     // A write the old leader takes while it still thinks it leads: it can
@@ -87,11 +90,17 @@ async fn isolated_leader_steps_down_and_fails_requests_at_once() {
     let err = put_patient(&old_ep, "f/after")
         .await
         .expect_err("write on the stepped-down leader");
-    assert!(is_etcd_unavailable(&err), "write after stepping down: {err:?}");
+    assert!(
+        is_etcd_unavailable(&err),
+        "write after stepping down: {err:?}"
+    );
     let err = common::get(&old_ep, "f/before", false)
         .await
         .expect_err("linearizable read on the stepped-down leader");
-    assert!(is_etcd_unavailable(&err), "read after stepping down: {err:?}");
+    assert!(
+        is_etcd_unavailable(&err),
+        "read after stepping down: {err:?}"
+    );
 
     // The majority elected a new leader in a later term and takes writes.
     let maj_ep = c.members[others[0]].client.clone();
@@ -123,8 +132,14 @@ async fn isolated_leader_steps_down_and_fails_requests_at_once() {
     .await;
     let got = common::get_prefix(&maj_ep, "f/").await.expect("read");
     let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
-    assert!(keys.contains(&"f/before") && keys.contains(&"f/majority"), "{keys:?}");
-    assert!(!keys.contains(&"f/after"), "a refused write applied: {keys:?}");
+    assert!(
+        keys.contains(&"f/before") && keys.contains(&"f/majority"),
+        "{keys:?}"
+    );
+    assert!(
+        !keys.contains(&"f/after"),
+        "a refused write applied: {keys:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +150,10 @@ async fn sigterm_on_the_leader_hands_leadership_over_before_exiting() {
         .await
         .expect("leader status");
     let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
-    let eps: Vec<String> = others.iter().map(|i| c.members[*i].client.clone()).collect();
+    let eps: Vec<String> = others
+        .iter()
+        .map(|i| c.members[*i].client.clone())
+        .collect();
     put(&eps[0], "t/0", "x").await.expect("put");
 
     // Writes through the other members go on during the stop.
@@ -174,7 +192,12 @@ async fn sigterm_on_the_leader_hands_leadership_over_before_exiting() {
     let _ = stop_tx.send(true);
     let (ok, failed) = writer.await.expect("writer");
     assert!(ok > 0);
-    assert!(failed.is_empty(), "writes failed during the hand-over: {failed:?}");
+    if !failed.is_empty() {
+        for i in 0..3 {
+            eprintln!("--- n{} log ---\n{}", i + 1, c.log(i));
+        }
+        panic!("writes failed during the hand-over: {failed:?}");
+    }
     assert!(
         c.log(leader).contains("leadership handed over"),
         "the old leader's log does not show the hand-over"

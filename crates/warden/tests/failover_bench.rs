@@ -67,7 +67,10 @@ fn spawn_cluster(system: &str, bin: &str, dir: &std::path::Path) -> Vec<Proc> {
                     .args(["--client-addr", &format!("127.0.0.1:{c}")])
                     .args(["--peer-addr", &format!("127.0.0.1:{p}")])
                     .args(["--initial-cluster", &initial])
-                    .env("WARDEN_LOG", "info,openraft=warn");
+                    .env(
+                        "WARDEN_LOG",
+                        "info,openraft=warn,warden_server::node::failover=debug",
+                    );
             }
             let child = cmd
                 .stdout(Stdio::null())
@@ -121,11 +124,7 @@ async fn writer(id: usize, eps: Vec<String>, log: Arc<Mutex<Log>>, until: Instan
             ..Default::default()
         });
         req.set_timeout(Duration::from_secs(1));
-        let r = tokio::time::timeout(
-            Duration::from_secs(1),
-            clients[at].clone().put(req),
-        )
-        .await;
+        let r = tokio::time::timeout(Duration::from_secs(1), clients[at].clone().put(req)).await;
         let now = Instant::now();
         match r {
             Ok(Ok(_)) => log.lock().unwrap().ok.push(now),
@@ -184,7 +183,12 @@ async fn failover_gap() {
             signal(pid, "-CONT");
         }
         let log = log.lock().unwrap();
-        let mut ok: Vec<Instant> = log.ok.iter().copied().filter(|t| *t >= t0 - Duration::from_millis(500)).collect();
+        let mut ok: Vec<Instant> = log
+            .ok
+            .iter()
+            .copied()
+            .filter(|t| *t >= t0 - Duration::from_millis(500))
+            .collect();
         ok.sort();
         let mut gap = Duration::ZERO;
         let mut prev = t0;
@@ -203,6 +207,18 @@ async fn failover_gap() {
         for p in &mut procs {
             let _ = p.child.kill();
             let _ = p.child.wait();
+        }
+        if std::env::var("FAILOVER_LOGS").is_ok() && gap > Duration::from_millis(500) {
+            for n in ["n1", "n2", "n3"] {
+                let log = std::fs::read_to_string(tmp.path().join(format!("{n}.log")))
+                    .unwrap_or_default();
+                for line in log
+                    .lines()
+                    .filter(|l| l.contains("failover") || l.contains("vote"))
+                {
+                    println!("  {n}: {line}");
+                }
+            }
         }
     }
 }

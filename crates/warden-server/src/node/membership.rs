@@ -290,7 +290,9 @@ impl Node {
         let deadline = Instant::now() + wait;
         let new = self.wait_leader_except(Some(self.id), deadline).await;
         match new {
-            Some(l) => tracing::info!(leader = %format!("{l:x}"), "stopping: leadership handed over"),
+            Some(l) => {
+                tracing::info!(leader = %format!("{l:x}"), "stopping: leadership handed over")
+            }
             None => tracing::warn!("stopping: no new leader within {wait:?}"),
         }
         new

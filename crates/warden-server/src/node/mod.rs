@@ -348,6 +348,7 @@ impl Node {
 
     /// Stops Raft (flushes what is in flight).
     pub async fn shutdown(&self) {
+        self.failover.set_stopping();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }

@@ -120,7 +120,10 @@ impl Cluster {
             .args(["--election-timeout-max-ms", "600"])
             .args(["--heartbeat-interval-ms", "50"])
             .args(["--request-timeout-ms", "3000"])
-            .env("WARDEN_LOG", "info,openraft=warn")
+            .env(
+                "WARDEN_LOG",
+                std::env::var("WARDEN_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
