@@ -382,6 +382,7 @@ impl Node {
                 Err(Redirect::Failed(e)) => ForwardResponse::Failed(e),
             },
             ForwardRequest::ReadIndex => {
+                // ReadIndex, never LeaseRead (see `failover`).
                 let fut = self.raft.get_read_log_id(ReadPolicy::ReadIndex);
                 match tokio::time::timeout_at(deadline, fut).await {
                     Err(_) => ForwardResponse::Failed(NodeError::Timeout),
