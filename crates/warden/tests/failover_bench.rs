@@ -84,7 +84,7 @@ fn spawn_cluster(system: &str, bin: &str, dir: &std::path::Path) -> Vec<Proc> {
                     .args(["--initial-cluster", &initial])
                     .env(
                         "WARDEN_LOG",
-                        "info,openraft=warn,warden_server::node::failover=debug",
+                        "info,openraft=warn,warden_server::node::failover=debug,warden_server::node::forward=debug",
                     );
             }
             let child = cmd
@@ -126,7 +126,8 @@ async fn leader(procs: &[Proc]) -> usize {
 #[derive(Default)]
 struct Log {
     ok: Vec<(Instant, Instant)>,
-    failed: Vec<Instant>,
+    /// (failed at, how long the put took, member index, error).
+    failed: Vec<(Instant, Duration, usize, String)>,
 }
 
 /// Puts until `stop` is set, starting on member `first`, moving to the next
@@ -154,8 +155,15 @@ async fn writer(
         let now = Instant::now();
         match r {
             Ok(Ok(_)) => log.lock().unwrap().ok.push((sent, now)),
-            _ => {
-                log.lock().unwrap().failed.push(now);
+            Ok(Err(e)) => {
+                let why = format!("{:?}: {}", e.code(), e.message());
+                log.lock().unwrap().failed.push((now, now - sent, at, why));
+                at = (at + 1) % clients.len();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(_) => {
+                let why = "client deadline".to_string();
+                log.lock().unwrap().failed.push((now, now - sent, at, why));
                 at = (at + 1) % clients.len();
                 // A refused connection fails at once: do not spin.
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -239,7 +247,7 @@ async fn round(system: &str, bin: &str, fault: &str, clients: usize) -> Option<R
         (Some(before), Ok(after)) => Some(Round {
             gap: after - before,
             kill_to_ok: after - t0,
-            failed: log.failed.iter().filter(|t| **t >= t0).count(),
+            failed: log.failed.iter().filter(|f| f.0 >= t0).count(),
         }),
         _ => None,
     };
@@ -247,12 +255,23 @@ async fn round(system: &str, bin: &str, fault: &str, clients: usize) -> Option<R
         .as_ref()
         .is_none_or(|r| r.gap > Duration::from_millis(500));
     if std::env::var("FAILOVER_LOGS").is_ok() && slow {
+        println!("  killed member {l}");
+        for (at, took, member, why) in log.failed.iter().filter(|f| f.0 >= t0) {
+            println!(
+                "  put to member {member} failed {:.0} ms after the kill, after {:.0} ms: {why}",
+                (*at - t0).as_secs_f64() * 1e3,
+                took.as_secs_f64() * 1e3
+            );
+        }
         for n in ["n1", "n2", "n3"] {
             let text =
                 std::fs::read_to_string(tmp.path().join(format!("{n}.log"))).unwrap_or_default();
             for line in text
                 .lines()
-                .filter(|l| l.contains("failover") || l.contains("vote") || l.contains("elect"))
+                .filter(|l| {
+                    (l.contains("failover") || l.contains("forward") || l.contains("vote") || l.contains("elect"))
+                        && !l.contains("probe=Accepted")
+                })
             {
                 println!("  {n}: {line}");
             }

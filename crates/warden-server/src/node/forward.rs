@@ -130,6 +130,7 @@ impl Node {
                 Err(Redirect::Failed(e)) => return Err(e),
             };
             // `None`: this member leads now; propose here.
+            tracing::debug!(leader = %format!("{leader:x}"), "forwarding a write");
             if let Some(r) = self.forward_write(leader, req.clone(), deadline).await? {
                 return Ok(r);
             }
@@ -276,6 +277,7 @@ impl Node {
                 .await?
             {
                 ForwardResponse::Write(r, index) => {
+                    tracing::debug!(index, "forwarded write acknowledged");
                     // Read-your-writes on this member, as etcd gives: answer
                     // once the entry is applied here too. The write is
                     // committed either way, so a member slow to apply it
@@ -295,7 +297,9 @@ impl Node {
                             continue;
                         }
                     }
+                    tracing::debug!(asked = %format!("{leader:x}"), ?hint, ?view, "forwarded write refused: waiting for a new view");
                     view = self.wait_view_change(view, deadline).await;
+                    tracing::debug!(?view, "forwarding: new view");
                     hint_followed = false;
                     match view.0 {
                         Some(l) if l != self.id => leader = l,
