@@ -297,8 +297,17 @@ impl Node {
                             continue;
                         }
                     }
+                    // The member this one believes leads refused: it may
+                    // have just won and not be ready to propose yet, so
+                    // ask it again after a heartbeat interval unless the
+                    // view changes first.
+                    let bound = if view.0 == Some(leader) {
+                        Duration::from_millis(self.config.heartbeat_interval_ms)
+                    } else {
+                        Duration::from_millis(self.config.election_timeout_max_ms * 2)
+                    };
                     tracing::debug!(asked = %format!("{leader:x}"), ?hint, ?view, "forwarded write refused: waiting for a new view");
-                    view = self.wait_view_change(view, deadline).await;
+                    view = self.wait_view_change(view, bound, deadline).await;
                     tracing::debug!(?view, "forwarding: new view");
                     hint_followed = false;
                     match view.0 {
@@ -332,15 +341,15 @@ impl Node {
     }
 
     /// Waits until this member knows a leader and its view differs from
-    /// `old`, for at most two election timeouts (or `deadline`, or until it
-    /// is cut off, see `failover`); returns the view then, changed or not.
+    /// `old`, for at most `wait` (or until `deadline`, or until it is cut
+    /// off, see `failover`); returns the view then, changed or not.
     async fn wait_view_change(
         &self,
         old: (Option<u64>, u64),
+        wait: Duration,
         deadline: Instant,
     ) -> (Option<u64>, u64) {
         let mut rx = self.raft.metrics();
-        let wait = Duration::from_millis(self.config.election_timeout_max_ms * 2);
         let until = deadline.min(Instant::now() + wait);
         loop {
             let view = {
@@ -418,9 +427,10 @@ impl Node {
 /// Decided by the error types in the status's source chain: an I/O error
 /// decides by its kind; a chain without one decides by whether tonic reports
 /// the failure as happening while connecting (`tonic::ConnectError`).
-/// How many members a forwarded write is sent to before giving up (each
-/// refusal after the first hint waits for a change of leader).
-const FORWARD_ATTEMPTS: usize = 5;
+/// How many times a forwarded write is sent before giving up (each refusal
+/// after the first hint waits for a change of leader, or a heartbeat
+/// interval when the member asked is the one this member believes leads).
+const FORWARD_ATTEMPTS: usize = 10;
 
 fn not_delivered(s: &tonic::Status) -> bool {
     use std::error::Error;
