@@ -1,16 +1,21 @@
 //! The client-facing gRPC API: etcd v3 services (`kv`, `maintenance`,
 //! `cluster`, `watch`, `lease`, `v3lock` (`v3lock`), `v3election`
 //! (`election`), `grpc.health.v1`) and warden's own `warden.v1.Locks`
-//! (`native_locks`), served on the client address. Each service translates
-//! protobuf to state-machine types (`convert`), calls the `Node`'s narrow
-//! API, and maps errors once (`error`).
+//! (`native_locks`), and etcd's `Auth` (`auth`), served on the client
+//! address. Each service asks the auth gate (`auth::Gate`) who is calling
+//! and whether they may, translates protobuf to state-machine types
+//! (`convert`), calls the `Node`'s narrow API, and maps errors once
+//! (`error`). Writes carry their caller into the log (`Request::KvAs`) and
+//! are checked again when applied.
 //!
 //! Must never: touch Raft or storage directly; everything goes through `Node`.
 
+pub mod auth;
 pub mod cluster;
 pub mod convert;
 pub mod election;
 pub mod error;
+pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
@@ -66,6 +71,7 @@ impl From<Proposal> for tonic::Status {
 pub async fn propose(
     node: &Node,
     timeout: Option<std::time::Duration>,
+    caller: &auth::Caller,
     cmd: warden_core::state::Command,
 ) -> Result<(i64, warden_core::state::CommandResult), Proposal> {
     quota::check(node, &cmd, timeout)
@@ -73,7 +79,13 @@ pub async fn propose(
         .map_err(Proposal::State)?;
     let deadline = node.deadline(timeout);
     let resp = node
-        .write(crate::node::types::Request::Kv(cmd), deadline)
+        .write(
+            crate::node::types::Request::KvAs {
+                user: caller.0.clone(),
+                cmd,
+            },
+            deadline,
+        )
         .await
         .map_err(Proposal::Node)?;
     match resp.result {
@@ -95,8 +107,10 @@ pub async fn serve(
     listener: TcpListener,
     max_request_bytes: usize,
     tls: Option<Arc<crate::tls::ServerTls>>,
+    auth_settings: auth::AuthSettings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let gate = auth::Gate::new(node.clone(), auth_settings);
     let limit = max_request_bytes + GRPC_OVERHEAD;
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
@@ -104,32 +118,41 @@ pub async fn serve(
         .await;
     let kv = pb::kv_server::KvServer::new(kv::KvService {
         node: node.clone(),
+        gate: gate.clone(),
         max_request_bytes,
     })
     .max_decoding_message_size(limit);
     let maintenance = pb::maintenance_server::MaintenanceServer::new(
-        maintenance::MaintenanceService::new(node.clone()),
+        maintenance::MaintenanceService::new(node.clone(), gate.clone()),
     )
     .max_decoding_message_size(limit);
-    let cluster =
-        pb::cluster_server::ClusterServer::new(cluster::ClusterService { node: node.clone() })
-            .max_decoding_message_size(limit);
+    let cluster = pb::cluster_server::ClusterServer::new(cluster::ClusterService {
+        node: node.clone(),
+        gate: gate.clone(),
+    })
+    .max_decoding_message_size(limit);
     let watch = pb::watch_server::WatchServer::new(watch::WatchService {
         node: node.clone(),
+        gate: gate.clone(),
         max_response_bytes: max_request_bytes,
         progress_interval: watch::progress_interval(),
     })
     .max_decoding_message_size(limit);
-    let lease = pb::lease_server::LeaseServer::new(lease::LeaseService { node: node.clone() })
-        .max_decoding_message_size(limit);
+    let lease = pb::lease_server::LeaseServer::new(lease::LeaseService {
+        node: node.clone(),
+        gate: gate.clone(),
+    })
+    .max_decoding_message_size(limit);
     let lock = warden_proto::v3lockpb::lock_server::LockServer::new(v3lock::LockService {
         node: node.clone(),
+        gate: gate.clone(),
         max_request_bytes,
     })
     .max_decoding_message_size(limit);
     let election = warden_proto::v3electionpb::election_server::ElectionServer::new(
         election::ElectionService {
             node: node.clone(),
+            gate: gate.clone(),
             max_request_bytes,
         },
     )
@@ -137,6 +160,7 @@ pub async fn serve(
     let locks =
         warden_proto::warden::v1::locks_server::LocksServer::new(native_locks::LocksService {
             node: node.clone(),
+            gate: gate.clone(),
             max_request_bytes,
         })
         .max_decoding_message_size(limit);
@@ -144,11 +168,16 @@ pub async fn serve(
     // `--grpc-keepalive-*`): bound the streams one connection may hold, and
     // ping idle connections so dead ones (and the watchers on them) go.
     let http2 = node.client_http2();
+    // HTTP/1.1 too, for the probes of `http.rs` (`curl`, load balancers);
+    // gRPC clients speak HTTP/2 on the same port, told apart per connection.
+    let http = tonic::service::Routes::from(http::router(node.clone()));
     let router = tonic::transport::Server::builder()
+        .accept_http1(true)
         .tcp_nodelay(true)
         .max_concurrent_streams(http2.max_concurrent_streams)
         .http2_keepalive_interval(http2.keepalive_interval)
         .http2_keepalive_timeout(Some(http2.keepalive_timeout))
+        .add_routes(http)
         .add_service(health)
         .add_service(kv)
         .add_service(maintenance)
@@ -157,7 +186,11 @@ pub async fn serve(
         .add_service(lease)
         .add_service(lock)
         .add_service(election)
-        .add_service(locks);
+        .add_service(locks)
+        .add_service(
+            pb::auth_server::AuthServer::new(auth::AuthService { gate })
+                .max_decoding_message_size(limit),
+        );
     crate::tls::serve(router, listener, tls, "client", shutdown).await?;
     Ok(())
 }

@@ -1,0 +1,108 @@
+//! Plain HTTP on the client port, next to gRPC: etcd's `/health`,
+//! `/version`, and `/livez`/`/readyz`, asked with HTTP/1.1 as `curl` and
+//! load balancers ask. `/health` turns false on a member cut off from
+//! quorum and true again once the quorum is back.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop the test
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{eventually, Cluster};
+
+const ELECT: Duration = Duration::from_secs(20);
+
+/// `GET path` over HTTP/1.1: (status code, body).
+fn get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("send: {e}"))?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)
+        .map_err(|e| format!("read: {e}"))?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no header end in {raw:?}"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    Ok((code, body.to_owned()))
+}
+
+fn health(addr: &str) -> Result<(u16, serde_json::Value), String> {
+    let (code, body) = get(addr, "/health")?;
+    let v = serde_json::from_str(&body).map_err(|e| format!("{e}: {body:?}"))?;
+    Ok((code, v))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_quorum_and_probes_answer() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(ELECT).await;
+    let ep = c.members[leader].client.clone();
+    // gRPC and HTTP on one port.
+    common::put(&ep, "k", "v").await.unwrap();
+    for m in &c.members {
+        let (code, v) = health(&m.client).unwrap();
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v, serde_json::json!({"health": "true", "reason": ""}));
+    }
+    let (code, body) = get(&ep, "/version").unwrap();
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["etcdserver"], "3.5.0", "{body}");
+    assert_eq!(v["etcdcluster"], "3.5.0", "{body}");
+    assert_eq!(get(&ep, "/livez").unwrap(), (200, "ok".to_owned()));
+    assert_eq!(get(&ep, "/readyz").unwrap(), (200, "ok".to_owned()));
+    assert_eq!(get(&ep, "/no-such-page").unwrap().0, 404);
+
+    // Cut one member off from quorum: the other two die.
+    let alone = (leader + 1) % 3;
+    let others: Vec<usize> = (0..3).filter(|i| *i != alone).collect();
+    for i in &others {
+        c.kill(*i);
+    }
+    let addr = c.members[alone].client.clone();
+    let reason = eventually(ELECT, || {
+        let addr = addr.clone();
+        async move {
+            match health(&addr)? {
+                (503, v) if v["health"] == "false" => {
+                    Ok(v["reason"].as_str().unwrap_or("").to_owned())
+                }
+                other => Err(format!("still healthy: {other:?}")),
+            }
+        }
+    })
+    .await;
+    assert!(
+        reason == "RAFT NO LEADER" || reason.starts_with("QGET ERROR"),
+        "reason: {reason}"
+    );
+    // Alive, but not ready while it knows no leader.
+    assert_eq!(get(&addr, "/livez").unwrap(), (200, "ok".to_owned()));
+
+    // Quorum back: healthy again.
+    for i in &others {
+        c.restart(*i);
+    }
+    eventually(ELECT * 2, || {
+        let addr = addr.clone();
+        async move {
+            match health(&addr)? {
+                (200, v) if v == serde_json::json!({"health": "true", "reason": ""}) => Ok(()),
+                other => Err(format!("not healthy yet: {other:?}")),
+            }
+        }
+    })
+    .await;
+}
