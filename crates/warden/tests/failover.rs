@@ -18,6 +18,26 @@ use warden_testkit::proxy::Proxies;
 
 const ELECT: Duration = Duration::from_secs(20);
 
+/// The tests here run one at a time: each asserts that nothing fails or
+/// moves for a while, which a machine starved by several clusters at once
+/// (2 cores, 300 ms election timeouts) cannot promise.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A setup put (not what a test asserts): retried until it succeeds.
+async fn put_eventually(ep: &str, key: &str) {
+    eventually(ELECT, || {
+        let ep = ep.to_string();
+        let key = key.to_string();
+        async move {
+            put(&ep, &key, "x")
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+}
+
 /// etcd's answers (rpctypes) for a member with no leader, and for a
 /// request whose leader stepped down while it was in flight; both
 /// `Unavailable`, so an etcd client moves to another member.
@@ -108,6 +128,7 @@ fn is_etcd_unavailable(s: &tonic::Status) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolated_leader_steps_down_and_fails_requests_at_once() {
+    let _serial = SERIAL.lock().await;
     let n = 5;
     // A long server-side request timeout: a request that waits for it
     // would fail with "request timed out", not with a leader error.
@@ -126,9 +147,7 @@ async fn isolated_leader_steps_down_and_fails_requests_at_once() {
         .expect("leader status");
     let others: Vec<usize> = (0..n).filter(|i| *i != leader).collect();
     let old_ep = c.members[leader].client.clone();
-    put(&old_ep, "f/before", "x")
-        .await
-        .expect("put before the cut");
+    put_eventually(&old_ep, "f/before").await;
 
     proxies.partition(&[vec![leader], others.clone()]);
     // A write the old leader takes while it still thinks it leads: it can
@@ -209,6 +228,7 @@ async fn isolated_leader_steps_down_and_fails_requests_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_on_the_leader_hands_leadership_over_before_exiting() {
+    let _serial = SERIAL.lock().await;
     let mut c = Cluster::start(3);
     let leader = c.wait_leader(ELECT).await;
     let (_, old_id, _) = common::ids(&c.members[leader].client)
@@ -219,7 +239,7 @@ async fn sigterm_on_the_leader_hands_leadership_over_before_exiting() {
         .iter()
         .map(|i| c.members[*i].client.clone())
         .collect();
-    put(&eps[0], "t/0", "x").await.expect("put");
+    put_eventually(&eps[0], "t/0").await;
 
     // Writes through the other members go on during the stop.
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -268,6 +288,7 @@ async fn sigterm_on_the_leader_hands_leadership_over_before_exiting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_leader_is_replaced_at_once_and_no_acknowledged_write_is_lost() {
+    let _serial = SERIAL.lock().await;
     let mut c = Cluster::start(3);
     let leader = c.wait_leader(ELECT).await;
     let (_, old_id, old_term) = common::ids(&c.members[leader].client)
@@ -313,6 +334,7 @@ async fn killed_leader_is_replaced_at_once_and_no_acknowledged_write_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_refused_by_a_live_leader_does_not_depose_it() {
+    let _serial = SERIAL.lock().await;
     let n = 3;
     let mut c = Cluster::stopped(n, &[]);
     let peers: Vec<String> = c.members.iter().map(|m| m.peer.clone()).collect();
@@ -330,9 +352,7 @@ async fn a_follower_refused_by_a_live_leader_does_not_depose_it() {
     let f = (leader + 1) % n;
     let g = (leader + 2) % n;
     let g_ep = c.members[g].client.clone();
-    put(&g_ep, "r/before", "v")
-        .await
-        .expect("put before the cut");
+    put_eventually(&g_ep, "r/before").await;
 
     // The leader and member f can no longer connect to each other: their
     // links refuse connections, as a rejecting firewall would. Member g

@@ -17,8 +17,12 @@
 //!   timer still decides when this member campaigns. Hearing from the
 //!   leader again restores the lease (openraft renews it on every append).
 //! - **CheckQuorum** — a leader that has not had a quorum acknowledge it for
-//!   `--election-timeout-min-ms` steps down (openraft would keep leading,
-//!   only refusing new proposals): it records a vote for no member in the
+//!   `--election-timeout-max-ms` steps down (openraft would keep leading,
+//!   only refusing new proposals). By then every follower that heard from
+//!   it last may vote for another (they give up their lease after the
+//!   minimum); waiting for the maximum rather than the minimum keeps a
+//!   leader on a starved machine, whose acknowledgements are merely late,
+//!   from stepping down for nothing. It steps down as follows: it records a vote for no member in the
 //!   next term, which makes it a follower with no leader. It then answers
 //!   every request with `etcdserver: no leader` at once (`cut_off`), and the
 //!   writes it was waiting on fail with `etcdserver: leader changed` (their
@@ -223,7 +227,7 @@ pub async fn run(node: std::sync::Arc<Node>) {
             let unacked = m.last_quorum_acked.as_ref().map_or(leading_for, |t| {
                 openraft::Instant::elapsed(&**t).min(leading_for)
             });
-            if unacked > election_min {
+            if unacked > election_max {
                 step_down(&node, &m).await;
             }
             watch = None;
@@ -302,16 +306,17 @@ pub async fn run(node: std::sync::Arc<Node>) {
                 w.dead_since = Some(Instant::now());
             }
         }
-        if (w.dead_since.is_some() || silence >= election_min) && w.lease_given_up.is_none() {
-            if give_up_lease(&node, leader).await {
-                w.lease_given_up = Some(Instant::now());
-                if w.dead_since.is_none() {
-                    tracing::info!(
-                        leader = %format!("{leader:x}"),
-                        silent_ms = silence.as_millis() as u64,
-                        "no word from the leader for an election timeout: granting votes"
-                    );
-                }
+        if (w.dead_since.is_some() || silence >= election_min)
+            && w.lease_given_up.is_none()
+            && give_up_lease(&node, leader).await
+        {
+            w.lease_given_up = Some(Instant::now());
+            if w.dead_since.is_none() {
+                tracing::info!(
+                    leader = %format!("{leader:x}"),
+                    silent_ms = silence.as_millis() as u64,
+                    "no word from the leader for an election timeout: granting votes"
+                );
             }
         }
         if let Some(dead) = w.dead_since {
@@ -350,7 +355,7 @@ async fn probe_leader(
 /// transfer request that names the current leader as target). Returns
 /// whether the request reached Raft for the current vote.
 async fn give_up_lease(node: &Node, leader: u64) -> bool {
-    let vote = match node.raft.with_raft_state(|st| st.vote_ref().clone()).await {
+    let vote = match node.raft.with_raft_state(|st| *st.vote_ref()).await {
         Ok(v) => v,
         Err(_) => return false,
     };
@@ -372,7 +377,8 @@ async fn campaign(node: &Node, hb: Duration) {
     }
 }
 
-/// Makes this leader, which no quorum acknowledged for an election timeout,
+/// Makes this leader, which no quorum acknowledged for the maximum election
+/// timeout,
 /// a follower with no leader: it records a vote for member 0 (no member:
 /// ids are hashes of names) in the next term, as if that member had asked.
 /// The vote is persisted like any other, so this member can still vote for
@@ -385,7 +391,7 @@ async fn step_down(node: &Node, m: &openraft::RaftMetrics<super::types::TypeConf
     node.failover.cut_off.send_replace(true);
     let state = node
         .raft
-        .with_raft_state(|st| (st.vote_ref().clone(), st.log_ids.last().cloned()))
+        .with_raft_state(|st| (*st.vote_ref(), st.log_ids.last().cloned()))
         .await;
     let Ok((vote, last_log_id)) = state else {
         return;
@@ -401,7 +407,7 @@ async fn step_down(node: &Node, m: &openraft::RaftMetrics<super::types::TypeConf
     };
     tracing::warn!(
         term = m.current_term,
-        "no quorum acknowledged this leader for an election timeout: stepping down"
+        "no quorum acknowledged this leader for the maximum election timeout: stepping down"
     );
     match node.raft.vote(req).await {
         Ok(r) if r.is_granted_to(&next) => {}
