@@ -382,9 +382,19 @@ async fn a_follower_refused_by_a_live_leader_does_not_depose_it() {
         let h = s.header.expect("header");
         assert_eq!(s.leader, leader_id, "leader changed (term {})", h.raft_term);
         assert_eq!(h.raft_term, term, "the term moved");
-        put(&g_ep, &format!("r/{puts}"), "v")
-            .await
-            .expect("a put through member g while member f campaigns");
+        if let Err(e) = put(&g_ep, &format!("r/{puts}"), "v").await {
+            for i in 0..n {
+                let log = c.log(i);
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| {
+                        l.contains("failover") || l.contains("vote") || l.contains("lessor")
+                    })
+                    .collect();
+                eprintln!("--- member {i} ---\n{}", lines.join("\n"));
+            }
+            panic!("a put through member g while member f campaigns: {e:?}");
+        }
         puts += 1;
     }
     assert!(puts > 0);
