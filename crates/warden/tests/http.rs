@@ -106,3 +106,117 @@ async fn health_follows_quorum_and_probes_answer() {
     })
     .await;
 }
+
+/// The value of the unlabelled sample `name` in a `/metrics` page.
+fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        (n == name).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// etcd's metric names that end in `_total` although they are gauges
+/// (etcd's own `/metrics` draws the same lint); kept for its dashboards.
+const ETCD_TOTAL_GAUGES: [&str; 3] = [
+    "etcd_server_proposals_committed_total",
+    "etcd_server_proposals_applied_total",
+    "etcd_debugging_mvcc_keys_total",
+];
+
+/// `/metrics` parses as Prometheus text (promtool, Debian's `prometheus`),
+/// and its etcd-named metrics move: applied proposals and keys after puts,
+/// leader changes after a leader kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_move() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(ELECT).await;
+    let follower = (leader + 1) % 3;
+    let addr = c.members[follower].client.clone();
+    let (code, before) = get(&addr, "/metrics").unwrap();
+    assert_eq!(code, 200, "{before}");
+
+    // promtool parses it; its only lint is etcd's `_total` gauges.
+    let promtool = common::etcd::find_on_path("promtool")
+        .expect("promtool not found: install Debian's `prometheus` package");
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(before.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(
+        out.status.code(),
+        Some(1),
+        "promtool could not parse it: {said}"
+    );
+    for line in said.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            ETCD_TOTAL_GAUGES.iter().any(|n| line.starts_with(n)),
+            "promtool: {line}"
+        );
+    }
+    assert_eq!(sample(&before, "etcd_server_has_leader"), Some(1.0));
+    assert_eq!(sample(&before, "etcd_server_is_leader"), Some(0.0));
+    let (code, on_leader) = get(&c.members[leader].client, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(sample(&on_leader, "etcd_server_is_leader"), Some(1.0));
+
+    let applied0 = sample(&before, "etcd_server_proposals_applied_total").unwrap();
+    let keys0 = sample(&before, "etcd_debugging_mvcc_keys_total").unwrap();
+    for i in 0..5 {
+        common::put(&c.members[leader].client, &format!("m/{i}"), "v")
+            .await
+            .unwrap();
+    }
+    let moved = eventually(ELECT, || {
+        let addr = addr.clone();
+        async move {
+            let (_, page) = get(&addr, "/metrics")?;
+            let applied = sample(&page, "etcd_server_proposals_applied_total").unwrap_or(0.0);
+            let keys = sample(&page, "etcd_debugging_mvcc_keys_total").unwrap_or(0.0);
+            if applied >= applied0 + 5.0 && keys >= keys0 + 5.0 {
+                Ok(page)
+            } else {
+                Err(format!("applied {applied}, keys {keys}"))
+            }
+        }
+    })
+    .await;
+    let changes0 = sample(&moved, "etcd_server_leader_changes_seen_total").unwrap();
+    assert!(
+        changes0 >= 1.0,
+        "a member that knows a leader saw it change at least once"
+    );
+
+    // Leader killed: the follower sees a new leader and counts it.
+    c.kill(leader);
+    eventually(ELECT, || {
+        let addr = addr.clone();
+        async move {
+            let (_, page) = get(&addr, "/metrics")?;
+            let changes = sample(&page, "etcd_server_leader_changes_seen_total").unwrap_or(0.0);
+            let has = sample(&page, "etcd_server_has_leader").unwrap_or(0.0);
+            if changes > changes0 && has == 1.0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "leader changes {changes} (was {changes0}), has leader {has}"
+                ))
+            }
+        }
+    })
+    .await;
+}

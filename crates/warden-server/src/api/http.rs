@@ -10,6 +10,7 @@
 //! - `GET /readyz`: 200 `ok` when the member knows a leader and its applied
 //!   state is ready for reads; else 503 with why.
 //! - `GET /version`: etcd's `{"etcdserver":"…","etcdcluster":"…"}`.
+//! - `GET /metrics`: Prometheus metrics (`metrics.rs`).
 //!
 //! Owns: these handlers and their JSON. Never: authentication (they reveal
 //! no data, as on etcd), or waiting longer than [`HEALTH_TIMEOUT`].
@@ -24,6 +25,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::time::Instant;
 
+use super::metrics::{Metrics, CONTENT_TYPE};
 use crate::node::Node;
 
 /// How long `/health` waits for its linearizable read (etcd waits for the
@@ -33,14 +35,29 @@ pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// The API version `/version` reports: the one `Status` reports.
 const ETCD_VERSION: &str = super::ETCD_API_VERSION;
 
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Http {
+    pub node: Arc<Node>,
+    pub metrics: Arc<Metrics>,
+}
+
 /// The HTTP routes of the client port.
-pub fn router(node: Arc<Node>) -> Router {
+pub fn router(node: Arc<Node>, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/version", get(version))
-        .with_state(node)
+        .route("/metrics", get(metrics_page))
+        .with_state(Http { node, metrics })
+}
+
+async fn metrics_page(State(h): State<Http>) -> Response {
+    match h.metrics.render(&h.node) {
+        Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response {
@@ -79,8 +96,8 @@ pub async fn unhealthy_reason(node: &Node) -> Option<String> {
     }
 }
 
-async fn health(State(node): State<Arc<Node>>) -> Response {
-    match unhealthy_reason(&node).await {
+async fn health(State(h): State<Http>) -> Response {
+    match unhealthy_reason(&h.node).await {
         None => json(
             StatusCode::OK,
             serde_json::json!({"health": "true", "reason": ""}),
@@ -96,7 +113,8 @@ async fn livez() -> Response {
     (StatusCode::OK, "ok").into_response()
 }
 
-async fn readyz(State(node): State<Arc<Node>>) -> Response {
+async fn readyz(State(h): State<Http>) -> Response {
+    let node = &h.node;
     if node.leader().is_none() {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader").into_response();
     }

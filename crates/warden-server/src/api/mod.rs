@@ -19,6 +19,7 @@ pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod metrics;
 pub mod native_locks;
 pub mod quota;
 pub mod recipes;
@@ -170,7 +171,13 @@ pub async fn serve(
     let http2 = node.client_http2();
     // HTTP/1.1 too, for the probes of `http.rs` (`curl`, load balancers);
     // gRPC clients speak HTTP/2 on the same port, told apart per connection.
-    let http = tonic::service::Routes::from(http::router(node.clone()));
+    let metrics = Arc::new(metrics::Metrics::new());
+    tokio::spawn(metrics::count_leader_changes(
+        Arc::downgrade(&node),
+        metrics.clone(),
+        std::time::Duration::from_millis(100),
+    ));
+    let http = tonic::service::Routes::from(http::router(node.clone(), metrics));
     let router = tonic::transport::Server::builder()
         .accept_http1(true)
         .tcp_nodelay(true)
