@@ -290,10 +290,29 @@ impl LogDb {
 
     /// Appends (or overwrites) entries; durable when this returns.
     pub fn append(&self, entries: &[(u64, Vec<u8>)]) -> Result<(), LogError> {
+        self.append_with_meta(entries, &[])
+    }
+
+    /// Appends (or overwrites) entries and sets metadata keys, in one
+    /// transaction: one commit, so one fsync, for all of it (the group
+    /// commit of the log writer). Durable when this returns.
+    pub fn append_with_meta(
+        &self,
+        entries: &[(u64, Vec<u8>)],
+        meta: &[(&str, &[u8])],
+    ) -> Result<(), LogError> {
         self.write(|w| {
-            let mut t = w.open_table(ENTRIES)?;
-            for (index, body) in entries {
-                t.insert(*index, format::encode_record(body).as_slice())?;
+            if !entries.is_empty() {
+                let mut t = w.open_table(ENTRIES)?;
+                for (index, body) in entries {
+                    t.insert(*index, format::encode_record(body).as_slice())?;
+                }
+            }
+            if !meta.is_empty() {
+                let mut m = w.open_table(META)?;
+                for (key, value) in meta {
+                    m.insert(*key, format::encode_record(value).as_slice())?;
+                }
             }
             Ok(())
         })
