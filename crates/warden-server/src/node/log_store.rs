@@ -597,6 +597,228 @@ mod tests {
         assert_eq!(rest.len(), 4);
     }
 
+    fn open_store(path: &std::path::Path) -> LogStore {
+        LogStore::new(Arc::new(LogDb::open(path).expect("open")))
+    }
+
+    /// Appends `entries` through openraft's API; the receiver says when
+    /// the writer reports them flushed.
+    async fn append(
+        st: &mut LogStore,
+        entries: Vec<Entry>,
+    ) -> openraft::type_config::alias::OneshotReceiverOf<TypeConfig, io::Result<()>> {
+        use openraft::type_config::TypeConfigExt as _;
+        let (tx, rx) = TypeConfig::oneshot();
+        st.append(entries, IOFlushed::signal(tx))
+            .await
+            .expect("append");
+        rx
+    }
+
+    fn indexes(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|e| e.log_id.index).collect()
+    }
+
+    /// Appends go through the writer: readable at once, reported flushed,
+    /// and there after a reopen, with the committed log id that was queued
+    /// with no append after it (written when the store closes).
+    #[tokio::test]
+    async fn appended_entries_are_readable_and_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("raft.redb");
+        {
+            let mut st = open_store(&path);
+            let mut pending = Vec::new();
+            for i in 1..=20u64 {
+                pending.push(append(&mut st, vec![blank_ent::<TypeConfig>(1, 1, i)]).await);
+                // Readable as soon as append returns, flushed or not.
+                let got = st.try_get_log_entries(1..=i).await.expect("read");
+                assert_eq!(indexes(&got), (1..=i).collect::<Vec<_>>());
+            }
+            for rx in pending {
+                rx.await.expect("callback").expect("flushed");
+            }
+            st.save_committed(Some(log_id::<TypeConfig>(1, 1, 15)))
+                .await
+                .expect("committed");
+            st.save_vote(&Vote::new(1, 1)).await.expect("vote");
+            let state = st.get_log_state().await.expect("state");
+            assert_eq!(state.last_log_id, Some(log_id::<TypeConfig>(1, 1, 20)));
+        }
+        let mut st = open_store(&path);
+        let got = st.try_get_log_entries(..).await.expect("read");
+        assert_eq!(indexes(&got), (1..=20).collect::<Vec<_>>());
+        assert_eq!(
+            st.read_committed().await.expect("committed"),
+            Some(log_id::<TypeConfig>(1, 1, 15))
+        );
+        assert_eq!(st.read_vote().await.expect("vote"), Some(Vote::new(1, 1)));
+    }
+
+    /// A committed log id with no append after it is written after
+    /// `IDLE_COMMITTED_FLUSH`, while the store stays open.
+    #[tokio::test]
+    async fn an_idle_committed_log_id_is_written_without_an_append() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("raft.redb");
+        let mut st = open_store(&path);
+        let rx = append(&mut st, vec![blank_ent::<TypeConfig>(1, 1, 1)]).await;
+        rx.await.expect("callback").expect("flushed");
+        st.save_committed(Some(log_id::<TypeConfig>(1, 1, 1)))
+            .await
+            .expect("committed");
+        let mut waited = Duration::ZERO;
+        while st.read_committed().await.expect("read").is_none() {
+            assert!(waited < Duration::from_secs(10), "committed never written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            waited += Duration::from_millis(20);
+        }
+        assert_eq!(
+            st.read_committed().await.expect("read"),
+            Some(log_id::<TypeConfig>(1, 1, 1))
+        );
+    }
+
+    /// Reads merge the file with the unflushed tail: a tail entry wins over
+    /// the file's at the same index, a gap ends the read, and the byte
+    /// budget of replication reads counts tail entries too.
+    #[tokio::test]
+    async fn reads_merge_the_file_and_the_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = LogDb::open(&dir.path().join("raft.redb")).expect("open");
+        let file: Vec<(u64, Vec<u8>)> = (1..=5)
+            .map(|i| (i, enc(&blank_ent::<TypeConfig>(1, 1, i)).expect("enc")))
+            .collect();
+        db.append(&file).expect("append");
+        let mut st = LogStore::new(Arc::new(db));
+        {
+            // Term 2 at 4..=8: as if appended and not yet flushed.
+            let mut tail = lock(&st.shared.tail);
+            for i in 4..=8 {
+                let e = blank_ent::<TypeConfig>(2, 1, i);
+                let n = enc(&e).expect("enc").len();
+                tail.insert(i, (e, n));
+            }
+        }
+        let got = st.try_get_log_entries(2..9).await.expect("read");
+        let terms: Vec<(u64, u64)> = got
+            .iter()
+            .map(|e| (e.log_id.index, e.log_id.leader_id.term))
+            .collect();
+        assert_eq!(
+            terms,
+            [(2, 1), (3, 1), (4, 2), (5, 2), (6, 2), (7, 2), (8, 2)]
+        );
+        assert_eq!(
+            indexes(&st.try_get_log_entries(6..=7).await.expect("read")),
+            [6, 7]
+        );
+        assert!(st.try_get_log_entries(9..).await.expect("read").is_empty());
+        assert_eq!(
+            st.get_log_state().await.expect("state").last_log_id,
+            Some(log_id::<TypeConfig>(2, 1, 8))
+        );
+        // A gap in the tail ends a read.
+        lock(&st.shared.tail).remove(&7);
+        assert_eq!(
+            indexes(&st.try_get_log_entries(5..).await.expect("read")),
+            [5, 6]
+        );
+        // Truncation drops tail entries too.
+        st.truncate_after(Some(log_id::<TypeConfig>(2, 1, 5)))
+            .await
+            .expect("truncate");
+        assert_eq!(
+            indexes(&st.try_get_log_entries(1..).await.expect("read")),
+            [1, 2, 3, 4, 5]
+        );
+    }
+
+    /// The child of `acknowledged_appends_survive_sigkill`: appends entries
+    /// forever, several in flight at once (so the writer groups them), and
+    /// prints each index once it is reported flushed.
+    #[tokio::test]
+    async fn sigkill_child() {
+        let Some(path) = std::env::var_os("WARDEN_LOG_SIGKILL_CHILD") else {
+            return; // Only runs as the child.
+        };
+        use std::io::Write as _;
+        let mut st = open_store(std::path::Path::new(&path));
+        let mut inflight = std::collections::VecDeque::new();
+        let name = "n".repeat(300);
+        for i in 1u64.. {
+            let mut e = blank_ent::<TypeConfig>(1, 1, i);
+            e.payload = openraft::EntryPayload::Normal(crate::node::types::Request::Publish {
+                node_id: 1,
+                name: name.clone(),
+                client_addr: "127.0.0.1:1".into(),
+            });
+            inflight.push_back((i, append(&mut st, vec![e]).await));
+            if inflight.len() > 8 {
+                if let Some((i, rx)) = inflight.pop_front() {
+                    rx.await.expect("callback").expect("flushed");
+                    st.save_committed(Some(log_id::<TypeConfig>(1, 1, i)))
+                        .await
+                        .expect("committed");
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "acked {i}").expect("stdout");
+                    out.flush().expect("stdout");
+                }
+            }
+        }
+    }
+
+    /// Crash safety of the writer: a process appending through the store
+    /// is killed with SIGKILL mid-stream; every index it was told is
+    /// durable is in the file after a reopen, the log has no gap, and the
+    /// committed log id read back names an entry that is there.
+    #[tokio::test]
+    async fn acknowledged_appends_survive_sigkill() {
+        use std::io::BufRead as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("raft.redb");
+        let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .args([
+                "node::log_store::tests::sigkill_child",
+                "--exact",
+                "--nocapture",
+            ])
+            .env("WARDEN_LOG_SIGKILL_CHILD", &path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn child");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut acked = 0u64;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.expect("line");
+            if let Some(i) = line.strip_prefix("acked ") {
+                acked = i.parse().expect("index");
+                if acked >= 300 {
+                    break;
+                }
+            }
+        }
+        child.kill().expect("SIGKILL");
+        child.wait().expect("wait");
+        assert!(acked >= 300, "the child stopped early at {acked}");
+        let mut st = open_store(&path);
+        let got = st.try_get_log_entries(..).await.expect("read");
+        let idx = indexes(&got);
+        assert!(
+            idx.len() as u64 >= acked,
+            "acked {acked}, found {}",
+            idx.len()
+        );
+        assert_eq!(idx, (1..=idx.len() as u64).collect::<Vec<_>>(), "a gap");
+        let committed = st.read_committed().await.expect("committed");
+        assert!(
+            committed.is_some_and(|c| c.index <= idx.len() as u64),
+            "{committed:?} past the log's end {}",
+            idx.len()
+        );
+    }
+
     /// Golden bytes: the records this build writes for fixed values
     /// (`warden-core/tests/fixtures/v1-raft-records.txt`, which `log_db`'s
     /// tests also show a pre-change log upgrades to, byte for byte) decode
