@@ -50,7 +50,7 @@ use super::types::{Entry, LogId, TypeConfig, Vote};
 use warden_core::storage::log_db::{LogDb, LogError};
 
 const VOTE: &str = "vote";
-const COMMITTED: &str = "committed";
+const COMMITTED: &str = warden_core::storage::log_db::COMMITTED_KEY;
 const PURGED: &str = "purged";
 
 /// How long the writer waits without appends before writing a committed log
@@ -211,12 +211,7 @@ fn commit_group(
                 .iter_mut()
                 .flat_map(|(records, _, _)| std::mem::take(records))
                 .collect();
-            let meta: Vec<(&str, &[u8])> = committed
-                .as_deref()
-                .map(|c| (COMMITTED, c))
-                .into_iter()
-                .collect();
-            db.append_with_meta(&records, &meta)
+            db.append_journaled(&records, committed.as_deref())
                 .map_err(io::Error::from)
         }
     };
@@ -246,7 +241,7 @@ fn flush_committed(db: &LogDb, committed: &mut Option<Vec<u8>>, failed: &mut Opt
         return;
     }
     if let Some(c) = committed.take() {
-        if let Err(e) = db.put_meta(COMMITTED, &c) {
+        if let Err(e) = db.append_journaled(&[], Some(&c)) {
             tracing::warn!("saving the committed log id: {e}");
             *failed = Some(io::Error::from(e));
         }
@@ -276,6 +271,13 @@ impl LogStore {
                 from,
                 to = warden_core::storage::format::FORMAT_VERSION,
                 "upgraded the raft log's format (builds before this one cannot read it now)"
+            );
+        }
+        if db.replayed() > 0 {
+            tracing::info!(
+                log = %db.path().display(),
+                records = db.replayed(),
+                "replayed the raft log's journal"
             );
         }
         let (tx, rx) = mpsc::channel();
