@@ -43,7 +43,11 @@
 //! commit protocol is atomic (a commit torn by a crash is rolled back on
 //! the next open) and the journal drops a torn record, so after a crash the
 //! log is the file's last durable commit plus every whole journal record,
-//! which includes every acknowledged append.
+//! which includes every acknowledged append. A journal damaged other than by
+//! a crash (see [`super::wal`]) fails the open, naming the file and offset.
+//! A checkpoint's journal reset is on disk (`fsync`) before the write that
+//! needed it (a truncation, say) is made, so a crash never replays records
+//! from before a truncation or purge on top of it.
 //!
 //! Must never: interpret payloads (bytes in, bytes out), acknowledge a write
 //! before its transaction has committed, or write a record in any framing
@@ -787,6 +791,55 @@ mod tests {
         assert_eq!(stored_entries(&crashed.path().join("raft.redb")).len(), 10);
         // A clean close checkpoints too: nothing to replay.
         assert_eq!(open(&dir).replayed(), 0);
+    }
+
+    /// A checkpoint (here, before a vote write) leaves the redb file alone
+    /// holding every journaled append and the journal empty.
+    #[test]
+    fn a_checkpoint_moves_the_journal_into_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        for i in 1..=5u64 {
+            db.append_journaled(&[(i, vec![i as u8; 50])], Some(&i.to_le_bytes()))
+                .unwrap();
+        }
+        db.put_meta("vote", b"v").unwrap();
+        let crashed = crash_copy(&dir);
+        drop(db);
+        assert_eq!(
+            stored_entries(&crashed.path().join("raft.redb")),
+            [1, 2, 3, 4, 5]
+        );
+        let (_, records) = Wal::open(&crashed.path().join("raft.wal")).unwrap();
+        assert!(records.is_empty(), "{records:?}");
+    }
+
+    /// A journal damaged before its last record stops the open with an
+    /// error naming the journal and the record's offset, and is left as it
+    /// was (nothing replayed, nothing reset).
+    #[test]
+    fn a_journal_damaged_in_the_middle_refuses_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        for i in 1..=3u64 {
+            db.append_journaled(&[(i, vec![7u8; 600])], None).unwrap();
+        }
+        let crashed = crash_copy(&dir);
+        drop(db);
+        let path = crashed.path().join("raft.wal");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[wal::HEADER_LEN as usize + 40] ^= 1; // the first record's body
+        std::fs::write(&path, &bytes).unwrap();
+        let e = LogDb::open(&crashed.path().join("raft.redb"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("raft.wal") && e.contains("byte 16") && e.contains("checksum mismatch"),
+            "{e}"
+        );
+        assert!(std::fs::read(&path).unwrap() == bytes, "journal untouched");
+        assert!(stored_entries(&crashed.path().join("raft.redb")).is_empty());
     }
 
     /// Truncation checkpoints first: a crash after it never brings back

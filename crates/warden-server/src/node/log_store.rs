@@ -13,14 +13,17 @@
 //! The write path (one fsync per group of appends): `append` encodes the
 //! entries, puts them in the in-memory tail (so they are readable at once,
 //! as openraft requires: replication to followers starts before the local
-//! fsync finishes, as in etcd) and queues them for the writer, then returns.
-//! The writer takes everything queued, writes it in ONE redb transaction
-//! (one fsync: redb's default 1-phase commit with checksums), and only then
-//! reports each batch flushed (`IOFlushed`) and drops it from the tail.
-//! Appends arriving during an fsync wait and go together in the next one:
-//! group commit. The committed log id is not worth an fsync of its own
-//! (openraft: optional; etcd writes a commit-only HardState unsynced too):
-//! it rides along in the next append's transaction, or is written after
+//! fsync finishes, as in etcd) and queues them for the writer thread, then
+//! returns. The writer takes everything queued and hands it to
+//! [`LogDb::append_journaled`] as one batch: one redb commit without fsync
+//! and one journal record made durable by one `fdatasync` (see
+//! `warden_core::storage::log_db` and `wal`); only then does it report each
+//! batch flushed (`IOFlushed`) and drop it from the tail. Appends arriving
+//! during an fsync wait and go together in the next one: group commit.
+//!
+//! The committed log id is not worth an fsync of its own (openraft: optional;
+//! etcd writes a commit-only HardState without syncing too): it rides along
+//! in the next append's journal record, or goes in a record of its own after
 //! [`IDLE_COMMITTED_FLUSH`] without appends, or when the store closes. After
 //! a crash it may be one group behind, so the state machine replays a little
 //! less at start and catches up at the first commit of the new term. Vote,
