@@ -117,6 +117,12 @@ pub struct Args {
     /// `warden certs` in OUT/certs; every client connects over TLS.
     #[arg(long)]
     pub tls: bool,
+    /// Turn etcd auth on before the workloads start: a `root` user and a
+    /// `chaos` user whose role may read and write every key; every client
+    /// of the workloads authenticates as `chaos`, so every request carries
+    /// a token and passes the permission checks.
+    #[arg(long)]
+    pub auth: bool,
     /// Do not run anything: check the history saved in this directory.
     #[arg(long)]
     pub check: Option<PathBuf>,
@@ -196,6 +202,7 @@ impl Args {
             ),
             keep_data: self.keep_data,
             tls: self.tls,
+            auth: self.auth,
             strict_watch_order: self.strict_watch_order,
         })
     }

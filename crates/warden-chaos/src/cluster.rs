@@ -56,7 +56,7 @@ pub struct ChaosCluster {
     /// Members that exited without being killed: "name: status".
     pub crashes: Vec<String>,
     /// TLS flags every member gets (empty: plaintext).
-    tls_flags: Vec<String>,
+    server_flags: Vec<String>,
     /// How clients reach the members, with TLS.
     pub client_tls: Option<warden_client::TlsOptions>,
 }
@@ -118,6 +118,13 @@ fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How clients reach the members: TLS on both ports, etcd auth on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Access {
+    pub tls: bool,
+    pub auth: bool,
+}
+
 impl ChaosCluster {
     /// Starts `n` members with data in `data/nI` and logs in `dir/logs`;
     /// with `proxied`, peer traffic goes through per-link proxies.
@@ -128,8 +135,9 @@ impl ChaosCluster {
         data: &Path,
         timing: ServerTiming,
         proxied: bool,
-        tls: bool,
+        access: Access,
     ) -> anyhow::Result<ChaosCluster> {
+        let Access { tls, auth } = access;
         if !bin.exists() {
             anyhow::bail!(
                 "warden binary {} not found (build it, or pass --warden-bin)",
@@ -174,11 +182,16 @@ impl ChaosCluster {
                 join: None,
             });
         }
-        let (tls_flags, client_tls) = if tls {
+        let (mut server_flags, client_tls) = if tls {
             make_certs(bin, &dir.join("certs"))?
         } else {
             (Vec::new(), None)
         };
+        if auth {
+            // The cheapest bcrypt cost: the harness authenticates a client
+            // per workload process, and hashing is not what is under test.
+            server_flags.extend(["--bcrypt-cost".to_owned(), "4".to_owned()]);
+        }
         let topo = Arc::new(Topology::new(names, client_addrs, client_tls.clone())?);
         let mut c = ChaosCluster {
             bin: bin.to_path_buf(),
@@ -187,7 +200,7 @@ impl ChaosCluster {
             proxies,
             topo,
             crashes: Vec::new(),
-            tls_flags,
+            server_flags,
             client_tls,
         };
         for i in 0..n {
@@ -251,7 +264,7 @@ impl ChaosCluster {
         if let Some(s) = t.snapshot_entries {
             cmd.args(["--snapshot-entries", &s.to_string()]);
         }
-        cmd.args(&self.tls_flags);
+        cmd.args(&self.server_flags);
         let child = cmd
             .env("WARDEN_LOG", "info,openraft=warn")
             .env("WARDEN_WATCH_PROGRESS_INTERVAL_MS", "1000")
@@ -457,7 +470,7 @@ fn strip_ansi(s: &str) -> String {
 /// the leader that a member reporting itself as leader confirms (highest
 /// term wins).
 pub async fn poll_leader(topo: &Topology) -> Option<usize> {
-    let views = leader::views(&topo.channels, Duration::from_millis(700)).await;
+    let views = leader::views(&topo.raw, Duration::from_millis(700)).await;
     for (i, v) in views.iter().enumerate() {
         if let Some(v) = v {
             topo.learn_id(v.member_id, i);

@@ -15,6 +15,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod args;
+pub mod auth_setup;
 pub mod check;
 pub mod cluster;
 pub mod history;
@@ -61,6 +62,7 @@ pub struct Options {
     pub keep_data: bool,
     pub strict_watch_order: bool,
     pub tls: bool,
+    pub auth: bool,
 }
 
 /// Initial balance of every bank account.
@@ -147,7 +149,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         &data,
         opts.timing.clone(),
         proxied,
-        opts.tls,
+        cluster::Access {
+            tls: opts.tls,
+            auth: opts.auth,
+        },
     )
     .await?;
     let topo = cluster.topo.clone();
@@ -173,6 +178,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                 max: Duration::from_millis(500),
             },
             tls: cluster.client_tls.clone(),
+            credentials: None,
         },
         end: Instant::now(),
         fault: opts.fault,
@@ -180,6 +186,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         watch_until: AtomicI64::new(0),
         watch_stop: AtomicBool::new(false),
     };
+    if opts.auth {
+        let creds = auth_setup::enable(&ctx.opts, &topo).await?;
+        ctx.opts.credentials = Some(creds);
+    }
     if has(&opts, "bank") {
         workload::bank::init(&ctx, opts.accounts, BALANCE).await?;
     }

@@ -2,8 +2,10 @@
 //! 3-member cluster with every workload while every nemesis strikes at
 //! least once, with a fixed seed, and must find no violation. It runs with
 //! TLS on both ports (client certificates required, mutual TLS between
-//! members, peer traffic through the partitioning proxies), as a production
-//! cluster would; the other runs are plaintext. A second run
+//! members, peer traffic through the partitioning proxies) and etcd auth on
+//! (every workload client authenticates and every request is checked
+//! against its role), as a production cluster would; the other runs are
+//! plaintext without auth. A second run
 //! turns on the harness's deliberate client-side fault (linearizable reads
 //! served as serializable reads by followers) and must be caught.
 //!
@@ -64,6 +66,7 @@ fn short_profile_finds_no_violation() {
             "--snapshot-entries",
             "500",
             "--tls",
+            "--auth",
         ],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);

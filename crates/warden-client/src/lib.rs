@@ -18,6 +18,7 @@
 //! ```
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod auth;
 pub mod backoff;
 pub mod endpoint;
 pub mod error;
@@ -42,6 +43,7 @@ use warden_proto::etcdserverpb::{
     RequestOp, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
 
+pub use auth::{AuthChannel, Credentials};
 pub use backoff::Backoff;
 pub use endpoint::{parse_endpoint, parse_endpoints};
 pub use error::ClientError;
@@ -64,6 +66,9 @@ pub struct ClientOptions {
     pub backoff: Backoff,
     /// TLS (`https`) with these files; `None`: plaintext.
     pub tls: Option<TlsOptions>,
+    /// Authenticate as this user (etcd auth) before the first call and
+    /// whenever the server refuses the token; `None`: send no token.
+    pub credentials: Option<Credentials>,
 }
 
 impl Default for ClientOptions {
@@ -73,6 +78,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(2),
             backoff: Backoff::default(),
             tls: None,
+            credentials: None,
         }
     }
 }
@@ -87,7 +93,15 @@ pub struct Client {
 struct Inner {
     /// Canonical `host:port` endpoints, parallel to `channels`.
     endpoints: Vec<String>,
-    channels: Vec<Channel>,
+    /// Plain channels (for `Authenticate`), parallel to `channels`.
+    raw: Vec<Channel>,
+    /// The same channels, attaching `token`.
+    channels: Vec<AuthChannel>,
+    /// The token of `opts.credentials`, once authenticated.
+    token: auth::TokenCell,
+    /// Held while authenticating, so concurrent calls wait for one
+    /// exchange instead of each making their own.
+    authenticating: tokio::sync::Mutex<()>,
     /// Index of the endpoint that last served a non-balanced call.
     preferred: AtomicUsize,
     /// Round-robin counter for serializable reads.
@@ -116,14 +130,22 @@ impl Client {
     {
         let raw: Vec<S> = endpoints.into_iter().collect();
         let endpoints = parse_endpoints(&raw)?;
-        let channels = endpoints
+        let raw = endpoints
             .iter()
             .map(|ep| make_channel(ep, &opts))
             .collect::<Result<Vec<_>, _>>()?;
+        let token = auth::TokenCell::default();
+        let channels = raw
+            .iter()
+            .map(|ch| auth::with_token(ch.clone(), token.clone()))
+            .collect();
         Ok(Client {
             inner: Arc::new(Inner {
                 endpoints,
+                raw,
                 channels,
+                token,
+                authenticating: tokio::sync::Mutex::new(()),
                 preferred: AtomicUsize::new(0),
                 next_balanced: AtomicUsize::new(0),
                 opts,
@@ -242,7 +264,10 @@ impl Client {
             .find(|(e, _)| **e == ep);
         let channel = match known {
             Some((_, ch)) => ch.clone(),
-            None => make_channel(&ep, &self.inner.opts)?,
+            None => auth::with_token(
+                make_channel(&ep, &self.inner.opts)?,
+                self.inner.token.clone(),
+            ),
         };
         let timeout = self.inner.opts.timeout;
         let attempt = async {
@@ -294,7 +319,7 @@ impl Client {
     /// endpoints in turn until it succeeds or fails for good.
     pub async fn request<T, F, Fut>(&self, kind: OpKind, attempt: F) -> Result<T, ClientError>
     where
-        F: FnMut(Channel, Duration) -> Fut,
+        F: FnMut(AuthChannel, Duration) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         self.call(kind, false, attempt).await
@@ -302,8 +327,9 @@ impl Client {
 
     /// The endpoints with their channels, starting with the one that last
     /// answered, for streams that must pick an endpoint and move on when it
-    /// fails.
-    pub fn channels(&self) -> Vec<(String, Channel)> {
+    /// fails. With credentials, call [`Client::authenticate`] first (a
+    /// stream opened without a token is refused).
+    pub fn channels(&self) -> Vec<(String, AuthChannel)> {
         let inner = &*self.inner;
         let n = inner.channels.len();
         let start = inner.preferred.load(Ordering::Relaxed);
@@ -324,6 +350,90 @@ impl Client {
     /// Each round tries every endpoint once, starting from the preferred one
     /// (or, for `balanced` calls, the next in round-robin order); rounds are
     /// separated by [`Backoff`] delays.
+    /// [`Client::channels`] after [`Client::authenticate`]: what a stream
+    /// (watch, keep-alive, lock acquire, observe) opens on.
+    pub async fn stream_channels(&self) -> Result<Vec<(String, AuthChannel)>, ClientError> {
+        self.authenticate().await?;
+        Ok(self.channels())
+    }
+
+    /// Tells the client a stream failed with `status`: when the server
+    /// refused the token (expired, password changed), it is dropped so the
+    /// next [`Client::stream_channels`] authenticates again.
+    pub fn stream_failed(&self, status: &Status) {
+        if auth::token_refused(status) {
+            self.inner.token.clear();
+        }
+    }
+
+    /// With credentials and no token yet (or a refused one), exchanges the
+    /// credentials for a token, trying the endpoints in turn; without
+    /// credentials, does nothing. Calls do this themselves; streams opened
+    /// on [`Client::channels`] need it first.
+    pub async fn authenticate(&self) -> Result<(), ClientError> {
+        let inner = &*self.inner;
+        let Some(creds) = inner.opts.credentials.as_ref() else {
+            return Ok(());
+        };
+        if inner.token.is_set() {
+            return Ok(());
+        }
+        let _one = inner.authenticating.lock().await;
+        if inner.token.is_set() {
+            return Ok(());
+        }
+        let timeout = inner.opts.timeout;
+        let deadline = Instant::now() + timeout;
+        let mut last: Option<(Status, String)> = None;
+        for round in 0u32.. {
+            for (ep, ch) in inner.endpoints.iter().zip(&inner.raw) {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    break;
+                }
+                let attempt = auth::authenticate(ch.clone(), creds, remaining);
+                match tokio::time::timeout(remaining, attempt).await {
+                    Ok(Ok(token)) => {
+                        return inner.token.set(&token).map_err(|e| ClientError::Server {
+                            code: tonic::Code::Internal,
+                            message: e,
+                            endpoint: ep.clone(),
+                        });
+                    }
+                    Ok(Err(status)) => {
+                        // Wrong password, unknown user, auth off, too many
+                        // failures: the server's answer, not the network's.
+                        if retry::classify(&status) == retry::Failure::Fatal {
+                            return Err(ClientError::Server {
+                                code: status.code(),
+                                message: retry::describe(&status),
+                                endpoint: ep.clone(),
+                            });
+                        }
+                        last = Some((status, ep.clone()));
+                    }
+                    Err(_) => break,
+                }
+            }
+            let delay = inner.opts.backoff.delay_random(round);
+            if Instant::now() + delay >= deadline {
+                break;
+            }
+            tokio::time::sleep(delay).await;
+        }
+        Err(match last {
+            Some((s, _)) => ClientError::Unavailable {
+                code: s.code(),
+                message: retry::describe(&s),
+                endpoints: inner.endpoints.clone(),
+            },
+            None => ClientError::DeadlineExceeded {
+                timeout_ms: timeout.as_millis(),
+                endpoints: inner.endpoints.clone(),
+            },
+        })
+    }
+
     async fn call<T, F, Fut>(
         &self,
         kind: OpKind,
@@ -331,12 +441,15 @@ impl Client {
         mut attempt: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(Channel, Duration) -> Fut,
+        F: FnMut(AuthChannel, Duration) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
+        self.authenticate().await?;
         let inner = &*self.inner;
         let timeout = inner.opts.timeout;
         let deadline = Instant::now() + timeout;
+        // One fresh token per call when the server refuses the one held.
+        let mut reauthenticated = false;
         let n = inner.channels.len().max(1);
         let start = if balanced {
             inner.next_balanced.fetch_add(1, Ordering::Relaxed) % n
@@ -385,6 +498,18 @@ impl Client {
                         }
                         return Ok(resp.into_inner());
                     }
+                    Err(status)
+                        if auth::token_refused(&status)
+                            && inner.opts.credentials.is_some()
+                            && !reauthenticated =>
+                    {
+                        // Checked before anything was proposed: safe to
+                        // repeat, reads and writes alike.
+                        reauthenticated = true;
+                        inner.token.clear();
+                        self.authenticate().await?;
+                        last = Some(status);
+                    }
                     Err(status) => {
                         let failure = retry::classify(&status);
                         tracing::debug!(endpoint = %ep, ?failure, code = ?status.code(), message = status.message(), "attempt failed");
@@ -417,7 +542,7 @@ fn make_channel(endpoint: &str, opts: &ClientOptions) -> Result<Channel, ClientE
         .connect_lazy())
 }
 
-fn kv(ch: Channel) -> KvClient<Channel> {
+fn kv(ch: AuthChannel) -> KvClient<AuthChannel> {
     KvClient::new(ch).max_decoding_message_size(MAX_RECV_BYTES)
 }
 
@@ -512,6 +637,7 @@ mod tests {
                 max: Duration::from_millis(50),
             },
             tls: None,
+            credentials: None,
         };
         let client = Client::connect(
             [format!("127.0.0.1:{a}"), format!("http://127.0.0.1:{b}")],

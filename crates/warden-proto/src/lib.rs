@@ -9,7 +9,8 @@
 //! through `super::` (e.g. `etcdserverpb` uses `super::mvccpb::KeyValue`).
 //!
 //! - [`mvccpb`]: `KeyValue`, `Event`.
-//! - [`etcdserverpb`]: the `KV`, `Watch`, `Lease`, `Cluster` and `Maintenance`
+//! - [`authpb`]: `User`, `Role`, `Permission`.
+//! - [`etcdserverpb`]: the `KV`, `Watch`, `Lease`, `Cluster`, `Maintenance` and `Auth`
 //!   services (`kv_server::KvServer`, `watch_server::WatchServer`, ... and the
 //!   matching `*_client` modules) and their messages.
 //! - [`v3lockpb`]: the `Lock` service.
@@ -22,6 +23,12 @@
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
+}
+
+/// etcd's auth records (`authpb`): users, roles, permissions.
+#[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+pub mod authpb {
+    tonic::include_proto!("authpb");
 }
 
 /// etcd's client API services and messages (`etcdserverpb`).

@@ -144,7 +144,11 @@ async fn acquire_stream(
     let limit = ctx.opts.timeout + Duration::from_millis(WAIT_MS as u64);
     let deadline = tokio::time::Instant::now() + limit;
     let mut last_err = String::from("no endpoint");
-    for (ep, ch) in client.channels() {
+    let channels = match client.stream_channels().await {
+        Ok(c) => c,
+        Err(e) => return (Outcome::Fail, None, Some(e.to_string()), None),
+    };
+    for (ep, ch) in channels {
         let opened = tokio::time::timeout_at(
             deadline,
             LocksClient::new(ch).acquire(tonic::Request::new(req.clone())),

@@ -16,7 +16,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::history::{Call, Outcome, Recorder, Ret};
@@ -80,7 +79,12 @@ impl Fault {
 pub struct Topology {
     pub names: Vec<String>,
     pub client_addrs: Vec<String>,
-    pub channels: Vec<Channel>,
+    /// One channel per member; they attach `token` when auth is on.
+    pub channels: Vec<warden_client::AuthChannel>,
+    /// The same members without a token, for `Status` (open to anyone).
+    pub raw: Vec<tonic::transport::Channel>,
+    /// The token the harness's own calls carry (empty without `--auth`).
+    pub token: warden_client::auth::TokenCell,
     ids: RwLock<HashMap<u64, usize>>,
     leader: AtomicUsize,
 }
@@ -93,7 +97,8 @@ impl Topology {
         client_addrs: Vec<String>,
         tls: Option<warden_client::TlsOptions>,
     ) -> anyhow::Result<Topology> {
-        let channels = client_addrs
+        let token = warden_client::auth::TokenCell::default();
+        let raw = client_addrs
             .iter()
             .map(|a| {
                 Ok(warden_client::tls::endpoint(a, tls.as_ref())?
@@ -101,10 +106,16 @@ impl Topology {
                     .connect_lazy())
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let channels = raw
+            .iter()
+            .map(|ch| warden_client::auth::with_token(ch.clone(), token.clone()))
+            .collect();
         Ok(Topology {
             names,
             client_addrs,
             channels,
+            raw,
+            token,
             ids: RwLock::new(HashMap::new()),
             leader: AtomicUsize::new(NO_LEADER),
         })

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::auth::{AuthError, AuthErrorClass};
 use super::lock_table::LockError;
 use crate::storage::format::FormatError;
 
@@ -65,6 +66,10 @@ pub enum StateError {
     /// would take the state past the storage quota (etcd `ErrNoSpace`).
     #[error("mvcc: database space exceeded")]
     NoSpace,
+    /// Refused by the auth store (a permission, a user or role change).
+    /// Appended last: the encoding of the variants before it is unchanged.
+    #[error("{0}")]
+    Auth(#[from] AuthError),
 }
 
 /// How the api layer should classify a [`StateError`] (etcd's gRPC codes).
@@ -80,6 +85,10 @@ pub enum ErrorClass {
     FailedPrecondition,
     /// gRPC `RESOURCE_EXHAUSTED`.
     ResourceExhausted,
+    /// gRPC `PERMISSION_DENIED`.
+    PermissionDenied,
+    /// gRPC `UNAUTHENTICATED`.
+    Unauthenticated,
 }
 
 impl StateError {
@@ -106,6 +115,12 @@ impl StateError {
             | StateError::LeaseProvided => ErrorClass::InvalidArgument,
             StateError::LeaseNotFound => ErrorClass::NotFound,
             StateError::NoSpace => ErrorClass::ResourceExhausted,
+            StateError::Auth(e) => match e.class() {
+                AuthErrorClass::FailedPrecondition => ErrorClass::FailedPrecondition,
+                AuthErrorClass::InvalidArgument => ErrorClass::InvalidArgument,
+                AuthErrorClass::PermissionDenied => ErrorClass::PermissionDenied,
+                AuthErrorClass::Unauthenticated => ErrorClass::Unauthenticated,
+            },
         }
     }
 
@@ -134,9 +149,10 @@ impl StateError {
             StateError::LeaseExists => "etcdserver: lease already exists",
             StateError::LeaseTtlTooLarge => "etcdserver: too large lease TTL",
             StateError::NoSpace => "etcdserver: mvcc: database space exceeded",
-            StateError::Lock(_) | StateError::FenceRejected { .. } | StateError::FenceNotKv => {
-                return self.to_string().into()
-            }
+            StateError::Lock(_)
+            | StateError::FenceRejected { .. }
+            | StateError::FenceNotKv
+            | StateError::Auth(_) => return self.to_string().into(),
         };
         fixed.into()
     }

@@ -99,6 +99,8 @@ pub enum CommandResult {
     /// keeps the `alarm::AlarmTable`; appended last so the encoding of the
     /// other variants is unchanged).
     Alarm(Vec<AlarmMember>),
+    /// A change to the auth store was applied (appended after `Alarm`).
+    Auth,
 }
 
 /// etcd's `leaseOverhead`: what a lease costs against the quota and adds to

@@ -20,12 +20,15 @@
 //! apply, snapshots), `lock_table` (named locks, wait queues, fencing
 //! tokens), `nesting` (the depth bound on decoding recursive commands),
 //! `alarm` (etcd's NOSPACE/CORRUPT alarm table; the server keeps it next to
-//! the state and applies its commands). The unit tests of `mvcc` and
+//! the state and applies its commands), `auth` (users, roles and key-range
+//! permissions, and the checks a write passes before it is applied; the
+//! server keeps it next to the state too). The unit tests of `mvcc` and
 //! `lock_table` live beside them in
 //! `mvcc_tests.rs` and `lock_table_tests.rs`; `proptests` checks the whole
 //! machine against a naive model.
 
 pub mod alarm;
+pub mod auth;
 pub mod error;
 pub mod lease;
 pub mod lock_table;

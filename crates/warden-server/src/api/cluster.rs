@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::auth::Gate;
 use super::header;
 use crate::node::membership::{id_for_peer, MemberOp};
 use crate::node::peer_service::grpc_timeout;
@@ -14,6 +15,7 @@ use warden_proto::etcdserverpb as pb;
 
 pub struct ClusterService {
     pub node: Arc<Node>,
+    pub gate: Arc<Gate>,
 }
 
 pub fn members(node: &Node) -> Result<Vec<pb::Member>, Status> {
@@ -88,6 +90,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         r: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        // Membership changes need root while auth is on.
+        self.gate.admin(&r)?;
         let timeout = grpc_timeout(&r);
         let req = r.into_inner();
         let addr = peer_addr(&req.peer_urls)?;
@@ -118,6 +122,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         r: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        // Membership changes need root while auth is on.
+        self.gate.admin(&r)?;
         let timeout = grpc_timeout(&r);
         let id = r.get_ref().id;
         self.change(MemberOp::Remove { id }, timeout).await?;
@@ -131,6 +137,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         r: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        // Membership changes need root while auth is on.
+        self.gate.admin(&r)?;
         let timeout = grpc_timeout(&r);
         let req = r.into_inner();
         let addr = peer_addr(&req.peer_urls)?;
@@ -152,6 +160,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         r: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        // Membership changes need root while auth is on.
+        self.gate.admin(&r)?;
         let timeout = grpc_timeout(&r);
         let id = r.get_ref().id;
         self.change(MemberOp::Promote { id }, timeout).await?;

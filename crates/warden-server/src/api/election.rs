@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::auth::Gate;
 use super::error::check_request_size;
 use super::header;
 use super::recipes::{by_create, create_or_get, txn, wait_deletes, KeyGuard};
@@ -33,6 +34,7 @@ use warden_proto::v3electionpb as pb;
 
 pub struct ElectionService {
     pub node: Arc<Node>,
+    pub gate: Arc<Gate>,
     /// `--max-request-bytes`: larger requests are refused.
     pub max_request_bytes: usize,
 }
@@ -69,15 +71,17 @@ impl pb::election_server::Election for ElectionService {
     ) -> Result<Response<pb::CampaignResponse>, Status> {
         check_request_size(request.get_ref(), self.max_request_bytes)?;
         let timeout = grpc_timeout(&request);
+        let caller = self.gate.caller(&request)?;
         let r = request.into_inner();
         if r.name.is_empty() {
             return Err(Status::invalid_argument("etcdserver: key is not provided"));
         }
         let node = &self.node;
-        let lease = lease_or_session(node, r.lease, timeout).await?;
+        let lease = lease_or_session(node, &caller, r.lease, timeout).await?;
         let (prefix, key) = lock_keys(&r.name, lease);
-        let (created, my_rev, _, _) = create_or_get(node, &prefix, &key, &r.value, lease).await?;
-        let guard = created.then(|| KeyGuard::new(node.clone(), key.clone()));
+        let (created, my_rev, _, _) =
+            create_or_get(node, &caller, &prefix, &key, &r.value, lease).await?;
+        let guard = created.then(|| KeyGuard::new(node.clone(), caller.clone(), key.clone()));
         let leader = pb::LeaderKey {
             name: r.name.clone(),
             key: key.clone(),
@@ -92,9 +96,9 @@ impl pb::election_server::Election for ElectionService {
                 lease,
                 ..Default::default()
             });
-            txn(node, if_still_leader(&leader, put), None).await?;
+            txn(node, &caller, if_still_leader(&leader, put), None).await?;
         }
-        wait_deletes(node, &prefix, my_rev - 1).await?;
+        wait_deletes(node, &caller, &prefix, my_rev - 1).await?;
         if let Some(g) = guard {
             g.disarm();
         }
@@ -111,6 +115,7 @@ impl pb::election_server::Election for ElectionService {
     ) -> Result<Response<pb::ProclaimResponse>, Status> {
         check_request_size(request.get_ref(), self.max_request_bytes)?;
         let timeout = grpc_timeout(&request);
+        let caller = self.gate.caller(&request)?;
         let r = request.into_inner();
         let leader = r.leader.ok_or_else(not_leader)?;
         let put = RequestOp::Put(PutRequest {
@@ -119,7 +124,7 @@ impl pb::election_server::Election for ElectionService {
             lease: leader.lease,
             ..Default::default()
         });
-        let (rev, t) = txn(&self.node, if_still_leader(&leader, put), timeout).await?;
+        let (rev, t) = txn(&self.node, &caller, if_still_leader(&leader, put), timeout).await?;
         if !t.succeeded {
             return Err(not_leader());
         }
@@ -132,9 +137,10 @@ impl pb::election_server::Election for ElectionService {
         &self,
         request: Request<pb::LeaderRequest>,
     ) -> Result<Response<pb::LeaderResponse>, Status> {
+        let caller = self.gate.caller(&request)?;
         let mut prefix = request.into_inner().name;
         prefix.push(b'/');
-        let (rev, kv) = by_create(&self.node, &prefix, true, 0).await?;
+        let (rev, kv) = by_create(&self.node, &caller, &prefix, true, 0).await?;
         let kv = kv.ok_or_else(no_leader)?;
         Ok(Response::new(pb::LeaderResponse {
             header: Some(header(&self.node, rev)),
@@ -148,8 +154,11 @@ impl pb::election_server::Election for ElectionService {
         &self,
         request: Request<pb::LeaderRequest>,
     ) -> Result<Response<ObserveStream>, Status> {
+        let caller = self.gate.caller(&request)?;
         let mut prefix = request.into_inner().name;
         prefix.push(b'/');
+        self.gate
+            .check_range(&caller, &prefix, &prefix_end(&prefix))?;
         let (tx, rx) = mpsc::channel(16);
         let node = self.node.clone();
         tokio::spawn(async move {
@@ -161,7 +170,7 @@ impl pb::election_server::Election for ElectionService {
                 let Ok(mut sub) = node.subscribe(prefix.clone(), prefix_end(&prefix)) else {
                     return;
                 };
-                let current = by_create(&node, &prefix, true, 0).await;
+                let current = by_create(&node, &caller, &prefix, true, 0).await;
                 let (rev, kv) = match current {
                     Ok(x) => x,
                     Err(e) => {
@@ -197,13 +206,14 @@ impl pb::election_server::Election for ElectionService {
     ) -> Result<Response<pb::ResignResponse>, Status> {
         check_request_size(request.get_ref(), self.max_request_bytes)?;
         let timeout = grpc_timeout(&request);
+        let caller = self.gate.caller(&request)?;
         let leader = request.into_inner().leader.ok_or_else(not_leader)?;
         let del = RequestOp::DeleteRange(DeleteRangeRequest {
             key: leader.key.clone(),
             range_end: Vec::new(),
             prev_kv: false,
         });
-        let (rev, _) = txn(&self.node, if_still_leader(&leader, del), timeout).await?;
+        let (rev, _) = txn(&self.node, &caller, if_still_leader(&leader, del), timeout).await?;
         Ok(Response::new(pb::ResignResponse {
             header: Some(etcdpb::ResponseHeader {
                 revision: rev,

@@ -26,6 +26,8 @@ pub fn state_status(e: StateError) -> Status {
         ErrorClass::NotFound => Code::NotFound,
         ErrorClass::FailedPrecondition => Code::FailedPrecondition,
         ErrorClass::ResourceExhausted => Code::ResourceExhausted,
+        ErrorClass::PermissionDenied => Code::PermissionDenied,
+        ErrorClass::Unauthenticated => Code::Unauthenticated,
     };
     Status::new(code, e.grpc_message())
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use super::auth::Gate;
 use super::error::{check_request_size, node_status, state_status};
 use super::header;
 use crate::node::peer_service::grpc_timeout;
@@ -23,6 +24,7 @@ use warden_proto::etcdserverpb as pb;
 
 pub struct KvService {
     pub node: Arc<Node>,
+    pub gate: Arc<Gate>,
     pub max_request_bytes: usize,
 }
 
@@ -31,12 +33,14 @@ impl KvService {
         check_request_size(m, self.max_request_bytes)
     }
 
+    /// Proposes `cmd` as the caller of `req` (checked when applied).
     async fn propose<T>(
         &self,
         req: &Request<T>,
         cmd: Command,
     ) -> Result<(i64, CommandResult), Status> {
-        Ok(super::propose(&self.node, grpc_timeout(req), cmd).await?)
+        let caller = self.gate.caller(req)?;
+        Ok(super::propose(&self.node, grpc_timeout(req), &caller, cmd).await?)
     }
 }
 
@@ -49,6 +53,8 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let r = st::RangeRequest::try_convert_from(request.get_ref().clone())?;
+        let caller = self.gate.caller(&request)?;
+        self.gate.check_range(&caller, &r.key, &r.range_end)?;
         // A serializable range is refused until this member is ready
         // (`Node::ready_for_reads`).
         let consistency = if r.serializable {

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::{Caller, Gate};
 use super::error::{node_status, state_status};
 use super::{header, propose};
 use crate::node::peer_service::grpc_timeout;
@@ -30,12 +31,14 @@ const KEEPALIVE_QUEUE: usize = 64;
 
 pub struct LeaseService {
     pub node: Arc<Node>,
+    pub gate: Arc<Gate>,
 }
 
 /// Grants a lease: `id` as asked, or (0) one picked at random, again on a
 /// collision; the TTL raised to the minimum. Returns (revision, id, ttl).
 pub async fn grant(
     node: &Node,
+    caller: &Caller,
     id: i64,
     ttl: i64,
     timeout: Option<std::time::Duration>,
@@ -57,7 +60,7 @@ pub async fn grant(
         } else {
             rand::random_range(1..i64::MAX)
         };
-        match propose(node, timeout, Command::LeaseGrant { id: want, ttl }).await {
+        match propose(node, timeout, caller, Command::LeaseGrant { id: want, ttl }).await {
             Ok((rev, CommandResult::LeaseGrant { id, ttl })) => return Ok((rev, id, ttl)),
             Ok(_) => return Err(super::unexpected()),
             Err(super::Proposal::State(e @ StateError::LeaseExists)) => last = e,
@@ -83,8 +86,9 @@ impl pb::lease_server::Lease for LeaseService {
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         let timeout = grpc_timeout(&request);
+        let caller = self.gate.caller(&request)?;
         let r = request.into_inner();
-        let (rev, id, ttl) = grant(&self.node, r.id, r.ttl, timeout).await?;
+        let (rev, id, ttl) = grant(&self.node, &caller, r.id, r.ttl, timeout).await?;
         Ok(Response::new(pb::LeaseGrantResponse {
             header: Some(header(&self.node, rev)),
             id,
@@ -99,7 +103,8 @@ impl pb::lease_server::Lease for LeaseService {
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         let timeout = grpc_timeout(&request);
         let id = request.get_ref().id;
-        let (rev, _) = propose(&self.node, timeout, Command::LeaseRevoke { id }).await?;
+        let caller = self.gate.caller(&request)?;
+        let (rev, _) = propose(&self.node, timeout, &caller, Command::LeaseRevoke { id }).await?;
         Ok(Response::new(pb::LeaseRevokeResponse {
             header: Some(header(&self.node, rev)),
         }))
@@ -111,12 +116,18 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
+        let caller = self.gate.caller(&request)?;
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(KEEPALIVE_QUEUE);
         let node = self.node.clone();
+        let gate = self.gate.clone();
         tokio::spawn(async move {
             while let Some(msg) = incoming.next().await {
                 let Ok(msg) = msg else { break };
+                if let Err(e) = gate.check_lease(&caller, Some(msg.id), true) {
+                    let _ = tx.send(Err(e)).await;
+                    break;
+                }
                 let deadline = node.deadline(None);
                 let answer = match node.lease_renew(msg.id, deadline).await {
                     // etcd answers a renewal of an unknown lease with TTL 0.
@@ -141,6 +152,9 @@ impl pb::lease_server::Lease for LeaseService {
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         let deadline = self.node.deadline(grpc_timeout(&request));
+        let caller = self.gate.caller(&request)?;
+        self.gate
+            .check_lease(&caller, Some(request.get_ref().id), false)?;
         let r = request.into_inner();
         let answer = self
             .node
@@ -172,6 +186,8 @@ impl pb::lease_server::Lease for LeaseService {
         request: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
         let deadline = self.node.deadline(grpc_timeout(&request));
+        let caller = self.gate.caller(&request)?;
+        self.gate.check_lease(&caller, None, false)?;
         let (rev, leases) = self
             .node
             .read(Consistency::Linearizable, deadline, |d| {

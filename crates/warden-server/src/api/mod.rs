@@ -1,12 +1,16 @@
 //! The client-facing gRPC API: etcd v3 services (`kv`, `maintenance`,
 //! `cluster`, `watch`, `lease`, `v3lock` (`v3lock`), `v3election`
 //! (`election`), `grpc.health.v1`) and warden's own `warden.v1.Locks`
-//! (`native_locks`), served on the client address. Each service translates
-//! protobuf to state-machine types (`convert`), calls the `Node`'s narrow
-//! API, and maps errors once (`error`).
+//! (`native_locks`), and etcd's `Auth` (`auth`), served on the client
+//! address. Each service asks the auth gate (`auth::Gate`) who is calling
+//! and whether they may, translates protobuf to state-machine types
+//! (`convert`), calls the `Node`'s narrow API, and maps errors once
+//! (`error`). Writes carry their caller into the log (`Request::KvAs`) and
+//! are checked again when applied.
 //!
 //! Must never: touch Raft or storage directly; everything goes through `Node`.
 
+pub mod auth;
 pub mod cluster;
 pub mod convert;
 pub mod election;
@@ -66,6 +70,7 @@ impl From<Proposal> for tonic::Status {
 pub async fn propose(
     node: &Node,
     timeout: Option<std::time::Duration>,
+    caller: &auth::Caller,
     cmd: warden_core::state::Command,
 ) -> Result<(i64, warden_core::state::CommandResult), Proposal> {
     quota::check(node, &cmd, timeout)
@@ -73,7 +78,13 @@ pub async fn propose(
         .map_err(Proposal::State)?;
     let deadline = node.deadline(timeout);
     let resp = node
-        .write(crate::node::types::Request::Kv(cmd), deadline)
+        .write(
+            crate::node::types::Request::KvAs {
+                user: caller.0.clone(),
+                cmd,
+            },
+            deadline,
+        )
         .await
         .map_err(Proposal::Node)?;
     match resp.result {
@@ -95,8 +106,10 @@ pub async fn serve(
     listener: TcpListener,
     max_request_bytes: usize,
     tls: Option<Arc<crate::tls::ServerTls>>,
+    auth_settings: auth::AuthSettings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let gate = auth::Gate::new(node.clone(), auth_settings);
     let limit = max_request_bytes + GRPC_OVERHEAD;
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
@@ -104,32 +117,41 @@ pub async fn serve(
         .await;
     let kv = pb::kv_server::KvServer::new(kv::KvService {
         node: node.clone(),
+        gate: gate.clone(),
         max_request_bytes,
     })
     .max_decoding_message_size(limit);
     let maintenance = pb::maintenance_server::MaintenanceServer::new(
-        maintenance::MaintenanceService::new(node.clone()),
+        maintenance::MaintenanceService::new(node.clone(), gate.clone()),
     )
     .max_decoding_message_size(limit);
-    let cluster =
-        pb::cluster_server::ClusterServer::new(cluster::ClusterService { node: node.clone() })
-            .max_decoding_message_size(limit);
+    let cluster = pb::cluster_server::ClusterServer::new(cluster::ClusterService {
+        node: node.clone(),
+        gate: gate.clone(),
+    })
+    .max_decoding_message_size(limit);
     let watch = pb::watch_server::WatchServer::new(watch::WatchService {
         node: node.clone(),
+        gate: gate.clone(),
         max_response_bytes: max_request_bytes,
         progress_interval: watch::progress_interval(),
     })
     .max_decoding_message_size(limit);
-    let lease = pb::lease_server::LeaseServer::new(lease::LeaseService { node: node.clone() })
-        .max_decoding_message_size(limit);
+    let lease = pb::lease_server::LeaseServer::new(lease::LeaseService {
+        node: node.clone(),
+        gate: gate.clone(),
+    })
+    .max_decoding_message_size(limit);
     let lock = warden_proto::v3lockpb::lock_server::LockServer::new(v3lock::LockService {
         node: node.clone(),
+        gate: gate.clone(),
         max_request_bytes,
     })
     .max_decoding_message_size(limit);
     let election = warden_proto::v3electionpb::election_server::ElectionServer::new(
         election::ElectionService {
             node: node.clone(),
+            gate: gate.clone(),
             max_request_bytes,
         },
     )
@@ -137,6 +159,7 @@ pub async fn serve(
     let locks =
         warden_proto::warden::v1::locks_server::LocksServer::new(native_locks::LocksService {
             node: node.clone(),
+            gate: gate.clone(),
             max_request_bytes,
         })
         .max_decoding_message_size(limit);
@@ -157,7 +180,11 @@ pub async fn serve(
         .add_service(lease)
         .add_service(lock)
         .add_service(election)
-        .add_service(locks);
+        .add_service(locks)
+        .add_service(
+            pb::auth_server::AuthServer::new(auth::AuthService { gate })
+                .max_decoding_message_size(limit),
+        );
     crate::tls::serve(router, listener, tls, "client", shutdown).await?;
     Ok(())
 }

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::auth::{Caller, Gate};
 use super::error::{check_request_size, node_status, state_status};
 use super::{header, propose, unexpected};
 use crate::node::peer_service::grpc_timeout;
@@ -34,8 +35,23 @@ use warden_proto::warden::v1 as pb;
 
 pub struct LocksService {
     pub node: Arc<Node>,
+    pub gate: Arc<Gate>,
     /// `--max-request-bytes`: larger requests are refused.
     pub max_request_bytes: usize,
+}
+
+impl LocksService {
+    /// Reading locks (inspect, watch) needs read permission on their
+    /// names as keys: the name, or every name under the prefix.
+    fn check_names(&self, caller: &Caller, name: &str, prefix: bool) -> Result<(), Status> {
+        let key = name.as_bytes();
+        if prefix {
+            self.gate
+                .check_range(caller, key, &warden_client::keys::prefix_range_end(key))
+        } else {
+            self.gate.check_range(caller, key, &[])
+        }
+    }
 }
 
 type AcquireStream = Pin<Box<dyn Stream<Item = Result<pb::AcquireResponse, Status>> + Send>>;
@@ -113,6 +129,8 @@ fn event_name(e: &LockEvent) -> &str {
 /// One Acquire call in progress.
 struct Acquire {
     node: Arc<Node>,
+    /// Who asked: every command of this call is checked as them.
+    caller: Caller,
     tx: mpsc::Sender<Result<pb::AcquireResponse, Status>>,
     name: String,
     lease: i64,
@@ -155,7 +173,7 @@ impl Acquire {
     /// stay until its TTL ran out.
     async fn revoke_own_lease(&self) {
         let cmd = Command::LeaseRevoke { id: self.lease };
-        match propose(&self.node, None, cmd).await {
+        match propose(&self.node, None, &self.caller, cmd).await {
             Ok(_) | Err(super::Proposal::State(StateError::LeaseNotFound)) => {}
             Err(e) => tracing::warn!(
                 "acquire {:?}: revoke of its lease {:x} failed (it expires with its TTL): {}",
@@ -169,7 +187,8 @@ impl Acquire {
     /// Runs the acquire; true once the client was told it holds the lock.
     async fn acquire(&self, req: lt::AcquireRequest, wait_for: Option<Duration>) -> bool {
         let mut feed = self.node.lock_feed();
-        let outcome = match propose(&self.node, None, Command::LockAcquire(req)).await {
+        let outcome = match propose(&self.node, None, &self.caller, Command::LockAcquire(req)).await
+        {
             Ok((_, CommandResult::LockAcquire(o))) => o,
             Ok(_) => {
                 let _ = self.tx.send(Err(unexpected())).await;
@@ -326,7 +345,7 @@ impl Acquire {
             name: self.name.clone(),
             waiter_id,
         };
-        match propose(&self.node, None, cancel).await {
+        match propose(&self.node, None, &self.caller, cancel).await {
             Ok(_) => return,
             Err(super::Proposal::State(StateError::Lock(lt::LockError::NoSuchWaiter {
                 ..
@@ -367,7 +386,7 @@ impl Acquire {
                 name: self.name.clone(),
                 token,
             };
-            if let Err(e) = propose(&self.node, None, release).await {
+            if let Err(e) = propose(&self.node, None, &self.caller, release).await {
                 tracing::warn!(lock = %self.name, token, "releasing an abandoned grant: {}", Status::from(e));
             }
         }
@@ -425,6 +444,7 @@ impl pb::locks_server::Locks for LocksService {
         request: Request<pb::AcquireRequest>,
     ) -> Result<Response<AcquireStream>, Status> {
         check_request_size(request.get_ref(), self.max_request_bytes)?;
+        let caller = self.gate.caller(&request)?;
         let r = request.into_inner();
         let mode = match pb::LockMode::try_from(r.mode) {
             Ok(pb::LockMode::Exclusive) => LockMode::Exclusive,
@@ -435,7 +455,9 @@ impl pb::locks_server::Locks for LocksService {
         let lease = if r.lease != 0 {
             r.lease
         } else if r.ttl > 0 {
-            super::lease::grant(&self.node, 0, r.ttl, None).await?.1
+            super::lease::grant(&self.node, &caller, 0, r.ttl, None)
+                .await?
+                .1
         } else {
             return Err(Status::invalid_argument(
                 "warden: an acquire needs a lease or a ttl",
@@ -454,6 +476,7 @@ impl pb::locks_server::Locks for LocksService {
         let (tx, rx) = mpsc::channel(8);
         let a = Acquire {
             node: self.node.clone(),
+            caller,
             tx,
             name: r.name,
             lease,
@@ -470,12 +493,13 @@ impl pb::locks_server::Locks for LocksService {
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         check_request_size(request.get_ref(), self.max_request_bytes)?;
         let timeout = grpc_timeout(&request);
+        let caller = self.gate.caller(&request)?;
         let r = request.into_inner();
         let cmd = Command::LockRelease {
             name: r.name,
             token: r.token,
         };
-        let (rev, _) = propose(&self.node, timeout, cmd).await?;
+        let (rev, _) = propose(&self.node, timeout, &caller, cmd).await?;
         Ok(Response::new(pb::ReleaseResponse {
             header: Some(header(&self.node, rev)),
         }))
@@ -486,7 +510,9 @@ impl pb::locks_server::Locks for LocksService {
         request: Request<pb::InspectRequest>,
     ) -> Result<Response<pb::InspectResponse>, Status> {
         let deadline = self.node.deadline(grpc_timeout(&request));
+        let caller = self.gate.caller(&request)?;
         let r = request.into_inner();
+        self.check_names(&caller, &r.name, r.prefix)?;
         let (rev, infos) = self
             .node
             .read(Consistency::Linearizable, deadline, |d| {
@@ -545,7 +571,9 @@ impl pb::locks_server::Locks for LocksService {
         &self,
         request: Request<pb::WatchLocksRequest>,
     ) -> Result<Response<WatchLocksStream>, Status> {
+        let caller = self.gate.caller(&request)?;
         let r = request.into_inner();
+        self.check_names(&caller, &r.name, r.prefix)?;
         let mut feed = self.node.lock_feed();
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
@@ -602,6 +630,7 @@ impl pb::locks_server::Locks for LocksService {
     ) -> Result<Response<warden_proto::etcdserverpb::TxnResponse>, Status> {
         check_request_size(request.get_ref(), self.max_request_bytes)?;
         let timeout = grpc_timeout(&request);
+        let caller = self.gate.caller(&request)?;
         let r = request.into_inner();
         let txn = st::TxnRequest::try_convert_from(r.txn.unwrap_or_default())?;
         warden_core::state::validate::check_txn_request(&txn).map_err(state_status)?;
@@ -610,7 +639,7 @@ impl pb::locks_server::Locks for LocksService {
             token: r.token,
             command: Box::new(Command::Txn(txn)),
         };
-        match propose(&self.node, timeout, cmd).await? {
+        match propose(&self.node, timeout, &caller, cmd).await? {
             (rev, CommandResult::Txn(t)) => {
                 let mut resp = warden_proto::etcdserverpb::TxnResponse::convert_from(t);
                 super::kv::set_nested_headers(&mut resp.responses, rev);

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tonic::Status;
 
+use super::auth::{check_range_at, Caller};
 use super::error::{node_status, state_status};
 use super::{propose, unexpected};
 use crate::node::{Consistency, Node};
@@ -29,9 +30,11 @@ use warden_core::state::{Command, CommandResult};
 /// A linearizable range.
 pub async fn read(
     node: &Node,
+    caller: &Caller,
     req: RangeRequest,
     timeout: Option<Duration>,
 ) -> Result<(i64, RangeResponse), Status> {
+    check_range_at(node, caller, &req.key, &req.range_end)?;
     let deadline = node.deadline(timeout);
     let scan = !req.range_end.is_empty();
     let (rev, r) = node
@@ -46,34 +49,47 @@ pub async fn read(
 /// A transaction through the log.
 pub async fn txn(
     node: &Node,
+    caller: &Caller,
     t: TxnRequest,
     timeout: Option<Duration>,
 ) -> Result<(i64, TxnResponse), Status> {
-    match propose(node, timeout, Command::Txn(t)).await? {
+    match propose(node, timeout, caller, Command::Txn(t)).await? {
         (rev, CommandResult::Txn(r)) => Ok((rev, r)),
         _ => Err(unexpected()),
     }
 }
 
 /// Deletes one key through the log; returns the revision after.
-pub async fn delete(node: &Node, key: &[u8], timeout: Option<Duration>) -> Result<i64, Status> {
+pub async fn delete(
+    node: &Node,
+    caller: &Caller,
+    key: &[u8],
+    timeout: Option<Duration>,
+) -> Result<i64, Status> {
     let cmd = Command::DeleteRange(DeleteRangeRequest {
         key: key.to_vec(),
         range_end: Vec::new(),
         prev_kv: false,
     });
-    Ok(propose(node, timeout, cmd).await?.0)
+    Ok(propose(node, timeout, caller, cmd).await?.0)
 }
 
 /// The key under `prefix` with the oldest (`first`) or newest create
 /// revision, optionally only among keys created at or before `max_create`.
 pub async fn by_create(
     node: &Node,
+    caller: &Caller,
     prefix: &[u8],
     first: bool,
     max_create: i64,
 ) -> Result<(i64, Option<KeyValue>), Status> {
-    let (rev, r) = read(node, create_ordered(prefix, first, max_create), None).await?;
+    let (rev, r) = read(
+        node,
+        caller,
+        create_ordered(prefix, first, max_create),
+        None,
+    )
+    .await?;
     Ok((rev, r.kvs.into_iter().next()))
 }
 
@@ -98,6 +114,7 @@ fn create_ordered(prefix: &[u8], first: bool, max_create: i64) -> RangeRequest {
 /// the revision after.
 pub async fn create_or_get(
     node: &Node,
+    caller: &Caller,
     prefix: &[u8],
     key: &[u8],
     value: &[u8],
@@ -127,7 +144,7 @@ pub async fn create_or_get(
             RequestOp::Range(create_ordered(prefix, true, 0)),
         ],
     };
-    let (rev, r) = txn(node, t, None).await?;
+    let (rev, r) = txn(node, caller, t, None).await?;
     let ranges: Vec<&RangeResponse> = r
         .responses
         .iter()
@@ -178,9 +195,14 @@ pub async fn wait_deleted(node: &Node, key: &[u8]) -> Result<(), Status> {
 
 /// etcd `waitDeletes`: waits until no key under `prefix` has a create
 /// revision `<= max_create`.
-pub async fn wait_deletes(node: &Node, prefix: &[u8], max_create: i64) -> Result<(), Status> {
+pub async fn wait_deletes(
+    node: &Node,
+    caller: &Caller,
+    prefix: &[u8],
+    max_create: i64,
+) -> Result<(), Status> {
     loop {
-        match by_create(node, prefix, false, max_create).await?.1 {
+        match by_create(node, caller, prefix, false, max_create).await?.1 {
             None => return Ok(()),
             Some(kv) => wait_deleted(node, &kv.key).await?,
         }
@@ -190,13 +212,16 @@ pub async fn wait_deletes(node: &Node, prefix: &[u8], max_create: i64) -> Result
 /// Deletes a waiter's key if the request is abandoned before `disarm`.
 pub struct KeyGuard {
     node: Arc<Node>,
+    caller: Caller,
     key: Option<Vec<u8>>,
 }
 
 impl KeyGuard {
-    pub fn new(node: Arc<Node>, key: Vec<u8>) -> Self {
+    /// Deletes `key` as `caller` (who created it) unless disarmed.
+    pub fn new(node: Arc<Node>, caller: Caller, key: Vec<u8>) -> Self {
         KeyGuard {
             node,
+            caller,
             key: Some(key),
         }
     }
@@ -210,8 +235,9 @@ impl Drop for KeyGuard {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
             let node = self.node.clone();
+            let caller = std::mem::take(&mut self.caller);
             tokio::spawn(async move {
-                if let Err(e) = delete(&node, &key, None).await {
+                if let Err(e) = delete(&node, &caller, &key, None).await {
                     tracing::warn!("removing abandoned waiter key: {e}");
                 }
             });

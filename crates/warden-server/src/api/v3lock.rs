@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::auth::{Caller, Gate};
 use super::error::check_request_size;
 use super::header;
 use super::recipes::{create_or_get, delete, read, wait_deletes, KeyGuard};
@@ -32,19 +33,23 @@ pub const DEFAULT_SESSION_TTL: i64 = 60;
 /// nothing ever deletes.
 pub(super) async fn lease_or_session(
     node: &Node,
+    caller: &Caller,
     lease: i64,
     timeout: Option<std::time::Duration>,
 ) -> Result<i64, Status> {
     if lease != 0 {
         return Ok(lease);
     }
-    Ok(super::lease::grant(node, 0, DEFAULT_SESSION_TTL, timeout)
-        .await?
-        .1)
+    Ok(
+        super::lease::grant(node, caller, 0, DEFAULT_SESSION_TTL, timeout)
+            .await?
+            .1,
+    )
 }
 
 pub struct LockService {
     pub node: Arc<Node>,
+    pub gate: Arc<Gate>,
     /// `--max-request-bytes`: larger requests are refused.
     pub max_request_bytes: usize,
 }
@@ -66,22 +71,25 @@ impl pb::lock_server::Lock for LockService {
     ) -> Result<Response<pb::LockResponse>, Status> {
         check_request_size(request.get_ref(), self.max_request_bytes)?;
         let timeout = grpc_timeout(&request);
+        let caller = self.gate.caller(&request)?;
         let r = request.into_inner();
         if r.name.is_empty() {
             return Err(Status::invalid_argument("etcdserver: key is not provided"));
         }
         let node = &self.node;
-        let lease = lease_or_session(node, r.lease, timeout).await?;
+        let lease = lease_or_session(node, &caller, r.lease, timeout).await?;
         let (prefix, key) = lock_keys(&r.name, lease);
-        let (created, my_rev, owner, _) = create_or_get(node, &prefix, &key, b"", lease).await?;
+        let (created, my_rev, owner, _) =
+            create_or_get(node, &caller, &prefix, &key, b"", lease).await?;
         // Abandoned while waiting: take our key away again (as etcd does).
-        let guard = created.then(|| KeyGuard::new(node.clone(), key.clone()));
+        let guard = created.then(|| KeyGuard::new(node.clone(), caller.clone(), key.clone()));
         if owner.is_none_or(|o| o.create_revision != my_rev) {
-            wait_deletes(node, &prefix, my_rev - 1).await?;
+            wait_deletes(node, &caller, &prefix, my_rev - 1).await?;
         }
         // The lease may have expired while we waited.
         let (rev, mine) = read(
             node,
+            &caller,
             RangeRequest {
                 key: key.clone(),
                 ..Default::default()
@@ -109,7 +117,8 @@ impl pb::lock_server::Lock for LockService {
     ) -> Result<Response<pb::UnlockResponse>, Status> {
         check_request_size(request.get_ref(), self.max_request_bytes)?;
         let timeout = grpc_timeout(&request);
-        let rev = delete(&self.node, &request.get_ref().key, timeout).await?;
+        let caller = self.gate.caller(&request)?;
+        let rev = delete(&self.node, &caller, &request.get_ref().key, timeout).await?;
         Ok(Response::new(pb::UnlockResponse {
             header: Some(header(&self.node, rev)),
         }))

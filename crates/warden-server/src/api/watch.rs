@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::{Caller, Gate};
 use super::header;
 use crate::node::{Node, WatchGuard};
 use warden_core::state::types::{Event, EventKind};
@@ -55,6 +56,7 @@ const REPLAY_BYTES: usize = 1 << 20;
 
 pub struct WatchService {
     pub node: Arc<Node>,
+    pub gate: Arc<Gate>,
     pub max_response_bytes: usize,
     pub progress_interval: Duration,
 }
@@ -80,10 +82,13 @@ impl pb::watch_server::Watch for WatchService {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
+        let caller = self.gate.caller(&request)?;
         let incoming = request.into_inner();
         let (tx, rx) = mpsc::channel::<Out>(STREAM_QUEUE);
         let ctx = StreamCtx {
             node: self.node.clone(),
+            gate: self.gate.clone(),
+            caller,
             tx,
             window: Arc::new(Semaphore::new(OUT_WINDOW)),
             max_bytes: self.max_response_bytes,
@@ -98,6 +103,9 @@ impl pb::watch_server::Watch for WatchService {
 #[derive(Clone)]
 struct StreamCtx {
     node: Arc<Node>,
+    gate: Arc<Gate>,
+    /// Who opened the stream: each watch is checked as them when created.
+    caller: Caller,
     tx: mpsc::Sender<Out>,
     window: Arc<Semaphore>,
     max_bytes: usize,
@@ -181,6 +189,14 @@ impl StreamCtx {
                     };
                     let refused = if watchers.contains_key(&id) || id < 0 {
                         Some("etcdserver: duplicate watch ID".to_string())
+                    } else if let Err(e) = self.gate.check_range(&self.caller, &c.key, &c.range_end)
+                    {
+                        // etcd's cancel reason is the status as Go prints it.
+                        Some(format!(
+                            "rpc error: code = {:?} desc = {}",
+                            e.code(),
+                            e.message()
+                        ))
                     } else if watchers.len() >= max_watchers {
                         Some(format!(
                             "warden: too many watchers on this stream (--max-watchers-per-stream {max_watchers}); open another stream"

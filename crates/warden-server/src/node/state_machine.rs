@@ -36,8 +36,9 @@ use super::types::{
 use super::watch_hub::WatchHub;
 use tokio::sync::broadcast;
 use warden_core::state::alarm::{AlarmTable, AlarmType};
+use warden_core::state::auth::AuthStore;
 use warden_core::state::lock_table::LockEvent;
-use warden_core::state::{CommandResult, Compaction, StateError, StateMachine};
+use warden_core::state::{Command, CommandResult, Compaction, StateError, StateMachine};
 use warden_core::storage::snapshot_file;
 
 /// Everything the replicated state consists of; what a snapshot holds.
@@ -63,6 +64,14 @@ pub struct SmData {
     /// dropping them.
     #[serde(skip)]
     pub alarms: AlarmTable,
+    /// Users, roles, permissions (`Request::Auth`). Like `alarms`, not part
+    /// of the derived encoding: `write_body` appends it after the alarm
+    /// table (then written even when empty) only when auth was ever
+    /// touched, so snapshots of clusters that never used auth keep their
+    /// exact bytes, and a build from before auth refuses a snapshot that
+    /// holds users (trailing bytes) rather than dropping them.
+    #[serde(skip)]
+    pub auth: AuthStore,
 }
 
 /// The Raft instance of a member, driving this state machine.
@@ -146,21 +155,34 @@ pub(crate) fn parse_snapshot(
     body: &[u8],
 ) -> io::Result<(SnapshotMeta, SmData)> {
     let meta: SnapshotMeta = decode_section(path, "meta", meta)?;
-    let (mut data, alarms) = postcard::take_from_bytes::<SmData>(body)
+    let (mut data, rest) = postcard::take_from_bytes::<SmData>(body)
         .map_err(|e| other(format!("snapshot {}: bad body: {e}", path.display())))?;
-    if !alarms.is_empty() {
-        // Only a non-empty table is ever written after the state.
-        let table = postcard::take_from_bytes::<AlarmTable>(alarms)
-            .ok()
-            .filter(|(t, rest)| rest.is_empty() && !t.is_empty())
-            .map(|(t, _)| t);
-        data.alarms = table.ok_or_else(|| {
+    if !rest.is_empty() {
+        // After the state: the alarm table, then the auth store (see
+        // `write_body`).
+        let bad = |what: &str| {
             other(format!(
-                "snapshot {}: bad body: {} trailing bytes after the state are not an alarm table",
+                "snapshot {}: bad body: {} trailing bytes after the state are not {what}",
                 path.display(),
-                alarms.len()
+                rest.len()
             ))
-        })?;
+        };
+        let (table, rest) =
+            postcard::take_from_bytes::<AlarmTable>(rest).map_err(|_| bad("an alarm table"))?;
+        if rest.is_empty() {
+            // Alone, only a non-empty table is ever written.
+            if table.is_empty() {
+                return Err(bad("an alarm table"));
+            }
+        } else {
+            let auth = postcard::take_from_bytes::<AuthStore>(rest)
+                .ok()
+                .filter(|(a, tail)| tail.is_empty() && !a.is_pristine())
+                .map(|(a, _)| a)
+                .ok_or_else(|| bad("an alarm table and an auth store"))?;
+            data.auth = auth;
+        }
+        data.alarms = table;
     }
     data.kv.check_invariants().map_err(|e| {
         other(format!(
@@ -211,15 +233,22 @@ pub fn export(data: &SmData) -> io::Result<Vec<u8>> {
 }
 
 /// Writes the body section of `data` to `w`: the state, then the alarm
-/// table only when an alarm is active (so a state without alarms has the
+/// table when an alarm is active or auth was ever touched, then the auth
+/// store when auth was ever touched (so a state without either has the
 /// bytes older builds wrote). The one definition of the body layout, for
 /// snapshot files and backups alike.
 fn write_body<W: io::Write>(data: &SmData, w: W) -> io::Result<W> {
     let w = postcard::to_io(data, w).map_err(|e| other(format!("encode snapshot: {e}")))?;
-    if data.alarms.is_empty() {
+    let with_auth = !data.auth.is_pristine();
+    if data.alarms.is_empty() && !with_auth {
         return Ok(w);
     }
-    postcard::to_io(&data.alarms, w).map_err(|e| other(format!("encode snapshot alarm table: {e}")))
+    let w = postcard::to_io(&data.alarms, w)
+        .map_err(|e| other(format!("encode snapshot alarm table: {e}")))?;
+    if !with_auth {
+        return Ok(w);
+    }
+    postcard::to_io(&data.auth, w).map_err(|e| other(format!("encode snapshot auth store: {e}")))
 }
 
 /// Writes the snapshot file of `data` to `dir/name`, atomically and
@@ -480,8 +509,9 @@ impl SmStore {
     /// async workers (heartbeats) are not held up however many keys there
     /// are. `apply_one` then only swaps the result in.
     async fn prepare(&self, entry: &super::types::Entry) -> io::Result<Option<Compaction>> {
-        let EntryPayload::Normal(Request::Kv(cmd)) = &entry.payload else {
-            return Ok(None);
+        let cmd = match &entry.payload {
+            EntryPayload::Normal(Request::Kv(cmd) | Request::KvAs { cmd, .. }) => cmd,
+            _ => return Ok(None),
         };
         let Some((store, rev)) = self.read()?.kv.compaction_base(cmd) else {
             return Ok(None);
@@ -504,36 +534,23 @@ impl SmStore {
                 revision: d.kv.revision(),
                 result: Ok(None),
             },
-            // etcd's capped applier: while NOSPACE is raised, commands
-            // that add data are refused, the same way on every member.
-            EntryPayload::Normal(Request::Kv(cmd))
-                if cmd.quota_cost() > 0 && d.alarms.has(AlarmType::NoSpace) =>
-            {
-                Response {
-                    revision: d.kv.revision(),
-                    result: Err(StateError::NoSpace),
+            EntryPayload::Normal(Request::Kv(cmd)) => self.apply_kv(&mut d, &cmd, prepared),
+            EntryPayload::Normal(Request::KvAs { user, cmd }) => {
+                match d.auth.check_command(user.as_deref(), &cmd, d.kv.leases()) {
+                    Ok(()) => self.apply_kv(&mut d, &cmd, prepared),
+                    Err(e) => Response {
+                        revision: d.kv.revision(),
+                        result: Err(StateError::Auth(e)),
+                    },
                 }
             }
-            EntryPayload::Normal(Request::Kv(cmd)) => {
-                let applied = d.kv.apply_prepared(&cmd, prepared);
-                if applied.result.is_ok() {
-                    // Under the write lock, so the lessor's take-over (under
-                    // the read lock) sees each change either in the table
-                    // or in the feed, never both or neither.
-                    self.shared.lease_feed.applied(&cmd);
-                }
-                // Published under the write lock: see watch_hub's module doc.
-                self.shared.hub.publish(applied.revision, &applied.events);
-                if !applied.lock_events.is_empty() {
-                    // No receivers is fine.
-                    let _ = self.shared.lock_feed.send(LockFeed::Events {
-                        revision: applied.revision,
-                        events: Arc::new(applied.lock_events),
-                    });
-                }
+            EntryPayload::Normal(Request::Auth(cmd)) => {
+                let result = d.auth.apply(&cmd);
                 Response {
-                    revision: applied.revision,
-                    result: applied.result.map(Some),
+                    revision: d.kv.revision(),
+                    result: result
+                        .map(|()| Some(CommandResult::Auth))
+                        .map_err(StateError::Auth),
                 }
             }
             EntryPayload::Normal(Request::Publish {
@@ -568,6 +585,38 @@ impl SmStore {
             }
         };
         Ok(resp)
+    }
+
+    /// Applies a key-value command (already allowed by the auth store).
+    fn apply_kv(&self, d: &mut SmData, cmd: &Command, prepared: Option<Compaction>) -> Response {
+        // etcd's capped applier: while NOSPACE is raised, commands that add
+        // data are refused, the same way on every member.
+        if cmd.quota_cost() > 0 && d.alarms.has(AlarmType::NoSpace) {
+            return Response {
+                revision: d.kv.revision(),
+                result: Err(StateError::NoSpace),
+            };
+        }
+        let applied = d.kv.apply_prepared(cmd, prepared);
+        if applied.result.is_ok() {
+            // Under the write lock, so the lessor's take-over (under the
+            // read lock) sees each change either in the table or in the
+            // feed, never both or neither.
+            self.shared.lease_feed.applied(cmd);
+        }
+        // Published under the write lock: see watch_hub's module doc.
+        self.shared.hub.publish(applied.revision, &applied.events);
+        if !applied.lock_events.is_empty() {
+            // No receivers is fine.
+            let _ = self.shared.lock_feed.send(LockFeed::Events {
+                revision: applied.revision,
+                events: Arc::new(applied.lock_events),
+            });
+        }
+        Response {
+            revision: applied.revision,
+            result: applied.result.map(Some),
+        }
     }
 
     fn set_current(&self, meta: SnapshotMeta, path: PathBuf) -> io::Result<()> {
@@ -964,6 +1013,7 @@ pub(crate) mod samples {
             client_addrs: BTreeMap::from([(1, "127.0.0.1:2379".to_string())]),
             names: BTreeMap::from([(1, "n1".to_string())]),
             alarms: Default::default(),
+            auth: Default::default(),
         }
     }
 }

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use warden_core::state::alarm::{AlarmAction, AlarmType};
+use warden_core::state::auth::AuthCommand;
 use warden_core::state::{Command, CommandResult, StateError};
 
 /// A member of the cluster as Raft knows it: its name and peer address are
@@ -58,6 +59,16 @@ pub enum Request {
         member_id: u64,
         alarm: AlarmType,
     },
+    /// A change to the auth store (`SmData::auth`): users, roles,
+    /// permissions, auth on or off. Appended after `Alarm`.
+    Auth(AuthCommand),
+    /// A key-value command a client sent, applied only if `user` may do it
+    /// by the auth store at that point in the log (etcd's
+    /// `authApplierV3`); `None` is a caller with no credentials, refused
+    /// while auth is on. Commands the members make themselves (lease
+    /// expiry, checkpoints, auto-compaction) stay `Kv`. Appended after
+    /// `Auth`.
+    KvAs { user: Option<String>, cmd: Command },
 }
 
 impl fmt::Display for Request {
@@ -74,6 +85,26 @@ impl fmt::Display for Request {
                 member_id,
                 alarm,
             } => write!(f, "alarm {action:?} member={member_id:x} {alarm:?}"),
+            Request::Auth(c) => {
+                // Never the password hash or the token key.
+                let what = match c {
+                    AuthCommand::Enable { .. } => "enable",
+                    AuthCommand::Disable => "disable",
+                    AuthCommand::UserAdd { .. } => "user add",
+                    AuthCommand::UserDelete { .. } => "user delete",
+                    AuthCommand::UserChangePassword { .. } => "user change password",
+                    AuthCommand::UserGrantRole { .. } => "user grant role",
+                    AuthCommand::UserRevokeRole { .. } => "user revoke role",
+                    AuthCommand::RoleAdd { .. } => "role add",
+                    AuthCommand::RoleDelete { .. } => "role delete",
+                    AuthCommand::RoleGrantPermission { .. } => "role grant permission",
+                    AuthCommand::RoleRevokePermission { .. } => "role revoke permission",
+                };
+                write!(f, "auth {what} {}", c.subject())
+            }
+            Request::KvAs { user, cmd } => {
+                write!(f, "{cmd} as {}", user.as_deref().unwrap_or("(nobody)"))
+            }
         }
     }
 }

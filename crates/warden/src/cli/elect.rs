@@ -110,11 +110,12 @@ async fn proposal_value(client: &Client, leader: &epb::LeaderKey) -> Vec<u8> {
 async fn observe(client: &Client, name: Vec<u8>) -> anyhow::Result<()> {
     let mut last: Option<(Vec<u8>, i64)> = None;
     loop {
-        for (ep, ch) in client.channels() {
+        for (ep, ch) in client.stream_channels().await? {
             let req = epb::LeaderRequest { name: name.clone() };
             let mut stream = match ElectionClient::new(ch).observe(req).await {
                 Ok(s) => s.into_inner(),
                 Err(e) => {
+                    client.stream_failed(&e);
                     tracing::debug!("observe via {ep}: {e}");
                     continue;
                 }

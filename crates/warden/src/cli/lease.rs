@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
+use warden_client::AuthChannel as Channel;
 
 use super::common::{print, RETRY};
 use super::kv_args::parse_lease_id;
@@ -170,7 +170,7 @@ pub async fn keep_alive(
     let mut last_ok = tokio::time::Instant::now();
     let mut ttl: i64 = 0;
     loop {
-        for (ep, ch) in client.channels() {
+        for (ep, ch) in client.stream_channels().await? {
             let (tx, rx) = mpsc::channel(1);
             let stream = lease_client(ch)
                 .lease_keep_alive(ReceiverStream::new(rx))
@@ -178,6 +178,7 @@ pub async fn keep_alive(
             let mut stream = match stream {
                 Ok(s) => s.into_inner(),
                 Err(e) => {
+                    client.stream_failed(&e);
                     tracing::debug!("keep-alive via {ep}: {e}");
                     continue;
                 }

@@ -12,7 +12,7 @@
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
-use tonic::transport::Channel;
+use warden_client::AuthChannel as Channel;
 
 use super::common::print;
 use super::lease::KeptLease;

@@ -90,6 +90,31 @@ pub struct GlobalArgs {
         requires = "tls_cert"
     )]
     pub key: Option<std::path::PathBuf>,
+    /// Authenticate as `name:password` when the cluster has auth on (etcd
+    /// auth; etcdctl's flag).
+    #[arg(long, global = true, env = "WARDEN_USER", value_parser = parse_user)]
+    pub user: Option<UserArg>,
+}
+
+/// `--user name:password`, parsed; printed without the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserArg {
+    user: String,
+    password: String,
+}
+
+impl std::fmt::Debug for UserArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:<hidden>", self.user)
+    }
+}
+
+fn parse_user(s: &str) -> Result<UserArg, String> {
+    let c = warden_client::Credentials::parse(s)?;
+    Ok(UserArg {
+        user: c.user,
+        password: c.password,
+    })
 }
 
 /// The subcommands.
@@ -128,7 +153,7 @@ pub enum Command {
         command: snapshot::SnapshotCommand,
     },
     /// Measure throughput and latency against the endpoints.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// Write a throwaway CA and certificates for trying TLS out.
     Certs(certs::CertsArgs),
     /// Cluster membership.
@@ -155,7 +180,7 @@ impl Cli {
             Command::Certs(args) => return certs::run_certs(args),
             Command::Bench(args) => {
                 let json = global.output == Format::Json;
-                return bench::run_bench(&global.endpoints, global.tls(), args, json).await;
+                return bench::run_bench(&global.endpoints, global.tls(), *args, json).await;
             }
             other => other,
         };
@@ -188,6 +213,10 @@ impl GlobalArgs {
                 .command_timeout
                 .min(ClientOptions::default().connect_timeout),
             tls: self.tls(),
+            credentials: self.user.as_ref().map(|u| warden_client::Credentials {
+                user: u.user.clone(),
+                password: u.password.clone(),
+            }),
             ..ClientOptions::default()
         };
         Ok(Client::connect(&self.endpoints, opts).await?)

@@ -18,6 +18,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use warden_client::{parse_endpoint, parse_endpoints, ClientError};
+use warden_server::api::auth::AuthSettings;
 use warden_server::node::auto_compact::AutoCompaction;
 use warden_server::node::lessor;
 use warden_server::node::{Http2Limits, WatchLimits};
@@ -169,6 +170,18 @@ pub struct ServerArgs {
     )]
     #[serde(alias = "experimental-lease-checkpoint-interval")]
     pub lease_checkpoint_interval: Option<String>,
+    /// Kind of auth token (etcd's flag): `simple` (warden's signed simple
+    /// tokens; etcd's options after a comma are accepted and ignored).
+    /// `jwt` is not supported [default: simple].
+    #[arg(long, env = "WARDEN_AUTH_TOKEN")]
+    pub auth_token: Option<String>,
+    /// Seconds a token from `Authenticate` stays good (etcd's flag)
+    /// [default: 300].
+    #[arg(long, env = "WARDEN_AUTH_TOKEN_TTL")]
+    pub auth_token_ttl: Option<u64>,
+    /// bcrypt cost of password hashes, 4 to 31 (etcd's flag) [default: 10].
+    #[arg(long, env = "WARDEN_BCRYPT_COST")]
+    pub bcrypt_cost: Option<u32>,
 }
 
 /// Flags of `warden dev`.
@@ -285,6 +298,7 @@ impl ServerArgs {
             grpc_keepalive_timeout,
             lease_checkpoint_interval
         );
+        fill!(auth_token, auth_token_ttl, bcrypt_cost);
         fill!(
             cert_file,
             key_file,
@@ -441,6 +455,38 @@ impl ServerArgs {
             max_request_bytes,
         ))
     }
+}
+
+impl ServerArgs {
+    /// The auth settings (`--auth-token`, `--auth-token-ttl`,
+    /// `--bcrypt-cost`), checked.
+    pub fn auth_settings(&self) -> anyhow::Result<AuthSettings> {
+        let mut s = AuthSettings::default();
+        if let Some(kind) = &self.auth_token {
+            match kind.split(',').next().unwrap_or_default() {
+                "simple" => {}
+                "jwt" => bail!("invalid --auth-token {kind:?}: JWT tokens are not supported; use simple (signed tokens any member can check)"),
+                other => bail!("invalid --auth-token {other:?}: expected simple"),
+            }
+        }
+        if let Some(ttl) = self.auth_token_ttl {
+            if ttl == 0 {
+                bail!("invalid --auth-token-ttl: must be > 0");
+            }
+            s.token_ttl = Duration::from_secs(ttl);
+        }
+        if let Some(cost) = self.bcrypt_cost {
+            if !(bcrypt_cost_range()).contains(&cost) {
+                bail!("invalid --bcrypt-cost {cost}: must be 4 to 31");
+            }
+            s.bcrypt_cost = cost;
+        }
+        Ok(s)
+    }
+}
+
+fn bcrypt_cost_range() -> std::ops::RangeInclusive<u32> {
+    4..=31
 }
 
 /// The TLS files of one port from its flags (`prefix` is `""` for the
@@ -639,6 +685,7 @@ async fn bind(field: &str, addr: &str) -> anyhow::Result<tokio::net::TcpListener
 /// Runs one member until SIGINT/SIGTERM, or until the cluster removes it:
 /// stops accepting, lets Raft finish what is in flight, and exits 0.
 pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    let auth_settings = args.auth_settings()?;
     let (cfg, max_request_bytes) = args.resolve()?;
     let load = |port: &str, files: &Option<TlsFiles>| -> anyhow::Result<Option<Arc<ServerTls>>> {
         match files {
@@ -682,6 +729,7 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         client_listener,
         max_request_bytes,
         client_tls,
+        auth_settings,
         stopped(stop_rx),
     );
     let peer_task = tokio::spawn(peer);

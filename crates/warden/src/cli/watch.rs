@@ -80,7 +80,7 @@ pub async fn watch_cmd(client: &Client, a: WatchArgs, f: Format) -> anyhow::Resu
     // "now" is.
     let mut next = a.rev.max(0);
     loop {
-        for (ep, ch) in client.channels() {
+        for (ep, ch) in client.stream_channels().await? {
             let (tx, rx) = mpsc::channel(1);
             let create = pb::WatchRequest {
                 request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
@@ -99,6 +99,7 @@ pub async fn watch_cmd(client: &Client, a: WatchArgs, f: Format) -> anyhow::Resu
             let mut stream = match WatchClient::new(ch).watch(ReceiverStream::new(rx)).await {
                 Ok(s) => s.into_inner(),
                 Err(e) => {
+                    client.stream_failed(&e);
                     tracing::debug!("watch via {ep}: {e}");
                     continue;
                 }

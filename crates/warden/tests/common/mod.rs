@@ -3,6 +3,8 @@
 //! directory, and talks to them over the etcd gRPC API.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
