@@ -268,7 +268,8 @@ pub fn decode_records(data: &[u8]) -> Result<(Vec<WalRecord>, usize), Damage> {
         }
         let damage = |reason: String| Damage { at, reason };
         // `header` is RECORD_HEADER (16) bytes long.
-        let word = |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+        let word =
+            |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
         let (len, crc, check, zero) = (word(0), word(4), word(8), word(12));
         let mut p = at + RECORD_HEADER;
         if crc32fast::hash(&header[..8]) != check || zero != 0 {
@@ -291,7 +292,9 @@ pub fn decode_records(data: &[u8]) -> Result<(Vec<WalRecord>, usize), Damage> {
             return Err(damage("checksum mismatch".into()));
         }
         let Some(record) = decode_body(body) else {
-            return Err(damage("checksum matches but the body does not parse".into()));
+            return Err(damage(
+                "checksum matches but the body does not parse".into(),
+            ));
         };
         records.push(record);
         at = padded(p).min(data.len());
