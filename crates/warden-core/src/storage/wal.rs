@@ -258,11 +258,9 @@ fn torn(data: &[u8], at: usize, end: usize) -> bool {
 pub fn decode_records(data: &[u8]) -> Result<(Vec<WalRecord>, usize), Damage> {
     let mut records = Vec::new();
     let mut at = 0usize;
-    loop {
-        let Some(header) = data.get(at..at + RECORD_HEADER) else {
-            // No room for another header: the records fill the file.
-            break;
-        };
+    // Ends where no room is left for another header (the records fill the
+    // file), or below.
+    while let Some(header) = data.get(at..at + RECORD_HEADER) {
         if header.iter().all(|b| *b == 0) {
             break;
         }
@@ -426,7 +424,7 @@ impl Wal {
     /// returns. The caller checks [`Wal::fits`] first.
     pub fn append(&mut self, record: &[u8]) -> Result<(), WalError> {
         self.writable()?;
-        if !self.fits(record.len()) || record.len() % ALIGN != 0 {
+        if !self.fits(record.len()) || !record.len().is_multiple_of(ALIGN) {
             return Err(WalError::Io {
                 path: self.path.clone(),
                 source: io::Error::new(

@@ -83,6 +83,13 @@ struct Shared {
 /// size.
 type Tail = Mutex<BTreeMap<u64, (Entry, usize)>>;
 
+/// A write other than an append, run by the log writer.
+type OtherWrite = Box<dyn FnOnce(&LogDb) -> Result<(), LogError> + Send>;
+
+/// An append waiting for the group's fsync: records, their log ids, and
+/// whom to tell.
+type Pending = (Vec<(u64, Vec<u8>)>, Vec<LogId>, IOFlushed<TypeConfig>);
+
 /// Work for the log writer, done in the order queued.
 enum Job {
     /// Entries to make durable; `callback` is told when they are.
@@ -95,10 +102,7 @@ enum Job {
     Committed(Vec<u8>),
     /// Any other write, run alone once everything before it is durable;
     /// its result is sent back.
-    Other(
-        Box<dyn FnOnce(&LogDb) -> Result<(), LogError> + Send>,
-        tokio::sync::oneshot::Sender<io::Result<()>>,
-    ),
+    Other(OtherWrite, tokio::sync::oneshot::Sender<io::Result<()>>),
 }
 
 /// Payload bytes of log entries sent to a follower in one replication
@@ -168,7 +172,7 @@ fn run_writer(db: Arc<LogDb>, tail: Arc<Tail>, rx: mpsc::Receiver<Job>) {
         };
         let mut jobs = vec![first];
         jobs.extend(rx.try_iter());
-        let mut group: Vec<(Vec<(u64, Vec<u8>)>, Vec<LogId>, IOFlushed<TypeConfig>)> = Vec::new();
+        let mut group: Vec<Pending> = Vec::new();
         for job in jobs {
             match job {
                 Job::Append {
@@ -200,7 +204,7 @@ fn run_writer(db: Arc<LogDb>, tail: Arc<Tail>, rx: mpsc::Receiver<Job>) {
 fn commit_group(
     db: &LogDb,
     tail: &Tail,
-    group: &mut Vec<(Vec<(u64, Vec<u8>)>, Vec<LogId>, IOFlushed<TypeConfig>)>,
+    group: &mut Vec<Pending>,
     committed: &mut Option<Vec<u8>>,
     failed: &mut Option<io::Error>,
 ) {
@@ -524,11 +528,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             ids,
             callback,
         };
-        if let Err(e) = self.send(job) {
-            // The callback went down with the job; openraft stops on the
-            // returned error.
-            return Err(e);
-        }
+        // On failure the callback went down with the job; openraft stops on
+        // the returned error.
+        self.send(job)?;
         Ok(())
     }
 
