@@ -293,14 +293,16 @@ async fn locks_survive_leader_kill() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("counter"), "0").expect("counter");
     std::fs::write(dir.path().join("log"), "").expect("log");
-    // Clients list the leader last so they work through followers.
-    let mut order: Vec<String> = (0..3)
+    // Clients talk to the followers only. etcdctl 3.4 spreads calls over
+    // all its endpoints, and a blocking Lock call in flight on the member
+    // that is killed fails with "transport is closing" (on etcd as well):
+    // that is the client losing its server, not the lock being lost.
+    let followers: Vec<String> = (0..3)
         .filter(|i| *i != leader)
         .map(|i| c.members[i].client.clone())
         .collect();
-    order.push(c.members[leader].client.clone());
-    let eps = order.join(",");
-    let ep = order[0].clone();
+    let eps = followers.join(",");
+    let ep = followers[0].clone();
 
     // A long holder keeps the lock over the kill; waiters queue behind it.
     let holder = Command::new(etcdctl_path())

@@ -393,3 +393,81 @@ fn next_client(certs: &Certs, next: &Certs) -> Certs {
     std::fs::copy(certs.dir.join("client-key.pem"), dir.join("client-key.pem")).unwrap();
     Certs { dir }
 }
+
+/// With `--client-cert-auth` and auth on, a request without a token is
+/// made as the user named by the client certificate's common name (etcd's
+/// rule); a token, when sent, names the user instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_common_name_is_the_user() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = Certs::make(&tmp.path().join("ca"));
+    let c = tls_cluster(&certs, &tmp.path().join("client-port"));
+    c.wait_leader(Duration::from_secs(20)).await;
+    let ep = c.members[0].client.clone();
+    let err = |o: &std::process::Output| {
+        assert!(
+            !o.status.success(),
+            "succeeded: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .rfind(|l| l.starts_with("Error:"))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "reader"],
+        &[
+            "role",
+            "grant-permission",
+            "reader",
+            "read",
+            "app/",
+            "--prefix=true",
+        ],
+        // `warden certs` names its client certificate "warden client".
+        &["user", "add", "warden client:unused"],
+        &["user", "grant-role", "warden client", "reader"],
+        &["put", "app/x", "1"],
+        &["auth", "enable"],
+    ] {
+        ok(&ctl(&ep, Some(&certs), args));
+    }
+    // No --user: the certificate's CN, a reader of app/.
+    assert_eq!(
+        ok(&ctl(
+            &ep,
+            Some(&certs),
+            &["get", "app/x", "--print-value-only"]
+        ))
+        .trim(),
+        "1"
+    );
+    assert_eq!(
+        err(&ctl(&ep, Some(&certs), &["put", "app/x", "2"])),
+        "Error: etcdserver: permission denied"
+    );
+    assert_eq!(
+        err(&ctl(&ep, Some(&certs), &["member", "remove", "1234"])),
+        "Error: etcdserver: permission denied"
+    );
+    // With --user the token names the user: root may write.
+    ok(&ctl(
+        &ep,
+        Some(&certs),
+        &["--user=root:rootpw", "put", "app/x", "2"],
+    ));
+    assert_eq!(
+        ok(&ctl(
+            &ep,
+            Some(&certs),
+            &["get", "app/x", "--print-value-only"]
+        ))
+        .trim(),
+        "2"
+    );
+}

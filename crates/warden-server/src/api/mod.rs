@@ -15,9 +15,11 @@ pub mod cluster;
 pub mod convert;
 pub mod election;
 pub mod error;
+pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod metrics;
 pub mod native_locks;
 pub mod quota;
 pub mod recipes;
@@ -167,11 +169,22 @@ pub async fn serve(
     // `--grpc-keepalive-*`): bound the streams one connection may hold, and
     // ping idle connections so dead ones (and the watchers on them) go.
     let http2 = node.client_http2();
+    // HTTP/1.1 too, for the probes of `http.rs` (`curl`, load balancers);
+    // gRPC clients speak HTTP/2 on the same port, told apart per connection.
+    let metrics = Arc::new(metrics::Metrics::new());
+    tokio::spawn(metrics::count_leader_changes(
+        Arc::downgrade(&node),
+        metrics.clone(),
+        std::time::Duration::from_millis(100),
+    ));
+    let http = tonic::service::Routes::from(http::router(node.clone(), metrics));
     let router = tonic::transport::Server::builder()
+        .accept_http1(true)
         .tcp_nodelay(true)
         .max_concurrent_streams(http2.max_concurrent_streams)
         .http2_keepalive_interval(http2.keepalive_interval)
         .http2_keepalive_timeout(Some(http2.keepalive_timeout))
+        .add_routes(http)
         .add_service(health)
         .add_service(kv)
         .add_service(maintenance)

@@ -179,6 +179,12 @@ impl Cli {
             Command::Dev(args) => return server::run_dev(args).await,
             Command::Certs(args) => return certs::run_certs(args),
             Command::Bench(args) => {
+                // bench opens its own connections (several per run, and to
+                // two clusters with --against) and sends no token.
+                anyhow::ensure!(
+                    global.user.is_none(),
+                    "warden bench does not authenticate: benchmark a cluster with auth off (--user is not supported here)"
+                );
                 let json = global.output == Format::Json;
                 return bench::run_bench(&global.endpoints, global.tls(), *args, json).await;
             }

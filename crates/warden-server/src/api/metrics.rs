@@ -1,0 +1,253 @@
+//! Prometheus metrics of one member, served at `/metrics` on the client
+//! port (Prometheus text format 0.0.4).
+//!
+//! Named as etcd names them wherever the meaning is the same, so etcd's
+//! dashboards and alerts work unchanged: `etcd_server_has_leader`,
+//! `etcd_server_is_leader`, `etcd_server_leader_changes_seen_total`,
+//! `etcd_server_proposals_committed_total` and `_applied_total` (gauges of
+//! the committed and applied index, as in etcd), `etcd_debugging_mvcc_keys_total`,
+//! `etcd_mvcc_db_total_size_in_bytes`, `etcd_server_quota_backend_bytes`;
+//! `warden_*` for what etcd has no name for (term, leases, locks, peer
+//! links).
+//!
+//! Most values are read from the member's state when scraped (cheap: counts
+//! the state keeps, never a scan). Leader changes are counted by a task
+//! that looks at the member's leader every heartbeat interval, so two
+//! changes within one interval count once.
+//!
+//! Uses `prometheus-client` (the Prometheus project's Rust client): a
+//! registry per member rather than a process-wide recorder, so several
+//! members in one test process keep apart, and its encoder writes the
+//! exposition format Prometheus and `promtool` parse.
+//!
+//! Owns: metric names, help texts, and label sets. Never: labels taken from
+//! keys, lock names or other client input (cardinality stays bounded by the
+//! number of members).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::node::Node;
+
+/// The `Content-Type` of what [`Metrics::render`] returns.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// A peer of this member, as a label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabel {
+    /// The peer's member id in hex, as etcd's `To` label.
+    to: String,
+}
+
+/// One member's metrics.
+pub struct Metrics {
+    registry: Registry,
+    has_leader: Gauge,
+    is_leader: Gauge,
+    leader_changes: Counter,
+    committed: Gauge,
+    applied: Gauge,
+    keys: Gauge,
+    db_size: Gauge,
+    quota: Gauge,
+    term: Gauge,
+    leases: Gauge,
+    locks: Gauge,
+    revision: Gauge,
+    peer_connected: Family<PeerLabel, Gauge>,
+    peer_seconds_since_contact: Family<PeerLabel, Gauge<f64, AtomicU64>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric, all zero.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            has_leader: Gauge::default(),
+            is_leader: Gauge::default(),
+            leader_changes: Counter::default(),
+            committed: Gauge::default(),
+            applied: Gauge::default(),
+            keys: Gauge::default(),
+            db_size: Gauge::default(),
+            quota: Gauge::default(),
+            term: Gauge::default(),
+            leases: Gauge::default(),
+            locks: Gauge::default(),
+            revision: Gauge::default(),
+            peer_connected: Family::default(),
+            peer_seconds_since_contact: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "etcd_server_has_leader",
+            "Whether or not a leader exists. 1 is existence, 0 is not",
+            m.has_leader.clone(),
+        );
+        registry.register(
+            "etcd_server_is_leader",
+            "Whether or not this member is a leader. 1 if is, 0 otherwise",
+            m.is_leader.clone(),
+        );
+        registry.register(
+            "etcd_server_leader_changes_seen",
+            "The number of leader changes seen",
+            m.leader_changes.clone(),
+        );
+        registry.register(
+            "etcd_server_proposals_committed_total",
+            "The total number of consensus proposals committed (the committed Raft index)",
+            m.committed.clone(),
+        );
+        registry.register(
+            "etcd_server_proposals_applied_total",
+            "The total number of consensus proposals applied (the applied Raft index)",
+            m.applied.clone(),
+        );
+        registry.register(
+            "etcd_debugging_mvcc_keys_total",
+            "Total number of keys",
+            m.keys.clone(),
+        );
+        registry.register(
+            "etcd_mvcc_db_total_size_in_bytes",
+            "Total size of the stored state in bytes, as the storage quota counts it",
+            m.db_size.clone(),
+        );
+        registry.register(
+            "etcd_server_quota_backend_bytes",
+            "Current backend storage quota size in bytes (0: no quota)",
+            m.quota.clone(),
+        );
+        registry.register(
+            "warden_raft_term",
+            "The Raft term this member is in",
+            m.term.clone(),
+        );
+        registry.register(
+            "warden_mvcc_revision",
+            "The revision of this member's applied state",
+            m.revision.clone(),
+        );
+        registry.register(
+            "warden_leases",
+            "Leases in this member's applied state",
+            m.leases.clone(),
+        );
+        registry.register(
+            "warden_locks",
+            "Native locks with a holder or a waiter",
+            m.locks.clone(),
+        );
+        registry.register(
+            "warden_peer_connected",
+            "Whether the last call to this peer succeeded (1) or failed (0)",
+            m.peer_connected.clone(),
+        );
+        registry.register(
+            "warden_peer_seconds_since_contact",
+            "Seconds since the last successful call to this peer",
+            m.peer_seconds_since_contact.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts one leader change.
+    pub fn leader_changed(&self) {
+        self.leader_changes.inc();
+    }
+
+    /// Reads `node`'s current values and encodes every metric.
+    pub fn render(&self, node: &Node) -> Result<String, String> {
+        let st = node.status();
+        let gauge = |g: &Gauge, v: u64| {
+            g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        };
+        gauge(&self.has_leader, u64::from(st.leader.is_some()));
+        gauge(&self.is_leader, u64::from(st.leader == Some(node.id())));
+        gauge(&self.committed, st.committed);
+        gauge(&self.applied, st.applied);
+        gauge(&self.term, st.term);
+        self.revision.set(st.revision);
+        gauge(&self.quota, node.quota_bytes().unwrap_or(0));
+        let counts = node
+            .with_state(|d| {
+                (
+                    d.kv.mvcc().len() as u64,
+                    d.kv.size(),
+                    d.kv.leases().len() as u64,
+                    d.kv.locks().len() as u64,
+                )
+            })
+            .map_err(|e| format!("read the member's state: {e}"))?;
+        gauge(&self.keys, counts.0);
+        gauge(&self.db_size, counts.1);
+        gauge(&self.leases, counts.2);
+        gauge(&self.locks, counts.3);
+        self.peer_connected.clear();
+        self.peer_seconds_since_contact.clear();
+        for (id, link) in node.peer_links() {
+            let label = PeerLabel {
+                to: format!("{id:x}"),
+            };
+            let connected = link.state == crate::node::network::LinkState::Connected;
+            self.peer_connected
+                .get_or_create(&label)
+                .set(i64::from(connected));
+            if let Some(at) = link.last_ok {
+                self.peer_seconds_since_contact
+                    .get_or_create(&label)
+                    .set(at.elapsed().as_secs_f64());
+            }
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            .map_err(|e| format!("encode metrics: {e}"))?;
+        Ok(out)
+    }
+}
+
+/// Counts leader changes of `node` into `metrics` until the node is
+/// dropped: looks every `every` whether the leader this member knows
+/// differs from the last one seen.
+pub async fn count_leader_changes(
+    node: std::sync::Weak<Node>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+) {
+    // As etcd counts: a leader that differs from the one known before
+    // (none included) is a change.
+    let mut last: Option<u64> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(node) = node.upgrade() else {
+            return;
+        };
+        let now = node.leader();
+        if now.is_some() && now != last {
+            metrics.leader_changed();
+        }
+        last = now;
+    }
+}
