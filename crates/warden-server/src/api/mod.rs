@@ -75,6 +75,13 @@ pub async fn propose(
     caller: &auth::Caller,
     cmd: warden_core::state::Command,
 ) -> Result<(i64, warden_core::state::CommandResult), Proposal> {
+    // Checked here first against this member's auth state, so a caller
+    // without the permission costs no log entry (and a refused compaction
+    // no prepared copy); checked again when applied, which decides.
+    let allowed = node
+        .with_state(|d| d.auth.check_command(caller.user(), &cmd, &d.kv))
+        .map_err(Proposal::Node)?;
+    allowed.map_err(|e| Proposal::State(e.into()))?;
     quota::check(node, &cmd, timeout)
         .await
         .map_err(Proposal::State)?;
