@@ -302,8 +302,11 @@ async fn failover_reports_the_gap_of_a_leader_kill() {
     let fo = &v["failover"];
     let gap = f(fo, &["longest_gap_ms"]);
     let (start, end) = (f(fo, &["gap_start_s"]), f(fo, &["gap_end_s"]));
-    // No leader until an election timeout (300-600 ms) has passed.
-    assert!(gap >= 250.0, "{v}");
+    // The kill leaves a gap (a new leader is elected at once when the old
+    // one's port refuses connections, so it may be well under an election
+    // timeout), and puts sent to the dead leader failed.
+    assert!(gap > 0.0, "{v}");
+    assert!(f(fo, &["failed"]) > 0.0, "{v}");
     assert!(start >= 1.0 && end <= f(&v, &["seconds"]) + 0.01, "{v}");
     assert!((end - start) * 1000.0 - gap < 1.0, "{v}");
     assert!(f(fo, &["gap_end_unix_ms"]) > f(fo, &["gap_start_unix_ms"]));
@@ -322,9 +325,13 @@ async fn failover_reports_the_gap_of_a_leader_kill() {
     let failed: f64 = rows.iter().map(|r| r[2]).sum();
     assert_eq!(ok, f(&v, &["requests"]));
     assert_eq!(failed, f(&v, &["errors"]));
-    // The gap shows as buckets without a success.
-    let empty = rows.iter().filter(|r| r[1] == 0.0).count();
-    assert!(empty >= 2, "{timeline}");
+    // The failures show in the buckets after the kill (at 1.5 s), none
+    // before it.
+    assert!(rows.iter().any(|r| r[2] > 0.0), "{timeline}");
+    assert!(
+        rows.iter().filter(|r| r[0] < 1.0).all(|r| r[2] == 0.0),
+        "{timeline}"
+    );
 }
 
 #[test]
