@@ -59,7 +59,14 @@ impl Proxies {
                 if i == j {
                     continue;
                 }
-                let listener = TcpListener::bind("127.0.0.1:0").await?;
+                // A port from the same registry as the members' (not a
+                // fresh ephemeral one, which may be a port just handed to a
+                // member that has not bound it yet).
+                let port = crate::ports::free_ports(1)?
+                    .first()
+                    .copied()
+                    .ok_or_else(|| std::io::Error::other("no free port"))?;
+                let listener = TcpListener::bind(("127.0.0.1", port)).await?;
                 addrs.insert((i, j), listener.local_addr()?.to_string());
                 tasks.push(tokio::spawn(serve(
                     listener,
