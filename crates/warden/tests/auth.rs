@@ -312,22 +312,38 @@ async fn auth_script_matches_real_etcd() {
     );
 }
 
-/// Runs etcdctl against warden and asserts it succeeded; returns stdout.
-fn ok(bin: &Path, endpoints: &str, user: Option<&str>, args: &str) -> String {
+/// Turns auth on the way an operator does: `root` user and role, then
+/// `auth enable`.
+fn enable_auth(bin: &Path, eps: &str) {
+    for a in [
+        "user add root:rootpw",
+        "role add root",
+        "user grant-role root root",
+        "auth enable",
+    ] {
+        ok(bin, eps, None, a);
+    }
+}
+
+/// etcdctl as `user` (none: no credentials) with whitespace-separated
+/// `args`, no stdin.
+fn as_user(bin: &Path, endpoints: &str, user: Option<&str>, args: &str) -> Out {
     let mut argv: Vec<String> = user.map(|u| format!("--user={u}")).into_iter().collect();
     argv.extend(args.split_whitespace().map(str::to_owned));
     let a: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let o = ctl(bin, endpoints, &a, None);
+    ctl(bin, endpoints, &a, None)
+}
+
+/// Runs etcdctl against warden and asserts it succeeded; returns stdout.
+fn ok(bin: &Path, endpoints: &str, user: Option<&str>, args: &str) -> String {
+    let o = as_user(bin, endpoints, user, args);
     assert!(o.success, "etcdctl {args} as {user:?} failed: {}", o.stderr);
     o.stdout
 }
 
 /// Runs etcdctl and returns its error line (panics if it succeeded).
 fn fails(bin: &Path, endpoints: &str, user: Option<&str>, args: &str) -> String {
-    let mut argv: Vec<String> = user.map(|u| format!("--user={u}")).into_iter().collect();
-    argv.extend(args.split_whitespace().map(str::to_owned));
-    let a: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let o = ctl(bin, endpoints, &a, None);
+    let o = as_user(bin, endpoints, user, args);
     assert!(
         !o.success,
         "etcdctl {args} as {user:?} succeeded: {}",
@@ -372,14 +388,7 @@ async fn permissions_survive_leader_kill_restarts_and_snapshots() {
     let mut cluster = Cluster::start_with(3, &["--snapshot-entries", "5"]);
     let leader = cluster.wait_leader(ELECT).await;
     let eps = cluster.endpoints();
-    for a in [
-        "user add root:rootpw",
-        "role add root",
-        "user grant-role root root",
-        "auth enable",
-    ] {
-        ok(&bin, &eps, None, a);
-    }
+    enable_auth(&bin, &eps);
     for a in [
         "role add app",
         "role grant-permission app read app/ --prefix=true",
@@ -441,14 +450,7 @@ async fn password_change_ends_old_tokens_and_guessing_is_braked() {
     let cluster = Cluster::start(1);
     cluster.wait_leader(ELECT).await;
     let eps = cluster.endpoints();
-    for a in [
-        "user add root:rootpw",
-        "role add root",
-        "user grant-role root root",
-        "auth enable",
-    ] {
-        ok(&bin, &eps, None, a);
-    }
+    enable_auth(&bin, &eps);
     let ch = cluster.channel(0);
     let mut auth = AuthClient::new(ch.clone());
     let token = auth
@@ -534,14 +536,7 @@ async fn rust_client_and_cli_authenticate_and_renew_expired_tokens() {
     let cluster = Cluster::start_with(3, &["--auth-token-ttl", "1", "--bcrypt-cost", "4"]);
     cluster.wait_leader(ELECT).await;
     let eps = cluster.endpoints();
-    for a in [
-        "user add root:rootpw",
-        "role add root",
-        "user grant-role root root",
-        "auth enable",
-    ] {
-        ok(&bin, &eps, None, a);
-    }
+    enable_auth(&bin, &eps);
     for a in [
         "role add app",
         "role grant-permission app readwrite app/ --prefix=true",

@@ -80,8 +80,7 @@ impl Default for Metrics {
 impl Metrics {
     /// A registry with every metric, all zero.
     pub fn new() -> Metrics {
-        let mut registry = Registry::default();
-        let m = Metrics {
+        let mut m = Metrics {
             has_leader: Gauge::default(),
             is_leader: Gauge::default(),
             leader_changes: Counter::default(),
@@ -98,77 +97,77 @@ impl Metrics {
             peer_seconds_since_contact: Family::default(),
             registry: Registry::default(),
         };
-        registry.register(
+        m.registry.register(
             "etcd_server_has_leader",
             "Whether or not a leader exists. 1 is existence, 0 is not",
             m.has_leader.clone(),
         );
-        registry.register(
+        m.registry.register(
             "etcd_server_is_leader",
             "Whether or not this member is a leader. 1 if is, 0 otherwise",
             m.is_leader.clone(),
         );
-        registry.register(
+        m.registry.register(
             "etcd_server_leader_changes_seen",
             "The number of leader changes seen",
             m.leader_changes.clone(),
         );
-        registry.register(
+        m.registry.register(
             "etcd_server_proposals_committed_total",
             "The total number of consensus proposals committed (the committed Raft index)",
             m.committed.clone(),
         );
-        registry.register(
+        m.registry.register(
             "etcd_server_proposals_applied_total",
             "The total number of consensus proposals applied (the applied Raft index)",
             m.applied.clone(),
         );
-        registry.register(
+        m.registry.register(
             "etcd_debugging_mvcc_keys_total",
             "Total number of keys",
             m.keys.clone(),
         );
-        registry.register(
+        m.registry.register(
             "etcd_mvcc_db_total_size_in_bytes",
             "Total size of the stored state in bytes, as the storage quota counts it",
             m.db_size.clone(),
         );
-        registry.register(
+        m.registry.register(
             "etcd_server_quota_backend_bytes",
             "Current backend storage quota size in bytes (0: no quota)",
             m.quota.clone(),
         );
-        registry.register(
+        m.registry.register(
             "warden_raft_term",
             "The Raft term this member is in",
             m.term.clone(),
         );
-        registry.register(
+        m.registry.register(
             "warden_mvcc_revision",
             "The revision of this member's applied state",
             m.revision.clone(),
         );
-        registry.register(
+        m.registry.register(
             "warden_leases",
             "Leases in this member's applied state",
             m.leases.clone(),
         );
-        registry.register(
+        m.registry.register(
             "warden_locks",
             "Native locks with a holder or a waiter",
             m.locks.clone(),
         );
-        registry.register(
+        m.registry.register(
             "warden_peer_connected",
             "Whether the last call to this peer succeeded (1) or failed (0)",
             m.peer_connected.clone(),
         );
-        registry.register(
+        m.registry.register(
             "warden_peer_seconds_since_contact",
             "Seconds since the last successful call to this peer",
             m.peer_seconds_since_contact.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 
     /// Counts one leader change.
