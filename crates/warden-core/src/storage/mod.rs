@@ -1,6 +1,5 @@
 //! On-disk state of a member: the byte formats and their versions
-//! (`format`), the Raft log and hard state (`log_db`, with its journal
-//! `wal`) and snapshot files and
+//! (`format`), the Raft log and hard state (`log_db`) and snapshot files and
 //! backups (`snapshot_file`). Knows bytes, files and fsync; knows nothing
 //! about Raft or key-value semantics.
 //!
@@ -11,4 +10,3 @@
 pub mod format;
 pub mod log_db;
 pub mod snapshot_file;
-pub mod wal;
