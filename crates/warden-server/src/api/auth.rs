@@ -163,6 +163,51 @@ impl Failures {
     }
 }
 
+/// One authentication attempt's charge against its address: taken before
+/// the password is checked, so attempts in flight count, and given back
+/// when the attempt ends in anything but a wrong password (a success, a
+/// refusal before checking, a deadline, a caller that hung up and learnt
+/// nothing). Only `keep` turns it into a recorded failure.
+struct Charge<'a> {
+    failures: &'a Mutex<Failures>,
+    addr: IpAddr,
+    kept: bool,
+}
+
+impl<'a> Charge<'a> {
+    fn take(failures: &'a Mutex<Failures>, addr: IpAddr, now: Instant) -> Result<Self, Status> {
+        failures
+            .lock()
+            .map_err(|_| Status::internal("auth failure counter poisoned"))?
+            .charge(addr, now)
+            .map_err(|wait| {
+                Status::resource_exhausted(format!(
+                    "warden: too many failed authentications from {addr}; retry in {} s",
+                    wait.as_secs().max(1)
+                ))
+            })?;
+        Ok(Charge {
+            failures,
+            addr,
+            kept: false,
+        })
+    }
+
+    fn keep(&mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            if let Ok(mut f) = self.failures.lock() {
+                f.refund(self.addr);
+            }
+        }
+    }
+}
+
 /// The address a failure is counted against: IPv4 as is, IPv6 by its /64
 /// (one host usually owns a whole /64, so counting single addresses would
 /// let it guess without limit).
@@ -542,18 +587,7 @@ impl pb::auth_server::Auth for AuthService {
             .remote_addr()
             .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
         let now = Instant::now();
-        let allowed = self
-            .gate
-            .failures
-            .lock()
-            .map_err(|_| Status::internal("auth failure counter poisoned"))?
-            .charge(addr, now);
-        if let Err(wait) = allowed {
-            return Err(Status::resource_exhausted(format!(
-                "warden: too many failed authentications from {addr}; retry in {} s",
-                wait.as_secs().max(1)
-            )));
-        }
+        let mut charge = Charge::take(&self.gate.failures, addr, now)?;
         let pb::AuthenticateRequest { name, password } = r.into_inner();
         let found = self
             .gate
@@ -596,17 +630,14 @@ impl pb::auth_server::Auth for AuthService {
             ),
             _ => None,
         };
-        let mut failures = self
-            .gate
-            .failures
-            .lock()
-            .map_err(|_| Status::internal("auth failure counter poisoned"))?;
         let Some(token) = token else {
-            drop(failures);
+            // A wrong password keeps its charge; every other ending
+            // (success, auth not enabled, a timeout, a caller that hung
+            // up) gives it back when `charge` drops.
+            charge.keep();
             tracing::info!(%addr, user = ?name, "authentication failed");
             return Err(auth_status(AuthError::AuthFailed));
         };
-        failures.refund(addr);
         Ok(Response::new(pb::AuthenticateResponse {
             header: self.hdr(),
             token,
@@ -917,6 +948,35 @@ mod tests {
         })
         .unwrap();
         assert_eq!(verify_token(&s, &t, 1), Err(AuthError::InvalidAuthToken));
+    }
+
+    #[test]
+    fn only_a_wrong_password_keeps_its_charge() {
+        let m = Mutex::new(Failures::default());
+        let now = Instant::now();
+        let a = IpAddr::from([10, 0, 0, 2]);
+        // Attempts that end any other way (success, timeout, a caller that
+        // hung up: the guard dropped) leave nothing behind, however many.
+        for _ in 0..3 * MAX_FAILURES {
+            let c = Charge::take(&m, a, now);
+            assert!(c.is_ok());
+        }
+        // Attempts in flight count against the address...
+        let held: Vec<_> = (0..MAX_FAILURES)
+            .map(|_| Charge::take(&m, a, now))
+            .collect::<Result<_, _>>()
+            .unwrap_or_default();
+        assert_eq!(held.len(), MAX_FAILURES as usize);
+        let braked = Charge::take(&m, a, now).err().map(|s| s.code());
+        assert_eq!(braked, Some(tonic::Code::ResourceExhausted));
+        drop(held);
+        // ...and kept wrong passwords brake it.
+        for _ in 0..MAX_FAILURES {
+            if let Ok(mut c) = Charge::take(&m, a, now) {
+                c.keep();
+            }
+        }
+        assert!(Charge::take(&m, a, now).is_err());
     }
 
     #[test]
