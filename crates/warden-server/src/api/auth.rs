@@ -497,6 +497,59 @@ impl Gate {
         }
     }
 
+    /// Checks `name`'s password (etcd `Authenticate`, and RESP's `AUTH`)
+    /// under the brute-force brake of `addr`; returns the user's
+    /// generation and the token key. Auth must be enabled.
+    pub async fn check_password(
+        &self,
+        addr: IpAddr,
+        name: &str,
+        password: String,
+        deadline: Instant,
+    ) -> Result<(u64, Vec<u8>), Status> {
+        let mut charge = Charge::take(&self.failures, addr, Instant::now())?;
+        let found = self
+            .read(deadline, |s| {
+                if !s.enabled() {
+                    return Err(AuthError::AuthNotEnabled);
+                }
+                let key = s.token_key().to_vec();
+                Ok(s.user(name)
+                    .map(|u| (u.password_hash.clone(), u.generation, key)))
+            })
+            .await?
+            .map_err(auth_status)?;
+        // An unknown user (or one without a password) costs one bcrypt
+        // round too, so timing does not tell which names exist.
+        let cost = self.settings.bcrypt_cost;
+        let (ok, generation, key) = match found {
+            Some((Some(hash), g, k)) => {
+                let ok = self
+                    .hash_job(deadline, move || {
+                        bcrypt::verify(password, &hash).unwrap_or(false)
+                    })
+                    .await?;
+                (ok, Some(g), k)
+            }
+            _ => {
+                self.hash_job(deadline, move || bcrypt::hash(password, cost).is_ok())
+                    .await?;
+                (false, None, Vec::new())
+            }
+        };
+        match (ok, generation) {
+            (true, Some(g)) => Ok((g, key)),
+            _ => {
+                // A wrong password keeps its charge; every other ending
+                // (success, auth not enabled, a timeout, a caller that hung
+                // up) gives it back when `charge` drops.
+                charge.keep();
+                tracing::info!(%addr, user = ?name, "authentication failed");
+                Err(auth_status(AuthError::AuthFailed))
+            }
+        }
+    }
+
     /// Reads the auth store after a read barrier (what the leader committed
     /// before this call is applied here).
     async fn read<T>(
@@ -586,58 +639,18 @@ impl pb::auth_server::Auth for AuthService {
         let addr = r
             .remote_addr()
             .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-        let now = Instant::now();
-        let mut charge = Charge::take(&self.gate.failures, addr, now)?;
         let pb::AuthenticateRequest { name, password } = r.into_inner();
-        let found = self
+        let (generation, key) = self
             .gate
-            .read(deadline, |s| {
-                if !s.enabled() {
-                    return Err(AuthError::AuthNotEnabled);
-                }
-                let key = s.token_key().to_vec();
-                Ok(s.user(&name)
-                    .map(|u| (u.password_hash.clone(), u.generation, key)))
-            })
-            .await?
-            .map_err(auth_status)?;
-        // An unknown user (or one without a password) costs one bcrypt
-        // round too, so timing does not tell which names exist.
-        let cost = self.gate.settings.bcrypt_cost;
-        let (ok, generation, key) = match found {
-            Some((Some(hash), g, k)) => {
-                let ok = self
-                    .gate
-                    .hash_job(deadline, move || {
-                        bcrypt::verify(password, &hash).unwrap_or(false)
-                    })
-                    .await?;
-                (ok, Some(g), k)
-            }
-            _ => {
-                self.gate
-                    .hash_job(deadline, move || bcrypt::hash(password, cost).is_ok())
-                    .await?;
-                (false, None, Vec::new())
-            }
-        };
-        let token = match (ok, generation) {
-            (true, Some(g)) => sign_token(
-                &key,
-                &name,
-                g,
-                now_unix().saturating_add(self.gate.settings.token_ttl.as_secs()),
-            ),
-            _ => None,
-        };
-        let Some(token) = token else {
-            // A wrong password keeps its charge; every other ending
-            // (success, auth not enabled, a timeout, a caller that hung
-            // up) gives it back when `charge` drops.
-            charge.keep();
-            tracing::info!(%addr, user = ?name, "authentication failed");
-            return Err(auth_status(AuthError::AuthFailed));
-        };
+            .check_password(addr, &name, password, deadline)
+            .await?;
+        let token = sign_token(
+            &key,
+            &name,
+            generation,
+            now_unix().saturating_add(self.gate.settings.token_ttl.as_secs()),
+        )
+        .ok_or_else(|| Status::internal("signing the token failed"))?;
         Ok(Response::new(pb::AuthenticateResponse {
             header: self.hdr(),
             token,

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod native_locks;
 pub mod quota;
 pub mod recipes;
+pub mod resp;
 pub mod v3lock;
 pub mod watch;
 

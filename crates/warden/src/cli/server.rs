@@ -182,6 +182,11 @@ pub struct ServerArgs {
     /// bcrypt cost of password hashes, 4 to 31 (etcd's flag) [default: 10].
     #[arg(long, env = "WARDEN_BCRYPT_COST")]
     pub bcrypt_cost: Option<u32>,
+    /// Address serving Redis's protocol (RESP2/3, redis-cli and Redis
+    /// client libraries) over the same key space; see docs/resp.md
+    /// [default: off].
+    #[arg(long, env = "WARDEN_RESP_ADDR")]
+    pub resp_addr: Option<String>,
 }
 
 /// Flags of `warden dev`.
@@ -298,7 +303,7 @@ impl ServerArgs {
             grpc_keepalive_timeout,
             lease_checkpoint_interval
         );
-        fill!(auth_token, auth_token_ttl, bcrypt_cost);
+        fill!(auth_token, auth_token_ttl, bcrypt_cost, resp_addr);
         fill!(
             cert_file,
             key_file,
@@ -458,6 +463,14 @@ impl ServerArgs {
 }
 
 impl ServerArgs {
+    /// `--resp-addr`, checked (`None`: RESP is off).
+    pub fn resp_addr(&self) -> anyhow::Result<Option<String>> {
+        self.resp_addr
+            .as_deref()
+            .map(|a| check_addr("resp-addr", a))
+            .transpose()
+    }
+
     /// The auth settings (`--auth-token`, `--auth-token-ttl`,
     /// `--bcrypt-cost`), checked.
     pub fn auth_settings(&self) -> anyhow::Result<AuthSettings> {
@@ -686,6 +699,7 @@ async fn bind(field: &str, addr: &str) -> anyhow::Result<tokio::net::TcpListener
 /// stops accepting, lets Raft finish what is in flight, and exits 0.
 pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let auth_settings = args.auth_settings()?;
+    let resp_addr = args.clone().merge_file()?.resp_addr()?;
     let (cfg, max_request_bytes) = args.resolve()?;
     let load = |port: &str, files: &Option<TlsFiles>| -> anyhow::Result<Option<Arc<ServerTls>>> {
         match files {
@@ -699,6 +713,10 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let peer_tls = load("peer", &cfg.peer_tls)?;
     let peer_listener = bind("peer-addr", &cfg.peer_addr).await?;
     let client_listener = bind("client-addr", &cfg.client_addr).await?;
+    let resp_listener = match &resp_addr {
+        Some(a) => Some(bind("resp-addr", a).await?),
+        None => None,
+    };
     let node = Node::start(cfg.clone()).await?;
     tracing::info!(
         name = %node.name(),
@@ -730,10 +748,25 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         max_request_bytes,
         client_tls,
         auth_settings,
-        stopped(stop_rx),
+        stopped(stop_rx.clone()),
     );
     let peer_task = tokio::spawn(peer);
     let client_task = tokio::spawn(client);
+    if let Some(l) = resp_listener {
+        tracing::info!(addr = ?resp_addr, "serving RESP (Redis protocol)");
+        let resp = warden_server::api::resp::serve(
+            node.clone(),
+            l,
+            max_request_bytes,
+            auth_settings,
+            stopped(stop_rx.clone()),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = resp.await {
+                tracing::error!("RESP listener stopped: {e:#}");
+            }
+        });
+    }
 
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down"),
@@ -756,6 +789,12 @@ fn dev_ports(i: usize) -> (u16, u16) {
             (base, base + 1)
         }
     }
+}
+
+/// RESP port of member `i` of the dev cluster: Redis's 6379, then one
+/// per member above it.
+fn dev_resp_port(i: usize) -> u16 {
+    6379 + i as u16
 }
 
 /// Starts a local N-member cluster as child processes and stops it on Ctrl-C.
@@ -797,6 +836,7 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     }
     for (i, name) in names.iter().enumerate() {
         let (c, p) = dev_ports(i);
+        let r = dev_resp_port(i);
         let dir: PathBuf = args.dir.join(name);
         let log = std::fs::File::create(dev_log(&args.dir, name)?)
             .with_context(|| format!("creating log file under {}", args.dir.display()))?;
@@ -807,6 +847,7 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             .arg(&dir)
             .args(["--client-addr", &format!("127.0.0.1:{c}")])
             .args(["--peer-addr", &format!("127.0.0.1:{p}")])
+            .args(["--resp-addr", &format!("127.0.0.1:{r}")])
             .args(["--initial-cluster", &initial])
             .args(&tls_flags)
             .stdout(std::process::Stdio::null())
@@ -815,7 +856,7 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             .spawn()
             .with_context(|| format!("starting member {name}"))?;
         println!(
-            "{name}: clients 127.0.0.1:{c}  peers 127.0.0.1:{p}  data {}",
+            "{name}: clients 127.0.0.1:{c}  peers 127.0.0.1:{p}  resp 127.0.0.1:{r}  data {}",
             dir.display()
         );
         endpoints.push(format!("127.0.0.1:{c}"));
@@ -845,6 +886,10 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     println!("  warden --endpoints {eps}{tls} get greeting");
     println!("  warden --endpoints {eps}{tls} status");
     println!("  etcdctl --endpoints {eps}{tls} member list -w table");
+    println!(
+        "  redis-cli -p {} SET greeting hello   (RESP, plaintext only)",
+        dev_resp_port(0)
+    );
     shutdown_signal().await;
     println!("stopping members");
     for c in &mut children {

@@ -1,0 +1,178 @@
+//! The RESP listener: accepts connections (at most [`MAX_CONNECTIONS`]),
+//! reads requests through the codec, runs them one after another on the
+//! connection's [`Session`] and writes the replies back in order.
+//!
+//! Pipelining: every complete request already received is answered before
+//! the replies are flushed, so a client that sends a batch gets one write
+//! back. Memory per connection: the input buffer holds at most one
+//! incomplete request (bounded by the codec's limits) plus one read; the
+//! output is flushed whenever it passes [`FLUSH_AT`].
+//!
+//! Must never: read past a protocol error (the stream cannot be resynced,
+//! so the error is answered and the connection closed), or let one
+//! connection's failure reach another.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use super::codec::{decode, frame_len, Limits, Reply};
+use super::commands::{Outcome, Session};
+use crate::api::auth::{AuthSettings, Gate};
+use crate::node::Node;
+
+/// Most RESP connections at once (Redis's default `maxclients`).
+pub const MAX_CONNECTIONS: usize = 10_000;
+
+/// Replies buffered before they are written out mid-batch.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What every connection shares.
+pub struct Shared {
+    pub node: Arc<Node>,
+    pub gate: Arc<Gate>,
+    pub limits: Limits,
+    pub max_request_bytes: usize,
+    next_id: std::sync::atomic::AtomicU64,
+    /// One permit per open connection.
+    pub(super) slots: Arc<Semaphore>,
+}
+
+impl Shared {
+    /// A new connection id (CLIENT ID), from 1.
+    fn next_id(&self) -> u64 {
+        self.next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .saturating_add(1)
+    }
+}
+
+/// Serves RESP on `listener` until `shutdown` resolves.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    max_request_bytes: usize,
+    auth_settings: AuthSettings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let shared = Arc::new(Shared {
+        gate: Gate::new(node.clone(), auth_settings),
+        node,
+        limits: Limits::for_request_bytes(max_request_bytes),
+        max_request_bytes,
+        next_id: std::sync::atomic::AtomicU64::new(0),
+        slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+    });
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors and the like: back off, keep serving.
+                    tracing::warn!("resp: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
+            tokio::spawn(refuse(stream));
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = connection(shared, stream, peer).await {
+                tracing::debug!(%peer, "resp connection ended: {e}");
+            }
+        });
+    }
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let _ = stream
+        .write_all(b"-ERR max number of clients reached\r\n")
+        .await;
+}
+
+/// Runs one connection until the client leaves, says QUIT, or breaks the
+/// protocol.
+async fn connection(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let limits = shared.limits;
+    let mut session = Session::new(shared.clone(), peer, shared.next_id());
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    loop {
+        let mut start = 0;
+        loop {
+            let rest = buf.get(start..).unwrap_or_default();
+            match frame_len(rest, &limits) {
+                Ok(Some(n)) => {
+                    let frame = rest.get(..n).unwrap_or_default();
+                    start += n;
+                    let args = match decode(frame) {
+                        Ok(a) => a,
+                        Err(e) => {
+                            return fail(&mut stream, &mut out, session.proto(), e).await;
+                        }
+                    };
+                    if args.is_empty() {
+                        continue;
+                    }
+                    let (reply, outcome) = session.run(args).await;
+                    reply.encode(session.proto(), &mut out);
+                    if outcome == Outcome::Close {
+                        stream.write_all(&out).await?;
+                        return stream.shutdown().await;
+                    }
+                    if out.len() >= FLUSH_AT {
+                        stream.write_all(&out).await?;
+                        out.clear();
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return fail(&mut stream, &mut out, session.proto(), e).await,
+            }
+        }
+        buf.drain(..start);
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+            if out.capacity() > FLUSH_AT * 4 {
+                out.shrink_to(READ_CHUNK);
+            }
+        }
+        if buf.is_empty() && buf.capacity() > READ_CHUNK * 4 {
+            buf.shrink_to(READ_CHUNK);
+        }
+        buf.reserve(READ_CHUNK);
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Answers a protocol error and closes the connection.
+async fn fail(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    proto: u8,
+    e: super::codec::ProtocolError,
+) -> std::io::Result<()> {
+    Reply::err(format!("ERR {e}")).encode(proto, out);
+    stream.write_all(out).await?;
+    stream.shutdown().await
+}
