@@ -80,7 +80,11 @@ fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
 
 /// Parses a header line `<prefix><signed decimal>\r\n` at `at`; returns the
 /// number and the index after the line, `None` if incomplete.
-fn header(buf: &[u8], at: usize, err: ProtocolError) -> Result<Option<(i64, usize)>, ProtocolError> {
+fn header(
+    buf: &[u8],
+    at: usize,
+    err: ProtocolError,
+) -> Result<Option<(i64, usize)>, ProtocolError> {
     let start = at + 1;
     let end = match find_crlf(buf, start) {
         Some(e) => e,
@@ -412,11 +416,20 @@ mod tests {
         let (reqs, _) = all(b"SET c 3\r\nGET c\nPING\r\n").unwrap();
         assert_eq!(
             reqs,
-            vec![args(&["SET", "c", "3"]), args(&["GET", "c"]), args(&["PING"])]
+            vec![
+                args(&["SET", "c", "3"]),
+                args(&["GET", "c"]),
+                args(&["PING"])
+            ]
         );
         assert_eq!(
             split_inline(b"set k \"a b\\x41\\n\" 'it\\'s'\r\n").unwrap(),
-            vec![b"set".to_vec(), b"k".to_vec(), b"a bA\n".to_vec(), b"it's".to_vec()]
+            vec![
+                b"set".to_vec(),
+                b"k".to_vec(),
+                b"a bA\n".to_vec(),
+                b"it's".to_vec()
+            ]
         );
         assert_eq!(split_inline(b"   \r\n").unwrap(), Vec::<Vec<u8>>::new());
         assert_eq!(

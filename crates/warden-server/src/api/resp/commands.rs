@@ -38,6 +38,9 @@ use warden_core::state::{Command, CommandResult, StateError};
 /// Attempts of a read-modify-write before it gives up under contention.
 pub(super) const MAX_CAS_ATTEMPTS: usize = 64;
 
+/// Values a read-modify-write guesses the key may have (see `rmw`).
+const RMW_GUESSES: usize = 8;
+
 /// Most keys KEYS looks at (it answers in one reply; SCAN pages).
 pub const KEYS_MAX: i64 = 100_000;
 
@@ -156,7 +159,11 @@ pub(super) fn absent(key: &[u8]) -> Compare {
 
 /// The key exists.
 fn present(key: &[u8]) -> Compare {
-    cmp(CompareTarget::CreateRevision(0), CompareResult::Greater, key)
+    cmp(
+        CompareTarget::CreateRevision(0),
+        CompareResult::Greater,
+        key,
+    )
 }
 
 /// The key is exactly as read: its mod revision (0 if it was absent).
@@ -371,7 +378,9 @@ impl Session {
             "ECHO" => Ok(Reply::bulk(arg(1))),
             "GET" => Ok(Reply::opt(self.get(arg(1)).await?.map(|kv| kv.value))),
             "STRLEN" => Ok(Reply::Integer(
-                self.get(arg(1)).await?.map_or(0, |kv| kv.value.len() as i64),
+                self.get(arg(1))
+                    .await?
+                    .map_or(0, |kv| kv.value.len() as i64),
             )),
             "TYPE" => Ok(Reply::Simple(
                 if self.get(arg(1)).await?.is_some() {
@@ -545,7 +554,9 @@ impl Session {
 
     async fn exists(&self, keys: &[Vec<u8>]) -> Res {
         let got = self.get_many(keys).await?;
-        Ok(Reply::Integer(got.iter().filter(|k| k.is_some()).count() as i64))
+        Ok(Reply::Integer(
+            got.iter().filter(|k| k.is_some()).count() as i64
+        ))
     }
 
     async fn mget(&self, keys: &[Vec<u8>]) -> Res {
@@ -575,7 +586,9 @@ impl Session {
         validate::check_txn_request(&t).map_err(state_reply)?;
         match self.propose(Command::Txn(t)).await? {
             (_, CommandResult::Txn(r)) => Ok(r),
-            _ => Err(Reply::err("ERR warden: state machine answered the wrong kind")),
+            _ => Err(Reply::err(
+                "ERR warden: state machine answered the wrong kind",
+            )),
         }
     }
 
@@ -585,10 +598,9 @@ impl Session {
         if secs > MAX_LEASE_TTL {
             return Err(Reply::err("ERR invalid expire time"));
         }
-        let (_, id, _) =
-            crate::api::lease::grant(&self.shared.node, &self.caller, 0, secs, None)
-                .await
-                .map_err(status_reply)?;
+        let (_, id, _) = crate::api::lease::grant(&self.shared.node, &self.caller, 0, secs, None)
+            .await
+            .map_err(status_reply)?;
         Ok(id)
     }
 
@@ -601,7 +613,11 @@ impl Session {
         tokio::spawn(async move {
             if let Err(e) = propose(&node, None, &caller, Command::LeaseRevoke { id }).await {
                 let s: Status = e.into();
-                tracing::debug!(lease = id, "resp: revoking an unused lease: {}", s.message());
+                tracing::debug!(
+                    lease = id,
+                    "resp: revoking an unused lease: {}",
+                    s.message()
+                );
             }
         });
     }
@@ -672,9 +688,7 @@ impl Session {
 
     async fn set_command(&self, a: &[Vec<u8>]) -> Res {
         let (cond, get, expiry) = set_options(a)?;
-        let (wrote, prev) = self
-            .set(&a[1], a[2].clone(), cond, get, expiry)
-            .await?;
+        let (wrote, prev) = self.set(&a[1], a[2].clone(), cond, get, expiry).await?;
         if get {
             return Ok(Reply::opt(prev.map(|kv| kv.value)));
         }
@@ -689,10 +703,12 @@ impl Session {
             prev_kv: true,
         });
         match self.propose(cmd).await? {
-            (_, CommandResult::DeleteRange(d)) => Ok(Reply::opt(
-                d.prev_kvs.into_iter().next().map(|kv| kv.value),
+            (_, CommandResult::DeleteRange(d)) => {
+                Ok(Reply::opt(d.prev_kvs.into_iter().next().map(|kv| kv.value)))
+            }
+            _ => Err(Reply::err(
+                "ERR warden: state machine answered the wrong kind",
             )),
-            _ => Err(Reply::err("ERR warden: state machine answered the wrong kind")),
         }
     }
 
@@ -757,45 +773,94 @@ impl Session {
     }
 
     /// Read-modify-write of one key: `f` maps the current value (if any)
-    /// to the new one; proposed with a compare on the key's mod revision
-    /// and retried with the value the failed txn read back.
+    /// to the new one, and must depend on nothing else (INCR, APPEND).
+    ///
+    /// Proposed as one txn that compares the key's *value* with what was
+    /// read (a pure `f` makes a value compare exact: whatever happened to
+    /// the key before, writing `f(v)` over `v` is what the command would
+    /// have done at that point), falling through nested txns to the values
+    /// the key would have if other clients had run the same command
+    /// meanwhile (`f(v)`, `f(f(v))`, ... up to [`RMW_GUESSES`]), and at the
+    /// bottom to a range of the key. So a counter INCRed from many members
+    /// at once succeeds in one round nearly always, instead of the members
+    /// nearest the leader starving the others; on a miss it retries with the
+    /// value read back.
     async fn rmw(
         &self,
         key: &[u8],
         f: impl Fn(Option<&[u8]>) -> Result<Vec<u8>, Reply>,
     ) -> Result<Vec<u8>, Reply> {
         self.check_read(key, &[])?;
+        let _turn = self.shared.rmw_lock(key).await;
         // A first guess from this member's state: the compare decides, and
         // a stale guess costs one more round.
-        let mut cur = {
+        let mut cur: Option<Vec<u8>> = {
             let key = key.to_vec();
             self.shared
                 .node
-                .with_state(move |d| d.kv.mvcc().get(&key))
+                .with_state(move |d| d.kv.mvcc().get(&key).map(|kv| kv.value))
                 .map_err(node_reply)?
         };
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let new = f(cur.as_ref().map(|kv| kv.value.as_slice()))?;
-            let put = RequestOp::Put(PutRequest {
-                key: key.to_vec(),
-                value: new.clone(),
-                lease: 0,
-                prev_kv: false,
-                ignore_value: false,
-                // The TTL stays (Redis keeps it on INCR and APPEND); the
-                // compare guarantees the key still exists when it has one.
-                ignore_lease: cur.is_some(),
-            });
-            let t = TxnRequest {
-                compare: vec![unchanged(key, cur.as_ref())],
-                success: vec![put],
-                failure: vec![get_op(key)],
-            };
-            let r = self.txn(t).await?;
-            if r.succeeded {
-                return Ok(new);
+        for attempt in 0..MAX_CAS_ATTEMPTS {
+            if attempt > 0 {
+                backoff(attempt).await;
             }
-            cur = first_kv(r.responses.first());
+            // (value the key may have, value to write over it)
+            let mut levels: Vec<(Option<Vec<u8>>, Vec<u8>)> = Vec::new();
+            let first = f(cur.as_deref())?;
+            let mut bytes = cur.as_ref().map_or(0, Vec::len) + first.len();
+            levels.push((cur.clone(), first));
+            while levels.len() < RMW_GUESSES {
+                let Some((_, prev)) = levels.last() else {
+                    break;
+                };
+                let Ok(next) = f(Some(prev)) else { break };
+                bytes = bytes.saturating_add(prev.len() + next.len());
+                if bytes > self.shared.max_request_bytes {
+                    break;
+                }
+                let guess = prev.clone();
+                levels.push((Some(guess), next));
+            }
+            let level = |(have, new): &(Option<Vec<u8>>, Vec<u8>), failure| TxnRequest {
+                compare: vec![match have {
+                    None => absent(key),
+                    Some(v) => cmp(CompareTarget::Value(v.clone()), CompareResult::Equal, key),
+                }],
+                success: vec![RequestOp::Put(PutRequest {
+                    key: key.to_vec(),
+                    value: new.clone(),
+                    lease: 0,
+                    prev_kv: false,
+                    ignore_value: false,
+                    // The TTL stays (Redis keeps it on INCR and APPEND); the
+                    // compare guarantees the key exists when it has one.
+                    ignore_lease: have.is_some(),
+                })],
+                failure,
+            };
+            let mut failure = vec![get_op(key)];
+            for l in levels.iter().skip(1).rev() {
+                failure = vec![RequestOp::Txn(level(l, failure))];
+            }
+            let mut r = self.txn(level(&levels[0], failure)).await?;
+            for (_, new) in &levels {
+                if r.succeeded {
+                    return Ok(new.clone());
+                }
+                match r.responses.into_iter().next() {
+                    Some(ResponseOp::Txn(t)) => r = t,
+                    Some(ResponseOp::Range(got)) => {
+                        cur = got.kvs.into_iter().next().map(|kv| kv.value);
+                        break;
+                    }
+                    _ => {
+                        return Err(Reply::err(
+                            "ERR warden: state machine answered the wrong kind",
+                        ))
+                    }
+                }
+            }
         }
         Err(Reply::err(format!(
             "ERR warden: the key changed under {MAX_CAS_ATTEMPTS} attempts in a row; try again"
@@ -1011,7 +1076,10 @@ impl Session {
         let count = count.min(KEYS_MAX);
         let rev = (cursor >> 24) as i64;
         let offset = (cursor & 0xff_ffff) as i64;
-        let prefix = pattern.as_deref().map(glob::literal_prefix).unwrap_or_default();
+        let prefix = pattern
+            .as_deref()
+            .map(glob::literal_prefix)
+            .unwrap_or_default();
         let (key, end) = range_end_for_prefix(prefix);
         self.check_read(&key, &end)?;
         let got = self
@@ -1126,7 +1194,8 @@ impl Session {
                 "# Replication\r\nrole:{role}\r\nwarden_member_id:{:x}\r\nwarden_leader_id:{}\r\n\
                  warden_leader_client_addr:{leader_addr}\r\nconnected_members:{}\r\n\r\n",
                 st.id,
-                st.leader.map_or_else(|| "none".into(), |l| format!("{l:x}")),
+                st.leader
+                    .map_or_else(|| "none".into(), |l| format!("{l:x}")),
                 st.members.len()
             ));
         }
@@ -1143,7 +1212,9 @@ impl Session {
             ));
         }
         if show("KEYSPACE") {
-            out.push_str(&format!("# Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n"));
+            out.push_str(&format!(
+                "# Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n"
+            ));
         }
         Ok(Reply::bulk(out))
     }
@@ -1189,7 +1260,11 @@ impl Session {
                 Some(2) => 2,
                 Some(3) => 3,
                 Some(_) => return Err(Reply::err("NOPROTO unsupported protocol version")),
-                None => return Err(Reply::err("ERR Protocol version is not an integer or out of range")),
+                None => {
+                    return Err(Reply::err(
+                        "ERR Protocol version is not an integer or out of range",
+                    ))
+                }
             };
             i = 2;
         }
@@ -1321,6 +1396,15 @@ impl Shared {
     }
 }
 
+/// Waits before retry `attempt` of a compare-and-swap that lost a race:
+/// a random time up to 1, 2, 4 ... 64 ms, so contenders on different
+/// members spread out instead of colliding again.
+pub(super) async fn backoff(attempt: usize) {
+    let cap = 1u64 << attempt.min(6);
+    let ms = rand::random_range(0..=cap);
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+}
+
 /// SET's options after the value: (condition, GET, expiry).
 pub(super) fn set_options(a: &[Vec<u8>]) -> Result<(Cond, bool, Expiry), Reply> {
     let mut cond = Cond::None;
@@ -1412,7 +1496,6 @@ fn unknown_command(args: &[Vec<u8>]) -> Reply {
     Reply::err(m)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1439,7 +1522,10 @@ mod tests {
     #[test]
     fn prefix_ranges() {
         assert_eq!(range_end_for_prefix(b""), (vec![0], vec![0]));
-        assert_eq!(range_end_for_prefix(b"ab"), (b"ab".to_vec(), b"ac".to_vec()));
+        assert_eq!(
+            range_end_for_prefix(b"ab"),
+            (b"ab".to_vec(), b"ac".to_vec())
+        );
         assert_eq!(
             range_end_for_prefix(&[b'a', 0xff]),
             (vec![b'a', 0xff], b"b".to_vec())

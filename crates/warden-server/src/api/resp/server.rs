@@ -42,6 +42,24 @@ pub struct Shared {
     next_id: std::sync::atomic::AtomicU64,
     /// One permit per open connection.
     pub(super) slots: Arc<Semaphore>,
+    /// Read-modify-writes of one key run one at a time on this member
+    /// (striped by key hash): concurrent ones would only fail each other's
+    /// compare, and the member nearest the leader would starve the rest.
+    rmw_stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+/// Stripes of `Shared::rmw_stripes`.
+const RMW_STRIPES: usize = 64;
+
+impl Shared {
+    /// Serialises read-modify-writes of `key` on this member.
+    pub async fn rmw_lock(&self, key: &[u8]) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let i = (h.finish() % RMW_STRIPES as u64) as usize;
+        Some(self.rmw_stripes.get(i)?.lock().await)
+    }
 }
 
 impl Shared {
@@ -68,6 +86,9 @@ pub async fn serve(
         max_request_bytes,
         next_id: std::sync::atomic::AtomicU64::new(0),
         slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        rmw_stripes: (0..RMW_STRIPES)
+            .map(|_| tokio::sync::Mutex::new(()))
+            .collect(),
     });
     tokio::pin!(shutdown);
     loop {

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use super::codec::Reply;
 use super::commands::{
-    absent, del_op, empty_key, int_arg, not_integer, parse_i64, put_keep_ttl, put_op,
+    absent, backoff, del_op, empty_key, int_arg, not_integer, parse_i64, put_keep_ttl, put_op,
     set_options, too_many, unchanged, upper, Cond, Expiry, Session, MAX_CAS_ATTEMPTS,
 };
 use warden_core::state::types::{KeyValue, RequestOp, TxnRequest};
@@ -112,15 +112,25 @@ impl View {
             }),
             "ECHO" => Ok(Reply::bulk(arg(1))),
             "GET" => Ok(Reply::opt(self.get(arg(1)).cloned())),
-            "STRLEN" => Ok(Reply::Integer(self.get(arg(1)).map_or(0, |v| v.len() as i64))),
+            "STRLEN" => Ok(Reply::Integer(
+                self.get(arg(1)).map_or(0, |v| v.len() as i64),
+            )),
             "TYPE" => Ok(Reply::Simple(
-                if self.get(arg(1)).is_some() { "string" } else { "none" }.into(),
+                if self.get(arg(1)).is_some() {
+                    "string"
+                } else {
+                    "none"
+                }
+                .into(),
             )),
             "EXISTS" => Ok(Reply::Integer(
                 a[1..].iter().filter(|k| self.get(k).is_some()).count() as i64,
             )),
             "MGET" => Ok(Reply::Array(
-                a[1..].iter().map(|k| Reply::opt(self.get(k).cloned())).collect(),
+                a[1..]
+                    .iter()
+                    .map(|k| Reply::opt(self.get(k).cloned()))
+                    .collect(),
             )),
             "SET" => {
                 let (cond, get, expiry) = set_options(a)?;
@@ -324,14 +334,21 @@ async fn attempt_all(
             )
         })
         .collect();
-    for _ in 0..MAX_CAS_ATTEMPTS {
+    for attempt in 0..MAX_CAS_ATTEMPTS {
+        if attempt > 0 {
+            backoff(attempt).await;
+        }
         let base = s.get_many(keys).await?;
-        let base: BTreeMap<Vec<u8>, Option<KeyValue>> =
-            keys.iter().cloned().zip(base).collect();
+        let base: BTreeMap<Vec<u8>, Option<KeyValue>> = keys.iter().cloned().zip(base).collect();
         let mut view = View {
             now: base
                 .iter()
-                .map(|(k, kv)| (k.clone(), kv.as_ref().map(|kv| (kv.value.clone(), Lease::Keep))))
+                .map(|(k, kv)| {
+                    (
+                        k.clone(),
+                        kv.as_ref().map(|kv| (kv.value.clone(), Lease::Keep)),
+                    )
+                })
                 .collect(),
             dirty: Vec::new(),
         };
@@ -403,18 +420,27 @@ mod tests {
         assert_eq!(v.run(&args(&["APPEND", "b", "y"]), None), Reply::Integer(2));
         assert_eq!(v.run(&args(&["GET", "b"]), None), Reply::bulk("xy"));
         assert_eq!(v.run(&args(&["SETNX", "b", "z"]), None), Reply::Integer(0));
-        assert_eq!(v.run(&args(&["DEL", "a", "a", "c"]), None), Reply::Integer(1));
+        assert_eq!(
+            v.run(&args(&["DEL", "a", "a", "c"]), None),
+            Reply::Integer(1)
+        );
         assert_eq!(v.run(&args(&["EXISTS", "a", "b"]), None), Reply::Integer(1));
         assert_eq!(v.dirty, vec![b"a".to_vec(), b"b".to_vec()]);
         assert_eq!(v.now.get(b"a".as_slice()), Some(&None));
         // A failing command answers its error; the others still run.
         v.run(&args(&["SET", "n", "x"]), None);
-        assert!(matches!(v.run(&args(&["INCR", "n"]), None), Reply::Error(_)));
+        assert!(matches!(
+            v.run(&args(&["INCR", "n"]), None),
+            Reply::Error(_)
+        ));
     }
 
     #[test]
     fn keys_named() {
-        assert_eq!(keys_of(&args(&["MSET", "a", "1", "b", "2"])), args(&["a", "b"]));
+        assert_eq!(
+            keys_of(&args(&["MSET", "a", "1", "b", "2"])),
+            args(&["a", "b"])
+        );
         assert_eq!(keys_of(&args(&["DEL", "a", "b"])), args(&["a", "b"]));
         assert_eq!(keys_of(&args(&["SET", "a", "1", "EX", "3"])), args(&["a"]));
         assert!(keys_of(&args(&["PING"])).is_empty());
