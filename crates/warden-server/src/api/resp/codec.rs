@@ -386,7 +386,9 @@ mod tests {
     }
 
     /// Decodes every request of `buf`; the error, if any, ends it.
-    fn all(buf: &[u8]) -> Result<(Vec<Vec<Vec<u8>>>, usize), ProtocolError> {
+    type Requests = Vec<Vec<Vec<u8>>>;
+
+    fn all(buf: &[u8]) -> Result<(Requests, usize), ProtocolError> {
         let mut at = 0;
         let mut out = Vec::new();
         while let Some(n) = frame_len(&buf[at..], &limits())? {

@@ -736,7 +736,7 @@ impl Session {
     }
 
     async fn mset(&self, kv: &[Vec<u8>], nx: bool) -> Res {
-        if kv.is_empty() || kv.len() % 2 != 0 {
+        if kv.is_empty() || !kv.len().is_multiple_of(2) {
             return Err(wrong_args(if nx { "msetnx" } else { "mset" }));
         }
         // Redis lets a later pair win; a txn may put a key only once.

@@ -196,7 +196,7 @@ impl View {
                 Ok(Reply::Integer(n))
             }
             "MSET" | "MSETNX" => {
-                if a.len() % 2 == 0 {
+                if a.len().is_multiple_of(2) {
                     return Err(Reply::err(format!(
                         "ERR wrong number of arguments for '{}' command",
                         name.to_ascii_lowercase()
