@@ -26,7 +26,12 @@ const ELECT: Duration = Duration::from_secs(20);
 /// A cluster of `n` whose members also serve RESP; returns it and the RESP
 /// addresses by member.
 async fn resp_cluster(n: usize) -> (Cluster, Vec<String>) {
-    let mut c = Cluster::stopped(n, &[]);
+    resp_cluster_with(n, &[]).await
+}
+
+/// Like `resp_cluster`, with extra server flags.
+async fn resp_cluster_with(n: usize, extra: &[&str]) -> (Cluster, Vec<String>) {
+    let mut c = Cluster::stopped(n, extra);
     let ports = free_ports(n);
     let mut addrs = Vec::new();
     for (i, p) in ports.iter().enumerate() {
@@ -627,4 +632,73 @@ async fn ttl_is_honoured_across_a_leader_kill() {
         seen_gone.is_some(),
         "the key never expired after the leader kill"
     );
+}
+
+/// `AUTH` with warden's (etcd's) users: nothing without it once auth is on,
+/// then the user's key permissions, exactly as over gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_uses_warden_users_and_permissions() {
+    let ctl = require_etcdctl();
+    let (c, resp) = resp_cluster_with(1, &["--bcrypt-cost", "4"]).await;
+    let a = &resp[0];
+    let eps = c.endpoints();
+    // Before auth is on, AUTH says so as Redis does.
+    let r = cmd(a, &["AUTH", "alice", "pw"]).await;
+    assert!(
+        matches!(&r, R::Err(e) if e.starts_with("ERR AUTH")),
+        "{r:?}"
+    );
+    for args in [
+        "user add root:rootpw",
+        "role add root",
+        "user grant-role root root",
+        "role add app",
+        "role grant-permission app readwrite app/ --prefix=true",
+        "user add alice:alicepw",
+        "user grant-role alice app",
+        "auth enable",
+    ] {
+        let argv: Vec<&str> = args.split_whitespace().collect();
+        let out = etcdctl(&ctl, &eps, &argv, None);
+        assert!(out.success, "etcdctl {args}: {out:?}");
+    }
+    let mut conn = Conn::open(a).await.unwrap();
+    assert_eq!(
+        conn.cmd(&["GET", "app/x"]).await.unwrap(),
+        R::Err("NOAUTH Authentication required.".into())
+    );
+    assert_eq!(
+        conn.cmd(&["AUTH", "alice", "wrong"]).await.unwrap(),
+        R::Err("WRONGPASS invalid username-password pair or user is disabled.".into())
+    );
+    assert_eq!(
+        conn.cmd(&["AUTH", "alice", "alicepw"]).await.unwrap(),
+        R::Simple("OK".into())
+    );
+    assert_eq!(
+        conn.cmd(&["SET", "app/x", "1"]).await.unwrap(),
+        R::Simple("OK".into())
+    );
+    assert_eq!(conn.cmd(&["INCR", "app/x"]).await.unwrap(), R::Int(2));
+    let r = conn.cmd(&["SET", "secret", "1"]).await.unwrap();
+    assert!(matches!(&r, R::Err(e) if e.starts_with("NOPERM")), "{r:?}");
+    let r = conn.cmd(&["GET", "secret"]).await.unwrap();
+    assert!(matches!(&r, R::Err(e) if e.starts_with("NOPERM")), "{r:?}");
+    // HELLO 3 AUTH on a fresh connection.
+    let mut c3 = Conn::open(a).await.unwrap();
+    let r = c3
+        .cmd(&["HELLO", "3", "AUTH", "alice", "alicepw"])
+        .await
+        .unwrap();
+    assert!(matches!(r, R::Array(_)), "{r:?}");
+    assert_eq!(c3.cmd(&["GET", "app/x"]).await.unwrap(), R::bulk("2"));
+    // etcdctl as alice sees alice's RESP write.
+    let out = etcdctl(
+        &ctl,
+        &eps,
+        &["--user=alice:alicepw", "get", "app/x", "--print-value-only"],
+        None,
+    );
+    assert!(out.success, "{out:?}");
+    assert_eq!(out.stdout.trim(), "2");
 }

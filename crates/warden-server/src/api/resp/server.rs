@@ -6,7 +6,7 @@
 //! the replies are flushed, so a client that sends a batch gets one write
 //! back. Memory per connection: the input buffer holds at most one
 //! incomplete request (bounded by the codec's limits) plus one read; the
-//! output is flushed whenever it passes [`FLUSH_AT`].
+//! output is flushed whenever it passes `FLUSH_AT`.
 //!
 //! Must never: read past a protocol error (the stream cannot be resynced,
 //! so the error is answered and the connection closed), or let one
