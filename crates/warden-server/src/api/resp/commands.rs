@@ -552,6 +552,21 @@ impl Session {
             .map_err(node_reply)
     }
 
+    /// One key, linearizably whatever the session's mode.
+    async fn get_linearizable(&self, key: &[u8]) -> Result<Option<KeyValue>, Reply> {
+        let k = key.to_vec();
+        self.shared
+            .node
+            .read_kv(
+                Consistency::Linearizable,
+                self.deadline(),
+                false,
+                move |m| m.get(&k),
+            )
+            .await
+            .map_err(node_reply)
+    }
+
     async fn exists(&self, keys: &[Vec<u8>]) -> Res {
         let got = self.get_many(keys).await?;
         Ok(Reply::Integer(
@@ -807,7 +822,16 @@ impl Session {
             }
             // (value the key may have, value to write over it)
             let mut levels: Vec<(Option<Vec<u8>>, Vec<u8>)> = Vec::new();
-            let first = f(cur.as_deref())?;
+            let first = match f(cur.as_deref()) {
+                Ok(v) => v,
+                // The first guess came from this member's state, which may
+                // be behind: refuse only what a linearizable read confirms.
+                Err(_) if attempt == 0 => {
+                    cur = self.get_linearizable(key).await?.map(|kv| kv.value);
+                    f(cur.as_deref())?
+                }
+                Err(e) => return Err(e),
+            };
             let mut bytes = cur.as_ref().map_or(0, Vec::len) + first.len();
             levels.push((cur.clone(), first));
             while levels.len() < RMW_GUESSES {

@@ -6,7 +6,11 @@
 //! the replies are flushed, so a client that sends a batch gets one write
 //! back. Memory per connection: the input buffer holds at most one
 //! incomplete request (bounded by the codec's limits) plus one read; the
-//! output is flushed whenever it passes `FLUSH_AT`.
+//! output is flushed whenever it passes `FLUSH_AT`. Memory per member: a
+//! connection whose buffer passes `BIG_REQUEST` bytes (a large request on
+//! its way) must hold one of [`BIG_REQUESTS`] permits to read on, so many
+//! clients sending large requests at once wait for each other instead of
+//! each holding up to the request limit.
 //!
 //! Must never: read past a protocol error (the stream cannot be resynced,
 //! so the error is answered and the connection closed), or let one
@@ -33,6 +37,13 @@ const FLUSH_AT: usize = 64 * 1024;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Buffered request bytes past which a connection needs a big-request
+/// permit to read on.
+const BIG_REQUEST: usize = 64 * 1024;
+
+/// Connections that may buffer more than `BIG_REQUEST` at once.
+pub const BIG_REQUESTS: usize = 64;
+
 /// What every connection shares.
 pub struct Shared {
     pub node: Arc<Node>,
@@ -46,6 +57,8 @@ pub struct Shared {
     /// (striped by key hash): concurrent ones would only fail each other's
     /// compare, and the member nearest the leader would starve the rest.
     rmw_stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Permits to buffer a large request (see the module doc).
+    big: Arc<Semaphore>,
 }
 
 /// Stripes of `Shared::rmw_stripes`.
@@ -89,6 +102,7 @@ pub async fn serve(
         rmw_stripes: (0..RMW_STRIPES)
             .map(|_| tokio::sync::Mutex::new(()))
             .collect(),
+        big: Arc::new(Semaphore::new(BIG_REQUESTS)),
     });
     tokio::pin!(shutdown);
     loop {
@@ -136,6 +150,7 @@ async fn connection(
     let mut session = Session::new(shared.clone(), peer, shared.next_id());
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut big: Option<tokio::sync::OwnedSemaphorePermit> = None;
     loop {
         let mut start = 0;
         loop {
@@ -178,6 +193,18 @@ async fn connection(
         }
         if buf.is_empty() && buf.capacity() > READ_CHUNK * 4 {
             buf.shrink_to(READ_CHUNK);
+        }
+        if buf.len() < BIG_REQUEST {
+            big = None;
+        } else if big.is_none() {
+            big = Some(
+                shared
+                    .big
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| std::io::Error::other("server stopping"))?,
+            );
         }
         buf.reserve(READ_CHUNK);
         if stream.read_buf(&mut buf).await? == 0 {
