@@ -217,6 +217,7 @@ fn check_addr(field: &str, addr: &str) -> anyhow::Result<String> {
 fn addr_error(field: &str, addr: &str, e: ClientError) -> anyhow::Error {
     let example = match field {
         "client-addr" | "join" => "127.0.0.1:2379",
+        "resp-addr" => "127.0.0.1:6379",
         _ => "127.0.0.1:2380",
     };
     match e {
@@ -930,6 +931,22 @@ mod tests {
         assert_eq!(c.initial_cluster.len(), 1);
         assert_eq!(c.data_dir, PathBuf::from("n1.data"));
         assert_eq!(max, 1536 * 1024);
+    }
+
+    #[test]
+    fn resp_addr_is_checked_and_off_by_default() {
+        assert_eq!(args().resp_addr().unwrap(), None);
+        let on = ServerArgs {
+            resp_addr: Some("http://127.0.0.1:6379".into()),
+            ..args()
+        };
+        assert_eq!(on.resp_addr().unwrap().as_deref(), Some("127.0.0.1:6379"));
+        let bad = ServerArgs {
+            resp_addr: Some("nope".into()),
+            ..args()
+        };
+        let e = bad.resp_addr().unwrap_err().to_string();
+        assert!(e.contains("--resp-addr"), "{e}");
     }
 
     #[test]
