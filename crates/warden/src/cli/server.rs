@@ -755,6 +755,12 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let client_task = tokio::spawn(client);
     if let Some(l) = resp_listener {
         tracing::info!(addr = ?resp_addr, "serving RESP (Redis protocol)");
+        if cfg.client_tls.is_some() {
+            tracing::warn!(
+                "--resp-addr is plaintext and takes no client certificates: \
+                 only warden's auth (AUTH) protects it; keep it on a trusted network"
+            );
+        }
         let resp = warden_server::api::resp::serve(
             node.clone(),
             l,
@@ -848,7 +854,13 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             .arg(&dir)
             .args(["--client-addr", &format!("127.0.0.1:{c}")])
             .args(["--peer-addr", &format!("127.0.0.1:{p}")])
-            .args(["--resp-addr", &format!("127.0.0.1:{r}")])
+            // RESP has no TLS: `--tls` leaves it off rather than open a
+            // port that skips the client certificates.
+            .args(if certs.is_none() {
+                vec!["--resp-addr".to_string(), format!("127.0.0.1:{r}")]
+            } else {
+                Vec::new()
+            })
             .args(["--initial-cluster", &initial])
             .args(&tls_flags)
             .stdout(std::process::Stdio::null())
@@ -856,8 +868,13 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting member {name}"))?;
+        let resp = if certs.is_none() {
+            format!("resp 127.0.0.1:{r}  ")
+        } else {
+            String::new()
+        };
         println!(
-            "{name}: clients 127.0.0.1:{c}  peers 127.0.0.1:{p}  resp 127.0.0.1:{r}  data {}",
+            "{name}: clients 127.0.0.1:{c}  peers 127.0.0.1:{p}  {resp}data {}",
             dir.display()
         );
         endpoints.push(format!("127.0.0.1:{c}"));
@@ -887,10 +904,9 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     println!("  warden --endpoints {eps}{tls} get greeting");
     println!("  warden --endpoints {eps}{tls} status");
     println!("  etcdctl --endpoints {eps}{tls} member list -w table");
-    println!(
-        "  redis-cli -p {} SET greeting hello   (RESP, plaintext only)",
-        dev_resp_port(0)
-    );
+    if certs.is_none() {
+        println!("  redis-cli -p {} SET greeting hello", dev_resp_port(0));
+    }
     shutdown_signal().await;
     println!("stopping members");
     for c in &mut children {
