@@ -5,14 +5,17 @@
 //! when proposed and again when applied).
 //!
 //! Atomicity: a command is one Raft proposal. Read-modify-write commands
-//! (INCR, APPEND) read the key and propose a txn that compares its mod
-//! revision and fails over to a range of the key, retried with the fresh
-//! value on conflict; conditional writes (SET NX/XX, SETNX, MSETNX) are a
-//! txn with a compare on the create revision; multi-key writes are one
-//! txn. TTLs are etcd leases, one per key set with EX/PX (see `ttl`).
+//! (INCR, APPEND) read the key and propose a txn that compares its value
+//! with what was read (and, nested, with what concurrent clients would
+//! have made of it) before writing, falling over to a range of the key and
+//! a retry on a miss (see `rmw`); conditional writes (SET NX/XX, SETNX,
+//! MSETNX) are a txn with a compare on the create revision; multi-key
+//! writes are one txn. TTLs are etcd leases, one per key set with EX/PX
+//! (see `ttl`).
 //!
 //! Must never: answer a default read without the node's linearizable read,
-//! apply a read-modify-write without a compare on what it read, or let a
+//! write the result of a read-modify-write without a compare on the value
+//! it was computed from, or let a
 //! reply carry a CR or LF in a simple string or error line.
 
 use std::net::SocketAddr;
