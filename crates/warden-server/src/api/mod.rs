@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod convert;
 pub mod election;
 pub mod error;
+pub mod gateway;
 pub mod http;
 pub mod kv;
 pub mod lease;
@@ -184,7 +185,44 @@ pub async fn serve(
         metrics.clone(),
         std::time::Duration::from_millis(100),
     ));
-    let http = tonic::service::Routes::from(http::router(node.clone(), metrics));
+    let gateway = Arc::new(gateway::Gateway {
+        gate: gate.clone(),
+        kv: kv::KvService {
+            node: node.clone(),
+            gate: gate.clone(),
+            max_request_bytes,
+        },
+        lease: lease::LeaseService {
+            node: node.clone(),
+            gate: gate.clone(),
+        },
+        cluster: cluster::ClusterService {
+            node: node.clone(),
+            gate: gate.clone(),
+        },
+        maintenance: maintenance::MaintenanceService::new(node.clone(), gate.clone()),
+        auth: auth::AuthService { gate: gate.clone() },
+        lock: v3lock::LockService {
+            node: node.clone(),
+            gate: gate.clone(),
+            max_request_bytes,
+        },
+        election: election::ElectionService {
+            node: node.clone(),
+            gate: gate.clone(),
+            max_request_bytes,
+        },
+        watch: watch::WatchService {
+            node: node.clone(),
+            gate: gate.clone(),
+            max_response_bytes: max_request_bytes,
+            progress_interval: watch::progress_interval(),
+        },
+        max_body: limit.saturating_mul(gateway::JSON_EXPANSION),
+    });
+    let http = tonic::service::Routes::from(
+        http::router(node.clone(), metrics).merge(gateway::router(gateway)),
+    );
     let router = tonic::transport::Server::builder()
         .accept_http1(true)
         .tcp_nodelay(true)
