@@ -432,6 +432,11 @@ impl Gate {
     }
 
     /// `check_admin` of the caller of `req`, in one step.
+    /// Whether auth is on (as this member's applied state says).
+    pub fn auth_enabled(&self) -> Result<bool, Status> {
+        self.store(AuthStore::enabled)
+    }
+
     pub fn admin<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         let c = self.caller(req)?;
         self.check_admin(&c)?;

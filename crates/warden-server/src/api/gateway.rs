@@ -174,7 +174,7 @@ fn error_body(s: &Status) -> serde_json::Value {
     })
 }
 
-fn error(s: &Status) -> Response {
+pub(crate) fn error(s: &Status) -> Response {
     json_response(http_status(s.code()), error_body(s).to_string())
 }
 
@@ -202,7 +202,7 @@ fn decode<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, Status> {
 /// A gRPC request carrying the HTTP request's headers (so `Authorization`
 /// becomes the token) and connection info (the peer address, a client
 /// certificate).
-fn grpc_request<T>(parts: axum::http::request::Parts, msg: T) -> tonic::Request<T> {
+pub(crate) fn grpc_request<T>(parts: axum::http::request::Parts, msg: T) -> tonic::Request<T> {
     tonic::Request::from_http(axum::http::Request::from_parts(parts, msg))
 }
 

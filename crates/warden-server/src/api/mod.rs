@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod native_locks;
 pub mod quota;
 pub mod recipes;
+pub mod ui;
 pub mod v3lock;
 pub mod watch;
 
@@ -221,7 +222,9 @@ pub async fn serve(
         max_body: limit.saturating_mul(gateway::JSON_EXPANSION),
     });
     let http = tonic::service::Routes::from(
-        http::router(node.clone(), metrics).merge(gateway::router(gateway)),
+        http::router(node.clone(), metrics)
+            .merge(gateway::router(gateway))
+            .merge(ui::router(node.clone(), gate.clone())),
     );
     let router = tonic::transport::Server::builder()
         .accept_http1(true)
