@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod native_locks;
 pub mod quota;
 pub mod recipes;
+pub mod trace;
 pub mod ui;
 pub mod v3lock;
 pub mod watch;
@@ -221,31 +222,36 @@ pub async fn serve(
         },
         max_body: limit.saturating_mul(gateway::JSON_EXPANSION),
     });
-    let http = tonic::service::Routes::from(
+    // Every route, gRPC and HTTP alike, in one router, so one layer gives
+    // each request its id and span (`trace.rs`).
+    let routes = tonic::service::Routes::from(
         http::router(node.clone(), metrics)
             .merge(gateway::router(gateway))
             .merge(ui::router(node.clone(), gate.clone())),
+    )
+    .add_service(health)
+    .add_service(kv)
+    .add_service(maintenance)
+    .add_service(cluster)
+    .add_service(watch)
+    .add_service(lease)
+    .add_service(lock)
+    .add_service(election)
+    .add_service(locks)
+    .add_service(
+        pb::auth_server::AuthServer::new(auth::AuthService { gate })
+            .max_decoding_message_size(limit),
     );
+    let routes = tonic::service::Routes::from(routes.into_axum_router().layer(trace::RequestIds {
+        slow: node.slow_request(),
+    }));
     let router = tonic::transport::Server::builder()
         .accept_http1(true)
         .tcp_nodelay(true)
         .max_concurrent_streams(http2.max_concurrent_streams)
         .http2_keepalive_interval(http2.keepalive_interval)
         .http2_keepalive_timeout(Some(http2.keepalive_timeout))
-        .add_routes(http)
-        .add_service(health)
-        .add_service(kv)
-        .add_service(maintenance)
-        .add_service(cluster)
-        .add_service(watch)
-        .add_service(lease)
-        .add_service(lock)
-        .add_service(election)
-        .add_service(locks)
-        .add_service(
-            pb::auth_server::AuthServer::new(auth::AuthService { gate })
-                .max_decoding_message_size(limit),
-        );
+        .add_routes(routes);
     crate::tls::serve(router, listener, tls, "client", shutdown).await?;
     Ok(())
 }

@@ -186,6 +186,13 @@ impl Node {
         let mut client = self.forward_client(peer)?;
         let mut r = tonic::Request::new(network::encode(req).map_err(NodeError::Internal)?);
         r.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        // The client request's id goes with it, for the leader's log.
+        if let Some(id) = crate::api::trace::current_request_id() {
+            if let Ok(v) = id.parse() {
+                r.metadata_mut()
+                    .insert(crate::api::trace::REQUEST_ID_HEADER, v);
+            }
+        }
         match client.forward(r).await {
             Ok(resp) => network::decode(resp.get_ref())
                 .map(Ok)

@@ -146,6 +146,8 @@ pub struct NodeConfig {
     /// remaining TTL exceeds it (`--lease-checkpoint-interval`, etcd's
     /// flag); see `lessor`.
     pub lease_checkpoint_interval: Duration,
+    /// Requests slower than this are logged (`--warning-apply-duration`).
+    pub slow_request: Duration,
 }
 
 impl NodeConfig {
@@ -324,6 +326,11 @@ impl Node {
                 .map(|(id, l)| (*id, l.as_ref().map_or(0, |l| l.index)))
                 .collect()
         })
+    }
+
+    /// Requests slower than this are logged (`--warning-apply-duration`).
+    pub fn slow_request(&self) -> Duration {
+        self.config.slow_request
     }
 
     /// Link state of every peer this member has talked to.

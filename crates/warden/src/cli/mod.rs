@@ -170,6 +170,17 @@ impl Cli {
         matches!(self.command, Command::Server(_) | Command::Dev(_))
     }
 
+    /// Whether logs are JSON lines (`server --log-format json`, or
+    /// `WARDEN_LOG_FORMAT=json` for any server).
+    pub fn log_json(&self) -> bool {
+        let flag = match &self.command {
+            Command::Server(a) => a.log_format.clone(),
+            _ => None,
+        };
+        flag.or_else(|| std::env::var("WARDEN_LOG_FORMAT").ok())
+            .is_some_and(|f| f == "json")
+    }
+
     /// Runs the command. Output goes to stdout; the error (if any) is
     /// returned for the caller to print.
     pub async fn run(self) -> anyhow::Result<()> {

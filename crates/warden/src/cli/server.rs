@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// etcd's default `--warning-apply-duration`.
+const DEFAULT_WARNING_APPLY_DURATION: Duration = Duration::from_millis(100);
+
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use serde::Deserialize;
@@ -170,6 +173,15 @@ pub struct ServerArgs {
     )]
     #[serde(alias = "experimental-lease-checkpoint-interval")]
     pub lease_checkpoint_interval: Option<String>,
+    /// Requests slower than this are logged with their duration and
+    /// request id (etcd's flag) [default: 100ms].
+    #[arg(long, env = "WARDEN_WARNING_APPLY_DURATION")]
+    pub warning_apply_duration: Option<String>,
+    /// Log lines as `text` or `json` (one object per line, as etcd logs)
+    /// [default: text]. Read from the command line or environment only.
+    #[arg(long, env = "WARDEN_LOG_FORMAT", value_parser = ["text", "json"])]
+    #[serde(skip)]
+    pub log_format: Option<String>,
     /// Kind of auth token (etcd's flag): `simple` (warden's signed simple
     /// tokens; etcd's options after a comma are accepted and ignored).
     /// `jwt` is not supported [default: simple].
@@ -296,7 +308,8 @@ impl ServerArgs {
             grpc_keepalive_min_time,
             grpc_keepalive_interval,
             grpc_keepalive_timeout,
-            lease_checkpoint_interval
+            lease_checkpoint_interval,
+            warning_apply_duration
         );
         fill!(auth_token, auth_token_ttl, bcrypt_cost);
         fill!(
@@ -422,6 +435,11 @@ impl ServerArgs {
                 .map_err(|e| anyhow!("invalid --lease-checkpoint-interval {v:?}: {e}"))?,
             None => lessor::DEFAULT_CHECKPOINT_INTERVAL,
         };
+        let slow_request = match &a.warning_apply_duration {
+            Some(v) => parse_go_duration(v)
+                .map_err(|e| anyhow!("invalid --warning-apply-duration {v:?}: {e}"))?,
+            None => DEFAULT_WARNING_APPLY_DURATION,
+        };
         if lease_checkpoint_interval.is_zero() {
             bail!("invalid --lease-checkpoint-interval: must be > 0");
         }
@@ -451,6 +469,7 @@ impl ServerArgs {
                 client_tls,
                 peer_tls,
                 lease_checkpoint_interval,
+                slow_request,
             },
             max_request_bytes,
         ))
