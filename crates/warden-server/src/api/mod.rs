@@ -15,12 +15,14 @@ pub mod cluster;
 pub mod convert;
 pub mod election;
 pub mod error;
+pub mod grpc_metrics;
 pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub mod metrics;
 pub mod native_locks;
+pub mod process_metrics;
 pub mod quota;
 pub mod recipes;
 pub mod v3lock;
@@ -109,9 +111,12 @@ pub fn unexpected() -> tonic::Status {
 }
 
 /// Serves the client API on `listener` (over TLS with `tls`) until
-/// `shutdown` resolves.
+/// `shutdown` resolves; `metrics` ([`metrics::Metrics::start`]) is served
+/// at `/metrics` and counts the gRPC calls.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     node: Arc<Node>,
+    metrics: Arc<metrics::Metrics>,
     listener: TcpListener,
     max_request_bytes: usize,
     tls: Option<Arc<crate::tls::ServerTls>>,
@@ -178,20 +183,9 @@ pub async fn serve(
     let http2 = node.client_http2();
     // HTTP/1.1 too, for the probes of `http.rs` (`curl`, load balancers);
     // gRPC clients speak HTTP/2 on the same port, told apart per connection.
-    let metrics = Arc::new(metrics::Metrics::new());
-    tokio::spawn(metrics::count_leader_changes(
-        Arc::downgrade(&node),
-        metrics.clone(),
-        std::time::Duration::from_millis(100),
-    ));
-    let http = tonic::service::Routes::from(http::router(node.clone(), metrics));
-    let router = tonic::transport::Server::builder()
-        .accept_http1(true)
-        .tcp_nodelay(true)
-        .max_concurrent_streams(http2.max_concurrent_streams)
-        .http2_keepalive_interval(http2.keepalive_interval)
-        .http2_keepalive_timeout(Some(http2.keepalive_timeout))
-        .add_routes(http)
+    let grpc_metrics = metrics.grpc();
+    let mut routes = tonic::service::RoutesBuilder::from(http::router(node.clone(), metrics));
+    routes
         .add_service(health)
         .add_service(kv)
         .add_service(maintenance)
@@ -205,6 +199,35 @@ pub async fn serve(
             pb::auth_server::AuthServer::new(auth::AuthService { gate })
                 .max_decoding_message_size(limit),
         );
+    // Every route (gRPC and HTTP) behind the gRPC metrics middleware,
+    // which counts the gRPC calls and lets the rest pass.
+    let routes = tonic::service::Routes::from(routes.routes().prepare().into_axum_router().layer(
+        axum::middleware::from_fn_with_state(grpc_metrics, grpc_metrics::track),
+    ));
+    let router = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .tcp_nodelay(true)
+        .max_concurrent_streams(http2.max_concurrent_streams)
+        .http2_keepalive_interval(http2.keepalive_interval)
+        .http2_keepalive_timeout(Some(http2.keepalive_timeout))
+        .add_routes(routes);
     crate::tls::serve(router, listener, tls, "client", shutdown).await?;
+    Ok(())
+}
+
+/// Serves `/metrics` and `/health` only (etcd's `--listen-metrics-urls`),
+/// plain HTTP on `listener`, until `shutdown` resolves.
+pub async fn serve_metrics(
+    node: Arc<Node>,
+    metrics: Arc<metrics::Metrics>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let routes = tonic::service::Routes::from(http::metrics_router(node, metrics));
+    let router = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .tcp_nodelay(true)
+        .add_routes(routes);
+    crate::tls::serve(router, listener, None, "metrics", shutdown).await?;
     Ok(())
 }
