@@ -123,8 +123,10 @@ impl Links {
     }
 
     fn set(&self, id: u64, addr: &str, state: LinkState, err: Option<String>) {
-        if state == LinkState::Disconnected {
-            self.telemetry.peer_send_failed(id);
+        match state {
+            LinkState::Disconnected => self.telemetry.peer_send_failed(id),
+            LinkState::Connecting => self.telemetry.peer_known(id),
+            LinkState::Connected => {}
         }
         if let Ok(mut m) = self.inner.lock() {
             let e = m.entry(id).or_insert_with(|| LinkInfo {

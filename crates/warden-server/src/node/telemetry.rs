@@ -178,6 +178,12 @@ impl Telemetry {
         }
     }
 
+    /// This member talks to `peer`: its failure count is shown from 0, so
+    /// the first failure is seen by `rate()` and `increase()`.
+    pub fn peer_known(&self, peer: u64) {
+        drop(self.peer_sent_failures.get_or_create(&to(peer)));
+    }
+
     /// A call to `peer` failed.
     pub fn peer_send_failed(&self, peer: u64) {
         self.peer_sent_failures.get_or_create(&to(peer)).inc();
