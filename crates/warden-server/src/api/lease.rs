@@ -76,7 +76,7 @@ impl LeaseService {
     }
 }
 
-type KeepAliveStream =
+pub type KeepAliveStream =
     Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -117,34 +117,7 @@ impl pb::lease_server::Lease for LeaseService {
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
         let caller = self.gate.caller(&request)?;
-        let mut incoming = request.into_inner();
-        let (tx, rx) = mpsc::channel(KEEPALIVE_QUEUE);
-        let node = self.node.clone();
-        let gate = self.gate.clone();
-        tokio::spawn(async move {
-            while let Some(msg) = incoming.next().await {
-                let Ok(msg) = msg else { break };
-                if let Err(e) = gate.check_lease(&caller, Some(msg.id), true) {
-                    let _ = tx.send(Err(e)).await;
-                    break;
-                }
-                let deadline = node.deadline(None);
-                let answer = match node.lease_renew(msg.id, deadline).await {
-                    // etcd answers a renewal of an unknown lease with TTL 0.
-                    Ok(r) => Ok(pb::LeaseKeepAliveResponse {
-                        header: Some(header(&node, node.status().revision)),
-                        id: msg.id,
-                        ttl: r.unwrap_or(0),
-                    }),
-                    Err(e) => Err(node_status(e)),
-                };
-                let failed = answer.is_err();
-                if tx.send(answer).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(self.keep_alive(caller, request.into_inner())))
     }
 
     async fn lease_time_to_live(
@@ -204,5 +177,51 @@ impl pb::lease_server::Lease for LeaseService {
                 .map(|id| pb::LeaseStatus { id })
                 .collect(),
         }))
+    }
+}
+
+impl LeaseService {
+    /// Answers the keep-alives of `incoming` for `caller` until it ends, a
+    /// renewal fails, or nobody reads the answers (gRPC's stream, or the
+    /// JSON gateway's values parsed from an HTTP body).
+    pub fn keep_alive(
+        &self,
+        caller: Caller,
+        mut incoming: impl Stream<Item = Result<pb::LeaseKeepAliveRequest, Status>>
+            + Unpin
+            + Send
+            + 'static,
+    ) -> KeepAliveStream {
+        let (tx, rx) = mpsc::channel(KEEPALIVE_QUEUE);
+        let node = self.node.clone();
+        let gate = self.gate.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = incoming.next() => m,
+                    () = tx.closed() => None,
+                };
+                let Some(Ok(msg)) = msg else { break };
+                if let Err(e) = gate.check_lease(&caller, Some(msg.id), true) {
+                    let _ = tx.send(Err(e)).await;
+                    break;
+                }
+                let deadline = node.deadline(None);
+                let answer = match node.lease_renew(msg.id, deadline).await {
+                    // etcd answers a renewal of an unknown lease with TTL 0.
+                    Ok(r) => Ok(pb::LeaseKeepAliveResponse {
+                        header: Some(header(&node, node.status().revision)),
+                        id: msg.id,
+                        ttl: r.unwrap_or(0),
+                    }),
+                    Err(e) => Err(node_status(e)),
+                };
+                let failed = answer.is_err();
+                if tx.send(answer).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
     }
 }

@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod convert;
 pub mod election;
 pub mod error;
+pub mod gateway;
 pub mod grpc_metrics;
 pub mod http;
 pub mod kv;
@@ -25,6 +26,7 @@ pub mod native_locks;
 pub mod process_metrics;
 pub mod quota;
 pub mod recipes;
+pub mod ui;
 pub mod v3lock;
 pub mod watch;
 
@@ -183,8 +185,47 @@ pub async fn serve(
     let http2 = node.client_http2();
     // HTTP/1.1 too, for the probes of `http.rs` (`curl`, load balancers);
     // gRPC clients speak HTTP/2 on the same port, told apart per connection.
+    let gateway = Arc::new(gateway::Gateway {
+        gate: gate.clone(),
+        kv: kv::KvService {
+            node: node.clone(),
+            gate: gate.clone(),
+            max_request_bytes,
+        },
+        lease: lease::LeaseService {
+            node: node.clone(),
+            gate: gate.clone(),
+        },
+        cluster: cluster::ClusterService {
+            node: node.clone(),
+            gate: gate.clone(),
+        },
+        maintenance: maintenance::MaintenanceService::new(node.clone(), gate.clone()),
+        auth: auth::AuthService { gate: gate.clone() },
+        lock: v3lock::LockService {
+            node: node.clone(),
+            gate: gate.clone(),
+            max_request_bytes,
+        },
+        election: election::ElectionService {
+            node: node.clone(),
+            gate: gate.clone(),
+            max_request_bytes,
+        },
+        watch: watch::WatchService {
+            node: node.clone(),
+            gate: gate.clone(),
+            max_response_bytes: max_request_bytes,
+            progress_interval: watch::progress_interval(),
+        },
+        max_body: limit.saturating_mul(gateway::JSON_EXPANSION),
+    });
     let grpc_metrics = metrics.grpc();
-    let mut routes = tonic::service::RoutesBuilder::from(http::router(node.clone(), metrics));
+    let mut routes = tonic::service::RoutesBuilder::from(
+        http::router(node.clone(), metrics)
+            .merge(gateway::router(gateway))
+            .merge(ui::router(node.clone(), gate.clone())),
+    );
     routes
         .add_service(health)
         .add_service(kv)

@@ -317,6 +317,18 @@ impl Node {
         Instant::now() + t.min(self.config.request_timeout.max(Duration::from_secs(1)) * 6)
     }
 
+    /// On the leader, the last log index each member is known to hold;
+    /// `None` on other members (only a leader tracks replication).
+    pub fn matched(&self) -> Option<BTreeMap<u64, u64>> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.replication.as_ref().map(|r| {
+            r.iter()
+                .map(|(id, l)| (*id, l.as_ref().map_or(0, |l| l.index)))
+                .collect()
+        })
+    }
+
     /// Link state of every peer this member has talked to.
     pub fn peer_links(&self) -> BTreeMap<u64, LinkInfo> {
         self.links.snapshot()
