@@ -16,12 +16,14 @@ pub mod convert;
 pub mod election;
 pub mod error;
 pub mod gateway;
+pub mod grpc_metrics;
 pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub mod metrics;
 pub mod native_locks;
+pub mod process_metrics;
 pub mod quota;
 pub mod recipes;
 pub mod trace;
@@ -112,9 +114,12 @@ pub fn unexpected() -> tonic::Status {
 }
 
 /// Serves the client API on `listener` (over TLS with `tls`) until
-/// `shutdown` resolves.
+/// `shutdown` resolves; `metrics` ([`metrics::Metrics::start`]) is served
+/// at `/metrics` and counts the gRPC calls.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     node: Arc<Node>,
+    metrics: Arc<metrics::Metrics>,
     listener: TcpListener,
     max_request_bytes: usize,
     tls: Option<Arc<crate::tls::ServerTls>>,
@@ -181,12 +186,6 @@ pub async fn serve(
     let http2 = node.client_http2();
     // HTTP/1.1 too, for the probes of `http.rs` (`curl`, load balancers);
     // gRPC clients speak HTTP/2 on the same port, told apart per connection.
-    let metrics = Arc::new(metrics::Metrics::new());
-    tokio::spawn(metrics::count_leader_changes(
-        Arc::downgrade(&node),
-        metrics.clone(),
-        std::time::Duration::from_millis(100),
-    ));
     let gateway = Arc::new(gateway::Gateway {
         gate: gate.clone(),
         kv: kv::KvService {
@@ -222,29 +221,42 @@ pub async fn serve(
         },
         max_body: limit.saturating_mul(gateway::JSON_EXPANSION),
     });
-    // Every route, gRPC and HTTP alike, in one router, so one layer gives
-    // each request its id and span (`trace.rs`).
-    let routes = tonic::service::Routes::from(
+    let grpc_metrics = metrics.grpc();
+    let mut routes = tonic::service::RoutesBuilder::from(
         http::router(node.clone(), metrics)
             .merge(gateway::router(gateway))
             .merge(ui::router(node.clone(), gate.clone())),
-    )
-    .add_service(health)
-    .add_service(kv)
-    .add_service(maintenance)
-    .add_service(cluster)
-    .add_service(watch)
-    .add_service(lease)
-    .add_service(lock)
-    .add_service(election)
-    .add_service(locks)
-    .add_service(
-        pb::auth_server::AuthServer::new(auth::AuthService { gate })
-            .max_decoding_message_size(limit),
     );
-    let routes = tonic::service::Routes::from(routes.into_axum_router().layer(trace::RequestIds {
-        slow: node.slow_request(),
-    }));
+    routes
+        .add_service(health)
+        .add_service(kv)
+        .add_service(maintenance)
+        .add_service(cluster)
+        .add_service(watch)
+        .add_service(lease)
+        .add_service(lock)
+        .add_service(election)
+        .add_service(locks)
+        .add_service(
+            pb::auth_server::AuthServer::new(auth::AuthService { gate })
+                .max_decoding_message_size(limit),
+        );
+    // Every route (gRPC and HTTP) behind the gRPC metrics middleware, which
+    // counts the gRPC calls and lets the rest pass, and, outermost, the
+    // layer that gives each request its id and span (`trace.rs`).
+    let routes = tonic::service::Routes::from(
+        routes
+            .routes()
+            .prepare()
+            .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(
+                grpc_metrics,
+                grpc_metrics::track,
+            ))
+            .layer(trace::RequestIds {
+                slow: node.slow_request(),
+            }),
+    );
     let router = tonic::transport::Server::builder()
         .accept_http1(true)
         .tcp_nodelay(true)
@@ -253,5 +265,22 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(http2.keepalive_timeout))
         .add_routes(routes);
     crate::tls::serve(router, listener, tls, "client", shutdown).await?;
+    Ok(())
+}
+
+/// Serves `/metrics` and `/health` only (etcd's `--listen-metrics-urls`),
+/// plain HTTP on `listener`, until `shutdown` resolves.
+pub async fn serve_metrics(
+    node: Arc<Node>,
+    metrics: Arc<metrics::Metrics>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let routes = tonic::service::Routes::from(http::metrics_router(node, metrics));
+    let router = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .tcp_nodelay(true)
+        .add_routes(routes);
+    crate::tls::serve(router, listener, None, "metrics", shutdown).await?;
     Ok(())
 }

@@ -97,6 +97,16 @@ impl Node {
     /// Proposes `req` and returns its applied result. Forwards to the leader
     /// when this member is not it.
     pub async fn write(&self, req: Request, deadline: Instant) -> Result<Response, NodeError> {
+        let _pending = self.telemetry.proposal();
+        let r = self.write_routed(req, deadline).await;
+        if r.is_err() {
+            self.telemetry.proposal_failed();
+        }
+        r
+    }
+
+    /// [`Node::write`] without the counting.
+    async fn write_routed(&self, req: Request, deadline: Instant) -> Result<Response, NodeError> {
         loop {
             match self.write_local(req.clone(), deadline).await {
                 Ok(r) => return Ok(r),

@@ -37,6 +37,7 @@ pub mod peer_auth;
 pub mod peer_service;
 mod reads;
 pub mod state_machine;
+pub mod telemetry;
 pub mod types;
 pub mod watch_hub;
 
@@ -219,6 +220,8 @@ pub struct Node {
     joined: bool,
     /// Set once the cluster has removed this member (why, in one line).
     removed: tokio::sync::watch::Sender<Option<String>>,
+    /// Instruments fed by this member's internals (`api::metrics` shows them).
+    telemetry: Arc<telemetry::Telemetry>,
 }
 
 /// Snapshot of what a member knows, for status output.
@@ -336,6 +339,33 @@ impl Node {
     /// Link state of every peer this member has talked to.
     pub fn peer_links(&self) -> BTreeMap<u64, LinkInfo> {
         self.links.snapshot()
+    }
+
+    /// The instruments this member's internals feed.
+    pub fn telemetry(&self) -> &telemetry::Telemetry {
+        &self.telemetry
+    }
+
+    /// Watchers registered on this member.
+    pub fn watchers(&self) -> usize {
+        self.sm.hub().len()
+    }
+
+    /// On the leader: how many log entries each follower's matched index is
+    /// behind the leader's last one (empty on other members).
+    pub fn replication_lag(&self) -> BTreeMap<u64, u64> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        let Some(repl) = m.replication else {
+            return BTreeMap::new();
+        };
+        repl.iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, matched)| {
+                let at = matched.as_ref().map_or(0, |l| l.index);
+                (*id, last.saturating_sub(at))
+            })
+            .collect()
     }
 
     /// This member's storage quota in bytes (`None`: no quota).

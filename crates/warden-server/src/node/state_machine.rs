@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::lessor::LeaseFeed;
+use super::telemetry::Telemetry;
 pub use super::types::SnapshotFile;
 use super::types::{
     LogId, RaftSnapshot, Request, Response, SnapshotMeta, StoredMembership, TypeConfig,
@@ -108,6 +109,8 @@ struct Shared {
     current: Mutex<Option<(SnapshotMeta, PathBuf)>>,
     /// Lease grants and revokes as applied, for the leader's lessor.
     lease_feed: LeaseFeed,
+    /// Slow applies and snapshot commits are reported here.
+    telemetry: Arc<Telemetry>,
 }
 
 #[derive(Clone)]
@@ -478,6 +481,12 @@ pub fn restore(backup: &Path, snap_dir: &Path) -> io::Result<SmData> {
 impl SmStore {
     /// Opens the state in `snap_dir`: the newest snapshot, or an empty state.
     pub fn open(snap_dir: &Path) -> io::Result<Self> {
+        Self::open_with(snap_dir, Arc::default())
+    }
+
+    /// [`SmStore::open`], reporting slow applies, snapshot commits and
+    /// slow-watcher cancels to `telemetry`.
+    pub fn open_with(snap_dir: &Path, telemetry: Arc<Telemetry>) -> io::Result<Self> {
         std::fs::create_dir_all(snap_dir)
             .map_err(|e| other(format!("create {}: {e}", snap_dir.display())))?;
         // Nothing is receiving or writing a snapshot yet: temp files here
@@ -499,12 +508,13 @@ impl SmStore {
         Ok(Self {
             shared: Arc::new(Shared {
                 data: RwLock::new(data),
-                hub: WatchHub::default(),
+                hub: WatchHub::counting_cancels(telemetry.slow_watcher_cancels()),
                 lock_feed: broadcast::channel(LOCK_FEED_CAPACITY).0,
                 applied_tx,
                 snap_dir: snap_dir.to_path_buf(),
                 current: Mutex::new(current),
                 lease_feed: LeaseFeed::default(),
+                telemetry,
             }),
         })
     }
@@ -669,11 +679,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SmStore {
         let meta = meta_of(&data);
         let dir = self.shared.snap_dir.clone();
         let meta2 = meta.clone();
+        let telemetry = self.shared.telemetry.clone();
         let path = tokio::task::spawn_blocking(move || -> io::Result<PathBuf> {
             let (index, term) = meta2
                 .last_log_id
                 .map_or((0, 0), |l| (l.index, l.leader_id.term));
-            write_snapshot_file(&dir, &snapshot_file::file_name(index, term), &meta2, &data)
+            let started = std::time::Instant::now();
+            let path =
+                write_snapshot_file(&dir, &snapshot_file::file_name(index, term), &meta2, &data)?;
+            telemetry.backend_committed(started.elapsed());
+            Ok(path)
         })
         .await
         .map_err(|e| other(format!("snapshot task failed: {e}")))??;
@@ -702,8 +717,10 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let index = entry.log_id.index;
+            let started = std::time::Instant::now();
             let prepared = self.prepare(&entry).await?;
             let resp = self.apply_one(entry, prepared)?;
+            self.shared.telemetry.applied(started.elapsed());
             self.shared.applied_tx.send_replace(index);
             if let Some(r) = responder {
                 r.send(resp);

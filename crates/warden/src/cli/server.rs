@@ -194,6 +194,11 @@ pub struct ServerArgs {
     /// bcrypt cost of password hashes, 4 to 31 (etcd's flag) [default: 10].
     #[arg(long, env = "WARDEN_BCRYPT_COST")]
     pub bcrypt_cost: Option<u32>,
+    /// Extra addresses serving only `/metrics` and `/health`, plain HTTP,
+    /// as http://HOST:PORT,... (etcd's flag; `https://` is refused)
+    /// [default: none; the client port serves them too].
+    #[arg(long, env = "WARDEN_LISTEN_METRICS_URLS")]
+    pub listen_metrics_urls: Option<String>,
 }
 
 /// Flags of `warden dev`.
@@ -311,7 +316,7 @@ impl ServerArgs {
             lease_checkpoint_interval,
             warning_apply_duration
         );
-        fill!(auth_token, auth_token_ttl, bcrypt_cost);
+        fill!(auth_token, auth_token_ttl, bcrypt_cost, listen_metrics_urls);
         fill!(
             cert_file,
             key_file,
@@ -479,6 +484,37 @@ impl ServerArgs {
 impl ServerArgs {
     /// The auth settings (`--auth-token`, `--auth-token-ttl`,
     /// `--bcrypt-cost`), checked.
+    /// The `--listen-metrics-urls` addresses, as `host:port`.
+    pub fn metrics_addrs(&self) -> anyhow::Result<Vec<String>> {
+        let merged = self.clone().merge_file()?;
+        let Some(urls) = merged.listen_metrics_urls else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            if url
+                .get(..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+            {
+                bail!(
+                    "invalid --listen-metrics-urls {url:?}: https is not supported on the \
+                     metrics address; use http://HOST:PORT (the client port serves /metrics \
+                     over TLS)"
+                );
+            }
+            let addr = parse_endpoint(url).map_err(|e| match e {
+                ClientError::InvalidEndpoint { reason, .. } => anyhow!(
+                    "invalid --listen-metrics-urls {url:?}: {reason}, e.g. http://127.0.0.1:2381"
+                ),
+                other => anyhow!("invalid --listen-metrics-urls {url:?}: {other}"),
+            })?;
+            if !out.contains(&addr) {
+                out.push(addr);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn auth_settings(&self) -> anyhow::Result<AuthSettings> {
         let mut s = AuthSettings::default();
         if let Some(kind) = &self.auth_token {
@@ -705,6 +741,7 @@ async fn bind(field: &str, addr: &str) -> anyhow::Result<tokio::net::TcpListener
 /// stops accepting, lets Raft finish what is in flight, and exits 0.
 pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let auth_settings = args.auth_settings()?;
+    let metrics_addrs = args.metrics_addrs()?;
     let (cfg, max_request_bytes) = args.resolve()?;
     let load = |port: &str, files: &Option<TlsFiles>| -> anyhow::Result<Option<Arc<ServerTls>>> {
         match files {
@@ -718,7 +755,12 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let peer_tls = load("peer", &cfg.peer_tls)?;
     let peer_listener = bind("peer-addr", &cfg.peer_addr).await?;
     let client_listener = bind("client-addr", &cfg.client_addr).await?;
+    let mut metrics_listeners = Vec::new();
+    for addr in &metrics_addrs {
+        metrics_listeners.push(bind("listen-metrics-urls", addr).await?);
+    }
     let node = Node::start(cfg.clone()).await?;
+    let metrics = warden_server::api::metrics::Metrics::start(&node);
     tracing::info!(
         name = %node.name(),
         id = %format!("{:x}", node.id()),
@@ -743,8 +785,18 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         );
     let peer_stop = stopped(stop_rx.clone());
     let peer = warden_server::tls::serve(peer_router, peer_listener, peer_tls, "peer", peer_stop);
+    let mut metrics_tasks = Vec::new();
+    for listener in metrics_listeners {
+        metrics_tasks.push(tokio::spawn(warden_server::api::serve_metrics(
+            node.clone(),
+            metrics.clone(),
+            listener,
+            stopped(stop_rx.clone()),
+        )));
+    }
     let client = warden_server::api::serve(
         node.clone(),
+        metrics,
         client_listener,
         max_request_bytes,
         client_tls,
@@ -763,6 +815,9 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let grace = Duration::from_secs(3);
     let _ = tokio::time::timeout(grace, client_task).await;
     let _ = tokio::time::timeout(grace, peer_task).await;
+    for t in metrics_tasks {
+        let _ = tokio::time::timeout(grace, t).await;
+    }
     Ok(())
 }
 
