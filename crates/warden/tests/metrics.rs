@@ -9,9 +9,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::{eventually, http_get, http_request, Cluster};
@@ -67,35 +66,6 @@ fn metrics(addr: &str) -> Result<String, String> {
         (200, page) => Ok(page),
         (code, body) => Err(format!("/metrics answered {code}: {body}")),
     }
-}
-
-fn promtool() -> PathBuf {
-    common::etcd::find_on_path("promtool")
-        .expect("promtool not found: install Debian's `prometheus` package")
-}
-
-/// Runs promtool with `args`, `stdin` fed in; (exit code, what it said).
-fn run_promtool(args: &[&str], stdin: &str) -> (Option<i32>, String) {
-    let mut child = Command::new(promtool())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), said)
 }
 
 fn repo_file(rel: &str) -> PathBuf {
@@ -242,7 +212,7 @@ async fn grpc_disk_peer_and_process_metrics_move() {
     .await;
 
     // promtool parses it; its only lint is etcd's `_total` gauges.
-    let (code, said) = run_promtool(&["check", "metrics"], &page);
+    let (code, said) = common::run_promtool(&["check", "metrics"], &page);
     assert_ne!(code, Some(1), "promtool could not parse it: {said}");
     for line in said.lines().filter(|l| !l.trim().is_empty()) {
         assert!(
@@ -377,7 +347,7 @@ fn dashboard_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_alerts_use_served_metrics() {
     let alerts_path = repo_file("contrib/prometheus/alerts.yml");
-    let out = Command::new(promtool())
+    let out = Command::new(common::promtool())
         .args(["check", "rules"])
         .arg(&alerts_path)
         .output()
@@ -409,7 +379,7 @@ async fn dashboard_and_alerts_use_served_metrics() {
     let tmp = tempfile::tempdir().unwrap();
     let rules_path = tmp.path().join("dashboard.yml");
     std::fs::write(&rules_path, &rules).unwrap();
-    let out = Command::new(promtool())
+    let out = Command::new(common::promtool())
         .args(["check", "rules"])
         .arg(&rules_path)
         .output()

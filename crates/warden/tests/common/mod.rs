@@ -439,3 +439,35 @@ pub fn http_request(
 pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
     http_request(addr, "GET", path, &[])
 }
+
+/// Debian's `promtool` (package `prometheus`).
+pub fn promtool() -> std::path::PathBuf {
+    etcd::find_on_path("promtool")
+        .expect("promtool not found: install Debian's `prometheus` package")
+}
+
+/// Runs promtool with `args`, `stdin` fed in; (exit code, what it said).
+pub fn run_promtool(args: &[&str], stdin: &str) -> (Option<i32>, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(promtool())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), said)
+}
