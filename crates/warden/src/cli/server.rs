@@ -268,7 +268,21 @@ pub fn parse_initial_cluster(s: &str) -> anyhow::Result<BTreeMap<String, String>
     Ok(out)
 }
 
+/// Everything a member runs with: auth settings, metrics addresses, node
+/// config, request size limit.
+type Settings = (AuthSettings, Vec<String>, NodeConfig, usize);
+
 impl ServerArgs {
+    /// All settings, checked, with the `--config` file filling what flags
+    /// and environment left unset (for every setting, auth ones included).
+    fn settings(self) -> anyhow::Result<Settings> {
+        let args = self.merge_file()?;
+        let auth = args.auth_settings()?;
+        let metrics = args.metrics_addrs()?;
+        let (cfg, max_request_bytes) = args.resolve()?;
+        Ok((auth, metrics, cfg, max_request_bytes))
+    }
+
     /// Fills unset fields from the `--config` file.
     fn merge_file(mut self) -> anyhow::Result<Self> {
         let Some(path) = self.config.clone() else {
@@ -740,9 +754,7 @@ async fn bind(field: &str, addr: &str) -> anyhow::Result<tokio::net::TcpListener
 /// Runs one member until SIGINT/SIGTERM, or until the cluster removes it:
 /// stops accepting, lets Raft finish what is in flight, and exits 0.
 pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
-    let auth_settings = args.auth_settings()?;
-    let metrics_addrs = args.metrics_addrs()?;
-    let (cfg, max_request_bytes) = args.resolve()?;
+    let (auth_settings, metrics_addrs, cfg, max_request_bytes) = args.settings()?;
     let load = |port: &str, files: &Option<TlsFiles>| -> anyhow::Result<Option<Arc<ServerTls>>> {
         match files {
             None => Ok(None),
@@ -1026,6 +1038,26 @@ mod tests {
             assert!(e.contains(want), "{e:?} should mention {want:?}");
             assert!(!e.contains('\n'), "one line: {e:?}");
         }
+    }
+
+    #[test]
+    fn auth_and_slow_request_settings_come_from_the_config_file_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("w.toml");
+        std::fs::write(
+            &p,
+            "bcrypt-cost = 5\nauth-token-ttl = 7\nwarning-apply-duration = \"250ms\"\n",
+        )
+        .unwrap();
+        let (s, _, c, _) = ServerArgs {
+            config: Some(p),
+            ..Default::default()
+        }
+        .settings()
+        .unwrap();
+        assert_eq!(s.bcrypt_cost, 5);
+        assert_eq!(s.token_ttl, Duration::from_secs(7));
+        assert_eq!(c.slow_request, Duration::from_millis(250));
     }
 
     #[test]
