@@ -104,6 +104,17 @@ async fn status_page_lists_members_roles_and_a_contended_lock() {
     })
     .await;
     assert_eq!(s["lock_count"], json!(1), "{s}");
+    // /metrics says the same: one holder, one waiter.
+    let (code, page) = common::http_get(&lead, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    let sample = |name: &str| -> Option<f64> {
+        page.lines()
+            .find(|l| l.split([' ', '{']).next() == Some(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    assert_eq!(sample("warden_lock_holders"), Some(1.0), "{page}");
+    assert_eq!(sample("warden_lock_waiters"), Some(1.0), "{page}");
     let lock = &s["locks"][0];
     assert_eq!(lock["name"], json!("jobs/report"));
     assert_eq!(lock["holders"][0]["mode"], json!("exclusive"));
