@@ -38,6 +38,7 @@ use tokio::sync::broadcast;
 use warden_core::state::alarm::{AlarmTable, AlarmType};
 use warden_core::state::auth::AuthStore;
 use warden_core::state::lock_table::{LockEvent, LockProofs};
+use warden_core::state::session::{SessionTable, Stored};
 use warden_core::state::{Command, CommandResult, Compaction, StateError, StateMachine};
 use warden_core::storage::snapshot_file;
 
@@ -79,6 +80,14 @@ pub struct SmData {
     /// snapshot with digests rather than drop them.
     #[serde(skip)]
     pub auth: AuthStore,
+    /// Client sessions (`Request::KvOnce`). Not part of the derived
+    /// encoding either: a fifth section after the lock handle digests
+    /// (then written even when empty), only when a tagged write was ever
+    /// applied, so snapshots of clusters that never saw one keep their
+    /// exact bytes, and a build from before sessions refuses a snapshot
+    /// holding some (trailing bytes) rather than dropping them.
+    #[serde(skip)]
+    pub sessions: SessionTable,
 }
 
 /// The Raft instance of a member, driving this state machine.
@@ -193,11 +202,28 @@ pub(crate) fn parse_snapshot(
                 }
             } else {
                 let sections = "an alarm table, an auth store and lock handle digests";
-                let proofs = postcard::take_from_bytes::<LockProofs>(rest)
-                    .ok()
-                    .filter(|(p, tail)| tail.is_empty() && !p.is_empty())
-                    .map(|(p, _)| p)
-                    .ok_or_else(|| bad(sections))?;
+                let (proofs, rest) =
+                    postcard::take_from_bytes::<LockProofs>(rest).map_err(|_| bad(sections))?;
+                if rest.is_empty() {
+                    if proofs.is_empty() {
+                        return Err(bad(sections));
+                    }
+                } else {
+                    let sections =
+                        "an alarm table, an auth store, lock handle digests and client sessions";
+                    let sessions = postcard::take_from_bytes::<SessionTable>(rest)
+                        .ok()
+                        .filter(|(t, tail)| tail.is_empty() && !t.is_pristine())
+                        .map(|(t, _)| t)
+                        .ok_or_else(|| bad(sections))?;
+                    sessions.check_invariants().map_err(|e| {
+                        other(format!(
+                            "snapshot {}: inconsistent client sessions: {e}",
+                            path.display()
+                        ))
+                    })?;
+                    data.sessions = sessions;
+                }
                 data.kv.restore_lock_proofs(proofs).map_err(|e| {
                     other(format!(
                         "snapshot {}: inconsistent lock handle digests: {e}",
@@ -266,7 +292,8 @@ pub fn export(data: &SmData) -> io::Result<Vec<u8>> {
 fn write_body<W: io::Write>(data: &SmData, w: W) -> io::Result<W> {
     let w = postcard::to_io(data, w).map_err(|e| other(format!("encode snapshot: {e}")))?;
     let proofs = data.kv.lock_proofs();
-    let with_proofs = !proofs.is_empty();
+    let with_sessions = !data.sessions.is_pristine();
+    let with_proofs = with_sessions || !proofs.is_empty();
     let with_auth = with_proofs || !data.auth.is_pristine();
     if data.alarms.is_empty() && !with_auth {
         return Ok(w);
@@ -281,8 +308,13 @@ fn write_body<W: io::Write>(data: &SmData, w: W) -> io::Result<W> {
     if !with_proofs {
         return Ok(w);
     }
-    postcard::to_io(&proofs, w)
-        .map_err(|e| other(format!("encode snapshot lock handle digests: {e}")))
+    let w = postcard::to_io(&proofs, w)
+        .map_err(|e| other(format!("encode snapshot lock handle digests: {e}")))?;
+    if !with_sessions {
+        return Ok(w);
+    }
+    postcard::to_io(&data.sessions, w)
+        .map_err(|e| other(format!("encode snapshot client sessions: {e}")))
 }
 
 /// Writes the snapshot file of `data` to `dir/name`, atomically and
@@ -544,7 +576,9 @@ impl SmStore {
     /// are. `apply_one` then only swaps the result in.
     async fn prepare(&self, entry: &super::types::Entry) -> io::Result<Option<Compaction>> {
         let cmd = match &entry.payload {
-            EntryPayload::Normal(Request::Kv(cmd) | Request::KvAs { cmd, .. }) => cmd,
+            EntryPayload::Normal(
+                Request::Kv(cmd) | Request::KvAs { cmd, .. } | Request::KvOnce { cmd, .. },
+            ) => cmd,
             _ => return Ok(None),
         };
         let Some((store, rev)) = self.read()?.kv.compaction_base(cmd) else {
@@ -570,12 +604,25 @@ impl SmStore {
             },
             EntryPayload::Normal(Request::Kv(cmd)) => self.apply_kv(&mut d, &cmd, prepared),
             EntryPayload::Normal(Request::KvAs { user, cmd }) => {
-                match d.auth.check_command(user.as_deref(), &cmd, &d.kv) {
-                    Ok(()) => self.apply_kv(&mut d, &cmd, prepared),
-                    Err(e) => Response {
-                        revision: d.kv.revision(),
-                        result: Err(StateError::Auth(e)),
-                    },
+                self.apply_kv_as(&mut d, user.as_deref(), &cmd, prepared)
+            }
+            EntryPayload::Normal(Request::KvOnce { user, cmd, tag }) => {
+                // The session decides before anything else, so a retry is
+                // answered as the first attempt was even if the auth store
+                // or the alarms changed since.
+                let mut sessions = std::mem::take(&mut d.sessions);
+                let revision = d.kv.revision();
+                let stored = sessions.apply_once(&tag, revision, || {
+                    let r = self.apply_kv_as(&mut d, user.as_deref(), &cmd, prepared);
+                    Stored {
+                        revision: r.revision,
+                        result: r.result,
+                    }
+                });
+                d.sessions = sessions;
+                Response {
+                    revision: stored.revision,
+                    result: stored.result,
                 }
             }
             EntryPayload::Normal(Request::Auth(cmd)) => {
@@ -619,6 +666,24 @@ impl SmStore {
             }
         };
         Ok(resp)
+    }
+
+    /// Applies a key-value command a client sent as `user`, if the auth
+    /// store allows it at this point of the log.
+    fn apply_kv_as(
+        &self,
+        d: &mut SmData,
+        user: Option<&str>,
+        cmd: &Command,
+        prepared: Option<Compaction>,
+    ) -> Response {
+        match d.auth.check_command(user, cmd, &d.kv) {
+            Ok(()) => self.apply_kv(d, cmd, prepared),
+            Err(e) => Response {
+                revision: d.kv.revision(),
+                result: Err(StateError::Auth(e)),
+            },
+        }
     }
 
     /// Applies a key-value command (already allowed by the auth store).
