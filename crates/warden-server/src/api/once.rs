@@ -120,7 +120,11 @@ mod tests {
     fn parses_a_full_tag_and_nothing_from_nothing() {
         assert_eq!(tag_from(&md(&[]), 5).unwrap(), None);
         let t = tag_from(
-            &md(&[(CLIENT_ID, "job7"), (REQUEST_ID, "100"), (ACKED_BELOW, "99")]),
+            &md(&[
+                (CLIENT_ID, "job7"),
+                (REQUEST_ID, "100"),
+                (ACKED_BELOW, "99"),
+            ]),
             5,
         )
         .unwrap()

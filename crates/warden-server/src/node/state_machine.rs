@@ -1205,6 +1205,147 @@ pub(crate) mod samples {
             names: BTreeMap::from([(1, "n1".to_string())]),
             alarms: Default::default(),
             auth: Default::default(),
+            sessions: Default::default(),
         }
+    }
+}
+
+/// Exactly-once apply through `Request::KvOnce`, and the session section
+/// of snapshots.
+#[cfg(test)]
+mod sessions {
+    use super::*;
+    use openraft::testing::log_id;
+    use warden_core::state::session::SessionTag;
+
+    fn tagged(index: u64, request_id: u64, value: &str) -> super::super::types::Entry {
+        super::super::types::Entry {
+            log_id: log_id::<TypeConfig>(2, 1, index),
+            payload: EntryPayload::Normal(Request::KvOnce {
+                user: None,
+                cmd: Command::Put(warden_core::state::types::PutRequest {
+                    key: b"once".to_vec(),
+                    value: value.as_bytes().to_vec(),
+                    ..Default::default()
+                }),
+                tag: SessionTag {
+                    client_id: "job7".into(),
+                    request_id,
+                    acked_below: 0,
+                    at_ms: 1_000 + index,
+                },
+            }),
+        }
+    }
+
+    fn version(st: &SmStore) -> i64 {
+        st.read()
+            .unwrap()
+            .kv
+            .mvcc()
+            .get(b"once")
+            .map_or(0, |kv| kv.version)
+    }
+
+    #[test]
+    fn a_retry_is_answered_again_also_after_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = SmStore::open(&dir.path().join("a")).unwrap();
+        let first = st.apply_one(tagged(6, 100, "v1"), None).unwrap();
+        let Ok(Some(CommandResult::Put(_))) = first.result else {
+            panic!("{first:?}")
+        };
+        // A retry in a later entry (proposed again after a leader change).
+        let again = st.apply_one(tagged(7, 100, "v2"), None).unwrap();
+        assert_eq!(again.revision, first.revision);
+        assert_eq!(format!("{:?}", again.result), format!("{:?}", first.result));
+        assert_eq!(version(&st), 1, "applied once");
+        // Snapshot, then a member that starts from it (restart or install).
+        let data = st.read().unwrap().clone();
+        assert_eq!(data.sessions.len(), 1);
+        let path =
+            write_snapshot_file(&dir.path().join("b"), "snap-1.snap", &meta_of(&data), &data)
+                .unwrap();
+        let (_, loaded) = load_snapshot(&path).unwrap();
+        assert_eq!(loaded, data);
+        let other = SmStore::open(&dir.path().join("b")).unwrap();
+        let retry = other.apply_one(tagged(8, 100, "v3"), None).unwrap();
+        assert_eq!(retry.revision, first.revision);
+        assert_eq!(version(&other), 1, "not applied again after the snapshot");
+        // A new request id applies.
+        let next = other.apply_one(tagged(9, 101, "v4"), None).unwrap();
+        assert_eq!(next.revision, first.revision + 1);
+        assert_eq!(version(&other), 2);
+    }
+
+    /// The session table is the fifth section, after the lock handle
+    /// digests (written empty for it): the bytes before it are those of the
+    /// same state without sessions, so older snapshots load with none, and
+    /// an empty or damaged session section is refused.
+    #[test]
+    fn sessions_follow_the_digests_and_round_trip() {
+        let plain = samples::data();
+        let mut data = samples::data();
+        data.sessions.apply_once(
+            &SessionTag {
+                client_id: "c".into(),
+                request_id: 1,
+                acked_below: 0,
+                at_ms: 5,
+            },
+            2,
+            || warden_core::state::session::Stored {
+                revision: 2,
+                result: Ok(None),
+            },
+        );
+        let with = encode_snapshot(&meta_of(&data), &data).unwrap();
+        let without = encode_snapshot(&meta_of(&plain), &plain).unwrap();
+        let (_, m, body) = golden_split(&with);
+        let (_, _, body_without) = golden_split(&without);
+        assert!(body.len() > body_without.len() && body.starts_with(&body_without));
+        let (_, back) = parse_snapshot(Path::new("x.snap"), &m, &body).unwrap();
+        assert_eq!(back, data);
+        // Backups carry them too.
+        let dir = tempfile::tempdir().unwrap();
+        let backup = dir.path().join("b.db");
+        std::fs::write(&backup, export(&data).unwrap()).unwrap();
+        assert_eq!(load_backup(&backup).unwrap().1, data);
+        // The plain state still has the bytes of the golden fixture.
+        assert_eq!(
+            without,
+            std::fs::read(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join(samples::FIXTURES)
+                    .join("pre-snapshot.snap")
+            )
+            .unwrap()
+        );
+        let mut empty = body_without.clone();
+        empty.extend(postcard::to_allocvec(&AlarmTable::default()).unwrap());
+        empty.extend(postcard::to_allocvec(&AuthStore::default()).unwrap());
+        empty.extend(postcard::to_allocvec(&LockProofs::default()).unwrap());
+        let no_sessions = empty.clone();
+        empty.extend(postcard::to_allocvec(&SessionTable::default()).unwrap());
+        for bad in [
+            empty,
+            no_sessions,
+            [body.clone(), vec![0]].concat(),
+            body[..body.len() - 1].to_vec(),
+        ] {
+            assert!(parse_snapshot(Path::new("x.snap"), &m, &bad).is_err());
+        }
+    }
+
+    /// (header, meta, body) of a framed snapshot.
+    fn golden_split(bytes: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let h = warden_core::storage::format::SNAPSHOT_HEADER_LEN;
+        let len = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+        let (m, b) = (len(12), len(20));
+        (
+            bytes[..h].to_vec(),
+            bytes[h..h + m].to_vec(),
+            bytes[h + m..h + m + b].to_vec(),
+        )
     }
 }

@@ -15,8 +15,8 @@ use std::io::{BufRead, Read, Write};
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 
-use warden_client::{Client, OpKind};
 use tonic::metadata::{Ascii, MetadataValue};
+use warden_client::{Client, OpKind};
 use warden_proto::etcdserverpb::kv_client::KvClient;
 use warden_proto::etcdserverpb::{request_op, response_op, PutResponse, RequestOp, TxnRequest};
 use warden_proto::warden::v1 as wpb;
@@ -67,6 +67,21 @@ pub struct OnceArgs {
 }
 
 impl OnceArgs {
+    /// After the human output of a tagged write, the revision it applied
+    /// at (the same on a retry), so a person retrying by hand sees that
+    /// it applied once. JSON output carries it in the header already.
+    fn print_revision(
+        &self,
+        out: &mut Vec<u8>,
+        f: Format,
+        header: Option<&warden_proto::etcdserverpb::ResponseHeader>,
+    ) -> anyhow::Result<()> {
+        if self.client_id.is_some() && f != Format::Json {
+            writeln!(out, "revision {}", header.map_or(0, |h| h.revision))?;
+        }
+        Ok(())
+    }
+
     /// The metadata pairs to send, if any.
     fn metadata(&self) -> anyhow::Result<Option<[(&'static str, MetadataValue<Ascii>); 2]>> {
         match (&self.client_id, self.request_id) {
@@ -175,11 +190,7 @@ pub struct CompactionArgs {
 
 /// `warden put`.
 pub async fn put(client: &Client, cmd: PutCmd, f: Format, out: &mut Vec<u8>) -> anyhow::Result<()> {
-    let PutCmd {
-        args,
-        fenced,
-        once,
-    } = cmd;
+    let PutCmd { args, fenced, once } = cmd;
     if fenced && once.client_id.is_some() {
         bail!("--fenced and --client-id cannot be used together yet");
     }
@@ -200,12 +211,19 @@ pub async fn put(client: &Client, cmd: PutCmd, f: Format, out: &mut Vec<u8>) -> 
     let req = args.to_request(stdin_value)?;
     let resp = match held {
         None if once.client_id.is_some() => {
-            send_once(client, &once, req, |mut kv, r| async move { kv.put(r).await }).await?
+            send_once(
+                client,
+                &once,
+                req,
+                |mut kv, r| async move { kv.put(r).await },
+            )
+            .await?
         }
         None => client.put_request(req).await?,
         Some(held) => fenced_put(client, held, req).await?,
     };
     output::put(out, f, &resp)?;
+    once.print_revision(out, f, resp.header.as_ref())?;
     Ok(())
 }
 
@@ -261,12 +279,7 @@ pub async fn get(
 }
 
 /// `warden del`.
-pub async fn del(
-    client: &Client,
-    cmd: DelCmd,
-    f: Format,
-    out: &mut Vec<u8>,
-) -> anyhow::Result<()> {
+pub async fn del(client: &Client, cmd: DelCmd, f: Format, out: &mut Vec<u8>) -> anyhow::Result<()> {
     let DelCmd { args, once } = cmd;
     let req = args.to_request();
     let resp = if once.client_id.is_some() {
@@ -278,6 +291,7 @@ pub async fn del(
         client.delete_range(req).await?
     };
     output::del(out, f, &resp)?;
+    once.print_revision(out, f, resp.header.as_ref())?;
     Ok(())
 }
 
@@ -298,11 +312,15 @@ pub async fn txn(
         txn_parse::parse_txn(&input)?
     };
     let resp = if args.once.client_id.is_some() {
-        send_once(client, &args.once, req, |mut kv, r| async move { kv.txn(r).await }).await?
+        send_once(client, &args.once, req, |mut kv, r| async move {
+            kv.txn(r).await
+        })
+        .await?
     } else {
         client.txn(req).await?
     };
     output::txn(out, f, &resp)?;
+    args.once.print_revision(out, f, resp.header.as_ref())?;
     Ok(())
 }
 
