@@ -4,6 +4,7 @@
 //! to the restarted old leader (which loads its snapshot) and by the CLI;
 //! the key's version shows it applied once and every answer carries the
 //! first attempt's revision.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop the test
 
 mod common;
 

@@ -66,6 +66,9 @@ pub struct OnceArgs {
     pub request_id: Option<u64>,
 }
 
+/// The metadata pairs of a tagged write.
+type SessionMetadata = [(&'static str, MetadataValue<Ascii>); 2];
+
 impl OnceArgs {
     /// After the human output of a tagged write, the revision it applied
     /// at (the same on a retry), so a person retrying by hand sees that
@@ -83,7 +86,7 @@ impl OnceArgs {
     }
 
     /// The metadata pairs to send, if any.
-    fn metadata(&self) -> anyhow::Result<Option<[(&'static str, MetadataValue<Ascii>); 2]>> {
+    fn metadata(&self) -> anyhow::Result<Option<SessionMetadata>> {
         match (&self.client_id, self.request_id) {
             (Some(c), Some(r)) => {
                 let c = MetadataValue::try_from(c.as_str())
