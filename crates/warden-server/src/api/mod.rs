@@ -6,7 +6,8 @@
 //! and whether they may, translates protobuf to state-machine types
 //! (`convert`), calls the `Node`'s narrow API, and maps errors once
 //! (`error`). Writes carry their caller into the log (`Request::KvAs`) and
-//! are checked again when applied.
+//! are checked again when applied; writes with session metadata (`once`)
+//! are applied at most once (`Request::KvOnce`).
 //!
 //! Must never: touch Raft or storage directly; everything goes through `Node`.
 
@@ -23,6 +24,7 @@ pub mod lease;
 pub mod maintenance;
 pub mod metrics;
 pub mod native_locks;
+pub mod once;
 pub mod process_metrics;
 pub mod quota;
 pub mod recipes;
@@ -80,6 +82,20 @@ pub async fn propose(
     caller: &auth::Caller,
     cmd: warden_core::state::Command,
 ) -> Result<(i64, warden_core::state::CommandResult), Proposal> {
+    propose_once(node, timeout, caller, cmd, None).await
+}
+
+/// [`propose`], applied at most once per client session `tag` when given
+/// (`Request::KvOnce`, see `once`): a retry with the same tag answers the
+/// first attempt's revision and result. Only for requests that make exactly
+/// one proposal of the client's.
+pub async fn propose_once(
+    node: &Node,
+    timeout: Option<std::time::Duration>,
+    caller: &auth::Caller,
+    cmd: warden_core::state::Command,
+    tag: Option<warden_core::state::session::SessionTag>,
+) -> Result<(i64, warden_core::state::CommandResult), Proposal> {
     // Checked here first against this member's auth state, so a caller
     // without the permission costs no log entry (and a refused compaction
     // no prepared copy); checked again when applied, which decides.
@@ -91,16 +107,12 @@ pub async fn propose(
         .await
         .map_err(Proposal::State)?;
     let deadline = node.deadline(timeout);
-    let resp = node
-        .write(
-            crate::node::types::Request::KvAs {
-                user: caller.0.clone(),
-                cmd,
-            },
-            deadline,
-        )
-        .await
-        .map_err(Proposal::Node)?;
+    let user = caller.0.clone();
+    let req = match tag {
+        Some(tag) => crate::node::types::Request::KvOnce { user, cmd, tag },
+        None => crate::node::types::Request::KvAs { user, cmd },
+    };
+    let resp = node.write(req, deadline).await.map_err(Proposal::Node)?;
     match resp.result {
         Ok(Some(r)) => Ok((resp.revision, r)),
         Ok(None) => Err(Proposal::Internal("command applied without a result")),

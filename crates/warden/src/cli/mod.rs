@@ -129,7 +129,7 @@ pub enum Command {
     /// Read a key or a range of keys.
     Get(Box<kv_args::GetArgs>),
     /// Delete a key or a range of keys.
-    Del(kv_args::DelArgs),
+    Del(kv::DelCmd),
     /// Run a transaction read from standard input (etcdctl's txn syntax).
     Txn(kv::TxnArgs),
     /// Discard the key history before a revision.
