@@ -21,6 +21,39 @@ const PROTOS: &[&str] = &[
     "proto/warden/lock.proto",
 ];
 
+/// The packages the JSON gateway speaks (`json` feature).
+const JSON_PACKAGES: &[&str] = &[
+    ".mvccpb",
+    ".authpb",
+    ".etcdserverpb",
+    ".v3lockpb",
+    ".v3electionpb",
+];
+
+/// Rust names for etcd's fields that prost's snake_case splits oddly
+/// (`peerURLs` becomes `peer_ur_ls`): renamed in the generated code only,
+/// so the .proto keeps etcd's names (the JSON gateway's field names).
+const ACRONYM_FIELDS: &[(&str, &str)] =
+    &[("peer_ur_ls", "peer_urls"), ("client_ur_ls", "client_urls")];
+
+fn rename_acronym_fields() -> Result<(), Box<dyn Error>> {
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    for file in ["etcdserverpb.rs", "etcdserverpb.serde.rs"] {
+        let path = out.join(file);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let mut renamed = text.clone();
+        for (from, to) in ACRONYM_FIELDS {
+            renamed = renamed.replace(from, to);
+        }
+        if renamed != text {
+            std::fs::write(&path, renamed)?;
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
     for proto in PROTOS {
@@ -31,9 +64,20 @@ fn main() -> Result<(), Box<dyn Error>> {
     let fds = protox::compile(PROTOS, [PROTO_ROOT])
         .map_err(|e| format!("compiling .proto files failed: {e}"))?;
 
+    // With the `json` feature, serde impls for etcd's packages too, named
+    // as etcd's gateway names fields (the .proto names, not camelCase).
+    if std::env::var_os("CARGO_FEATURE_JSON").is_some() {
+        let bytes = prost::Message::encode_to_vec(&fds);
+        pbjson_build::Builder::new()
+            .register_descriptors(&bytes)?
+            .preserve_proto_field_names()
+            .build(JSON_PACKAGES)?;
+    }
+
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;
+    rename_acronym_fields()?;
     Ok(())
 }

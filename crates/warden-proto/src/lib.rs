@@ -23,30 +23,40 @@
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
 /// etcd's auth records (`authpb`): users, roles, permissions.
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod authpb {
     tonic::include_proto!("authpb");
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 
 /// etcd's client API services and messages (`etcdserverpb`).
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 
 /// etcd's server-side Lock service (`v3lockpb`).
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
 }
 
 /// etcd's server-side Election service (`v3electionpb`).
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
 
 /// warden's peer-to-peer Raft transport (`warden.peer.v1`).

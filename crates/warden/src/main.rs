@@ -15,7 +15,7 @@ use cli::Cli;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.is_server() {
-        init_tracing();
+        init_tracing(cli.log_json());
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -39,10 +39,22 @@ fn fail(e: &anyhow::Error) -> ExitCode {
     ExitCode::from(1)
 }
 
-fn init_tracing() {
+fn init_tracing(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     // try_init: a subscriber set elsewhere is not worth dying over.
+    if json {
+        // One JSON object per line, as etcd logs: the span fields
+        // (request id, method) are in "spans".
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_writer(std::io::stderr)
+            .try_init();
+        return;
+    }
     // Colour only on a terminal: logs usually go to files.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()

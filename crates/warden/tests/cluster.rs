@@ -252,3 +252,59 @@ async fn losing_quorum_fails_fast_and_recovers() {
         Some(b"2".to_vec())
     );
 }
+
+/// Maintenance answers as etcd's: `Hash` is a number members holding the
+/// same data agree on (and that moves with the data); `Defragment` and
+/// `MoveLeader` carry no header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_hash_agrees_and_defrag_and_move_leader_answer_like_etcd() {
+    use warden_proto::etcdserverpb as pb;
+    use warden_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+    let c = Cluster::start(3);
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let ep = c.members[leader].client.clone();
+    put(&ep, "h", "1").await.unwrap();
+    c.converge(Duration::from_secs(20)).await;
+    let all: Vec<String> = c.members.iter().map(|m| m.client.clone()).collect();
+    let hashes = |all: Vec<String>| async move {
+        let mut out = Vec::new();
+        for a in &all {
+            let r = MaintenanceClient::new(channel(a).await)
+                .hash(pb::HashRequest {})
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            out.push(r.hash);
+        }
+        Ok::<_, String>(out)
+    };
+    let before = hashes(all.clone()).await.unwrap();
+    assert!(before.windows(2).all(|w| w[0] == w[1]), "{before:?}");
+    put(&ep, "h", "2").await.unwrap();
+    c.converge(Duration::from_secs(20)).await;
+    let after = hashes(all.clone()).await.unwrap();
+    assert!(after.windows(2).all(|w| w[0] == w[1]), "{after:?}");
+    assert_ne!(before[0], after[0], "the hash did not move with the data");
+
+    let mut m = MaintenanceClient::new(channel(&ep).await);
+    let d = m.defragment(pb::DefragmentRequest {}).await.unwrap();
+    assert_eq!(d.into_inner().header, None);
+    let target = ids(&all[(leader + 1) % 3]).await.unwrap().1;
+    let r = m
+        .move_leader(pb::MoveLeaderRequest { target_id: target })
+        .await
+        .unwrap();
+    assert_eq!(r.into_inner().header, None);
+    eventually(Duration::from_secs(20), || {
+        let ep = ep.clone();
+        async move {
+            let s = status(&ep).await.map_err(|e| e.to_string())?;
+            if s.leader == target {
+                Ok(())
+            } else {
+                Err(format!("leader is {:x}, not {target:x}", s.leader))
+            }
+        }
+    })
+    .await;
+}

@@ -6,37 +6,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use common::{eventually, Cluster};
 
 const ELECT: Duration = Duration::from_secs(20);
 
-/// `GET path` over HTTP/1.1: (status code, body).
-fn get(addr: &str, path: &str) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("send: {e}"))?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)
-        .map_err(|e| format!("read: {e}"))?;
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no header end in {raw:?}"))?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("no status in {head:?}"))?;
-    Ok((code, body.to_owned()))
-}
+use common::http_get as get;
 
 fn health(addr: &str) -> Result<(u16, serde_json::Value), String> {
     let (code, body) = get(addr, "/health")?;
@@ -136,32 +112,8 @@ async fn metrics_parse_and_move() {
     assert_eq!(code, 200, "{before}");
 
     // promtool parses it; its only lint is etcd's `_total` gauges.
-    let promtool = common::etcd::find_on_path("promtool")
-        .expect("promtool not found: install Debian's `prometheus` package");
-    let mut child = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(before.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_ne!(
-        out.status.code(),
-        Some(1),
-        "promtool could not parse it: {said}"
-    );
+    let (code, said) = common::run_promtool(&["check", "metrics"], &before);
+    assert_ne!(code, Some(1), "promtool could not parse it: {said}");
     for line in said.lines().filter(|l| !l.trim().is_empty()) {
         assert!(
             ETCD_TOTAL_GAUGES.iter().any(|n| line.starts_with(n)),

@@ -70,6 +70,21 @@ pub enum StateError {
     /// Appended last: the encoding of the variants before it is unchanged.
     #[error("{0}")]
     Auth(#[from] AuthError),
+    /// A write tagged with a client id whose session was forgotten (idle
+    /// past its TTL or evicted), at or below the highest request id it
+    /// had: it may be a retry of an applied request, so it is not applied
+    /// again (`session::SessionTable`). Appended after `Auth`.
+    #[error("warden: session expired; the request may or may not have been applied")]
+    SessionExpired,
+    /// A write whose request id is below what its session still keeps
+    /// responses for (the client acknowledged it, or too many responses
+    /// were kept): its outcome is no longer known and it is not applied.
+    /// Appended after `SessionExpired`.
+    #[error(
+        "warden: request id below the session's kept responses; the request may or may not \
+         have been applied"
+    )]
+    ResponseForgotten,
 }
 
 /// How the api layer should classify a [`StateError`] (etcd's gRPC codes).
@@ -98,9 +113,10 @@ impl StateError {
             StateError::Compacted | StateError::FutureRevision | StateError::LeaseTtlTooLarge => {
                 ErrorClass::OutOfRange
             }
-            StateError::LeaseExists | StateError::FenceRejected { .. } => {
-                ErrorClass::FailedPrecondition
-            }
+            StateError::LeaseExists
+            | StateError::FenceRejected { .. }
+            | StateError::SessionExpired
+            | StateError::ResponseForgotten => ErrorClass::FailedPrecondition,
             StateError::Lock(e) if e.is_invalid_argument() => ErrorClass::InvalidArgument,
             StateError::Lock(e) if e.is_proof_failure() => ErrorClass::PermissionDenied,
             StateError::FenceNotKv => ErrorClass::InvalidArgument,
@@ -153,7 +169,9 @@ impl StateError {
             StateError::Lock(_)
             | StateError::FenceRejected { .. }
             | StateError::FenceNotKv
-            | StateError::Auth(_) => return self.to_string().into(),
+            | StateError::Auth(_)
+            | StateError::SessionExpired
+            | StateError::ResponseForgotten => return self.to_string().into(),
         };
         fixed.into()
     }

@@ -859,6 +859,14 @@ impl LockTable {
         self.locks.is_empty()
     }
 
+    /// How many holds and how many queued waiters all locks have together
+    /// (one pass over the locks, for metrics).
+    pub fn holds_and_waits(&self) -> (u64, u64) {
+        self.locks.values().fold((0, 0), |(h, w), l| {
+            (h + l.holders.len() as u64, w + l.waiters.len() as u64)
+        })
+    }
+
     /// The token the next grant will get; every issued token is smaller.
     pub fn next_token(&self) -> u64 {
         self.next_token

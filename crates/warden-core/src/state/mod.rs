@@ -35,6 +35,7 @@ pub mod lock_table;
 pub mod machine;
 pub mod mvcc;
 pub mod nesting;
+pub mod session;
 pub mod types;
 pub mod validate;
 

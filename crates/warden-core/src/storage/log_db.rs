@@ -36,10 +36,13 @@
 
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::format::{self, FormatError};
+use super::observe::CommitObserver;
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -91,6 +94,8 @@ pub struct LogDb {
     db: Option<Database>,
     path: PathBuf,
     upgraded_from: Option<u32>,
+    /// Told how long each commit of [`LogDb::write`] took (the fsync).
+    observer: Option<Arc<dyn CommitObserver>>,
 }
 
 /// The payload of a record; every version this build reads has the same
@@ -153,6 +158,7 @@ impl LogDb {
             db: Some(db),
             path: path.to_path_buf(),
             upgraded_from: None,
+            observer: None,
         };
         // The first transaction reads the tables: guarded too.
         this.upgraded_from = this.guarded(|| this.prepare())?;
@@ -245,6 +251,12 @@ impl LogDb {
         Ok(())
     }
 
+    /// Reports the duration of every later commit to `observer` (the
+    /// server's fsync histogram). Commits made by `open` are not reported.
+    pub fn observe_commits(&mut self, observer: Arc<dyn CommitObserver>) {
+        self.observer = Some(observer);
+    }
+
     /// `Some(0)` if [`LogDb::open`] upgraded a format-0 file.
     pub fn upgraded_from(&self) -> Option<u32> {
         self.upgraded_from
@@ -285,7 +297,12 @@ impl LogDb {
     ) -> Result<(), LogError> {
         let txn = self.db()?.begin_write().map_err(|e| self.err(e))?;
         f(&txn).map_err(|e| self.err(e))?;
-        txn.commit().map_err(|e| self.err(e))
+        let started = Instant::now();
+        txn.commit().map_err(|e| self.err(e))?;
+        if let Some(o) = &self.observer {
+            o.committed(started.elapsed());
+        }
+        Ok(())
     }
 
     /// Appends (or overwrites) entries; durable when this returns.
@@ -480,6 +497,34 @@ mod tests {
 
     fn open(dir: &tempfile::TempDir) -> LogDb {
         LogDb::open(&dir.path().join("raft.redb")).unwrap()
+    }
+
+    /// Every durable write (appends, truncation, purge, metadata) reports
+    /// its commit once; reads report nothing.
+    #[test]
+    fn commits_are_reported_to_the_observer() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        #[derive(Default)]
+        struct Count(AtomicU64);
+        impl CommitObserver for Count {
+            fn committed(&self, _took: std::time::Duration) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = open(&dir);
+        let count = Arc::new(Count::default());
+        db.observe_commits(count.clone());
+        db.append(&[(1, b"a".to_vec()), (2, b"b".to_vec())])
+            .unwrap();
+        db.put_meta("vote", b"v").unwrap();
+        assert_eq!(count.0.load(Ordering::Relaxed), 2);
+        db.read_range(1..3).unwrap();
+        db.get_meta("vote").unwrap();
+        assert_eq!(count.0.load(Ordering::Relaxed), 2, "reads commit nothing");
+        db.truncate_after(Some(1)).unwrap();
+        db.purge_upto(1, "purged", b"p").unwrap();
+        assert_eq!(count.0.load(Ordering::Relaxed), 4);
     }
 
     #[test]

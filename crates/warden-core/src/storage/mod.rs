@@ -1,6 +1,7 @@
 //! On-disk state of a member: the byte formats and their versions
 //! (`format`), the Raft log and hard state (`log_db`) and snapshot files and
-//! backups (`snapshot_file`). Knows bytes, files and fsync; knows nothing
+//! backups (`snapshot_file`); how long durable commits take is reported
+//! through [`observe::CommitObserver`]. Knows bytes, files and fsync; knows nothing
 //! about Raft or key-value semantics.
 //!
 //! Must never: import `state` (the dependency goes the other way: `state`
@@ -9,4 +10,5 @@
 
 pub mod format;
 pub mod log_db;
+pub mod observe;
 pub mod snapshot_file;

@@ -44,6 +44,10 @@ use warden_proto::etcdserverpb as pb;
 /// The gRPC metadata key etcd clients put their token under.
 pub const TOKEN_METADATA: &str = "token";
 
+/// Where etcd also looks for it (its gateway passes the HTTP
+/// `Authorization` header on as this).
+pub const TOKEN_METADATA_HTTP: &str = "authorization";
+
 /// Password checks and hashes running at once (each is ~50-100 ms of CPU
 /// at etcd's default cost): the rest wait, so a flood of `Authenticate`
 /// calls cannot take every core.
@@ -345,6 +349,7 @@ impl Gate {
         let token = req
             .metadata()
             .get(TOKEN_METADATA)
+            .or_else(|| req.metadata().get(TOKEN_METADATA_HTTP))
             .map(|v| {
                 v.to_str()
                     .map_err(|_| auth_status(AuthError::InvalidAuthToken))
@@ -427,6 +432,11 @@ impl Gate {
     }
 
     /// `check_admin` of the caller of `req`, in one step.
+    /// Whether auth is on (as this member's applied state says).
+    pub fn auth_enabled(&self) -> Result<bool, Status> {
+        self.store(AuthStore::enabled)
+    }
+
     pub fn admin<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         let c = self.caller(req)?;
         self.check_admin(&c)?;

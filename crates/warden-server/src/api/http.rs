@@ -53,6 +53,15 @@ pub fn router(node: Arc<Node>, metrics: Arc<Metrics>) -> Router {
         .with_state(Http { node, metrics })
 }
 
+/// The routes of a metrics-only address (`--listen-metrics-urls`): `/metrics`
+/// and `/health`, as etcd serves there; anything else is 404.
+pub fn metrics_router(node: Arc<Node>, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_page))
+        .with_state(Http { node, metrics })
+}
+
 async fn metrics_page(State(h): State<Http>) -> Response {
     match h.metrics.render(&h.node) {
         Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),

@@ -33,14 +33,16 @@ impl KvService {
         check_request_size(m, self.max_request_bytes)
     }
 
-    /// Proposes `cmd` as the caller of `req` (checked when applied).
+    /// Proposes `cmd` as the caller of `req` (checked when applied), at
+    /// most once if `req` carries session metadata (`once`).
     async fn propose<T>(
         &self,
         req: &Request<T>,
         cmd: Command,
     ) -> Result<(i64, CommandResult), Status> {
         let caller = self.gate.caller(req)?;
-        Ok(super::propose(&self.node, grpc_timeout(req), &caller, cmd).await?)
+        let tag = super::once::tag_of(req)?;
+        Ok(super::propose_once(&self.node, grpc_timeout(req), &caller, cmd, tag).await?)
     }
 }
 

@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{Caller, Gate};
 use super::error::{node_status, state_status};
-use super::{header, propose};
+use super::header;
 use crate::node::peer_service::grpc_timeout;
 use crate::node::{Consistency, Node};
 use warden_core::state::lease::MAX_LEASE_TTL;
@@ -43,6 +43,20 @@ pub async fn grant(
     ttl: i64,
     timeout: Option<std::time::Duration>,
 ) -> Result<(i64, i64, i64), Status> {
+    grant_once(node, caller, id, ttl, timeout, None).await
+}
+
+/// [`grant`], at most once per client session `tag` when given: then one
+/// attempt only (a retry with the same tag answers the first attempt's
+/// lease, whatever id it picks itself).
+pub async fn grant_once(
+    node: &Node,
+    caller: &Caller,
+    id: i64,
+    ttl: i64,
+    timeout: Option<std::time::Duration>,
+    tag: Option<warden_core::state::session::SessionTag>,
+) -> Result<(i64, i64, i64), Status> {
     if ttl > MAX_LEASE_TTL {
         return Err(state_status(StateError::LeaseTtlTooLarge));
     }
@@ -52,7 +66,7 @@ pub async fn grant(
         ));
     }
     let ttl = ttl.max(node.min_lease_ttl());
-    let attempts = if id == 0 { 5 } else { 1 };
+    let attempts = if id == 0 && tag.is_none() { 5 } else { 1 };
     let mut last = StateError::LeaseExists;
     for _ in 0..attempts {
         let want = if id != 0 {
@@ -60,7 +74,8 @@ pub async fn grant(
         } else {
             rand::random_range(1..i64::MAX)
         };
-        match propose(node, timeout, caller, Command::LeaseGrant { id: want, ttl }).await {
+        let cmd = Command::LeaseGrant { id: want, ttl };
+        match super::propose_once(node, timeout, caller, cmd, tag.clone()).await {
             Ok((rev, CommandResult::LeaseGrant { id, ttl })) => return Ok((rev, id, ttl)),
             Ok(_) => return Err(super::unexpected()),
             Err(super::Proposal::State(e @ StateError::LeaseExists)) => last = e,
@@ -76,7 +91,7 @@ impl LeaseService {
     }
 }
 
-type KeepAliveStream =
+pub type KeepAliveStream =
     Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -87,8 +102,9 @@ impl pb::lease_server::Lease for LeaseService {
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         let timeout = grpc_timeout(&request);
         let caller = self.gate.caller(&request)?;
+        let tag = super::once::tag_of(&request)?;
         let r = request.into_inner();
-        let (rev, id, ttl) = grant(&self.node, &caller, r.id, r.ttl, timeout).await?;
+        let (rev, id, ttl) = grant_once(&self.node, &caller, r.id, r.ttl, timeout, tag).await?;
         Ok(Response::new(pb::LeaseGrantResponse {
             header: Some(header(&self.node, rev)),
             id,
@@ -104,7 +120,9 @@ impl pb::lease_server::Lease for LeaseService {
         let timeout = grpc_timeout(&request);
         let id = request.get_ref().id;
         let caller = self.gate.caller(&request)?;
-        let (rev, _) = propose(&self.node, timeout, &caller, Command::LeaseRevoke { id }).await?;
+        let tag = super::once::tag_of(&request)?;
+        let cmd = Command::LeaseRevoke { id };
+        let (rev, _) = super::propose_once(&self.node, timeout, &caller, cmd, tag).await?;
         Ok(Response::new(pb::LeaseRevokeResponse {
             header: Some(header(&self.node, rev)),
         }))
@@ -117,34 +135,7 @@ impl pb::lease_server::Lease for LeaseService {
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
         let caller = self.gate.caller(&request)?;
-        let mut incoming = request.into_inner();
-        let (tx, rx) = mpsc::channel(KEEPALIVE_QUEUE);
-        let node = self.node.clone();
-        let gate = self.gate.clone();
-        tokio::spawn(async move {
-            while let Some(msg) = incoming.next().await {
-                let Ok(msg) = msg else { break };
-                if let Err(e) = gate.check_lease(&caller, Some(msg.id), true) {
-                    let _ = tx.send(Err(e)).await;
-                    break;
-                }
-                let deadline = node.deadline(None);
-                let answer = match node.lease_renew(msg.id, deadline).await {
-                    // etcd answers a renewal of an unknown lease with TTL 0.
-                    Ok(r) => Ok(pb::LeaseKeepAliveResponse {
-                        header: Some(header(&node, node.status().revision)),
-                        id: msg.id,
-                        ttl: r.unwrap_or(0),
-                    }),
-                    Err(e) => Err(node_status(e)),
-                };
-                let failed = answer.is_err();
-                if tx.send(answer).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(self.keep_alive(caller, request.into_inner())))
     }
 
     async fn lease_time_to_live(
@@ -204,5 +195,51 @@ impl pb::lease_server::Lease for LeaseService {
                 .map(|id| pb::LeaseStatus { id })
                 .collect(),
         }))
+    }
+}
+
+impl LeaseService {
+    /// Answers the keep-alives of `incoming` for `caller` until it ends, a
+    /// renewal fails, or nobody reads the answers (gRPC's stream, or the
+    /// JSON gateway's values parsed from an HTTP body).
+    pub fn keep_alive(
+        &self,
+        caller: Caller,
+        mut incoming: impl Stream<Item = Result<pb::LeaseKeepAliveRequest, Status>>
+            + Unpin
+            + Send
+            + 'static,
+    ) -> KeepAliveStream {
+        let (tx, rx) = mpsc::channel(KEEPALIVE_QUEUE);
+        let node = self.node.clone();
+        let gate = self.gate.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = incoming.next() => m,
+                    () = tx.closed() => None,
+                };
+                let Some(Ok(msg)) = msg else { break };
+                if let Err(e) = gate.check_lease(&caller, Some(msg.id), true) {
+                    let _ = tx.send(Err(e)).await;
+                    break;
+                }
+                let deadline = node.deadline(None);
+                let answer = match node.lease_renew(msg.id, deadline).await {
+                    // etcd answers a renewal of an unknown lease with TTL 0.
+                    Ok(r) => Ok(pb::LeaseKeepAliveResponse {
+                        header: Some(header(&node, node.status().revision)),
+                        id: msg.id,
+                        ttl: r.unwrap_or(0),
+                    }),
+                    Err(e) => Err(node_status(e)),
+                };
+                let failed = answer.is_err();
+                if tx.send(answer).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
     }
 }

@@ -171,10 +171,8 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         r: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         self.gate.admin(&r).map_err(raw_auth_error)?;
-        let rev = self.node.status().revision;
-        Ok(Response::new(pb::DefragmentResponse {
-            header: Some(header(&self.node, rev)),
-        }))
+        // No header, as etcd answers (clients check for that).
+        Ok(Response::new(pb::DefragmentResponse { header: None }))
     }
 
     async fn hash(
@@ -182,7 +180,14 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         r: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
         self.gate.admin(&r).map_err(raw_auth_error)?;
-        Err(Status::unimplemented("Hash is not supported; use HashKV"))
+        // etcd hashes its whole backend file; what clients rely on is a
+        // number that members holding the same data agree on: the hash of
+        // every revision kept, up to the current one.
+        let (rev, hash, _) = self.hash_at(0).await?;
+        Ok(Response::new(pb::HashResponse {
+            header: Some(header(&self.node, rev)),
+            hash,
+        }))
     }
 
     async fn hash_kv(
@@ -190,24 +195,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         r: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
         self.gate.admin(&r).map_err(raw_auth_error)?;
-        let asked = r.get_ref().revision;
-        // Hashes every key: on a copy, off the lock and the async workers.
-        let (rev, hash, compact_revision) = self
-            .node
-            .scan_applied(move |m| {
-                let rev = m.current_revision();
-                let at = if asked == 0 { rev } else { asked };
-                if at > rev {
-                    return Err(StateError::FutureRevision);
-                }
-                if at < m.compact_revision() {
-                    return Err(StateError::Compacted);
-                }
-                Ok((rev, m.hash_kv(at), m.compact_revision()))
-            })
-            .await
-            .map_err(node_status)?
-            .map_err(state_status)?;
+        let (rev, hash, compact_revision) = self.hash_at(r.get_ref().revision).await?;
         Ok(Response::new(pb::HashKvResponse {
             header: Some(header(&self.node, rev)),
             hash,
@@ -283,10 +271,8 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             .transfer_leader(target)
             .await
             .map_err(node_status)?;
-        let rev = self.node.status().revision;
-        Ok(Response::new(pb::MoveLeaderResponse {
-            header: Some(header(&self.node, rev)),
-        }))
+        // No header, as etcd answers.
+        Ok(Response::new(pb::MoveLeaderResponse { header: None }))
     }
 
     async fn downgrade(
@@ -348,5 +334,30 @@ fn raw_auth_error(s: Status) -> Status {
             Status::unknown(format!("auth: {rest}"))
         }
         _ => s,
+    }
+}
+
+impl MaintenanceService {
+    /// (current revision, hash of the store at `asked` (0: current),
+    /// compaction revision).
+    async fn hash_at(&self, asked: i64) -> Result<(i64, u32, i64), Status> {
+        // Hashes every key: on a copy, off the lock and the async workers.
+        let (rev, hash, compact_revision) = self
+            .node
+            .scan_applied(move |m| {
+                let rev = m.current_revision();
+                let at = if asked == 0 { rev } else { asked };
+                if at > rev {
+                    return Err(StateError::FutureRevision);
+                }
+                if at < m.compact_revision() {
+                    return Err(StateError::Compacted);
+                }
+                Ok((rev, m.hash_kv(at), m.compact_revision()))
+            })
+            .await
+            .map_err(node_status)?
+            .map_err(state_status)?;
+        Ok((rev, hash, compact_revision))
     }
 }

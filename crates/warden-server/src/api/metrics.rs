@@ -7,8 +7,13 @@
 //! `etcd_server_proposals_committed_total` and `_applied_total` (gauges of
 //! the committed and applied index, as in etcd), `etcd_debugging_mvcc_keys_total`,
 //! `etcd_mvcc_db_total_size_in_bytes`, `etcd_server_quota_backend_bytes`;
-//! `warden_*` for what etcd has no name for (term, leases, locks, peer
-//! links).
+//! `warden_*` for what etcd has no name for (term, leases, locks and their
+//! holders and waiters, watchers, apply lag, replication lag, peer links).
+//! Also registered here: what the member's internals record as they work
+//! (`node::telemetry`: fsync and snapshot commit histograms, proposals
+//! pending and failed, slow applies, peer send failures and round trips,
+//! lease expiries, slow-watcher cancels), the gRPC server metrics
+//! (`grpc_metrics`) and the process metrics (`process_metrics`).
 //!
 //! Most values are read from the member's state when scraped (cheap: counts
 //! the state keeps, never a scan). Leader changes are counted by a task
@@ -20,9 +25,10 @@
 //! members in one test process keep apart, and its encoder writes the
 //! exposition format Prometheus and `promtool` parse.
 //!
-//! Owns: metric names, help texts, and label sets. Never: labels taken from
-//! keys, lock names or other client input (cardinality stays bounded by the
-//! number of members).
+//! Owns: the registry, and the names, help texts and label sets of the
+//! values read at scrape time. Never: labels taken from keys, lock names or
+//! other client input (cardinality stays bounded by the number of members
+//! and of gRPC methods).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -34,6 +40,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use super::grpc_metrics::GrpcMetrics;
+use super::process_metrics::ProcessCollector;
 use crate::node::Node;
 
 /// The `Content-Type` of what [`Metrics::render`] returns.
@@ -63,7 +71,17 @@ pub struct Metrics {
     revision: Gauge,
     peer_connected: Family<PeerLabel, Gauge>,
     peer_seconds_since_contact: Family<PeerLabel, Gauge<f64, AtomicU64>>,
+    apply_lag: Gauge,
+    replication_lag: Family<ToLabel, Gauge>,
+    watchers: Gauge,
+    lock_holders: Gauge,
+    lock_waiters: Gauge,
+    next_token: Gauge,
+    grpc: Arc<GrpcMetrics>,
 }
+
+/// etcd's label naming a peer (`To`, the member id in hex).
+type ToLabel = [(&'static str, String); 1];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -71,15 +89,28 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
-    }
-}
-
 impl Metrics {
-    /// A registry with every metric, all zero.
-    pub fn new() -> Metrics {
+    /// The metrics of `node`, counting its leader changes from now on (a
+    /// task that ends when the node is dropped). One per member: the client
+    /// port and the `--listen-metrics-urls` port share it.
+    pub fn start(node: &Arc<Node>) -> Arc<Metrics> {
+        let metrics = Arc::new(Metrics::new(node));
+        tokio::spawn(count_leader_changes(
+            Arc::downgrade(node),
+            metrics.clone(),
+            Duration::from_millis(100),
+        ));
+        metrics
+    }
+
+    /// The gRPC server metrics, for the client port's middleware
+    /// (`grpc_metrics::track`).
+    pub fn grpc(&self) -> Arc<GrpcMetrics> {
+        self.grpc.clone()
+    }
+
+    /// A registry with every metric, all zero, and `node`'s instruments.
+    pub fn new(node: &Node) -> Metrics {
         let mut m = Metrics {
             has_leader: Gauge::default(),
             is_leader: Gauge::default(),
@@ -95,6 +126,13 @@ impl Metrics {
             revision: Gauge::default(),
             peer_connected: Family::default(),
             peer_seconds_since_contact: Family::default(),
+            apply_lag: Gauge::default(),
+            replication_lag: Family::default(),
+            watchers: Gauge::default(),
+            lock_holders: Gauge::default(),
+            lock_waiters: Gauge::default(),
+            next_token: Gauge::default(),
+            grpc: Arc::default(),
             registry: Registry::default(),
         };
         m.registry.register(
@@ -167,6 +205,39 @@ impl Metrics {
             "Seconds since the last successful call to this peer",
             m.peer_seconds_since_contact.clone(),
         );
+        m.registry.register(
+            "warden_apply_lag_entries",
+            "Committed Raft entries this member has not applied yet",
+            m.apply_lag.clone(),
+        );
+        m.registry.register(
+            "warden_replication_lag_entries",
+            "On the leader: log entries a follower's matched index is behind the leader's last",
+            m.replication_lag.clone(),
+        );
+        m.registry.register(
+            "warden_watchers",
+            "Watchers registered on this member (all Watch streams)",
+            m.watchers.clone(),
+        );
+        m.registry.register(
+            "warden_lock_holders",
+            "Holds of native locks (a shared lock counts each holder)",
+            m.lock_holders.clone(),
+        );
+        m.registry.register(
+            "warden_lock_waiters",
+            "Waiters queued on native locks",
+            m.lock_waiters.clone(),
+        );
+        m.registry.register(
+            "warden_lock_next_fencing_token",
+            "The fencing token the next lock grant gets (every issued token is smaller)",
+            m.next_token.clone(),
+        );
+        node.telemetry().register(&mut m.registry);
+        m.grpc.register(&mut m.registry);
+        m.registry.register_collector(Box::new(ProcessCollector));
         m
     }
 
@@ -188,13 +259,20 @@ impl Metrics {
         gauge(&self.term, st.term);
         self.revision.set(st.revision);
         gauge(&self.quota, node.quota_bytes().unwrap_or(0));
+        gauge(&self.apply_lag, st.committed.saturating_sub(st.applied));
+        gauge(&self.watchers, node.watchers() as u64);
         let counts = node
             .with_state(|d| {
+                let locks = d.kv.locks();
+                let (holders, waiters) = locks.holds_and_waits();
                 (
                     d.kv.mvcc().len() as u64,
                     d.kv.size(),
                     d.kv.leases().len() as u64,
-                    d.kv.locks().len() as u64,
+                    locks.len() as u64,
+                    holders,
+                    waiters,
+                    locks.next_token(),
                 )
             })
             .map_err(|e| format!("read the member's state: {e}"))?;
@@ -202,6 +280,18 @@ impl Metrics {
         gauge(&self.db_size, counts.1);
         gauge(&self.leases, counts.2);
         gauge(&self.locks, counts.3);
+        gauge(&self.lock_holders, counts.4);
+        gauge(&self.lock_waiters, counts.5);
+        gauge(&self.next_token, counts.6);
+        self.replication_lag.clear();
+        for (id, lag) in node.replication_lag() {
+            gauge(
+                &self
+                    .replication_lag
+                    .get_or_create(&[("To", format!("{id:x}"))]),
+                lag,
+            );
+        }
         self.peer_connected.clear();
         self.peer_seconds_since_contact.clear();
         for (id, link) in node.peer_links() {

@@ -6,7 +6,8 @@
 //! and whether they may, translates protobuf to state-machine types
 //! (`convert`), calls the `Node`'s narrow API, and maps errors once
 //! (`error`). Writes carry their caller into the log (`Request::KvAs`) and
-//! are checked again when applied.
+//! are checked again when applied; writes with session metadata (`once`)
+//! are applied at most once (`Request::KvOnce`).
 //!
 //! Must never: touch Raft or storage directly; everything goes through `Node`.
 
@@ -15,15 +16,21 @@ pub mod cluster;
 pub mod convert;
 pub mod election;
 pub mod error;
+pub mod gateway;
+pub mod grpc_metrics;
 pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub mod metrics;
 pub mod native_locks;
+pub mod once;
+pub mod process_metrics;
 pub mod quota;
 pub mod recipes;
 pub mod resp;
+pub mod trace;
+pub mod ui;
 pub mod v3lock;
 pub mod watch;
 
@@ -76,6 +83,20 @@ pub async fn propose(
     caller: &auth::Caller,
     cmd: warden_core::state::Command,
 ) -> Result<(i64, warden_core::state::CommandResult), Proposal> {
+    propose_once(node, timeout, caller, cmd, None).await
+}
+
+/// [`propose`], applied at most once per client session `tag` when given
+/// (`Request::KvOnce`, see `once`): a retry with the same tag answers the
+/// first attempt's revision and result. Only for requests that make exactly
+/// one proposal of the client's.
+pub async fn propose_once(
+    node: &Node,
+    timeout: Option<std::time::Duration>,
+    caller: &auth::Caller,
+    cmd: warden_core::state::Command,
+    tag: Option<warden_core::state::session::SessionTag>,
+) -> Result<(i64, warden_core::state::CommandResult), Proposal> {
     // Checked here first against this member's auth state, so a caller
     // without the permission costs no log entry (and a refused compaction
     // no prepared copy); checked again when applied, which decides.
@@ -87,16 +108,12 @@ pub async fn propose(
         .await
         .map_err(Proposal::State)?;
     let deadline = node.deadline(timeout);
-    let resp = node
-        .write(
-            crate::node::types::Request::KvAs {
-                user: caller.0.clone(),
-                cmd,
-            },
-            deadline,
-        )
-        .await
-        .map_err(Proposal::Node)?;
+    let user = caller.0.clone();
+    let req = match tag {
+        Some(tag) => crate::node::types::Request::KvOnce { user, cmd, tag },
+        None => crate::node::types::Request::KvAs { user, cmd },
+    };
+    let resp = node.write(req, deadline).await.map_err(Proposal::Node)?;
     match resp.result {
         Ok(Some(r)) => Ok((resp.revision, r)),
         Ok(None) => Err(Proposal::Internal("command applied without a result")),
@@ -110,9 +127,12 @@ pub fn unexpected() -> tonic::Status {
 }
 
 /// Serves the client API on `listener` (over TLS with `tls`) until
-/// `shutdown` resolves.
+/// `shutdown` resolves; `metrics` ([`metrics::Metrics::start`]) is served
+/// at `/metrics` and counts the gRPC calls.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     node: Arc<Node>,
+    metrics: Arc<metrics::Metrics>,
     listener: TcpListener,
     max_request_bytes: usize,
     tls: Option<Arc<crate::tls::ServerTls>>,
@@ -179,20 +199,48 @@ pub async fn serve(
     let http2 = node.client_http2();
     // HTTP/1.1 too, for the probes of `http.rs` (`curl`, load balancers);
     // gRPC clients speak HTTP/2 on the same port, told apart per connection.
-    let metrics = Arc::new(metrics::Metrics::new());
-    tokio::spawn(metrics::count_leader_changes(
-        Arc::downgrade(&node),
-        metrics.clone(),
-        std::time::Duration::from_millis(100),
-    ));
-    let http = tonic::service::Routes::from(http::router(node.clone(), metrics));
-    let router = tonic::transport::Server::builder()
-        .accept_http1(true)
-        .tcp_nodelay(true)
-        .max_concurrent_streams(http2.max_concurrent_streams)
-        .http2_keepalive_interval(http2.keepalive_interval)
-        .http2_keepalive_timeout(Some(http2.keepalive_timeout))
-        .add_routes(http)
+    let gateway = Arc::new(gateway::Gateway {
+        gate: gate.clone(),
+        kv: kv::KvService {
+            node: node.clone(),
+            gate: gate.clone(),
+            max_request_bytes,
+        },
+        lease: lease::LeaseService {
+            node: node.clone(),
+            gate: gate.clone(),
+        },
+        cluster: cluster::ClusterService {
+            node: node.clone(),
+            gate: gate.clone(),
+        },
+        maintenance: maintenance::MaintenanceService::new(node.clone(), gate.clone()),
+        auth: auth::AuthService { gate: gate.clone() },
+        lock: v3lock::LockService {
+            node: node.clone(),
+            gate: gate.clone(),
+            max_request_bytes,
+        },
+        election: election::ElectionService {
+            node: node.clone(),
+            gate: gate.clone(),
+            max_request_bytes,
+        },
+        watch: watch::WatchService {
+            node: node.clone(),
+            gate: gate.clone(),
+            max_response_bytes: max_request_bytes,
+            progress_interval: watch::progress_interval(),
+        },
+        max_body: limit.saturating_mul(gateway::JSON_EXPANSION),
+    });
+    let grpc_metrics = metrics.grpc();
+    let mut routes = tonic::service::RoutesBuilder::from(
+        http::router(node.clone(), metrics)
+            .merge(gateway::router(gateway))
+            .merge(ui::router(node.clone(), gate.clone())),
+    );
+    routes
         .add_service(health)
         .add_service(kv)
         .add_service(maintenance)
@@ -206,6 +254,46 @@ pub async fn serve(
             pb::auth_server::AuthServer::new(auth::AuthService { gate })
                 .max_decoding_message_size(limit),
         );
+    // Every route (gRPC and HTTP) behind the gRPC metrics middleware, which
+    // counts the gRPC calls and lets the rest pass, and, outermost, the
+    // layer that gives each request its id and span (`trace.rs`).
+    let routes = tonic::service::Routes::from(
+        routes
+            .routes()
+            .prepare()
+            .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(
+                grpc_metrics,
+                grpc_metrics::track,
+            ))
+            .layer(trace::RequestIds {
+                slow: node.slow_request(),
+            }),
+    );
+    let router = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .tcp_nodelay(true)
+        .max_concurrent_streams(http2.max_concurrent_streams)
+        .http2_keepalive_interval(http2.keepalive_interval)
+        .http2_keepalive_timeout(Some(http2.keepalive_timeout))
+        .add_routes(routes);
     crate::tls::serve(router, listener, tls, "client", shutdown).await?;
+    Ok(())
+}
+
+/// Serves `/metrics` and `/health` only (etcd's `--listen-metrics-urls`),
+/// plain HTTP on `listener`, until `shutdown` resolves.
+pub async fn serve_metrics(
+    node: Arc<Node>,
+    metrics: Arc<metrics::Metrics>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let routes = tonic::service::Routes::from(http::metrics_router(node, metrics));
+    let router = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .tcp_nodelay(true)
+        .add_routes(routes);
+    crate::tls::serve(router, listener, None, "metrics", shutdown).await?;
     Ok(())
 }

@@ -542,6 +542,7 @@ impl pb::locks_server::Locks for LocksService {
         check_request_size(request.get_ref(), self.max_request_bytes)?;
         let timeout = grpc_timeout(&request);
         let caller = self.gate.caller(&request)?;
+        let tag = super::once::tag_of(&request)?;
         let r = request.into_inner();
         let cmd = match proof_of(&r.name, r.token, &r.handle)? {
             Some(proof) => Command::LockReleaseProven {
@@ -554,7 +555,7 @@ impl pb::locks_server::Locks for LocksService {
                 token: r.token,
             },
         };
-        let (rev, _) = propose(&self.node, timeout, &caller, cmd).await?;
+        let (rev, _) = super::propose_once(&self.node, timeout, &caller, cmd, tag).await?;
         Ok(Response::new(pb::ReleaseResponse {
             header: Some(header(&self.node, rev)),
         }))
@@ -686,6 +687,7 @@ impl pb::locks_server::Locks for LocksService {
         check_request_size(request.get_ref(), self.max_request_bytes)?;
         let timeout = grpc_timeout(&request);
         let caller = self.gate.caller(&request)?;
+        let tag = super::once::tag_of(&request)?;
         let r = request.into_inner();
         let txn = st::TxnRequest::try_convert_from(r.txn.unwrap_or_default())?;
         warden_core::state::validate::check_txn_request(&txn).map_err(state_status)?;
@@ -703,7 +705,7 @@ impl pb::locks_server::Locks for LocksService {
                 command,
             },
         };
-        match propose(&self.node, timeout, &caller, cmd).await? {
+        match super::propose_once(&self.node, timeout, &caller, cmd, tag).await? {
             (rev, CommandResult::Txn(t)) => {
                 let mut resp = warden_proto::etcdserverpb::TxnResponse::convert_from(t);
                 super::kv::set_nested_headers(&mut resp.responses, rev);

@@ -65,7 +65,8 @@ pub struct WatchService {
 /// point, the subscription (or why none), and the history to replay.
 type Subscribed = (i64, i64, Result<WatchGuard, StateError>, Option<MvccStore>);
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send + 'static>>;
+pub type WatchStream =
+    Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send + 'static>>;
 
 /// A response and its share of the stream's `OUT_WINDOW`, given back when
 /// the HTTP/2 layer takes the response.
@@ -83,7 +84,22 @@ impl pb::watch_server::Watch for WatchService {
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
         let caller = self.gate.caller(&request)?;
-        let incoming = request.into_inner();
+        Ok(Response::new(self.open(caller, request.into_inner())))
+    }
+}
+
+/// Requests a watch stream reads: gRPC's `Streaming`, or the JSON
+/// gateway's values parsed from an HTTP body.
+pub trait Incoming:
+    Stream<Item = Result<pb::WatchRequest, Status>> + Unpin + Send + 'static
+{
+}
+impl<S: Stream<Item = Result<pb::WatchRequest, Status>> + Unpin + Send + 'static> Incoming for S {}
+
+impl WatchService {
+    /// Serves one watch stream for `caller`: answers `incoming`'s requests
+    /// until it ends or the answers' reader goes away.
+    pub fn open(&self, caller: Caller, incoming: impl Incoming) -> WatchStream {
         let (tx, rx) = mpsc::channel::<Out>(STREAM_QUEUE);
         let ctx = StreamCtx {
             node: self.node.clone(),
@@ -96,7 +112,7 @@ impl pb::watch_server::Watch for WatchService {
         };
         tokio::spawn(ctx.run(incoming));
         let out = ReceiverStream::new(rx).map(|(r, _permit)| r);
-        Ok(Response::new(Box::pin(out)))
+        Box::pin(out)
     }
 }
 
@@ -164,11 +180,18 @@ impl StreamCtx {
         self.send(r).await;
     }
 
-    async fn run(self, mut incoming: Streaming<pb::WatchRequest>) {
+    async fn run(self, mut incoming: impl Incoming) {
         let mut watchers: BTreeMap<i64, Running> = BTreeMap::new();
         let mut next_id: i64 = 0;
         let max_watchers = self.node.watch_limits().watchers_per_stream;
-        while let Some(msg) = incoming.next().await {
+        loop {
+            // The stream also ends when nobody reads its answers any more
+            // (a gateway client that hung up sends no end of requests).
+            let msg = tokio::select! {
+                m = incoming.next() => m,
+                () = self.tx.closed() => None,
+            };
+            let Some(msg) = msg else { break };
             let msg = match msg {
                 Ok(m) => m,
                 Err(e) => {

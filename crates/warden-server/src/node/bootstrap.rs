@@ -48,10 +48,12 @@ impl Node {
             );
         }
         let log_path = cfg.data_dir.join("raft.redb");
-        let db = warden_core::storage::log_db::LogDb::open(&log_path)?;
+        let telemetry = Arc::new(super::telemetry::Telemetry::default());
+        let mut db = warden_core::storage::log_db::LogDb::open(&log_path)?;
         let records = db.verify()?;
         tracing::info!(log = %log_path.display(), records, "raft log verified");
-        let sm = SmStore::open(&cfg.data_dir.join("snap"))?;
+        db.observe_commits(telemetry.wal_observer());
+        let sm = SmStore::open_with(&cfg.data_dir.join("snap"), telemetry.clone())?;
         sm.hub().set_limits(cfg.watch);
 
         let raft_config = openraft::Config {
@@ -103,6 +105,7 @@ impl Node {
                 cluster_id: identity.cluster_id,
                 member_id: id,
             },
+            telemetry.clone(),
         ));
         let net = NetworkFactory {
             links: links.clone(),
@@ -147,6 +150,7 @@ impl Node {
             lessor: lessor::Lessor::default(),
             joined: identity.joined,
             removed: tokio::sync::watch::channel(None).0,
+            telemetry,
         });
         tokio::spawn(publish_client_addr(node.clone()));
         tokio::spawn(lessor::run(node.clone()));

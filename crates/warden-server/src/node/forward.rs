@@ -97,6 +97,16 @@ impl Node {
     /// Proposes `req` and returns its applied result. Forwards to the leader
     /// when this member is not it.
     pub async fn write(&self, req: Request, deadline: Instant) -> Result<Response, NodeError> {
+        let _pending = self.telemetry.proposal();
+        let r = self.write_routed(req, deadline).await;
+        if r.is_err() {
+            self.telemetry.proposal_failed();
+        }
+        r
+    }
+
+    /// [`Node::write`] without the counting.
+    async fn write_routed(&self, req: Request, deadline: Instant) -> Result<Response, NodeError> {
         loop {
             match self.write_local(req.clone(), deadline).await {
                 Ok(r) => return Ok(r),
@@ -186,6 +196,13 @@ impl Node {
         let mut client = self.forward_client(peer)?;
         let mut r = tonic::Request::new(network::encode(req).map_err(NodeError::Internal)?);
         r.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        // The client request's id goes with it, for the leader's log.
+        if let Some(id) = crate::api::trace::current_request_id() {
+            if let Ok(v) = id.parse() {
+                r.metadata_mut()
+                    .insert(crate::api::trace::REQUEST_ID_HEADER, v);
+            }
+        }
         match client.forward(r).await {
             Ok(resp) => network::decode(resp.get_ref())
                 .map(Ok)

@@ -772,13 +772,18 @@ async fn revoke_worker(node: Arc<Node>, rx: mpsc::Receiver<i64>) {
             async move {
                 let deadline = node.deadline(None);
                 let cmd = Request::Kv(Command::LeaseRevoke { id });
-                if let Err(e) = node.write_local(cmd, deadline).await {
-                    // Proposed again after REVOKE_RETRY if still there.
-                    tracing::debug!(
-                        lease = format!("{id:x}"),
-                        "revoke of expired lease: {}",
-                        e.into_error()
-                    );
+                match node.write_local(cmd, deadline).await {
+                    Ok(r) if r.result.is_ok() => node.telemetry.lease_expired(),
+                    // Already revoked by its owner: not an expiry.
+                    Ok(_) => {}
+                    Err(e) => {
+                        // Proposed again after REVOKE_RETRY if still there.
+                        tracing::debug!(
+                            lease = format!("{id:x}"),
+                            "revoke of expired lease: {}",
+                            e.into_error()
+                        );
+                    }
                 }
             }
         })

@@ -37,6 +37,7 @@ pub mod peer_auth;
 pub mod peer_service;
 mod reads;
 pub mod state_machine;
+pub mod telemetry;
 pub mod types;
 pub mod watch_hub;
 
@@ -146,6 +147,8 @@ pub struct NodeConfig {
     /// remaining TTL exceeds it (`--lease-checkpoint-interval`, etcd's
     /// flag); see `lessor`.
     pub lease_checkpoint_interval: Duration,
+    /// Requests slower than this are logged (`--warning-apply-duration`).
+    pub slow_request: Duration,
 }
 
 impl NodeConfig {
@@ -217,6 +220,8 @@ pub struct Node {
     joined: bool,
     /// Set once the cluster has removed this member (why, in one line).
     removed: tokio::sync::watch::Sender<Option<String>>,
+    /// Instruments fed by this member's internals (`api::metrics` shows them).
+    telemetry: Arc<telemetry::Telemetry>,
 }
 
 /// Snapshot of what a member knows, for status output.
@@ -314,9 +319,53 @@ impl Node {
         Instant::now() + t.min(self.config.request_timeout.max(Duration::from_secs(1)) * 6)
     }
 
+    /// On the leader, the last log index each member is known to hold;
+    /// `None` on other members (only a leader tracks replication).
+    pub fn matched(&self) -> Option<BTreeMap<u64, u64>> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.replication.as_ref().map(|r| {
+            r.iter()
+                .map(|(id, l)| (*id, l.as_ref().map_or(0, |l| l.index)))
+                .collect()
+        })
+    }
+
+    /// Requests slower than this are logged (`--warning-apply-duration`).
+    pub fn slow_request(&self) -> Duration {
+        self.config.slow_request
+    }
+
     /// Link state of every peer this member has talked to.
     pub fn peer_links(&self) -> BTreeMap<u64, LinkInfo> {
         self.links.snapshot()
+    }
+
+    /// The instruments this member's internals feed.
+    pub fn telemetry(&self) -> &telemetry::Telemetry {
+        &self.telemetry
+    }
+
+    /// Watchers registered on this member.
+    pub fn watchers(&self) -> usize {
+        self.sm.hub().len()
+    }
+
+    /// On the leader: how many log entries each follower's matched index is
+    /// behind the leader's last one (empty on other members).
+    pub fn replication_lag(&self) -> BTreeMap<u64, u64> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        let Some(repl) = m.replication else {
+            return BTreeMap::new();
+        };
+        repl.iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, matched)| {
+                let at = matched.as_ref().map_or(0, |l| l.index);
+                (*id, last.saturating_sub(at))
+            })
+            .collect()
     }
 
     /// This member's storage quota in bytes (`None`: no quota).

@@ -31,6 +31,7 @@ use tonic::transport::Endpoint;
 
 use super::peer_auth::{PeerClient, PeerIdentity};
 use super::state_machine::SnapshotFile;
+use super::telemetry::Telemetry;
 use super::types::{Member, RaftSnapshot, SnapshotMeta, TypeConfig, Vote};
 use warden_client::backoff::Backoff as ClientBackoff;
 use warden_proto::peer::raft_peer_client::RaftPeerClient;
@@ -78,6 +79,8 @@ pub struct Links {
     tls: Option<warden_client::TlsOptions>,
     /// Who this member is, sent with every peer call.
     identity: PeerIdentity,
+    /// Send failures and heartbeat round trips are reported here.
+    telemetry: Arc<Telemetry>,
 }
 
 impl Links {
@@ -85,12 +88,14 @@ impl Links {
         routes: BTreeMap<String, String>,
         tls: Option<warden_client::TlsOptions>,
         identity: PeerIdentity,
+        telemetry: Arc<Telemetry>,
     ) -> Self {
         Links {
             inner: Mutex::default(),
             routes,
             tls,
             identity,
+            telemetry,
         }
     }
 
@@ -118,6 +123,11 @@ impl Links {
     }
 
     fn set(&self, id: u64, addr: &str, state: LinkState, err: Option<String>) {
+        match state {
+            LinkState::Disconnected => self.telemetry.peer_send_failed(id),
+            LinkState::Connecting => self.telemetry.peer_known(id),
+            LinkState::Connected => {}
+        }
         if let Ok(mut m) = self.inner.lock() {
             let e = m.entry(id).or_insert_with(|| LinkInfo {
                 addr: addr.to_string(),
@@ -350,12 +360,25 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         Box::pin(async move {
             self.pace().await;
             let mut client = self.client()?;
-            let outgoing = input.filter_map(|req| async move {
-                match encode(&req) {
-                    Ok(b) => Some(b),
-                    Err(e) => {
-                        tracing::error!("dropping append that cannot be encoded: {e}");
-                        None
+            // A stream's responses answer its requests in order, so the
+            // first response answers the first request: when that is a
+            // heartbeat (no entries, nothing for the follower to write),
+            // the time between them is the link's round trip.
+            let first_sent: Arc<Mutex<Option<(Instant, bool)>>> = Arc::default();
+            let sent = first_sent.clone();
+            let outgoing = input.filter_map(move |req| {
+                if let Ok(mut s) = sent.lock() {
+                    if s.is_none() {
+                        *s = Some((Instant::now(), req.entries.is_empty()));
+                    }
+                }
+                async move {
+                    match encode(&req) {
+                        Ok(b) => Some(b),
+                        Err(e) => {
+                            tracing::error!("dropping append that cannot be encoded: {e}");
+                            None
+                        }
                     }
                 }
             });
@@ -374,8 +397,15 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             let target = self.target;
             let links = self.links.clone();
             let addr = self.addr.clone();
+            let mut first_answer = true;
             let s = resp.into_inner().map(move |item| match item {
                 Ok(blob) => {
+                    if std::mem::take(&mut first_answer) {
+                        let first = first_sent.lock().ok().and_then(|s| *s);
+                        if let Some((at, true)) = first {
+                            links.telemetry.peer_round_trip(target, at.elapsed());
+                        }
+                    }
                     let r: Remote<StreamAppendResult<TypeConfig>> =
                         decode(&blob).map_err(local_err)?;
                     r.map_err(|e| local_err(format!("peer {target:x}: {e}")))

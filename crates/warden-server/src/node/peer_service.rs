@@ -550,7 +550,38 @@ impl RaftPeer for PeerService {
                 return Err(Status::permission_denied(msg));
             }
         }
-        let resp = self.node.handle_forward(fwd, deadline).await;
+        let id = req
+            .metadata()
+            .get(crate::api::trace::REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::api::trace::sane_id)
+            .map(str::to_owned);
+        let resp = match id {
+            // A client request forwarded by a follower: logged under the
+            // same id as on the follower.
+            Some(id) => {
+                let span =
+                    tracing::info_span!("forwarded", id = %id, from = %format!("{sender:x}"));
+                let slow = self.node.slow_request();
+                let node = self.node.clone();
+                crate::api::trace::in_request(id, span, async move {
+                    let start = std::time::Instant::now();
+                    let resp = node.handle_forward(fwd, deadline).await;
+                    let took = start.elapsed();
+                    if took > slow {
+                        tracing::warn!("slow forwarded request: answered after {took:?}");
+                    } else {
+                        tracing::debug!(
+                            took_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+                            "forwarded request answered"
+                        );
+                    }
+                    resp
+                })
+                .await
+            }
+            None => self.node.handle_forward(fwd, deadline).await,
+        };
         encode(&resp).map(Response::new).map_err(Status::internal)
     }
 }

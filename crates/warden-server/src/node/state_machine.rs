@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::lessor::LeaseFeed;
+use super::telemetry::Telemetry;
 pub use super::types::SnapshotFile;
 use super::types::{
     LogId, RaftSnapshot, Request, Response, SnapshotMeta, StoredMembership, TypeConfig,
@@ -38,6 +39,7 @@ use tokio::sync::broadcast;
 use warden_core::state::alarm::{AlarmTable, AlarmType};
 use warden_core::state::auth::AuthStore;
 use warden_core::state::lock_table::{LockEvent, LockProofs};
+use warden_core::state::session::{SessionTable, Stored};
 use warden_core::state::{Command, CommandResult, Compaction, StateError, StateMachine};
 use warden_core::storage::snapshot_file;
 
@@ -79,6 +81,14 @@ pub struct SmData {
     /// snapshot with digests rather than drop them.
     #[serde(skip)]
     pub auth: AuthStore,
+    /// Client sessions (`Request::KvOnce`). Not part of the derived
+    /// encoding either: a fifth section after the lock handle digests
+    /// (then written even when empty), only when a tagged write was ever
+    /// applied, so snapshots of clusters that never saw one keep their
+    /// exact bytes, and a build from before sessions refuses a snapshot
+    /// holding some (trailing bytes) rather than dropping them.
+    #[serde(skip)]
+    pub sessions: SessionTable,
 }
 
 /// The Raft instance of a member, driving this state machine.
@@ -108,6 +118,8 @@ struct Shared {
     current: Mutex<Option<(SnapshotMeta, PathBuf)>>,
     /// Lease grants and revokes as applied, for the leader's lessor.
     lease_feed: LeaseFeed,
+    /// Slow applies and snapshot commits are reported here.
+    telemetry: Arc<Telemetry>,
 }
 
 #[derive(Clone)]
@@ -193,11 +205,28 @@ pub(crate) fn parse_snapshot(
                 }
             } else {
                 let sections = "an alarm table, an auth store and lock handle digests";
-                let proofs = postcard::take_from_bytes::<LockProofs>(rest)
-                    .ok()
-                    .filter(|(p, tail)| tail.is_empty() && !p.is_empty())
-                    .map(|(p, _)| p)
-                    .ok_or_else(|| bad(sections))?;
+                let (proofs, rest) =
+                    postcard::take_from_bytes::<LockProofs>(rest).map_err(|_| bad(sections))?;
+                if rest.is_empty() {
+                    if proofs.is_empty() {
+                        return Err(bad(sections));
+                    }
+                } else {
+                    let sections =
+                        "an alarm table, an auth store, lock handle digests and client sessions";
+                    let sessions = postcard::take_from_bytes::<SessionTable>(rest)
+                        .ok()
+                        .filter(|(t, tail)| tail.is_empty() && !t.is_pristine())
+                        .map(|(t, _)| t)
+                        .ok_or_else(|| bad(sections))?;
+                    sessions.check_invariants().map_err(|e| {
+                        other(format!(
+                            "snapshot {}: inconsistent client sessions: {e}",
+                            path.display()
+                        ))
+                    })?;
+                    data.sessions = sessions;
+                }
                 data.kv.restore_lock_proofs(proofs).map_err(|e| {
                     other(format!(
                         "snapshot {}: inconsistent lock handle digests: {e}",
@@ -266,7 +295,8 @@ pub fn export(data: &SmData) -> io::Result<Vec<u8>> {
 fn write_body<W: io::Write>(data: &SmData, w: W) -> io::Result<W> {
     let w = postcard::to_io(data, w).map_err(|e| other(format!("encode snapshot: {e}")))?;
     let proofs = data.kv.lock_proofs();
-    let with_proofs = !proofs.is_empty();
+    let with_sessions = !data.sessions.is_pristine();
+    let with_proofs = with_sessions || !proofs.is_empty();
     let with_auth = with_proofs || !data.auth.is_pristine();
     if data.alarms.is_empty() && !with_auth {
         return Ok(w);
@@ -281,8 +311,13 @@ fn write_body<W: io::Write>(data: &SmData, w: W) -> io::Result<W> {
     if !with_proofs {
         return Ok(w);
     }
-    postcard::to_io(&proofs, w)
-        .map_err(|e| other(format!("encode snapshot lock handle digests: {e}")))
+    let w = postcard::to_io(&proofs, w)
+        .map_err(|e| other(format!("encode snapshot lock handle digests: {e}")))?;
+    if !with_sessions {
+        return Ok(w);
+    }
+    postcard::to_io(&data.sessions, w)
+        .map_err(|e| other(format!("encode snapshot client sessions: {e}")))
 }
 
 /// Writes the snapshot file of `data` to `dir/name`, atomically and
@@ -478,6 +513,12 @@ pub fn restore(backup: &Path, snap_dir: &Path) -> io::Result<SmData> {
 impl SmStore {
     /// Opens the state in `snap_dir`: the newest snapshot, or an empty state.
     pub fn open(snap_dir: &Path) -> io::Result<Self> {
+        Self::open_with(snap_dir, Arc::default())
+    }
+
+    /// [`SmStore::open`], reporting slow applies, snapshot commits and
+    /// slow-watcher cancels to `telemetry`.
+    pub fn open_with(snap_dir: &Path, telemetry: Arc<Telemetry>) -> io::Result<Self> {
         std::fs::create_dir_all(snap_dir)
             .map_err(|e| other(format!("create {}: {e}", snap_dir.display())))?;
         // Nothing is receiving or writing a snapshot yet: temp files here
@@ -499,12 +540,13 @@ impl SmStore {
         Ok(Self {
             shared: Arc::new(Shared {
                 data: RwLock::new(data),
-                hub: WatchHub::default(),
+                hub: WatchHub::counting_cancels(telemetry.slow_watcher_cancels()),
                 lock_feed: broadcast::channel(LOCK_FEED_CAPACITY).0,
                 applied_tx,
                 snap_dir: snap_dir.to_path_buf(),
                 current: Mutex::new(current),
                 lease_feed: LeaseFeed::default(),
+                telemetry,
             }),
         })
     }
@@ -544,7 +586,9 @@ impl SmStore {
     /// are. `apply_one` then only swaps the result in.
     async fn prepare(&self, entry: &super::types::Entry) -> io::Result<Option<Compaction>> {
         let cmd = match &entry.payload {
-            EntryPayload::Normal(Request::Kv(cmd) | Request::KvAs { cmd, .. }) => cmd,
+            EntryPayload::Normal(
+                Request::Kv(cmd) | Request::KvAs { cmd, .. } | Request::KvOnce { cmd, .. },
+            ) => cmd,
             _ => return Ok(None),
         };
         let Some((store, rev)) = self.read()?.kv.compaction_base(cmd) else {
@@ -570,12 +614,25 @@ impl SmStore {
             },
             EntryPayload::Normal(Request::Kv(cmd)) => self.apply_kv(&mut d, &cmd, prepared),
             EntryPayload::Normal(Request::KvAs { user, cmd }) => {
-                match d.auth.check_command(user.as_deref(), &cmd, &d.kv) {
-                    Ok(()) => self.apply_kv(&mut d, &cmd, prepared),
-                    Err(e) => Response {
-                        revision: d.kv.revision(),
-                        result: Err(StateError::Auth(e)),
-                    },
+                self.apply_kv_as(&mut d, user.as_deref(), &cmd, prepared)
+            }
+            EntryPayload::Normal(Request::KvOnce { user, cmd, tag }) => {
+                // The session decides before anything else, so a retry is
+                // answered as the first attempt was even if the auth store
+                // or the alarms changed since.
+                let mut sessions = std::mem::take(&mut d.sessions);
+                let revision = d.kv.revision();
+                let stored = sessions.apply_once(&tag, revision, || {
+                    let r = self.apply_kv_as(&mut d, user.as_deref(), &cmd, prepared);
+                    Stored {
+                        revision: r.revision,
+                        result: r.result,
+                    }
+                });
+                d.sessions = sessions;
+                Response {
+                    revision: stored.revision,
+                    result: stored.result,
                 }
             }
             EntryPayload::Normal(Request::Auth(cmd)) => {
@@ -619,6 +676,24 @@ impl SmStore {
             }
         };
         Ok(resp)
+    }
+
+    /// Applies a key-value command a client sent as `user`, if the auth
+    /// store allows it at this point of the log.
+    fn apply_kv_as(
+        &self,
+        d: &mut SmData,
+        user: Option<&str>,
+        cmd: &Command,
+        prepared: Option<Compaction>,
+    ) -> Response {
+        match d.auth.check_command(user, cmd, &d.kv) {
+            Ok(()) => self.apply_kv(d, cmd, prepared),
+            Err(e) => Response {
+                revision: d.kv.revision(),
+                result: Err(StateError::Auth(e)),
+            },
+        }
     }
 
     /// Applies a key-value command (already allowed by the auth store).
@@ -669,11 +744,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SmStore {
         let meta = meta_of(&data);
         let dir = self.shared.snap_dir.clone();
         let meta2 = meta.clone();
+        let telemetry = self.shared.telemetry.clone();
         let path = tokio::task::spawn_blocking(move || -> io::Result<PathBuf> {
             let (index, term) = meta2
                 .last_log_id
                 .map_or((0, 0), |l| (l.index, l.leader_id.term));
-            write_snapshot_file(&dir, &snapshot_file::file_name(index, term), &meta2, &data)
+            let started = std::time::Instant::now();
+            let path =
+                write_snapshot_file(&dir, &snapshot_file::file_name(index, term), &meta2, &data)?;
+            telemetry.backend_committed(started.elapsed());
+            Ok(path)
         })
         .await
         .map_err(|e| other(format!("snapshot task failed: {e}")))??;
@@ -702,8 +782,10 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let index = entry.log_id.index;
+            let started = std::time::Instant::now();
             let prepared = self.prepare(&entry).await?;
             let resp = self.apply_one(entry, prepared)?;
+            self.shared.telemetry.applied(started.elapsed());
             self.shared.applied_tx.send_replace(index);
             if let Some(r) = responder {
                 r.send(resp);
@@ -1140,6 +1222,147 @@ pub(crate) mod samples {
             names: BTreeMap::from([(1, "n1".to_string())]),
             alarms: Default::default(),
             auth: Default::default(),
+            sessions: Default::default(),
         }
+    }
+}
+
+/// Exactly-once apply through `Request::KvOnce`, and the session section
+/// of snapshots.
+#[cfg(test)]
+mod sessions {
+    use super::*;
+    use openraft::testing::log_id;
+    use warden_core::state::session::SessionTag;
+
+    fn tagged(index: u64, request_id: u64, value: &str) -> super::super::types::Entry {
+        super::super::types::Entry {
+            log_id: log_id::<TypeConfig>(2, 1, index),
+            payload: EntryPayload::Normal(Request::KvOnce {
+                user: None,
+                cmd: Command::Put(warden_core::state::types::PutRequest {
+                    key: b"once".to_vec(),
+                    value: value.as_bytes().to_vec(),
+                    ..Default::default()
+                }),
+                tag: SessionTag {
+                    client_id: "job7".into(),
+                    request_id,
+                    acked_below: 0,
+                    at_ms: 1_000 + index,
+                },
+            }),
+        }
+    }
+
+    fn version(st: &SmStore) -> i64 {
+        st.read()
+            .unwrap()
+            .kv
+            .mvcc()
+            .get(b"once")
+            .map_or(0, |kv| kv.version)
+    }
+
+    #[test]
+    fn a_retry_is_answered_again_also_after_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = SmStore::open(&dir.path().join("a")).unwrap();
+        let first = st.apply_one(tagged(6, 100, "v1"), None).unwrap();
+        let Ok(Some(CommandResult::Put(_))) = first.result else {
+            panic!("{first:?}")
+        };
+        // A retry in a later entry (proposed again after a leader change).
+        let again = st.apply_one(tagged(7, 100, "v2"), None).unwrap();
+        assert_eq!(again.revision, first.revision);
+        assert_eq!(format!("{:?}", again.result), format!("{:?}", first.result));
+        assert_eq!(version(&st), 1, "applied once");
+        // Snapshot, then a member that starts from it (restart or install).
+        let data = st.read().unwrap().clone();
+        assert_eq!(data.sessions.len(), 1);
+        let path =
+            write_snapshot_file(&dir.path().join("b"), "snap-1.snap", &meta_of(&data), &data)
+                .unwrap();
+        let (_, loaded) = load_snapshot(&path).unwrap();
+        assert_eq!(loaded, data);
+        let other = SmStore::open(&dir.path().join("b")).unwrap();
+        let retry = other.apply_one(tagged(8, 100, "v3"), None).unwrap();
+        assert_eq!(retry.revision, first.revision);
+        assert_eq!(version(&other), 1, "not applied again after the snapshot");
+        // A new request id applies.
+        let next = other.apply_one(tagged(9, 101, "v4"), None).unwrap();
+        assert_eq!(next.revision, first.revision + 1);
+        assert_eq!(version(&other), 2);
+    }
+
+    /// The session table is the fifth section, after the lock handle
+    /// digests (written empty for it): the bytes before it are those of the
+    /// same state without sessions, so older snapshots load with none, and
+    /// an empty or damaged session section is refused.
+    #[test]
+    fn sessions_follow_the_digests_and_round_trip() {
+        let plain = samples::data();
+        let mut data = samples::data();
+        data.sessions.apply_once(
+            &SessionTag {
+                client_id: "c".into(),
+                request_id: 1,
+                acked_below: 0,
+                at_ms: 5,
+            },
+            2,
+            || warden_core::state::session::Stored {
+                revision: 2,
+                result: Ok(None),
+            },
+        );
+        let with = encode_snapshot(&meta_of(&data), &data).unwrap();
+        let without = encode_snapshot(&meta_of(&plain), &plain).unwrap();
+        let (_, m, body) = golden_split(&with);
+        let (_, _, body_without) = golden_split(&without);
+        assert!(body.len() > body_without.len() && body.starts_with(&body_without));
+        let (_, back) = parse_snapshot(Path::new("x.snap"), &m, &body).unwrap();
+        assert_eq!(back, data);
+        // Backups carry them too.
+        let dir = tempfile::tempdir().unwrap();
+        let backup = dir.path().join("b.db");
+        std::fs::write(&backup, export(&data).unwrap()).unwrap();
+        assert_eq!(load_backup(&backup).unwrap().1, data);
+        // The plain state still has the bytes of the golden fixture.
+        assert_eq!(
+            without,
+            std::fs::read(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join(samples::FIXTURES)
+                    .join("pre-snapshot.snap")
+            )
+            .unwrap()
+        );
+        let mut empty = body_without.clone();
+        empty.extend(postcard::to_allocvec(&AlarmTable::default()).unwrap());
+        empty.extend(postcard::to_allocvec(&AuthStore::default()).unwrap());
+        empty.extend(postcard::to_allocvec(&LockProofs::default()).unwrap());
+        let no_sessions = empty.clone();
+        empty.extend(postcard::to_allocvec(&SessionTable::default()).unwrap());
+        for bad in [
+            empty,
+            no_sessions,
+            [body.clone(), vec![0]].concat(),
+            body[..body.len() - 1].to_vec(),
+        ] {
+            assert!(parse_snapshot(Path::new("x.snap"), &m, &bad).is_err());
+        }
+    }
+
+    /// (header, meta, body) of a framed snapshot.
+    fn golden_split(bytes: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let h = warden_core::storage::format::SNAPSHOT_HEADER_LEN;
+        let len = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+        let (m, b) = (len(12), len(20));
+        (
+            bytes[..h].to_vec(),
+            bytes[h..h + m].to_vec(),
+            bytes[h + m..h + m + b].to_vec(),
+        )
     }
 }

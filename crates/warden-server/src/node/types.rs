@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use warden_core::state::alarm::{AlarmAction, AlarmType};
 use warden_core::state::auth::AuthCommand;
+use warden_core::state::session::SessionTag;
 use warden_core::state::{Command, CommandResult, StateError};
 
 /// A member of the cluster as Raft knows it: its name and peer address are
@@ -69,6 +70,15 @@ pub enum Request {
     /// expiry, checkpoints, auto-compaction) stay `Kv`. Appended after
     /// `Auth`.
     KvAs { user: Option<String>, cmd: Command },
+    /// [`Request::KvAs`] tagged with a client session (`warden-client-id`,
+    /// `warden-request-id`): applied at most once per (client, request),
+    /// a retry answered with the first attempt's response
+    /// (`warden_core::state::session`). Appended after `KvAs`.
+    KvOnce {
+        user: Option<String>,
+        cmd: Command,
+        tag: SessionTag,
+    },
 }
 
 impl fmt::Display for Request {
@@ -105,6 +115,13 @@ impl fmt::Display for Request {
             Request::KvAs { user, cmd } => {
                 write!(f, "{cmd} as {}", user.as_deref().unwrap_or("(nobody)"))
             }
+            Request::KvOnce { user, cmd, tag } => write!(
+                f,
+                "{cmd} as {} once client={:?} request={}",
+                user.as_deref().unwrap_or("(nobody)"),
+                tag.client_id,
+                tag.request_id
+            ),
         }
     }
 }

@@ -224,6 +224,8 @@ pub struct WatchHub {
     /// Bytes of the shared batches still referenced by a queue or by a
     /// watcher sending them.
     pending: Arc<AtomicUsize>,
+    /// Counts watchers cancelled for falling behind (either budget).
+    slow_cancels: prometheus_client::metrics::counter::Counter,
 }
 
 /// Whether `key` falls in etcd's range `[start, end)` (`end` empty = exactly
@@ -239,6 +241,15 @@ pub fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
 }
 
 impl WatchHub {
+    /// A hub that adds each watcher it cancels for falling behind to
+    /// `counter` (the member's `warden_watch_slow_cancels_total`).
+    pub fn counting_cancels(counter: prometheus_client::metrics::counter::Counter) -> Self {
+        WatchHub {
+            slow_cancels: counter,
+            ..WatchHub::default()
+        }
+    }
+
     pub fn set_limits(&self, limits: WatchLimits) {
         lock(&self.inner).limits = limits;
     }
@@ -354,6 +365,7 @@ impl WatchHub {
         for (id, why) in over {
             if let Some(e) = g.watchers.remove(&id) {
                 e.slot.cancel(why);
+                self.slow_cancels.inc();
             }
         }
         // Over the member's budget: cancel the watchers holding the most
@@ -373,6 +385,7 @@ impl WatchHub {
                 }
                 if let Some(e) = g.watchers.remove(&id) {
                     e.slot.cancel(Cancelled::MemberBudget);
+                    self.slow_cancels.inc();
                 }
             }
         }

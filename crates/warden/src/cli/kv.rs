@@ -15,7 +15,9 @@ use std::io::{BufRead, Read, Write};
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 
+use tonic::metadata::{Ascii, MetadataValue};
 use warden_client::{Client, OpKind};
+use warden_proto::etcdserverpb::kv_client::KvClient;
 use warden_proto::etcdserverpb::{request_op, response_op, PutResponse, RequestOp, TxnRequest};
 use warden_proto::warden::v1 as wpb;
 
@@ -34,6 +36,97 @@ pub struct PutCmd {
     /// writing nothing, once the hold has ended.
     #[arg(long)]
     pub fenced: bool,
+    #[command(flatten)]
+    pub once: OnceArgs,
+}
+
+/// Flags of `del`: those a `txn` line takes too, and the session ids.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct DelCmd {
+    #[command(flatten)]
+    pub args: DelArgs,
+    #[command(flatten)]
+    pub once: OnceArgs,
+}
+
+/// Exactly-once flags of a write (see docs/exactly-once.md): sent as the
+/// `warden-client-id` and `warden-request-id` metadata, so running the same
+/// command again with the same ids applies it once and prints the first
+/// answer again. With them the command also retries on its own after a
+/// failure that leaves the outcome unknown (a timeout, a leader change).
+#[derive(Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct OnceArgs {
+    /// Client id of an exactly-once write (at most 128 bytes; give
+    /// --request-id too).
+    #[arg(long, requires = "request_id")]
+    pub client_id: Option<String>,
+    /// Request id of an exactly-once write: the same id again is a retry,
+    /// answered with the first attempt's result (give --client-id too).
+    #[arg(long, requires = "client_id")]
+    pub request_id: Option<u64>,
+}
+
+/// The metadata pairs of a tagged write.
+type SessionMetadata = [(&'static str, MetadataValue<Ascii>); 2];
+
+impl OnceArgs {
+    /// After the human output of a tagged write, the revision it applied
+    /// at (the same on a retry), so a person retrying by hand sees that
+    /// it applied once. JSON output carries it in the header already.
+    fn print_revision(
+        &self,
+        out: &mut Vec<u8>,
+        f: Format,
+        header: Option<&warden_proto::etcdserverpb::ResponseHeader>,
+    ) -> anyhow::Result<()> {
+        if self.client_id.is_some() && f != Format::Json {
+            writeln!(out, "revision {}", header.map_or(0, |h| h.revision))?;
+        }
+        Ok(())
+    }
+
+    /// The metadata pairs to send, if any.
+    fn metadata(&self) -> anyhow::Result<Option<SessionMetadata>> {
+        match (&self.client_id, self.request_id) {
+            (Some(c), Some(r)) => {
+                let c = MetadataValue::try_from(c.as_str())
+                    .map_err(|_| anyhow!("--client-id {c:?} must be printable ASCII"))?;
+                let r = MetadataValue::from(r);
+                Ok(Some([("warden-client-id", c), ("warden-request-id", r)]))
+            }
+            (None, None) => Ok(None),
+            _ => bail!("--client-id and --request-id go together"),
+        }
+    }
+}
+
+/// Sends one etcd KV write tagged with `once`'s ids. Tagged, a retry
+/// cannot apply it twice, so the client retries it on any transient
+/// failure, as it would a read.
+async fn send_once<M, T, F, Fut>(
+    client: &Client,
+    once: &OnceArgs,
+    msg: M,
+    call: F,
+) -> anyhow::Result<T>
+where
+    M: Clone + Send + 'static,
+    F: Fn(KvClient<warden_client::AuthChannel>, tonic::Request<M>) -> Fut + Clone,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let Some(md) = once.metadata()? else {
+        bail!("send_once without session ids");
+    };
+    Ok(client
+        .request(OpKind::Read, move |ch, left| {
+            let mut req = tonic::Request::new(msg.clone());
+            req.set_timeout(left);
+            for (k, v) in md.clone() {
+                req.metadata_mut().insert(k, v);
+            }
+            call.clone()(KvClient::new(ch), req)
+        })
+        .await?)
 }
 
 /// The hold `warden lock` handed this process in its environment.
@@ -83,6 +176,8 @@ pub struct TxnArgs {
     /// Prompt for each section (on stderr) while reading standard input.
     #[arg(short, long)]
     pub interactive: bool,
+    #[command(flatten)]
+    pub once: OnceArgs,
 }
 
 /// Flags of `compaction`.
@@ -98,7 +193,10 @@ pub struct CompactionArgs {
 
 /// `warden put`.
 pub async fn put(client: &Client, cmd: PutCmd, f: Format, out: &mut Vec<u8>) -> anyhow::Result<()> {
-    let PutCmd { args, fenced } = cmd;
+    let PutCmd { args, fenced, once } = cmd;
+    if fenced && once.client_id.is_some() {
+        bail!("--fenced and --client-id cannot be used together yet");
+    }
     let held = if fenced {
         Some(HeldLock::from_env()?)
     } else {
@@ -115,10 +213,20 @@ pub async fn put(client: &Client, cmd: PutCmd, f: Format, out: &mut Vec<u8>) -> 
     };
     let req = args.to_request(stdin_value)?;
     let resp = match held {
+        None if once.client_id.is_some() => {
+            send_once(
+                client,
+                &once,
+                req,
+                |mut kv, r| async move { kv.put(r).await },
+            )
+            .await?
+        }
         None => client.put_request(req).await?,
         Some(held) => fenced_put(client, held, req).await?,
     };
     output::put(out, f, &resp)?;
+    once.print_revision(out, f, resp.header.as_ref())?;
     Ok(())
 }
 
@@ -174,14 +282,19 @@ pub async fn get(
 }
 
 /// `warden del`.
-pub async fn del(
-    client: &Client,
-    args: DelArgs,
-    f: Format,
-    out: &mut Vec<u8>,
-) -> anyhow::Result<()> {
-    let resp = client.delete_range(args.to_request()).await?;
+pub async fn del(client: &Client, cmd: DelCmd, f: Format, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    let DelCmd { args, once } = cmd;
+    let req = args.to_request();
+    let resp = if once.client_id.is_some() {
+        send_once(client, &once, req, |mut kv, r| async move {
+            kv.delete_range(r).await
+        })
+        .await?
+    } else {
+        client.delete_range(req).await?
+    };
     output::del(out, f, &resp)?;
+    once.print_revision(out, f, resp.header.as_ref())?;
     Ok(())
 }
 
@@ -201,8 +314,16 @@ pub async fn txn(
             .context("reading the transaction from standard input")?;
         txn_parse::parse_txn(&input)?
     };
-    let resp = client.txn(req).await?;
+    let resp = if args.once.client_id.is_some() {
+        send_once(client, &args.once, req, |mut kv, r| async move {
+            kv.txn(r).await
+        })
+        .await?
+    } else {
+        client.txn(req).await?
+    };
     output::txn(out, f, &resp)?;
+    args.once.print_revision(out, f, resp.header.as_ref())?;
     Ok(())
 }
 

@@ -129,7 +129,7 @@ pub enum Command {
     /// Read a key or a range of keys.
     Get(Box<kv_args::GetArgs>),
     /// Delete a key or a range of keys.
-    Del(kv_args::DelArgs),
+    Del(kv::DelCmd),
     /// Run a transaction read from standard input (etcdctl's txn syntax).
     Txn(kv::TxnArgs),
     /// Discard the key history before a revision.
@@ -168,6 +168,17 @@ impl Cli {
     /// Whether this invocation runs a server (and so wants logging).
     pub fn is_server(&self) -> bool {
         matches!(self.command, Command::Server(_) | Command::Dev(_))
+    }
+
+    /// Whether logs are JSON lines (`server --log-format json`, or
+    /// `WARDEN_LOG_FORMAT=json` for any server).
+    pub fn log_json(&self) -> bool {
+        let flag = match &self.command {
+            Command::Server(a) => a.log_format.clone(),
+            _ => None,
+        };
+        flag.or_else(|| std::env::var("WARDEN_LOG_FORMAT").ok())
+            .is_some_and(|f| f == "json")
     }
 
     /// Runs the command. Output goes to stdout; the error (if any) is

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// etcd's default `--warning-apply-duration`.
+const DEFAULT_WARNING_APPLY_DURATION: Duration = Duration::from_millis(100);
+
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use serde::Deserialize;
@@ -170,6 +173,15 @@ pub struct ServerArgs {
     )]
     #[serde(alias = "experimental-lease-checkpoint-interval")]
     pub lease_checkpoint_interval: Option<String>,
+    /// Requests slower than this are logged with their duration and
+    /// request id (etcd's flag) [default: 100ms].
+    #[arg(long, env = "WARDEN_WARNING_APPLY_DURATION")]
+    pub warning_apply_duration: Option<String>,
+    /// Log lines as `text` or `json` (one object per line, as etcd logs)
+    /// [default: text]. Read from the command line or environment only.
+    #[arg(long, env = "WARDEN_LOG_FORMAT", value_parser = ["text", "json"])]
+    #[serde(skip)]
+    pub log_format: Option<String>,
     /// Kind of auth token (etcd's flag): `simple` (warden's signed simple
     /// tokens; etcd's options after a comma are accepted and ignored).
     /// `jwt` is not supported [default: simple].
@@ -182,6 +194,11 @@ pub struct ServerArgs {
     /// bcrypt cost of password hashes, 4 to 31 (etcd's flag) [default: 10].
     #[arg(long, env = "WARDEN_BCRYPT_COST")]
     pub bcrypt_cost: Option<u32>,
+    /// Extra addresses serving only `/metrics` and `/health`, plain HTTP,
+    /// as http://HOST:PORT,... (etcd's flag; `https://` is refused)
+    /// [default: none; the client port serves them too].
+    #[arg(long, env = "WARDEN_LISTEN_METRICS_URLS")]
+    pub listen_metrics_urls: Option<String>,
     /// Address serving Redis's protocol (RESP2/3, redis-cli and Redis
     /// client libraries) over the same key space; see docs/resp.md
     /// [default: off].
@@ -257,7 +274,21 @@ pub fn parse_initial_cluster(s: &str) -> anyhow::Result<BTreeMap<String, String>
     Ok(out)
 }
 
+/// Everything a member runs with: auth settings, metrics addresses, node
+/// config, request size limit.
+type Settings = (AuthSettings, Vec<String>, NodeConfig, usize);
+
 impl ServerArgs {
+    /// All settings, checked, with the `--config` file filling what flags
+    /// and environment left unset (for every setting, auth ones included).
+    fn settings(self) -> anyhow::Result<Settings> {
+        let args = self.merge_file()?;
+        let auth = args.auth_settings()?;
+        let metrics = args.metrics_addrs()?;
+        let (cfg, max_request_bytes) = args.resolve()?;
+        Ok((auth, metrics, cfg, max_request_bytes))
+    }
+
     /// Fills unset fields from the `--config` file.
     fn merge_file(mut self) -> anyhow::Result<Self> {
         let Some(path) = self.config.clone() else {
@@ -302,9 +333,16 @@ impl ServerArgs {
             grpc_keepalive_min_time,
             grpc_keepalive_interval,
             grpc_keepalive_timeout,
-            lease_checkpoint_interval
+            lease_checkpoint_interval,
+            warning_apply_duration
         );
-        fill!(auth_token, auth_token_ttl, bcrypt_cost, resp_addr);
+        fill!(
+            auth_token,
+            auth_token_ttl,
+            bcrypt_cost,
+            listen_metrics_urls,
+            resp_addr
+        );
         fill!(
             cert_file,
             key_file,
@@ -428,6 +466,11 @@ impl ServerArgs {
                 .map_err(|e| anyhow!("invalid --lease-checkpoint-interval {v:?}: {e}"))?,
             None => lessor::DEFAULT_CHECKPOINT_INTERVAL,
         };
+        let slow_request = match &a.warning_apply_duration {
+            Some(v) => parse_go_duration(v)
+                .map_err(|e| anyhow!("invalid --warning-apply-duration {v:?}: {e}"))?,
+            None => DEFAULT_WARNING_APPLY_DURATION,
+        };
         if lease_checkpoint_interval.is_zero() {
             bail!("invalid --lease-checkpoint-interval: must be > 0");
         }
@@ -457,6 +500,7 @@ impl ServerArgs {
                 client_tls,
                 peer_tls,
                 lease_checkpoint_interval,
+                slow_request,
             },
             max_request_bytes,
         ))
@@ -474,6 +518,37 @@ impl ServerArgs {
 
     /// The auth settings (`--auth-token`, `--auth-token-ttl`,
     /// `--bcrypt-cost`), checked.
+    /// The `--listen-metrics-urls` addresses, as `host:port`.
+    pub fn metrics_addrs(&self) -> anyhow::Result<Vec<String>> {
+        let merged = self.clone().merge_file()?;
+        let Some(urls) = merged.listen_metrics_urls else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            if url
+                .get(..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+            {
+                bail!(
+                    "invalid --listen-metrics-urls {url:?}: https is not supported on the \
+                     metrics address; use http://HOST:PORT (the client port serves /metrics \
+                     over TLS)"
+                );
+            }
+            let addr = parse_endpoint(url).map_err(|e| match e {
+                ClientError::InvalidEndpoint { reason, .. } => anyhow!(
+                    "invalid --listen-metrics-urls {url:?}: {reason}, e.g. http://127.0.0.1:2381"
+                ),
+                other => anyhow!("invalid --listen-metrics-urls {url:?}: {other}"),
+            })?;
+            if !out.contains(&addr) {
+                out.push(addr);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn auth_settings(&self) -> anyhow::Result<AuthSettings> {
         let mut s = AuthSettings::default();
         if let Some(kind) = &self.auth_token {
@@ -699,9 +774,8 @@ async fn bind(field: &str, addr: &str) -> anyhow::Result<tokio::net::TcpListener
 /// Runs one member until SIGINT/SIGTERM, or until the cluster removes it:
 /// stops accepting, lets Raft finish what is in flight, and exits 0.
 pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
-    let auth_settings = args.auth_settings()?;
     let resp_addr = args.clone().merge_file()?.resp_addr()?;
-    let (cfg, max_request_bytes) = args.resolve()?;
+    let (auth_settings, metrics_addrs, cfg, max_request_bytes) = args.settings()?;
     let load = |port: &str, files: &Option<TlsFiles>| -> anyhow::Result<Option<Arc<ServerTls>>> {
         match files {
             None => Ok(None),
@@ -714,11 +788,16 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let peer_tls = load("peer", &cfg.peer_tls)?;
     let peer_listener = bind("peer-addr", &cfg.peer_addr).await?;
     let client_listener = bind("client-addr", &cfg.client_addr).await?;
+    let mut metrics_listeners = Vec::new();
+    for addr in &metrics_addrs {
+        metrics_listeners.push(bind("listen-metrics-urls", addr).await?);
+    }
     let resp_listener = match &resp_addr {
         Some(a) => Some(bind("resp-addr", a).await?),
         None => None,
     };
     let node = Node::start(cfg.clone()).await?;
+    let metrics = warden_server::api::metrics::Metrics::start(&node);
     tracing::info!(
         name = %node.name(),
         id = %format!("{:x}", node.id()),
@@ -743,8 +822,18 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         );
     let peer_stop = stopped(stop_rx.clone());
     let peer = warden_server::tls::serve(peer_router, peer_listener, peer_tls, "peer", peer_stop);
+    let mut metrics_tasks = Vec::new();
+    for listener in metrics_listeners {
+        metrics_tasks.push(tokio::spawn(warden_server::api::serve_metrics(
+            node.clone(),
+            metrics.clone(),
+            listener,
+            stopped(stop_rx.clone()),
+        )));
+    }
     let client = warden_server::api::serve(
         node.clone(),
+        metrics,
         client_listener,
         max_request_bytes,
         client_tls,
@@ -784,6 +873,9 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let grace = Duration::from_secs(3);
     let _ = tokio::time::timeout(grace, client_task).await;
     let _ = tokio::time::timeout(grace, peer_task).await;
+    for t in metrics_tasks {
+        let _ = tokio::time::timeout(grace, t).await;
+    }
     Ok(())
 }
 
@@ -1030,6 +1122,26 @@ mod tests {
             assert!(e.contains(want), "{e:?} should mention {want:?}");
             assert!(!e.contains('\n'), "one line: {e:?}");
         }
+    }
+
+    #[test]
+    fn auth_and_slow_request_settings_come_from_the_config_file_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("w.toml");
+        std::fs::write(
+            &p,
+            "bcrypt-cost = 5\nauth-token-ttl = 7\nwarning-apply-duration = \"250ms\"\n",
+        )
+        .unwrap();
+        let (s, _, c, _) = ServerArgs {
+            config: Some(p),
+            ..Default::default()
+        }
+        .settings()
+        .unwrap();
+        assert_eq!(s.bcrypt_cost, 5);
+        assert_eq!(s.token_ttl, Duration::from_secs(7));
+        assert_eq!(c.slow_request, Duration::from_millis(250));
     }
 
     #[test]

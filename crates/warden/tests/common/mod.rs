@@ -399,3 +399,75 @@ pub async fn ids(addr: &str) -> Result<(u64, u64, u64), tonic::Status> {
     let h = s.header.unwrap_or_default();
     Ok((h.cluster_id, h.member_id, s.raft_term))
 }
+
+/// `METHOD path` over HTTP/1.1 with `headers`, as `curl` asks: (status
+/// code, body).
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("send: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no header end in {raw:?}"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    Ok((code, body.to_owned()))
+}
+
+/// `GET path` over HTTP/1.1: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    http_request(addr, "GET", path, &[])
+}
+
+/// Debian's `promtool` (package `prometheus`).
+pub fn promtool() -> std::path::PathBuf {
+    etcd::find_on_path("promtool")
+        .expect("promtool not found: install Debian's `prometheus` package")
+}
+
+/// Runs promtool with `args`, `stdin` fed in; (exit code, what it said).
+pub fn run_promtool(args: &[&str], stdin: &str) -> (Option<i32>, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(promtool())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), said)
+}

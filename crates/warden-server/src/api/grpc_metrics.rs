@@ -1,0 +1,379 @@
+//! go-grpc-prometheus's server metrics, which etcd exports and etcd's
+//! dashboards chart: `grpc_server_started_total`,
+//! `grpc_server_handled_total` (with the status code) and the
+//! `grpc_server_handling_seconds` histogram, labelled `grpc_type`
+//! (`unary`, `client_stream`, `server_stream`, `bidi_stream`),
+//! `grpc_service` (`etcdserverpb.KV`), `grpc_method` (`Put`) and, on
+//! `handled`, `grpc_code` (`OK`, `Unavailable`, ... as Go's `codes.Code`
+//! prints them).
+//!
+//! [`track`] is an axum middleware (a tower layer) around every route of
+//! the client port. It counts a call when the request arrives, and its
+//! outcome when the response says it: at once for an error answered
+//! without a body (grpc-status in the headers), else when the body's
+//! trailers pass (so a stream is handled, and timed, when it ends, as in
+//! go-grpc-prometheus). A stream the client drops before its trailers
+//! counts as `Canceled`.
+//!
+//! Cardinality is bounded: service and method labels come from the fixed
+//! table [`METHODS`]; any other path is counted as service and method
+//! `unknown`. Requests that are not gRPC (`/metrics`, `/health`) pass
+//! through uncounted.
+//!
+//! Must never: change a request or response, or fail one.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+const UNARY: &str = "unary";
+const SERVER_STREAM: &str = "server_stream";
+const BIDI_STREAM: &str = "bidi_stream";
+
+/// Every gRPC method of the client port: (service, method, type).
+pub const METHODS: &[(&str, &str, &str)] = &[
+    ("etcdserverpb.KV", "Range", UNARY),
+    ("etcdserverpb.KV", "Put", UNARY),
+    ("etcdserverpb.KV", "DeleteRange", UNARY),
+    ("etcdserverpb.KV", "Txn", UNARY),
+    ("etcdserverpb.KV", "Compact", UNARY),
+    ("etcdserverpb.Watch", "Watch", BIDI_STREAM),
+    ("etcdserverpb.Lease", "LeaseGrant", UNARY),
+    ("etcdserverpb.Lease", "LeaseRevoke", UNARY),
+    ("etcdserverpb.Lease", "LeaseKeepAlive", BIDI_STREAM),
+    ("etcdserverpb.Lease", "LeaseTimeToLive", UNARY),
+    ("etcdserverpb.Lease", "LeaseLeases", UNARY),
+    ("etcdserverpb.Cluster", "MemberAdd", UNARY),
+    ("etcdserverpb.Cluster", "MemberRemove", UNARY),
+    ("etcdserverpb.Cluster", "MemberUpdate", UNARY),
+    ("etcdserverpb.Cluster", "MemberList", UNARY),
+    ("etcdserverpb.Cluster", "MemberPromote", UNARY),
+    ("etcdserverpb.Maintenance", "Alarm", UNARY),
+    ("etcdserverpb.Maintenance", "Status", UNARY),
+    ("etcdserverpb.Maintenance", "Defragment", UNARY),
+    ("etcdserverpb.Maintenance", "Hash", UNARY),
+    ("etcdserverpb.Maintenance", "HashKV", UNARY),
+    ("etcdserverpb.Maintenance", "Snapshot", SERVER_STREAM),
+    ("etcdserverpb.Maintenance", "MoveLeader", UNARY),
+    ("etcdserverpb.Maintenance", "Downgrade", UNARY),
+    ("etcdserverpb.Auth", "AuthEnable", UNARY),
+    ("etcdserverpb.Auth", "AuthDisable", UNARY),
+    ("etcdserverpb.Auth", "AuthStatus", UNARY),
+    ("etcdserverpb.Auth", "Authenticate", UNARY),
+    ("etcdserverpb.Auth", "UserAdd", UNARY),
+    ("etcdserverpb.Auth", "UserGet", UNARY),
+    ("etcdserverpb.Auth", "UserList", UNARY),
+    ("etcdserverpb.Auth", "UserDelete", UNARY),
+    ("etcdserverpb.Auth", "UserChangePassword", UNARY),
+    ("etcdserverpb.Auth", "UserGrantRole", UNARY),
+    ("etcdserverpb.Auth", "UserRevokeRole", UNARY),
+    ("etcdserverpb.Auth", "RoleAdd", UNARY),
+    ("etcdserverpb.Auth", "RoleGet", UNARY),
+    ("etcdserverpb.Auth", "RoleList", UNARY),
+    ("etcdserverpb.Auth", "RoleDelete", UNARY),
+    ("etcdserverpb.Auth", "RoleGrantPermission", UNARY),
+    ("etcdserverpb.Auth", "RoleRevokePermission", UNARY),
+    ("v3lockpb.Lock", "Lock", UNARY),
+    ("v3lockpb.Lock", "Unlock", UNARY),
+    ("v3electionpb.Election", "Campaign", UNARY),
+    ("v3electionpb.Election", "Proclaim", UNARY),
+    ("v3electionpb.Election", "Leader", UNARY),
+    ("v3electionpb.Election", "Observe", SERVER_STREAM),
+    ("v3electionpb.Election", "Resign", UNARY),
+    ("warden.v1.Locks", "Acquire", SERVER_STREAM),
+    ("warden.v1.Locks", "Release", UNARY),
+    ("warden.v1.Locks", "Inspect", UNARY),
+    ("warden.v1.Locks", "WatchLocks", SERVER_STREAM),
+    ("warden.v1.Locks", "FencedTxn", UNARY),
+    ("grpc.health.v1.Health", "Check", UNARY),
+    ("grpc.health.v1.Health", "Watch", SERVER_STREAM),
+];
+
+/// The labels of a path not in [`METHODS`].
+const UNKNOWN: (&str, &str, &str) = ("unknown", "unknown", UNARY);
+
+/// Go's names of the gRPC status codes (`codes.Code.String()`), by number.
+const CODES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    grpc_type: &'static str,
+    grpc_service: &'static str,
+    grpc_method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandledLabels {
+    grpc_type: &'static str,
+    grpc_service: &'static str,
+    grpc_method: &'static str,
+    grpc_code: &'static str,
+}
+
+/// go-grpc-prometheus's default buckets (Prometheus's `DefBuckets`).
+fn handling_histogram() -> Histogram {
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+/// The gRPC server metrics of the client port.
+pub struct GrpcMetrics {
+    started: Family<MethodLabels, Counter>,
+    handled: Family<HandledLabels, Counter>,
+    handling: Family<MethodLabels, Histogram, fn() -> Histogram>,
+}
+
+impl std::fmt::Debug for GrpcMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GrpcMetrics")
+    }
+}
+
+impl Default for GrpcMetrics {
+    fn default() -> Self {
+        GrpcMetrics {
+            started: Family::default(),
+            handled: Family::default(),
+            handling: Family::new_with_constructor(handling_histogram),
+        }
+    }
+}
+
+/// The labels of a request path `/service/method`.
+fn method_of(path: &str) -> MethodLabels {
+    let (service, method, kind) = path
+        .strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .and_then(|(s, m)| {
+            METHODS
+                .iter()
+                .find(|(ks, km, _)| *ks == s && *km == m)
+                .copied()
+        })
+        .unwrap_or(UNKNOWN);
+    MethodLabels {
+        grpc_type: kind,
+        grpc_service: service,
+        grpc_method: method,
+    }
+}
+
+/// The status code in `grpc-status`, by Go's name; `None` when absent.
+fn code_in(headers: &HeaderMap) -> Option<&'static str> {
+    let v = headers.get("grpc-status")?;
+    let n: usize = v.to_str().ok()?.trim().parse().ok()?;
+    Some(CODES.get(n).copied().unwrap_or("Unknown"))
+}
+
+impl GrpcMetrics {
+    /// Registers the three families in `reg` under go-grpc-prometheus's names.
+    pub fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "grpc_server_started",
+            "Total number of RPCs started on the server",
+            self.started.clone(),
+        );
+        reg.register(
+            "grpc_server_handled",
+            "Total number of RPCs completed on the server, regardless of success or failure",
+            self.handled.clone(),
+        );
+        reg.register(
+            "grpc_server_handling_seconds",
+            "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server",
+            self.handling.clone(),
+        );
+    }
+
+    fn finish(&self, m: &MethodLabels, code: &'static str, started: Instant) {
+        self.handled
+            .get_or_create(&HandledLabels {
+                grpc_type: m.grpc_type,
+                grpc_service: m.grpc_service,
+                grpc_method: m.grpc_method,
+                grpc_code: code,
+            })
+            .inc();
+        self.handling
+            .get_or_create(m)
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// The middleware: counts gRPC calls passing through (see the module doc).
+pub async fn track(State(g): State<Arc<GrpcMetrics>>, req: Request, next: Next) -> Response {
+    let grpc = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if !grpc {
+        return next.run(req).await;
+    }
+    let method = method_of(req.uri().path());
+    g.started.get_or_create(&method).inc();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    // An error answered at once carries its status in the headers
+    // ("trailers-only"); anything else ends with trailers in the body.
+    if let Some(code) = code_in(resp.headers()) {
+        g.finish(&method, code, started);
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let body = Body::new(Metered {
+        inner: body,
+        open: Some(Open {
+            metrics: g,
+            method,
+            started,
+        }),
+    });
+    Response::from_parts(parts, body)
+}
+
+/// A call whose outcome is not known yet.
+struct Open {
+    metrics: Arc<GrpcMetrics>,
+    method: MethodLabels,
+    started: Instant,
+}
+
+/// A response body that counts its call handled when its trailers pass (or
+/// when it ends or is dropped without them).
+struct Metered {
+    inner: Body,
+    open: Option<Open>,
+}
+
+impl Metered {
+    fn close(&mut self, code: &'static str) {
+        if let Some(o) = self.open.take() {
+            o.metrics.finish(&o.method, code, o.started);
+        }
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        // The client went away before the call ended.
+        self.close("Canceled");
+    }
+}
+
+impl http_body::Body for Metered {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(t) = frame.trailers_ref() {
+                    let code = code_in(t).unwrap_or("Unknown");
+                    self.close(code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.close("Internal"),
+            Poll::Ready(None) => self.close("Unknown"),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_to_bounded_labels() {
+        let m = method_of("/etcdserverpb.KV/Put");
+        assert_eq!(
+            (m.grpc_service, m.grpc_method, m.grpc_type),
+            ("etcdserverpb.KV", "Put", "unary")
+        );
+        let w = method_of("/etcdserverpb.Watch/Watch");
+        assert_eq!(w.grpc_type, "bidi_stream");
+        for odd in [
+            "/etcdserverpb.KV/Nope",
+            "/x",
+            "",
+            "/a/b/c",
+            "/../etc/passwd",
+        ] {
+            let u = method_of(odd);
+            assert_eq!(
+                (u.grpc_service, u.grpc_method),
+                ("unknown", "unknown"),
+                "{odd}"
+            );
+        }
+    }
+
+    #[test]
+    fn codes_by_go_name() {
+        let mut h = HeaderMap::new();
+        assert_eq!(code_in(&h), None);
+        h.insert("grpc-status", "0".parse().unwrap());
+        assert_eq!(code_in(&h), Some("OK"));
+        h.insert("grpc-status", "14".parse().unwrap());
+        assert_eq!(code_in(&h), Some("Unavailable"));
+        h.insert("grpc-status", "99".parse().unwrap());
+        assert_eq!(code_in(&h), Some("Unknown"));
+        h.insert("grpc-status", "x".parse().unwrap());
+        assert_eq!(code_in(&h), None);
+    }
+
+    /// Every method the client port serves is in the table (a new service
+    /// added without it would be counted as `unknown`).
+    #[test]
+    fn table_has_no_duplicates() {
+        let mut seen = std::collections::BTreeSet::new();
+        for (s, m, _) in METHODS {
+            assert!(seen.insert((s, m)), "{s}/{m} twice");
+        }
+    }
+}

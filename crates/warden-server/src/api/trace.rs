@@ -1,0 +1,171 @@
+//! One span per client request, with a request id, and slow requests
+//! logged.
+//!
+//! Every request on the client port (gRPC, the JSON gateway, probes) runs
+//! inside a `request{id=… method=…}` span. The id is the client's
+//! `x-request-id` header when it sends a sane one (at most 64 characters
+//! of `[A-Za-z0-9._-]`), else 16 random hex digits; it is echoed in the
+//! answer's `x-request-id` header (gRPC initial metadata). A write a
+//! follower forwards carries the id to the leader (`node/forward.rs` puts
+//! it in the peer call's metadata, `node/peer_service.rs` opens a
+//! `forwarded{id=…}` span), so `grep` of one id across the members' logs
+//! shows the whole path (at `WARDEN_LOG=debug`; slow ones at `warn`).
+//!
+//! A request that takes longer than the slow threshold to answer (etcd's
+//! `--warning-apply-duration`, 100 ms by default) is logged at `warn` with
+//! its method and duration. For a stream that is the time to open it.
+//!
+//! Owns: the id, the span, the slow-request warning. Never: reading or
+//! changing the request's body.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderValue, Request, Response};
+use tracing::Instrument;
+
+/// The header (and gRPC metadata key) carrying a request id.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The longest client-chosen id kept.
+const MAX_ID_LEN: usize = 64;
+
+tokio::task_local! {
+    /// The id of the client request this task serves, if any.
+    static REQUEST_ID: String;
+}
+
+/// The id of the request the current task serves (for a forwarded call to
+/// carry on).
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// A client-chosen id, if it is sane enough to log and pass on.
+pub fn sane_id(raw: &str) -> Option<&str> {
+    (!raw.is_empty()
+        && raw.len() <= MAX_ID_LEN
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
+    .then_some(raw)
+}
+
+fn new_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Runs `fut` as part of request `id` (span and task-local id).
+pub fn in_request<F: Future>(
+    id: String,
+    span: tracing::Span,
+    fut: F,
+) -> impl Future<Output = F::Output> {
+    REQUEST_ID.scope(id, fut.instrument(span))
+}
+
+/// The tower layer for the client port's server.
+#[derive(Clone, Copy)]
+pub struct RequestIds {
+    /// Requests slower than this are logged at `warn`.
+    pub slow: Duration,
+}
+
+impl<S> tower::Layer<S> for RequestIds {
+    type Service = WithRequestId<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        WithRequestId {
+            inner,
+            slow: self.slow,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct WithRequestId<S> {
+    inner: S,
+    slow: Duration,
+}
+
+impl<S, B, R> tower::Service<Request<B>> for WithRequestId<S>
+where
+    S: tower::Service<Request<B>, Response = Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    R: 'static,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<R>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let id = req
+            .headers()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(sane_id)
+            .map_or_else(new_id, str::to_owned);
+        let method = req.uri().path().to_owned();
+        let span = tracing::info_span!("request", id = %id, method = %method);
+        let slow = self.slow;
+        let fut = self.inner.call(req);
+        let echo = HeaderValue::from_str(&id).ok();
+        Box::pin(in_request(id, span, async move {
+            let start = Instant::now();
+            tracing::debug!("request received");
+            let out = fut.await;
+            let took = start.elapsed();
+            if took > slow {
+                tracing::warn!(
+                    took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                    "slow request: answered after {took:?} (over --warning-apply-duration {slow:?})"
+                );
+            } else {
+                tracing::debug!(
+                    took_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+                    "request answered"
+                );
+            }
+            out.map(|mut r| {
+                if let Some(v) = echo {
+                    r.headers_mut().insert(REQUEST_ID_HEADER, v);
+                }
+                r
+            })
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_sane_ids_are_kept() {
+        assert_eq!(sane_id("job-7.retry_2"), Some("job-7.retry_2"));
+        assert_eq!(sane_id(""), None);
+        assert_eq!(sane_id("a b"), None);
+        assert_eq!(sane_id("line\nbreak"), None);
+        assert_eq!(sane_id(&"x".repeat(65)), None);
+        assert_eq!(sane_id(&"x".repeat(64)).map(str::len), Some(64));
+        assert_eq!(new_id().len(), 16);
+    }
+
+    #[tokio::test]
+    async fn the_id_is_visible_inside_the_request_only() {
+        assert_eq!(current_request_id(), None);
+        let inside = in_request("abc".to_owned(), tracing::Span::none(), async {
+            current_request_id()
+        })
+        .await;
+        assert_eq!(inside.as_deref(), Some("abc"));
+        assert_eq!(current_request_id(), None);
+    }
+}

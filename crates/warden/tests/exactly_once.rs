@@ -1,0 +1,228 @@
+//! Exactly-once writes (SPEC K4) against real servers: a put tagged with
+//! `warden-client-id` / `warden-request-id` is sent to a follower, the
+//! leader is SIGKILLed, and the same put is sent again to the new leader,
+//! to the restarted old leader (which loads its snapshot) and by the CLI;
+//! the key's version shows it applied once and every answer carries the
+//! first attempt's revision.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop the test
+
+mod common;
+
+use std::time::Duration;
+
+use common::Cluster;
+use warden_proto::etcdserverpb as pb;
+
+/// A put of `key` = `value` tagged with (`client`, `request`).
+fn tagged_put(
+    key: &str,
+    value: &str,
+    client: &str,
+    request: u64,
+) -> tonic::Request<pb::PutRequest> {
+    let mut r = tonic::Request::new(pb::PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    });
+    r.metadata_mut()
+        .insert("warden-client-id", client.parse().expect("ascii"));
+    r.metadata_mut().insert(
+        "warden-request-id",
+        request.to_string().parse().expect("ascii"),
+    );
+    r
+}
+
+/// Sends the tagged put to `addr` until it is answered (a member that just
+/// lost its leader answers Unavailable for a while): every attempt is safe,
+/// that is the point. Returns the header revision.
+async fn put_until_answered(addr: &str, key: &str, value: &str, client: &str, request: u64) -> i64 {
+    common::eventually(Duration::from_secs(20), || async move {
+        let resp = common::kv(addr)
+            .await
+            .put(tagged_put(key, value, client, request))
+            .await
+            .map_err(|e| format!("put at {addr}: {e}"))?;
+        Ok(resp.into_inner().header.map_or(0, |h| h.revision))
+    })
+    .await
+}
+
+/// (version, mod revision) of `key`, linearizable, read at `addr`.
+async fn version(addr: &str, key: &str) -> (i64, i64) {
+    common::eventually(Duration::from_secs(10), || async move {
+        let r = common::kv(addr)
+            .await
+            .range(pb::RangeRequest {
+                key: key.into(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("get at {addr}: {e}"))?
+            .into_inner();
+        Ok(r.kvs
+            .first()
+            .map_or((0, 0), |kv| (kv.version, kv.mod_revision)))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_leader_kill_and_a_restart_applies_once() {
+    // Small snapshot interval: the restarted member starts from a snapshot
+    // holding the session.
+    let mut c = Cluster::start_with(3, &["--snapshot-entries", "20"]);
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let follower = (leader + 1) % 3;
+    let f_addr = c.members[follower].client.clone();
+
+    let first = put_until_answered(&f_addr, "job", "v1", "job7", 100).await;
+    assert_eq!(version(&f_addr, "job").await, (1, first));
+    // The same request again at the same member: the same answer.
+    assert_eq!(
+        put_until_answered(&f_addr, "job", "v1", "job7", 100).await,
+        first
+    );
+    // Enough other writes for a snapshot on every member.
+    for i in 0..30 {
+        common::put(&f_addr, &format!("filler/{i}"), "x")
+            .await
+            .expect("filler put");
+    }
+
+    c.kill(leader);
+    let new_leader = c.wait_leader(Duration::from_secs(20)).await;
+    assert_ne!(new_leader, leader);
+    let nl_addr = c.members[new_leader].client.clone();
+    for _ in 0..2 {
+        let again = put_until_answered(&nl_addr, "job", "v1", "job7", 100).await;
+        assert_eq!(again, first, "the retry answers the first revision");
+    }
+    assert_eq!(version(&nl_addr, "job").await, (1, first), "applied once");
+
+    // The old leader restarts from its snapshot and log, catches up, and
+    // answers the retry the same way.
+    c.restart(leader);
+    let old_addr = c.members[leader].client.clone();
+    assert_eq!(
+        put_until_answered(&old_addr, "job", "v1", "job7", 100).await,
+        first
+    );
+    assert_eq!(version(&old_addr, "job").await, (1, first));
+    assert!(
+        std::fs::read_dir(c.members[leader].dir.join("snap"))
+            .map(|d| d.count() > 0)
+            .unwrap_or(false)
+            || c.log(leader).contains("snapshot"),
+        "the restarted member had a snapshot"
+    );
+
+    // A new request id is a new write.
+    let next = put_until_answered(&nl_addr, "job", "v2", "job7", 101).await;
+    assert!(next > first);
+    assert_eq!(version(&nl_addr, "job").await, (2, next));
+    c.converge(Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_metadata_is_refused_and_plain_writes_are_untouched() {
+    let c = Cluster::start(1);
+    c.wait_leader(Duration::from_secs(20)).await;
+    let addr = c.members[0].client.clone();
+    let mut r = tagged_put("k", "v", "job7", 1);
+    r.metadata_mut().remove("warden-request-id");
+    let e = common::kv(&addr).await.put(r).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert_eq!(version(&addr, "k").await, (0, 0), "nothing applied");
+    // Untagged puts apply every time, as etcd's.
+    common::put(&addr, "k", "v").await.expect("put");
+    common::put(&addr, "k", "v").await.expect("put");
+    assert_eq!(version(&addr, "k").await.0, 2);
+    // An acknowledged mark drops responses: a late retry below it is
+    // refused, not applied.
+    for id in [1, 2] {
+        put_until_answered(&addr, "acked", "v", "c", id).await;
+    }
+    let mut r = tagged_put("acked", "v", "c", 3);
+    r.metadata_mut()
+        .insert("warden-acked-below", "3".parse().expect("ascii"));
+    common::kv(&addr).await.put(r).await.expect("put 3");
+    let e = common::kv(&addr)
+        .await
+        .put(tagged_put("acked", "v", "c", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+    assert!(
+        e.message().contains("may or may not have been applied"),
+        "{e}"
+    );
+    assert_eq!(version(&addr, "acked").await.0, 3);
+}
+
+/// `warden put --client-id job7 --request-id 100 k v` twice: applied once,
+/// the same revision printed both times; also for `del`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_twice_applies_once() {
+    let c = Cluster::start(1);
+    c.wait_leader(Duration::from_secs(20)).await;
+    let addr = c.members[0].client.clone();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(common::BIN)
+            .args(["--endpoints", &addr])
+            .args(args)
+            .output()
+            .expect("run warden");
+        assert!(
+            out.status.success(),
+            "warden {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let put = [
+        "put",
+        "--client-id",
+        "job7",
+        "--request-id",
+        "100",
+        "k",
+        "v",
+    ];
+    let first = run(&put);
+    assert!(first.starts_with("OK\nrevision "), "{first:?}");
+    common::put(&addr, "other", "x").await.expect("put");
+    let second = run(&put);
+    assert_eq!(first, second);
+    assert_eq!(version(&addr, "k").await.0, 1);
+    // JSON carries the same header revision.
+    let json = run(&[
+        "-w",
+        "json",
+        "put",
+        "--client-id",
+        "job7",
+        "--request-id",
+        "100",
+        "k",
+        "v",
+    ]);
+    let rev: i64 = first
+        .trim_start_matches("OK\nrevision ")
+        .trim()
+        .parse()
+        .expect("revision");
+    assert!(json.contains(&format!("\"revision\":{rev}")), "{json}");
+    let del = ["del", "--client-id", "job7", "--request-id", "101", "k"];
+    let d1 = run(&del);
+    assert!(d1.starts_with('1'), "{d1:?}");
+    let d2 = run(&del);
+    assert_eq!(d1, d2, "the retry reports the first delete");
+    // Half the ids is refused by the CLI.
+    let out = std::process::Command::new(common::BIN)
+        .args(["--endpoints", &addr, "put", "--client-id", "x", "k", "v"])
+        .output()
+        .expect("run warden");
+    assert!(!out.status.success());
+}
