@@ -147,9 +147,11 @@ impl Node {
             lessor: lessor::Lessor::default(),
             joined: identity.joined,
             removed: tokio::sync::watch::channel(None).0,
+            failover: super::failover::Failover::default(),
         });
         tokio::spawn(publish_client_addr(node.clone()));
         tokio::spawn(lessor::run(node.clone()));
+        tokio::spawn(super::failover::run(node.clone()));
         if let Some(policy) = node.config.auto_compaction {
             tokio::spawn(super::auto_compact::run(node.clone(), policy));
         }
