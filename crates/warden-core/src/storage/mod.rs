@@ -1,5 +1,6 @@
 //! On-disk state of a member: the byte formats and their versions
-//! (`format`), the Raft log and hard state (`log_db`) and snapshot files and
+//! (`format`), the Raft log and hard state (`log_db`, with its journal
+//! `wal`) and snapshot files and
 //! backups (`snapshot_file`). Knows bytes, files and fsync; knows nothing
 //! about Raft or key-value semantics.
 //!
@@ -10,3 +11,4 @@
 pub mod format;
 pub mod log_db;
 pub mod snapshot_file;
+pub mod wal;
