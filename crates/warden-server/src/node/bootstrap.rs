@@ -65,6 +65,17 @@ impl Node {
             // snapshot interval, so a short interval really bounds the log.
             max_in_snapshot_log_to_keep: cfg.snapshot_entries.min(1000),
             install_snapshot_timeout: 10_000,
+            // A member that led before it stopped must win an election
+            // again (a new term, a new blank entry) rather than resume
+            // leading in its old term. Resumed, its read index would be its
+            // old term's first entry or its committed log id as stored,
+            // which lags (the committed log id rides with the next append,
+            // see `log_store`, and even a synced one can lag what followers
+            // applied): after every member crashed, it answered
+            // linearizable reads from a state machine replayed only that
+            // far, older than writes it had acknowledged (openraft's docs
+            // of `enable_leader_restore` warn of exactly this).
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()
