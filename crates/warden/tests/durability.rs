@@ -111,8 +111,11 @@ async fn linearizable_read_after_whole_cluster_kill_sees_acknowledged_write() {
     for round in 0..3 {
         let l = c.wait_leader(Duration::from_secs(20)).await;
         let ep = c.members[l].client.clone();
-        // Settle first: earlier committed log ids are on disk by now.
-        put(&ep, &format!("warmup/{round}"), "x").await.expect("put");
+        // The next put's journal record carries this one's committed log
+        // id, not its own: on disk, the committed id stays behind it.
+        put(&ep, &format!("warmup/{round}"), "x")
+            .await
+            .expect("put");
         let key = format!("k/{round}");
         let acked = put(&ep, &key, "v").await.expect("put");
         let rev = acked.header.expect("header").revision;
