@@ -70,8 +70,7 @@ impl Node {
             // leading in its old term. Resumed, its read index would be its
             // old term's first entry or its committed log id as stored,
             // which lags (the committed log id rides with the next append,
-            // see `log_store`, and even a synced one can lag what followers
-            // applied): after every member crashed, it answered
+            // see `log_store`): after every member crashed, it answered
             // linearizable reads from a state machine replayed only that
             // far, older than writes it had acknowledged (openraft's docs
             // of `enable_leader_restore` warn of exactly this).
