@@ -6,12 +6,15 @@
 //! j's real peer address goes through that listener, whatever membership it
 //! later learns from a snapshot. Cutting the pair {i, j} drops the open
 //! connections of both links and black-holes new ones (accepted, never
-//! answered) until healed, like packets lost in a partition.
+//! answered) until healed, like packets lost in a partition; or, with
+//! [`Proxies::partition_refusing`], closes the link's listener so new
+//! connections are refused, like a firewall that rejects them.
 //!
 //! Owns only its listeners and their tasks (aborted on drop); never touches
 //! the members themselves.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::io::copy_bidirectional;
@@ -23,6 +26,8 @@ use tokio::task::JoinHandle;
 #[derive(Default)]
 struct Cuts {
     pairs: RwLock<BTreeSet<(usize, usize)>>,
+    /// Cut links refuse new connections instead of black-holing them.
+    refuse: AtomicBool,
 }
 
 impl Cuts {
@@ -113,9 +118,17 @@ impl Proxies {
         self.set(pairs);
     }
 
+    /// Like `partition`, but a cut link's listener is closed: dialling it
+    /// gets "connection refused" until healed.
+    pub fn partition_refusing(&self, groups: &[Vec<usize>]) {
+        self.cuts.refuse.store(true, Ordering::SeqCst);
+        self.partition(groups);
+    }
+
     /// Restores every link.
     pub fn heal(&self) {
         self.set(BTreeSet::new());
+        self.cuts.refuse.store(false, Ordering::SeqCst);
     }
 
     fn set(&self, pairs: BTreeSet<(usize, usize)>) {
@@ -141,8 +154,40 @@ async fn serve(
     cuts: Arc<Cuts>,
     changed: watch::Receiver<u64>,
 ) {
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
+    let mut listener = Some(listener);
+    let mut watching = changed.clone();
     loop {
-        let Ok((inbound, _)) = listener.accept().await else {
+        let refusing = cuts.refuse.load(Ordering::SeqCst) && cuts.is_cut(link.0, link.1);
+        if refusing {
+            // Close the listener until the link heals, then listen again
+            // on the same address.
+            listener = None;
+            until(&cuts, link, &mut watching, false).await;
+            continue;
+        }
+        let l = match &listener {
+            Some(l) => l,
+            None => match TcpListener::bind(addr).await {
+                Ok(l) => listener.insert(l),
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let accepted = tokio::select! {
+            a = l.accept() => a,
+            r = watching.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let Ok((inbound, _)) = accepted else {
             continue;
         };
         let _ = inbound.set_nodelay(true);

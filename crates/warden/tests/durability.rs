@@ -1,6 +1,7 @@
 //! Durability of a member across crashes and damage: SIGKILL
 //! under a continuous writer loses no acknowledged write; a record damaged on
-//! disk stops the server with an error naming the file instead of serving; a
+//! disk (in the log file or its journal) stops the server with an error
+//! naming the file instead of serving; a
 //! graceful SIGTERM exits 0; bad configuration exits non-zero with one line.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop the test
 
@@ -78,6 +79,81 @@ async fn kill_9_loses_no_acknowledged_write() {
     );
 }
 
+/// A linearizable read of `key` on `addr`: the response header's revision
+/// and the key's value.
+async fn read_linearizable(addr: &str, key: &str) -> Result<(i64, Option<Vec<u8>>), String> {
+    let r = kv(addr)
+        .await
+        .range(warden_proto::etcdserverpb::RangeRequest {
+            key: key.into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    let rev = r.header.map_or(0, |h| h.revision);
+    Ok((rev, r.kvs.into_iter().next().map(|kv| kv.value)))
+}
+
+/// Every member is SIGKILLed right after a write was acknowledged (well
+/// within the log writer's idle flush of the committed log id, so the
+/// committed log id on disk is older than that write), then the old leader
+/// restarts alone and is asked a linearizable read, and one follower
+/// restarts. The read must see the write. A leader restored in its old term
+/// without an election (openraft's `enable_leader_restore`) answered it from
+/// a state machine replayed only to the stale committed log id: its read
+/// index was its old term's first entry or that stale committed id, both
+/// already applied, so the first quorum of heartbeats released the read
+/// before the commit was re-established.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearizable_read_after_whole_cluster_kill_sees_acknowledged_write() {
+    let mut c = Cluster::start(3);
+    for round in 0..3 {
+        let l = c.wait_leader(Duration::from_secs(20)).await;
+        let ep = c.members[l].client.clone();
+        // The next put's journal record carries this one's committed log
+        // id, not its own: on disk, the committed id stays behind it.
+        put(&ep, &format!("warmup/{round}"), "x")
+            .await
+            .expect("put");
+        let key = format!("k/{round}");
+        let acked = put(&ep, &key, "v").await.expect("put");
+        let rev = acked.header.expect("header").revision;
+        // Crash the whole cluster at once, the leader first.
+        c.kill(l);
+        for i in 0..3 {
+            c.kill(i);
+        }
+        c.restart(l);
+        let read = {
+            let ep = ep.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                warden_testkit::poll::until(Duration::from_secs(30), || {
+                    read_linearizable(&ep, &key)
+                })
+                .await
+            })
+        };
+        // Give the read time to reach the old leader before it can have a
+        // quorum (polled with a deadline: up to when its port answers).
+        eventually(Duration::from_secs(20), || {
+            let ep = ep.clone();
+            async move { status(&ep).await.map(|_| ()).map_err(|e| e.to_string()) }
+        })
+        .await;
+        let follower = (l + 1) % 3;
+        c.restart(follower);
+        let (read_rev, value) = read.await.expect("read task").expect("linearizable read");
+        assert!(
+            read_rev >= rev && value.as_deref() == Some(b"v".as_slice()),
+            "round {round}: a linearizable read after the restart returned {value:?} at \
+             revision {read_rev}, but the write of {key} was acknowledged at revision {rev}"
+        );
+        c.restart((l + 2) % 3);
+    }
+}
+
 /// Flips one byte in every occurrence of `needle` in the file.
 fn damage(path: &std::path::Path, needle: &[u8]) -> usize {
     let mut bytes = std::fs::read(path).expect("read log");
@@ -96,8 +172,11 @@ fn damage(path: &std::path::Path, needle: &[u8]) -> usize {
     hits
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn damaged_log_record_stops_the_server_with_a_clear_error() {
+/// Writes a record worth damaging between two others on a 1-member
+/// cluster, then stops it: with `graceful`, by SIGTERM (closing the log
+/// checkpoints: the record is in `raft.redb` and the journal is empty),
+/// otherwise by SIGKILL (the record is only in the journal `raft.wal`).
+async fn stopped_with_a_victim_record(graceful: bool) -> Cluster {
     let mut c = Cluster::start(1);
     c.wait_leader(Duration::from_secs(20)).await;
     let ep = c.members[0].client.clone();
@@ -106,16 +185,32 @@ async fn damaged_log_record_stops_the_server_with_a_clear_error() {
         .await
         .expect("put");
     put(&ep, "after", "fine").await.expect("put");
-    c.kill(0);
+    if !graceful {
+        c.kill(0);
+        return c;
+    }
+    let mut child = c.members[0].child.take().expect("child");
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c
+}
 
-    let log = c.members[0].dir.join("raft.redb");
-    assert!(
-        damage(&log, b"PLEASE-DAMAGE-THIS-RECORD-0123456789") > 0,
-        "record not found in {}",
-        log.display()
-    );
-
-    let out = Command::new(BIN)
+/// Runs member 0's server on its data as it is; returns its stderr after
+/// checking it refused to start (within 30 s: a server that starts is
+/// killed and fails the test rather than hanging it).
+async fn start_refused(c: &Cluster) -> String {
+    let mut child = Command::new(BIN)
         .arg("server")
         .args(["--name", &c.members[0].name])
         .arg("--data-dir")
@@ -123,13 +218,42 @@ async fn damaged_log_record_stops_the_server_with_a_clear_error() {
         .args(["--client-addr", &c.members[0].client])
         .args(["--peer-addr", &c.members[0].peer])
         .args(["--initial-cluster", &c.initial])
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run server");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if Instant::now() >= deadline {
+            child.kill().expect("kill");
+            child.wait().expect("wait");
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
     assert!(
-        !out.status.success(),
-        "server must refuse a damaged log; stderr: {stderr}"
+        status.is_some_and(|s| !s.success()),
+        "server must refuse a damaged log (exit: {status:?}); stderr: {stderr}"
     );
+    stderr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_log_record_stops_the_server_with_a_clear_error() {
+    let c = stopped_with_a_victim_record(true).await;
+    let log = c.members[0].dir.join("raft.redb");
+    assert!(
+        damage(&log, b"PLEASE-DAMAGE-THIS-RECORD-0123456789") > 0,
+        "record not found in {}",
+        log.display()
+    );
+    let stderr = start_refused(&c).await;
     assert!(
         stderr.contains("raft.redb"),
         "error must name the file: {stderr}"
@@ -137,6 +261,30 @@ async fn damaged_log_record_stops_the_server_with_a_clear_error() {
     assert!(
         stderr.contains("corrupt") || stderr.contains("checksum"),
         "{stderr}"
+    );
+}
+
+/// The same for a record damaged in the journal, before its last record
+/// (which a crash cannot do): refused, naming `raft.wal` and the offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_journal_record_stops_the_server_with_a_clear_error() {
+    let c = stopped_with_a_victim_record(false).await;
+    let wal = c.members[0].dir.join("raft.wal");
+    assert!(
+        damage(&wal, b"PLEASE-DAMAGE-THIS-RECORD-0123456789") > 0,
+        "record not found in {}",
+        wal.display()
+    );
+    let damaged = std::fs::read(&wal).expect("read journal");
+    let stderr = start_refused(&c).await;
+    assert!(
+        stderr.contains("raft.wal") && stderr.contains("at byte"),
+        "error must name the file and offset: {stderr}"
+    );
+    assert!(stderr.contains("checksum mismatch"), "{stderr}");
+    assert!(
+        std::fs::read(&wal).expect("read journal") == damaged,
+        "the journal must be left as it was"
     );
 }
 

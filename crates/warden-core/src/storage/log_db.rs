@@ -21,14 +21,33 @@
 //!   needs a backup.
 //! - absent, empty file: a new log; stamped with the current version.
 //! - 1: records as above.
+//! - 2: records as above, and the file may have a journal (`raft.wal`, see
+//!   [`super::wal`]) holding appends the redb file does not have durably
+//!   yet. A format-1 file is stamped 2 when this build opens it; builds that
+//!   read only formats 0 and 1 then refuse it by name rather than start
+//!   without the journal's entries.
 //! - anything else: refused at open with the version found and the versions
 //!   this build reads.
 //!
-//! Durability: each call is one redb write transaction committed with
-//! immediate durability (fsync) before it returns. Raft hands us whole
-//! batches of entries, so one fsync covers many proposals (group commit).
-//! redb's commit protocol is atomic: a commit torn by a crash is rolled back
-//! on the next open, which is how a torn tail is truncated.
+//! Durability: [`LogDb::append_journaled`] (the Raft append path) commits
+//! the batch to redb without an fsync (visible to readers at once) and
+//! makes it durable with one record appended to the journal and one
+//! `fdatasync` of the journal: a small sequential write, where a durable
+//! redb commit rewrites and flushes about seven scattered pages. Every
+//! other write ([`LogDb::append`], truncation, purge, metadata) is a redb
+//! transaction committed with immediate durability (fsync) before it
+//! returns, preceded by a checkpoint: a durable redb commit of everything
+//! journaled, then the journal emptied; a batch that would not fit in the
+//! journal checkpoints too. [`LogDb::open`] replays the journal into the
+//! file (one durable commit) and empties it, and closing checkpoints. redb's
+//! commit protocol is atomic (a commit torn by a crash is rolled back on
+//! the next open) and the journal drops a torn record, so after a crash the
+//! log is the file's last durable commit plus every whole journal record,
+//! which includes every acknowledged append. A journal damaged other than by
+//! a crash (see [`super::wal`]) fails the open, naming the file and offset.
+//! A checkpoint's journal reset is on disk (`fsync`) before the write that
+//! needed it (a truncation, say) is made, so a crash never replays records
+//! from before a truncation or purge on top of it.
 //!
 //! Must never: interpret payloads (bytes in, bytes out), acknowledge a write
 //! before its transaction has committed, or write a record in any framing
@@ -39,16 +58,27 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 
 use super::format::{self, FormatError};
 use super::observe::CommitObserver;
+use super::wal::{self, Wal, WalError};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// The file's layout version, under [`FORMAT_KEY`]; absent in format 0.
 const FORMAT: TableDefinition<&str, u32> = TableDefinition::new("format");
 const FORMAT_KEY: &str = "version";
+/// The meta key [`LogDb::append_journaled`] writes the committed log id
+/// under.
+pub const COMMITTED_KEY: &str = "committed";
+/// The layout version this build stamps: records at
+/// [`format::FORMAT_VERSION`], with a journal (see the module docs).
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Errors of the log store; every one names the file it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -74,11 +104,14 @@ pub enum LogError {
         source: FormatError,
     },
     #[error(
-        "raft log {path}: written in log format {found}, this build reads formats 0 and {}; \
-         start this member with the newer warden that wrote it, or restore it from a backup",
+        "raft log {path}: written in log format {found}, this build reads formats 0, {} and \
+         {LAYOUT_VERSION}; start this member with the newer warden that wrote it, or restore it \
+         from a backup",
         format::FORMAT_VERSION
     )]
     UnsupportedFormat { path: PathBuf, found: u32 },
+    #[error(transparent)]
+    Wal(#[from] WalError),
 }
 
 impl From<LogError> for std::io::Error {
@@ -94,8 +127,14 @@ pub struct LogDb {
     db: Option<Database>,
     path: PathBuf,
     upgraded_from: Option<u32>,
-    /// Told how long each commit of [`LogDb::write`] took (the fsync).
+    /// Told how long each durable commit took (the fsync: the journal's
+    /// `fdatasync`, or the file's commit when there is no journal).
     observer: Option<Arc<dyn CommitObserver>>,
+    /// Journal records [`LogDb::open`] replayed into the file.
+    replayed: usize,
+    /// The journal; its lock also orders every write of the file (a
+    /// checkpoint must not interleave with an append).
+    wal: Option<Mutex<Wal>>,
 }
 
 /// The payload of a record; every version this build reads has the same
@@ -128,6 +167,9 @@ fn damaged(panic: &(dyn std::any::Any + Send)) -> redb::Error {
 /// a damaged log does not turn a clean shutdown into a crash.
 impl Drop for LogDb {
     fn drop(&mut self) {
+        // Leave the journal empty (the next open has nothing to replay). If
+        // this fails, the journal is replayed then.
+        let _ = self.checkpoint();
         if let Some(db) = self.db.take() {
             // A failed close leaves the file as damaged as it was; the
             // panic hook has printed why.
@@ -159,10 +201,32 @@ impl LogDb {
             path: path.to_path_buf(),
             upgraded_from: None,
             observer: None,
+            replayed: 0,
+            wal: None,
         };
         // The first transaction reads the tables: guarded too.
         this.upgraded_from = this.guarded(|| this.prepare())?;
+        let (mut journal, records) = Wal::open(&Self::wal_path(path))?;
+        if !records.is_empty() {
+            let n = records.len();
+            this.guarded(|| {
+                this.commit(Durability::Immediate, |w| {
+                    for r in &records {
+                        Self::put(w, &r.entries, r.committed.as_deref())?;
+                    }
+                    Ok(())
+                })
+            })?;
+            journal.reset()?;
+            this.replayed = n;
+        }
+        this.wal = Some(Mutex::new(journal));
         Ok(this)
+    }
+
+    /// The journal of the log file at `path`: `raft.wal` for `raft.redb`.
+    pub fn wal_path(path: &Path) -> PathBuf {
+        path.with_extension("wal")
     }
 
     /// Creates the tables (so readers never see "table missing"), checks
@@ -191,7 +255,12 @@ impl LogDb {
             .map_err(|e| self.err(e))?
             .map(|v| v.value());
         match stamped {
-            Some(v) if v == format::FORMAT_VERSION => Ok(Layout::Current),
+            Some(LAYOUT_VERSION) => Ok(Layout::Current),
+            Some(v) if v == format::FORMAT_VERSION => {
+                fmt.insert(FORMAT_KEY, LAYOUT_VERSION)
+                    .map_err(|e| self.err(e))?;
+                Ok(Layout::Current)
+            }
             Some(found) => Err(LogError::UnsupportedFormat {
                 path: self.path.clone(),
                 found,
@@ -199,7 +268,7 @@ impl LogDb {
             None => {
                 let empty = entries.is_empty().map_err(|e| self.err(e))?
                     && meta.is_empty().map_err(|e| self.err(e))?;
-                fmt.insert(FORMAT_KEY, format::FORMAT_VERSION)
+                fmt.insert(FORMAT_KEY, LAYOUT_VERSION)
                     .map_err(|e| self.err(e))?;
                 Ok(if empty {
                     Layout::Current
@@ -262,6 +331,12 @@ impl LogDb {
         self.upgraded_from
     }
 
+    /// How many journal records [`LogDb::open`] replayed (non-zero after a
+    /// crash, or a close whose checkpoint failed).
+    pub fn replayed(&self) -> usize {
+        self.replayed
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -291,29 +366,128 @@ impl LogDb {
         }
     }
 
+    /// One redb transaction with `durability`.
+    fn commit(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), LogError> {
+        let mut txn = self.db()?.begin_write().map_err(|e| self.err(e))?;
+        txn.set_durability(durability).map_err(|e| self.err(e))?;
+        f(&txn).map_err(|e| self.err(e))?;
+        // Only a durable commit is an fsync worth reporting; a journaled
+        // append reports its journal's sync instead.
+        let durable = matches!(durability, Durability::Immediate);
+        let started = Instant::now();
+        txn.commit().map_err(|e| self.err(e))?;
+        if durable {
+            self.observed(started);
+        }
+        Ok(())
+    }
+
+    /// Tells the observer (if any) a durable commit started at `started`
+    /// has finished.
+    fn observed(&self, started: Instant) {
+        if let Some(o) = &self.observer {
+            o.committed(started.elapsed());
+        }
+    }
+
+    fn wal(&self) -> Result<MutexGuard<'_, Wal>, LogError> {
+        // A panic under the lock leaves the journal as its last complete
+        // call left it (its offset moves only after a write succeeded).
+        self.wal
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(PoisonError::into_inner))
+            .ok_or_else(|| LogError::Db {
+                path: self.path.clone(),
+                source: Box::new(redb::Error::DatabaseAlreadyOpen),
+            })
+    }
+
+    /// Makes everything journaled durable in the file and empties the
+    /// journal (nothing to do when it is empty).
+    fn checkpoint_locked(&self, journal: &mut Wal) -> Result<(), LogError> {
+        if journal.is_empty() {
+            return Ok(());
+        }
+        // An empty durable commit persists the non-durable ones before it.
+        self.commit(Durability::Immediate, |_| Ok(()))?;
+        journal.reset()?;
+        Ok(())
+    }
+
+    /// See [`LogDb::checkpoint_locked`]; a no-op before the journal is open.
+    fn checkpoint(&self) -> Result<(), LogError> {
+        if self.wal.is_none() || self.db.is_none() {
+            return Ok(());
+        }
+        let mut journal = self.wal()?;
+        self.checkpoint_locked(&mut journal)
+    }
+
+    /// A durable transaction, after a checkpoint (so the journal never holds
+    /// records older than a truncation or purge).
     fn write(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), LogError> {
-        let txn = self.db()?.begin_write().map_err(|e| self.err(e))?;
-        f(&txn).map_err(|e| self.err(e))?;
-        let started = Instant::now();
-        txn.commit().map_err(|e| self.err(e))?;
-        if let Some(o) = &self.observer {
-            o.committed(started.elapsed());
+        let mut journal = self.wal()?;
+        self.checkpoint_locked(&mut journal)?;
+        self.commit(Durability::Immediate, f)
+    }
+
+    /// Inserts entries and, if given, the committed log id's record.
+    fn put(
+        w: &redb::WriteTransaction,
+        entries: &[(u64, Vec<u8>)],
+        committed: Option<&[u8]>,
+    ) -> Result<(), redb::Error> {
+        if !entries.is_empty() {
+            let mut t = w.open_table(ENTRIES)?;
+            for (index, body) in entries {
+                t.insert(*index, format::encode_record(body).as_slice())?;
+            }
+        }
+        if let Some(c) = committed {
+            let mut m = w.open_table(META)?;
+            m.insert(COMMITTED_KEY, format::encode_record(c).as_slice())?;
         }
         Ok(())
     }
 
     /// Appends (or overwrites) entries; durable when this returns.
     pub fn append(&self, entries: &[(u64, Vec<u8>)]) -> Result<(), LogError> {
-        self.write(|w| {
-            let mut t = w.open_table(ENTRIES)?;
-            for (index, body) in entries {
-                t.insert(*index, format::encode_record(body).as_slice())?;
-            }
-            Ok(())
-        })
+        self.write(|w| Self::put(w, entries, None))
+    }
+
+    /// The Raft append path: appends (or overwrites) entries and, if given,
+    /// sets the committed log id's record ([`COMMITTED_KEY`]), all in one
+    /// journal record, so one `fdatasync` for a whole group of batches.
+    /// Readable at once, durable when this returns (see the module docs).
+    pub fn append_journaled(
+        &self,
+        entries: &[(u64, Vec<u8>)],
+        committed: Option<&[u8]>,
+    ) -> Result<(), LogError> {
+        let mut journal = self.wal()?;
+        let record = wal::encode(entries, committed).map_err(|source| WalError::Io {
+            path: Self::wal_path(&self.path),
+            source,
+        })?;
+        if !journal.fits(record.len()) {
+            // Full: this batch goes to the file durably, which is a
+            // checkpoint of everything before it too.
+            self.commit(Durability::Immediate, |w| Self::put(w, entries, committed))?;
+            journal.reset()?;
+            return Ok(());
+        }
+        self.commit(Durability::None, |w| Self::put(w, entries, committed))?;
+        let started = Instant::now();
+        journal.append(&record)?;
+        self.observed(started);
+        Ok(())
     }
 
     /// Entries with indexes in `range`, in order, checksums verified.
@@ -525,6 +699,13 @@ mod tests {
         db.truncate_after(Some(1)).unwrap();
         db.purge_upto(1, "purged", b"p").unwrap();
         assert_eq!(count.0.load(Ordering::Relaxed), 4);
+        // A journaled append is one sync (the journal's), not two: its
+        // non-durable file commit is not an fsync.
+        db.append_journaled(&[(2, b"b".to_vec())], None).unwrap();
+        assert_eq!(count.0.load(Ordering::Relaxed), 5);
+        db.append_journaled(&[(3, b"c".to_vec())], Some(b"c1"))
+            .unwrap();
+        assert_eq!(count.0.load(Ordering::Relaxed), 6);
     }
 
     #[test]
@@ -614,6 +795,171 @@ mod tests {
             .contains("shorter"));
     }
 
+    /// Copies the log and its journal as they are on disk now, while `db`
+    /// is open: what a crash (SIGKILL) at this point leaves.
+    fn crash_copy(dir: &tempfile::TempDir) -> tempfile::TempDir {
+        let to = tempfile::tempdir().unwrap();
+        for f in ["raft.redb", "raft.wal"] {
+            std::fs::copy(dir.path().join(f), to.path().join(f)).unwrap();
+        }
+        to
+    }
+
+    fn stored_entries(path: &Path) -> Vec<u64> {
+        let db = Database::create(path).unwrap();
+        let r = db.begin_read().unwrap();
+        let t = r.open_table(ENTRIES).unwrap();
+        t.iter().unwrap().map(|i| i.unwrap().0.value()).collect()
+    }
+
+    /// Journaled appends are in the journal only (the redb file's durable
+    /// state lacks them) until a checkpoint; after a crash the open replays
+    /// them, committed log id included, and empties the journal.
+    #[test]
+    fn journaled_appends_are_replayed_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        db.append(&[(1, b"durable".to_vec())]).unwrap();
+        for i in 2..=10u64 {
+            let c = i.to_le_bytes();
+            db.append_journaled(&[(i, vec![i as u8; 100])], Some(&c))
+                .unwrap();
+        }
+        assert_eq!(db.read_range(..).unwrap().len(), 10, "readable at once");
+        let crashed = crash_copy(&dir);
+        drop(db);
+        // The redb file alone: only the durable append.
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            crashed.path().join("raft.redb"),
+            copy.path().join("raft.redb"),
+        )
+        .unwrap();
+        assert_eq!(stored_entries(&copy.path().join("raft.redb")), [1]);
+        // With its journal: everything.
+        let db = open(&crashed);
+        assert_eq!(db.replayed(), 9);
+        let got = db.read_range(..).unwrap();
+        assert_eq!(
+            got.iter().map(|e| e.0).collect::<Vec<_>>(),
+            (1..=10).collect::<Vec<_>>()
+        );
+        assert_eq!(got[9].1, vec![10u8; 100]);
+        assert_eq!(
+            db.get_meta(COMMITTED_KEY).unwrap(),
+            Some(10u64.to_le_bytes().to_vec())
+        );
+        drop(db);
+        // Replayed into the file: the journal is empty now.
+        let db = open(&crashed);
+        assert_eq!(db.replayed(), 0);
+        drop(db);
+        assert_eq!(stored_entries(&crashed.path().join("raft.redb")).len(), 10);
+        // A clean close checkpoints too: nothing to replay.
+        assert_eq!(open(&dir).replayed(), 0);
+    }
+
+    /// A checkpoint (here, before a vote write) leaves the redb file alone
+    /// holding every journaled append and the journal empty.
+    #[test]
+    fn a_checkpoint_moves_the_journal_into_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        for i in 1..=5u64 {
+            db.append_journaled(&[(i, vec![i as u8; 50])], Some(&i.to_le_bytes()))
+                .unwrap();
+        }
+        db.put_meta("vote", b"v").unwrap();
+        let crashed = crash_copy(&dir);
+        drop(db);
+        assert_eq!(
+            stored_entries(&crashed.path().join("raft.redb")),
+            [1, 2, 3, 4, 5]
+        );
+        let (_, records) = Wal::open(&crashed.path().join("raft.wal")).unwrap();
+        assert!(records.is_empty(), "{records:?}");
+    }
+
+    /// A journal damaged before its last record stops the open with an
+    /// error naming the journal and the record's offset, and is left as it
+    /// was (nothing replayed, nothing reset).
+    #[test]
+    fn a_journal_damaged_in_the_middle_refuses_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        for i in 1..=3u64 {
+            db.append_journaled(&[(i, vec![7u8; 600])], None).unwrap();
+        }
+        let crashed = crash_copy(&dir);
+        drop(db);
+        let path = crashed.path().join("raft.wal");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[wal::HEADER_LEN as usize + 40] ^= 1; // the first record's body
+        std::fs::write(&path, &bytes).unwrap();
+        let e = LogDb::open(&crashed.path().join("raft.redb"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("raft.wal") && e.contains("byte 16") && e.contains("checksum mismatch"),
+            "{e}"
+        );
+        assert!(std::fs::read(&path).unwrap() == bytes, "journal untouched");
+        assert!(stored_entries(&crashed.path().join("raft.redb")).is_empty());
+    }
+
+    /// Truncation checkpoints first: a crash after it never brings back
+    /// truncated entries from the journal.
+    #[test]
+    fn truncation_after_journaled_appends_stays_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        for i in 1..=6u64 {
+            db.append_journaled(&[(i, vec![1])], None).unwrap();
+        }
+        db.truncate_after(Some(3)).unwrap();
+        db.append_journaled(&[(4, vec![2])], None).unwrap();
+        let crashed = crash_copy(&dir);
+        drop(db);
+        let db = open(&crashed);
+        assert_eq!(db.replayed(), 1);
+        assert_eq!(
+            db.read_range(..).unwrap(),
+            vec![(1, vec![1]), (2, vec![1]), (3, vec![1]), (4, vec![2])]
+        );
+    }
+
+    /// A file from the build before the journal (layout 1) opens and is
+    /// stamped 2, which those builds refuse by name.
+    #[test]
+    fn a_layout_1_file_is_stamped_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let w = db.begin_write().unwrap();
+            w.open_table(ENTRIES)
+                .unwrap()
+                .insert(1, format::encode_record(b"old").as_slice())
+                .unwrap();
+            w.open_table(FORMAT).unwrap().insert(FORMAT_KEY, 1).unwrap();
+            w.commit().unwrap();
+        }
+        let db = LogDb::open(&path).unwrap();
+        assert_eq!(db.upgraded_from(), None);
+        assert_eq!(db.read_range(..).unwrap(), vec![(1, b"old".to_vec())]);
+        drop(db);
+        let db = Database::create(&path).unwrap();
+        let r = db.begin_read().unwrap();
+        let v = r
+            .open_table(FORMAT)
+            .unwrap()
+            .get(FORMAT_KEY)
+            .unwrap()
+            .map(|v| v.value());
+        assert_eq!(v, Some(LAYOUT_VERSION));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
         /// The log behaves like a BTreeMap under any sequence of appends,
@@ -629,7 +975,11 @@ mod tests {
                         0 => {
                             let batch: Vec<_> = (*at..*at + *n as u64).map(|i| (i, i.to_le_bytes().to_vec())).collect();
                             for (i, b) in &batch { model.insert(*i, b.clone()); }
-                            db.append(&batch).unwrap();
+                            if at % 2 == 0 {
+                                db.append(&batch).unwrap();
+                            } else {
+                                db.append_journaled(&batch, None).unwrap();
+                            }
                         }
                         1 => { model.retain(|k, _| *k <= *at); db.truncate_after(Some(*at)).unwrap(); }
                         _ => { model.retain(|k, _| *k > *at); db.purge_upto(*at, "p", b"").unwrap(); }
@@ -805,7 +1155,7 @@ mod golden {
         write_raw(&path, &parse(V1), Some(99));
         let e = LogDb::open(&path).err().unwrap().to_string();
         assert!(e.contains("log format 99"), "{e}");
-        assert!(e.contains("reads formats 0 and 1"), "{e}");
+        assert!(e.contains("reads formats 0, 1 and 2"), "{e}");
         assert!(!e.contains('\n'), "one line: {e}");
         // A record with a version this build does not know.
         let path = dir.path().join("raft2.redb");

@@ -67,6 +67,16 @@ impl Node {
             // snapshot interval, so a short interval really bounds the log.
             max_in_snapshot_log_to_keep: cfg.snapshot_entries.min(1000),
             install_snapshot_timeout: 10_000,
+            // A member that led before it stopped must win an election
+            // again (a new term, a new blank entry) rather than resume
+            // leading in its old term. Resumed, its read index would be its
+            // old term's first entry or its committed log id as stored,
+            // which lags (the committed log id rides with the next append,
+            // see `log_store`): after every member crashed, it answered
+            // linearizable reads from a state machine replayed only that
+            // far, older than writes it had acknowledged (openraft's docs
+            // of `enable_leader_restore` warn of exactly this).
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()
@@ -151,9 +161,11 @@ impl Node {
             joined: identity.joined,
             removed: tokio::sync::watch::channel(None).0,
             telemetry,
+            failover: super::failover::Failover::default(),
         });
         tokio::spawn(publish_client_addr(node.clone()));
         tokio::spawn(lessor::run(node.clone()));
+        tokio::spawn(super::failover::run(node.clone()));
         if let Some(policy) = node.config.auto_compaction {
             tokio::spawn(super::auto_compact::run(node.clone(), policy));
         }

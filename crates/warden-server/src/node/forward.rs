@@ -88,8 +88,18 @@ impl Node {
             if let Some(l) = leader.filter(|l| Some(*l) != old) {
                 return Some(l);
             }
-            if tokio::time::timeout_at(until, rx.changed()).await.is_err() {
+            // Cut off from the quorum (see `failover`): no leader will be
+            // known here soon, so say so at once.
+            if self.failover.is_cut_off() {
                 return None;
+            }
+            tokio::select! {
+                r = tokio::time::timeout_at(until, rx.changed()) => {
+                    if r.is_err() {
+                        return None;
+                    }
+                }
+                _ = self.failover.wait_cut_off() => return None,
             }
         }
     }
@@ -108,24 +118,31 @@ impl Node {
     /// [`Node::write`] without the counting.
     async fn write_routed(&self, req: Request, deadline: Instant) -> Result<Response, NodeError> {
         loop {
-            match self.write_local(req.clone(), deadline).await {
+            if Instant::now() >= deadline {
+                return Err(NodeError::Timeout);
+            }
+            let leader = match self.write_local(req.clone(), deadline).await {
                 Ok(r) => return Ok(r),
-                Err(Redirect::Leader(l)) if l != self.id => {
-                    return self.forward_write(l, req, deadline).await
-                }
+                Err(Redirect::Leader(l)) if l != self.id => l,
                 Err(Redirect::Leader(_)) | Err(Redirect::Unknown) => {
-                    if Instant::now() >= deadline {
-                        return Err(NodeError::Timeout);
-                    }
                     match self.wait_leader(deadline).await {
-                        None => return Err(NodeError::NoLeader),
-                        Some(l) if l != self.id => {
-                            return self.forward_write(l, req, deadline).await
+                        None => {
+                            tracing::debug!("write: no leader known");
+                            return Err(NodeError::NoLeader);
                         }
-                        Some(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                        Some(l) if l != self.id => l,
+                        Some(_) => {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
                     }
                 }
                 Err(Redirect::Failed(e)) => return Err(e),
+            };
+            // `None`: this member leads now; propose here.
+            tracing::debug!(leader = %format!("{leader:x}"), "forwarding a write");
+            if let Some(r) = self.forward_write(leader, req.clone(), deadline).await? {
+                return Ok(r);
             }
         }
     }
@@ -145,19 +162,43 @@ impl Node {
         req: Request,
         deadline: Instant,
     ) -> Result<(Response, u64), Redirect> {
-        match tokio::time::timeout_at(deadline, self.raft.client_write(req)).await {
+        if self.failover.is_cut_off() {
+            return Err(Redirect::Failed(NodeError::NoLeader));
+        }
+        // A leader that steps down for lack of a quorum fails the writes it
+        // holds at once: their outcome is unknown (see `failover`).
+        let write = async {
+            tokio::select! {
+                r = self.raft.client_write(req) => Some(r),
+                _ = self.failover.wait_cut_off() => None,
+            }
+        };
+        match tokio::time::timeout_at(deadline, write).await {
             Err(_) => Err(Redirect::Failed(NodeError::Timeout)),
-            Ok(Ok(r)) => Ok((r.data, r.log_id.index)),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            Ok(None) => Err(Redirect::Failed(NodeError::LeaderChanged)),
+            Ok(Some(r)) => Self::proposed(r),
+        }
+    }
+
+    /// What a proposal's answer from openraft means for the caller.
+    fn proposed(
+        r: Result<
+            openraft::raft::ClientWriteResponse<super::types::TypeConfig>,
+            RaftError<super::types::TypeConfig, ClientWriteError<super::types::TypeConfig>>,
+        >,
+    ) -> Result<(Response, u64), Redirect> {
+        match r {
+            Ok(r) => Ok((r.data, r.log_id.index)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(f.leader_id.map_or(Redirect::Unknown, Redirect::Leader))
             }
-            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
                 Err(Redirect::Failed(NodeError::LeaderChanged))
             }
-            Ok(Err(RaftError::APIError(e))) => {
+            Err(RaftError::APIError(e)) => {
                 Err(Redirect::Failed(NodeError::Internal(e.to_string())))
             }
-            Ok(Err(RaftError::Fatal(_))) => Err(Redirect::Failed(NodeError::Stopped)),
+            Err(RaftError::Fatal(_)) => Err(Redirect::Failed(NodeError::Stopped)),
         }
     }
 
@@ -239,14 +280,21 @@ impl Node {
         leader: u64,
         req: Request,
         deadline: Instant,
-    ) -> Result<Response, NodeError> {
+    ) -> Result<Option<Response>, NodeError> {
         let mut leader = leader;
-        for _ in 0..3 {
+        // During an election or a leadership transfer the members asked
+        // may name each other (the old leader names the transfer target,
+        // which still names the old leader): a hint is followed once, then
+        // this member waits until its own view of the leader changes.
+        let mut view = self.leader_view();
+        let mut hint_followed = false;
+        for _ in 0..FORWARD_ATTEMPTS {
             match self
                 .forward(leader, &ForwardRequest::Write(req.clone()), deadline)
                 .await?
             {
                 ForwardResponse::Write(r, index) => {
+                    tracing::debug!(index, "forwarded write acknowledged");
                     // Read-your-writes on this member, as etcd gives: answer
                     // once the entry is applied here too. The write is
                     // committed either way, so a member slow to apply it
@@ -255,25 +303,91 @@ impl Node {
                     if self.wait_applied(index, wait).await.is_err() {
                         tracing::debug!(index, "answering a forwarded write before applying it");
                     }
-                    return Ok(r);
+                    return Ok(Some(r));
                 }
                 // The receiver refused before proposing: safe to try again.
-                ForwardResponse::NotLeader(Some(l)) if l != leader => leader = l,
-                ForwardResponse::NotLeader(_) => match self.wait_leader(deadline).await {
-                    Some(l) if l != self.id => leader = l,
-                    Some(_) => {
-                        return self
-                            .write_local(req, deadline)
-                            .await
-                            .map_err(Redirect::into_error)
+                ForwardResponse::NotLeader(hint) => {
+                    if let Some(l) = hint.filter(|l| *l != leader && *l != self.id) {
+                        if !hint_followed {
+                            hint_followed = true;
+                            leader = l;
+                            continue;
+                        }
                     }
-                    None => return Err(NodeError::NoLeader),
-                },
+                    // The member this one believes leads refused: it may
+                    // have just won and not be ready to propose yet, so
+                    // ask it again after a heartbeat interval unless the
+                    // view changes first.
+                    let bound = if view.0 == Some(leader) {
+                        Duration::from_millis(self.config.heartbeat_interval_ms)
+                    } else {
+                        Duration::from_millis(self.config.election_timeout_max_ms * 2)
+                    };
+                    tracing::debug!(asked = %format!("{leader:x}"), ?hint, ?view, "forwarded write refused: waiting for a new view");
+                    view = self.wait_view_change(view, bound, deadline).await;
+                    tracing::debug!(?view, "forwarding: new view");
+                    hint_followed = false;
+                    match view.0 {
+                        Some(l) if l != self.id => leader = l,
+                        Some(_) => return Ok(None),
+                        None => {
+                            tracing::debug!(
+                                asked = %format!("{leader:x}"),
+                                "forwarded write refused and no leader known"
+                            );
+                            return Err(NodeError::NoLeader);
+                        }
+                    }
+                }
                 ForwardResponse::Failed(e) => return Err(e),
                 _ => return Err(NodeError::Internal("unexpected forward answer".into())),
             }
         }
+        tracing::debug!(
+            asked = %format!("{leader:x}"),
+            "forwarded write refused {FORWARD_ATTEMPTS} times"
+        );
         Err(NodeError::NoLeader)
+    }
+
+    /// This member's view of the leadership: (leader, term).
+    fn leader_view(&self) -> (Option<u64>, u64) {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        (m.current_leader, m.current_term)
+    }
+
+    /// Waits until this member knows a leader and its view differs from
+    /// `old`, for at most `wait` (or until `deadline`, or until it is cut
+    /// off, see `failover`); returns the view then, changed or not.
+    async fn wait_view_change(
+        &self,
+        old: (Option<u64>, u64),
+        wait: Duration,
+        deadline: Instant,
+    ) -> (Option<u64>, u64) {
+        let mut rx = self.raft.metrics();
+        let until = deadline.min(Instant::now() + wait);
+        loop {
+            let view = {
+                let m = rx.borrow_and_update();
+                (m.current_leader, m.current_term)
+            };
+            if view.0.is_some() && view != old {
+                return view;
+            }
+            if self.failover.is_cut_off() {
+                return view;
+            }
+            tokio::select! {
+                r = tokio::time::timeout_at(until, rx.changed()) => {
+                    if !matches!(r, Ok(Ok(()))) {
+                        return self.leader_view();
+                    }
+                }
+                _ = self.failover.wait_cut_off() => return self.leader_view(),
+            }
+        }
     }
 
     /// Serves a forwarded request as the leader.
@@ -282,6 +396,14 @@ impl Node {
         req: ForwardRequest,
         deadline: Instant,
     ) -> ForwardResponse {
+        // A member stopping (its Raft is shut down or about to be) refuses
+        // before proposing, naming the leader it knows: the sender retries
+        // there instead of failing with "stopped".
+        if self.failover.is_stopping()
+            && matches!(req, ForwardRequest::Write(_) | ForwardRequest::ReadIndex)
+        {
+            return ForwardResponse::NotLeader(self.leader().filter(|l| *l != self.id));
+        }
         match req {
             ForwardRequest::Write(r) => match self.write_local_at(r, deadline).await {
                 Ok((resp, index)) => ForwardResponse::Write(resp, index),
@@ -290,6 +412,7 @@ impl Node {
                 Err(Redirect::Failed(e)) => ForwardResponse::Failed(e),
             },
             ForwardRequest::ReadIndex => {
+                // ReadIndex, never LeaseRead (see `failover`).
                 let fut = self.raft.get_read_log_id(ReadPolicy::ReadIndex);
                 match tokio::time::timeout_at(deadline, fut).await {
                     Err(_) => ForwardResponse::Failed(NodeError::Timeout),
@@ -321,6 +444,11 @@ impl Node {
 /// Decided by the error types in the status's source chain: an I/O error
 /// decides by its kind; a chain without one decides by whether tonic reports
 /// the failure as happening while connecting (`tonic::ConnectError`).
+/// How many times a forwarded write is sent before giving up (each refusal
+/// after the first hint waits for a change of leader, or a heartbeat
+/// interval when the member asked is the one this member believes leads).
+const FORWARD_ATTEMPTS: usize = 10;
+
 fn not_delivered(s: &tonic::Status) -> bool {
     use std::error::Error;
     if s.code() != tonic::Code::Unavailable {

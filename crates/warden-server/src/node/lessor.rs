@@ -51,12 +51,16 @@
 //!   overwrite it whatever the commit order).
 //!
 //! The remaining case is an old leader acknowledging a renewal after a new
-//! one took over. A renewal is only answered while the leader heard from a
-//! quorum within the last maximum election timeout (openraft's
-//! `last_quorum_acked`); followers that acknowledged it do not elect
-//! another leader within the minimum election timeout of that, so `t < t1 +
-//! E` holds. The extension `E` also covers clients that could not reach a
-//! leader during the election to renew.
+//! one took over. A renewal is only answered while a quorum acknowledged a
+//! message the leader sent at some `q` with `t < q + E` (openraft's
+//! `last_quorum_acked` is that send time). The new leader's quorum shares a
+//! member with that one, and that member voted for the new leader after it
+//! acknowledged the message sent at `q` (once it has voted for a newer
+//! leader it refuses the old one's messages), so `q < t1` and `t < q + E <
+//! t1 + E`. This uses vote ordering only, not how long followers wait
+//! before voting, so it holds with `failover`'s early elections. The
+//! extension `E` also covers clients that could not reach a leader during
+//! the election to renew.
 //!
 //! Followers keep no countdowns; they forward renewals and TTL questions to
 //! the leader (`Node::lease_renew`, `Node::lease_time_to_live`, defined here

@@ -235,17 +235,7 @@ impl Node {
         voters: &BTreeSet<u64>,
         deadline: Instant,
     ) -> Result<Done, NodeError> {
-        let best = voters
-            .iter()
-            .filter(|v| **v != self.id)
-            .max_by_key(|v| {
-                m.replication
-                    .as_ref()
-                    .and_then(|r| r.get(v).cloned().flatten())
-                    .map_or(0, |l| l.index)
-            })
-            .copied();
-        let Some(to) = best else {
+        let Some(to) = self.most_caught_up_voter(m, voters) else {
             return Err(refused(
                 tonic::Code::FailedPrecondition,
                 "warden: cannot remove the only voting member",
@@ -259,6 +249,53 @@ impl Node {
             .map_err(|_| NodeError::Stopped)?;
         self.wait_leader_other_than(self.id, deadline).await;
         Ok(Done::Redirect(self.leader().filter(|l| *l != self.id)))
+    }
+
+    /// The other voter whose log the leader knows to be the longest.
+    fn most_caught_up_voter(
+        &self,
+        m: &openraft::RaftMetrics<super::types::TypeConfig>,
+        voters: &BTreeSet<u64>,
+    ) -> Option<u64> {
+        voters
+            .iter()
+            .filter(|v| **v != self.id)
+            .max_by_key(|v| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(v).cloned().flatten())
+                    .map_or(0, |l| l.index)
+            })
+            .copied()
+    }
+
+    /// Before a graceful stop: if this member leads and other voters exist,
+    /// hands leadership to the most caught-up one (as etcd does on
+    /// shutdown) and waits, up to `wait`, until a leader other than this
+    /// member is known. Returns that leader, or `None` if this member did
+    /// not lead, had nobody to hand over to, or the transfer did not finish
+    /// in time (the followers then elect after their timeouts).
+    pub async fn hand_over_before_stop(&self, wait: Duration) -> Option<u64> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.state != openraft::ServerState::Leader {
+            return None;
+        }
+        let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+        let to = self.most_caught_up_voter(&m, &voters)?;
+        tracing::info!(to = %format!("{to:x}"), "stopping: handing leadership over first");
+        if let Err(e) = self.raft.trigger().transfer_leader(to).await {
+            tracing::warn!("stopping: leadership transfer: {e}");
+            return None;
+        }
+        let deadline = Instant::now() + wait;
+        let new = self.wait_leader_except(Some(self.id), deadline).await;
+        match new {
+            Some(l) => {
+                tracing::info!(leader = %format!("{l:x}"), "stopping: leadership handed over")
+            }
+            None => tracing::warn!("stopping: no new leader within {wait:?}"),
+        }
+        new
     }
 
     /// Hands leadership to voter `target` (etcd `MoveLeader`) and waits (up

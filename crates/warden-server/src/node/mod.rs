@@ -15,7 +15,9 @@
 //! - `reads`: linearizable and serializable reads, the readiness gate, state
 //!   access and watch subscriptions;
 //! - `lessor`: lease countdowns and the lease entry points;
-//! - `membership`: membership changes, removal, leadership transfer.
+//! - `membership`: membership changes, removal, leadership transfer;
+//! - `failover`: electing at once after the leader's process died, granting
+//!   votes after one election timeout of silence, and CheckQuorum.
 //!
 //! Any member accepts any request. A follower forwards writes to the leader
 //! over the peer `Forward` RPC, and for a linearizable read asks the leader for
@@ -28,6 +30,7 @@
 
 pub mod auto_compact;
 mod bootstrap;
+pub mod failover;
 mod forward;
 pub mod lessor;
 pub mod log_store;
@@ -222,6 +225,8 @@ pub struct Node {
     removed: tokio::sync::watch::Sender<Option<String>>,
     /// Instruments fed by this member's internals (`api::metrics` shows them).
     telemetry: Arc<telemetry::Telemetry>,
+    /// Dead-leader detection and CheckQuorum (`failover`).
+    failover: failover::Failover,
 }
 
 /// Snapshot of what a member knows, for status output.
@@ -392,6 +397,7 @@ impl Node {
 
     /// Stops Raft (flushes what is in flight).
     pub async fn shutdown(&self) {
+        self.failover.set_stopping();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }

@@ -341,6 +341,7 @@ impl RaftPeer for PeerService {
     async fn append_entries(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
         let sender = self.admit(&req, "AppendEntries", Need::Replicate)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref()).map_err(bad)?;
+        self.node.failover.heard_from(sender);
         let term = self.node.term();
         self.in_range(
             "AppendEntries",
@@ -401,8 +402,17 @@ impl RaftPeer for PeerService {
         let bad_message = Arc::new(std::sync::Mutex::new(None::<String>));
         let seen = bad_message.clone();
         let node = self.node.clone();
+        let broken_node = self.node.clone();
         let input = incoming
-            .take_while(|m| futures::future::ready(m.is_ok()))
+            .take_while(move |m| {
+                // The sender is gone or its connection broke: tell the
+                // fail-over task at once (see `failover`).
+                match m {
+                    Ok(_) => broken_node.failover.heard_from(sender),
+                    Err(_) => broken_node.failover.stream_broke(sender),
+                }
+                futures::future::ready(m.is_ok())
+            })
             .map(move |m| match m {
                 Ok(blob) => decode::<AppendEntriesRequest<TypeConfig>>(&blob)
                     .and_then(|rpc| {
@@ -453,6 +463,7 @@ impl RaftPeer for PeerService {
             sender,
             peer_auth::check_snapshot_header(&header, term, sender),
         )?;
+        self.node.failover.heard_from(sender);
         let dir = self.node.config.data_dir.join("snap");
         tokio::fs::create_dir_all(&dir)
             .await

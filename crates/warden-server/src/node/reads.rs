@@ -227,6 +227,8 @@ impl Node {
         let mut tries = 0;
         loop {
             tries += 1;
+            // ReadIndex, never LeaseRead: followers give up their leader
+            // lease early (see `failover`), so a leader lease proves nothing.
             let fut = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
             let leader = match tokio::time::timeout_at(deadline, fut).await {
                 Err(_) => return Err(NodeError::Timeout),

@@ -807,7 +807,11 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         "warden member started"
     );
 
+    // Clients are stopped (and drained) before peers: after handing
+    // leadership over, this member forwards the requests it still holds to
+    // the new leader and needs replication from it to answer them.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (peer_stop_tx, peer_stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
@@ -820,7 +824,7 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             .max_decoding_message_size(warden_server::node::network::MAX_MESSAGE)
             .max_encoding_message_size(warden_server::node::network::MAX_MESSAGE),
         );
-    let peer_stop = stopped(stop_rx.clone());
+    let peer_stop = stopped(peer_stop_rx);
     let peer = warden_server::tls::serve(peer_router, peer_listener, peer_tls, "peer", peer_stop);
     let mut metrics_tasks = Vec::new();
     for listener in metrics_listeners {
@@ -868,10 +872,19 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         _ = shutdown_signal() => tracing::info!("shutting down"),
         why = node.removed() => tracing::warn!("shutting down: {why}"),
     }
+    // A leader hands over first (as etcd does), so that the cluster does not
+    // wait out an election timeout; meanwhile requests keep being served
+    // and are forwarded to the new leader once it is known.
+    let handover = Duration::from_millis(cfg.election_timeout_max_ms.saturating_mul(2));
+    node.hand_over_before_stop(handover).await;
+    // Stop accepting clients and let the requests in flight finish.
     let _ = stop_tx.send(true);
-    node.shutdown().await;
     let grace = Duration::from_secs(3);
-    let _ = tokio::time::timeout(grace, client_task).await;
+    if tokio::time::timeout(grace, client_task).await.is_err() {
+        tracing::warn!("client requests still running after {grace:?}: stopping anyway");
+    }
+    node.shutdown().await;
+    let _ = peer_stop_tx.send(true);
     let _ = tokio::time::timeout(grace, peer_task).await;
     for t in metrics_tasks {
         let _ = tokio::time::timeout(grace, t).await;

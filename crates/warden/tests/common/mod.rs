@@ -122,7 +122,10 @@ impl Cluster {
             .args(["--election-timeout-max-ms", "600"])
             .args(["--heartbeat-interval-ms", "50"])
             .args(["--request-timeout-ms", "3000"])
-            .env("WARDEN_LOG", "info,openraft=warn")
+            .env(
+                "WARDEN_LOG",
+                std::env::var("WARDEN_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -163,6 +166,17 @@ impl Cluster {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM member `i` (a graceful stop); see `wait_exit`.
+    pub fn terminate(&mut self, i: usize) {
+        if let Some(c) = &self.members[i].child {
+            let status = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .expect("kill -TERM");
+            assert!(status.success(), "kill -TERM: {status}");
         }
     }
 
