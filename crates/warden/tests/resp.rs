@@ -702,3 +702,55 @@ async fn auth_uses_warden_users_and_permissions() {
     assert!(out.success, "{out:?}");
     assert_eq!(out.stdout.trim(), "2");
 }
+
+/// The `redis` crate (a Redis client library as applications use it):
+/// pipelined commands, RESP3 after `HELLO 3`, and errors it can read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_crate_pipelines_speaks_resp3_and_reads_errors() {
+    let (_c, resp) = resp_cluster(1).await;
+    let addr = resp[0].clone();
+    tokio::task::spawn_blocking(move || {
+        let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+        let mut con = client.get_connection().unwrap();
+        // A pipeline: sent at once, answered in order.
+        let (set, got, n, missing): (String, String, i64, Option<String>) = redis::pipe()
+            .cmd("SET")
+            .arg("crate/k")
+            .arg("v1")
+            .cmd("GET")
+            .arg("crate/k")
+            .cmd("INCRBY")
+            .arg("crate/n")
+            .arg(5)
+            .cmd("GET")
+            .arg("crate/none")
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(
+            (set.as_str(), got.as_str(), n, missing),
+            ("OK", "v1", 5, None)
+        );
+        // Errors come back as errors the library can tell apart.
+        let e = redis::cmd("INCR")
+            .arg("crate/k")
+            .query::<i64>(&mut con)
+            .unwrap_err();
+        assert!(e.to_string().contains("not an integer"), "{e}");
+        let e = redis::cmd("NOSUCHCMD").query::<()>(&mut con).unwrap_err();
+        assert!(e.to_string().contains("unknown command"), "{e}");
+        // RESP3: the client says HELLO 3 itself and reads maps and nulls.
+        let client3 = redis::Client::open(format!("redis://{addr}/?protocol=resp3")).unwrap();
+        let mut con3 = client3.get_connection().unwrap();
+        let v: Option<String> = redis::cmd("GET")
+            .arg("crate/none")
+            .query(&mut con3)
+            .unwrap();
+        assert_eq!(v, None);
+        let v: String = redis::cmd("GET").arg("crate/k").query(&mut con3).unwrap();
+        assert_eq!(v, "v1");
+        let hello: redis::Value = redis::cmd("HELLO").arg(3).query(&mut con3).unwrap();
+        assert!(matches!(hello, redis::Value::Map(_)), "{hello:?}");
+    })
+    .await
+    .unwrap();
+}
