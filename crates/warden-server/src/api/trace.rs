@@ -66,6 +66,26 @@ pub fn in_request<F: Future>(
     REQUEST_ID.scope(id, fut.instrument(span))
 }
 
+/// Runs `fut`, then logs how long it took: at `warn` over `slow` (with
+/// `what` it was), else at `debug`.
+pub async fn timed<F: Future>(slow: Duration, what: &str, fut: F) -> F::Output {
+    let start = Instant::now();
+    let out = fut.await;
+    let took = start.elapsed();
+    if took > slow {
+        tracing::warn!(
+            took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            "slow {what}: answered after {took:?} (over --warning-apply-duration {slow:?})"
+        );
+    } else {
+        tracing::debug!(
+            took_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            "{what} answered"
+        );
+    }
+    out
+}
+
 /// The tower layer for the client port's server.
 #[derive(Clone, Copy)]
 pub struct RequestIds {
@@ -118,21 +138,8 @@ where
         let fut = self.inner.call(req);
         let echo = HeaderValue::from_str(&id).ok();
         Box::pin(in_request(id, span, async move {
-            let start = Instant::now();
             tracing::debug!("request received");
-            let out = fut.await;
-            let took = start.elapsed();
-            if took > slow {
-                tracing::warn!(
-                    took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
-                    "slow request: answered after {took:?} (over --warning-apply-duration {slow:?})"
-                );
-            } else {
-                tracing::debug!(
-                    took_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-                    "request answered"
-                );
-            }
+            let out = timed(slow, "request", fut).await;
             out.map(|mut r| {
                 if let Some(v) = echo {
                     r.headers_mut().insert(REQUEST_ID_HEADER, v);

@@ -573,22 +573,15 @@ impl RaftPeer for PeerService {
             Some(id) => {
                 let span =
                     tracing::info_span!("forwarded", id = %id, from = %format!("{sender:x}"));
-                let slow = self.node.slow_request();
-                let node = self.node.clone();
-                crate::api::trace::in_request(id, span, async move {
-                    let start = std::time::Instant::now();
-                    let resp = node.handle_forward(fwd, deadline).await;
-                    let took = start.elapsed();
-                    if took > slow {
-                        tracing::warn!("slow forwarded request: answered after {took:?}");
-                    } else {
-                        tracing::debug!(
-                            took_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-                            "forwarded request answered"
-                        );
-                    }
-                    resp
-                })
+                crate::api::trace::in_request(
+                    id,
+                    span,
+                    crate::api::trace::timed(
+                        self.node.slow_request(),
+                        "forwarded request",
+                        self.node.handle_forward(fwd, deadline),
+                    ),
+                )
                 .await
             }
             None => self.node.handle_forward(fwd, deadline).await,
