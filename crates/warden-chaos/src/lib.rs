@@ -179,6 +179,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             },
             tls: cluster.client_tls.clone(),
             credentials: None,
+            // The register, bank, lock and watch workloads check etcd's
+            // semantics: a write of unknown outcome is theirs to record.
+            // The counter workload turns this on for its own clients.
+            exactly_once: false,
+            client_id: None,
         },
         end: Instant::now(),
         fault: opts.fault,

@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use tonic::metadata::{Ascii, MetadataValue};
+use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::Channel;
@@ -99,15 +99,23 @@ impl std::fmt::Debug for TokenCell {
     }
 }
 
-/// Attaches the cell's token, when there is one, to every request.
+/// Attaches the cell's token, when there is one, to every request, and
+/// the extra metadata entries when given (an exactly-once write's tag).
 #[derive(Clone, Debug, Default)]
-pub struct AttachToken(pub TokenCell);
+pub struct AttachToken(pub TokenCell, pub Option<Arc<MetadataMap>>);
 
 impl Interceptor for AttachToken {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         if let Ok(t) = (self.0).0.read() {
             if let Some(v) = t.as_ref() {
                 req.metadata_mut().insert(TOKEN_METADATA, v.clone());
+            }
+        }
+        if let Some(extra) = &self.1 {
+            for kv in extra.iter() {
+                if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
+                    req.metadata_mut().insert(k.clone(), v.clone());
+                }
             }
         }
         Ok(req)
@@ -121,7 +129,12 @@ pub type AuthChannel = InterceptedService<Channel, AttachToken>;
 
 /// Wraps `ch` so that its requests carry the token in `cell`.
 pub fn with_token(ch: Channel, cell: TokenCell) -> AuthChannel {
-    InterceptedService::new(ch, AttachToken(cell))
+    InterceptedService::new(ch, AttachToken(cell, None))
+}
+
+/// Wraps `ch` so that its requests carry the token in `cell` and `extra`.
+pub fn with_token_and(ch: Channel, cell: TokenCell, extra: Arc<MetadataMap>) -> AuthChannel {
+    InterceptedService::new(ch, AttachToken(cell, Some(extra)))
 }
 
 /// Whether `status` says the token was refused (authenticate again and
@@ -167,7 +180,7 @@ mod tests {
     #[test]
     fn the_cell_attaches_its_token_until_cleared() {
         let cell = TokenCell::default();
-        let mut i = AttachToken(cell.clone());
+        let mut i = AttachToken(cell.clone(), None);
         let r = i.call(Request::new(())).unwrap();
         assert!(r.metadata().get(TOKEN_METADATA).is_none());
         cell.set("abc.1.2.def").unwrap();

@@ -48,6 +48,15 @@ pub enum ClientError {
         endpoints: Vec<String>,
     },
 
+    /// An option of the client is not usable (e.g. a malformed client id).
+    #[error("invalid client option: {0}")]
+    InvalidOption(String),
+
+    /// A session's lease is gone (expired, revoked, or not renewed in time):
+    /// whatever it held (locks, candidacies) is no longer held.
+    #[error("session lost: {0}")]
+    SessionLost(String),
+
     /// The deadline passed while a request was in flight (for a write, it may
     /// or may not have been applied).
     #[error("context deadline exceeded after {timeout_ms} ms (endpoints tried: {})", endpoints.join(", "))]
@@ -65,7 +74,9 @@ impl ClientError {
         match self {
             ClientError::NoEndpoints
             | ClientError::InvalidEndpoint { .. }
-            | ClientError::Tls(_) => Code::InvalidArgument,
+            | ClientError::Tls(_)
+            | ClientError::InvalidOption(_) => Code::InvalidArgument,
+            ClientError::SessionLost(_) => Code::FailedPrecondition,
             ClientError::Server { code, .. } | ClientError::Unavailable { code, .. } => *code,
             ClientError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
         }
@@ -90,7 +101,9 @@ impl ClientError {
             | ClientError::DeadlineExceeded { endpoints, .. } => endpoints.clone(),
             ClientError::NoEndpoints
             | ClientError::InvalidEndpoint { .. }
-            | ClientError::Tls(_) => Vec::new(),
+            | ClientError::Tls(_)
+            | ClientError::InvalidOption(_)
+            | ClientError::SessionLost(_) => Vec::new(),
         }
     }
 }

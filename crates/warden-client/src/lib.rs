@@ -22,10 +22,16 @@ pub mod auth;
 pub mod backoff;
 pub mod endpoint;
 pub mod error;
+pub mod election;
 pub mod keys;
+mod leader;
+pub mod lock;
+pub mod once;
 pub mod options;
 pub mod retry;
+pub mod session;
 pub mod tls;
+pub mod watch;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,13 +43,19 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use warden_proto::etcdserverpb::{
-    cluster_client::ClusterClient, kv_client::KvClient, maintenance_client::MaintenanceClient,
-    request_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
+    maintenance_client::MaintenanceClient, request_op, CompactionRequest, CompactionResponse,
+    DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse,
     MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
     RequestOp, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
 
 pub use auth::{AuthChannel, Credentials};
+pub use election::{Election, Leadership, Observer};
+pub use lock::{LockGuard, Mutex, RwLock};
+pub use session::Session;
+pub use watch::{WatchEvents, WatchOptions, Watcher};
 pub use backoff::Backoff;
 pub use endpoint::{parse_endpoint, parse_endpoints};
 pub use error::ClientError;
@@ -69,6 +81,15 @@ pub struct ClientOptions {
     /// Authenticate as this user (etcd auth) before the first call and
     /// whenever the server refuses the token; `None`: send no token.
     pub credentials: Option<Credentials>,
+    /// Tag every write with this client's id and a fresh request id
+    /// ([`once`]), so that a write whose outcome is unknown is retried
+    /// safely once the cluster has shown it applies tagged writes at most
+    /// once (warden does; etcd ignores the tag, and then such a write is
+    /// never retried).
+    pub exactly_once: bool,
+    /// The client id of exactly-once writes; `None`: a random one. Give a
+    /// stable id only if no two processes ever use it at the same time.
+    pub client_id: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -79,6 +100,8 @@ impl Default for ClientOptions {
             backoff: Backoff::default(),
             tls: None,
             credentials: None,
+            exactly_once: true,
+            client_id: None,
         }
     }
 }
@@ -104,6 +127,14 @@ struct Inner {
     authenticating: tokio::sync::Mutex<()>,
     /// Index of the endpoint that last served a non-balanced call.
     preferred: AtomicUsize,
+    /// Each endpoint's member id and the leader, for routing writes.
+    leaders: leader::LeaderMap,
+    /// Held while asking the endpoints who leads; holds when that was last
+    /// done, so a leader outside the endpoint list is not asked for on
+    /// every write.
+    discovering: tokio::sync::Mutex<Option<Instant>>,
+    /// Request ids of exactly-once writes (`None`: writes are untagged).
+    sessions: Option<once::Sessions>,
     /// Round-robin counter for serializable reads.
     next_balanced: AtomicUsize,
     opts: ClientOptions,
@@ -130,10 +161,19 @@ impl Client {
     {
         let raw: Vec<S> = endpoints.into_iter().collect();
         let endpoints = parse_endpoints(&raw)?;
+        let n_endpoints = endpoints.len();
         let raw = endpoints
             .iter()
             .map(|ep| make_channel(ep, &opts))
             .collect::<Result<Vec<_>, _>>()?;
+        let sessions = if opts.exactly_once {
+            Some(
+                once::Sessions::new(opts.client_id.as_deref())
+                    .map_err(|e| ClientError::InvalidOption(e.0))?,
+            )
+        } else {
+            None
+        };
         let token = auth::TokenCell::default();
         let channels = raw
             .iter()
@@ -147,6 +187,9 @@ impl Client {
                 token,
                 authenticating: tokio::sync::Mutex::new(()),
                 preferred: AtomicUsize::new(0),
+                leaders: leader::LeaderMap::new(n_endpoints),
+                discovering: tokio::sync::Mutex::new(None),
+                sessions,
                 next_balanced: AtomicUsize::new(0),
                 opts,
             }),
@@ -196,7 +239,7 @@ impl Client {
 
     /// Sends a raw `PutRequest`.
     pub async fn put_request(&self, req: PutRequest) -> Result<PutResponse, ClientError> {
-        self.call(OpKind::Write, false, move |ch, t| {
+        self.write_once(move |ch, t| {
             let req = req.clone();
             async move { kv(ch).put(with_timeout(req, t)).await }
         })
@@ -217,7 +260,7 @@ impl Client {
         &self,
         req: DeleteRangeRequest,
     ) -> Result<DeleteRangeResponse, ClientError> {
-        self.call(OpKind::Write, false, move |ch, t| {
+        self.write_once(move |ch, t| {
             let req = req.clone();
             async move { kv(ch).delete_range(with_timeout(req, t)).await }
         })
@@ -226,14 +269,41 @@ impl Client {
 
     /// Runs a transaction. One without writes is retried like a read.
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, ClientError> {
-        let kind = if txn_is_read_only(&req) {
-            OpKind::Read
+        let (kind, tagged) = if txn_is_read_only(&req) {
+            (OpKind::Read, false)
         } else {
-            OpKind::Write
+            (OpKind::Write, true)
         };
-        self.call(kind, false, move |ch, t| {
+        self.call_tagged(kind, false, tagged, move |ch, t| {
             let req = req.clone();
             async move { kv(ch).txn(with_timeout(req, t)).await }
+        })
+        .await
+    }
+
+    /// Grants a lease of `ttl` seconds (`id` 0: the server picks the id).
+    pub async fn lease_grant(&self, ttl: i64, id: i64) -> Result<LeaseGrantResponse, ClientError> {
+        let req = LeaseGrantRequest { ttl, id };
+        let resp = self
+            .write_once(move |ch, t| async move {
+                LeaseClient::new(ch).lease_grant(with_timeout(req, t)).await
+            })
+            .await?;
+        if !resp.error.is_empty() {
+            return Err(ClientError::Server {
+                code: tonic::Code::FailedPrecondition,
+                message: resp.error,
+                endpoint: String::new(),
+            });
+        }
+        Ok(resp)
+    }
+
+    /// Revokes lease `id`, deleting the keys attached to it.
+    pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse, ClientError> {
+        let req = LeaseRevokeRequest { id };
+        self.write_once(move |ch, t| async move {
+            LeaseClient::new(ch).lease_revoke(with_timeout(req, t)).await
         })
         .await
     }
@@ -438,6 +508,24 @@ impl Client {
         &self,
         kind: OpKind,
         balanced: bool,
+        attempt: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(AuthChannel, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.call_tagged(kind, balanced, false, attempt).await
+    }
+
+    /// [`Client::call`]; with `tagged` (a write the server applies at most
+    /// once per tag), every attempt carries one fresh request id, and a
+    /// failure of unknown outcome is retried once the cluster has shown
+    /// that it honours tags. Writes start at the leader's endpoint.
+    async fn call_tagged<T, F, Fut>(
+        &self,
+        kind: OpKind,
+        balanced: bool,
+        tagged: bool,
         mut attempt: F,
     ) -> Result<T, ClientError>
     where
@@ -448,51 +536,82 @@ impl Client {
         let inner = &*self.inner;
         let timeout = inner.opts.timeout;
         let deadline = Instant::now() + timeout;
+        let sessions = inner.sessions.as_ref().filter(|_| tagged);
+        let tag = sessions.map(|s| s.begin());
+        let extra = match (sessions, &tag) {
+            (Some(s), Some(t)) => {
+                let mut md = tonic::metadata::MetadataMap::new();
+                s.attach(t, &mut md);
+                Some(Arc::new(md))
+            }
+            _ => None,
+        };
+        let to_leader = kind == OpKind::Write && !balanced;
         // One fresh token per call when the server refuses the one held.
         let mut reauthenticated = false;
         let n = inner.channels.len().max(1);
-        let start = if balanced {
-            inner.next_balanced.fetch_add(1, Ordering::Relaxed) % n
-        } else {
-            inner.preferred.load(Ordering::Relaxed) % n
-        };
         let mut tried: Vec<String> = Vec::new();
         let mut last: Option<Status> = None;
+        // Whether an attempt of this write may have been applied: then
+        // giving up says "deadline exceeded" (outcome unknown), never
+        // "unavailable" (which promises nothing was applied).
+        let mut maybe_applied = false;
         let deadline_error = |tried: &[String]| ClientError::DeadlineExceeded {
             timeout_ms: timeout.as_millis(),
             endpoints: tried.to_vec(),
         };
-        let unavailable = |last: Option<Status>, tried: Vec<String>| match last {
-            Some(s) => ClientError::Unavailable {
-                code: s.code(),
-                message: retry::describe(&s),
-                endpoints: tried,
-            },
-            None => deadline_error(&tried),
+        let unavailable = |last: Option<Status>, tried: Vec<String>, maybe_applied: bool| {
+            match last {
+                Some(s) if !maybe_applied => ClientError::Unavailable {
+                    code: s.code(),
+                    message: retry::describe(&s),
+                    endpoints: tried,
+                },
+                _ => deadline_error(&tried),
+            }
         };
 
         for round in 0u32.. {
+            let start = if balanced {
+                inner.next_balanced.fetch_add(1, Ordering::Relaxed) % n
+            } else if to_leader {
+                match self.leader_endpoint(deadline).await {
+                    Some(i) => i % n,
+                    None => inner.preferred.load(Ordering::Relaxed) % n,
+                }
+            } else {
+                inner.preferred.load(Ordering::Relaxed) % n
+            };
             for offset in 0..n {
                 let idx = (start + offset) % n;
-                let (Some(ep), Some(ch)) = (inner.endpoints.get(idx), inner.channels.get(idx))
-                else {
+                let (Some(ep), Some(ch), Some(raw)) = (
+                    inner.endpoints.get(idx),
+                    inner.channels.get(idx),
+                    inner.raw.get(idx),
+                ) else {
                     continue;
+                };
+                let ch = match &extra {
+                    Some(md) => auth::with_token_and(raw.clone(), inner.token.clone(), md.clone()),
+                    None => ch.clone(),
                 };
                 let now = Instant::now();
                 let remaining = deadline.saturating_duration_since(now);
                 if remaining.is_zero() {
-                    return Err(unavailable(last, tried));
+                    return Err(unavailable(last, tried, maybe_applied));
                 }
                 if !tried.contains(ep) {
                     tried.push(ep.clone());
                 }
-                let result =
-                    match tokio::time::timeout(remaining, attempt(ch.clone(), remaining)).await {
-                        Err(_) => return Err(deadline_error(&tried)),
-                        Ok(r) => r,
-                    };
+                let result = match tokio::time::timeout(remaining, attempt(ch, remaining)).await {
+                    Err(_) => return Err(deadline_error(&tried)),
+                    Ok(r) => r,
+                };
                 match result {
                     Ok(resp) => {
+                        if let Some(s) = sessions {
+                            s.answered(resp.metadata());
+                        }
                         if !balanced {
                             inner.preferred.store(idx, Ordering::Relaxed);
                         }
@@ -513,13 +632,25 @@ impl Client {
                     Err(status) => {
                         let failure = retry::classify(&status);
                         tracing::debug!(endpoint = %ep, ?failure, code = ?status.code(), message = status.message(), "attempt failed");
-                        if !retry::may_retry(failure, kind) {
+                        // Applied at most once: a retry answers the first
+                        // attempt's response if that one was applied.
+                        let once = sessions.is_some_and(|s| s.honoured())
+                            && failure == retry::Failure::Transient;
+                        if !retry::may_retry(failure, kind) && !once {
                             return Err(ClientError::Server {
                                 code: status.code(),
                                 message: retry::describe(&status),
                                 endpoint: ep.clone(),
                             });
                         }
+                        if to_leader {
+                            inner.leaders.forget(idx);
+                        }
+                        maybe_applied |= kind == OpKind::Write
+                            && !matches!(
+                                failure,
+                                retry::Failure::NotSent | retry::Failure::NoLeader
+                            );
                         last = Some(status);
                     }
                 }
@@ -527,13 +658,98 @@ impl Client {
             let delay = inner.opts.backoff.delay_random(round);
             if Instant::now() + delay >= deadline {
                 tokio::time::sleep_until(deadline).await;
-                return Err(unavailable(last, tried));
+                return Err(unavailable(last, tried, maybe_applied));
             }
             tokio::time::sleep(delay).await;
         }
-        Err(unavailable(last, tried))
+        Err(unavailable(last, tried, maybe_applied))
+    }
+
+    /// The endpoint of the leader, asking the endpoints when it is not
+    /// known (at most every [`REDISCOVER`], so a leader outside the list
+    /// costs no question per write). `None`: one endpoint, or the leader is
+    /// not among them or did not answer.
+    async fn leader_endpoint(&self, deadline: Instant) -> Option<usize> {
+        let inner = &*self.inner;
+        if inner.endpoints.len() < 2 {
+            return None;
+        }
+        if let Some(i) = inner.leaders.endpoint() {
+            return Some(i);
+        }
+        let mut last = tokio::time::timeout_at(deadline, inner.discovering.lock())
+            .await
+            .ok()?;
+        if let Some(i) = inner.leaders.endpoint() {
+            return Some(i);
+        }
+        if last.is_some_and(|t| t.elapsed() < REDISCOVER) {
+            return None;
+        }
+        let until = deadline.min(Instant::now() + inner.opts.connect_timeout);
+        self.find_leader(until).await;
+        *last = Some(Instant::now());
+        inner.leaders.endpoint()
+    }
+
+    /// Asks every endpoint's `Status` at once until `until`, noting each
+    /// member's id and the leader with the newest term; stops as soon as
+    /// the leader itself has answered.
+    async fn find_leader(&self, until: Instant) {
+        let inner = &*self.inner;
+        let mut asking = tokio::task::JoinSet::new();
+        for (idx, ch) in inner.channels.iter().enumerate() {
+            let ch = ch.clone();
+            asking.spawn(async move {
+                let left = until.saturating_duration_since(Instant::now());
+                let mut m = MaintenanceClient::new(ch);
+                let call = m.status(with_timeout(StatusRequest {}, left));
+                (idx, tokio::time::timeout_at(until, call).await)
+            });
+        }
+        while let Ok(Some(joined)) = tokio::time::timeout_at(until, asking.join_next()).await {
+            let Ok((idx, Ok(Ok(resp)))) = joined else {
+                continue;
+            };
+            let st = resp.into_inner();
+            let member = st.header.as_ref().map_or(0, |h| h.member_id);
+            inner.leaders.learn(idx, member, st.leader, st.raft_term);
+            if member != 0 && member == st.leader {
+                break;
+            }
+        }
+    }
+
+    /// The endpoint of the member this client believes leads (learned when
+    /// it last routed a write), if it is one of the client's endpoints.
+    pub fn leader(&self) -> Option<String> {
+        let idx = self.inner.leaders.endpoint()?;
+        self.inner.endpoints.get(idx).cloned()
+    }
+
+    /// The client id of exactly-once writes (`None` with
+    /// [`ClientOptions::exactly_once`] off).
+    pub fn client_id(&self) -> Option<&str> {
+        self.inner.sessions.as_ref().map(|s| s.client_id())
+    }
+
+    /// Runs a write the server applies at most once per request id (warden's
+    /// `KV.Put`, `KV.DeleteRange`, `KV.Txn`, `Lease.LeaseGrant`,
+    /// `Lease.LeaseRevoke`, `Locks.Release`, `Locks.FencedTxn`): every
+    /// attempt carries the same fresh request id, so a retry after a failure
+    /// of unknown outcome cannot apply it twice.
+    pub async fn write_once<T, F, Fut>(&self, attempt: F) -> Result<T, ClientError>
+    where
+        F: FnMut(AuthChannel, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.call_tagged(OpKind::Write, false, true, attempt).await
     }
 }
+
+/// The least time between two rounds of asking who leads when the answer
+/// did not name one of the client's endpoints.
+const REDISCOVER: Duration = Duration::from_millis(250);
 
 /// One lazily connected channel to `endpoint`.
 fn make_channel(endpoint: &str, opts: &ClientOptions) -> Result<Channel, ClientError> {
@@ -636,8 +852,7 @@ mod tests {
                 base: Duration::from_millis(10),
                 max: Duration::from_millis(50),
             },
-            tls: None,
-            credentials: None,
+            ..ClientOptions::default()
         };
         let client = Client::connect(
             [format!("127.0.0.1:{a}"), format!("http://127.0.0.1:{b}")],

@@ -57,6 +57,17 @@ pub struct GetOptions {
 }
 
 impl GetOptions {
+    /// Every key starting with the key given to `get`.
+    pub fn prefix() -> GetOptions {
+        GetOptions {
+            range: KeyRange {
+                prefix: true,
+                ..KeyRange::default()
+            },
+            ..GetOptions::default()
+        }
+    }
+
     /// The `RangeRequest` for `key` with these options.
     pub fn into_request(self, key: Vec<u8>) -> RangeRequest {
         let (key, range_end) = self.range.resolve(key);

@@ -222,11 +222,14 @@ pub fn revision_of(header: Option<&ResponseHeader>) -> i64 {
 /// definite answer), `Info` when it may have.
 pub fn outcome_of(e: &ClientError) -> Outcome {
     match e {
-        ClientError::NoEndpoints | ClientError::InvalidEndpoint { .. } | ClientError::Tls(_) => {
-            Outcome::Fail
-        }
+        ClientError::NoEndpoints
+        | ClientError::InvalidEndpoint { .. }
+        | ClientError::Tls(_)
+        | ClientError::InvalidOption(_) => Outcome::Fail,
+        ClientError::SessionLost(_) => Outcome::Info,
         // The client only gives up this way on a write after every attempt
-        // failed before sending or with "no leader".
+        // failed before sending or with "no leader" (one that may have been
+        // applied ends in DeadlineExceeded).
         ClientError::Unavailable { .. } => Outcome::Fail,
         ClientError::DeadlineExceeded { .. } => Outcome::Info,
         ClientError::Server { code, .. } => outcome_of_code(*code),

@@ -39,13 +39,16 @@ impl KvService {
         &self,
         req: &Request<T>,
         cmd: Command,
-    ) -> Result<(i64, CommandResult), Status> {
+    ) -> Result<(i64, CommandResult, Option<u64>), Status> {
         let caller = self.gate.caller(req)?;
         let tag = super::once::tag_of(req)?;
-        Ok(super::propose_once(&self.node, grpc_timeout(req), &caller, cmd, tag).await?)
+        let id = tag.as_ref().map(|t| t.request_id);
+        let (rev, res) = super::propose_once(&self.node, grpc_timeout(req), &caller, cmd, tag).await?;
+        Ok((rev, res, id))
     }
 }
 
+use super::once::answer;
 use super::unexpected;
 
 #[tonic::async_trait]
@@ -87,13 +90,13 @@ impl pb::kv_server::Kv for KvService {
         let put = st::PutRequest::convert_from(request.get_ref().clone());
         validate::check_put_request(&put).map_err(state_status)?;
         let cmd = Command::Put(put);
-        let (rev, res) = self.propose(&request, cmd).await?;
+        let (rev, res, tagged) = self.propose(&request, cmd).await?;
         let CommandResult::Put(p) = res else {
             return Err(unexpected());
         };
         let mut resp = pb::PutResponse::convert_from(p);
         resp.header = Some(header(&self.node, rev));
-        Ok(Response::new(resp))
+        Ok(answer(resp, tagged))
     }
 
     async fn delete_range(
@@ -104,13 +107,13 @@ impl pb::kv_server::Kv for KvService {
         let del = st::DeleteRangeRequest::convert_from(request.get_ref().clone());
         validate::check_delete_request(&del).map_err(state_status)?;
         let cmd = Command::DeleteRange(del);
-        let (rev, res) = self.propose(&request, cmd).await?;
+        let (rev, res, tagged) = self.propose(&request, cmd).await?;
         let CommandResult::DeleteRange(d) = res else {
             return Err(unexpected());
         };
         let mut resp = pb::DeleteRangeResponse::convert_from(d);
         resp.header = Some(header(&self.node, rev));
-        Ok(Response::new(resp))
+        Ok(answer(resp, tagged))
     }
 
     async fn txn(
@@ -121,14 +124,14 @@ impl pb::kv_server::Kv for KvService {
         let txn = st::TxnRequest::try_convert_from(request.get_ref().clone())?;
         validate::check_txn_request(&txn).map_err(state_status)?;
         let cmd = Command::Txn(txn);
-        let (rev, res) = self.propose(&request, cmd).await?;
+        let (rev, res, tagged) = self.propose(&request, cmd).await?;
         let CommandResult::Txn(t) = res else {
             return Err(unexpected());
         };
         let mut resp = pb::TxnResponse::convert_from(t);
         set_nested_headers(&mut resp.responses, rev);
         resp.header = Some(header(&self.node, rev));
-        Ok(Response::new(resp))
+        Ok(answer(resp, tagged))
     }
 
     async fn compact(
@@ -136,7 +139,7 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let cmd = Command::Compact(st::CompactionRequest::convert_from(*request.get_ref()));
-        let (rev, res) = self.propose(&request, cmd).await?;
+        let (rev, res, _) = self.propose(&request, cmd).await?;
         let CommandResult::Compact = res else {
             return Err(unexpected());
         };

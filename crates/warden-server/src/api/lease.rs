@@ -103,14 +103,16 @@ impl pb::lease_server::Lease for LeaseService {
         let timeout = grpc_timeout(&request);
         let caller = self.gate.caller(&request)?;
         let tag = super::once::tag_of(&request)?;
+        let tagged = tag.as_ref().map(|t| t.request_id);
         let r = request.into_inner();
         let (rev, id, ttl) = grant_once(&self.node, &caller, r.id, r.ttl, timeout, tag).await?;
-        Ok(Response::new(pb::LeaseGrantResponse {
+        let resp = pb::LeaseGrantResponse {
             header: Some(header(&self.node, rev)),
             id,
             ttl,
             error: String::new(),
-        }))
+        };
+        Ok(super::once::answer(resp, tagged))
     }
 
     async fn lease_revoke(
@@ -121,11 +123,13 @@ impl pb::lease_server::Lease for LeaseService {
         let id = request.get_ref().id;
         let caller = self.gate.caller(&request)?;
         let tag = super::once::tag_of(&request)?;
+        let tagged = tag.as_ref().map(|t| t.request_id);
         let cmd = Command::LeaseRevoke { id };
         let (rev, _) = super::propose_once(&self.node, timeout, &caller, cmd, tag).await?;
-        Ok(Response::new(pb::LeaseRevokeResponse {
+        let resp = pb::LeaseRevokeResponse {
             header: Some(header(&self.node, rev)),
-        }))
+        };
+        Ok(super::once::answer(resp, tagged))
     }
 
     type LeaseKeepAliveStream = KeepAliveStream;

@@ -543,6 +543,7 @@ impl pb::locks_server::Locks for LocksService {
         let timeout = grpc_timeout(&request);
         let caller = self.gate.caller(&request)?;
         let tag = super::once::tag_of(&request)?;
+        let tagged = tag.as_ref().map(|t| t.request_id);
         let r = request.into_inner();
         let cmd = match proof_of(&r.name, r.token, &r.handle)? {
             Some(proof) => Command::LockReleaseProven {
@@ -556,9 +557,10 @@ impl pb::locks_server::Locks for LocksService {
             },
         };
         let (rev, _) = super::propose_once(&self.node, timeout, &caller, cmd, tag).await?;
-        Ok(Response::new(pb::ReleaseResponse {
+        let resp = pb::ReleaseResponse {
             header: Some(header(&self.node, rev)),
-        }))
+        };
+        Ok(super::once::answer(resp, tagged))
     }
 
     async fn inspect(
@@ -688,6 +690,7 @@ impl pb::locks_server::Locks for LocksService {
         let timeout = grpc_timeout(&request);
         let caller = self.gate.caller(&request)?;
         let tag = super::once::tag_of(&request)?;
+        let tagged = tag.as_ref().map(|t| t.request_id);
         let r = request.into_inner();
         let txn = st::TxnRequest::try_convert_from(r.txn.unwrap_or_default())?;
         warden_core::state::validate::check_txn_request(&txn).map_err(state_status)?;
@@ -710,7 +713,7 @@ impl pb::locks_server::Locks for LocksService {
                 let mut resp = warden_proto::etcdserverpb::TxnResponse::convert_from(t);
                 super::kv::set_nested_headers(&mut resp.responses, rev);
                 resp.header = Some(header(&self.node, rev));
-                Ok(Response::new(resp))
+                Ok(super::once::answer(resp, tagged))
             }
             _ => Err(unexpected()),
         }

@@ -99,6 +99,23 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// gRPC response metadata: set to the request id on the answer to a tagged
+/// write, so a client learns that this server applies tagged writes at most
+/// once (etcd ignores the tag and never sets this) and may retry them.
+pub const APPLIED_ONCE: &str = "warden-applied-once";
+
+/// `msg` as the response to a write tagged with request id `tagged` (or
+/// untagged): a tagged one's answer carries [`APPLIED_ONCE`].
+pub fn answer<T>(msg: T, tagged: Option<u64>) -> tonic::Response<T> {
+    let mut resp = tonic::Response::new(msg);
+    if let Some(id) = tagged {
+        if let Ok(v) = id.to_string().parse() {
+            resp.metadata_mut().insert(APPLIED_ONCE, v);
+        }
+    }
+    resp
+}
+
 /// The session tag of a request's metadata, stamped now.
 pub fn tag_of<T>(req: &tonic::Request<T>) -> Result<Option<SessionTag>, Status> {
     tag_from(req.metadata(), now_ms())

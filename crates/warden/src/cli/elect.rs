@@ -13,9 +13,9 @@
 use anyhow::{anyhow, bail};
 use clap::Args;
 
-use super::common::{print, RETRY};
+use super::common::print;
 use super::lease::KeptLease;
-use warden_client::{Client, OpKind};
+use warden_client::{Client, Election, OpKind};
 use warden_proto::v3electionpb as epb;
 use warden_proto::v3electionpb::election_client::ElectionClient;
 
@@ -108,31 +108,14 @@ async fn proposal_value(client: &Client, leader: &epb::LeaderKey) -> Vec<u8> {
 }
 
 async fn observe(client: &Client, name: Vec<u8>) -> anyhow::Result<()> {
-    let mut last: Option<(Vec<u8>, i64)> = None;
-    loop {
-        for (ep, ch) in client.stream_channels().await? {
-            let req = epb::LeaderRequest { name: name.clone() };
-            let mut stream = match ElectionClient::new(ch).observe(req).await {
-                Ok(s) => s.into_inner(),
-                Err(e) => {
-                    client.stream_failed(&e);
-                    tracing::debug!("observe via {ep}: {e}");
-                    continue;
-                }
-            };
-            while let Ok(Some(r)) = stream.message().await {
-                let Some(kv) = r.kv else { continue };
-                let id = (kv.key.clone(), kv.mod_revision);
-                if last.as_ref() != Some(&id) {
-                    last = Some(id);
-                    print(&format!(
-                        "{}\n{}\n",
-                        String::from_utf8_lossy(&kv.key),
-                        String::from_utf8_lossy(&kv.value)
-                    ))?;
-                }
-            }
-        }
-        tokio::time::sleep(RETRY).await;
+    let mut observer = Election::new(client, name).observe();
+    while let Some(kv) = observer.next().await {
+        let kv = kv?;
+        print(&format!(
+            "{}\n{}\n",
+            String::from_utf8_lossy(&kv.key),
+            String::from_utf8_lossy(&kv.value)
+        ))?;
     }
+    bail!("observing the election ended")
 }

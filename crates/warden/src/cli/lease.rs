@@ -11,18 +11,15 @@
 //! renewing silently once the lease is lost (callers are told through
 //! [`KeptLease::lost`]).
 
-use std::time::Duration;
-
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Subcommand;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use warden_client::AuthChannel as Channel;
 
-use super::common::{print, RETRY};
+use super::common::print;
 use super::kv_args::parse_lease_id;
 use super::Format;
-use warden_client::{Client, OpKind};
+use warden_client::session::keep_alive;
+use warden_client::{Client, ClientError, OpKind, Session};
 use warden_proto::etcdserverpb as pb;
 use warden_proto::etcdserverpb::lease_client::LeaseClient;
 
@@ -150,113 +147,49 @@ pub async fn lease(client: &Client, cmd: LeaseCommand, f: Format) -> anyhow::Res
             }
         }
         LeaseCommand::KeepAlive { id, once } => {
-            keep_alive(client, id, once, |ttl| {
-                print(&format!("lease {id:016x} keepalived with TTL({ttl})\n"))
+            let mut output: anyhow::Result<()> = Ok(());
+            let kept = keep_alive(client, id, once, |ttl| {
+                output = print(&format!("lease {id:016x} keepalived with TTL({ttl})\n"));
+                match &output {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(ClientError::InvalidOption(format!("writing output: {e:#}"))),
+                }
             })
-            .await
+            .await;
+            output?;
+            Ok(kept?)
         }
     }
 }
 
-/// Renews lease `id` every third of its TTL, over any endpoint, until an
-/// error: the lease expired or was revoked (TTL 0 from the leader), or no
-/// renewal got through for a whole TTL. `on_renew` sees each new TTL.
-pub async fn keep_alive(
-    client: &Client,
-    id: i64,
-    once: bool,
-    mut on_renew: impl FnMut(i64) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let mut last_ok = tokio::time::Instant::now();
-    let mut ttl: i64 = 0;
-    loop {
-        for (ep, ch) in client.stream_channels().await? {
-            let (tx, rx) = mpsc::channel(1);
-            let stream = lease_client(ch)
-                .lease_keep_alive(ReceiverStream::new(rx))
-                .await;
-            let mut stream = match stream {
-                Ok(s) => s.into_inner(),
-                Err(e) => {
-                    client.stream_failed(&e);
-                    tracing::debug!("keep-alive via {ep}: {e}");
-                    continue;
-                }
-            };
-            loop {
-                if tx.send(pb::LeaseKeepAliveRequest { id }).await.is_err() {
-                    break;
-                }
-                match stream.message().await {
-                    Ok(Some(r)) if r.ttl <= 0 => bail!("lease {id:016x} expired or revoked"),
-                    Ok(Some(r)) => {
-                        ttl = r.ttl;
-                        last_ok = tokio::time::Instant::now();
-                        on_renew(r.ttl)?;
-                        if once {
-                            return Ok(());
-                        }
-                        let every = Duration::from_millis((r.ttl.max(1) as u64) * 1000 / 3);
-                        tokio::time::sleep(every.max(Duration::from_millis(500))).await;
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!("keep-alive via {ep}: {e}");
-                        break;
-                    }
-                }
-            }
-            if ttl > 0 && last_ok.elapsed() > Duration::from_secs(ttl as u64) {
-                bail!("lease {id:016x} lost: no renewal got through for {ttl}s");
-            }
-        }
-        if once {
-            bail!("could not renew lease {id:016x} on any endpoint");
-        }
-        tokio::time::sleep(RETRY).await;
-    }
-}
-
-/// A lease kept alive in the background; `lost` turns `Some(reason)` when
-/// the keep-alive gives up.
+/// A lease kept alive in the background (the client library's
+/// [`Session`]); `lost` resolves when the keep-alive gives up.
 pub(super) struct KeptLease {
     pub(super) id: i64,
-    lost: watch::Receiver<Option<String>>,
-    task: tokio::task::JoinHandle<()>,
+    session: Session,
 }
 
 impl KeptLease {
     pub(super) async fn start(client: &Client, ttl: i64) -> anyhow::Result<KeptLease> {
-        let id = grant(client, ttl).await.context("creating the lease")?.id;
-        let (tx, lost) = watch::channel(None);
-        let c = client.clone();
-        let task = tokio::spawn(async move {
-            let reason = match keep_alive(&c, id, false, |_| Ok(())).await {
-                Ok(()) => "keep-alive stopped".to_string(),
-                Err(e) => format!("{e:#}"),
-            };
-            let _ = tx.send(Some(reason));
-        });
-        Ok(KeptLease { id, lost, task })
+        let session = Session::new(client, ttl)
+            .await
+            .context("creating the lease")?;
+        Ok(KeptLease {
+            id: session.lease_id(),
+            session,
+        })
     }
 
     /// Resolves when the lease is lost, with the reason.
     pub(super) async fn lost(&mut self) -> String {
-        loop {
-            if let Some(r) = self.lost.borrow_and_update().clone() {
-                return r;
-            }
-            if self.lost.changed().await.is_err() {
-                return "keep-alive task ended".into();
-            }
-        }
+        self.session.lost().await
     }
 
     /// Stops renewing and revokes the lease (best effort).
-    pub(super) async fn release(self, client: &Client) {
-        self.task.abort();
-        if let Err(e) = revoke(client, self.id).await {
-            tracing::debug!("revoking lease {:x}: {e:#}", self.id);
+    pub(super) async fn release(self, _client: &Client) {
+        let id = self.id;
+        if let Err(e) = self.session.close().await {
+            tracing::debug!("revoking lease {id:x}: {e:#}");
         }
     }
 }

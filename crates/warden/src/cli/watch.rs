@@ -1,23 +1,19 @@
 //! `warden watch`: prints changes to a key or prefix as they happen.
 //!
-//! Owns: the watch flags, the event output (etcdctl's text, or JSON), and
-//! moving the stream to the next endpoint when one fails. A moved watch
-//! resumes from the revision after the last event it printed.
+//! Owns: the watch flags and the event output (etcdctl's text, or JSON).
+//! The client library's `Watcher` moves the stream to the next endpoint
+//! when one fails, resuming from the revision after the last event.
 //!
 //! Must never: skip an event or print one twice across an endpoint switch,
 //! or carry on silently when the server cancels the watch (a compacted start
 //! revision is an error).
 
-use anyhow::bail;
+use anyhow::{anyhow, bail};
 use clap::Args;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
-use super::common::{print, RETRY};
+use super::common::print;
 use super::Format;
-use warden_client::Client;
-use warden_proto::etcdserverpb as pb;
-use warden_proto::etcdserverpb::watch_client::WatchClient;
+use warden_client::{Client, WatchOptions};
 
 #[derive(Args, Debug)]
 pub struct WatchArgs {
@@ -70,79 +66,23 @@ fn event_json(ev: &warden_proto::mvccpb::Event) -> serde_json::Value {
 }
 
 pub async fn watch_cmd(client: &Client, a: WatchArgs, f: Format) -> anyhow::Result<()> {
-    let key = a.key.clone().into_bytes();
-    let range_end = if a.prefix {
-        warden_client::keys::prefix_range_end(&key)
-    } else {
-        Vec::new()
+    let opts = WatchOptions {
+        prefix: a.prefix,
+        start_revision: a.rev.max(0),
+        prev_kv: a.prev_kv,
     };
-    // The next revision to ask for; 0 until the first stream says where
-    // "now" is.
-    let mut next = a.rev.max(0);
-    loop {
-        for (ep, ch) in client.stream_channels().await? {
-            let (tx, rx) = mpsc::channel(1);
-            let create = pb::WatchRequest {
-                request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
-                    pb::WatchCreateRequest {
-                        key: key.clone(),
-                        range_end: range_end.clone(),
-                        start_revision: next,
-                        prev_kv: a.prev_kv,
-                        ..Default::default()
-                    },
-                )),
-            };
-            if tx.send(create).await.is_err() {
-                continue;
+    let mut watcher = client.watch(a.key.clone().into_bytes(), opts);
+    while let Some(batch) = watcher.next().await {
+        let batch = batch.map_err(|e| anyhow!("watch was canceled: {}", e.message()))?;
+        let mut text = String::new();
+        for ev in &batch.events {
+            if f == Format::Json {
+                text.push_str(&format!("{}\n", event_json(ev)));
+            } else {
+                text.push_str(&event_text(ev, a.prev_kv));
             }
-            let mut stream = match WatchClient::new(ch).watch(ReceiverStream::new(rx)).await {
-                Ok(s) => s.into_inner(),
-                Err(e) => {
-                    client.stream_failed(&e);
-                    tracing::debug!("watch via {ep}: {e}");
-                    continue;
-                }
-            };
-            loop {
-                let resp = match stream.message().await {
-                    Ok(Some(r)) => r,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!("watch via {ep}: {e}");
-                        break;
-                    }
-                };
-                if resp.canceled {
-                    if resp.compact_revision > 0 {
-                        bail!(
-                            "watch was canceled: required revision has been compacted (compact revision {})",
-                            resp.compact_revision
-                        );
-                    }
-                    bail!("watch was canceled: {}", resp.cancel_reason);
-                }
-                if resp.created && next == 0 {
-                    next = resp.header.as_ref().map_or(0, |h| h.revision) + 1;
-                }
-                if resp.events.is_empty() {
-                    continue;
-                }
-                let mut text = String::new();
-                for ev in &resp.events {
-                    if f == Format::Json {
-                        text.push_str(&format!("{}\n", event_json(ev)));
-                    } else {
-                        text.push_str(&event_text(ev, a.prev_kv));
-                    }
-                    if let Some(kv) = &ev.kv {
-                        next = next.max(kv.mod_revision + 1);
-                    }
-                }
-                print(&text)?;
-            }
-            drop(tx);
         }
-        tokio::time::sleep(RETRY).await;
+        print(&text)?;
     }
+    bail!("the watch ended")
 }
