@@ -34,6 +34,17 @@ impl Backoff {
 
     /// The delay before retry round `round + 1`, given `unit`, a random number
     /// in `[0, 1)` (values outside are clamped).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use warden_client::Backoff;
+    /// let b = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(1) };
+    /// // Round 2's ceiling is 400 ms; the delay lies in its upper half.
+    /// assert_eq!(b.delay(2, 0.0), Duration::from_millis(200));
+    /// assert_eq!(b.delay(2, 1.0), Duration::from_millis(400));
+    /// // Never above the cap.
+    /// assert_eq!(b.delay(30, 1.0), Duration::from_secs(1));
+    /// ```
     pub fn delay(&self, round: u32, unit: f64) -> Duration {
         let ceiling = self.ceiling(round);
         let unit = if unit.is_finite() {

@@ -40,6 +40,13 @@ pub fn parse_endpoints<S: AsRef<str>>(items: &[S]) -> Result<Vec<String>, Client
 /// (whether TLS is used is set by `ClientOptions::tls`, as with etcdctl,
 /// whose `--cacert` turns it on). Other schemes, paths, a missing or
 /// non-numeric port and an empty host are refused.
+///
+/// ```
+/// use warden_client::parse_endpoint;
+/// assert_eq!(parse_endpoint("http://127.0.0.1:2379/").unwrap(), "127.0.0.1:2379");
+/// assert!(parse_endpoint("127.0.0.1").is_err());
+/// assert!(parse_endpoint("ftp://h:1").is_err());
+/// ```
 pub fn parse_endpoint(raw: &str) -> Result<String, ClientError> {
     let invalid = |reason: &str| ClientError::InvalidEndpoint {
         endpoint: raw.to_string(),

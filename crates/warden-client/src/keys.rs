@@ -9,6 +9,13 @@ pub const FROM_KEY_END: &[u8] = b"\0";
 /// with its last byte that is not `0xff` incremented and what follows dropped.
 /// For an empty or all-`0xff` prefix every key matches, so this returns
 /// `"\0"` (etcd's "to the end").
+///
+/// ```
+/// use warden_client::keys::prefix_range_end;
+/// assert_eq!(prefix_range_end(b"config/"), b"config0");
+/// assert_eq!(prefix_range_end(b"a\xff"), b"b");
+/// assert_eq!(prefix_range_end(b""), b"\0");
+/// ```
 pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {

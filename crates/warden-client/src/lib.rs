@@ -1,28 +1,60 @@
-//! The Rust client library for warden's etcd-compatible API:
-//! endpoint list, one lazily connected gRPC channel per endpoint, failover to
-//! the next endpoint when one is unreachable, retries with exponential
-//! backoff and jitter within one overall deadline, and serializable reads
-//! spread across members.
+//! The Rust client library for warden (and etcd v3): a [`Client`] over a
+//! list of endpoints that sends writes to the leader, spreads serializable
+//! reads over the members, retries with exponential backoff and jitter
+//! within one overall deadline, and makes every retried write
+//! exactly-once; plus the coordination recipes built on it: [`Session`]
+//! (a lease kept alive), [`Mutex`] and [`RwLock`] (warden's native locks
+//! with fencing tokens), [`Election`], and a [`Watcher`] that resumes on
+//! another member without missing an event.
 //!
-//! It owns connection handling and retry policy; it never retries a write
-//! unless the failure proves the write was not applied (see [`retry`]).
+//! # Exactly-once writes
+//!
+//! Every write carries this client's id and a fresh request id ([`once`]).
+//! A warden server applies a given (client, request) at most once and
+//! answers a retry with the first attempt's response, so when a put times
+//! out during a leader change the client sends it again with the same id
+//! and the caller sees one answer, never a double apply. Against etcd
+//! (which ignores the tag) a write whose outcome is unknown is returned to
+//! the caller as an error instead, as etcd's own clients do.
+//!
+//! # Routing
+//!
+//! The client asks the members' `Status` who leads and sends writes there
+//! (no forwarding hop); linearizable reads go to the member that last
+//! answered; serializable reads rotate over all endpoints. A failed
+//! endpoint is skipped and the leader asked for again.
+//!
+//! # Example
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), warden_client::ClientError> {
-//! use warden_client::{Client, ClientOptions, GetOptions, PutOptions};
-//! let client = Client::connect(["127.0.0.1:2379"], ClientOptions::default()).await?;
-//! client.put("k", "v", PutOptions::default()).await?;
-//! let resp = client.get("k", GetOptions::default()).await?;
-//! assert_eq!(resp.kvs[0].value, b"v");
+//! use warden_client::{Client, ClientOptions, GetOptions, Mutex, PutOptions, Session};
+//! let endpoints = ["127.0.0.1:2379", "127.0.0.1:22379", "127.0.0.1:32379"];
+//! let client = Client::connect(endpoints, ClientOptions::default()).await?;
+//! client.put("greeting", "hello", PutOptions::default()).await?;
+//! let resp = client.get("greeting", GetOptions::default()).await?;
+//! assert_eq!(resp.kvs[0].value, b"hello");
+//!
+//! // A lock held on a session's lease, released if this process dies.
+//! let session = Session::new(&client, 10).await?;
+//! let guard = Mutex::new(&session, "jobs/report").lock().await?;
+//! println!("holding jobs/report, fencing token {}", guard.token());
+//! guard.release().await?;
+//! session.close().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Runnable programs: `examples/leader_election.rs`, `examples/locked_job.rs`
+//! and `examples/config_watcher.rs` in this crate; the guide is warden's
+//! docs/client.md.
+#![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod auth;
 pub mod backoff;
+pub mod election;
 pub mod endpoint;
 pub mod error;
-pub mod election;
 pub mod keys;
 mod leader;
 pub mod lock;
@@ -46,22 +78,22 @@ use warden_proto::etcdserverpb::{
     cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
     maintenance_client::MaintenanceClient, request_op, CompactionRequest, CompactionResponse,
     DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse,
-    LeaseRevokeRequest, LeaseRevokeResponse,
-    MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    RequestOp, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, MemberListRequest, MemberListResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, StatusRequest, StatusResponse, TxnRequest,
+    TxnResponse,
 };
 
 pub use auth::{AuthChannel, Credentials};
-pub use election::{Election, Leadership, Observer};
-pub use lock::{LockGuard, Mutex, RwLock};
-pub use session::Session;
-pub use watch::{WatchEvents, WatchOptions, Watcher};
 pub use backoff::Backoff;
+pub use election::{Election, Leadership, Observer};
 pub use endpoint::{parse_endpoint, parse_endpoints};
 pub use error::ClientError;
+pub use lock::{LockGuard, Mutex, RwLock};
 pub use options::{DeleteOptions, GetOptions, KeyRange, PutOptions};
 pub use retry::OpKind;
+pub use session::Session;
 pub use tls::TlsOptions;
+pub use watch::{WatchEvents, WatchOptions, Watcher};
 
 /// Largest response accepted (etcd's client uses `math.MaxInt32` too).
 const MAX_RECV_BYTES: usize = i32::MAX as usize;
@@ -303,7 +335,9 @@ impl Client {
     pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse, ClientError> {
         let req = LeaseRevokeRequest { id };
         self.write_once(move |ch, t| async move {
-            LeaseClient::new(ch).lease_revoke(with_timeout(req, t)).await
+            LeaseClient::new(ch)
+                .lease_revoke(with_timeout(req, t))
+                .await
         })
         .await
     }
@@ -560,15 +594,14 @@ impl Client {
             timeout_ms: timeout.as_millis(),
             endpoints: tried.to_vec(),
         };
-        let unavailable = |last: Option<Status>, tried: Vec<String>, maybe_applied: bool| {
-            match last {
-                Some(s) if !maybe_applied => ClientError::Unavailable {
-                    code: s.code(),
-                    message: retry::describe(&s),
-                    endpoints: tried,
-                },
-                _ => deadline_error(&tried),
-            }
+        let unavailable = |last: Option<Status>, tried: Vec<String>, maybe_applied: bool| match last
+        {
+            Some(s) if !maybe_applied => ClientError::Unavailable {
+                code: s.code(),
+                message: retry::describe(&s),
+                endpoints: tried,
+            },
+            _ => deadline_error(&tried),
         };
 
         for round in 0u32.. {
@@ -633,9 +666,15 @@ impl Client {
                         let failure = retry::classify(&status);
                         tracing::debug!(endpoint = %ep, ?failure, code = ?status.code(), message = status.message(), "attempt failed");
                         // Applied at most once: a retry answers the first
-                        // attempt's response if that one was applied.
-                        let once = sessions.is_some_and(|s| s.honoured())
-                            && failure == retry::Failure::Transient;
+                        // attempt's response if that one was applied. A
+                        // client that has not yet seen the cluster honour
+                        // tags asks first (one tagged empty txn).
+                        let once = match sessions {
+                            Some(s) if failure == retry::Failure::Transient => {
+                                s.honoured() || self.probe_once(s, deadline).await
+                            }
+                            _ => false,
+                        };
                         if !retry::may_retry(failure, kind) && !once {
                             return Err(ClientError::Server {
                                 code: status.code(),
@@ -663,6 +702,32 @@ impl Client {
             tokio::time::sleep(delay).await;
         }
         Err(unavailable(last, tried, maybe_applied))
+    }
+
+    /// Whether the cluster applies tagged writes at most once, asked with a
+    /// tagged empty transaction (harmless on etcd, which ignores the tag
+    /// and changes nothing; on warden it answers `warden-applied-once`).
+    /// Tries each endpoint once before `deadline`.
+    async fn probe_once(&self, sessions: &once::Sessions, deadline: Instant) -> bool {
+        let inner = &*self.inner;
+        let tag = sessions.begin();
+        let mut md = tonic::metadata::MetadataMap::new();
+        sessions.attach(&tag, &mut md);
+        let md = Arc::new(md);
+        for raw in &inner.raw {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let ch = auth::with_token_and(raw.clone(), inner.token.clone(), md.clone());
+            let mut kv = kv(ch);
+            let call = kv.txn(with_timeout(TxnRequest::default(), left));
+            if let Ok(Ok(resp)) = tokio::time::timeout(left, call).await {
+                sessions.answered(resp.metadata());
+                return sessions.honoured();
+            }
+        }
+        false
     }
 
     /// The endpoint of the leader, asking the endpoints when it is not

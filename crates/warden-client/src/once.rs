@@ -101,6 +101,19 @@ impl Sessions {
     }
 
     /// A fresh request id for one write (all its attempts).
+    ///
+    /// ```
+    /// use warden_client::once::{Sessions, REQUEST_ID, ACKED_BELOW};
+    /// let s = Sessions::new(Some("job7")).unwrap();
+    /// let first = s.begin();
+    /// let second = s.begin();
+    /// assert_eq!(second.request_id, first.request_id + 1);
+    /// let mut md = tonic::metadata::MetadataMap::new();
+    /// s.attach(&second, &mut md);
+    /// // `first` is still in flight, so its response must be kept.
+    /// assert_eq!(md.get(ACKED_BELOW).unwrap().to_str().unwrap(), first.request_id.to_string());
+    /// assert_eq!(md.get(REQUEST_ID).unwrap().to_str().unwrap(), second.request_id.to_string());
+    /// ```
     pub fn begin(&self) -> Tag<'_> {
         let request_id = self.next.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut set) = self.in_flight.lock() {
