@@ -560,6 +560,51 @@ impl Client {
         kind: OpKind,
         balanced: bool,
         tagged: bool,
+        attempt: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(AuthChannel, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let tag = if tagged { self.begin_once() } else { None };
+        self.call_with(kind, balanced, tag.as_ref(), attempt).await
+    }
+
+    /// A fresh exactly-once tag for a write that spans several calls (a
+    /// lock acquire sent again after its stream broke): pass it to
+    /// [`Client::request_once`] each time. `None` with
+    /// [`ClientOptions::exactly_once`] off.
+    pub fn begin_once(&self) -> Option<once::Tag<'_>> {
+        self.inner.sessions.as_ref().map(|s| s.begin())
+    }
+
+    /// Whether the cluster was seen to apply tagged writes at most once (a
+    /// warden cluster, once it answered one).
+    pub fn honours_once(&self) -> bool {
+        self.inner.sessions.as_ref().is_some_and(|s| s.honoured())
+    }
+
+    /// [`Client::request`] for a write carrying `tag` (from
+    /// [`Client::begin_once`]; `None`: untagged): every attempt carries it,
+    /// and a failure of unknown outcome is retried once the cluster honours
+    /// tags.
+    pub async fn request_once<T, F, Fut>(
+        &self,
+        tag: Option<&once::Tag<'_>>,
+        attempt: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(AuthChannel, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.call_with(OpKind::Write, false, tag, attempt).await
+    }
+
+    async fn call_with<T, F, Fut>(
+        &self,
+        kind: OpKind,
+        balanced: bool,
+        tag: Option<&once::Tag<'_>>,
         mut attempt: F,
     ) -> Result<T, ClientError>
     where
@@ -570,9 +615,8 @@ impl Client {
         let inner = &*self.inner;
         let timeout = inner.opts.timeout;
         let deadline = Instant::now() + timeout;
-        let sessions = inner.sessions.as_ref().filter(|_| tagged);
-        let tag = sessions.map(|s| s.begin());
-        let extra = match (sessions, &tag) {
+        let sessions = inner.sessions.as_ref().filter(|_| tag.is_some());
+        let extra = match (sessions, tag) {
             (Some(s), Some(t)) => {
                 let mut md = tonic::metadata::MetadataMap::new();
                 s.attach(t, &mut md);

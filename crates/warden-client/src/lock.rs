@@ -20,8 +20,9 @@ use warden_proto::warden::v1 as wpb;
 use warden_proto::warden::v1::acquire_response::State;
 use warden_proto::warden::v1::locks_client::LocksClient;
 
+use crate::retry::{self, Failure};
 use crate::session::Session;
-use crate::{Client, ClientError, OpKind};
+use crate::{Client, ClientError};
 
 /// An exclusive lock named `name`, held on a session's lease.
 ///
@@ -132,11 +133,18 @@ impl Locker {
 
     /// Asks for the lock and reads the stream until granted (`Some`), or
     /// refused without waiting (`None`, only with `wait_ms` 0).
+    ///
+    /// The request carries a handle drawn here and, against warden, an
+    /// exactly-once tag: if the stream breaks before the answer (its member
+    /// died, the connection reset), the same request is sent again and the
+    /// server answers from the first attempt's queue place or grant instead
+    /// of queueing a second time.
     async fn acquire(
         &self,
         mode: wpb::LockMode,
         wait_ms: i64,
     ) -> Result<Option<LockGuard>, ClientError> {
+        let handle = rand::random::<[u8; HANDLE_LEN]>().to_vec();
         let req = wpb::AcquireRequest {
             name: self.name.clone(),
             mode: mode as i32,
@@ -145,60 +153,88 @@ impl Locker {
             wait_timeout_ms: wait_ms,
             priority: 0,
             owner: self.owner.clone(),
+            handle: handle.clone(),
         };
-        let mut stream = self
-            .client
-            .request(OpKind::Write, move |ch, _| {
-                let req = req.clone();
-                async move { LocksClient::new(ch).acquire(req).await }
-            })
-            .await?;
+        let tag = self.client.begin_once();
         let ended = |message: String| ClientError::Server {
             code: tonic::Code::Aborted,
             message,
             endpoint: String::new(),
         };
+        let mut breaks = 0u32;
         loop {
-            let msg = match stream.message().await {
-                Ok(Some(m)) => m,
-                Ok(None) => {
-                    return Err(ended(format!(
-                        "the server ended the wait for lock {}",
-                        self.name
-                    )))
-                }
-                Err(status) => {
-                    return Err(ClientError::Server {
-                        code: status.code(),
-                        message: format!("waiting for lock {}: {}", self.name, status.message()),
-                        endpoint: String::new(),
-                    })
+            let r = req.clone();
+            let mut stream = self
+                .client
+                .request_once(tag.as_ref(), move |ch, _| {
+                    let r = r.clone();
+                    async move { LocksClient::new(ch).acquire(r).await }
+                })
+                .await?;
+            let broke = loop {
+                let msg = match stream.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => {
+                        break tonic::Status::unavailable(format!(
+                            "the server ended the wait for lock {}",
+                            self.name
+                        ))
+                    }
+                    Err(status) => break status,
+                };
+                match State::try_from(msg.state) {
+                    Ok(State::Granted) => {
+                        return Ok(Some(LockGuard {
+                            client: self.client.clone(),
+                            name: self.name.clone(),
+                            token: msg.token,
+                            handle: if msg.handle.is_empty() {
+                                handle
+                            } else {
+                                msg.handle
+                            },
+                            stream,
+                        }))
+                    }
+                    Ok(State::Queued) => {
+                        tracing::debug!(position = msg.position, "waiting for lock {}", self.name);
+                    }
+                    Ok(State::WouldBlock) => return Ok(None),
+                    Ok(State::Lost) | Err(_) => {
+                        return Err(ended(format!(
+                            "waiting for lock {} ended: {}",
+                            self.name, msg.reason
+                        )))
+                    }
                 }
             };
-            match State::try_from(msg.state) {
-                Ok(State::Granted) => {
-                    return Ok(Some(LockGuard {
-                        client: self.client.clone(),
-                        name: self.name.clone(),
-                        token: msg.token,
-                        handle: msg.handle,
-                        stream,
-                    }))
-                }
-                Ok(State::Queued) => {
-                    tracing::debug!(position = msg.position, "waiting for lock {}", self.name);
-                }
-                Ok(State::WouldBlock) => return Ok(None),
-                Ok(State::Lost) | Err(_) => {
-                    return Err(ended(format!(
-                        "waiting for lock {} ended: {}",
-                        self.name, msg.reason
-                    )))
-                }
+            breaks += 1;
+            let again = tag.is_some()
+                && self.client.honours_once()
+                && retry::classify(&broke) != Failure::Fatal
+                && breaks <= MAX_STREAM_BREAKS;
+            if !again {
+                return Err(ClientError::Server {
+                    code: broke.code(),
+                    message: format!(
+                        "waiting for lock {}: {}",
+                        self.name,
+                        retry::describe(&broke)
+                    ),
+                    endpoint: String::new(),
+                });
             }
+            tracing::debug!("lock {}: stream broke ({broke}); asking again", self.name);
+            tokio::time::sleep(self.client.options().backoff.delay_random(breaks - 1)).await;
         }
     }
 }
+
+/// How many times one acquire is sent again after its stream broke.
+const MAX_STREAM_BREAKS: u32 = 20;
+
+/// Length of a lock handle.
+const HANDLE_LEN: usize = 16;
 
 impl LockGuard {
     /// The lock's name.

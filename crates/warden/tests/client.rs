@@ -423,3 +423,54 @@ async fn watch_resumes_on_another_member_without_gaps_or_repeats() {
     let want: Vec<String> = (0..30).map(|n| format!("w/{n:02}")).collect();
     assert_eq!(keys, want, "every put once, in order");
 }
+
+/// A `Mutex::lock` waiting on the leader when the leader is SIGKILLed (the
+/// client sends Acquire, a write, to the leader): the client sends the same
+/// tagged Acquire to another member, which answers from the first attempt's
+/// queue place. Had it queued a second time, the first (orphaned) waiter
+/// would be granted on release and the second would wait forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_wait_survives_the_kill_of_its_member_without_queueing_twice() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(ELECT).await;
+    let all: Vec<String> = c.members.iter().map(|m| m.client.clone()).collect();
+    let holder = client_for(&all, Duration::from_secs(10)).await;
+    let waiter = client_for(&all, Duration::from_secs(10)).await;
+    // Both clients find the leader and see the cluster honour tags.
+    holder
+        .put("warm", "x", PutOptions::default())
+        .await
+        .unwrap();
+    waiter
+        .put("warm", "y", PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(waiter.leader().as_deref(), Some(all[leader].as_str()));
+
+    let hs = Session::new(&holder, 30).await.unwrap();
+    let held = Mutex::new(&hs, "report").lock().await.unwrap();
+    let ws = Session::new(&waiter, 30).await.unwrap();
+    let m = Mutex::new(&ws, "report");
+    let waiting = tokio::spawn(async move {
+        let g = m.lock().await;
+        (g, ws)
+    });
+    wait_waiters(&holder, "report", 1).await;
+    c.kill(leader);
+    c.wait_leader(ELECT).await;
+    // Still exactly one waiter: the first queue place.
+    wait_waiters(&holder, "report", 1).await;
+    held.release().await.unwrap();
+    let (granted, ws) = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("granted after the release")
+        .unwrap();
+    let g = granted.expect("the wait survived the member's death");
+    assert!(g.token() > held.token());
+    wait_waiters(&holder, "report", 0).await;
+    // The grant's handle is the client's own: its fenced write passes.
+    g.fenced_txn(pb::TxnRequest::default()).await.unwrap();
+    g.release().await.unwrap();
+    ws.close().await.unwrap();
+    hs.close().await.unwrap();
+}

@@ -226,3 +226,91 @@ async fn the_cli_twice_applies_once() {
         .expect("run warden");
     assert!(!out.status.success());
 }
+
+/// A tagged `Locks.Acquire` (with its client-chosen handle) sent again is
+/// answered from the first attempt: the same grant and token, no second
+/// hold; a new request id is a new acquire. One without a handle or lease
+/// is refused before anything is proposed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_acquire_answers_the_first_grant() {
+    use warden_proto::etcdserverpb::lease_client::LeaseClient;
+    use warden_proto::warden::v1 as wpb;
+    use warden_proto::warden::v1::locks_client::LocksClient;
+    let c = Cluster::start(1);
+    c.wait_leader(Duration::from_secs(20)).await;
+    let ch = c.channel(0);
+    let lease = LeaseClient::new(ch.clone())
+        .lease_grant(pb::LeaseGrantRequest { ttl: 30, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let handle = vec![7u8; 16];
+    let acquire = |request: u64, handle: Vec<u8>, lease: i64, wait: i64| {
+        let mut r = tonic::Request::new(wpb::AcquireRequest {
+            name: "l".into(),
+            mode: wpb::LockMode::Exclusive as i32,
+            lease,
+            wait_timeout_ms: wait,
+            owner: "test".into(),
+            handle,
+            ..Default::default()
+        });
+        r.metadata_mut()
+            .insert("warden-client-id", "locker".parse().unwrap());
+        r.metadata_mut()
+            .insert("warden-request-id", request.to_string().parse().unwrap());
+        r
+    };
+    let first_answer = |ch: tonic::transport::Channel, r| async move {
+        let resp = LocksClient::new(ch).acquire(r).await?;
+        assert!(
+            resp.metadata().contains_key("warden-applied-once"),
+            "a tagged acquire is answered as applied once"
+        );
+        let mut stream = resp.into_inner();
+        let m = stream
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::internal("stream ended"))?;
+        Ok::<_, tonic::Status>((m, stream))
+    };
+    use wpb::acquire_response::State;
+
+    for (h, l) in [(Vec::new(), lease), (handle.clone(), 0)] {
+        let Err(err) = LocksClient::new(ch.clone())
+            .acquire(acquire(1, h, l, -1))
+            .await
+        else {
+            panic!("a tagged acquire without a handle or lease is refused");
+        };
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    }
+
+    let (m1, s1) = first_answer(ch.clone(), acquire(5, handle.clone(), lease, -1))
+        .await
+        .unwrap();
+    assert_eq!(m1.state, State::Granted as i32, "{m1:?}");
+    assert_eq!(m1.handle, handle, "the client's handle is the hold's");
+    drop(s1);
+    let (m2, _s2) = first_answer(ch.clone(), acquire(5, handle.clone(), lease, -1))
+        .await
+        .unwrap();
+    assert_eq!(m2.state, State::Granted as i32, "{m2:?}");
+    assert_eq!(m2.token, m1.token, "the retry is the first grant");
+    let info = LocksClient::new(ch.clone())
+        .inspect(wpb::InspectRequest {
+            name: "l".into(),
+            prefix: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.locks[0].holders.len(), 1);
+    assert!(info.locks[0].waiters.is_empty());
+    // A new request id is a new acquire: the lock is held, so it would block.
+    let (m3, _s3) = first_answer(ch.clone(), acquire(6, handle.clone(), lease, 0))
+        .await
+        .unwrap();
+    assert_eq!(m3.state, State::WouldBlock as i32, "{m3:?}");
+}

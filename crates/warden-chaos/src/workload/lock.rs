@@ -174,6 +174,7 @@ async fn acquire_answer(
         wait_timeout_ms: WAIT_MS,
         priority: 0,
         owner: format!("p{process}"),
+        handle: Vec::new(),
     };
     let limit = ctx.opts.timeout + Duration::from_millis(WAIT_MS as u64);
     let deadline = tokio::time::Instant::now() + limit;

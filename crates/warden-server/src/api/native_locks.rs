@@ -179,6 +179,9 @@ struct Acquire {
     /// digest, which is all that is proposed.
     handle: [u8; HANDLE_LEN],
     proof: HandleDigest,
+    /// The exactly-once tag: the acquire is proposed at most once per tag,
+    /// and a retry picks up the first attempt's queue place or hold.
+    tag: Option<warden_core::state::session::SessionTag>,
 }
 
 enum Waited {
@@ -232,7 +235,9 @@ impl Acquire {
             req,
             proof: self.proof,
         };
-        let outcome = match propose(&self.node, None, &self.caller, cmd).await {
+        let proposed =
+            super::propose_once(&self.node, None, &self.caller, cmd, self.tag.clone()).await;
+        let outcome = match proposed {
             Ok((_, CommandResult::LockAcquire(o))) => o,
             Ok(_) => {
                 let _ = self.tx.send(Err(unexpected())).await;
@@ -244,6 +249,48 @@ impl Acquire {
             }
         };
         use pb::acquire_response::State;
+        // A tagged acquire may be a retry answered with the first attempt's
+        // outcome: see where that queue place or hold is now.
+        let outcome = match (&self.tag, outcome) {
+            (
+                Some(_),
+                AcquireOutcome::Queued {
+                    waiter_id,
+                    position,
+                },
+            ) => match self.recheck_wait(waiter_id) {
+                None => AcquireOutcome::Queued {
+                    waiter_id,
+                    position,
+                },
+                Some(Waited::Granted(token)) => AcquireOutcome::Granted { token },
+                Some(Waited::Abandoned) => return false,
+                Some(Waited::Ended(reason)) => {
+                    let mut r = self.answer(State::Lost);
+                    r.waiter_id = waiter_id;
+                    r.reason = reason;
+                    self.send(r).await;
+                    return false;
+                }
+            },
+            (Some(_), AcquireOutcome::Granted { token }) => {
+                let mine = self
+                    .node
+                    .with_state(|d| d.kv.locks().token_with_proof(&self.name, &self.proof))
+                    .ok()
+                    .flatten();
+                if mine != Some(token) {
+                    let mut r = self.answer(State::Lost);
+                    r.token = token;
+                    r.reason =
+                        "the hold ended: released, or its lease expired or was revoked".into();
+                    self.send(r).await;
+                    return false;
+                }
+                AcquireOutcome::Granted { token }
+            }
+            (_, o) => o,
+        };
         let token = match outcome {
             AcquireOutcome::WouldBlock => {
                 let mut r = self.answer(State::WouldBlock);
@@ -489,7 +536,14 @@ impl pb::locks_server::Locks for LocksService {
     ) -> Result<Response<AcquireStream>, Status> {
         check_request_size(request.get_ref(), self.max_request_bytes)?;
         let caller = self.gate.caller(&request)?;
+        let tag = super::once::tag_of(&request)?;
+        let tagged = tag.as_ref().map(|t| t.request_id);
         let r = request.into_inner();
+        if tag.is_some() && (r.lease == 0 || r.handle.is_empty()) {
+            return Err(Status::invalid_argument(
+                "warden: an exactly-once Acquire needs a lease and a client-chosen handle (a retry must find the same lease and prove the same hold)",
+            ));
+        }
         let mode = match pb::LockMode::try_from(r.mode) {
             Ok(pb::LockMode::Exclusive) => LockMode::Exclusive,
             Ok(pb::LockMode::Shared) => LockMode::Shared,
@@ -497,7 +551,19 @@ impl pb::locks_server::Locks for LocksService {
         };
         // Before a lease is granted for the call: nothing to undo if the OS
         // has no randomness to give.
-        let handle = new_handle()?;
+        let handle = match r.handle.len() {
+            0 => new_handle()?,
+            HANDLE_LEN => {
+                let mut h = [0u8; HANDLE_LEN];
+                h.copy_from_slice(&r.handle);
+                h
+            }
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "warden: a lock handle is {HANDLE_LEN} bytes, not {n}"
+                )))
+            }
+        };
         let own_lease = r.lease == 0;
         let lease = if r.lease != 0 {
             r.lease
@@ -530,9 +596,11 @@ impl pb::locks_server::Locks for LocksService {
             own_lease,
             handle,
             proof: HandleDigest::of_handle(&handle),
+            tag,
         };
         tokio::spawn(a.run(req, wait_for));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let stream: AcquireStream = Box::pin(ReceiverStream::new(rx));
+        Ok(super::once::answer(stream, tagged))
     }
 
     async fn release(

@@ -190,6 +190,7 @@ async fn hold(client: &Client, a: HoldArgs) -> anyhow::Result<()> {
         wait_timeout_ms: wait_ms,
         priority: a.priority,
         owner,
+        handle: Vec::new(),
     };
     let mut stream = client
         .request(OpKind::Write, move |ch, _| {

@@ -353,6 +353,7 @@ impl Worker {
                 wait_timeout_ms: -1,
                 priority: 0,
                 owner: "warden bench".into(),
+                handle: Vec::new(),
             })
             .await?
             .into_inner();
