@@ -211,6 +211,74 @@ fn an_idle_session_is_refused_even_before_it_is_swept() {
     assert_eq!(version(&m, "k"), 1);
 }
 
+/// 100 000 distinct clients write once and go idle: the table never holds
+/// more than its session limit, and once the idle TTL has passed in log
+/// time, ordinary tagged writes sweep it back to the one active session
+/// plus the fixed-size table of forgotten marks (its encoding, which
+/// snapshots carry, shrinks from ~1 MB to ~12 kB); a retry from any of the
+/// idle clients is refused.
+#[test]
+fn a_hundred_thousand_idle_clients_are_forgotten_after_the_ttl() {
+    let limits = SessionLimits::default();
+    let mut t = SessionTable::default();
+    let mut m = StateMachine::new();
+    let mut baseline_table = SessionTable::default();
+    let mut baseline_m = StateMachine::new();
+    once(
+        &mut baseline_table,
+        &mut baseline_m,
+        &tag("active", 1, 1),
+        &put("k", "v"),
+    );
+    let baseline = postcard::to_stdvec(&baseline_table).unwrap().len();
+
+    let t0 = 1_000_000;
+    for i in 0..100_000u64 {
+        once(
+            &mut t,
+            &mut m,
+            &tag(&format!("client-{i}"), 1, t0 + i / 100),
+            &put("k", "v"),
+        );
+        assert!(t.len() <= limits.max_sessions, "bounded while they come");
+    }
+    assert_eq!(t.len(), limits.max_sessions);
+    let full = postcard::to_stdvec(&t).unwrap().len();
+
+    // The TTL passes in log time; one client keeps writing.
+    let later = t0 + 1_000 + limits.idle_ttl_ms + 1;
+    let mut req = 1;
+    while t.len() > 1 {
+        req += 1;
+        assert!(req < 1_000, "sweeping stalled at {} sessions", t.len());
+        // A client that acknowledges its answers (as warden-client does).
+        let mut active = tag("active", req, later + req);
+        active.acked_below = req;
+        once(&mut t, &mut m, &active, &put("k", "v"));
+    }
+    assert_eq!(t.kept_responses(), 1);
+    let swept = postcard::to_stdvec(&t).unwrap().len();
+    // What stays is the fixed-size table of forgotten marks (at most
+    // FORGOTTEN_BUCKETS entries, however many clients came and went).
+    assert!(
+        swept <= baseline + FORGOTTEN_BUCKETS as usize * 12 && swept * 50 < full,
+        "encoding back near the baseline: {swept} bytes (baseline {baseline}, full {full})"
+    );
+    // The idle clients' retries are refused, never applied again.
+    let before = version(&m, "k");
+    for i in [0u64, 50_000, 99_999] {
+        let late = once(
+            &mut t,
+            &mut m,
+            &tag(&format!("client-{i}"), 1, later + 2_000),
+            &put("k", "v"),
+        );
+        assert_eq!(late.result, Err(StateError::SessionExpired), "client-{i}");
+    }
+    assert_eq!(version(&m, "k"), before);
+    t.check_invariants().unwrap();
+}
+
 #[test]
 fn a_long_client_id_is_refused() {
     let mut t = SessionTable::default();
