@@ -314,3 +314,72 @@ async fn a_retried_acquire_answers_the_first_grant() {
         .unwrap();
     assert_eq!(m3.state, State::WouldBlock as i32, "{m3:?}");
 }
+
+/// A member that was down while a tagged write was applied, and caught up
+/// by InstallSnapshot (the log it missed was purged), gets the session
+/// table with the snapshot: the retry's entry is answered from the session
+/// on it too, so its copy of the key is not applied twice (a member without
+/// the session would diverge: version 2 where the others have 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_travel_in_installed_snapshots() {
+    let mut c = Cluster::start_with(3, &["--snapshot-entries", "5"]);
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let late = (leader + 1) % 3;
+    c.kill(late);
+    let at = c.members[leader].client.clone();
+    let first = put_until_answered(&at, "once", "v", "snapjob", 7).await;
+    // Enough entries that the leader snapshots and purges past the write.
+    for i in 0..60 {
+        common::put(&at, &format!("fill/{i}"), "x").await.unwrap();
+    }
+    c.restart(late);
+    let late_at = c.members[late].client.clone();
+    common::eventually(Duration::from_secs(30), || {
+        let (late_at, log) = (late_at.clone(), c.log(late));
+        async move {
+            let v = common::get(&late_at, "fill/59", true)
+                .await
+                .map_err(|e| e.to_string())?;
+            if v.is_none() {
+                return Err("not caught up".into());
+            }
+            if !log.contains("installed snapshot") {
+                return Err("caught up without a snapshot install".into());
+            }
+            Ok(())
+        }
+    })
+    .await;
+    // The retry, through the member that installed the snapshot.
+    let again = put_until_answered(&late_at, "once", "v", "snapjob", 7).await;
+    assert_eq!(again, first, "the first attempt's revision");
+    // A marker written after the retry: once a member has it, it has
+    // applied the retry's entry too.
+    common::put(&at, "after-retry", "x").await.unwrap();
+    // Every member, the late one included, applied the write once.
+    for m in &c.members {
+        let addr = m.client.clone();
+        common::eventually(Duration::from_secs(10), || {
+            let addr = addr.clone();
+            async move {
+                match common::get(&addr, "after-retry", true).await {
+                    Ok(Some(_)) => Ok(()),
+                    other => Err(format!("{addr}: {other:?}")),
+                }
+            }
+        })
+        .await;
+        // Serializable: this member's own copy.
+        let r = common::kv(&addr)
+            .await
+            .range(pb::RangeRequest {
+                key: b"once".to_vec(),
+                serializable: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.kvs.first().map_or(0, |kv| kv.version), 1, "{addr}");
+    }
+}
