@@ -1,0 +1,82 @@
+#!/bin/bash
+# The goal table of docs/benchmarks.md: a three-member warden cluster and a
+# three-member etcd 3.4 cluster on this machine, every workload run with
+# `warden bench --against` (warden, etcd, warden, ... ; PAIRS pairs; the
+# medians and ratios are printed), one JSON line per workload in
+# $OUT/results.jsonl and a latency plot per workload in $OUT/*.svg.
+#
+#   W=./target/release/warden PAIRS=3 SECS=6 contrib/bench/against-etcd.sh [workload ...]
+#
+# Workloads (default: all): put1 put64 put256 get64 getser64 txn64 v3lock16
+# v3lock1 native16 native1 watch keepalive mixed.
+set -u
+W=${W:-./target/release/warden}
+W=$(cd "$(dirname "$W")" && pwd)/$(basename "$W")
+PAIRS=${PAIRS:-3}
+SECS=${SECS:-6}
+ETCD=${ETCD:-etcd}
+OUT=${OUT:-$(mktemp -d /tmp/against-etcd.XXXX)}
+mkdir -p "$OUT"
+cd "$OUT" || exit 1
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+IC=""; WE=""
+for i in 1 2 3; do
+  c=$(port); p=$(port)
+  IC="${IC:+$IC,}n$i=127.0.0.1:$p"; WE="${WE:+$WE,}127.0.0.1:$c"
+  echo "$i $c $p" >> warden.ports
+done
+while read -r i c p; do
+  "$W" server --name n$i --data-dir n$i --client-addr 127.0.0.1:$c --peer-addr 127.0.0.1:$p \
+    --initial-cluster "$IC" > n$i.log 2>&1 &
+  echo $! >> pids
+done < warden.ports
+EIC=""; EE=""
+for i in 1 2 3; do
+  c=$(port); p=$(port)
+  EIC="${EIC:+$EIC,}e$i=http://127.0.0.1:$p"; EE="${EE:+$EE,}127.0.0.1:$c"
+  echo "$i $c $p" >> etcd.ports
+done
+while read -r i c p; do
+  "$ETCD" --name e$i --data-dir e$i.etcd \
+    --listen-client-urls http://127.0.0.1:$c --advertise-client-urls http://127.0.0.1:$c \
+    --listen-peer-urls http://127.0.0.1:$p --initial-advertise-peer-urls http://127.0.0.1:$p \
+    --initial-cluster "$EIC" --initial-cluster-token bench --initial-cluster-state new \
+    > e$i.log 2>&1 &
+  echo $! >> pids
+done < etcd.ports
+trap 'kill $(cat "$OUT/pids") 2>/dev/null; wait 2>/dev/null' EXIT
+for t in $(seq 100); do
+  "$W" --endpoints "$WE" put ready x >/dev/null 2>&1 && "$W" --endpoints "$EE" put ready x >/dev/null 2>&1 && break
+  sleep 0.3
+done
+
+run() {
+  local name=$1; shift
+  echo "== $name: $*" >&2
+  # Warm-up of each side, then the alternating pairs.
+  "$W" --endpoints "$WE" bench "$@" --duration 1 >/dev/null 2>&1
+  "$W" --endpoints "$EE" bench "$@" --duration 1 >/dev/null 2>&1
+  "$W" --endpoints "$WE" bench "$@" --duration "$SECS" --label warden \
+    --against "$EE" --against-label etcd --pairs "$PAIRS" --plot "$name.svg" -w json \
+    | sed "s/^/{\"workload\":\"$name\",\"result\":/; s/\$/}/" | tee -a results.jsonl
+}
+
+ALL="put1 put64 put256 get64 getser64 txn64 v3lock16 v3lock1 watch keepalive mixed"
+for w in ${@:-$ALL}; do
+  case $w in
+    put1) run put1 put --clients 1 ;;
+    put64) run put64 put --clients 64 ;;
+    put256) run put256 put --clients 256 ;;
+    get64) run get64 get --clients 64 ;;
+    getser64) run getser64 get-serializable --clients 64 ;;
+    txn64) run txn64 txn-cas --clients 64 ;;
+    v3lock16) run v3lock16 v3lock --clients 16 --lock-names 16 ;;
+    v3lock1) run v3lock1 v3lock --clients 16 --lock-names 1 ;;
+    watch) run watch watch --clients 4 --watchers 16 ;;
+    keepalive) run keepalive lease-keepalive --clients 64 ;;
+    mixed) run mixed mixed --clients 64 ;;
+    *) echo "unknown workload $w" >&2 ;;
+  esac
+done
+echo "results in $OUT" >&2
