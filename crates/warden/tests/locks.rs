@@ -978,3 +978,42 @@ fn section(dir: &Path, rev: i64) {
     std::fs::write(dir.join("counter"), format!("{}", n + 1)).expect("counter");
     append(format!("end {rev}\n"));
 }
+
+/// The same for a candidate: a `Campaign` whose lease expires while it
+/// waits behind the leader fails, and the leader stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaign_fails_when_the_lease_expires_while_waiting() {
+    use warden_proto::v3electionpb as epb;
+    use warden_proto::v3electionpb::election_client::ElectionClient;
+    let c = Cluster::start(3);
+    c.wait_leader(ELECT).await;
+    let (a, b) = (&c.members[0].client, &c.members[1].client);
+    let campaign = |ep: &str, lease: i64, value: &str| {
+        let mut el = ElectionClient::new(waiting_channel(ep));
+        let req = epb::CampaignRequest {
+            name: b"chair".to_vec(),
+            lease,
+            value: value.as_bytes().to_vec(),
+        };
+        async move { el.campaign(req).await.map(|r| r.into_inner()) }
+    };
+    let alice = grant_lease(a, 60).await;
+    let lead = campaign(a, alice, "alice").await.expect("campaign");
+    let leader = lead.leader.expect("leader key");
+    assert_eq!(lead.header.map(|h| h.revision), Some(leader.rev));
+    let doomed = grant_lease(b, 2).await;
+    let err = tokio::time::timeout(Duration::from_secs(30), campaign(b, doomed, "bob"))
+        .await
+        .expect("the candidate must fail once its lease expired")
+        .expect_err("the candidate's lease expired");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("session expired"), "{err:?}");
+    let keys = get_prefix(a, "chair/").await.expect("get");
+    assert_eq!(
+        keys,
+        vec![(
+            String::from_utf8_lossy(&leader.key).into_owned(),
+            "alice".to_string()
+        )]
+    );
+}
