@@ -745,3 +745,275 @@ async fn etcdctl_elect_campaign_and_listen() {
     })
     .await;
 }
+
+/// A channel without the harness's 5 s call timeout, for `Lock` calls that
+/// wait longer.
+fn waiting_channel(addr: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_millis(500))
+        .connect_lazy()
+}
+
+async fn grant_lease(addr: &str, ttl: i64) -> i64 {
+    use warden_proto::etcdserverpb as pb;
+    use warden_proto::etcdserverpb::lease_client::LeaseClient;
+    LeaseClient::new(waiting_channel(addr))
+        .lease_grant(pb::LeaseGrantRequest { ttl, id: 0 })
+        .await
+        .expect("grant")
+        .into_inner()
+        .id
+}
+
+fn lock_client(
+    addr: &str,
+) -> warden_proto::v3lockpb::lock_client::LockClient<tonic::transport::Channel> {
+    warden_proto::v3lockpb::lock_client::LockClient::new(waiting_channel(addr))
+}
+
+async fn v3lock(addr: &str, name: &str, lease: i64) -> Result<(Vec<u8>, i64), tonic::Status> {
+    let r = lock_client(addr)
+        .lock(warden_proto::v3lockpb::LockRequest {
+            name: name.as_bytes().to_vec(),
+            lease,
+        })
+        .await?
+        .into_inner();
+    Ok((r.key, r.header.map_or(0, |h| h.revision)))
+}
+
+async fn v3unlock(addr: &str, key: &[u8]) {
+    lock_client(addr)
+        .unlock(warden_proto::v3lockpb::UnlockRequest { key: key.to_vec() })
+        .await
+        .expect("unlock");
+}
+
+/// The create revision of `key` (linearizable), if it exists.
+async fn create_revision(addr: &str, key: &[u8]) -> Option<i64> {
+    use warden_proto::etcdserverpb as pb;
+    let r = common::kv(addr)
+        .await
+        .range(pb::RangeRequest {
+            key: key.to_vec(),
+            ..Default::default()
+        })
+        .await
+        .ok()?
+        .into_inner();
+    r.kvs.first().map(|kv| kv.create_revision)
+}
+
+/// An uncontended `Lock` is answered by its create txn: the response's
+/// revision is the one that created the key (ownership was decided when
+/// that txn applied, not by a later read). A second `Lock` with the same
+/// lease reuses the key, as etcd's recipe does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncontended_lock_is_decided_by_its_txn() {
+    let c = Cluster::start(3);
+    c.wait_leader(ELECT).await;
+    for (i, m) in c.members.iter().enumerate() {
+        let ep = &m.client;
+        let lease = grant_lease(ep, 30).await;
+        let name = format!("solo{i}");
+        let (key, rev) = v3lock(ep, &name, lease).await.expect("lock");
+        assert_eq!(key, format!("{name}/{lease:x}").into_bytes());
+        assert_eq!(create_revision(ep, &key).await, Some(rev));
+        let (again, rev2) = v3lock(ep, &name, lease).await.expect("relock");
+        assert_eq!(again, key);
+        assert!(rev2 >= rev);
+        v3unlock(ep, &key).await;
+        assert_eq!(create_revision(ep, &key).await, None);
+    }
+}
+
+/// A waiter whose lease expires while it waits fails as soon as its key is
+/// gone, not when the holder releases; the holder keeps the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_fails_when_the_lease_expires_while_waiting() {
+    let c = Cluster::start(3);
+    c.wait_leader(ELECT).await;
+    let (a, b) = (&c.members[0].client, &c.members[2].client);
+    let holder_lease = grant_lease(a, 60).await;
+    let (held, _) = v3lock(a, "expiring", holder_lease).await.expect("lock");
+    // Never kept alive: the key goes when the lease expires.
+    let doomed = grant_lease(b, 2).await;
+    let err = tokio::time::timeout(Duration::from_secs(30), v3lock(b, "expiring", doomed))
+        .await
+        .expect("the waiter must fail once its lease expired")
+        .expect_err("the waiter's lease expired");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("session expired"), "{err:?}");
+    // Only the holder's key is left, and it still owns the lock.
+    let keys = get_prefix(a, "expiring/").await.expect("get");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(keys[0].0.as_bytes(), held.as_slice());
+    v3unlock(a, &held).await;
+}
+
+/// A waiter whose caller goes away (the call is cancelled) takes its key
+/// away again, so it cannot become a holder nobody serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_waiter_key_is_deleted() {
+    let c = Cluster::start(3);
+    c.wait_leader(ELECT).await;
+    let (a, b) = (c.members[0].client.clone(), c.members[1].client.clone());
+    let holder = grant_lease(&a, 60).await;
+    let (held, _) = v3lock(&a, "abandon", holder).await.expect("lock");
+    let waiter_lease = grant_lease(&b, 60).await;
+    let b2 = b.clone();
+    let waiter = tokio::spawn(async move { v3lock(&b2, "abandon", waiter_lease).await });
+    until(Duration::from_secs(10), || async {
+        let keys = get_prefix(&a, "abandon/").await.ok()?;
+        (keys.len() == 2).then_some(())
+    })
+    .await;
+    waiter.abort();
+    // The guard deletes the waiter's key; the holder's stays.
+    until(Duration::from_secs(10), || async {
+        let keys = get_prefix(&a, "abandon/").await.ok()?;
+        (keys.len() == 1 && keys[0].0.as_bytes() == held.as_slice()).then_some(())
+    })
+    .await;
+    // A new waiter gets the lock at once when the holder unlocks.
+    let next = tokio::spawn({
+        let b = b.clone();
+        async move { v3lock(&b, "abandon", waiter_lease).await }
+    });
+    until(Duration::from_secs(10), || async {
+        let keys = get_prefix(&a, "abandon/").await.ok()?;
+        (keys.len() == 2).then_some(())
+    })
+    .await;
+    v3unlock(&a, &held).await;
+    let (key, _) = tokio::time::timeout(Duration::from_secs(10), next)
+        .await
+        .expect("hand-over")
+        .expect("join")
+        .expect("lock");
+    assert_eq!(key, format!("abandon/{waiter_lease:x}").into_bytes());
+    v3unlock(&b, &key).await;
+}
+
+/// `etcdctl lock` (etcd's client-side recipe) and the Lock service, called
+/// on all three members, contend for one name: critical sections never
+/// overlap, no increment is lost, the revisions handed out increase, and no
+/// key is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_service_interoperates_with_etcdctl_lock() {
+    let c = Cluster::start(3);
+    c.wait_leader(ELECT).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("counter"), "0").expect("counter");
+    std::fs::write(dir.path().join("log"), "").expect("log");
+    let rounds = 4u32;
+    let recipes: Vec<Child> = (0..2)
+        .map(|_| locker(&c.endpoints(), dir.path(), "mixed-lock", rounds))
+        .collect();
+    let services: Vec<_> = c
+        .members
+        .iter()
+        .map(|m| {
+            let ep = m.client.clone();
+            let dir = dir.path().to_path_buf();
+            tokio::spawn(async move {
+                let lease = grant_lease(&ep, 30).await;
+                for _ in 0..rounds {
+                    let (key, rev) = v3lock(&ep, "mixed-lock", lease).await.expect("lock");
+                    section(&dir, rev);
+                    v3unlock(&ep, &key).await;
+                }
+            })
+        })
+        .collect();
+    for s in services {
+        tokio::time::timeout(Duration::from_secs(120), s)
+            .await
+            .expect("service lockers finish")
+            .expect("join");
+    }
+    for l in recipes {
+        let out = l.wait_with_output().expect("locker");
+        assert!(
+            out.status.success(),
+            "locker failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let total = (2 + c.members.len() as u32) * rounds;
+    let count: u32 = std::fs::read_to_string(dir.path().join("counter"))
+        .expect("counter")
+        .trim()
+        .parse()
+        .expect("number");
+    assert_eq!(count, total, "lost increments");
+    let log = std::fs::read_to_string(dir.path().join("log")).expect("log");
+    assert_eq!(check_log(&log), total as usize);
+    assert!(get_prefix(&c.members[0].client, "mixed-lock/")
+        .await
+        .expect("get")
+        .is_empty());
+}
+
+/// The critical section `locker` runs, in this process: log the start,
+/// increment the counter file non-atomically, log the end.
+fn section(dir: &Path, rev: i64) {
+    use std::io::Write;
+    let append = |line: String| {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("log"))
+            .expect("log");
+        f.write_all(line.as_bytes()).expect("append");
+    };
+    append(format!("start {rev}\n"));
+    let n: u32 = std::fs::read_to_string(dir.join("counter"))
+        .expect("counter")
+        .trim()
+        .parse()
+        .expect("number");
+    // Widens the window a second holder would have to overlap in.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(dir.join("counter"), format!("{}", n + 1)).expect("counter");
+    append(format!("end {rev}\n"));
+}
+
+/// The same for a candidate: a `Campaign` whose lease expires while it
+/// waits behind the leader fails, and the leader stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaign_fails_when_the_lease_expires_while_waiting() {
+    use warden_proto::v3electionpb as epb;
+    use warden_proto::v3electionpb::election_client::ElectionClient;
+    let c = Cluster::start(3);
+    c.wait_leader(ELECT).await;
+    let (a, b) = (&c.members[0].client, &c.members[1].client);
+    let campaign = |ep: &str, lease: i64, value: &str| {
+        let mut el = ElectionClient::new(waiting_channel(ep));
+        let req = epb::CampaignRequest {
+            name: b"chair".to_vec(),
+            lease,
+            value: value.as_bytes().to_vec(),
+        };
+        async move { el.campaign(req).await.map(|r| r.into_inner()) }
+    };
+    let alice = grant_lease(a, 60).await;
+    let lead = campaign(a, alice, "alice").await.expect("campaign");
+    let leader = lead.leader.expect("leader key");
+    assert_eq!(lead.header.map(|h| h.revision), Some(leader.rev));
+    let doomed = grant_lease(b, 2).await;
+    let err = tokio::time::timeout(Duration::from_secs(30), campaign(b, doomed, "bob"))
+        .await
+        .expect("the candidate must fail once its lease expired")
+        .expect_err("the candidate's lease expired");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("session expired"), "{err:?}");
+    let keys = get_prefix(a, "chair/").await.expect("get");
+    assert_eq!(
+        keys,
+        vec![(
+            String::from_utf8_lossy(&leader.key).into_owned(),
+            "alice".to_string()
+        )]
+    );
+}

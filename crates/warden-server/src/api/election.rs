@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 use super::auth::Gate;
 use super::error::check_request_size;
 use super::header;
-use super::recipes::{by_create, create_or_get, txn, wait_deletes, KeyGuard};
+use super::recipes::{by_create, create_or_get, txn, wait_turn, KeyGuard};
 use super::v3lock::{lease_or_session, lock_keys};
 use crate::node::peer_service::grpc_timeout;
 use crate::node::Node;
@@ -41,6 +41,11 @@ pub struct ElectionService {
 
 fn not_leader() -> Status {
     Status::failed_precondition("election: not leader")
+}
+
+/// A candidate's key was deleted before it led (its lease expired).
+fn session_expired() -> Status {
+    Status::failed_precondition("etcdserver: session expired: the candidate's lease is gone")
 }
 
 fn no_leader() -> Status {
@@ -79,7 +84,7 @@ impl pb::election_server::Election for ElectionService {
         let node = &self.node;
         let lease = lease_or_session(node, &caller, r.lease, timeout).await?;
         let (prefix, key) = lock_keys(&r.name, lease);
-        let (created, my_rev, _, _) =
+        let (created, my_rev, owner, rev) =
             create_or_get(node, &caller, &prefix, &key, &r.value, lease).await?;
         let guard = created.then(|| KeyGuard::new(node.clone(), caller.clone(), key.clone()));
         let leader = pb::LeaderKey {
@@ -88,6 +93,7 @@ impl pb::election_server::Election for ElectionService {
             rev: my_rev,
             lease,
         };
+        let (mut rev, mut leads) = (rev, owner.is_some_and(|o| o.create_revision == my_rev));
         if !created {
             // Already campaigning with this lease: refresh the value.
             let put = RequestOp::Put(PutRequest {
@@ -96,13 +102,22 @@ impl pb::election_server::Election for ElectionService {
                 lease,
                 ..Default::default()
             });
-            txn(node, &caller, if_still_leader(&leader, put), None).await?;
+            let (after, t) = txn(node, &caller, if_still_leader(&leader, put), None).await?;
+            rev = after;
+            // Gone since: `wait_turn` finds out.
+            leads &= t.succeeded;
         }
-        wait_deletes(node, &caller, &prefix, my_rev - 1).await?;
+        // Uncontended, the create txn already answered the oldest key;
+        // otherwise wait for the keys ahead to go (fails if ours goes first).
+        let turn = if leads {
+            Some(rev)
+        } else {
+            wait_turn(node, &caller, &prefix, &key, my_rev, rev).await?
+        };
         if let Some(g) = guard {
             g.disarm();
         }
-        let rev = node.status().revision;
+        let rev = turn.ok_or_else(session_expired)?;
         Ok(Response::new(pb::CampaignResponse {
             header: Some(header(node, rev)),
             leader: Some(leader),

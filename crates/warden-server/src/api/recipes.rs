@@ -3,9 +3,12 @@
 //! `concurrency` recipes: keys under a prefix owned by leases, ordered by
 //! create revision; whoever holds the oldest key owns the lock.
 //!
-//! Waiting uses this member's `WatchHub`: existence is checked and the
-//! subscription made under one read lock of the state, so a deletion cannot
-//! slip between the two.
+//! An uncontended acquire costs one commit: the create-or-get txn also
+//! answers the oldest key under the prefix, so ownership is decided when
+//! the txn applies. A waiter is decided on this member's applied state and
+//! woken by its `WatchHub` (`wait_turn`), so a hand-over costs the commit
+//! that deletes the older key and an in-process wake-up, no read-index
+//! round trip.
 //!
 //! Must never: leave a waiter's key behind when its request is abandoned
 //! (`KeyGuard` deletes it).
@@ -18,7 +21,7 @@ use tonic::Status;
 use super::auth::{check_range_at, Caller};
 use super::error::{node_status, state_status};
 use super::{propose, unexpected};
-use crate::node::{Consistency, Node};
+use crate::node::{Consistency, Node, WatchGuard};
 use warden_client::keys::prefix_range_end as prefix_end;
 use warden_core::state::types::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, EventKind, KeyValue, PutRequest,
@@ -166,45 +169,101 @@ pub async fn create_or_get(
     Ok((r.succeeded, my_rev, owner, rev))
 }
 
-/// Returns once `key` does not exist.
-pub async fn wait_deleted(node: &Node, key: &[u8]) -> Result<(), Status> {
-    loop {
-        // Check and subscribe under one read lock (see the module doc).
-        let sub = node
-            .watch_state(|d, s| {
-                d.kv.mvcc()
-                    .get(key)
-                    .is_some()
-                    .then(|| s.subscribe(key.to_vec(), Vec::new()))
-            })
-            .map_err(node_status)?;
-        let Some(mut sub) = sub else {
-            return Ok(());
-        };
-        loop {
-            match sub.recv().await {
-                Some(b) if b.events().any(|e| e.kind == EventKind::Delete) => return Ok(()),
-                Some(_) => {}
-                // Dropped (too slow, or a snapshot replaced the state):
-                // check again from scratch.
-                None => break,
-            }
-        }
-    }
+/// What a waiter finds in this member's applied state.
+enum Turn {
+    /// Its key is the oldest under the prefix at this revision.
+    Owner(i64),
+    /// Its key was deleted (its lease expired, or someone deleted it).
+    Gone,
+    /// This member has not applied the waiter's own txn yet.
+    Behind,
+    /// Older keys remain: wait for the newest of them, or the waiter's own
+    /// key, to be deleted.
+    Wait(WatchGuard, WatchGuard),
 }
 
-/// etcd `waitDeletes`: waits until no key under `prefix` has a create
-/// revision `<= max_create`.
-pub async fn wait_deletes(
+/// etcd `waitDeletes` followed by the check that the waiter still holds its
+/// key, decided on this member's applied state instead of linearizable
+/// reads: returns the revision at which `key` (created at `my_rev`, by the
+/// txn that answered at revision `after`) became the oldest key under
+/// `prefix`, or `None` once it is deleted first (its lease expired).
+///
+/// Why local state suffices: every state this member applies is a prefix of
+/// the committed log. Once it has applied `after`, "no key older than
+/// `my_rev` is left and `key` still exists at revision R" is a fact of the
+/// committed history, which no later entry can undo; keys created later have
+/// newer create revisions and cannot take the lock first. A linearizable
+/// read here would prove no more (the lease may expire just after any read),
+/// and costs a leader round trip per hand-over. A member that lags behind
+/// `after` (a forwarded write answered before it applied here) first catches
+/// up with one ReadIndex.
+///
+/// Waits like etcd's recipe on the newest older key only (no herd on a
+/// hand-over), and also on the waiter's own key, so a waiter whose lease
+/// expires fails at once instead of when the queue ahead drains. Existence
+/// is checked and the subscriptions made under one read lock of the state,
+/// so a deletion cannot slip between the two.
+pub async fn wait_turn(
     node: &Node,
     caller: &Caller,
     prefix: &[u8],
-    max_create: i64,
-) -> Result<(), Status> {
+    key: &[u8],
+    my_rev: i64,
+    after: i64,
+) -> Result<Option<i64>, Status> {
+    let end = prefix_end(prefix);
     loop {
-        match by_create(node, caller, prefix, false, max_create).await?.1 {
-            None => return Ok(()),
-            Some(kv) => wait_deleted(node, &kv.key).await?,
+        // Read permission on the queue, as the recipe's ranges would need;
+        // checked again after every wake-up.
+        check_range_at(node, caller, prefix, &end)?;
+        let turn = node
+            .watch_state(|d, s| -> Result<Turn, Status> {
+                let m = d.kv.mvcc();
+                let rev = m.current_revision();
+                if rev < after {
+                    return Ok(Turn::Behind);
+                }
+                if m.get(key).is_none_or(|kv| kv.create_revision != my_rev) {
+                    return Ok(Turn::Gone);
+                }
+                let older = if my_rev > 1 {
+                    m.range(&create_ordered(prefix, false, my_rev - 1))
+                        .map_err(state_status)?
+                        .kvs
+                        .into_iter()
+                        .next()
+                } else {
+                    None
+                };
+                Ok(match older {
+                    None => Turn::Owner(rev),
+                    Some(kv) => Turn::Wait(
+                        s.subscribe(kv.key, Vec::new()),
+                        s.subscribe(key.to_vec(), Vec::new()),
+                    ),
+                })
+            })
+            .map_err(node_status)??;
+        match turn {
+            Turn::Owner(rev) => return Ok(Some(rev)),
+            Turn::Gone => return Ok(None),
+            Turn::Behind => node
+                .linearize(node.deadline(None))
+                .await
+                .map_err(node_status)?,
+            Turn::Wait(mut older, mut mine) => loop {
+                let b = tokio::select! {
+                    b = older.recv() => b,
+                    b = mine.recv() => b,
+                };
+                match b {
+                    Some(b) if b.events().any(|e| e.kind == EventKind::Delete) => break,
+                    Some(_) => {}
+                    // Dropped (too slow, or a snapshot replaced the
+                    // state): check again from scratch.
+                    None => break,
+                }
+            },
         }
     }
 }
