@@ -755,15 +755,26 @@ fn waiting_channel(addr: &str) -> tonic::transport::Channel {
         .connect_lazy()
 }
 
+/// A lease of `ttl` seconds granted at `addr`, asking again while the
+/// member answers with an error (a loaded machine can cost a leader
+/// change right after start-up; a lease granted twice only expires).
 async fn grant_lease(addr: &str, ttl: i64) -> i64 {
     use warden_proto::etcdserverpb as pb;
     use warden_proto::etcdserverpb::lease_client::LeaseClient;
-    LeaseClient::new(waiting_channel(addr))
-        .lease_grant(pb::LeaseGrantRequest { ttl, id: 0 })
-        .await
-        .expect("grant")
-        .into_inner()
-        .id
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = LeaseClient::new(waiting_channel(addr))
+            .lease_grant(pb::LeaseGrantRequest { ttl, id: 0 })
+            .await;
+        match r {
+            Ok(r) => return r.into_inner().id,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("lease grant at {addr}: {e}; asking again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("lease grant at {addr}: {e}"),
+        }
+    }
 }
 
 fn lock_client(

@@ -184,6 +184,14 @@ enum Layout {
     Format0,
 }
 
+/// redb's page cache for the log file. redb's default is 1 GiB, and every
+/// page a commit writes stays cached until that fills: with 100 000 keys
+/// written three times over, the member's RSS was mostly log pages that
+/// were already purged (docs/benchmarks.md, "Memory"). New entries are read
+/// from the in-memory tail; the file is read by replication to a follower
+/// that fell behind, which this much cache serves.
+pub const LOG_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 impl LogDb {
     /// Opens (or creates) the log file at `path`, upgrading a format-0 file
     /// in place (see the module docs) and refusing an unknown format.
@@ -193,7 +201,11 @@ impl LogDb {
             source: Box::new(source),
         };
         // redb panics on some damaged files (see `damaged`).
-        let db = std::panic::catch_unwind(|| Database::create(path))
+        let db = std::panic::catch_unwind(|| {
+            Database::builder()
+                .set_cache_size(LOG_CACHE_BYTES)
+                .create(path)
+        })
             .map_err(|panic| db_err(damaged(&*panic)))?
             .map_err(|e| db_err(e.into()))?;
         let mut this = Self {
