@@ -9,6 +9,11 @@
 //! turns on the harness's deliberate client-side fault (linearizable reads
 //! served as serializable reads by followers) and must be caught.
 //!
+//! The short profile includes the counter workload: exactly-once
+//! increments through `warden-client` (tagged writes the library retries
+//! after a failure of unknown outcome), checked for duplicates and lost
+//! acknowledged increments.
+//!
 //! No timing assertions: on a loaded machine the runs only get fewer
 //! operations, never a different verdict.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop the test
@@ -86,6 +91,7 @@ fn short_profile_finds_no_violation() {
         "bank: ok",
         "lock: ok",
         "watch: ok",
+        "counter: ok",
     ] {
         assert!(stdout.contains(checker), "missing {checker:?}");
     }
