@@ -135,9 +135,7 @@ impl Election {
         match r {
             Ok(r) => Ok(r.kv),
             // etcd answers "no leader" with an error.
-            Err(ClientError::Server { message, .. })
-                if message.contains("election: no leader") =>
-            {
+            Err(ClientError::Server { message, .. }) if message.contains("election: no leader") => {
                 Ok(None)
             }
             Err(e) => Err(e),

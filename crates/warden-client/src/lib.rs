@@ -20,9 +20,9 @@
 
 pub mod auth;
 pub mod backoff;
+pub mod election;
 pub mod endpoint;
 pub mod error;
-pub mod election;
 pub mod keys;
 mod leader;
 pub mod lock;
@@ -46,22 +46,22 @@ use warden_proto::etcdserverpb::{
     cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
     maintenance_client::MaintenanceClient, request_op, CompactionRequest, CompactionResponse,
     DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse,
-    LeaseRevokeRequest, LeaseRevokeResponse,
-    MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    RequestOp, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, MemberListRequest, MemberListResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, StatusRequest, StatusResponse, TxnRequest,
+    TxnResponse,
 };
 
 pub use auth::{AuthChannel, Credentials};
-pub use election::{Election, Leadership, Observer};
-pub use lock::{LockGuard, Mutex, RwLock};
-pub use session::Session;
-pub use watch::{WatchEvents, WatchOptions, Watcher};
 pub use backoff::Backoff;
+pub use election::{Election, Leadership, Observer};
 pub use endpoint::{parse_endpoint, parse_endpoints};
 pub use error::ClientError;
+pub use lock::{LockGuard, Mutex, RwLock};
 pub use options::{DeleteOptions, GetOptions, KeyRange, PutOptions};
 pub use retry::OpKind;
+pub use session::Session;
 pub use tls::TlsOptions;
+pub use watch::{WatchEvents, WatchOptions, Watcher};
 
 /// Largest response accepted (etcd's client uses `math.MaxInt32` too).
 const MAX_RECV_BYTES: usize = i32::MAX as usize;
@@ -303,7 +303,9 @@ impl Client {
     pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse, ClientError> {
         let req = LeaseRevokeRequest { id };
         self.write_once(move |ch, t| async move {
-            LeaseClient::new(ch).lease_revoke(with_timeout(req, t)).await
+            LeaseClient::new(ch)
+                .lease_revoke(with_timeout(req, t))
+                .await
         })
         .await
     }
@@ -560,15 +562,14 @@ impl Client {
             timeout_ms: timeout.as_millis(),
             endpoints: tried.to_vec(),
         };
-        let unavailable = |last: Option<Status>, tried: Vec<String>, maybe_applied: bool| {
-            match last {
-                Some(s) if !maybe_applied => ClientError::Unavailable {
-                    code: s.code(),
-                    message: retry::describe(&s),
-                    endpoints: tried,
-                },
-                _ => deadline_error(&tried),
-            }
+        let unavailable = |last: Option<Status>, tried: Vec<String>, maybe_applied: bool| match last
+        {
+            Some(s) if !maybe_applied => ClientError::Unavailable {
+                code: s.code(),
+                message: retry::describe(&s),
+                endpoints: tried,
+            },
+            _ => deadline_error(&tried),
         };
 
         for round in 0u32.. {

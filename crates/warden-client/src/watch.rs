@@ -127,7 +127,10 @@ async fn run(
             if req_tx.send(create).await.is_err() {
                 continue;
             }
-            let mut stream = match WatchClient::new(ch).watch(ReceiverStream::new(req_rx)).await {
+            let mut stream = match WatchClient::new(ch)
+                .watch(ReceiverStream::new(req_rx))
+                .await
+            {
                 Ok(s) => s.into_inner(),
                 Err(e) => {
                     client.stream_failed(&e);

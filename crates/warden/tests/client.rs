@@ -43,7 +43,11 @@ fn metric(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 fn puts_handled(c: &Cluster, i: usize) -> f64 {
     let (code, page) = common::http_get(&c.members[i].client, "/metrics").expect("metrics");
     assert_eq!(code, 200, "{page}");
-    metric(&page, "grpc_server_handled_total", &[("grpc_method", "Put")])
+    metric(
+        &page,
+        "grpc_server_handled_total",
+        &[("grpc_method", "Put")],
+    )
 }
 
 /// Waits until lock `name` has `want` waiters queued.
@@ -171,7 +175,10 @@ async fn writes_go_to_the_leader_and_survive_its_kill_exactly_once() {
     let after = reached(0).await;
     reached(after + 30).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let last = writer.await.unwrap().expect("no write failed across the kill");
+    let last = writer
+        .await
+        .unwrap()
+        .expect("no write failed across the kill");
     let (v, value) = version(&client, "counter").await;
     assert_eq!(value, last.to_string().into_bytes());
     assert_eq!(v, last, "every acknowledged put applied exactly once");
@@ -206,7 +213,11 @@ async fn sessions_keep_their_lease_and_report_its_loss() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     session.close().await.unwrap();
-    assert_eq!(version(&client, "owned").await.0, 0, "close revoked the lease");
+    assert_eq!(
+        version(&client, "owned").await.0,
+        0,
+        "close revoked the lease"
+    );
 
     let session = Session::new(&client, 30).await.unwrap();
     client.lease_revoke(session.lease_id()).await.unwrap();

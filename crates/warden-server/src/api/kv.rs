@@ -43,7 +43,8 @@ impl KvService {
         let caller = self.gate.caller(req)?;
         let tag = super::once::tag_of(req)?;
         let id = tag.as_ref().map(|t| t.request_id);
-        let (rev, res) = super::propose_once(&self.node, grpc_timeout(req), &caller, cmd, tag).await?;
+        let (rev, res) =
+            super::propose_once(&self.node, grpc_timeout(req), &caller, cmd, tag).await?;
         Ok((rev, res, id))
     }
 }
