@@ -47,7 +47,9 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub nemeses: Vec<String>,
     /// A deliberate client-side fault proving the checkers catch bugs:
-    /// stale-reads (register reads go to followers as serializable reads).
+    /// stale-reads (register reads go to followers as serializable reads),
+    /// duplicate-increments (every tenth acknowledged counter increment is
+    /// sent again as a new untagged write).
     #[arg(long)]
     pub fault: Option<String>,
     /// Register clients.

@@ -417,7 +417,7 @@ pub fn check(h: &History) -> CheckResult {
     listed.finish(&mut r);
     r.checked = incs.len() + reads;
     r.summary = format!(
-        "{} increments by {} clients ({acked_applied} applied, {acked_refused} refused by compare, {failed} failed; {info} indeterminate: {info_applied} applied, {info_refused} refused, {info_absent} never applied), {} markers at revision {revision}, each at most once; counters {}; {reads} reads checked",
+        "{} increments by {} clients ({acked_applied} applied, {acked_refused} refused by compare, {failed} failed; {info} indeterminate: {info_applied} applied, {info_refused} refused, {info_absent} never applied), {} markers at revision {revision}{}; counters {}; {reads} reads checked",
         incs.len(),
         {
             let mut p: Vec<u32> = incs.keys().map(|(p, _)| *p).collect();
@@ -426,6 +426,10 @@ pub fn check(h: &History) -> CheckResult {
             p.len()
         },
         markers.len(),
+        match markers.iter().filter(|m| m.version != 1).count() {
+            0 => ", each written once".to_string(),
+            n => format!(", {n} written more than once"),
+        },
         if totals.is_empty() {
             "-".into()
         } else {
@@ -670,6 +674,7 @@ mod tests {
         let r = check(&h);
         ok(&r);
         assert_eq!(r.checked, 5);
+        assert!(r.summary.contains("each written once"), "{}", r.summary);
         assert!(r.summary.contains("counters 0=2"), "{}", r.summary);
     }
 
@@ -711,6 +716,11 @@ mod tests {
             .finish(2, 3, &[(1, 1, "applied 0 1", 2, 8)]);
         let r = check(&h);
         flagged(&r, "was applied 2 times");
+        assert!(
+            r.summary.contains("1 written more than once"),
+            "{}",
+            r.summary
+        );
         flagged(&r, "counter 0 is 2 but 1 increments");
         flagged(&r, "outside [1, 1]");
     }

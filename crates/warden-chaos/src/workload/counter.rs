@@ -23,7 +23,8 @@
 //! "refused" while the counter keeps the increment. A retry that was
 //! re-executed instead of answered from the first attempt's response
 //! reports `succeeded: false` for an increment that was applied. The
-//! counter checker (`check::counter`) looks for all of these.
+//! counter checker (`check::counter`) looks for all of these; the
+//! `duplicate-increments` fault proves it on a live cluster.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +32,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{keys, revision_of, think, Ctx};
+use super::{keys, revision_of, think, Ctx, Fault};
 use crate::history::{Call, Ret, HARNESS};
 use warden_client::{Client, GetOptions};
 use warden_proto::etcdserverpb::{compare, request_op, Compare, PutRequest, RequestOp, TxnRequest};
@@ -138,6 +139,11 @@ pub async fn run(ctx: Arc<Ctx>, process: u32, counters: u32) -> anyhow::Result<(
     opts.exactly_once = true;
     opts.client_id = Some(client_id(ctx.seed, process));
     let client = Client::connect(&ctx.topo.client_addrs, opts).await?;
+    // Under the duplicate-increments fault: an untagged client.
+    let duplicates = match ctx.fault {
+        Some(Fault::DuplicateIncrements) => Some(ctx.client().await?),
+        _ => None,
+    };
     let mut rng = StdRng::seed_from_u64(ctx.seed ^ (u64::from(process) << 32) ^ 0x4354_5253);
     let counters = counters.max(1);
     let mut seq = 0u64;
@@ -145,7 +151,14 @@ pub async fn run(ctx: Arc<Ctx>, process: u32, counters: u32) -> anyhow::Result<(
         let counter = rng.random_range(0..counters);
         if let Some((from, mod_revision)) = read(&ctx, &client, process, counter).await {
             seq += 1;
-            increment(&ctx, &client, process, counter, seq, from, mod_revision).await;
+            let acked = increment(&ctx, &client, process, counter, seq, from, mod_revision).await;
+            if let (Some(again), Some(req)) =
+                (&duplicates, acked.filter(|_| seq.is_multiple_of(10)))
+            {
+                // Not recorded: the harness misbehaves behind the
+                // checker's back, as a buggy retry would.
+                let _ = again.txn(req).await;
+            }
         }
         think(&mut rng).await;
     }
@@ -186,6 +199,8 @@ async fn read(ctx: &Ctx, client: &Client, process: u32, counter: u32) -> Option<
     }
 }
 
+/// Sends one increment and records it; returns its Txn if it was
+/// acknowledged.
 async fn increment(
     ctx: &Ctx,
     client: &Client,
@@ -194,7 +209,7 @@ async fn increment(
     seq: u64,
     from: i64,
     mod_revision: i64,
-) {
+) -> Option<TxnRequest> {
     let marker = keys::increment_marker(process, seq);
     let req = TxnRequest {
         compare: vec![Compare {
@@ -224,18 +239,24 @@ async fn increment(
         mod_revision,
     };
     let invoke = ctx.rec.now();
-    match client.txn(req).await {
-        Ok(r) => ctx.record_ok(
-            process,
-            invoke,
-            call,
-            Ret::Txn {
-                succeeded: r.succeeded,
-                revision: revision_of(r.header.as_ref()),
-            },
-            r.header.as_ref(),
-        ),
-        Err(e) => ctx.record_err(process, invoke, call, &e),
+    match client.txn(req.clone()).await {
+        Ok(r) => {
+            ctx.record_ok(
+                process,
+                invoke,
+                call,
+                Ret::Txn {
+                    succeeded: r.succeeded,
+                    revision: revision_of(r.header.as_ref()),
+                },
+                r.header.as_ref(),
+            );
+            Some(req)
+        }
+        Err(e) => {
+            ctx.record_err(process, invoke, call, &e);
+            None
+        }
     }
 }
 

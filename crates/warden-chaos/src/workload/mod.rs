@@ -85,18 +85,26 @@ pub enum Fault {
     /// serializable reads (what a server serving linearizable reads locally
     /// on followers would do).
     StaleReads,
+    /// Every tenth acknowledged counter increment is sent once more as a
+    /// new, untagged write (what a client retrying without exactly-once
+    /// tags, or a server forgetting a session, would do).
+    DuplicateIncrements,
 }
 
 impl Fault {
     pub fn parse(s: &str) -> anyhow::Result<Fault> {
         match s {
             "stale-reads" => Ok(Fault::StaleReads),
-            other => anyhow::bail!("unknown --fault {other:?}: expected stale-reads"),
+            "duplicate-increments" => Ok(Fault::DuplicateIncrements),
+            other => anyhow::bail!(
+                "unknown --fault {other:?}: expected stale-reads or duplicate-increments"
+            ),
         }
     }
     pub fn name(self) -> &'static str {
         match self {
             Fault::StaleReads => "stale-reads",
+            Fault::DuplicateIncrements => "duplicate-increments",
         }
     }
 }
