@@ -35,11 +35,11 @@ pub struct Args {
     /// unless a check fails or --keep-data is given.)
     #[arg(long, default_value = "chaos-out")]
     pub out: PathBuf,
-    /// Workloads: register, bank, lock, watch.
+    /// Workloads: register, bank, lock, watch, counter.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "register,bank,lock,watch"
+        default_value = "register,bank,lock,watch,counter"
     )]
     pub workloads: Vec<String>,
     /// Nemeses: kill-leader, kill-member, kill-all, pause-leader,
@@ -47,7 +47,9 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub nemeses: Vec<String>,
     /// A deliberate client-side fault proving the checkers catch bugs:
-    /// stale-reads (register reads go to followers as serializable reads).
+    /// stale-reads (register reads go to followers as serializable reads),
+    /// duplicate-increments (every tenth acknowledged counter increment is
+    /// sent again as a new untagged write).
     #[arg(long)]
     pub fault: Option<String>,
     /// Register clients.
@@ -71,6 +73,12 @@ pub struct Args {
     /// Watchers.
     #[arg(long, default_value_t = 2)]
     pub watchers: u32,
+    /// Counter clients (exactly-once increments, each its own client id).
+    #[arg(long, default_value_t = 3)]
+    pub counter_clients: u32,
+    /// Counters of the counter workload.
+    #[arg(long, default_value_t = 3)]
+    pub counters: u32,
     /// Servers' --election-timeout-min-ms.
     #[arg(long, default_value_t = 600)]
     pub election_timeout_min_ms: u64,
@@ -128,7 +136,7 @@ pub struct Args {
     pub check: Option<PathBuf>,
 }
 
-const WORKLOADS: [&str; 4] = ["register", "bank", "lock", "watch"];
+const WORKLOADS: [&str; 5] = ["register", "bank", "lock", "watch", "counter"];
 
 impl Args {
     /// Validates the flags.
@@ -183,6 +191,8 @@ impl Args {
             lock_clients: self.lock_clients,
             locks: self.locks.max(1),
             watchers: self.watchers,
+            counter_clients: self.counter_clients,
+            counters: self.counters.max(1),
             timing: ServerTiming {
                 election_min_ms: self.election_timeout_min_ms,
                 election_max_ms: self.election_timeout_max_ms,
@@ -221,7 +231,9 @@ mod tests {
             "--nemeses",
             "kill-leader,pause-member",
             "--workloads",
-            "register,watch",
+            "register,watch,counter",
+            "--counters",
+            "4",
             "--fault",
             "stale-reads",
             "--warden-bin",
@@ -232,10 +244,17 @@ mod tests {
         assert_eq!(o.nemeses, vec![Kind::KillLeader, Kind::PauseMember]);
         assert_eq!(o.fault, Some(Fault::StaleReads));
         assert_eq!(o.warden_bin, PathBuf::from("/x/warden"));
+        assert_eq!(o.workloads, vec!["register", "watch", "counter"]);
+        assert_eq!(o.counters, 4);
         let all = Args::parse_from(["warden-chaos"])
             .options()
             .expect("options");
         assert_eq!(all.nemeses.len(), nemesis::ALL.len());
+        assert_eq!(
+            all.workloads.len(),
+            WORKLOADS.len(),
+            "every workload by default"
+        );
         assert!(Args::parse_from(["warden-chaos", "--workloads", "nope"])
             .options()
             .is_err());

@@ -85,6 +85,23 @@ pub enum Call {
         member: String,
         from_revision: i64,
     },
+    /// Create the counters of the counter workload at 0 (once).
+    CountersInit { counters: u32 },
+    /// Read one counter of the counter workload (linearizable).
+    CounterGet { counter: u32 },
+    /// Exactly-once increment number `seq` of this process: a Txn, tagged
+    /// with the process's client id and a request id, that compares the
+    /// counter's mod revision with `mod_revision` and then puts `from` + 1
+    /// and the marker "applied COUNTER FROM+1", else puts the marker
+    /// "refused COUNTER" (marker key `keys::increment_marker(process, seq)`).
+    Increment {
+        counter: u32,
+        seq: u64,
+        from: i64,
+        mod_revision: i64,
+    },
+    /// Read every counter and increment marker at one revision at the end.
+    CountersFinal,
     /// A fault injected or healed.
     Nemesis { action: String },
 }
@@ -116,6 +133,34 @@ pub enum Ret {
     Done { revision: i64 },
     /// A watch session ended after `events` events.
     WatchEnded { events: u64, last_revision: i64 },
+    /// The counter workload's keys at one revision: every counter and every
+    /// increment marker.
+    Counters {
+        counters: Vec<CounterState>,
+        markers: Vec<Marker>,
+        revision: i64,
+    },
+}
+
+/// A counter of the counter workload as read at the end.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CounterState {
+    pub counter: u32,
+    /// The value (`None`: not a number).
+    pub value: Option<i64>,
+    /// How many times the key was put since it was created.
+    pub version: i64,
+}
+
+/// An increment marker (`keys::increment_marker`) as read at the end.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Marker {
+    pub process: u32,
+    pub seq: u64,
+    pub value: String,
+    /// How many times the key was put: 1 unless a Txn was applied twice.
+    pub version: i64,
+    pub mod_revision: i64,
 }
 
 /// Who ran an operation: process 0 is the harness itself (set-up, final
@@ -197,6 +242,9 @@ pub struct RunMeta {
     /// same order (otherwise only the order of revisions is checked).
     #[serde(default)]
     pub strict_watch_order: bool,
+    /// Counters of the counter workload (0: not run).
+    #[serde(default)]
+    pub counters: u32,
 }
 
 /// A whole run, as the checkers see it.

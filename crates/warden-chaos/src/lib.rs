@@ -4,7 +4,8 @@
 //! every operation (invocation, completion, outcome ok / fail / info), and
 //! then checks what the clients observed:
 //!
-//! - [`workload`]: register, bank, lock and watch clients;
+//! - [`workload`]: register, bank, lock, watch and counter (exactly-once
+//!   increments through `warden-client`) clients;
 //! - [`nemesis`]: the faults and their seeded schedule;
 //! - [`cluster`]: the processes, with peer links through
 //!   `warden_testkit::proxy`;
@@ -54,6 +55,8 @@ pub struct Options {
     pub lock_clients: u32,
     pub locks: usize,
     pub watchers: u32,
+    pub counter_clients: u32,
+    pub counters: u32,
     pub timing: ServerTiming,
     pub client_timeout: Duration,
     pub warmup: Duration,
@@ -198,6 +201,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     if has(&opts, "bank") {
         workload::bank::init(&ctx, opts.accounts, BALANCE).await?;
     }
+    if has(&opts, "counter") {
+        workload::counter::init(&ctx, opts.counters).await?;
+    }
     ctx.end = Instant::now() + opts.duration;
     let ctx = Arc::new(ctx);
 
@@ -244,6 +250,15 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                 ctx.clone(),
                 next(),
                 opts.locks,
+            )));
+        }
+    }
+    if has(&opts, "counter") {
+        for _ in 0..opts.counter_clients {
+            clients.push(tokio::spawn(workload::counter::run(
+                ctx.clone(),
+                next(),
+                opts.counters,
             )));
         }
     }
@@ -327,6 +342,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         bank_balance: BALANCE,
         final_revision,
         strict_watch_order: opts.strict_watch_order,
+        counters: if has(&opts, "counter") {
+            opts.counters
+        } else {
+            0
+        },
     };
     let h = rec.snapshot(meta);
     h.save(&opts.out)?;
@@ -434,7 +454,8 @@ fn cluster_result(
 }
 
 /// Reads, as the harness, what the checkers need at the end: every lock's
-/// counter and the bank once more; returns the highest mod revision under
+/// counter, the bank once more, and the counter workload's counters and
+/// markers; returns the highest mod revision under
 /// the workloads' prefix (0 if it could not be read).
 async fn final_reads(ctx: &Ctx, opts: &Options) -> i64 {
     let Ok(client) = ctx.client().await else {
@@ -493,6 +514,9 @@ async fn final_reads(ctx: &Ctx, opts: &Options) -> i64 {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+    if has(opts, "counter") {
+        workload::counter::final_read(ctx, &client).await;
     }
     for _ in 0..10 {
         let o = GetOptions {

@@ -7,7 +7,13 @@
 //! against its role), as a production cluster would; the other runs are
 //! plaintext without auth. A second run
 //! turns on the harness's deliberate client-side fault (linearizable reads
-//! served as serializable reads by followers) and must be caught.
+//! served as serializable reads by followers) and must be caught, and so
+//! must a third with counter increments sent twice.
+//!
+//! The short profile includes the counter workload: exactly-once
+//! increments through `warden-client` (tagged writes the library retries
+//! after a failure of unknown outcome), checked for duplicates and lost
+//! acknowledged increments.
 //!
 //! No timing assertions: on a loaded machine the runs only get fewer
 //! operations, never a different verdict.
@@ -86,6 +92,7 @@ fn short_profile_finds_no_violation() {
         "bank: ok",
         "lock: ok",
         "watch: ok",
+        "counter: ok",
     ] {
         assert!(stdout.contains(checker), "missing {checker:?}");
     }
@@ -137,6 +144,36 @@ fn stale_reads_fault_is_caught() {
         stdout.contains("\"fault\":true"),
         "the window shows the faulty reads"
     );
+}
+
+/// The harness sends every tenth acknowledged counter increment again as
+/// a new untagged write: the counter checker must see those applied twice.
+#[test]
+fn duplicate_increments_fault_is_caught() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = chaos(
+        dir.path(),
+        &[
+            "--members",
+            "3",
+            "--duration",
+            "10",
+            "--seed",
+            "20260503",
+            "--workloads",
+            "counter",
+            "--nemeses",
+            "none",
+            "--fault",
+            "duplicate-increments",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "the fault went unnoticed");
+    assert!(stdout.contains("counter: "), "{stdout}");
+    assert!(stdout.contains("VIOLATION"), "{stdout}");
+    assert!(stdout.contains("times: its marker"), "{stdout}");
 }
 
 /// Snapshots every 300 entries and log purges while members are killed and

@@ -4,6 +4,7 @@
 //! small hand-made histories.
 
 pub mod bank;
+pub mod counter;
 pub mod linearizable;
 pub mod lock;
 pub mod register;
@@ -115,6 +116,9 @@ pub fn run_all(h: &History) -> Vec<CheckResult> {
     }
     if has("watch") {
         out.push(watch::check(h));
+    }
+    if has("counter") {
+        out.push(counter::check(h));
     }
     out
 }

@@ -85,6 +85,22 @@ fn acknowledged_writes<'a>(
         for (k, v) in key_of(&op.call) {
             out.push((op, rev, k, v));
         }
+        // An applied increment's marker (its key names the process).
+        if let Call::Increment {
+            counter, from, seq, ..
+        } = op.call
+        {
+            let marker = crate::workload::counter::MarkerValue::Applied {
+                counter,
+                to: from + 1,
+            };
+            out.push((
+                op,
+                rev,
+                crate::workload::keys::increment_marker(op.process, seq),
+                marker.render(),
+            ));
+        }
     }
     out
 }
@@ -106,6 +122,11 @@ pub fn written(call: &Call) -> Vec<(String, String)> {
             (keys::account(*to), to_balance.to_string()),
         ],
         Call::FencedIncr { lock, to, .. } => vec![(keys::counter(lock), to.to_string())],
+        // The applied branch (`acknowledged_writes` takes succeeded Txns
+        // and adds the marker, whose key names the process).
+        Call::Increment { counter, from, .. } => {
+            vec![(keys::count(*counter), (from + 1).to_string())]
+        }
         _ => Vec::new(),
     }
 }
@@ -298,6 +319,7 @@ pub fn check(h: &History) -> CheckResult {
         let key = match &op.call {
             Call::Read { key, .. } => key.clone(),
             Call::CounterRead { lock } => crate::workload::keys::counter(lock),
+            Call::CounterGet { counter } => crate::workload::keys::count(*counter),
             _ => continue,
         };
         reads += 1;

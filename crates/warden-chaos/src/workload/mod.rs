@@ -6,6 +6,7 @@
 //! (ok / fail / info). Never judges the results (that is `check`).
 
 pub mod bank;
+pub mod counter;
 pub mod lock;
 pub mod register;
 pub mod watch;
@@ -49,6 +50,32 @@ pub mod keys {
     pub fn counter(lock: &str) -> String {
         format!("chaos/counter/{lock}")
     }
+    /// Everything of the counter workload: counters and increment markers.
+    pub const COUNTERS: &str = "chaos/ctr/";
+    const COUNT: &str = "chaos/ctr/n/";
+    const MARKER: &str = "chaos/ctr/op/";
+    /// Counter `i` of the counter workload.
+    pub fn count(i: u32) -> String {
+        format!("{COUNT}{i}")
+    }
+    /// The marker increment `seq` of client `process` puts in its Txn.
+    pub fn increment_marker(process: u32, seq: u64) -> String {
+        format!("{MARKER}{process}/{seq}")
+    }
+    /// The counter number of a counter key.
+    pub fn count_number(key: &[u8]) -> Option<u32> {
+        std::str::from_utf8(key)
+            .ok()?
+            .strip_prefix(COUNT)?
+            .parse()
+            .ok()
+    }
+    /// (process, seq) of a marker key.
+    pub fn marker_of(key: &[u8]) -> Option<(u32, u64)> {
+        let rest = std::str::from_utf8(key).ok()?.strip_prefix(MARKER)?;
+        let (p, s) = rest.split_once('/')?;
+        Some((p.parse().ok()?, s.parse().ok()?))
+    }
 }
 
 /// A deliberate client-side fault, to prove the checkers catch bugs.
@@ -58,18 +85,26 @@ pub enum Fault {
     /// serializable reads (what a server serving linearizable reads locally
     /// on followers would do).
     StaleReads,
+    /// Every tenth acknowledged counter increment is sent once more as a
+    /// new, untagged write (what a client retrying without exactly-once
+    /// tags, or a server forgetting a session, would do).
+    DuplicateIncrements,
 }
 
 impl Fault {
     pub fn parse(s: &str) -> anyhow::Result<Fault> {
         match s {
             "stale-reads" => Ok(Fault::StaleReads),
-            other => anyhow::bail!("unknown --fault {other:?}: expected stale-reads"),
+            "duplicate-increments" => Ok(Fault::DuplicateIncrements),
+            other => anyhow::bail!(
+                "unknown --fault {other:?}: expected stale-reads or duplicate-increments"
+            ),
         }
     }
     pub fn name(self) -> &'static str {
         match self {
             Fault::StaleReads => "stale-reads",
+            Fault::DuplicateIncrements => "duplicate-increments",
         }
     }
 }
@@ -232,9 +267,19 @@ pub fn outcome_of(e: &ClientError) -> Outcome {
         // applied ends in DeadlineExceeded).
         ClientError::Unavailable { .. } => Outcome::Fail,
         ClientError::DeadlineExceeded { .. } => Outcome::Info,
+        // warden's exactly-once refusals: the session that knew the
+        // request's outcome was forgotten.
+        ClientError::Server { message, .. } if message.contains(MAY_HAVE_BEEN_APPLIED) => {
+            Outcome::Info
+        }
         ClientError::Server { code, .. } => outcome_of_code(*code),
     }
 }
+
+/// How warden ends the messages of `FailedPrecondition` refusals of a
+/// tagged write whose earlier attempt may have been applied
+/// (docs/exactly-once.md, "Errors").
+const MAY_HAVE_BEEN_APPLIED: &str = "may or may not have been applied";
 
 /// Outcome of a gRPC status code the server answered with.
 pub fn outcome_of_code(code: Code) -> Outcome {
@@ -289,6 +334,12 @@ mod tests {
         assert_eq!(outcome_of(&server(Code::Unavailable)), Outcome::Info);
         assert_eq!(outcome_of(&server(Code::FailedPrecondition)), Outcome::Fail);
         assert_eq!(outcome_of(&server(Code::NotFound)), Outcome::Fail);
+        let expired = ClientError::Server {
+            code: Code::FailedPrecondition,
+            message: "warden: session expired; the request may or may not have been applied".into(),
+            endpoint: String::new(),
+        };
+        assert_eq!(outcome_of(&expired), Outcome::Info);
         assert_eq!(
             outcome_of(&ClientError::DeadlineExceeded {
                 timeout_ms: 1,
@@ -321,5 +372,13 @@ mod tests {
         assert_eq!(keys::account_number(b"chaos/reg/1"), None);
         assert!(keys::counter("l").starts_with(keys::PREFIX));
         assert!(keys::register(1).starts_with(keys::PREFIX));
+        assert!(keys::count(2).starts_with(keys::COUNTERS));
+        assert!(keys::COUNTERS.starts_with(keys::PREFIX));
+        assert_eq!(keys::count_number(keys::count(2).as_bytes()), Some(2));
+        let m = keys::increment_marker(4, 17);
+        assert!(m.starts_with(keys::COUNTERS));
+        assert_eq!(keys::marker_of(m.as_bytes()), Some((4, 17)));
+        assert_eq!(keys::marker_of(keys::count(2).as_bytes()), None);
+        assert_eq!(keys::count_number(m.as_bytes()), None);
     }
 }
