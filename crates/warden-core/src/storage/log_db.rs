@@ -206,8 +206,8 @@ impl LogDb {
                 .set_cache_size(LOG_CACHE_BYTES)
                 .create(path)
         })
-            .map_err(|panic| db_err(damaged(&*panic)))?
-            .map_err(|e| db_err(e.into()))?;
+        .map_err(|panic| db_err(damaged(&*panic)))?
+        .map_err(|e| db_err(e.into()))?;
         let mut this = Self {
             db: Some(db),
             path: path.to_path_buf(),

@@ -60,10 +60,12 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let r = st::RangeRequest::try_convert_from(request.get_ref().clone())?;
         let caller = self.gate.caller(&request)?;
-        self.gate.check_range(&caller, &r.key, &r.range_end)?;
+        let (key, range_end) = (r.key.clone(), r.range_end.clone());
         // A serializable range is refused until this member is ready
         // (`Node::ready_for_reads`).
         let consistency = if r.serializable {
+            // Served from this member's state: checked against it.
+            self.gate.check_range(&caller, &key, &range_end)?;
             Consistency::Serializable
         } else {
             Consistency::Linearizable
@@ -77,6 +79,13 @@ impl pb::kv_server::Kv for KvService {
             })
             .await
             .map_err(node_status)?;
+        if consistency == Consistency::Linearizable {
+            // Checked after the read barrier, as etcd does: this member has
+            // then applied every auth change committed before the read
+            // began (an `AuthEnable`, a revoked permission), which its state
+            // before the barrier may not have.
+            self.gate.check_range(&caller, &key, &range_end)?;
+        }
         let out = out.map_err(state_status)?;
         let mut resp = pb::RangeResponse::convert_from(out);
         resp.header = Some(header(&self.node, rev));
