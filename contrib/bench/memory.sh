@@ -6,6 +6,10 @@
 #
 #   W=./target/release/warden KEYS=100000 TOTAL=300000 contrib/bench/memory.sh
 #
+# Then, for warden: RSS after compacting all history (`warden compaction`),
+# and after a restart on the same data directory (the live state alone,
+# without the peaks of the write phase).
+#
 # WARDEN_ARGS adds server flags to the warden member (to see what a setting
 # changes, e.g. "--auto-compaction-mode revision --auto-compaction-retention 1000").
 set -u
@@ -40,3 +44,16 @@ for side in warden etcd; do
   n=$("$W" --endpoints 127.0.0.1:$c get "" --prefix --count-only -w json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin).get("count",0))')
   echo "$side: $n keys, RSS $(rss $pid) kB"
 done
+rev=$("$W" --endpoints 127.0.0.1:$wc get ready -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)["header"]["revision"])')
+"$W" --endpoints 127.0.0.1:$wc compaction "$rev" --physical >/dev/null
+sleep 3
+echo "warden after compacting to $rev: RSS $(rss $wpid) kB"
+kill $wpid; wait $wpid 2>/dev/null
+"$W" server --name n1 --data-dir n1 --client-addr 127.0.0.1:$wc --peer-addr 127.0.0.1:$wp ${WARDEN_ARGS:-} >> n1.log 2>&1 &
+wpid=$!
+for t in $(seq 100); do
+  "$W" --endpoints 127.0.0.1:$wc get ready >/dev/null 2>&1 && break
+  sleep 0.3
+done
+sleep 3
+echo "warden after a restart: RSS $(rss $wpid) kB"
