@@ -4,13 +4,12 @@
 //! linearizable ones, and serializable ones spread across members.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{keys, revision_of, think, Ctx};
-use crate::history::{Call, Ret, HARNESS};
+use super::{create_once, keys, revision_of, think, Ctx};
+use crate::history::{Call, Ret};
 use warden_client::{Client, GetOptions, KeyRange};
 use warden_proto::etcdserverpb::{
     compare, request_op, Compare, PutRequest, RangeResponse, RequestOp, TxnRequest,
@@ -26,48 +25,14 @@ fn put_op(key: String, value: i64) -> RequestOp {
     }
 }
 
-/// Creates the accounts (once; retried until a read shows them all).
+/// Creates the accounts (once: only if account 0 does not exist, so a
+/// retry after an indeterminate attempt cannot reset balances).
 pub async fn init(ctx: &Ctx, accounts: u32, balance: i64) -> anyhow::Result<()> {
-    let client = ctx.client().await?;
-    for _ in 0..20 {
-        let call = Call::BankInit { accounts, balance };
-        let invoke = ctx.rec.now();
-        // Create only if no account exists yet, so a retry after an
-        // indeterminate attempt cannot reset balances.
-        let req = TxnRequest {
-            compare: vec![Compare {
-                result: compare::CompareResult::Equal as i32,
-                target: compare::CompareTarget::Create as i32,
-                key: keys::account(0).into_bytes(),
-                range_end: Vec::new(),
-                target_union: Some(compare::TargetUnion::CreateRevision(0)),
-            }],
-            success: (0..accounts)
-                .map(|i| put_op(keys::account(i), balance))
-                .collect(),
-            failure: Vec::new(),
-        };
-        match client.txn(req).await {
-            Ok(r) => {
-                ctx.record_ok(
-                    HARNESS,
-                    invoke,
-                    call,
-                    Ret::Txn {
-                        succeeded: r.succeeded,
-                        revision: revision_of(r.header.as_ref()),
-                    },
-                    r.header.as_ref(),
-                );
-                return Ok(());
-            }
-            Err(e) => {
-                ctx.record_err(HARNESS, invoke, call, &e);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
-    anyhow::bail!("could not create the bank accounts")
+    let call = Call::BankInit { accounts, balance };
+    let keys = (0..accounts)
+        .map(|i| (keys::account(i), balance.to_string()))
+        .collect();
+    create_once(ctx, &call, keys, "bank accounts").await
 }
 
 /// Parses a Range over the accounts: (account, balance, mod revision).

@@ -32,7 +32,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{keys, revision_of, think, Ctx, Fault};
+use super::{create_once, keys, revision_of, think, Ctx, Fault};
 use crate::history::{Call, Ret, HARNESS};
 use warden_client::{Client, GetOptions};
 use warden_proto::etcdserverpb::{compare, request_op, Compare, PutRequest, RequestOp, TxnRequest};
@@ -87,44 +87,11 @@ fn put(key: String, value: String) -> RequestOp {
 /// Creates the counters at 0 (once: only if counter 0 does not exist, so a
 /// retry after an indeterminate attempt cannot reset them).
 pub async fn init(ctx: &Ctx, counters: u32) -> anyhow::Result<()> {
-    let client = ctx.client().await?;
-    for _ in 0..20 {
-        let call = Call::CountersInit { counters };
-        let invoke = ctx.rec.now();
-        let req = TxnRequest {
-            compare: vec![Compare {
-                result: compare::CompareResult::Equal as i32,
-                target: compare::CompareTarget::Create as i32,
-                key: keys::count(0).into_bytes(),
-                range_end: Vec::new(),
-                target_union: Some(compare::TargetUnion::CreateRevision(0)),
-            }],
-            success: (0..counters)
-                .map(|i| put(keys::count(i), "0".into()))
-                .collect(),
-            failure: Vec::new(),
-        };
-        match client.txn(req).await {
-            Ok(r) => {
-                ctx.record_ok(
-                    HARNESS,
-                    invoke,
-                    call,
-                    Ret::Txn {
-                        succeeded: r.succeeded,
-                        revision: revision_of(r.header.as_ref()),
-                    },
-                    r.header.as_ref(),
-                );
-                return Ok(());
-            }
-            Err(e) => {
-                ctx.record_err(HARNESS, invoke, call, &e);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
-    anyhow::bail!("could not create the counters")
+    let call = Call::CountersInit { counters };
+    let keys = (0..counters)
+        .map(|i| (keys::count(i), "0".to_string()))
+        .collect();
+    create_once(ctx, &call, keys, "counters").await
 }
 
 /// The client id of counter client `process`: one per client, unique in

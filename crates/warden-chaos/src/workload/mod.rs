@@ -247,6 +247,69 @@ impl Ctx {
     }
 }
 
+/// A put of `key` = `value`, as a txn operation.
+pub fn put_op(key: String, value: String) -> warden_proto::etcdserverpb::RequestOp {
+    use warden_proto::etcdserverpb::{request_op, PutRequest, RequestOp};
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: key.into_bytes(),
+            value: value.into_bytes(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// Writes `keys` (key, value) once, recorded as `call` by the harness: a
+/// txn that puts them all only if the first does not exist yet, so a retry
+/// after an indeterminate attempt cannot reset them. Tried up to 20 times.
+pub async fn create_once(
+    ctx: &Ctx,
+    call: &Call,
+    keys: Vec<(String, String)>,
+    what: &str,
+) -> anyhow::Result<()> {
+    use warden_proto::etcdserverpb::{compare, Compare, TxnRequest};
+    let first = keys.first().map(|(k, _)| k.clone()).unwrap_or_default();
+    let client = ctx.client().await?;
+    for _ in 0..20 {
+        let invoke = ctx.rec.now();
+        let req = TxnRequest {
+            compare: vec![Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Create as i32,
+                key: first.clone().into_bytes(),
+                range_end: Vec::new(),
+                target_union: Some(compare::TargetUnion::CreateRevision(0)),
+            }],
+            success: keys
+                .iter()
+                .map(|(k, v)| put_op(k.clone(), v.clone()))
+                .collect(),
+            failure: Vec::new(),
+        };
+        match client.txn(req).await {
+            Ok(r) => {
+                ctx.record_ok(
+                    crate::history::HARNESS,
+                    invoke,
+                    call.clone(),
+                    Ret::Txn {
+                        succeeded: r.succeeded,
+                        revision: revision_of(r.header.as_ref()),
+                    },
+                    r.header.as_ref(),
+                );
+                return Ok(());
+            }
+            Err(e) => {
+                ctx.record_err(crate::history::HARNESS, invoke, call.clone(), &e);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    anyhow::bail!("could not create the {what}")
+}
+
 /// The store revision a response header carries (0 without a header).
 pub fn revision_of(header: Option<&ResponseHeader>) -> i64 {
     header.map_or(0, |h| h.revision)
