@@ -12,8 +12,6 @@
 //! report the same leader twice in a row or miss the last change when it
 //! moves to another member.
 
-use std::time::Duration;
-
 use tokio::sync::mpsc;
 
 use warden_proto::mvccpb::KeyValue;
@@ -23,9 +21,6 @@ use warden_proto::v3electionpb::election_client::ElectionClient;
 use crate::retry::{self, Failure};
 use crate::session::Session;
 use crate::{Client, ClientError, OpKind};
-
-/// Pause between rounds over the endpoints when none answered.
-const RETRY: Duration = Duration::from_millis(200);
 
 /// An election named `name`.
 ///
@@ -103,7 +98,7 @@ impl Election {
                 if let Some(s) = last {
                     tracing::debug!("campaign: no endpoint took it ({s}); retrying");
                 }
-                tokio::time::sleep(RETRY).await;
+                tokio::time::sleep(crate::STREAM_RETRY).await;
             }
         };
         let (ep, won) = tokio::select! {
@@ -178,7 +173,7 @@ impl Election {
                         }
                     }
                 }
-                tokio::time::sleep(RETRY).await;
+                tokio::time::sleep(crate::STREAM_RETRY).await;
             }
         });
         Observer { rx, task }

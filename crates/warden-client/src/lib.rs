@@ -301,12 +301,12 @@ impl Client {
 
     /// Runs a transaction. One without writes is retried like a read.
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, ClientError> {
-        let (kind, tagged) = if txn_is_read_only(&req) {
-            (OpKind::Read, false)
+        let (kind, tag) = if txn_is_read_only(&req) {
+            (OpKind::Read, None)
         } else {
-            (OpKind::Write, true)
+            (OpKind::Write, self.begin_once())
         };
-        self.call_tagged(kind, false, tagged, move |ch, t| {
+        self.call_with(kind, false, tag.as_ref(), move |ch, t| {
             let req = req.clone();
             async move { kv(ch).txn(with_timeout(req, t)).await }
         })
@@ -548,26 +548,7 @@ impl Client {
         F: FnMut(AuthChannel, Duration) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        self.call_tagged(kind, balanced, false, attempt).await
-    }
-
-    /// [`Client::call`]; with `tagged` (a write the server applies at most
-    /// once per tag), every attempt carries one fresh request id, and a
-    /// failure of unknown outcome is retried once the cluster has shown
-    /// that it honours tags. Writes start at the leader's endpoint.
-    async fn call_tagged<T, F, Fut>(
-        &self,
-        kind: OpKind,
-        balanced: bool,
-        tagged: bool,
-        attempt: F,
-    ) -> Result<T, ClientError>
-    where
-        F: FnMut(AuthChannel, Duration) -> Fut,
-        Fut: Future<Output = Result<Response<T>, Status>>,
-    {
-        let tag = if tagged { self.begin_once() } else { None };
-        self.call_with(kind, balanced, tag.as_ref(), attempt).await
+        self.call_with(kind, balanced, None, attempt).await
     }
 
     /// A fresh exactly-once tag for a write that spans several calls (a
@@ -616,14 +597,7 @@ impl Client {
         let timeout = inner.opts.timeout;
         let deadline = Instant::now() + timeout;
         let sessions = inner.sessions.as_ref().filter(|_| tag.is_some());
-        let extra = match (sessions, tag) {
-            (Some(s), Some(t)) => {
-                let mut md = tonic::metadata::MetadataMap::new();
-                s.attach(t, &mut md);
-                Some(Arc::new(md))
-            }
-            _ => None,
-        };
+        let extra = sessions.zip(tag).map(|(s, t)| s.metadata(t));
         let to_leader = kind == OpKind::Write && !balanced;
         // One fresh token per call when the server refuses the one held.
         let mut reauthenticated = false;
@@ -755,9 +729,7 @@ impl Client {
     async fn probe_once(&self, sessions: &once::Sessions, deadline: Instant) -> bool {
         let inner = &*self.inner;
         let tag = sessions.begin();
-        let mut md = tonic::metadata::MetadataMap::new();
-        sessions.attach(&tag, &mut md);
-        let md = Arc::new(md);
+        let md = sessions.metadata(&tag);
         for raw in &inner.raw {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -852,9 +824,15 @@ impl Client {
         F: FnMut(AuthChannel, Duration) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        self.call_tagged(OpKind::Write, false, true, attempt).await
+        let tag = self.begin_once();
+        self.call_with(OpKind::Write, false, tag.as_ref(), attempt)
+            .await
     }
 }
+
+/// Pause before a stream (watch, keep-alive, campaign, observe) goes round
+/// the endpoints again when none took it.
+pub(crate) const STREAM_RETRY: Duration = Duration::from_millis(200);
 
 /// The least time between two rounds of asking who leads when the answer
 /// did not name one of the client's endpoints.

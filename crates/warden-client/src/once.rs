@@ -140,6 +140,14 @@ impl Sessions {
         md.insert(ACKED_BELOW, AsciiMetadataValue::from(acked));
     }
 
+    /// [`Sessions::attach`] into a map of its own, shared by every attempt
+    /// of the write.
+    pub fn metadata(&self, tag: &Tag<'_>) -> std::sync::Arc<MetadataMap> {
+        let mut md = MetadataMap::new();
+        self.attach(tag, &mut md);
+        std::sync::Arc::new(md)
+    }
+
     /// Notes a response's metadata: the server honours tags if it answered
     /// with [`APPLIED_ONCE`].
     pub fn answered(&self, md: &MetadataMap) {

@@ -28,9 +28,6 @@ use crate::{Client, ClientError};
 /// default).
 pub const DEFAULT_TTL: i64 = 60;
 
-/// Pause between rounds over the endpoints when none took a keep-alive.
-const RETRY: Duration = Duration::from_millis(200);
-
 /// Renews lease `id` every third of its TTL, over any endpoint, until an
 /// error: the lease expired or was revoked (TTL 0 from the server), or no
 /// renewal got through for a whole TTL. With `once`, returns after the
@@ -96,7 +93,7 @@ pub async fn keep_alive(
                 "could not renew lease {id:016x} on any endpoint"
             )));
         }
-        tokio::time::sleep(RETRY).await;
+        tokio::time::sleep(crate::STREAM_RETRY).await;
     }
 }
 

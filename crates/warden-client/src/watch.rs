@@ -10,8 +10,6 @@
 //! Must never: skip an event or deliver one twice across an endpoint
 //! switch.
 
-use std::time::Duration;
-
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -20,9 +18,6 @@ use warden_proto::etcdserverpb::{watch_request, WatchCreateRequest, WatchRequest
 use warden_proto::mvccpb::Event;
 
 use crate::{keys, Client, ClientError};
-
-/// Pause between rounds over the endpoints when none took the watch.
-const RETRY: Duration = Duration::from_millis(200);
 
 /// What to watch besides the key.
 #[derive(Debug, Clone, Default)]
@@ -190,6 +185,6 @@ async fn run(
                 }
             }
         }
-        tokio::time::sleep(RETRY).await;
+        tokio::time::sleep(crate::STREAM_RETRY).await;
     }
 }

@@ -41,7 +41,7 @@ pub async fn elect(client: &Client, a: ElectArgs) -> anyhow::Result<()> {
         .proposal
         .ok_or_else(|| anyhow!("elect needs a proposal (or --listen)"))?;
     let mut lease = KeptLease::start(client, a.ttl).await?;
-    let (name, id) = (a.name.clone().into_bytes(), lease.id);
+    let (name, id) = (a.name.clone().into_bytes(), lease.id());
     let value = proposal.into_bytes();
     let campaign = client.request(OpKind::Write, move |ch, _| {
         let (name, value) = (name.clone(), value.clone());
@@ -59,7 +59,7 @@ pub async fn elect(client: &Client, a: ElectArgs) -> anyhow::Result<()> {
         r = campaign => r,
         reason = lease.lost() => bail!("campaign for {} failed: {reason}", a.name),
         _ = tokio::signal::ctrl_c() => {
-            lease.release(client).await;
+            lease.release().await;
             return Ok(());
         }
     };
@@ -68,7 +68,7 @@ pub async fn elect(client: &Client, a: ElectArgs) -> anyhow::Result<()> {
             .leader
             .ok_or_else(|| anyhow!("campaign answered without a leader key"))?,
         Err(e) => {
-            lease.release(client).await;
+            lease.release().await;
             return Err(e.into());
         }
     };
@@ -92,7 +92,7 @@ pub async fn elect(client: &Client, a: ElectArgs) -> anyhow::Result<()> {
             }
         })
         .await;
-    lease.release(client).await;
+    lease.release().await;
     result
 }
 

@@ -165,7 +165,6 @@ pub async fn lease(client: &Client, cmd: LeaseCommand, f: Format) -> anyhow::Res
 /// A lease kept alive in the background (the client library's
 /// [`Session`]); `lost` resolves when the keep-alive gives up.
 pub(super) struct KeptLease {
-    pub(super) id: i64,
     session: Session,
 }
 
@@ -174,10 +173,12 @@ impl KeptLease {
         let session = Session::new(client, ttl)
             .await
             .context("creating the lease")?;
-        Ok(KeptLease {
-            id: session.lease_id(),
-            session,
-        })
+        Ok(KeptLease { session })
+    }
+
+    /// The lease id.
+    pub(super) fn id(&self) -> i64 {
+        self.session.lease_id()
     }
 
     /// Resolves when the lease is lost, with the reason.
@@ -186,8 +187,8 @@ impl KeptLease {
     }
 
     /// Stops renewing and revokes the lease (best effort).
-    pub(super) async fn release(self, _client: &Client) {
-        let id = self.id;
+    pub(super) async fn release(self) {
+        let id = self.id();
         if let Err(e) = self.session.close().await {
             tracing::debug!("revoking lease {id:x}: {e:#}");
         }

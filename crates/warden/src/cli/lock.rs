@@ -185,7 +185,7 @@ async fn hold(client: &Client, a: HoldArgs) -> anyhow::Result<()> {
         } else {
             wpb::LockMode::Exclusive as i32
         },
-        lease: lease.id,
+        lease: lease.id(),
         ttl: 0,
         wait_timeout_ms: wait_ms,
         priority: a.priority,
@@ -205,18 +205,18 @@ async fn hold(client: &Client, a: HoldArgs) -> anyhow::Result<()> {
             m = stream.message() => m,
             reason = lease.lost() => bail!("waiting for lock {name} failed: {reason}"),
             _ = tokio::signal::ctrl_c() => {
-                lease.release(client).await;
+                lease.release().await;
                 return Ok(());
             }
         };
         let msg = match msg {
             Ok(Some(m)) => m,
             Ok(None) => {
-                lease.release(client).await;
+                lease.release().await;
                 bail!("the server ended the wait for lock {name}")
             }
             Err(e) => {
-                lease.release(client).await;
+                lease.release().await;
                 if e.code() == tonic::Code::DeadlineExceeded {
                     bail!("timed out waiting for lock {name}");
                 }
@@ -229,11 +229,11 @@ async fn hold(client: &Client, a: HoldArgs) -> anyhow::Result<()> {
                 tracing::info!(position = msg.position, "waiting for lock {name}");
             }
             Ok(State::WouldBlock) => {
-                lease.release(client).await;
+                lease.release().await;
                 bail!("lock {name} is held by another owner");
             }
             Ok(State::Lost) | Err(_) => {
-                lease.release(client).await;
+                lease.release().await;
                 bail!("waiting for lock {name} ended: {}", msg.reason);
             }
         }
@@ -273,7 +273,7 @@ async fn hold(client: &Client, a: HoldArgs) -> anyhow::Result<()> {
         // The lease is revoked next, which ends the hold anyway.
         tracing::debug!("releasing lock {name} token {token}: {e}");
     }
-    lease.release(client).await;
+    lease.release().await;
     result
 }
 
