@@ -277,12 +277,17 @@ async fn a_retried_acquire_answers_the_first_grant() {
     };
     use wpb::acquire_response::State;
 
-    for (h, l) in [(Vec::new(), lease), (handle.clone(), 0)] {
+    // No handle, no lease, or a handle of the wrong length.
+    for (h, l) in [
+        (Vec::new(), lease),
+        (handle.clone(), 0),
+        (vec![7u8; 5], lease),
+    ] {
         let Err(err) = LocksClient::new(ch.clone())
             .acquire(acquire(1, h, l, -1))
             .await
         else {
-            panic!("a tagged acquire without a handle or lease is refused");
+            panic!("a tagged acquire without a good handle or a lease is refused");
         };
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
     }
