@@ -11,6 +11,7 @@
 //!
 //! Arrows point down: `api` uses `node`, `node` uses `warden-core`; neither
 //! knows about the CLI.
+#![recursion_limit = "256"]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod api;

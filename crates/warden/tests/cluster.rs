@@ -308,3 +308,82 @@ async fn maintenance_hash_agrees_and_defrag_and_move_leader_answer_like_etcd() {
     })
     .await;
 }
+
+/// One counter's value on a member's `/metrics` page.
+fn counter(addr: &str, name: &str) -> f64 {
+    let (code, page) = http_get(addr, "/metrics").expect("scrape /metrics");
+    assert_eq!(code, 200, "{page}");
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{page}"))
+}
+
+/// Linearizable reads on a follower, many at once while the leader takes
+/// writes: each sees every write acknowledged before it began, and they
+/// share ReadIndex rounds (one request to the leader for many reads, as
+/// etcd batches them) instead of one round each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_linearizable_reads_share_read_index_rounds() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use warden_proto::etcdserverpb as pb;
+    let c = Cluster::start(3);
+    let leader = c.wait_leader(ELECT).await;
+    let l = c.members[leader].client.clone();
+    let f = c.members[(leader + 1) % 3].client.clone();
+    put(&l, "lin", "0").await.expect("first put");
+    let rounds0 = counter(&f, "warden_read_index_rounds_total");
+    let reads0 = counter(&f, "warden_read_index_reads_total");
+
+    let acked = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            for v in 1..=200u64 {
+                put(&l, "lin", &v.to_string()).await.expect("put");
+                acked.store(v, Ordering::SeqCst);
+            }
+        })
+    };
+    const READERS: usize = 64;
+    const READS: usize = 20;
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        let f = f.clone();
+        let acked = acked.clone();
+        readers.push(tokio::spawn(async move {
+            let mut kv = kv(&f).await;
+            for _ in 0..READS {
+                let floor = acked.load(Ordering::SeqCst);
+                let r = kv
+                    .range(pb::RangeRequest {
+                        key: b"lin".to_vec(),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("linearizable get")
+                    .into_inner();
+                let seen: u64 = String::from_utf8_lossy(&r.kvs[0].value).parse().unwrap();
+                assert!(
+                    seen >= floor,
+                    "read {seen} after write {floor} was acknowledged"
+                );
+            }
+        }));
+    }
+    for r in readers {
+        r.await.expect("reader");
+    }
+    writer.await.expect("writer");
+
+    let rounds = counter(&f, "warden_read_index_rounds_total") - rounds0;
+    let reads = counter(&f, "warden_read_index_reads_total") - reads0;
+    assert!(
+        reads >= (READERS * READS) as f64,
+        "{reads} reads counted, {} made",
+        READERS * READS
+    );
+    assert!(
+        rounds >= 1.0 && rounds * 2.0 < reads,
+        "{rounds} ReadIndex rounds for {reads} reads"
+    );
+}

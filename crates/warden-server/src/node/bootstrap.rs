@@ -147,6 +147,7 @@ impl Node {
             }
         }
 
+        let (read_rounds, read_waiters) = tokio::sync::mpsc::unbounded_channel();
         let node = Arc::new(Node {
             id,
             name: cfg.name.clone(),
@@ -162,7 +163,12 @@ impl Node {
             removed: tokio::sync::watch::channel(None).0,
             telemetry,
             failover: super::failover::Failover::default(),
+            read_rounds,
         });
+        tokio::spawn(super::reads::read_index_rounds(
+            Arc::downgrade(&node),
+            read_waiters,
+        ));
         tokio::spawn(publish_client_addr(node.clone()));
         tokio::spawn(lessor::run(node.clone()));
         tokio::spawn(super::failover::run(node.clone()));

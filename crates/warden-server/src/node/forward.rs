@@ -14,11 +14,11 @@
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
-use openraft::ReadPolicy;
+use openraft::error::{ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::reads::ReadIndexMiss;
 use super::types::{Request, Response};
 use super::{lessor, membership, network, Node, NodeError};
 use warden_core::state::StateError;
@@ -411,21 +411,11 @@ impl Node {
                 Err(Redirect::Unknown) => ForwardResponse::NotLeader(None),
                 Err(Redirect::Failed(e)) => ForwardResponse::Failed(e),
             },
-            ForwardRequest::ReadIndex => {
-                // ReadIndex, never LeaseRead (see `failover`).
-                let fut = self.raft.get_read_log_id(ReadPolicy::ReadIndex);
-                match tokio::time::timeout_at(deadline, fut).await {
-                    Err(_) => ForwardResponse::Failed(NodeError::Timeout),
-                    Ok(Ok((read, _applied))) => ForwardResponse::ReadIndex(read.index()),
-                    Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
-                        ForwardResponse::NotLeader(f.leader_id)
-                    }
-                    Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)))) => {
-                        ForwardResponse::Failed(NodeError::NoLeader)
-                    }
-                    Ok(Err(RaftError::Fatal(_))) => ForwardResponse::Failed(NodeError::Stopped),
-                }
-            }
+            ForwardRequest::ReadIndex => match self.leader_read_index(deadline).await {
+                Ok(index) => ForwardResponse::ReadIndex(index),
+                Err(ReadIndexMiss::NotLeader(l)) => ForwardResponse::NotLeader(l),
+                Err(ReadIndexMiss::Failed(e)) => ForwardResponse::Failed(e),
+            },
             ForwardRequest::Members(op) => self.handle_members(op, deadline).await,
             ForwardRequest::AppliedMembership => match membership::applied(self) {
                 Some(a) => ForwardResponse::AppliedMembership(a),

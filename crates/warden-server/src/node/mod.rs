@@ -227,6 +227,9 @@ pub struct Node {
     telemetry: Arc<telemetry::Telemetry>,
     /// Dead-leader detection and CheckQuorum (`failover`).
     failover: failover::Failover,
+    /// Linearizable reads waiting for a ReadIndex round
+    /// (`reads::read_index_rounds`).
+    read_rounds: tokio::sync::mpsc::UnboundedSender<reads::ReadWaiter>,
 }
 
 /// Snapshot of what a member knows, for status output.

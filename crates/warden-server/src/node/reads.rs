@@ -16,7 +16,9 @@ use std::io;
 
 use openraft::error::{LinearizableReadError, RaftError};
 use openraft::ReadPolicy;
-use tokio::sync::{broadcast, mpsc};
+use std::sync::Weak;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::state_machine::{LockFeed, SmData, SmStore};
@@ -73,6 +75,52 @@ impl Subscriber<'_> {
         WatchGuard {
             sm: self.sm.clone(),
             sub: self.sm.hub().subscribe(key, range_end),
+        }
+    }
+}
+
+/// Why this member could not take a read index itself.
+pub(super) enum ReadIndexMiss {
+    /// It is not the leader; the leader it knows of, if any.
+    NotLeader(Option<u64>),
+    Failed(NodeError),
+}
+
+/// A linearizable read waiting for the next ReadIndex round.
+pub(super) struct ReadWaiter {
+    deadline: Instant,
+    tx: oneshot::Sender<Result<u64, NodeError>>,
+}
+
+/// Serves ReadIndex rounds for `linearize`, one at a time: every read that
+/// arrived while a round was in flight joins the next round, which starts
+/// after it arrived, so the index it gets was confirmed after the read
+/// began (what linearizability needs). A batch's round runs until the latest
+/// deadline among its reads; each read still gives up at its own. The
+/// queue holds one entry per linearizable read in progress, which the
+/// client port's stream and connection limits bound. Ends when the member
+/// is gone (its sender dropped).
+pub(super) async fn read_index_rounds(
+    node: Weak<Node>,
+    mut rx: mpsc::UnboundedReceiver<ReadWaiter>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            batch.push(w);
+        }
+        batch.retain(|w| !w.tx.is_closed());
+        let Some(deadline) = batch.iter().map(|w| w.deadline).max() else {
+            continue;
+        };
+        let Some(node) = node.upgrade() else {
+            return;
+        };
+        node.telemetry.read_index_round(batch.len());
+        let r = node.read_index(deadline).await;
+        drop(node);
+        for w in batch {
+            let _ = w.tx.send(r.clone());
         }
     }
 }
@@ -221,25 +269,36 @@ impl Node {
     }
 
     /// Returns once a read of the local state machine is linearizable: the
-    /// leader confirmed its leadership with a quorum and this member applied
-    /// at least the leader's commit index at that moment.
+    /// leader confirmed its leadership with a quorum after this call began,
+    /// and this member applied at least the leader's commit index at that
+    /// moment.
+    ///
+    /// Concurrent callers share ReadIndex rounds (`read_index_rounds`), as
+    /// etcd's read loop does: a follower sends one ReadIndex to the leader
+    /// for a whole batch of reads instead of one RPC per read.
     pub async fn linearize(&self, deadline: Instant) -> Result<(), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.read_rounds
+            .send(ReadWaiter { deadline, tx })
+            .map_err(|_| NodeError::Stopped)?;
+        let index = match tokio::time::timeout_at(deadline, rx).await {
+            Err(_) => return Err(NodeError::Timeout),
+            Ok(Err(_)) => return Err(NodeError::Stopped),
+            Ok(Ok(r)) => r?,
+        };
+        self.wait_applied(index, deadline).await
+    }
+
+    /// One ReadIndex round: the leader's commit index, confirmed by a quorum
+    /// after this call began (asked of the leader if this member is not it).
+    async fn read_index(&self, deadline: Instant) -> Result<u64, NodeError> {
         let mut tries = 0;
         loop {
             tries += 1;
-            // ReadIndex, never LeaseRead: followers give up their leader
-            // lease early (see `failover`), so a leader lease proves nothing.
-            let fut = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
-            let leader = match tokio::time::timeout_at(deadline, fut).await {
-                Err(_) => return Err(NodeError::Timeout),
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
-                    f.leader_id
-                }
-                Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)))) => {
-                    return Err(NodeError::NoLeader)
-                }
-                Ok(Err(RaftError::Fatal(_))) => return Err(NodeError::Stopped),
+            let leader = match self.leader_read_index(deadline).await {
+                Ok(index) => return Ok(index),
+                Err(ReadIndexMiss::Failed(e)) => return Err(e),
+                Err(ReadIndexMiss::NotLeader(l)) => l,
             };
             let leader = match leader {
                 Some(l) if l != self.id => l,
@@ -253,13 +312,32 @@ impl Node {
                 .forward(leader, &ForwardRequest::ReadIndex, deadline)
                 .await?
             {
-                ForwardResponse::ReadIndex(idx) => return self.wait_applied(idx, deadline).await,
+                ForwardResponse::ReadIndex(index) => return Ok(index),
                 ForwardResponse::NotLeader(_) if tries < 3 => {
                     self.wait_leader(deadline).await;
                 }
                 ForwardResponse::Failed(e) => return Err(e),
                 _ => return Err(NodeError::NoLeader),
             }
+        }
+    }
+
+    /// The read index if this member is the leader: its commit index once a
+    /// heartbeat round sent after this call is acknowledged by a quorum
+    /// (ReadIndex, never LeaseRead: followers give up their leader lease
+    /// early, see `failover`, so a leader lease proves nothing).
+    pub(super) async fn leader_read_index(&self, deadline: Instant) -> Result<u64, ReadIndexMiss> {
+        let fut = self.raft.get_read_log_id(ReadPolicy::ReadIndex);
+        match tokio::time::timeout_at(deadline, fut).await {
+            Err(_) => Err(ReadIndexMiss::Failed(NodeError::Timeout)),
+            Ok(Ok((read, _applied))) => Ok(read.index()),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
+                Err(ReadIndexMiss::NotLeader(f.leader_id))
+            }
+            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)))) => {
+                Err(ReadIndexMiss::Failed(NodeError::NoLeader))
+            }
+            Ok(Err(RaftError::Fatal(_))) => Err(ReadIndexMiss::Failed(NodeError::Stopped)),
         }
     }
 

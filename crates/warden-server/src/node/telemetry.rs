@@ -57,6 +57,8 @@ pub struct Telemetry {
     peer_rtt: Family<To, Histogram, fn() -> Histogram>,
     lease_expiries: Counter,
     slow_watcher_cancels: Counter,
+    read_index_rounds: Counter,
+    read_index_reads: Counter,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -77,6 +79,8 @@ impl Default for Telemetry {
             peer_rtt: Family::new_with_constructor(rtt_histogram),
             lease_expiries: Counter::default(),
             slow_watcher_cancels: Counter::default(),
+            read_index_rounds: Counter::default(),
+            read_index_reads: Counter::default(),
         }
     }
 }
@@ -148,6 +152,16 @@ impl Telemetry {
             "Watchers cancelled for falling too far behind (--watch-queue-bytes, --watch-pending-bytes)",
             self.slow_watcher_cancels.clone(),
         );
+        reg.register(
+            "warden_read_index_rounds",
+            "ReadIndex rounds this member ran for linearizable reads (a follower's round is one request to the leader)",
+            self.read_index_rounds.clone(),
+        );
+        reg.register(
+            "warden_read_index_reads",
+            "Linearizable reads served by those rounds (reads per round = this over warden_read_index_rounds_total)",
+            self.read_index_reads.clone(),
+        );
     }
 
     /// The observer to hand the Raft log (`LogDb::observe_commits`).
@@ -201,6 +215,12 @@ impl Telemetry {
         self.lease_expiries.inc();
     }
 
+    /// A ReadIndex round ran for `reads` linearizable reads.
+    pub fn read_index_round(&self, reads: usize) {
+        self.read_index_rounds.inc();
+        self.read_index_reads.inc_by(reads as u64);
+    }
+
     /// The counter the watch hub adds its slow-watcher cancels to.
     pub fn slow_watcher_cancels(&self) -> Counter {
         self.slow_watcher_cancels.clone()
@@ -232,6 +252,8 @@ mod tests {
         t.applied(Duration::from_millis(150));
         t.peer_send_failed(0xab);
         t.peer_round_trip(0xab, Duration::from_micros(300));
+        t.read_index_round(5);
+        t.read_index_round(1);
         let page = render(&t);
         for want in [
             "etcd_server_proposals_pending 0\n",
@@ -243,6 +265,8 @@ mod tests {
             "etcd_disk_backend_commit_duration_seconds_count 0\n",
             "etcd_network_peer_sent_failures_total{To=\"ab\"} 1\n",
             "etcd_network_peer_round_trip_time_seconds_bucket{To=\"ab\",le=\"0.0004\"} 1\n",
+            "warden_read_index_rounds_total 2\n",
+            "warden_read_index_reads_total 6\n",
         ] {
             assert!(page.contains(want), "missing {want:?} in\n{page}");
         }
