@@ -92,7 +92,10 @@ async fn client_for(endpoints: &[String], timeout: Duration) -> Client {
 
 /// (version, value) of `key`, linearizable.
 async fn version(client: &Client, key: &str) -> (i64, Vec<u8>) {
-    let r = client.get(key, GetOptions::default()).await.expect("get");
+    let r = client
+        .get(key, GetOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("get {key}: {e:?}"));
     r.kvs
         .first()
         .map_or((0, Vec::new()), |kv| (kv.version, kv.value.clone()))
