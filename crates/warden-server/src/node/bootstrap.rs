@@ -121,21 +121,9 @@ impl Node {
             links: links.clone(),
         };
         let log_store = log_store::LogStore::new(Arc::new(db));
-        // openraft's tasks (its core, the state-machine worker, replication
-        // and heartbeats, and the peer connections they dial) run on a
-        // runtime of their own with one thread; see `RaftThread`.
-        let raft_thread = RaftThread::start(&cfg.name)?;
-        let raft = {
-            let sm = sm.clone();
-            raft_thread
-                .handle
-                .spawn(async move {
-                    openraft::Raft::new(id, Arc::new(raft_config), net, log_store, sm).await
-                })
-                .await
-                .context("start raft: the task ended")?
-                .context("start raft")?
-        };
+        let raft = openraft::Raft::new(id, Arc::new(raft_config), net, log_store, sm.clone())
+            .await
+            .context("start raft")?;
 
         if !identity.joined && !raft.is_initialized().await.context("raft stopped")? {
             let members: BTreeMap<u64, Member> = cfg
@@ -176,7 +164,6 @@ impl Node {
             telemetry,
             failover: super::failover::Failover::default(),
             read_rounds,
-            _raft_thread: raft_thread,
         });
         tokio::spawn(super::reads::read_index_rounds(
             Arc::downgrade(&node),
@@ -316,49 +303,5 @@ async fn publish_client_addr(node: Arc<Node>) {
         if let Some(d) = backoff.next() {
             tokio::time::sleep(d).await;
         }
-    }
-}
-
-/// The thread openraft runs on: a current-thread tokio runtime.
-///
-/// Why not the member's multi-threaded runtime: a write crosses openraft's
-/// core task, its state-machine worker, the replication tasks and their
-/// connections several times, and on a shared runtime each crossing may wake
-/// another parked worker thread (a futex call and a context switch, tens of
-/// microseconds on a busy machine). On one thread those crossings are plain
-/// task switches. Measured with two builds side by side (`contrib/bench/ab.sh`,
-/// see docs/benchmarks.md): a single put took about two thirds of the time.
-/// The gRPC services, reads and watch fan-out stay on the multi-threaded
-/// runtime, so reads still use every core.
-///
-/// The thread lives as long as the `Node`: dropping this stops its runtime
-/// (after `Node::shutdown` stopped Raft, nothing is left on it).
-pub(super) struct RaftThread {
-    pub(super) handle: tokio::runtime::Handle,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-impl RaftThread {
-    fn start(member: &str) -> anyhow::Result<RaftThread> {
-        use anyhow::Context;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name(format!("raft-{member}"))
-            .build()
-            .context("start the raft runtime")?;
-        let handle = rt.handle().clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        std::thread::Builder::new()
-            .name(format!("raft-{member}"))
-            .spawn(move || {
-                rt.block_on(async {
-                    let _ = stopped.await;
-                });
-            })
-            .context("start the raft thread")?;
-        Ok(RaftThread {
-            handle,
-            _stop: stop,
-        })
     }
 }

@@ -230,8 +230,6 @@ pub struct Node {
     /// Linearizable reads waiting for a ReadIndex round
     /// (`reads::read_index_rounds`).
     read_rounds: tokio::sync::mpsc::UnboundedSender<reads::ReadWaiter>,
-    /// The thread openraft runs on (`bootstrap::RaftThread`).
-    _raft_thread: bootstrap::RaftThread,
 }
 
 /// Snapshot of what a member knows, for status output.
