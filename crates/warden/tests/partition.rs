@@ -77,3 +77,74 @@ async fn isolated_leader_steps_down_majority_continues_and_all_converge() {
     assert_eq!(got.len(), 40, "{got:?}");
     assert!(got.iter().all(|(k, _)| k != "p/isolated"));
 }
+
+/// A linearizable read with a long deadline, stuck on a leader that went
+/// silent (SIGSTOP: its connections stay open, nothing answers), does not
+/// hold up the reads behind it: they share ReadIndex rounds, and a round is
+/// cut short after two election timeouts, so once the others elected a new
+/// leader a read with a short deadline is served within it, and the long
+/// one long before its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_stuck_on_a_silent_leader_does_not_hold_up_later_reads() {
+    use warden_proto::etcdserverpb as pb;
+    let c = Cluster::start(3);
+    let leader = c.wait_leader(ELECT).await;
+    let f = (leader + 1) % 3;
+    let g = (leader + 2) % 3;
+    let f_ep = c.members[f].client.clone();
+    put(&f_ep, "s/k", "v").await.expect("put");
+    // The follower has asked the leader for a read index (its forward
+    // connection is up).
+    get_prefix(&f_ep, "s/").await.expect("read before the stop");
+
+    let read = |deadline: Duration| {
+        let ep = f_ep.clone();
+        async move {
+            let mut req = tonic::Request::new(pb::RangeRequest {
+                key: b"s/k".to_vec(),
+                ..Default::default()
+            });
+            req.set_timeout(deadline);
+            let started = std::time::Instant::now();
+            let r = common::kv(&ep).await.range(req).await;
+            (r.map(|r| r.into_inner().kvs.len()), started.elapsed())
+        }
+    };
+
+    let pid = c.members[leader].child.as_ref().expect("leader runs").id();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let long = tokio::spawn(read(Duration::from_secs(60)));
+    // The other two elect a new leader.
+    let g_ep = c.members[g].client.clone();
+    eventually(ELECT, || {
+        let ep = g_ep.clone();
+        async move {
+            put(&ep, "s/after", "x")
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    let (short, took) = read(Duration::from_secs(5)).await;
+    let (long, long_took) = long.await.expect("long read task");
+    signal("-CONT");
+    assert_eq!(
+        short.expect("short read behind the stuck one"),
+        1,
+        "{took:?}"
+    );
+    assert_eq!(long.expect("long read"), 1);
+    assert!(
+        long_took < Duration::from_secs(30),
+        "the long read waited {long_took:?}, as for its own deadline"
+    );
+}

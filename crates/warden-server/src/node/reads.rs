@@ -17,6 +17,7 @@ use std::io;
 use openraft::error::{LinearizableReadError, RaftError};
 use openraft::ReadPolicy;
 use std::sync::Weak;
+use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
@@ -86,6 +87,10 @@ pub(super) enum ReadIndexMiss {
     Failed(NodeError),
 }
 
+/// The shortest time a ReadIndex round may take before it is cut short
+/// (otherwise two election timeouts).
+const MIN_ROUND_LIMIT: Duration = Duration::from_secs(1);
+
 /// A linearizable read waiting for the next ReadIndex round.
 pub(super) struct ReadWaiter {
     deadline: Instant,
@@ -117,7 +122,13 @@ pub(super) async fn read_index_rounds(
             return;
         };
         node.telemetry.read_index_round(batch.len());
-        let r = node.read_index(deadline).await;
+        // However long the batch's reads may wait, one round is cut short
+        // (its reads then take part in the next one; see `linearize`): a
+        // round stuck on a leader that stopped answering must not hold up
+        // the reads queued behind it once another leader could serve them.
+        let limit = Duration::from_millis(node.config.election_timeout_max_ms.saturating_mul(2))
+            .max(MIN_ROUND_LIMIT);
+        let r = node.read_index(deadline.min(Instant::now() + limit)).await;
         drop(node);
         for w in batch {
             let _ = w.tx.send(r.clone());
@@ -277,14 +288,21 @@ impl Node {
     /// etcd's read loop does: a follower sends one ReadIndex to the leader
     /// for a whole batch of reads instead of one RPC per read.
     pub async fn linearize(&self, deadline: Instant) -> Result<(), NodeError> {
-        let (tx, rx) = oneshot::channel();
-        self.read_rounds
-            .send(ReadWaiter { deadline, tx })
-            .map_err(|_| NodeError::Stopped)?;
-        let index = match tokio::time::timeout_at(deadline, rx).await {
-            Err(_) => return Err(NodeError::Timeout),
-            Ok(Err(_)) => return Err(NodeError::Stopped),
-            Ok(Ok(r)) => r?,
+        let index = loop {
+            let (tx, rx) = oneshot::channel();
+            self.read_rounds
+                .send(ReadWaiter { deadline, tx })
+                .map_err(|_| NodeError::Stopped)?;
+            match tokio::time::timeout_at(deadline, rx).await {
+                Err(_) => return Err(NodeError::Timeout),
+                Ok(Err(_)) => return Err(NodeError::Stopped),
+                Ok(Ok(Ok(index))) => break index,
+                // The round was cut short before this read's deadline (a
+                // round times out at its limit or at its latest deadline,
+                // so this cannot spin): the next round may find a leader.
+                Ok(Ok(Err(NodeError::Timeout))) if Instant::now() < deadline => {}
+                Ok(Ok(Err(e))) => return Err(e),
+            }
         };
         self.wait_applied(index, deadline).await
     }
@@ -310,14 +328,20 @@ impl Node {
             };
             match self
                 .forward(leader, &ForwardRequest::ReadIndex, deadline)
-                .await?
+                .await
             {
-                ForwardResponse::ReadIndex(index) => return Ok(index),
-                ForwardResponse::NotLeader(_) if tries < 3 => {
+                Ok(ForwardResponse::ReadIndex(index)) => return Ok(index),
+                Ok(ForwardResponse::NotLeader(_)) if tries < 3 => {
                     self.wait_leader(deadline).await;
                 }
-                ForwardResponse::Failed(e) => return Err(e),
-                _ => return Err(NodeError::NoLeader),
+                // The call broke after it may have reached the leader. A
+                // write could not be retried (it might apply twice), but a
+                // ReadIndex has no effect: ask whoever leads next.
+                Err(NodeError::LeaderChanged) if tries < 3 => {
+                    self.wait_leader_other_than(leader, deadline).await;
+                }
+                Ok(ForwardResponse::Failed(e)) | Err(e) => return Err(e),
+                Ok(_) => return Err(NodeError::NoLeader),
             }
         }
     }
