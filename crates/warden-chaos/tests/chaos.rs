@@ -111,8 +111,10 @@ fn short_profile_finds_no_violation() {
     assert!(history.lines().count() > 100, "too few operations recorded");
 }
 
-#[test]
-fn stale_reads_fault_is_caught() {
+/// Runs `workload` on three members with `fault` injected into the
+/// harness, and asserts its checker caught it: the run fails with a
+/// violation reported under the workload's name. Returns what it printed.
+fn caught(workload: &str, nemeses: &str, duration: &str, seed: &str, fault: &str) -> String {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     let out = chaos(
@@ -121,24 +123,36 @@ fn stale_reads_fault_is_caught() {
             "--members",
             "3",
             "--duration",
-            "25",
+            duration,
             "--seed",
-            "20260502",
+            seed,
             "--workloads",
-            "register",
-            // Partitions leave a follower behind while the others write, so
-            // its local reads are stale for sure, not just when replication
-            // happens to lag.
+            workload,
             "--nemeses",
-            "partition-halves,partition-leader",
+            nemeses,
             "--fault",
-            "stale-reads",
+            fault,
         ],
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(1), "the fault went unnoticed");
-    assert!(stdout.contains("register: "), "{stdout}");
+    assert!(stdout.contains(&format!("{workload}: ")), "{stdout}");
     assert!(stdout.contains("VIOLATION"), "{stdout}");
+    stdout
+}
+
+#[test]
+fn stale_reads_fault_is_caught() {
+    // Partitions leave a follower behind while the others write, so its
+    // local reads are stale for sure, not just when replication happens to
+    // lag.
+    let stdout = caught(
+        "register",
+        "partition-halves,partition-leader",
+        "25",
+        "20260502",
+        "stale-reads",
+    );
     assert!(stdout.contains("is not linearizable"), "{stdout}");
     assert!(
         stdout.contains("\"fault\":true"),
@@ -150,29 +164,7 @@ fn stale_reads_fault_is_caught() {
 /// a new untagged write: the counter checker must see those applied twice.
 #[test]
 fn duplicate_increments_fault_is_caught() {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = chaos(
-        dir.path(),
-        &[
-            "--members",
-            "3",
-            "--duration",
-            "10",
-            "--seed",
-            "20260503",
-            "--workloads",
-            "counter",
-            "--nemeses",
-            "none",
-            "--fault",
-            "duplicate-increments",
-        ],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "the fault went unnoticed");
-    assert!(stdout.contains("counter: "), "{stdout}");
-    assert!(stdout.contains("VIOLATION"), "{stdout}");
+    let stdout = caught("counter", "none", "10", "20260503", "duplicate-increments");
     assert!(stdout.contains("times: its marker"), "{stdout}");
 }
 

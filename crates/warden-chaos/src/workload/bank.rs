@@ -142,18 +142,5 @@ async fn transfer(
         from_balance: fb - amount,
         to_balance: tb + amount,
     };
-    let invoke = ctx.rec.now();
-    match client.txn(req).await {
-        Ok(r) => ctx.record_ok(
-            process,
-            invoke,
-            call,
-            Ret::Txn {
-                succeeded: r.succeeded,
-                revision: revision_of(r.header.as_ref()),
-            },
-            r.header.as_ref(),
-        ),
-        Err(e) => ctx.record_err(process, invoke, call, &e),
-    }
+    ctx.txn(client, process, call, req).await;
 }

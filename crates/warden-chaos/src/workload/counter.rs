@@ -205,26 +205,9 @@ async fn increment(
         from,
         mod_revision,
     };
-    let invoke = ctx.rec.now();
-    match client.txn(req.clone()).await {
-        Ok(r) => {
-            ctx.record_ok(
-                process,
-                invoke,
-                call,
-                Ret::Txn {
-                    succeeded: r.succeeded,
-                    revision: revision_of(r.header.as_ref()),
-                },
-                r.header.as_ref(),
-            );
-            Some(req)
-        }
-        Err(e) => {
-            ctx.record_err(process, invoke, call, &e);
-            None
-        }
-    }
+    ctx.txn(client, process, call, req.clone())
+        .await
+        .map(|_| req)
 }
 
 /// Reads every counter and marker in one Range (one revision) as the

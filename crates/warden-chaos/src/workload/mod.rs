@@ -21,7 +21,7 @@ use tonic::Code;
 
 use crate::history::{Call, Outcome, Recorder, Ret};
 use warden_client::{Client, ClientError, ClientOptions};
-use warden_proto::etcdserverpb::ResponseHeader;
+use warden_proto::etcdserverpb::{ResponseHeader, TxnRequest, TxnResponse};
 
 /// The keys and lock names the workloads use; all keys live under
 /// [`keys::PREFIX`], which the watchers follow.
@@ -232,6 +232,32 @@ impl Ctx {
             .record(process, invoke, call, Outcome::Ok, Some(ret), None, member);
     }
 
+    /// Sends `req` as one txn, recorded as `call` (with whether its
+    /// comparison held); its response, or `None` if it failed.
+    pub async fn txn(
+        &self,
+        client: &Client,
+        process: u32,
+        call: Call,
+        req: TxnRequest,
+    ) -> Option<TxnResponse> {
+        let invoke = self.rec.now();
+        match client.txn(req).await {
+            Ok(r) => {
+                let ret = Ret::Txn {
+                    succeeded: r.succeeded,
+                    revision: revision_of(r.header.as_ref()),
+                };
+                self.record_ok(process, invoke, call, ret, r.header.as_ref());
+                Some(r)
+            }
+            Err(e) => {
+                self.record_err(process, invoke, call, &e);
+                None
+            }
+        }
+    }
+
     /// Records an operation that failed; whether it may have taken effect
     /// follows from the error (`outcome_of`).
     pub fn record_err(&self, process: u32, invoke: u64, call: Call, e: &ClientError) {
@@ -268,11 +294,10 @@ pub async fn create_once(
     keys: Vec<(String, String)>,
     what: &str,
 ) -> anyhow::Result<()> {
-    use warden_proto::etcdserverpb::{compare, Compare, TxnRequest};
+    use warden_proto::etcdserverpb::{compare, Compare};
     let first = keys.first().map(|(k, _)| k.clone()).unwrap_or_default();
     let client = ctx.client().await?;
     for _ in 0..20 {
-        let invoke = ctx.rec.now();
         let req = TxnRequest {
             compare: vec![Compare {
                 result: compare::CompareResult::Equal as i32,
@@ -287,25 +312,14 @@ pub async fn create_once(
                 .collect(),
             failure: Vec::new(),
         };
-        match client.txn(req).await {
-            Ok(r) => {
-                ctx.record_ok(
-                    crate::history::HARNESS,
-                    invoke,
-                    call.clone(),
-                    Ret::Txn {
-                        succeeded: r.succeeded,
-                        revision: revision_of(r.header.as_ref()),
-                    },
-                    r.header.as_ref(),
-                );
-                return Ok(());
-            }
-            Err(e) => {
-                ctx.record_err(crate::history::HARNESS, invoke, call.clone(), &e);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+        if ctx
+            .txn(&client, crate::history::HARNESS, call.clone(), req)
+            .await
+            .is_some()
+        {
+            return Ok(());
         }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     anyhow::bail!("could not create the {what}")
 }

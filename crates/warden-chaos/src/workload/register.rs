@@ -152,7 +152,6 @@ async fn cas(ctx: &Ctx, client: &Client, process: u32, key: &str, from: &str, to
         from: from.to_string(),
         to: to.to_string(),
     };
-    let invoke = ctx.rec.now();
     let req = TxnRequest {
         compare: vec![Compare {
             result: compare::CompareResult::Equal as i32,
@@ -170,23 +169,7 @@ async fn cas(ctx: &Ctx, client: &Client, process: u32, key: &str, from: &str, to
         }],
         failure: Vec::new(),
     };
-    match client.txn(req).await {
-        Ok(r) => {
-            ctx.record_ok(
-                process,
-                invoke,
-                call,
-                Ret::Txn {
-                    succeeded: r.succeeded,
-                    revision: revision_of(r.header.as_ref()),
-                },
-                r.header.as_ref(),
-            );
-            r.succeeded
-        }
-        Err(e) => {
-            ctx.record_err(process, invoke, call, &e);
-            false
-        }
-    }
+    ctx.txn(client, process, call, req)
+        .await
+        .is_some_and(|r| r.succeeded)
 }

@@ -81,7 +81,7 @@ impl Node {
         deadline: Instant,
     ) -> Option<u64> {
         let mut rx = self.raft.metrics();
-        let wait = Duration::from_millis(self.config.election_timeout_max_ms * 2);
+        let wait = self.elections(2);
         let until = deadline.min(Instant::now() + wait);
         loop {
             let leader = rx.borrow_and_update().current_leader;
@@ -321,7 +321,7 @@ impl Node {
                     let bound = if view.0 == Some(leader) {
                         Duration::from_millis(self.config.heartbeat_interval_ms)
                     } else {
-                        Duration::from_millis(self.config.election_timeout_max_ms * 2)
+                        self.elections(2)
                     };
                     tracing::debug!(asked = %format!("{leader:x}"), ?hint, ?view, "forwarded write refused: waiting for a new view");
                     view = self.wait_view_change(view, bound, deadline).await;

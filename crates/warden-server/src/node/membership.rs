@@ -324,7 +324,7 @@ impl Node {
             .await
             .map_err(|e| refused(tonic::Code::Unavailable, &e.to_string()))?;
         let mut rx = self.raft.metrics();
-        let wait = Duration::from_millis(self.config.election_timeout_max_ms * 3);
+        let wait = self.elections(3);
         let moved = tokio::time::timeout(wait, async {
             while rx.borrow_and_update().current_leader != Some(target) {
                 if rx.changed().await.is_err() {
@@ -517,8 +517,7 @@ pub fn removed_by(
 /// a majority of them agree ([`removed_by`]). On removal it records that in
 /// `member.json`, so the data dir cannot be restarted as a member.
 pub async fn watch_for_removal(node: std::sync::Arc<Node>, mut identity: Identity) {
-    let period = Duration::from_millis(node.config.election_timeout_max_ms.saturating_mul(2))
-        .max(Duration::from_millis(500));
+    let period = node.elections(2).max(Duration::from_millis(500));
     let mut turn = 0usize;
     // The latest answer of each peer (memberships only move forward, so an
     // older answer stays true of the past).

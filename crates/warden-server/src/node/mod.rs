@@ -265,6 +265,12 @@ impl Node {
         &self.name
     }
 
+    /// `n` of this member's longest election timeouts: the bounds of waits
+    /// for a leader change.
+    pub(super) fn elections(&self, n: u64) -> Duration {
+        Duration::from_millis(self.config.election_timeout_max_ms.saturating_mul(n))
+    }
+
     /// HTTP/2 limits for the client port (`api::serve`).
     pub fn client_http2(&self) -> Http2Limits {
         self.config.client_http2

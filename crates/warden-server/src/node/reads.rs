@@ -101,7 +101,8 @@ pub(super) struct ReadWaiter {
 /// arrived while a round was in flight joins the next round, which starts
 /// after it arrived, so the index it gets was confirmed after the read
 /// began (what linearizability needs). A batch's round runs until the latest
-/// deadline among its reads; each read still gives up at its own. The
+/// deadline among its reads, or two election timeouts if sooner; each read
+/// still gives up at its own. The
 /// queue holds one entry per linearizable read in progress, which the
 /// client port's stream and connection limits bound. Ends when the member
 /// is gone (its sender dropped).
@@ -126,8 +127,7 @@ pub(super) async fn read_index_rounds(
         // (its reads then take part in the next one; see `linearize`): a
         // round stuck on a leader that stopped answering must not hold up
         // the reads queued behind it once another leader could serve them.
-        let limit = Duration::from_millis(node.config.election_timeout_max_ms.saturating_mul(2))
-            .max(MIN_ROUND_LIMIT);
+        let limit = node.elections(2).max(MIN_ROUND_LIMIT);
         let r = node.read_index(deadline.min(Instant::now() + limit)).await;
         drop(node);
         for w in batch {
