@@ -51,8 +51,14 @@ pub fn classify(status: &Status) -> Failure {
         return Failure::Transient;
     }
     // A status produced locally from a transport error (it has a source
-    // error) rather than sent by the server, e.g. a connection reset.
-    if status.source().is_some() && matches!(status.code(), Code::Unknown | Code::Internal) {
+    // error) rather than sent by the server, e.g. a connection reset, or a
+    // connection closed under a call (hyper reports that as cancelled).
+    if status.source().is_some()
+        && matches!(
+            status.code(),
+            Code::Unknown | Code::Internal | Code::Cancelled
+        )
+    {
         return Failure::Transient;
     }
     Failure::Fatal
@@ -171,6 +177,22 @@ mod tests {
         assert_eq!(s.code(), Code::Unknown);
         assert_eq!(classify(&s), Failure::Transient);
         assert!(!may_retry(classify(&s), OpKind::Write));
+    }
+
+    /// A member killed under a call: the connection closes and hyper
+    /// cancels the call. A read is asked again elsewhere; a write is not
+    /// (it may have been applied).
+    #[test]
+    fn a_connection_closed_under_a_call_is_transient() {
+        let mut s = Status::cancelled("operation was canceled: connection closed");
+        s.set_source(std::sync::Arc::new(std::io::Error::other(
+            "connection closed",
+        )));
+        assert_eq!(classify(&s), Failure::Transient);
+        assert!(may_retry(classify(&s), OpKind::Read));
+        assert!(!may_retry(classify(&s), OpKind::Write));
+        // The same code sent by a server is its answer.
+        assert_eq!(classify(&Status::cancelled("canceled")), Failure::Fatal);
     }
 
     #[test]
