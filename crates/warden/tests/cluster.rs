@@ -318,6 +318,86 @@ fn counter(addr: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in\n{page}"))
 }
 
+/// Writes sent to a follower by many clients at once travel to the leader
+/// in shared `ForwardBatch` calls, and each client gets its own write's
+/// answer: every acknowledged put's revision is distinct and is the one
+/// its key holds on the leader, with its value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_on_a_follower_are_forwarded_in_batches() {
+    use warden_proto::etcdserverpb as pb;
+    let c = Cluster::start(3);
+    let leader = c.wait_leader(ELECT).await;
+    let l = c.members[leader].client.clone();
+    let f = c.members[(leader + 1) % 3].client.clone();
+    put(&f, "warm", "up").await.expect("first put");
+    let batches0 = counter(&f, "warden_forward_batches_total");
+    let writes0 = counter(&f, "warden_forward_batch_writes_total");
+
+    const WRITERS: usize = 64;
+    const WRITES: usize = 20;
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let f = f.clone();
+        writers.push(tokio::spawn(async move {
+            let mut kv = kv(&f).await;
+            let mut acked = Vec::new();
+            for i in 0..WRITES {
+                let (key, value) = (format!("fb/{w}/{i}"), format!("{w}.{i}"));
+                let r = kv
+                    .put(pb::PutRequest {
+                        key: key.clone().into_bytes(),
+                        value: value.clone().into_bytes(),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("put on a follower")
+                    .into_inner();
+                acked.push((key, value, r.header.expect("header").revision));
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.expect("writer"));
+    }
+    let revisions: std::collections::BTreeSet<i64> = acked.iter().map(|a| a.2).collect();
+    assert_eq!(
+        revisions.len(),
+        WRITERS * WRITES,
+        "two puts answered with one revision"
+    );
+    let mut kv_l = kv(&l).await;
+    for (key, value, rev) in &acked {
+        let r = kv_l
+            .range(pb::RangeRequest {
+                key: key.clone().into_bytes(),
+                ..Default::default()
+            })
+            .await
+            .expect("get on the leader")
+            .into_inner();
+        assert_eq!(r.kvs.len(), 1, "{key} missing");
+        assert_eq!(r.kvs[0].value, value.as_bytes(), "{key}");
+        assert_eq!(
+            r.kvs[0].mod_revision, *rev,
+            "{key} was answered with another write's revision"
+        );
+    }
+
+    let batches = counter(&f, "warden_forward_batches_total") - batches0;
+    let writes = counter(&f, "warden_forward_batch_writes_total") - writes0;
+    assert!(
+        writes >= (WRITERS * WRITES) as f64,
+        "{writes} forwarded writes counted, {} made",
+        WRITERS * WRITES
+    );
+    assert!(
+        batches >= 1.0 && batches * 2.0 < writes,
+        "{batches} batches for {writes} forwarded writes"
+    );
+}
+
 /// Linearizable reads on a follower, many at once while the leader takes
 /// writes: each sees every write acknowledged before it began, and they
 /// share ReadIndex rounds (one request to the leader for many reads, as

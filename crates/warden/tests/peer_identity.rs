@@ -11,7 +11,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{as_member, eventually, get, ids, put, Cluster};
+use common::{as_member, eventually, forward_batch_blob, get, ids, put, Cluster};
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use tonic::transport::Channel;
 use warden_proto::etcdserverpb as pb;
@@ -253,6 +253,17 @@ async fn forged_peer_messages_are_refused_and_change_nothing() {
         tonic::Code::PermissionDenied,
         to_leader
             .forward(as_member(encode(&publish).unwrap(), cluster, other_id))
+            .await,
+    );
+    // The same inside a batch of forwarded writes (the batched write is
+    // the `Request`, its timeout in ms, and no request id).
+    let mut item = encode(&publish).unwrap().data[1..].to_vec();
+    item.extend_from_slice(&[100, 0]);
+    refused_with(
+        "publish for another member in a batch",
+        tonic::Code::PermissionDenied,
+        to_leader
+            .forward_batch(as_member(forward_batch_blob(&[item]), cluster, other_id))
             .await,
     );
     // The same from a stranger, or from another cluster.

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{as_member, eventually, get, ids, put, Cluster};
+use common::{as_member, eventually, forward_batch_blob, get, ids, put, Cluster};
 use tonic::transport::Channel;
 use warden_proto::peer::raft_peer_client::RaftPeerClient;
 use warden_proto::peer::Blob;
@@ -100,6 +100,12 @@ async fn hostile_peer_input_is_refused_and_the_member_keeps_serving() {
             assert_refused("pre_vote", p.pre_vote(blob()).await);
             assert_refused("transfer_leader", p.transfer_leader(blob()).await);
             assert_refused("forward", p.forward(blob()).await);
+            assert_refused("forward_batch", p.forward_batch(blob()).await);
+            assert_refused(
+                "garbage write in a forward batch",
+                p.forward_batch(me(forward_batch_blob(std::slice::from_ref(&data))))
+                    .await,
+            );
             assert_refused("install_snapshot", p.install_snapshot(stream()).await);
             // A stream: the answer stream ends with the error.
             let mut answers = p.stream_append(stream()).await.unwrap().into_inner();
@@ -125,6 +131,26 @@ async fn hostile_peer_input_is_refused_and_the_member_keeps_serving() {
             data: vec![0; 33 << 20],
         }))
         .await,
+    );
+    // The same deep write inside a batch of forwarded writes (a batched
+    // write is the `Request` without the `ForwardRequest` tag, then its
+    // timeout and an absent request id).
+    let mut deep_item = deep[1..].to_vec();
+    deep_item.extend_from_slice(&[100, 0]);
+    assert_refused(
+        "deep write in a forward batch",
+        p.forward_batch(me(forward_batch_blob(&[deep_item]))).await,
+    );
+    // A batch over the bounds: too many writes, or too many bytes.
+    assert_refused(
+        "forward batch of 257 writes",
+        p.forward_batch(me(forward_batch_blob(&vec![Vec::new(); 257])))
+            .await,
+    );
+    assert_refused(
+        "oversized forward batch",
+        p.forward_batch(me(forward_batch_blob(&[vec![0; 33 << 20]])))
+            .await,
     );
     // Empty messages are not messages either.
     assert!(p.forward(me(Blob { data: vec![] })).await.is_err());

@@ -148,6 +148,7 @@ impl Node {
         }
 
         let (read_rounds, read_waiters) = tokio::sync::mpsc::unbounded_channel();
+        let (forward_writes, forward_queue) = tokio::sync::mpsc::unbounded_channel();
         let node = Arc::new(Node {
             id,
             name: cfg.name.clone(),
@@ -164,10 +165,15 @@ impl Node {
             telemetry,
             failover: super::failover::Failover::default(),
             read_rounds,
+            forward_writes,
         });
         tokio::spawn(super::reads::read_index_rounds(
             Arc::downgrade(&node),
             read_waiters,
+        ));
+        tokio::spawn(super::forward_batch::forward_batches(
+            Arc::downgrade(&node),
+            forward_queue,
         ));
         tokio::spawn(publish_client_addr(node.clone()));
         tokio::spawn(lessor::run(node.clone()));

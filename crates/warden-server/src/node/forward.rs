@@ -260,19 +260,48 @@ impl Node {
     ) -> Result<ForwardResponse, NodeError> {
         match self.call_peer(leader, req, deadline).await? {
             Ok(resp) => Ok(resp),
-            Err(s) if s.code() == tonic::Code::DeadlineExceeded => Err(NodeError::Timeout),
-            // The connection could not even be made: the request was never
-            // delivered, so it is safe to find the new leader and retry.
-            Err(s) if not_delivered(&s) => {
-                tracing::debug!("forward to {leader:x} not delivered: {s}");
-                self.wait_leader_other_than(leader, deadline).await;
-                Ok(ForwardResponse::NotLeader(None))
-            }
-            Err(s) => {
-                tracing::debug!("forward to {leader:x}: {s}");
-                Err(NodeError::LeaderChanged)
-            }
+            Err(s) => self.failed_forward(leader, &s, deadline).await,
         }
+    }
+
+    /// What a failed call to the leader's `Forward` (or `ForwardBatch`)
+    /// means for each request it carried.
+    pub(super) async fn failed_forward(
+        &self,
+        leader: u64,
+        s: &tonic::Status,
+        deadline: Instant,
+    ) -> Result<ForwardResponse, NodeError> {
+        if s.code() == tonic::Code::DeadlineExceeded {
+            return Err(NodeError::Timeout);
+        }
+        // The connection could not even be made: the request was never
+        // delivered, so it is safe to find the new leader and retry.
+        if not_delivered(s) {
+            tracing::debug!("forward to {leader:x} not delivered: {s}");
+            self.wait_leader_other_than(leader, deadline).await;
+            return Ok(ForwardResponse::NotLeader(None));
+        }
+        tracing::debug!("forward to {leader:x}: {s}");
+        Err(NodeError::LeaderChanged)
+    }
+
+    /// Sends a batch of forwarded writes (`forward_batch`) to the leader's
+    /// `ForwardBatch`: the encoded answers, or the gRPC status of a failed
+    /// call.
+    pub(super) async fn call_peer_batch(
+        &self,
+        peer: u64,
+        batch: warden_proto::peer::Blob,
+        deadline: Instant,
+    ) -> Result<Result<warden_proto::peer::Blob, tonic::Status>, NodeError> {
+        let mut client = self.forward_client(peer)?;
+        let mut r = tonic::Request::new(batch);
+        r.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        Ok(client
+            .forward_batch(r)
+            .await
+            .map(tonic::Response::into_inner))
     }
 
     async fn forward_write(
@@ -290,7 +319,7 @@ impl Node {
         let mut hint_followed = false;
         for _ in 0..FORWARD_ATTEMPTS {
             match self
-                .forward(leader, &ForwardRequest::Write(req.clone()), deadline)
+                .forward_write_batched(leader, req.clone(), deadline)
                 .await?
             {
                 ForwardResponse::Write(r, index) => {
@@ -428,17 +457,17 @@ impl Node {
     }
 }
 
+/// How many times a forwarded write is sent before giving up (each refusal
+/// after the first hint waits for a change of leader, or a heartbeat
+/// interval when the member asked is the one this member believes leads).
+const FORWARD_ATTEMPTS: usize = 10;
+
 /// Whether a failed peer call never reached the peer (connect refused or
 /// timed out), as opposed to failing after the request may have been sent.
 ///
 /// Decided by the error types in the status's source chain: an I/O error
 /// decides by its kind; a chain without one decides by whether tonic reports
 /// the failure as happening while connecting (`tonic::ConnectError`).
-/// How many times a forwarded write is sent before giving up (each refusal
-/// after the first hint waits for a change of leader, or a heartbeat
-/// interval when the member asked is the one this member believes leads).
-const FORWARD_ATTEMPTS: usize = 10;
-
 fn not_delivered(s: &tonic::Status) -> bool {
     use std::error::Error;
     if s.code() != tonic::Code::Unavailable {

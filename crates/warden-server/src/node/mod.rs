@@ -32,6 +32,7 @@ pub mod auto_compact;
 mod bootstrap;
 pub mod failover;
 mod forward;
+mod forward_batch;
 pub mod lessor;
 pub mod log_store;
 pub mod membership;
@@ -230,6 +231,8 @@ pub struct Node {
     /// Linearizable reads waiting for a ReadIndex round
     /// (`reads::read_index_rounds`).
     read_rounds: tokio::sync::mpsc::UnboundedSender<reads::ReadWaiter>,
+    /// Writes waiting for the next batch to the leader (see `forward_batch`).
+    forward_writes: tokio::sync::mpsc::UnboundedSender<forward_batch::QueuedWrite>,
 }
 
 /// Snapshot of what a member knows, for status output.

@@ -31,6 +31,7 @@ use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::forward_batch::{BatchedWrite, BATCH_OVERHEAD_BYTES, MAX_BATCH_WRITES};
 use super::network::{decode, encode, Remote, SnapshotHeader};
 use super::peer_auth::{self, PeerIdentity, RefusalLog};
 use super::state_machine::SnapshotFile;
@@ -587,6 +588,46 @@ impl RaftPeer for PeerService {
             None => self.node.handle_forward(fwd, deadline).await,
         };
         encode(&resp).map(Response::new).map_err(Status::internal)
+    }
+
+    async fn forward_batch(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let sender = self.admit(&req, "ForwardBatch", Need::Member)?;
+        let len = req.get_ref().data.len();
+        let max = MAX_FORWARD_BYTES + BATCH_OVERHEAD_BYTES;
+        if len > max {
+            return Err(bad(format!(
+                "forwarded batch of {len} bytes is larger than {max}"
+            )));
+        }
+        let items: Vec<serde_bytes::ByteBuf> = decode(req.get_ref()).map_err(bad)?;
+        if items.len() > MAX_BATCH_WRITES {
+            return Err(bad(format!(
+                "forwarded batch of {} writes is larger than {MAX_BATCH_WRITES}",
+                items.len()
+            )));
+        }
+        let mut writes = Vec::with_capacity(items.len());
+        for item in &items {
+            let w: BatchedWrite = postcard::from_bytes(item)
+                .map_err(|e| bad(format!("decode forwarded write: {e}")))?;
+            // A member publishes its own client address, nobody else's.
+            if let RaftRequest::Publish { node_id, .. } = &w.req {
+                if *node_id != sender {
+                    let msg = format!(
+                        "warden: member {sender:x} may not publish the attributes of member {node_id:x}"
+                    );
+                    self.refusals
+                        .warn("speaks for another member", &format!("ForwardBatch: {msg}"));
+                    return Err(Status::permission_denied(msg));
+                }
+            }
+            writes.push(w);
+        }
+        drop(items);
+        let answers = self.node.handle_forward_batch(writes, sender).await;
+        encode(&answers)
+            .map(Response::new)
+            .map_err(Status::internal)
     }
 }
 

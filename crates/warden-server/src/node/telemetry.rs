@@ -59,6 +59,8 @@ pub struct Telemetry {
     slow_watcher_cancels: Counter,
     read_index_rounds: Counter,
     read_index_reads: Counter,
+    forward_batches: Counter,
+    forward_batch_writes: Counter,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -81,6 +83,8 @@ impl Default for Telemetry {
             slow_watcher_cancels: Counter::default(),
             read_index_rounds: Counter::default(),
             read_index_reads: Counter::default(),
+            forward_batches: Counter::default(),
+            forward_batch_writes: Counter::default(),
         }
     }
 }
@@ -162,6 +166,16 @@ impl Telemetry {
             "Linearizable reads served by those rounds (reads per round = this over warden_read_index_rounds_total)",
             self.read_index_reads.clone(),
         );
+        reg.register(
+            "warden_forward_batches",
+            "Batches of client writes this member forwarded to the leader (one ForwardBatch call each)",
+            self.forward_batches.clone(),
+        );
+        reg.register(
+            "warden_forward_batch_writes",
+            "Client writes forwarded in those batches (writes per batch = this over warden_forward_batches_total)",
+            self.forward_batch_writes.clone(),
+        );
     }
 
     /// The observer to hand the Raft log (`LogDb::observe_commits`).
@@ -219,6 +233,12 @@ impl Telemetry {
     pub fn read_index_round(&self, reads: usize) {
         self.read_index_rounds.inc();
         self.read_index_reads.inc_by(reads as u64);
+    }
+
+    /// A batch of `writes` forwarded writes went to the leader.
+    pub fn forward_batch(&self, writes: usize) {
+        self.forward_batches.inc();
+        self.forward_batch_writes.inc_by(writes as u64);
     }
 
     /// The counter the watch hub adds its slow-watcher cancels to.

@@ -390,6 +390,25 @@ where
     }
 }
 
+/// A `ForwardBatch` body as a member builds it: postcard's list of byte
+/// strings (a varint count, then each as a varint length and its bytes).
+pub fn forward_batch_blob(items: &[Vec<u8>]) -> warden_proto::peer::Blob {
+    fn varint(mut n: usize, out: &mut Vec<u8>) {
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+    let mut data = Vec::new();
+    varint(items.len(), &mut data);
+    for i in items {
+        varint(i.len(), &mut data);
+        data.extend_from_slice(i);
+    }
+    warden_proto::peer::Blob { data }
+}
+
 /// `msg` as a peer call from `member` of `cluster` (the identity metadata
 /// every member sends with its peer calls).
 pub fn as_member<T>(msg: T, cluster: u64, member: u64) -> tonic::Request<T> {
