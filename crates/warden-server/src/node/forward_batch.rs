@@ -37,6 +37,7 @@ use super::network;
 use super::peer_service::MAX_FORWARD_BYTES;
 use super::types::Request;
 use super::{ForwardRequest, ForwardResponse, Node, NodeError};
+use warden_proto::peer::Blob;
 
 /// Batch calls a follower has outstanding at once.
 pub const IN_FLIGHT: usize = 2;
@@ -66,6 +67,30 @@ pub(super) struct QueuedWrite {
     encoded: Vec<u8>,
     deadline: Instant,
     tx: oneshot::Sender<Result<ForwardResponse, NodeError>>,
+}
+
+/// Decodes a `ForwardBatch` body: at most [`MAX_BATCH_WRITES`] writes,
+/// each a `BatchedWrite` (whose commands are depth-bounded as every
+/// decoded command is).
+pub fn decode_batch(b: &Blob) -> Result<Vec<BatchedWrite>, String> {
+    let items: Vec<ByteBuf> = network::decode(b)?;
+    if items.len() > MAX_BATCH_WRITES {
+        return Err(format!(
+            "forwarded batch of {} writes is larger than {MAX_BATCH_WRITES}",
+            items.len()
+        ));
+    }
+    items
+        .iter()
+        .map(|item| match postcard::take_from_bytes(item) {
+            Ok((w, [])) => Ok(w),
+            Ok((_, rest)) => Err(format!(
+                "decode forwarded write: {} unexpected bytes after it",
+                rest.len()
+            )),
+            Err(e) => Err(format!("decode forwarded write: {e}")),
+        })
+        .collect()
 }
 
 impl Node {

@@ -31,7 +31,7 @@ use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::forward_batch::{BatchedWrite, BATCH_OVERHEAD_BYTES, MAX_BATCH_WRITES};
+use super::forward_batch::{decode_batch, BATCH_OVERHEAD_BYTES};
 use super::network::{decode, encode, Remote, SnapshotHeader};
 use super::peer_auth::{self, PeerIdentity, RefusalLog};
 use super::state_machine::SnapshotFile;
@@ -599,17 +599,8 @@ impl RaftPeer for PeerService {
                 "forwarded batch of {len} bytes is larger than {max}"
             )));
         }
-        let items: Vec<serde_bytes::ByteBuf> = decode(req.get_ref()).map_err(bad)?;
-        if items.len() > MAX_BATCH_WRITES {
-            return Err(bad(format!(
-                "forwarded batch of {} writes is larger than {MAX_BATCH_WRITES}",
-                items.len()
-            )));
-        }
-        let mut writes = Vec::with_capacity(items.len());
-        for item in &items {
-            let w: BatchedWrite = postcard::from_bytes(item)
-                .map_err(|e| bad(format!("decode forwarded write: {e}")))?;
+        let writes = decode_batch(req.get_ref()).map_err(bad)?;
+        for w in &writes {
             // A member publishes its own client address, nobody else's.
             if let RaftRequest::Publish { node_id, .. } = &w.req {
                 if *node_id != sender {
@@ -621,9 +612,7 @@ impl RaftPeer for PeerService {
                     return Err(Status::permission_denied(msg));
                 }
             }
-            writes.push(w);
         }
-        drop(items);
         let answers = self.node.handle_forward_batch(writes, sender).await;
         encode(&answers)
             .map(Response::new)
@@ -690,6 +679,8 @@ mod tests {
         let _ = decode::<TransferLeaderRequest<TypeConfig>>(&b);
         let _ = decode::<ForwardRequest>(&b);
         let _ = decode::<ForwardResponse>(&b);
+        let _ = decode_batch(&b);
+        let _ = decode::<Vec<ForwardResponse>>(&b);
         let _ = decode::<Remote<AppendEntriesResponse<TypeConfig>>>(&b);
         let _ = decode::<Remote<StreamAppendResult<TypeConfig>>>(&b);
         let _ = decode::<Remote<VoteResponse<TypeConfig>>>(&b);
