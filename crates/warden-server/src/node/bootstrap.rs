@@ -149,6 +149,7 @@ impl Node {
 
         let (read_rounds, read_waiters) = tokio::sync::mpsc::unbounded_channel();
         let (forward_writes, forward_queue) = tokio::sync::mpsc::unbounded_channel();
+        let forward_slots = Arc::new(tokio::sync::Semaphore::new(super::forward_batch::IN_FLIGHT));
         let node = Arc::new(Node {
             id,
             name: cfg.name.clone(),
@@ -166,6 +167,7 @@ impl Node {
             failover: super::failover::Failover::default(),
             read_rounds,
             forward_writes,
+            forward_slots: forward_slots.clone(),
         });
         tokio::spawn(super::reads::read_index_rounds(
             Arc::downgrade(&node),
@@ -173,6 +175,7 @@ impl Node {
         ));
         tokio::spawn(super::forward_batch::forward_batches(
             Arc::downgrade(&node),
+            forward_slots,
             forward_queue,
         ));
         tokio::spawn(publish_client_addr(node.clone()));

@@ -3,9 +3,10 @@
 //! the previous calls were in flight, instead of one `Forward` call (an
 //! HTTP/2 stream, its headers, the peer checks, a task on each side) per
 //! write. etcd's followers do the same by sending proposals in their Raft
-//! message stream. With one write at a time a batch holds one write and is
-//! sent at once; under load, at most [`IN_FLIGHT`] calls are outstanding
-//! and the writes arriving meanwhile wait for the next one.
+//! message stream. A write that finds nothing else on its way to the
+//! leader is sent at once, alone, over `Forward` by its own task; under
+//! load, at most [`IN_FLIGHT`] calls are outstanding and the writes
+//! arriving meanwhile wait for the next batch.
 //!
 //! Each write keeps its own deadline and request id, and the leader serves
 //! each exactly as a `Forward(Write)` (`Node::handle_forward`), concurrently.
@@ -25,7 +26,7 @@
 //! matched by position and the count is checked), or retry a write whose
 //! batch call may have been delivered.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -102,6 +103,18 @@ impl Node {
         req: Request,
         deadline: Instant,
     ) -> Result<ForwardResponse, NodeError> {
+        // Nothing else on its way to the leader: this write goes at once,
+        // alone, from this task (no hand-off to the batching task), and the
+        // writes arriving meanwhile queue for a batch. Only this write
+        // rides on this call, so this task being cancelled affects no other.
+        // (The batching task holds a slot while it waits for writes, so a
+        // free slot here means no batch is in flight.)
+        if let Ok(_slot) = self.forward_slots.try_acquire() {
+            self.telemetry.forward_batch(1);
+            return self
+                .forward(leader, &ForwardRequest::Write(req), deadline)
+                .await;
+        }
         let item = BatchedWrite {
             req,
             timeout_ms: millis(deadline.saturating_duration_since(Instant::now())),
@@ -177,14 +190,14 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// Sends the queued forwarded writes in batches, at most [`IN_FLIGHT`]
-/// calls at a time: each batch takes everything queued when a call slot is
+/// calls at a time (`slots`, shared with the writes that go alone): each batch takes everything queued when a call slot is
 /// free (up to the bounds), split by the leader each write was meant for.
 /// Ends when the member is gone (its sender dropped).
 pub(super) async fn forward_batches(
     node: Weak<Node>,
+    slots: Arc<Semaphore>,
     mut rx: mpsc::UnboundedReceiver<QueuedWrite>,
 ) {
-    let slots = std::sync::Arc::new(Semaphore::new(IN_FLIGHT));
     let mut next: Option<QueuedWrite> = None;
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {

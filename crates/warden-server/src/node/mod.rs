@@ -233,6 +233,8 @@ pub struct Node {
     read_rounds: tokio::sync::mpsc::UnboundedSender<reads::ReadWaiter>,
     /// Writes waiting for the next batch to the leader (see `forward_batch`).
     forward_writes: tokio::sync::mpsc::UnboundedSender<forward_batch::QueuedWrite>,
+    /// Calls to the leader carrying forwarded writes that may be in flight.
+    forward_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Snapshot of what a member knows, for status output.

@@ -168,12 +168,12 @@ impl Telemetry {
         );
         reg.register(
             "warden_forward_batches",
-            "Batches of client writes this member forwarded to the leader (one ForwardBatch call each)",
+            "Calls to the leader carrying client writes this member forwarded (a ForwardBatch, or a Forward for a write that went alone)",
             self.forward_batches.clone(),
         );
         reg.register(
             "warden_forward_batch_writes",
-            "Client writes forwarded in those batches (writes per batch = this over warden_forward_batches_total)",
+            "Client writes forwarded in those calls (writes per call = this over warden_forward_batches_total)",
             self.forward_batch_writes.clone(),
         );
     }
@@ -235,7 +235,7 @@ impl Telemetry {
         self.read_index_reads.inc_by(reads as u64);
     }
 
-    /// A batch of `writes` forwarded writes went to the leader.
+    /// A call carrying `writes` forwarded writes went to the leader.
     pub fn forward_batch(&self, writes: usize) {
         self.forward_batches.inc();
         self.forward_batch_writes.inc_by(writes as u64);
