@@ -29,11 +29,13 @@
 //! - anything else: refused at open with the version found and the versions
 //!   this build reads.
 //!
-//! Durability: [`LogDb::append_journaled`] (the Raft append path) commits
-//! the batch to redb without an fsync (visible to readers at once) and
-//! makes it durable with one record appended to the journal and one
-//! `fdatasync` of the journal: a small sequential write, where a durable
-//! redb commit rewrites and flushes about seven scattered pages. Every
+//! Durability: [`LogDb::append_journaled`] (the Raft append path) makes
+//! the batch durable with one record appended to the journal and one
+//! `fdatasync` of the journal ([`LogDb::journal_append`]): a small
+//! sequential write, where a durable redb commit rewrites and flushes about
+//! seven scattered pages. Then it commits the batch to redb without an
+//! fsync ([`LogDb::file_journaled`]; readers of the file see it from
+//! then on). A caller may acknowledge the append between the two halves. Every
 //! other write ([`LogDb::append`], truncation, purge, metadata) is a redb
 //! transaction committed with immediate durability (fsync) before it
 //! returns, preceded by a checkpoint: a durable redb commit of everything
@@ -76,6 +78,15 @@ const FORMAT_KEY: &str = "version";
 /// The meta key [`LogDb::append_journaled`] writes the committed log id
 /// under.
 pub const COMMITTED_KEY: &str = "committed";
+
+/// Where [`LogDb::journal_append`] made a batch durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Journaled {
+    /// In the journal: the file still needs [`LogDb::file_journaled`].
+    InJournal,
+    /// In the file (the journal was full and has been checkpointed).
+    InFile,
+}
 /// The layout version this build stamps: records at
 /// [`format::FORMAT_VERSION`], with a journal (see the module docs).
 pub const LAYOUT_VERSION: u32 = 2;
@@ -477,12 +488,34 @@ impl LogDb {
     /// The Raft append path: appends (or overwrites) entries and, if given,
     /// sets the committed log id's record ([`COMMITTED_KEY`]), all in one
     /// journal record, so one `fdatasync` for a whole group of batches.
-    /// Readable at once, durable when this returns (see the module docs).
+    /// Readable and durable when this returns (see the module docs):
+    /// [`LogDb::journal_append`], then [`LogDb::file_journaled`].
     pub fn append_journaled(
         &self,
         entries: &[(u64, Vec<u8>)],
         committed: Option<&[u8]>,
     ) -> Result<(), LogError> {
+        match self.journal_append(entries, committed)? {
+            Journaled::InJournal => self.file_journaled(entries, committed),
+            Journaled::InFile => Ok(()),
+        }
+    }
+
+    /// The durable half of [`LogDb::append_journaled`]: when this returns
+    /// the batch is on disk, in the journal (one record, one `fdatasync`),
+    /// or, when the journal is full, in the file by a durable commit that
+    /// checkpoints the journal too. In the journal case the caller must
+    /// then call [`LogDb::file_journaled`] with the same batch before any
+    /// other write, and until it has, readers of the file do not see the
+    /// batch (the Raft log store serves it from memory meanwhile). Splitting
+    /// the two lets the caller acknowledge the append after the sync, with
+    /// the file's commit off that path; a crash in between is a crash after
+    /// a journaled append: the open replays the journal.
+    pub fn journal_append(
+        &self,
+        entries: &[(u64, Vec<u8>)],
+        committed: Option<&[u8]>,
+    ) -> Result<Journaled, LogError> {
         let mut journal = self.wal()?;
         let record = wal::encode(entries, committed).map_err(|source| WalError::Io {
             path: Self::wal_path(&self.path),
@@ -493,13 +526,23 @@ impl LogDb {
             // checkpoint of everything before it too.
             self.commit(Durability::Immediate, |w| Self::put(w, entries, committed))?;
             journal.reset()?;
-            return Ok(());
+            return Ok(Journaled::InFile);
         }
-        self.commit(Durability::None, |w| Self::put(w, entries, committed))?;
         let started = Instant::now();
         journal.append(&record)?;
         self.observed(started);
-        Ok(())
+        Ok(Journaled::InJournal)
+    }
+
+    /// The second half of [`LogDb::append_journaled`]: commits a batch
+    /// [`LogDb::journal_append`] put in the journal to the file, without
+    /// fsync (the journal holds it durably until the next checkpoint).
+    pub fn file_journaled(
+        &self,
+        entries: &[(u64, Vec<u8>)],
+        committed: Option<&[u8]>,
+    ) -> Result<(), LogError> {
+        self.commit(Durability::None, |w| Self::put(w, entries, committed))
     }
 
     /// Entries with indexes in `range`, in order, checksums verified.
@@ -869,6 +912,35 @@ mod tests {
         assert_eq!(stored_entries(&crashed.path().join("raft.redb")).len(), 10);
         // A clean close checkpoints too: nothing to replay.
         assert_eq!(open(&dir).replayed(), 0);
+    }
+
+    /// A batch acknowledged after the journal's sync but before its commit
+    /// to the file (what the Raft log store does) survives a crash in
+    /// between: the open replays it from the journal.
+    #[test]
+    fn a_batch_only_in_the_journal_survives_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        db.append(&[(1, b"durable".to_vec())]).unwrap();
+        let c = 2u64.to_le_bytes();
+        let batch = [(2, vec![2u8; 100])];
+        assert_eq!(
+            db.journal_append(&batch, Some(&c)).unwrap(),
+            Journaled::InJournal
+        );
+        // Not in the file yet: the caller serves it from memory meanwhile.
+        assert_eq!(db.read_range(..).unwrap().len(), 1);
+        let crashed = crash_copy(&dir);
+        db.file_journaled(&batch, Some(&c)).unwrap();
+        assert_eq!(db.read_range(..).unwrap().len(), 2);
+        drop(db);
+        let db = open(&crashed);
+        assert_eq!(db.replayed(), 1);
+        assert_eq!(
+            db.read_range(..).unwrap(),
+            vec![(1, b"durable".to_vec()), (2, vec![2u8; 100])]
+        );
+        assert_eq!(db.get_meta(COMMITTED_KEY).unwrap(), Some(c.to_vec()));
     }
 
     /// A checkpoint (here, before a vote write) leaves the redb file alone

@@ -14,12 +14,15 @@
 //! entries, puts them in the in-memory tail (so they are readable at once,
 //! as openraft requires: replication to followers starts before the local
 //! fsync finishes, as in etcd) and queues them for the writer thread, then
-//! returns. The writer takes everything queued and hands it to
-//! [`LogDb::append_journaled`] as one batch: one redb commit without fsync
-//! and one journal record made durable by one `fdatasync` (see
-//! `warden_core::storage::log_db` and `wal`); only then does it report each
-//! batch flushed (`IOFlushed`) and drop it from the tail. Appends arriving
-//! during an fsync wait and go together in the next one: group commit.
+//! returns. The writer takes everything queued and makes it durable as one
+//! batch: one journal record and one `fdatasync`
+//! ([`LogDb::journal_append`]; see `warden_core::storage::log_db` and
+//! `wal`). Then it reports each append flushed (`IOFlushed`), and only
+//! after that commits the batch to the redb file without fsync
+//! ([`LogDb::file_journaled`]) and drops it from the tail, so the file's
+//! commit is not on the path from an append to its acknowledgement.
+//! Appends arriving during an fsync wait and go together in the next one:
+//! group commit.
 //!
 //! The committed log id is not worth an fsync of its own (openraft: optional;
 //! etcd writes a commit-only HardState without syncing too): it rides along
@@ -50,7 +53,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::types::{Entry, LogId, TypeConfig, Vote};
-use warden_core::storage::log_db::{LogDb, LogError};
+use warden_core::storage::log_db::{Journaled, LogDb, LogError};
 
 const VOTE: &str = "vote";
 const COMMITTED: &str = warden_core::storage::log_db::COMMITTED_KEY;
@@ -199,8 +202,11 @@ fn run_writer(db: Arc<LogDb>, tail: Arc<Tail>, rx: mpsc::Receiver<Job>) {
     flush_committed(&db, &mut committed, &mut failed);
 }
 
-/// Writes the queued appends (and the committed log id, if any) in one
-/// transaction, then reports each append flushed and drops it from the tail.
+/// Writes the queued appends (and the committed log id, if any) as one
+/// journal record, reports each append flushed once that is durable, then
+/// commits them to the file and drops them from the tail (so the file's
+/// commit is not between an append and its acknowledgement; readers find
+/// the entries in the tail until it is done).
 fn commit_group(
     db: &LogDb,
     tail: &Tail,
@@ -211,34 +217,50 @@ fn commit_group(
     if group.is_empty() {
         return;
     }
+    let records: Vec<(u64, Vec<u8>)> = group
+        .iter_mut()
+        .flat_map(|(records, _, _)| std::mem::take(records))
+        .collect();
     let res = match failed {
         Some(e) => Err(copy_err(e)),
-        None => {
-            let records: Vec<(u64, Vec<u8>)> = group
-                .iter_mut()
-                .flat_map(|(records, _, _)| std::mem::take(records))
-                .collect();
-            db.append_journaled(&records, committed.as_deref())
-                .map_err(io::Error::from)
-        }
+        None => db
+            .journal_append(&records, committed.as_deref())
+            .map_err(io::Error::from),
     };
-    match &res {
-        Ok(()) => *committed = None,
-        Err(e) => {
-            failed.get_or_insert_with(|| copy_err(e));
-        }
+    let committed_id = committed.take();
+    if let Err(e) = &res {
+        failed.get_or_insert_with(|| copy_err(e));
     }
-    for (_, ids, callback) in group.drain(..) {
-        if res.is_ok() {
-            let mut tail = lock(tail);
-            for id in &ids {
-                // Unless a later append replaced it in the meantime.
-                if tail.get(&id.index).is_some_and(|(e, _)| e.log_id == *id) {
-                    tail.remove(&id.index);
+    let mut ids = Vec::new();
+    for (_, group_ids, callback) in group.drain(..) {
+        callback.io_completed(res.as_ref().map(|_| ()).map_err(copy_err));
+        ids.extend(group_ids);
+    }
+    let in_file = match res {
+        Ok(Journaled::InFile) => true,
+        Ok(Journaled::InJournal) => {
+            match db.file_journaled(&records, committed_id.as_deref()) {
+                Ok(()) => true,
+                Err(e) => {
+                    // Durable in the journal all the same (the open replays
+                    // it), but the file's state is unknown now: the entries
+                    // stay readable from the tail, and every later write fails.
+                    tracing::warn!("raft log: committing journaled entries to the file: {e}");
+                    failed.get_or_insert_with(|| io::Error::from(e));
+                    false
                 }
             }
         }
-        callback.io_completed(res.as_ref().map(|_| ()).map_err(copy_err));
+        Err(_) => false,
+    };
+    if in_file {
+        let mut tail = lock(tail);
+        for id in &ids {
+            // Unless a later append replaced it in the meantime.
+            if tail.get(&id.index).is_some_and(|(e, _)| e.log_id == *id) {
+                tail.remove(&id.index);
+            }
+        }
     }
 }
 
