@@ -309,15 +309,6 @@ async fn maintenance_hash_agrees_and_defrag_and_move_leader_answer_like_etcd() {
     .await;
 }
 
-/// One counter's value on a member's `/metrics` page.
-fn counter(addr: &str, name: &str) -> f64 {
-    let (code, page) = http_get(addr, "/metrics").expect("scrape /metrics");
-    assert_eq!(code, 200, "{page}");
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{page}"))
-}
-
 /// Writes sent to a follower by many clients at once travel to the leader
 /// in shared `ForwardBatch` calls, and each client gets its own write's
 /// answer: every acknowledged put's revision is distinct and is the one
@@ -330,8 +321,8 @@ async fn concurrent_writes_on_a_follower_are_forwarded_in_batches() {
     let l = c.members[leader].client.clone();
     let f = c.members[(leader + 1) % 3].client.clone();
     put(&f, "warm", "up").await.expect("first put");
-    let batches0 = counter(&f, "warden_forward_batches_total");
-    let writes0 = counter(&f, "warden_forward_batch_writes_total");
+    let batches0 = metric(&f, "warden_forward_batches_total");
+    let writes0 = metric(&f, "warden_forward_batch_writes_total");
 
     const WRITERS: usize = 64;
     const WRITES: usize = 20;
@@ -385,8 +376,8 @@ async fn concurrent_writes_on_a_follower_are_forwarded_in_batches() {
         );
     }
 
-    let batches = counter(&f, "warden_forward_batches_total") - batches0;
-    let writes = counter(&f, "warden_forward_batch_writes_total") - writes0;
+    let batches = metric(&f, "warden_forward_batches_total") - batches0;
+    let writes = metric(&f, "warden_forward_batch_writes_total") - writes0;
     assert!(
         writes >= (WRITERS * WRITES) as f64,
         "{writes} forwarded writes counted, {} made",
@@ -411,8 +402,8 @@ async fn concurrent_linearizable_reads_share_read_index_rounds() {
     let l = c.members[leader].client.clone();
     let f = c.members[(leader + 1) % 3].client.clone();
     put(&l, "lin", "0").await.expect("first put");
-    let rounds0 = counter(&f, "warden_read_index_rounds_total");
-    let reads0 = counter(&f, "warden_read_index_reads_total");
+    let rounds0 = metric(&f, "warden_read_index_rounds_total");
+    let reads0 = metric(&f, "warden_read_index_reads_total");
 
     let acked = Arc::new(AtomicU64::new(0));
     let writer = {
@@ -455,8 +446,8 @@ async fn concurrent_linearizable_reads_share_read_index_rounds() {
     }
     writer.await.expect("writer");
 
-    let rounds = counter(&f, "warden_read_index_rounds_total") - rounds0;
-    let reads = counter(&f, "warden_read_index_reads_total") - reads0;
+    let rounds = metric(&f, "warden_read_index_rounds_total") - rounds0;
+    let reads = metric(&f, "warden_read_index_reads_total") - reads0;
     assert!(
         reads >= (READERS * READS) as f64,
         "{reads} reads counted, {} made",

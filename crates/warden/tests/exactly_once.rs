@@ -333,10 +333,28 @@ async fn sessions_travel_in_installed_snapshots() {
     c.kill(late);
     let at = c.members[leader].client.clone();
     let first = put_until_answered(&at, "once", "v", "snapjob", 7).await;
+    let written_at = common::metric(&at, "etcd_server_proposals_committed_total");
     // Enough entries that the leader snapshots and purges past the write.
     for i in 0..60 {
         common::put(&at, &format!("fill/{i}"), "x").await.unwrap();
     }
+    // The leader snapshots and purges in the background: wait until the
+    // write's entry is gone from its log, so the late member can only
+    // catch up by a snapshot.
+    common::eventually(Duration::from_secs(30), || {
+        let at = at.clone();
+        async move {
+            let purged = common::metric(&at, "warden_raft_log_purged_index");
+            if purged > written_at {
+                Ok(())
+            } else {
+                Err(format!(
+                    "log purged up to {purged}, the write is at {written_at}"
+                ))
+            }
+        }
+    })
+    .await;
     c.restart(late);
     let late_at = c.members[late].client.clone();
     common::eventually(Duration::from_secs(30), || {

@@ -66,6 +66,8 @@ pub struct Metrics {
     db_size: Gauge,
     quota: Gauge,
     term: Gauge,
+    snapshot_index: Gauge,
+    purged_index: Gauge,
     leases: Gauge,
     locks: Gauge,
     revision: Gauge,
@@ -121,6 +123,8 @@ impl Metrics {
             db_size: Gauge::default(),
             quota: Gauge::default(),
             term: Gauge::default(),
+            snapshot_index: Gauge::default(),
+            purged_index: Gauge::default(),
             leases: Gauge::default(),
             locks: Gauge::default(),
             revision: Gauge::default(),
@@ -179,6 +183,16 @@ impl Metrics {
             "warden_raft_term",
             "The Raft term this member is in",
             m.term.clone(),
+        );
+        m.registry.register(
+            "warden_raft_snapshot_index",
+            "Log index of this member's latest snapshot (0: none yet)",
+            m.snapshot_index.clone(),
+        );
+        m.registry.register(
+            "warden_raft_log_purged_index",
+            "Log index up to which this member has purged its Raft log (0: nothing purged)",
+            m.purged_index.clone(),
         );
         m.registry.register(
             "warden_mvcc_revision",
@@ -257,6 +271,8 @@ impl Metrics {
         gauge(&self.committed, st.committed);
         gauge(&self.applied, st.applied);
         gauge(&self.term, st.term);
+        gauge(&self.snapshot_index, st.snapshot_index);
+        gauge(&self.purged_index, st.purged_index);
         self.revision.set(st.revision);
         gauge(&self.quota, node.quota_bytes().unwrap_or(0));
         gauge(&self.apply_lag, st.committed.saturating_sub(st.applied));

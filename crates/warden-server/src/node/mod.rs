@@ -247,6 +247,10 @@ pub struct NodeStatus {
     pub last_log_index: u64,
     pub committed: u64,
     pub applied: u64,
+    /// Log index of the latest snapshot (0: none).
+    pub snapshot_index: u64,
+    /// Log index up to which the log was purged (0: none).
+    pub purged_index: u64,
     pub revision: i64,
     pub members: BTreeMap<u64, Member>,
     pub learners: Vec<u64>,
@@ -326,6 +330,8 @@ impl Node {
             last_log_index: m.last_log_index.unwrap_or(0),
             committed: m.local_committed.map_or(0, |l| l.index),
             applied: m.last_applied.map_or(0, |l| l.index),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            purged_index: m.purged.map_or(0, |l| l.index),
             revision,
             members,
             learners,

@@ -469,6 +469,16 @@ pub fn http_request(
 }
 
 /// `GET path` over HTTP/1.1: (status code, body).
+/// The value of the unlabelled metric `name` on the member serving
+/// clients at `addr` (its `/metrics` page).
+pub fn metric(addr: &str, name: &str) -> f64 {
+    let (code, page) = http_get(addr, "/metrics").expect("scrape /metrics");
+    assert_eq!(code, 200, "{page}");
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{page}"))
+}
+
 pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
     http_request(addr, "GET", path, &[])
 }
