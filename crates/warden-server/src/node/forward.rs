@@ -419,6 +419,29 @@ impl Node {
         }
     }
 
+    /// Runs `serve`, a request member `from` forwarded, under the client
+    /// request's id when it carries one: logged under the same id as on the
+    /// follower, and reported if slow.
+    pub(super) async fn as_forwarded<T>(
+        &self,
+        id: Option<String>,
+        from: u64,
+        serve: impl std::future::Future<Output = T>,
+    ) -> T {
+        match id {
+            Some(id) => {
+                let span = tracing::info_span!("forwarded", id = %id, from = %format!("{from:x}"));
+                crate::api::trace::in_request(
+                    id,
+                    span,
+                    crate::api::trace::timed(self.slow_request(), "forwarded request", serve),
+                )
+                .await
+            }
+            None => serve.await,
+        }
+    }
+
     /// Serves a forwarded request as the leader.
     pub(super) async fn handle_forward(
         &self,

@@ -156,30 +156,10 @@ impl Node {
         writes: Vec<BatchedWrite>,
         from: u64,
     ) -> Vec<ForwardResponse> {
-        let from = format!("{from:x}");
         let each = writes.into_iter().map(|w| {
             let deadline = self.deadline(Some(Duration::from_millis(w.timeout_ms)));
             let serve = self.handle_forward(ForwardRequest::Write(w.req), deadline);
-            let from = from.clone();
-            async move {
-                match w.id {
-                    // Logged under the same id as on the follower.
-                    Some(id) => {
-                        let span = tracing::info_span!("forwarded", id = %id, from = %from);
-                        crate::api::trace::in_request(
-                            id,
-                            span,
-                            crate::api::trace::timed(
-                                self.slow_request(),
-                                "forwarded request",
-                                serve,
-                            ),
-                        )
-                        .await
-                    }
-                    None => serve.await,
-                }
-            }
+            self.as_forwarded(w.id, from, serve)
         });
         futures::future::join_all(each).await
     }

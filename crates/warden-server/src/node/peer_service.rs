@@ -165,6 +165,27 @@ impl PeerService {
     /// cluster) or `PermissionDenied` (not a member, no identity, a
     /// certificate not valid for the sender's address). Returns the
     /// sender's member id.
+    /// A member publishes its own client address, nobody else's: refuses
+    /// a forwarded `Publish` that `sender` makes for another member.
+    fn own_publish_only(
+        &self,
+        rpc: &'static str,
+        write: &RaftRequest,
+        sender: u64,
+    ) -> Result<(), Status> {
+        match write {
+            RaftRequest::Publish { node_id, .. } if *node_id != sender => {
+                let msg = format!(
+                    "warden: member {sender:x} may not publish the attributes of member {node_id:x}"
+                );
+                self.refusals
+                    .warn("speaks for another member", &format!("{rpc}: {msg}"));
+                Err(Status::permission_denied(msg))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn admit<T>(&self, req: &Request<T>, rpc: &'static str, need: Need) -> Result<u64, Status> {
         let from = req
             .remote_addr()
@@ -551,16 +572,8 @@ impl RaftPeer for PeerService {
         if !matches!(fwd, ForwardRequest::AppliedMembership) {
             self.admit(&req, "Forward", Need::Member)?;
         }
-        // A member publishes its own client address, nobody else's.
-        if let ForwardRequest::Write(RaftRequest::Publish { node_id, .. }) = &fwd {
-            if *node_id != sender {
-                let msg = format!(
-                    "warden: member {sender:x} may not publish the attributes of member {node_id:x}"
-                );
-                self.refusals
-                    .warn("speaks for another member", &format!("Forward: {msg}"));
-                return Err(Status::permission_denied(msg));
-            }
+        if let ForwardRequest::Write(w) = &fwd {
+            self.own_publish_only("Forward", w, sender)?;
         }
         let id = req
             .metadata()
@@ -568,25 +581,10 @@ impl RaftPeer for PeerService {
             .and_then(|v| v.to_str().ok())
             .and_then(crate::api::trace::sane_id)
             .map(str::to_owned);
-        let resp = match id {
-            // A client request forwarded by a follower: logged under the
-            // same id as on the follower.
-            Some(id) => {
-                let span =
-                    tracing::info_span!("forwarded", id = %id, from = %format!("{sender:x}"));
-                crate::api::trace::in_request(
-                    id,
-                    span,
-                    crate::api::trace::timed(
-                        self.node.slow_request(),
-                        "forwarded request",
-                        self.node.handle_forward(fwd, deadline),
-                    ),
-                )
-                .await
-            }
-            None => self.node.handle_forward(fwd, deadline).await,
-        };
+        let resp = self
+            .node
+            .as_forwarded(id, sender, self.node.handle_forward(fwd, deadline))
+            .await;
         encode(&resp).map(Response::new).map_err(Status::internal)
     }
 
@@ -601,17 +599,7 @@ impl RaftPeer for PeerService {
         }
         let writes = decode_batch(req.get_ref()).map_err(bad)?;
         for w in &writes {
-            // A member publishes its own client address, nobody else's.
-            if let RaftRequest::Publish { node_id, .. } = &w.req {
-                if *node_id != sender {
-                    let msg = format!(
-                        "warden: member {sender:x} may not publish the attributes of member {node_id:x}"
-                    );
-                    self.refusals
-                        .warn("speaks for another member", &format!("ForwardBatch: {msg}"));
-                    return Err(Status::permission_denied(msg));
-                }
-            }
+            self.own_publish_only("ForwardBatch", &w.req, sender)?;
         }
         let answers = self.node.handle_forward_batch(writes, sender).await;
         encode(&answers)
