@@ -309,6 +309,64 @@ async fn maintenance_hash_agrees_and_defrag_and_move_leader_answer_like_etcd() {
     .await;
 }
 
+/// Forwarded writes whose answers together are larger than one peer
+/// message (each txn here reads back ~9 MiB; sixteen at once are ~150 MiB,
+/// over the 64 MiB message limit): the leader streams each answer on its
+/// own, so every one of them arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_writes_with_large_answers_all_succeed() {
+    use warden_proto::etcdserverpb as pb;
+    let c = Cluster::start(3);
+    let leader = c.wait_leader(ELECT).await;
+    let l = c.members[leader].client.clone();
+    let f = c.members[(leader + 1) % 3].client.clone();
+    let value = "v".repeat(1 << 20);
+    for i in 0..9 {
+        put(&l, &format!("big/{i}"), &value).await.expect("big put");
+    }
+    let mut txns = Vec::new();
+    for t in 0..16 {
+        let f = f.clone();
+        txns.push(tokio::spawn(async move {
+            let mut kv = kv(&f).await;
+            kv = kv.max_decoding_message_size(64 << 20);
+            let r = kv
+                .txn(pb::TxnRequest {
+                    compare: Vec::new(),
+                    success: vec![
+                        pb::RequestOp {
+                            request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                                key: format!("mark/{t}").into_bytes(),
+                                value: b"x".to_vec(),
+                                ..Default::default()
+                            })),
+                        },
+                        pb::RequestOp {
+                            request: Some(pb::request_op::Request::RequestRange(
+                                pb::RangeRequest {
+                                    key: b"big/".to_vec(),
+                                    range_end: b"big0".to_vec(),
+                                    ..Default::default()
+                                },
+                            )),
+                        },
+                    ],
+                    failure: Vec::new(),
+                })
+                .await
+                .expect("txn on a follower")
+                .into_inner();
+            match r.responses.get(1).and_then(|o| o.response.as_ref()) {
+                Some(pb::response_op::Response::ResponseRange(range)) => range.kvs.len(),
+                other => panic!("txn {t}: {other:?}"),
+            }
+        }));
+    }
+    for t in txns {
+        assert_eq!(t.await.expect("txn task"), 9);
+    }
+}
+
 /// Writes sent to a follower by many clients at once travel to the leader
 /// in shared `ForwardBatch` calls, and each client gets its own write's
 /// answer: every acknowledged put's revision is distinct and is the one

@@ -256,9 +256,9 @@ async fn forged_peer_messages_are_refused_and_change_nothing() {
             .await,
     );
     // The same inside a batch of forwarded writes (the batched write is
-    // the `Request`, its timeout in ms, and no request id).
+    // the `Request` and no request id).
     let mut item = encode(&publish).unwrap().data[1..].to_vec();
-    item.extend_from_slice(&[100, 0]);
+    item.push(0);
     refused_with(
         "publish for another member in a batch",
         tonic::Code::PermissionDenied,

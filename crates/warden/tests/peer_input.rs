@@ -133,10 +133,10 @@ async fn hostile_peer_input_is_refused_and_the_member_keeps_serving() {
         .await,
     );
     // The same deep write inside a batch of forwarded writes (a batched
-    // write is the `Request` without the `ForwardRequest` tag, then its
-    // timeout and an absent request id).
+    // write is the `Request` without the `ForwardRequest` tag, then an
+    // absent request id).
     let mut deep_item = deep[1..].to_vec();
-    deep_item.extend_from_slice(&[100, 0]);
+    deep_item.push(0);
     assert_refused(
         "deep write in a forward batch",
         p.forward_batch(me(forward_batch_blob(&[deep_item]))).await,

@@ -287,14 +287,14 @@ impl Node {
     }
 
     /// Sends a batch of forwarded writes (`forward_batch`) to the leader's
-    /// `ForwardBatch`: the encoded answers, or the gRPC status of a failed
+    /// `ForwardBatch`: the stream of answers, or the gRPC status of a failed
     /// call.
     pub(super) async fn call_peer_batch(
         &self,
         peer: u64,
         batch: warden_proto::peer::Blob,
         deadline: Instant,
-    ) -> Result<Result<warden_proto::peer::Blob, tonic::Status>, NodeError> {
+    ) -> Result<Result<tonic::Streaming<warden_proto::peer::Blob>, tonic::Status>, NodeError> {
         let mut client = self.forward_client(peer)?;
         let mut r = tonic::Request::new(batch);
         r.set_timeout(deadline.saturating_duration_since(Instant::now()));

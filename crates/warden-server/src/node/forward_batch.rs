@@ -8,13 +8,18 @@
 //! load, at most [`IN_FLIGHT`] calls are outstanding and the writes
 //! arriving meanwhile wait for the next batch.
 //!
-//! Each write keeps its own deadline and request id, and the leader serves
-//! each exactly as a `Forward(Write)` (`Node::handle_forward`), concurrently.
-//! A batch call that failed fails each of its writes the way a failed
-//! `Forward` call would (`Node::forward`): never delivered means "ask the
-//! new leader", anything else means the outcome is unknown. A leader
-//! without `ForwardBatch` (an older version during an upgrade) gets the
-//! writes one `Forward` call each.
+//! Each write keeps its own deadline (what is left of it when the batch is
+//! sent) and request id, and the leader serves each exactly as a
+//! `Forward(Write)` (`Node::handle_forward`), concurrently, streaming each
+//! answer back (with the write's position in the batch) as soon as it has
+//! it: a quick write does not wait for a slow one, and no message is larger
+//! than one write's answer. A batch call that failed before its answers
+//! fails each write the way a failed `Forward` call would (`Node::forward`):
+//! never delivered means "ask the new leader", anything else means the
+//! outcome is unknown; writes still unanswered when the answer stream
+//! breaks or ends have an unknown outcome too. A leader without
+//! `ForwardBatch` (an older version during an upgrade) gets the writes one
+//! `Forward` call each, a few at a time.
 //!
 //! Bounds: a batch holds at most [`MAX_BATCH_WRITES`] writes and
 //! `MAX_FORWARD_BYTES` of encoded writes (a larger single write goes alone
@@ -29,6 +34,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -46,19 +52,27 @@ pub const IN_FLIGHT: usize = 2;
 /// Writes in one batch at most.
 pub const MAX_BATCH_WRITES: usize = 256;
 
-/// Bytes of framing a batch may add to its writes' encodings (a length
-/// prefix per write, and the count).
-pub const BATCH_OVERHEAD_BYTES: usize = 8 * MAX_BATCH_WRITES + 16;
+/// Bytes of framing a batch may add to its writes' encodings (a timeout
+/// and a length prefix per write, and the count).
+pub const BATCH_OVERHEAD_BYTES: usize = 16 * MAX_BATCH_WRITES + 16;
 
-/// One forwarded write as it travels in a batch.
+/// Writes sent one `Forward` call each at a time, to a leader without
+/// `ForwardBatch`.
+const FALLBACK_CONCURRENCY: usize = 16;
+
+/// One forwarded write as it travels in a batch, after what is left of its
+/// deadline in milliseconds: the batch is a postcard list of
+/// `(u64, bytes of BatchedWrite)`.
 #[derive(Serialize, Deserialize)]
 pub struct BatchedWrite {
     pub req: Request,
-    /// What is left of the client's deadline, in milliseconds.
-    pub timeout_ms: u64,
     /// The client request's id, for the leader's log.
     pub id: Option<String>,
 }
+
+/// One answer on a `ForwardBatch` answer stream: the write's position in
+/// the batch and what `Forward` would have answered for it.
+pub type BatchAnswer = (u32, ForwardResponse);
 
 /// A write waiting for the next batch to its leader.
 pub(super) struct QueuedWrite {
@@ -70,21 +84,25 @@ pub(super) struct QueuedWrite {
     tx: oneshot::Sender<Result<ForwardResponse, NodeError>>,
 }
 
-/// Decodes a `ForwardBatch` body: at most [`MAX_BATCH_WRITES`] writes,
-/// each a `BatchedWrite` (whose commands are depth-bounded as every
-/// decoded command is).
-pub fn decode_batch(b: &Blob) -> Result<Vec<BatchedWrite>, String> {
-    let items: Vec<ByteBuf> = network::decode(b)?;
-    if items.len() > MAX_BATCH_WRITES {
+/// Decodes a `ForwardBatch` body: at most [`MAX_BATCH_WRITES`] writes
+/// (the count is checked before anything is decoded, so a body of many
+/// empty items allocates nothing), each a timeout in milliseconds and a
+/// `BatchedWrite` (whose commands are depth-bounded as every decoded
+/// command is).
+pub fn decode_batch(b: &Blob) -> Result<Vec<(u64, BatchedWrite)>, String> {
+    // A list starts with its length as a varint, as a u64 is encoded.
+    let (count, _) = postcard::take_from_bytes::<u64>(&b.data)
+        .map_err(|e| format!("decode forwarded batch: {e}"))?;
+    if count > MAX_BATCH_WRITES as u64 {
         return Err(format!(
-            "forwarded batch of {} writes is larger than {MAX_BATCH_WRITES}",
-            items.len()
+            "forwarded batch of {count} writes is larger than {MAX_BATCH_WRITES}"
         ));
     }
+    let items: Vec<(u64, ByteBuf)> = network::decode(b)?;
     items
         .iter()
-        .map(|item| match postcard::take_from_bytes(item) {
-            Ok((w, [])) => Ok(w),
+        .map(|(timeout_ms, item)| match postcard::take_from_bytes(item) {
+            Ok((w, [])) => Ok((*timeout_ms, w)),
             Ok((_, rest)) => Err(format!(
                 "decode forwarded write: {} unexpected bytes after it",
                 rest.len()
@@ -92,6 +110,35 @@ pub fn decode_batch(b: &Blob) -> Result<Vec<BatchedWrite>, String> {
             Err(e) => Err(format!("decode forwarded write: {e}")),
         })
         .collect()
+}
+
+/// Serves a batch of forwarded writes as the leader: each as
+/// `handle_forward` serves a `Forward(Write)`, all at once, each answer
+/// (encoded [`BatchAnswer`]) on the stream as soon as it is known. The
+/// writes are abandoned (as a dropped `Forward` call's) if the stream is.
+pub fn serve_batch(
+    node: Arc<Node>,
+    writes: Vec<(u64, BatchedWrite)>,
+    from: u64,
+) -> impl Stream<Item = Result<Blob, tonic::Status>> + Send + 'static {
+    let each: FuturesUnordered<_> = writes
+        .into_iter()
+        .enumerate()
+        .map(|(i, (timeout_ms, w))| {
+            let node = node.clone();
+            async move {
+                let deadline = node.deadline(Some(Duration::from_millis(timeout_ms)));
+                // A request id the follower's client sent, if it is one
+                // the client port would have taken.
+                let id = w.id.filter(|id| crate::api::trace::sane_id(id).is_some());
+                let serve = node.handle_forward(ForwardRequest::Write(w.req), deadline);
+                let answer = node.as_forwarded(id, from, serve).await;
+                let position = u32::try_from(i).unwrap_or(u32::MAX);
+                network::encode(&(position, answer)).map_err(tonic::Status::internal)
+            }
+        })
+        .collect();
+    each
 }
 
 impl Node {
@@ -117,7 +164,6 @@ impl Node {
         }
         let item = BatchedWrite {
             req,
-            timeout_ms: millis(deadline.saturating_duration_since(Instant::now())),
             id: crate::api::trace::current_request_id(),
         };
         let encoded = postcard::to_allocvec(&item)
@@ -146,22 +192,6 @@ impl Node {
             )),
             Ok(Ok(r)) => r,
         }
-    }
-
-    /// Serves a batch of forwarded writes as the leader: each as
-    /// `handle_forward` serves a `Forward(Write)`, all at once; the answers
-    /// in the batch's order.
-    pub(super) async fn handle_forward_batch(
-        &self,
-        writes: Vec<BatchedWrite>,
-        from: u64,
-    ) -> Vec<ForwardResponse> {
-        let each = writes.into_iter().map(|w| {
-            let deadline = self.deadline(Some(Duration::from_millis(w.timeout_ms)));
-            let serve = self.handle_forward(ForwardRequest::Write(w.req), deadline);
-            self.as_forwarded(w.id, from, serve)
-        });
-        futures::future::join_all(each).await
     }
 }
 
@@ -218,77 +248,102 @@ pub(super) async fn forward_batches(
     }
 }
 
+/// A write of a batch on its way: what to send again alone if the leader
+/// lacks `ForwardBatch`, its deadline, and whom to answer.
+type Waiting = (
+    Request,
+    Instant,
+    oneshot::Sender<Result<ForwardResponse, NodeError>>,
+);
+
 /// Sends one batch and answers each of its writes.
 async fn send_batch(node: &Node, leader: u64, batch: Vec<QueuedWrite>) {
-    let deadline = batch
-        .iter()
-        .map(|w| w.deadline)
-        .max()
-        .unwrap_or_else(Instant::now);
+    let now = Instant::now();
+    let deadline = batch.iter().map(|w| w.deadline).max().unwrap_or(now);
     let mut writes = Vec::with_capacity(batch.len());
-    let mut waiting = Vec::with_capacity(batch.len());
+    let mut waiting: Vec<Option<Waiting>> = Vec::with_capacity(batch.len());
     for w in batch {
-        writes.push(ByteBuf::from(w.encoded));
-        waiting.push((w.req, w.deadline, w.tx));
+        // What is left of each write's deadline now, as it leaves.
+        let left = millis(w.deadline.saturating_duration_since(now));
+        writes.push((left, ByteBuf::from(w.encoded)));
+        waiting.push(Some((w.req, w.deadline, w.tx)));
     }
     let blob = match network::encode(&writes) {
         Ok(b) => b,
-        Err(e) => {
-            for (_, _, tx) in waiting {
-                let _ = tx.send(Err(NodeError::Internal(e.clone())));
-            }
-            return;
-        }
+        Err(e) => return fail_all(waiting, &NodeError::Internal(e)),
     };
-    match node.call_peer_batch(leader, blob, deadline).await {
-        Ok(Ok(blob)) => match network::decode::<Vec<ForwardResponse>>(&blob) {
-            Ok(answers) if answers.len() == waiting.len() => {
-                for ((_, _, tx), a) in waiting.into_iter().zip(answers) {
-                    let _ = tx.send(Ok(a));
-                }
-            }
-            Ok(answers) => {
-                let e = format!(
-                    "forwarded batch of {} writes answered with {}",
-                    waiting.len(),
-                    answers.len()
-                );
-                for (_, _, tx) in waiting {
-                    let _ = tx.send(Err(NodeError::Internal(e.clone())));
-                }
-            }
-            Err(e) => {
-                for (_, _, tx) in waiting {
-                    let _ = tx.send(Err(NodeError::Internal(e.clone())));
-                }
-            }
-        },
+    let mut answers = match node.call_peer_batch(leader, blob, deadline).await {
+        Ok(Ok(answers)) => answers,
         // A leader that does not know `ForwardBatch` (an older version):
         // nothing was proposed, so each write goes alone.
         Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
-            let each = waiting.into_iter().map(|(req, deadline, tx)| async move {
-                let r = node
-                    .forward(leader, &ForwardRequest::Write(req), deadline)
-                    .await;
-                let _ = tx.send(r);
-            });
-            futures::future::join_all(each).await;
+            let alone = waiting.into_iter().flatten();
+            futures::stream::iter(alone)
+                .for_each_concurrent(FALLBACK_CONCURRENCY, |(req, deadline, tx)| async move {
+                    let r = node
+                        .forward(leader, &ForwardRequest::Write(req), deadline)
+                        .await;
+                    let _ = tx.send(r);
+                })
+                .await;
+            return;
         }
         Ok(Err(s)) => {
             // Either "not delivered, ask again" for every write, or the
             // same error for every write.
-            let r = node.failed_forward(leader, &s, deadline).await.err();
-            for (_, _, tx) in waiting {
-                let _ = tx.send(match &r {
-                    None => Ok(ForwardResponse::NotLeader(None)),
-                    Some(e) => Err(e.clone()),
-                });
-            }
+            return match node.failed_forward(leader, &s, deadline).await {
+                Ok(_) => {
+                    for (_, _, tx) in waiting.into_iter().flatten() {
+                        let _ = tx.send(Ok(ForwardResponse::NotLeader(None)));
+                    }
+                }
+                Err(e) => fail_all(waiting, &e),
+            };
         }
-        Err(e) => {
-            for (_, _, tx) in waiting {
-                let _ = tx.send(Err(e.clone()));
-            }
+        Err(e) => return fail_all(waiting, &e),
+    };
+    // The batch was delivered: from here on, a write without an answer
+    // has an unknown outcome.
+    let mut unanswered = waiting.len();
+    let broken = loop {
+        if unanswered == 0 {
+            return;
         }
+        let message = match tokio::time::timeout_at(deadline, answers.message()).await {
+            Err(_) => break NodeError::Timeout,
+            Ok(Err(s)) if s.code() == tonic::Code::DeadlineExceeded => break NodeError::Timeout,
+            Ok(Err(s)) => {
+                tracing::debug!("forward batch to {leader:x}: {s}");
+                break NodeError::LeaderChanged;
+            }
+            Ok(Ok(None)) => {
+                tracing::debug!("forward batch to {leader:x}: answers ended early");
+                break NodeError::LeaderChanged;
+            }
+            Ok(Ok(Some(m))) => m,
+        };
+        let (position, answer) = match network::decode::<BatchAnswer>(&message) {
+            Ok(a) => a,
+            Err(e) => break NodeError::Internal(e),
+        };
+        let slot = usize::try_from(position)
+            .ok()
+            .and_then(|i| waiting.get_mut(i))
+            .and_then(Option::take);
+        let Some((_, _, tx)) = slot else {
+            break NodeError::Internal(format!(
+                "forward batch to {leader:x}: an answer for write {position}, which has none due"
+            ));
+        };
+        let _ = tx.send(Ok(answer));
+        unanswered -= 1;
+    };
+    fail_all(waiting, &broken);
+}
+
+/// Answers every write not answered yet with `e`.
+fn fail_all(waiting: Vec<Option<Waiting>>, e: &NodeError) {
+    for (_, _, tx) in waiting.into_iter().flatten() {
+        let _ = tx.send(Err(e.clone()));
     }
 }

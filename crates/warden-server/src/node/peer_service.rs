@@ -31,7 +31,7 @@ use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::forward_batch::{decode_batch, BATCH_OVERHEAD_BYTES};
+use super::forward_batch::{decode_batch, serve_batch, BATCH_OVERHEAD_BYTES};
 use super::network::{decode, encode, Remote, SnapshotHeader};
 use super::peer_auth::{self, PeerIdentity, RefusalLog};
 use super::state_machine::SnapshotFile;
@@ -161,10 +161,6 @@ impl PeerService {
         }
     }
 
-    /// Admits a call, or refuses it with `FailedPrecondition` (another
-    /// cluster) or `PermissionDenied` (not a member, no identity, a
-    /// certificate not valid for the sender's address). Returns the
-    /// sender's member id.
     /// A member publishes its own client address, nobody else's: refuses
     /// a forwarded `Publish` that `sender` makes for another member.
     fn own_publish_only(
@@ -186,6 +182,10 @@ impl PeerService {
         }
     }
 
+    /// Admits a call, or refuses it with `FailedPrecondition` (another
+    /// cluster) or `PermissionDenied` (not a member, no identity, a
+    /// certificate not valid for the sender's address). Returns the
+    /// sender's member id.
     fn admit<T>(&self, req: &Request<T>, rpc: &'static str, need: Need) -> Result<u64, Status> {
         let from = req
             .remote_addr()
@@ -588,7 +588,9 @@ impl RaftPeer for PeerService {
         encode(&resp).map(Response::new).map_err(Status::internal)
     }
 
-    async fn forward_batch(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+    type ForwardBatchStream = BlobStream;
+
+    async fn forward_batch(&self, req: Request<Blob>) -> Result<Response<BlobStream>, Status> {
         let sender = self.admit(&req, "ForwardBatch", Need::Member)?;
         let len = req.get_ref().data.len();
         let max = MAX_FORWARD_BYTES + BATCH_OVERHEAD_BYTES;
@@ -598,13 +600,11 @@ impl RaftPeer for PeerService {
             )));
         }
         let writes = decode_batch(req.get_ref()).map_err(bad)?;
-        for w in &writes {
+        for (_, w) in &writes {
             self.own_publish_only("ForwardBatch", &w.req, sender)?;
         }
-        let answers = self.node.handle_forward_batch(writes, sender).await;
-        encode(&answers)
-            .map(Response::new)
-            .map_err(Status::internal)
+        let answers = serve_batch(self.node.clone(), writes, sender);
+        Ok(Response::new(Box::pin(answers)))
     }
 }
 
@@ -668,7 +668,7 @@ mod tests {
         let _ = decode::<ForwardRequest>(&b);
         let _ = decode::<ForwardResponse>(&b);
         let _ = decode_batch(&b);
-        let _ = decode::<Vec<ForwardResponse>>(&b);
+        let _ = decode::<crate::node::forward_batch::BatchAnswer>(&b);
         let _ = decode::<Remote<AppendEntriesResponse<TypeConfig>>>(&b);
         let _ = decode::<Remote<StreamAppendResult<TypeConfig>>>(&b);
         let _ = decode::<Remote<VoteResponse<TypeConfig>>>(&b);

@@ -390,8 +390,9 @@ where
     }
 }
 
-/// A `ForwardBatch` body as a member builds it: postcard's list of byte
-/// strings (a varint count, then each as a varint length and its bytes).
+/// A `ForwardBatch` body as a member builds it: postcard's list of
+/// (timeout in ms, byte string) pairs: a varint count, then for each a
+/// varint timeout (100 ms here), a varint length and the bytes.
 pub fn forward_batch_blob(items: &[Vec<u8>]) -> warden_proto::peer::Blob {
     fn varint(mut n: usize, out: &mut Vec<u8>) {
         while n >= 0x80 {
@@ -403,6 +404,7 @@ pub fn forward_batch_blob(items: &[Vec<u8>]) -> warden_proto::peer::Blob {
     let mut data = Vec::new();
     varint(items.len(), &mut data);
     for i in items {
+        varint(100, &mut data);
         varint(i.len(), &mut data);
         data.extend_from_slice(i);
     }
