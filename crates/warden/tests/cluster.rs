@@ -235,16 +235,7 @@ async fn losing_quorum_fails_fast_and_recovers() {
     // One member back: quorum again, writes resume.
     c.restart(leader);
     let client = c.members[survivor].client.clone();
-    eventually(Duration::from_secs(30), || {
-        let client = client.clone();
-        async move {
-            put(&client, "after", "2")
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-    })
-    .await;
+    put_eventually(&client, "after", "2", Duration::from_secs(30)).await;
     assert_eq!(
         get(&c.members[leader].client, "after", false)
             .await

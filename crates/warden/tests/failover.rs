@@ -11,7 +11,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{eventually, put, Cluster};
+use common::{eventually, put, put_eventually, Cluster};
 use warden_proto::etcdserverpb as pb;
 use warden_proto::etcdserverpb::kv_client::KvClient;
 use warden_testkit::proxy::Proxies;
@@ -22,21 +22,6 @@ const ELECT: Duration = Duration::from_secs(20);
 /// moves for a while, which a machine starved by several clusters at once
 /// (2 cores, 300 ms election timeouts) cannot promise.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A setup put (not what a test asserts): retried until it succeeds.
-async fn put_eventually(ep: &str, key: &str) {
-    eventually(ELECT, || {
-        let ep = ep.to_string();
-        let key = key.to_string();
-        async move {
-            put(&ep, &key, "x")
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-    })
-    .await;
-}
 
 /// etcd's answers (rpctypes) for a member with no leader, and for a
 /// request whose leader stepped down while it was in flight; both
@@ -147,7 +132,7 @@ async fn isolated_leader_steps_down_and_fails_requests_at_once() {
         .expect("leader status");
     let others: Vec<usize> = (0..n).filter(|i| *i != leader).collect();
     let old_ep = c.members[leader].client.clone();
-    put_eventually(&old_ep, "f/before").await;
+    put_eventually(&old_ep, "f/before", "x", ELECT).await;
 
     proxies.partition(&[vec![leader], others.clone()]);
     // A write the old leader takes while it still thinks it leads: it can
@@ -188,32 +173,14 @@ async fn isolated_leader_steps_down_and_fails_requests_at_once() {
 
     // The majority elected a new leader in a later term and takes writes.
     let maj_ep = c.members[others[0]].client.clone();
-    eventually(ELECT, || {
-        let ep = maj_ep.clone();
-        async move {
-            put(&ep, "f/majority", "y")
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-    })
-    .await;
+    put_eventually(&maj_ep, "f/majority", "y", ELECT).await;
     let (_, _, new_term) = common::ids(&maj_ep).await.expect("majority status");
     assert!(new_term > old_term, "term {new_term} after {old_term}");
 
     // Heal: the old leader follows the new one and serves again.
     proxies.heal();
     c.converge(Duration::from_secs(30)).await;
-    eventually(ELECT, || {
-        let ep = old_ep.clone();
-        async move {
-            put(&ep, "f/healed", "z")
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-    })
-    .await;
+    put_eventually(&old_ep, "f/healed", "z", ELECT).await;
     let got = common::get_prefix(&maj_ep, "f/").await.expect("read");
     let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
     assert!(
@@ -239,7 +206,7 @@ async fn sigterm_on_the_leader_hands_leadership_over_before_exiting() {
         .iter()
         .map(|i| c.members[*i].client.clone())
         .collect();
-    put_eventually(&eps[0], "t/0").await;
+    put_eventually(&eps[0], "t/0", "x", ELECT).await;
 
     // Writes through the other members go on during the stop.
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -352,7 +319,7 @@ async fn a_follower_refused_by_a_live_leader_does_not_depose_it() {
     let f = (leader + 1) % n;
     let g = (leader + 2) % n;
     let g_ep = c.members[g].client.clone();
-    put_eventually(&g_ep, "r/before").await;
+    put_eventually(&g_ep, "r/before", "x", ELECT).await;
 
     // The leader and member f can no longer connect to each other: their
     // links refuse connections, as a rejecting firewall would. Member g

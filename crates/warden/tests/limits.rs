@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, kv, put, status, Cluster};
+use common::{eventually, kv, put, put_eventually, status, Cluster};
 use warden_proto::etcdserverpb as pb;
 
 const ELECT: Duration = Duration::from_secs(20);
@@ -111,16 +111,7 @@ async fn many_clients_putting_large_values_leave_the_cluster_working() {
 
     // A small write goes through promptly on every member.
     for ep in &eps {
-        eventually(Duration::from_secs(15), || {
-            let ep = ep.clone();
-            async move {
-                put(&ep, "small", "after")
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-        })
-        .await;
+        put_eventually(ep, "small", "after", Duration::from_secs(15)).await;
     }
     c.converge(Duration::from_secs(60)).await;
 }

@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{eventually, get, get_prefix, put, Cluster};
+use common::{eventually, get, get_prefix, put, put_eventually, Cluster};
 use warden_proto::etcdserverpb as pb;
 use warden_proto::etcdserverpb::cluster_client::ClusterClient;
 use warden_proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -247,16 +247,7 @@ async fn five_members_survive_any_two_failures() {
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
     // One returns: quorum again.
     c.restart(a);
-    eventually(Duration::from_secs(30), || {
-        let ep = ep.clone();
-        async move {
-            put(&ep, "quorum-back", "y")
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-    })
-    .await;
+    put_eventually(&ep, "quorum-back", "y", Duration::from_secs(30)).await;
 }
 
 fn warden(eps: &str, args: &[&str]) -> std::process::Output {

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, get_prefix, put, Cluster};
+use common::{eventually, get_prefix, put, put_eventually, Cluster};
 use warden_testkit::proxy::Proxies;
 
 const ELECT: Duration = Duration::from_secs(20);
@@ -124,16 +124,7 @@ async fn a_read_stuck_on_a_silent_leader_does_not_hold_up_later_reads() {
     let long = tokio::spawn(read(Duration::from_secs(60)));
     // The other two elect a new leader.
     let g_ep = c.members[g].client.clone();
-    eventually(ELECT, || {
-        let ep = g_ep.clone();
-        async move {
-            put(&ep, "s/after", "x")
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-    })
-    .await;
+    put_eventually(&g_ep, "s/after", "x", ELECT).await;
     let (short, took) = read(Duration::from_secs(5)).await;
     let (long, long_took) = long.await.expect("long read task");
     signal("-CONT");

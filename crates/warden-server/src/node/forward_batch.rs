@@ -77,8 +77,7 @@ pub type BatchAnswer = (u32, ForwardResponse);
 /// A write waiting for the next batch to its leader.
 pub(super) struct QueuedWrite {
     leader: u64,
-    req: Request,
-    /// `BatchedWrite` encoded.
+    /// `BatchedWrite` encoded (the only copy of the write while it waits).
     encoded: Vec<u8>,
     deadline: Instant,
     tx: oneshot::Sender<Result<ForwardResponse, NodeError>>,
@@ -99,17 +98,23 @@ pub fn decode_batch(b: &Blob) -> Result<Vec<(u64, BatchedWrite)>, String> {
         ));
     }
     let items: Vec<(u64, ByteBuf)> = network::decode(b)?;
+    // Each write's bytes are freed once it is decoded.
     items
-        .iter()
-        .map(|(timeout_ms, item)| match postcard::take_from_bytes(item) {
-            Ok((w, [])) => Ok((*timeout_ms, w)),
-            Ok((_, rest)) => Err(format!(
-                "decode forwarded write: {} unexpected bytes after it",
-                rest.len()
-            )),
-            Err(e) => Err(format!("decode forwarded write: {e}")),
-        })
+        .into_iter()
+        .map(|(timeout_ms, item)| Ok((timeout_ms, decode_write(&item)?)))
         .collect()
+}
+
+/// One `BatchedWrite` from its bytes; nothing may follow it.
+fn decode_write(item: &[u8]) -> Result<BatchedWrite, String> {
+    match postcard::take_from_bytes(item) {
+        Ok((w, [])) => Ok(w),
+        Ok((_, rest)) => Err(format!(
+            "decode forwarded write: {} unexpected bytes after it",
+            rest.len()
+        )),
+        Err(e) => Err(format!("decode forwarded write: {e}")),
+    }
 }
 
 /// Serves a batch of forwarded writes as the leader: each as
@@ -121,7 +126,7 @@ pub fn serve_batch(
     writes: Vec<(u64, BatchedWrite)>,
     from: u64,
 ) -> impl Stream<Item = Result<Blob, tonic::Status>> + Send + 'static {
-    let each: FuturesUnordered<_> = writes
+    writes
         .into_iter()
         .enumerate()
         .map(|(i, (timeout_ms, w))| {
@@ -137,8 +142,7 @@ pub fn serve_batch(
                 network::encode(&(position, answer)).map_err(tonic::Status::internal)
             }
         })
-        .collect();
-    each
+        .collect::<FuturesUnordered<_>>()
 }
 
 impl Node {
@@ -177,7 +181,6 @@ impl Node {
         let (tx, rx) = oneshot::channel();
         let queued = QueuedWrite {
             leader,
-            req: item.req,
             encoded,
             deadline,
             tx,
@@ -200,8 +203,9 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// Sends the queued forwarded writes in batches, at most [`IN_FLIGHT`]
-/// calls at a time (`slots`, shared with the writes that go alone): each batch takes everything queued when a call slot is
-/// free (up to the bounds), split by the leader each write was meant for.
+/// calls at a time (`slots`, shared with the writes that go alone): each
+/// batch takes everything queued when a call slot is free (up to the
+/// bounds), split by the leader each write was meant for.
 /// Ends when the member is gone (its sender dropped).
 pub(super) async fn forward_batches(
     node: Weak<Node>,
@@ -248,13 +252,8 @@ pub(super) async fn forward_batches(
     }
 }
 
-/// A write of a batch on its way: what to send again alone if the leader
-/// lacks `ForwardBatch`, its deadline, and whom to answer.
-type Waiting = (
-    Request,
-    Instant,
-    oneshot::Sender<Result<ForwardResponse, NodeError>>,
-);
+/// A write of a batch on its way: its deadline, and whom to answer.
+type Waiting = (Instant, oneshot::Sender<Result<ForwardResponse, NodeError>>);
 
 /// Sends one batch and answers each of its writes.
 async fn send_batch(node: &Node, leader: u64, batch: Vec<QueuedWrite>) {
@@ -266,7 +265,7 @@ async fn send_batch(node: &Node, leader: u64, batch: Vec<QueuedWrite>) {
         // What is left of each write's deadline now, as it leaves.
         let left = millis(w.deadline.saturating_duration_since(now));
         writes.push((left, ByteBuf::from(w.encoded)));
-        waiting.push(Some((w.req, w.deadline, w.tx)));
+        waiting.push(Some((w.deadline, w.tx)));
     }
     let blob = match network::encode(&writes) {
         Ok(b) => b,
@@ -277,14 +276,21 @@ async fn send_batch(node: &Node, leader: u64, batch: Vec<QueuedWrite>) {
         // A leader that does not know `ForwardBatch` (an older version):
         // nothing was proposed, so each write goes alone.
         Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
-            let alone = waiting.into_iter().flatten();
+            let alone = writes.into_iter().zip(waiting.into_iter().flatten());
             futures::stream::iter(alone)
-                .for_each_concurrent(FALLBACK_CONCURRENCY, |(req, deadline, tx)| async move {
-                    let r = node
-                        .forward(leader, &ForwardRequest::Write(req), deadline)
-                        .await;
-                    let _ = tx.send(r);
-                })
+                .for_each_concurrent(
+                    FALLBACK_CONCURRENCY,
+                    |((_, encoded), (deadline, tx))| async move {
+                        let r = match decode_write(&encoded) {
+                            Ok(w) => {
+                                node.forward(leader, &ForwardRequest::Write(w.req), deadline)
+                                    .await
+                            }
+                            Err(e) => Err(NodeError::Internal(e)),
+                        };
+                        let _ = tx.send(r);
+                    },
+                )
                 .await;
             return;
         }
@@ -293,7 +299,7 @@ async fn send_batch(node: &Node, leader: u64, batch: Vec<QueuedWrite>) {
             // same error for every write.
             return match node.failed_forward(leader, &s, deadline).await {
                 Ok(_) => {
-                    for (_, _, tx) in waiting.into_iter().flatten() {
+                    for (_, tx) in waiting.into_iter().flatten() {
                         let _ = tx.send(Ok(ForwardResponse::NotLeader(None)));
                     }
                 }
@@ -330,7 +336,7 @@ async fn send_batch(node: &Node, leader: u64, batch: Vec<QueuedWrite>) {
             .ok()
             .and_then(|i| waiting.get_mut(i))
             .and_then(Option::take);
-        let Some((_, _, tx)) = slot else {
+        let Some((_, tx)) = slot else {
             break NodeError::Internal(format!(
                 "forward batch to {leader:x}: an answer for write {position}, which has none due"
             ));
@@ -343,7 +349,7 @@ async fn send_batch(node: &Node, leader: u64, batch: Vec<QueuedWrite>) {
 
 /// Answers every write not answered yet with `e`.
 fn fail_all(waiting: Vec<Option<Waiting>>, e: &NodeError) {
-    for (_, _, tx) in waiting.into_iter().flatten() {
+    for (_, tx) in waiting.into_iter().flatten() {
         let _ = tx.send(Err(e.clone()));
     }
 }

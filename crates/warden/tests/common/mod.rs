@@ -390,6 +390,19 @@ where
     }
 }
 
+/// Puts `key` = `value` through the member serving clients at `addr`
+/// until a put succeeds, failing the test after `within` (a cluster that
+/// must elect a leader or regain its quorum first).
+pub async fn put_eventually(addr: &str, key: &str, value: &str, within: Duration) {
+    eventually(within, || async move {
+        put(addr, key, value)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+}
+
 /// A `ForwardBatch` body as a member builds it: postcard's list of
 /// (timeout in ms, byte string) pairs: a varint count, then for each a
 /// varint timeout (100 ms here), a varint length and the bytes.
