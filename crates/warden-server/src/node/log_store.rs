@@ -19,8 +19,11 @@
 //! ([`LogDb::journal_append`]; see `warden_core::storage::log_db` and
 //! `wal`). Then it reports each append flushed (`IOFlushed`), and only
 //! after that commits the batch to the redb file without fsync
-//! ([`LogDb::file_journaled`]) and drops it from the tail, so the file's
-//! commit is not on the path from an append to its acknowledgement.
+//! ([`LogDb::file_journaled`]), so the file's commit is not on the path
+//! from an append to its acknowledgement. The batch then stays in the tail
+//! as a cache of the latest entries (bounded by [`TAIL_CACHE_BYTES`]):
+//! replication and apply read entries just appended, and find them there
+//! without a blocking task or a read of the file.
 //! Appends arriving during an fsync wait and go together in the next one:
 //! group commit.
 //!
@@ -74,17 +77,107 @@ pub struct LogStore {
 struct Shared {
     /// `None` once closing (see `Drop`).
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
-    /// Entries appended but not yet known durable, with their encoded size:
-    /// readers see these as part of the log. Removed by the writer after
-    /// the transaction holding them commits (so a reader that looks here
-    /// first and in the file second misses nothing).
+    /// Entries the file does not have yet, and a cache of the latest it has.
     tail: Arc<Tail>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// Entries appended but not yet known durable, by index, with their encoded
-/// size.
-type Tail = Mutex<BTreeMap<u64, (Entry, usize)>>;
+type Tail = Mutex<TailMap>;
+
+/// Entries by index: those appended and not yet in the file (readers see
+/// them as part of the log; one leaves only once the file has it, so a
+/// reader that looks here first and in the file second misses nothing),
+/// and, as a cache, the latest ones the file has too, up to
+/// [`TAIL_CACHE_BYTES`]. Replication and apply read what was just
+/// appended; serving it from here spares each of them a blocking task and a
+/// read of the file (`tail_only`).
+#[derive(Default)]
+struct TailMap {
+    entries: BTreeMap<u64, TailEntry>,
+    /// Accounted size ([`tail_cost`]) of the entries the file has too.
+    cached: usize,
+}
+
+struct TailEntry {
+    entry: Entry,
+    /// Encoded size.
+    bytes: usize,
+    /// The file has it too, so it may be dropped.
+    in_file: bool,
+}
+
+/// Budget of the tail's cache of entries the file has: their encoded sizes
+/// plus [`TAIL_ENTRY_OVERHEAD`] each, so that many tiny entries are bounded
+/// too.
+pub const TAIL_CACHE_BYTES: usize = 4 << 20;
+
+/// What an entry is counted for beyond its encoded size (its decoded form
+/// and the map's node).
+const TAIL_ENTRY_OVERHEAD: usize = 256;
+
+fn tail_cost(bytes: usize) -> usize {
+    bytes.saturating_add(TAIL_ENTRY_OVERHEAD)
+}
+
+impl TailMap {
+    /// An appended entry, not in the file yet (replacing any at its index).
+    fn insert(&mut self, index: u64, entry: Entry, bytes: usize) {
+        let new = TailEntry {
+            entry,
+            bytes,
+            in_file: false,
+        };
+        if let Some(old) = self.entries.insert(index, new) {
+            self.forget(&old);
+        }
+    }
+
+    fn forget(&mut self, gone: &TailEntry) {
+        if gone.in_file {
+            self.cached = self.cached.saturating_sub(tail_cost(gone.bytes));
+        }
+    }
+
+    /// The file has `ids` now (those a later append did not replace): they
+    /// become cache, and the oldest cached entries over the budget go.
+    fn filed(&mut self, ids: &[LogId]) {
+        for id in ids {
+            if let Some(t) = self.entries.get_mut(&id.index) {
+                if t.entry.log_id == *id && !t.in_file {
+                    t.in_file = true;
+                    self.cached = self.cached.saturating_add(tail_cost(t.bytes));
+                }
+            }
+        }
+        while self.cached > TAIL_CACHE_BYTES {
+            match self.entries.first_entry() {
+                Some(first) if first.get().in_file => {
+                    let gone = first.remove();
+                    self.forget(&gone);
+                }
+                // The oldest is not in the file yet: the cache is behind it
+                // and goes once it is.
+                _ => break,
+            }
+        }
+    }
+
+    /// Drops the entries after `index` (every entry when `None`).
+    fn truncate_after(&mut self, index: Option<u64>) {
+        let gone = match index {
+            Some(i) => self.entries.split_off(&i.saturating_add(1)),
+            None => std::mem::take(&mut self.entries),
+        };
+        gone.values().for_each(|t| self.forget(t));
+    }
+
+    /// Drops the entries up to `upto`.
+    fn purge_upto(&mut self, upto: u64) {
+        let rest = self.entries.split_off(&upto.saturating_add(1));
+        let gone = std::mem::replace(&mut self.entries, rest);
+        gone.values().for_each(|t| self.forget(t));
+    }
+}
 
 /// A write other than an append, run by the log writer.
 type OtherWrite = Box<dyn FnOnce(&LogDb) -> Result<(), LogError> + Send>;
@@ -254,13 +347,7 @@ fn commit_group(
         Err(_) => false,
     };
     if in_file {
-        let mut tail = lock(tail);
-        for id in &ids {
-            // Unless a later append replaced it in the meantime.
-            if tail.get(&id.index).is_some_and(|(e, _)| e.log_id == *id) {
-                tail.remove(&id.index);
-            }
-        }
+        lock(tail).filed(&ids);
     }
 }
 
@@ -312,7 +399,7 @@ impl LogStore {
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             jobs: Mutex::new(Some(tx)),
-            tail: Arc::new(Mutex::new(BTreeMap::new())),
+            tail: Arc::new(Mutex::new(TailMap::default())),
             writer: Mutex::new(None),
         });
         let (writer_db, writer_tail) = (db.clone(), shared.tail.clone());
@@ -363,15 +450,47 @@ impl LogStore {
         })?
     }
 
+    /// Every entry in `lo..=hi` from the tail, without a blocking task, when
+    /// the tail holds them all: the usual case for replication and apply,
+    /// which read what was just appended (an entry leaves the tail only once
+    /// the file has it, and a tail entry is the newest at its index, so this
+    /// is what [`read_entries`] would return). Stops before the entry that
+    /// would take the payload past `max_bytes`, as [`read_entries`] does.
+    /// `None` when some index is not in the tail.
+    fn tail_only(&self, lo: u64, hi: u64, max_bytes: usize) -> Option<Vec<Entry>> {
+        if hi < lo {
+            return Some(Vec::new());
+        }
+        let tail = lock(&self.shared.tail);
+        let count = hi.checked_sub(lo)?.checked_add(1)?;
+        let (first, _) = tail.entries.first_key_value()?;
+        let (last, _) = tail.entries.last_key_value()?;
+        // The tail's keys are distinct, so `lo..=hi` is covered when both
+        // ends are inside and as many keys lie between them.
+        if *first > lo || *last < hi || tail.entries.range(lo..=hi).count() as u64 != count {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        for t in tail.entries.range(lo..=hi).map(|(_, t)| t) {
+            total = total.saturating_add(t.bytes);
+            if total > max_bytes && !out.is_empty() {
+                break;
+            }
+            out.push(t.entry.clone());
+        }
+        Some(out)
+    }
+
     /// The tail's entries in `lo..=hi` (`hi` unbounded when `None`).
     fn tail_range(&self, lo: u64, hi: Option<u64>) -> Vec<(u64, Entry, usize)> {
         let tail = lock(&self.shared.tail);
         let r = match hi {
             Some(h) if h < lo => return Vec::new(),
-            Some(h) => tail.range(lo..=h),
-            None => tail.range(lo..),
+            Some(h) => tail.entries.range(lo..=h),
+            None => tail.entries.range(lo..),
         };
-        r.map(|(i, (e, n))| (*i, e.clone(), *n)).collect()
+        r.map(|(i, t)| (*i, t.entry.clone(), t.bytes)).collect()
     }
 }
 
@@ -450,6 +569,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let Some((lo, hi)) = bounds(&range) else {
             return Ok(Vec::new());
         };
+        if let Some(entries) = hi.and_then(|h| self.tail_only(lo, h, usize::MAX)) {
+            return Ok(entries);
+        }
         let store = self.clone();
         blocking(move || read_entries(&store, lo, hi, usize::MAX)).await
     }
@@ -467,6 +589,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let Some((lo, hi)) = bounds(&(start..end)) else {
             return Ok(Vec::new());
         };
+        if let Some(entries) = hi.and_then(|h| self.tail_only(lo, h, REPLICATION_BATCH_BYTES)) {
+            return Ok(entries);
+        }
         let store = self.clone();
         blocking(move || read_entries(&store, lo, hi, REPLICATION_BATCH_BYTES)).await
     }
@@ -483,8 +608,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Stored as a plain `LogId` (see `purge`).
         let purged: Option<LogId> = self.get_meta::<LogId>(PURGED)?;
         let in_tail = lock(&self.shared.tail)
+            .entries
             .last_key_value()
-            .map(|(_, (e, _))| e.log_id);
+            .map(|(_, t)| t.entry.log_id);
         let last = match (in_tail, self.db.last()?) {
             (Some(id), _) => Some(id),
             (None, Some((i, b))) => {
@@ -544,7 +670,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.io_completed(Ok(()));
             return Ok(());
         }
-        lock(&self.shared.tail).extend(decoded);
+        let mut tail = lock(&self.shared.tail);
+        for (index, (e, n)) in decoded {
+            tail.insert(index, e, n);
+        }
+        drop(tail);
         let job = Job::Append {
             records,
             ids,
@@ -558,13 +688,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let idx = last_log_id.map(|l| l.index);
-        {
-            let mut tail = lock(&self.shared.tail);
-            match idx {
-                Some(i) => drop(tail.split_off(&i.saturating_add(1))),
-                None => tail.clear(),
-            }
-        }
+        lock(&self.shared.tail).truncate_after(idx);
         self.write_after_queued(move |db| db.truncate_after(idx))
             .await
     }
@@ -572,11 +696,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         let meta = enc(&log_id)?;
         let upto = log_id.index;
-        {
-            let mut tail = lock(&self.shared.tail);
-            let rest = tail.split_off(&upto.saturating_add(1));
-            *tail = rest;
-        }
+        lock(&self.shared.tail).purge_upto(upto);
         self.write_after_queued(move |db| db.purge_upto(upto, PURGED, &meta))
             .await?;
         tracing::info!(upto, "compacted raft log");
@@ -708,6 +828,94 @@ mod tests {
         );
     }
 
+    /// What the tail's cache accounts for, recomputed from its entries.
+    fn recount(st: &LogStore) -> (usize, usize) {
+        let tail = lock(&st.shared.tail);
+        let cached = tail
+            .entries
+            .values()
+            .filter(|t| t.in_file)
+            .map(|t| tail_cost(t.bytes))
+            .sum();
+        (tail.cached, cached)
+    }
+
+    /// Entries stay in the tail after the file has them, as a cache of the
+    /// latest ones bounded by `TAIL_CACHE_BYTES`; reads are the same
+    /// whether they come from the cache, the file, or both, and truncation
+    /// and purge keep the cache's accounting exact.
+    #[tokio::test]
+    async fn the_tail_caches_the_latest_filed_entries_within_its_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut st = open_store(&dir.path().join("raft.redb"));
+        let per_entry = tail_cost(enc(&blank_ent::<TypeConfig>(1, 1, 1)).expect("enc").len());
+        // Three times what the cache holds.
+        let total = (3 * TAIL_CACHE_BYTES / per_entry) as u64;
+        let mut next = 1u64;
+        while next <= total {
+            let batch: Vec<Entry> = (next..(next + 1000).min(total + 1))
+                .map(|i| blank_ent::<TypeConfig>(1, 1, i))
+                .collect();
+            next += batch.len() as u64;
+            append(&mut st, batch)
+                .await
+                .await
+                .expect("callback")
+                .expect("flushed");
+        }
+        // A vote runs after everything queued before it, the file's commit
+        // of the last batch included.
+        st.save_vote(&Vote::new(1, 1)).await.expect("vote");
+        let (cached, recounted) = recount(&st);
+        assert_eq!(cached, recounted);
+        assert!(cached <= TAIL_CACHE_BYTES, "{cached} over the budget");
+        let in_tail: Vec<u64> = lock(&st.shared.tail).entries.keys().copied().collect();
+        assert!(
+            in_tail.len() as u64 > total / 4 && (in_tail.len() as u64) < total,
+            "{} of {total} entries cached",
+            in_tail.len()
+        );
+        assert_eq!(
+            in_tail.last(),
+            Some(&total),
+            "the latest entries are cached"
+        );
+        // Served from the cache alone, from the file alone, and across both.
+        let first_cached = in_tail[0];
+        for (lo, hi) in [
+            (first_cached, total),
+            (1, 100),
+            (first_cached - 50, first_cached + 50),
+        ] {
+            let got = st.try_get_log_entries(lo..=hi).await.expect("read");
+            assert_eq!(indexes(&got), (lo..=hi).collect::<Vec<_>>());
+        }
+        // Truncation and purge drop cached entries and their accounting.
+        st.truncate_after(Some(log_id::<TypeConfig>(1, 1, total - 10)))
+            .await
+            .expect("truncate");
+        st.purge(log_id::<TypeConfig>(1, 1, first_cached + 10))
+            .await
+            .expect("purge");
+        let (cached, recounted) = recount(&st);
+        assert_eq!(cached, recounted);
+        let got = st.try_get_log_entries(1..).await.expect("read");
+        assert_eq!(
+            indexes(&got),
+            ((first_cached + 11)..=(total - 10)).collect::<Vec<_>>()
+        );
+        // An append after the truncation is not cache until the file has
+        // it, and the accounting holds meanwhile.
+        let again = blank_ent::<TypeConfig>(2, 1, total - 9);
+        let rx = append(&mut st, vec![again]).await;
+        let (cached, recounted) = recount(&st);
+        assert_eq!(cached, recounted);
+        rx.await.expect("callback").expect("flushed");
+        let got = st.try_get_log_entries((total - 9)..).await.expect("read");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].log_id, log_id::<TypeConfig>(2, 1, total - 9));
+    }
+
     /// Reads merge the file with the unflushed tail: a tail entry wins over
     /// the file's at the same index, a gap ends the read, and the byte
     /// budget of replication reads counts tail entries too.
@@ -726,7 +934,7 @@ mod tests {
             for i in 4..=8 {
                 let e = blank_ent::<TypeConfig>(2, 1, i);
                 let n = enc(&e).expect("enc").len();
-                tail.insert(i, (e, n));
+                tail.insert(i, e, n);
             }
         }
         let got = st.try_get_log_entries(2..9).await.expect("read");
@@ -748,7 +956,7 @@ mod tests {
             Some(log_id::<TypeConfig>(2, 1, 8))
         );
         // A gap in the tail ends a read.
-        lock(&st.shared.tail).remove(&7);
+        lock(&st.shared.tail).entries.remove(&7);
         assert_eq!(
             indexes(&st.try_get_log_entries(5..).await.expect("read")),
             [5, 6]
