@@ -108,7 +108,9 @@ struct TailEntry {
 
 /// Budget of the tail's cache of entries the file has: their encoded sizes
 /// plus [`TAIL_ENTRY_OVERHEAD`] each, so that many tiny entries are bounded
-/// too.
+/// too. An entry's decoded form can take a few times its encoding (a txn of
+/// many tiny operations holds one allocation per key and value), so the
+/// cache's memory is a small multiple of this in the worst case.
 pub const TAIL_CACHE_BYTES: usize = 4 << 20;
 
 /// What an entry is counted for beyond its encoded size (its decoded form
