@@ -115,7 +115,7 @@ pub const TAIL_CACHE_BYTES: usize = 4 << 20;
 
 /// What an entry is counted for beyond its encoded size (its decoded form
 /// and the map's node).
-const TAIL_ENTRY_OVERHEAD: usize = 256;
+pub const TAIL_ENTRY_OVERHEAD: usize = 256;
 
 fn tail_cost(bytes: usize) -> usize {
     bytes.saturating_add(TAIL_ENTRY_OVERHEAD)
