@@ -62,7 +62,9 @@ impl Node {
             election_timeout_max: cfg.election_timeout_max_ms,
             heartbeat_interval: cfg.heartbeat_interval_ms,
             enable_pre_vote: Some(true),
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_entries),
+            // `snapshot_policy::run` asks for snapshots, in proportion to
+            // the state's size.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             // Entries kept behind a snapshot for slow followers: at most one
             // snapshot interval, so a short interval really bounds the log.
             max_in_snapshot_log_to_keep: cfg.snapshot_entries.min(1000),
@@ -178,6 +180,7 @@ impl Node {
             forward_slots,
             forward_queue,
         ));
+        tokio::spawn(super::snapshot_policy::run(Arc::downgrade(&node)));
         tokio::spawn(publish_client_addr(node.clone()));
         tokio::spawn(lessor::run(node.clone()));
         tokio::spawn(super::failover::run(node.clone()));

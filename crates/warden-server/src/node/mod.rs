@@ -40,6 +40,7 @@ pub mod network;
 pub mod peer_auth;
 pub mod peer_service;
 mod reads;
+mod snapshot_policy;
 pub mod state_machine;
 pub mod telemetry;
 pub mod types;

@@ -62,7 +62,8 @@ pub struct ServerArgs {
     /// Leader heartbeat interval [default: 100].
     #[arg(long, env = "WARDEN_HEARTBEAT_INTERVAL_MS")]
     pub heartbeat_interval_ms: Option<u64>,
-    /// Log entries between state-machine snapshots [default: 10000].
+    /// Fewest log entries between state-machine snapshots; with a large
+    /// state, half as many as it has live keys, up to 100000 [default: 10000].
     #[arg(long, env = "WARDEN_SNAPSHOT_ENTRIES")]
     pub snapshot_entries: Option<u64>,
     /// Server-side deadline of a request without its own [default: 5000].
