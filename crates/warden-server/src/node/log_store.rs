@@ -458,30 +458,27 @@ impl LogStore {
     /// the file has it, and a tail entry is the newest at its index, so this
     /// is what [`read_entries`] would return). Stops before the entry that
     /// would take the payload past `max_bytes`, as [`read_entries`] does.
-    /// `None` when some index is not in the tail.
+    /// `None` when an index it would return is not in the tail.
     fn tail_only(&self, lo: u64, hi: u64, max_bytes: usize) -> Option<Vec<Entry>> {
         if hi < lo {
             return Some(Vec::new());
         }
         let tail = lock(&self.shared.tail);
-        let count = hi.checked_sub(lo)?.checked_add(1)?;
-        let (first, _) = tail.entries.first_key_value()?;
-        let (last, _) = tail.entries.last_key_value()?;
-        // The tail's keys are distinct, so `lo..=hi` is covered when both
-        // ends are inside and as many keys lie between them.
-        if *first > lo || *last < hi || tail.entries.range(lo..=hi).count() as u64 != count {
-            return None;
-        }
         let mut out = Vec::new();
         let mut total = 0usize;
-        for t in tail.entries.range(lo..=hi).map(|(_, t)| t) {
+        let mut next = lo;
+        for (i, t) in tail.entries.range(lo..=hi) {
+            if *i != next {
+                return None;
+            }
             total = total.saturating_add(t.bytes);
             if total > max_bytes && !out.is_empty() {
-                break;
+                return Some(out);
             }
             out.push(t.entry.clone());
+            next = next.saturating_add(1);
         }
-        Some(out)
+        (next > hi).then_some(out)
     }
 
     /// The tail's entries in `lo..=hi` (`hi` unbounded when `None`).

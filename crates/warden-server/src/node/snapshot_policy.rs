@@ -60,9 +60,6 @@ pub(super) async fn run(node: Weak<Node>) {
             )
         };
         let since = applied.saturating_sub(snapshot);
-        if since < node.config.snapshot_entries {
-            continue;
-        }
         let keys = node
             .with_state(|d| d.kv.mvcc().len() as u64)
             .unwrap_or(u64::MAX);
