@@ -523,14 +523,26 @@ async fn only_the_holder_can_release_or_fence() {
 
     // The leader is killed and restarted on its data dir: the digest is in
     // the replicated state (and its snapshots), not in any member's memory.
+    // Snapshots are taken by a background task (node/snapshot_policy.rs)
+    // once the applied log reaches the interval: wait for one on disk.
     let snaps = c.members[leader].dir.join("snap");
-    let has_snapshot = std::fs::read_dir(&snaps)
-        .map(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with("snap-"))
-        })
-        .unwrap_or(false);
-    assert!(has_snapshot, "no snapshot in {}", snaps.display());
+    eventually(Duration::from_secs(10), || {
+        let snaps = snaps.clone();
+        async move {
+            let has_snapshot = std::fs::read_dir(&snaps)
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| e.file_name().to_string_lossy().starts_with("snap-"))
+                })
+                .unwrap_or(false);
+            if has_snapshot {
+                Ok(())
+            } else {
+                Err(format!("no snapshot in {}", snaps.display()))
+            }
+        }
+    })
+    .await;
     c.kill(leader);
     c.wait_leader(ELECT).await;
     c.restart(leader);
