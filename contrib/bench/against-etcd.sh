@@ -7,11 +7,17 @@
 #
 #   W=./target/release/warden PAIRS=3 SECS=6 contrib/bench/against-etcd.sh [workload ...]
 #
+# CLIENT=path/to/warden runs the load generator from another build (the
+# servers stay $W).
+#
 # Workloads (default: all): put1 put64 put256 get64 getser64 txn64 v3lock16
 # v3lock1 native16 native1 watch keepalive mixed.
 set -u
 W=${W:-./target/release/warden}
 W=$(cd "$(dirname "$W")" && pwd)/$(basename "$W")
+# The load generator (`warden bench`): the same binary unless CLIENT names another.
+C=${CLIENT:-$W}
+C=$(cd "$(dirname "$C")" && pwd)/$(basename "$C")
 PAIRS=${PAIRS:-3}
 SECS=${SECS:-6}
 ETCD=${ETCD:-etcd}
@@ -55,9 +61,9 @@ run() {
   local name=$1; shift
   echo "== $name: $*" >&2
   # Warm-up of each side, then the alternating pairs.
-  "$W" --endpoints "$WE" bench "$@" --duration 1 >/dev/null 2>&1
-  "$W" --endpoints "$EE" bench "$@" --duration 1 >/dev/null 2>&1
-  "$W" --endpoints "$WE" bench "$@" --duration "$SECS" --label warden \
+  "$C" --endpoints "$WE" bench "$@" --duration 1 >/dev/null 2>&1
+  "$C" --endpoints "$EE" bench "$@" --duration 1 >/dev/null 2>&1
+  "$C" --endpoints "$WE" bench "$@" --duration "$SECS" --label warden \
     --against "$EE" --against-label etcd --pairs "$PAIRS" --plot "$name.svg" -w json \
     | sed "s/^/{\"workload\":\"$name\",\"result\":/; s/\$/}/" | tee -a results.jsonl
 }
