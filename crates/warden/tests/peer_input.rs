@@ -55,6 +55,38 @@ async fn peer_client(addr: &str) -> RaftPeerClient<Channel> {
         .max_encoding_message_size(64 << 20)
 }
 
+/// One `ForwardStream` message: postcard `(seq, timeout_ms, bytes)`.
+fn forward_stream_message(seq: u8, item: &[u8]) -> Blob {
+    let mut data = vec![seq, 100];
+    let mut n = item.len();
+    while n >= 0x80 {
+        data.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    data.push(n as u8);
+    data.extend_from_slice(item);
+    Blob { data }
+}
+
+/// How an answer stream ended: its error, or the last answer (if any).
+async fn last_answer(
+    answers: Result<tonic::Response<tonic::Streaming<Blob>>, tonic::Status>,
+) -> Result<Option<Blob>, tonic::Status> {
+    let mut answers = answers?.into_inner();
+    let mut last = Ok(None);
+    while let Some(r) = tokio::time::timeout(Duration::from_secs(10), answers.message())
+        .await
+        .expect("answers within 10 s")
+        .transpose()
+    {
+        last = r.map(Some);
+        if last.is_err() {
+            break;
+        }
+    }
+    last
+}
+
 fn assert_refused<T: std::fmt::Debug>(what: &str, r: Result<T, tonic::Status>) {
     match r {
         Ok(v) => panic!("{what}: accepted: {v:?}"),
@@ -108,19 +140,22 @@ async fn hostile_peer_input_is_refused_and_the_member_keeps_serving() {
             );
             assert_refused("install_snapshot", p.install_snapshot(stream()).await);
             // A stream: the answer stream ends with the error.
-            let mut answers = p.stream_append(stream()).await.unwrap().into_inner();
-            let mut last = Ok(None);
-            while let Some(r) = tokio::time::timeout(Duration::from_secs(10), answers.message())
-                .await
-                .expect("stream_append answers within 10 s")
-                .transpose()
-            {
-                last = r.map(Some);
-                if last.is_err() {
-                    break;
-                }
-            }
-            assert_refused("stream_append", last);
+            assert_refused(
+                "stream_append",
+                last_answer(p.stream_append(stream()).await).await,
+            );
+            assert_refused(
+                "forward_stream",
+                last_answer(p.forward_stream(stream()).await).await,
+            );
+            assert_refused(
+                "garbage write on a forward stream",
+                last_answer(
+                    p.forward_stream(me_stream(forward_stream_message(1, &data)))
+                        .await,
+                )
+                .await,
+            );
         }
     }
     // A forwarded write too large to replicate as one entry (zeros decode
@@ -139,7 +174,8 @@ async fn hostile_peer_input_is_refused_and_the_member_keeps_serving() {
     deep_item.push(0);
     assert_refused(
         "deep write in a forward batch",
-        p.forward_batch(me(forward_batch_blob(&[deep_item]))).await,
+        p.forward_batch(me(forward_batch_blob(std::slice::from_ref(&deep_item))))
+            .await,
     );
     // A batch over the bounds: too many writes, or too many bytes.
     assert_refused(
@@ -151,6 +187,36 @@ async fn hostile_peer_input_is_refused_and_the_member_keeps_serving() {
         "oversized forward batch",
         p.forward_batch(me(forward_batch_blob(&[vec![0; 33 << 20]])))
             .await,
+    );
+    // The same on a forward stream, and a message over the size bound
+    // (refused before it is decoded; zeros would decode as a put).
+    assert_refused(
+        "deep write on a forward stream",
+        last_answer(
+            p.forward_stream(me_stream(forward_stream_message(1, &deep_item)))
+                .await,
+        )
+        .await,
+    );
+    assert_refused(
+        "oversized write on a forward stream",
+        last_answer(
+            p.forward_stream(me_stream(Blob {
+                data: vec![0; 33 << 20],
+            }))
+            .await,
+        )
+        .await,
+    );
+    // Without identity the stream is not even opened.
+    let anonymous = p
+        .forward_stream(futures::stream::iter(vec![forward_stream_message(1, &[])]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        anonymous.code(),
+        tonic::Code::PermissionDenied,
+        "{anonymous:?}"
     );
     // Empty messages are not messages either.
     assert!(p.forward(me(Blob { data: vec![] })).await.is_err());

@@ -150,8 +150,6 @@ impl Node {
         }
 
         let (read_rounds, read_waiters) = tokio::sync::mpsc::unbounded_channel();
-        let (forward_writes, forward_queue) = tokio::sync::mpsc::unbounded_channel();
-        let forward_slots = Arc::new(tokio::sync::Semaphore::new(super::forward_batch::IN_FLIGHT));
         let node = Arc::new(Node {
             id,
             name: cfg.name.clone(),
@@ -168,17 +166,11 @@ impl Node {
             telemetry,
             failover: super::failover::Failover::default(),
             read_rounds,
-            forward_writes,
-            forward_slots: forward_slots.clone(),
+            forward_stream: Default::default(),
         });
         tokio::spawn(super::reads::read_index_rounds(
             Arc::downgrade(&node),
             read_waiters,
-        ));
-        tokio::spawn(super::forward_batch::forward_batches(
-            Arc::downgrade(&node),
-            forward_slots,
-            forward_queue,
         ));
         tokio::spawn(super::snapshot_policy::run(Arc::downgrade(&node)));
         tokio::spawn(publish_client_addr(node.clone()));

@@ -202,7 +202,10 @@ impl Node {
         }
     }
 
-    fn forward_client(&self, leader: u64) -> Result<super::peer_auth::PeerClient, NodeError> {
+    pub(super) fn forward_client(
+        &self,
+        leader: u64,
+    ) -> Result<super::peer_auth::PeerClient, NodeError> {
         let addr = self
             .raft
             .metrics()
@@ -264,7 +267,7 @@ impl Node {
         }
     }
 
-    /// What a failed call to the leader's `Forward` (or `ForwardBatch`)
+    /// What a failed call to the leader's `Forward` (or `ForwardStream`)
     /// means for each request it carried.
     pub(super) async fn failed_forward(
         &self,
@@ -286,24 +289,6 @@ impl Node {
         Err(NodeError::LeaderChanged)
     }
 
-    /// Sends a batch of forwarded writes (`forward_batch`) to the leader's
-    /// `ForwardBatch`: the stream of answers, or the gRPC status of a failed
-    /// call.
-    pub(super) async fn call_peer_batch(
-        &self,
-        peer: u64,
-        batch: warden_proto::peer::Blob,
-        deadline: Instant,
-    ) -> Result<Result<tonic::Streaming<warden_proto::peer::Blob>, tonic::Status>, NodeError> {
-        let mut client = self.forward_client(peer)?;
-        let mut r = tonic::Request::new(batch);
-        r.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        Ok(client
-            .forward_batch(r)
-            .await
-            .map(tonic::Response::into_inner))
-    }
-
     async fn forward_write(
         &self,
         leader: u64,
@@ -318,10 +303,7 @@ impl Node {
         let mut view = self.leader_view();
         let mut hint_followed = false;
         for _ in 0..FORWARD_ATTEMPTS {
-            match self
-                .forward_write_batched(leader, req.clone(), deadline)
-                .await?
-            {
+            match self.forward_streamed(leader, req.clone(), deadline).await? {
                 ForwardResponse::Write(r, index) => {
                     tracing::debug!(index, "forwarded write acknowledged");
                     // Read-your-writes on this member, as etcd gives: answer

@@ -33,6 +33,7 @@ mod bootstrap;
 pub mod failover;
 mod forward;
 mod forward_batch;
+mod forward_stream;
 pub mod lessor;
 pub mod log_store;
 pub mod membership;
@@ -232,10 +233,8 @@ pub struct Node {
     /// Linearizable reads waiting for a ReadIndex round
     /// (`reads::read_index_rounds`).
     read_rounds: tokio::sync::mpsc::UnboundedSender<reads::ReadWaiter>,
-    /// Writes waiting for the next batch to the leader (see `forward_batch`).
-    forward_writes: tokio::sync::mpsc::UnboundedSender<forward_batch::QueuedWrite>,
-    /// Calls to the leader carrying forwarded writes that may be in flight.
-    forward_slots: Arc<tokio::sync::Semaphore>,
+    /// The stream forwarded writes go to the leader on (see `forward_stream`).
+    forward_stream: forward_stream::ForwardStreams,
 }
 
 /// Snapshot of what a member knows, for status output.

@@ -32,6 +32,7 @@ use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::forward_batch::{decode_batch, serve_batch, BATCH_OVERHEAD_BYTES};
+use super::forward_stream::serve_stream;
 use super::network::{decode, encode, Remote, SnapshotHeader};
 use super::peer_auth::{self, PeerIdentity, RefusalLog};
 use super::state_machine::SnapshotFile;
@@ -44,7 +45,7 @@ use warden_proto::peer::Blob;
 /// The peer service of one member (serve it on the peer address).
 pub struct PeerService {
     node: Arc<Node>,
-    refusals: RefusalLog,
+    refusals: Arc<RefusalLog>,
     vouches: Arc<Vouches>,
 }
 
@@ -156,7 +157,7 @@ impl PeerService {
     pub fn new(node: Arc<Node>) -> Self {
         PeerService {
             node,
-            refusals: RefusalLog::default(),
+            refusals: Arc::new(RefusalLog::default()),
             vouches: Arc::default(),
         }
     }
@@ -169,17 +170,7 @@ impl PeerService {
         write: &RaftRequest,
         sender: u64,
     ) -> Result<(), Status> {
-        match write {
-            RaftRequest::Publish { node_id, .. } if *node_id != sender => {
-                let msg = format!(
-                    "warden: member {sender:x} may not publish the attributes of member {node_id:x}"
-                );
-                self.refusals
-                    .warn("speaks for another member", &format!("{rpc}: {msg}"));
-                Err(Status::permission_denied(msg))
-            }
-            _ => Ok(()),
-        }
+        own_publish_only(&self.refusals, rpc, write, sender)
     }
 
     /// Admits a call, or refuses it with `FailedPrecondition` (another
@@ -354,6 +345,26 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
         _ => return None,
     };
     Some(d.min(MAX_GRPC_TIMEOUT))
+}
+
+/// Refuses a write by which `sender` would publish another member's
+/// attributes.
+fn own_publish_only(
+    refusals: &RefusalLog,
+    rpc: &'static str,
+    write: &RaftRequest,
+    sender: u64,
+) -> Result<(), Status> {
+    match write {
+        RaftRequest::Publish { node_id, .. } if *node_id != sender => {
+            let msg = format!(
+                "warden: member {sender:x} may not publish the attributes of member {node_id:x}"
+            );
+            refusals.warn("speaks for another member", &format!("{rpc}: {msg}"));
+            Err(Status::permission_denied(msg))
+        }
+        _ => Ok(()),
+    }
 }
 
 type BlobStream = Pin<Box<dyn Stream<Item = Result<Blob, Status>> + Send + 'static>>;
@@ -604,6 +615,38 @@ impl RaftPeer for PeerService {
             self.own_publish_only("ForwardBatch", &w.req, sender)?;
         }
         let answers = serve_batch(self.node.clone(), writes, sender);
+        Ok(Response::new(Box::pin(answers)))
+    }
+
+    type ForwardStreamStream = BlobStream;
+
+    async fn forward_stream(
+        &self,
+        req: Request<Streaming<Blob>>,
+    ) -> Result<Response<BlobStream>, Status> {
+        let sender = self.admit(&req, "ForwardStream", Need::Member)?;
+        let node = self.node.clone();
+        let refusals = self.refusals.clone();
+        // Each write is checked as a `Forward` call is: the stream lives
+        // on, and its sender may stop being a member meanwhile.
+        let check = move |w: &super::forward_batch::BatchedWrite| {
+            let listed = node
+                .raft
+                .metrics()
+                .borrow_watched()
+                .membership_config
+                .membership()
+                .get_node(&sender)
+                .is_some();
+            if !listed {
+                let msg =
+                    format!("warden: {sender:x} is not a member of this cluster's membership");
+                refusals.warn("not a member", &format!("ForwardStream: {msg}"));
+                return Err(Status::permission_denied(msg));
+            }
+            own_publish_only(&refusals, "ForwardStream", &w.req, sender)
+        };
+        let answers = serve_stream(self.node.clone(), req.into_inner(), sender, check);
         Ok(Response::new(Box::pin(answers)))
     }
 }

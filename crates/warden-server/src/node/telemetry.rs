@@ -59,8 +59,8 @@ pub struct Telemetry {
     slow_watcher_cancels: Counter,
     read_index_rounds: Counter,
     read_index_reads: Counter,
-    forward_batches: Counter,
-    forward_batch_writes: Counter,
+    forward_streams: Counter,
+    forward_writes: Counter,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -83,8 +83,8 @@ impl Default for Telemetry {
             slow_watcher_cancels: Counter::default(),
             read_index_rounds: Counter::default(),
             read_index_reads: Counter::default(),
-            forward_batches: Counter::default(),
-            forward_batch_writes: Counter::default(),
+            forward_streams: Counter::default(),
+            forward_writes: Counter::default(),
         }
     }
 }
@@ -167,14 +167,14 @@ impl Telemetry {
             self.read_index_reads.clone(),
         );
         reg.register(
-            "warden_forward_batches",
-            "Calls to the leader carrying client writes this member forwarded (a ForwardBatch, or a Forward for a write that went alone)",
-            self.forward_batches.clone(),
+            "warden_forward_streams",
+            "Streams this member opened to the leader to forward client writes on (one per leader; a broken stream is opened again)",
+            self.forward_streams.clone(),
         );
         reg.register(
-            "warden_forward_batch_writes",
-            "Client writes forwarded in those calls (writes per call = this over warden_forward_batches_total)",
-            self.forward_batch_writes.clone(),
+            "warden_forward_writes",
+            "Client writes this member forwarded to the leader",
+            self.forward_writes.clone(),
         );
     }
 
@@ -235,10 +235,14 @@ impl Telemetry {
         self.read_index_reads.inc_by(reads as u64);
     }
 
-    /// A call carrying `writes` forwarded writes went to the leader.
-    pub fn forward_batch(&self, writes: usize) {
-        self.forward_batches.inc();
-        self.forward_batch_writes.inc_by(writes as u64);
+    /// A stream to the leader for forwarded writes was opened.
+    pub fn forward_stream_opened(&self) {
+        self.forward_streams.inc();
+    }
+
+    /// A client write was forwarded to the leader.
+    pub fn forward_write(&self) {
+        self.forward_writes.inc();
     }
 
     /// The counter the watch hub adds its slow-watcher cancels to.

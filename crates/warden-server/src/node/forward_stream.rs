@@ -1,0 +1,368 @@
+//! A follower forwards its clients' writes to the leader as messages on
+//! one long-lived `ForwardStream` call, not as a `Forward` call each. A
+//! call of its own costs an HTTP/2 stream, its headers, the peer checks and
+//! a task on each side, on the path of every write; on the open stream a
+//! write is one DATA frame each way, and writes that arrive together leave
+//! in one `writev` (etcd's followers likewise send proposals on their peer
+//! message stream). Measured in docs/benchmarks.md ("Forwarded writes on
+//! one stream").
+//!
+//! Each message carries a sequence number, what is left of the write's
+//! deadline, and the write with its request id (`BatchedWrite`); the leader
+//! serves each exactly as a `Forward(Write)` (`Node::handle_forward`),
+//! concurrently, and answers `(sequence number, Forward answer)` as soon
+//! as it has it.
+//!
+//! Failures: the stream cannot be opened: as a failed `Forward` call (never
+//! delivered means "ask the new leader", anything else an unknown
+//! outcome); a leader without `ForwardStream` (an older version) gets a
+//! `Forward` call per write from then on. The stream breaks or ends: every
+//! write sent on it and not answered has an unknown outcome
+//! (`LeaderChanged`), and the next write opens a new stream.
+//!
+//! Bounds (leader side): a message is at most `MAX_FORWARD_BYTES` plus
+//! [`MESSAGE_OVERHEAD_BYTES`], refused before it is decoded; one stream
+//! has at most [`MAX_IN_FLIGHT`] writes being served and is not read
+//! further until one ends; each write is checked as a `Forward` call is
+//! (the sender still a member, publishing only its own attributes), and a
+//! bad one ends the stream with its error. Follower side: one pending
+//! entry per forwarded write in progress, which the client port's limits
+//! bound.
+//!
+//! Must never: answer a write from another write's result (answers are
+//! matched by sequence number), or retry a write that may have been sent.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde_bytes::ByteBuf;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+
+use super::forward_batch::BatchedWrite;
+use super::network;
+use super::peer_service::MAX_FORWARD_BYTES;
+use super::types::Request;
+use super::{ForwardRequest, ForwardResponse, Node, NodeError};
+use warden_proto::peer::Blob;
+
+/// Writes one stream may have being served on the leader at once.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+/// Bytes a message may add to its write's encoding (sequence number,
+/// timeout, length prefix).
+pub const MESSAGE_OVERHEAD_BYTES: usize = 32;
+
+/// One message in: sequence number, timeout in milliseconds, encoded
+/// `BatchedWrite`.
+type StreamedWrite = (u64, u64, ByteBuf);
+
+/// One message out: the write's sequence number and what `Forward` would
+/// have answered for it.
+pub type StreamAnswer = (u64, ForwardResponse);
+
+type Answer = oneshot::Sender<Result<ForwardResponse, NodeError>>;
+
+/// The writes sent on one stream and not answered yet; `None` once the
+/// stream is gone (nothing may wait on it any more).
+type Pending = Arc<Mutex<Option<HashMap<u64, Answer>>>>;
+
+/// An open stream to one leader.
+struct Open {
+    leader: u64,
+    tx: mpsc::UnboundedSender<Blob>,
+    pending: Pending,
+}
+
+impl Open {
+    /// Registers `seq` and sends `blob`: false if the stream is gone (then
+    /// nothing was sent).
+    fn send(&self, seq: u64, blob: Blob, answer: Answer) -> bool {
+        let Ok(mut p) = self.pending.lock() else {
+            return false;
+        };
+        let Some(map) = p.as_mut() else {
+            return false;
+        };
+        if self.tx.send(blob).is_err() {
+            return false;
+        }
+        map.insert(seq, answer);
+        true
+    }
+}
+
+/// The follower's side: at most one open stream, to the member it last
+/// forwarded to.
+#[derive(Default)]
+pub(super) struct ForwardStreams {
+    open: Mutex<Option<Arc<Open>>>,
+    /// Held while a stream is being opened, so only one is.
+    opening: tokio::sync::Mutex<()>,
+    next_seq: AtomicU64,
+    /// A leader found not to serve `ForwardStream`.
+    unsupported: Mutex<Option<u64>>,
+}
+
+impl ForwardStreams {
+    /// The open stream to `leader`, if there is one that still works.
+    fn to(&self, leader: u64) -> Option<Arc<Open>> {
+        self.open
+            .lock()
+            .ok()?
+            .as_ref()
+            .filter(|o| o.leader == leader && !o.tx.is_closed())
+            .cloned()
+    }
+}
+
+/// How sending on the stream went.
+enum Sent {
+    /// The leader's answer (or why there is none).
+    Answer(Result<ForwardResponse, NodeError>),
+    /// Not sent: use a `Forward` call.
+    Unsent,
+}
+
+impl Node {
+    /// Forwards one write to `leader` on the open stream (opening it
+    /// first if there is none); answers as [`Node::forward`] would for
+    /// `ForwardRequest::Write(req)`.
+    pub(super) async fn forward_streamed(
+        &self,
+        leader: u64,
+        req: Request,
+        deadline: Instant,
+    ) -> Result<ForwardResponse, NodeError> {
+        self.telemetry.forward_write();
+        let item = BatchedWrite {
+            req,
+            id: crate::api::trace::current_request_id(),
+        };
+        match self.send_streamed(leader, &item, deadline).await {
+            Sent::Answer(r) => r,
+            Sent::Unsent => {
+                self.forward(leader, &ForwardRequest::Write(item.req), deadline)
+                    .await
+            }
+        }
+    }
+
+    async fn send_streamed(&self, leader: u64, item: &BatchedWrite, deadline: Instant) -> Sent {
+        let streams = &self.forward_stream;
+        if streams.unsupported.lock().is_ok_and(|u| *u == Some(leader)) {
+            return Sent::Unsent;
+        }
+        let encoded = match postcard::to_allocvec(item) {
+            Ok(e) => e,
+            Err(e) => {
+                return Sent::Answer(Err(NodeError::Internal(format!(
+                    "encode forwarded write: {e}"
+                ))))
+            }
+        };
+        if encoded.len() > MAX_FORWARD_BYTES {
+            // `Forward` answers why it is too large.
+            return Sent::Unsent;
+        }
+        let seq = streams.next_seq.fetch_add(1, Ordering::Relaxed);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let left = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+        let blob = match network::encode(&(seq, left, ByteBuf::from(encoded))) {
+            Ok(b) => b,
+            Err(e) => return Sent::Answer(Err(NodeError::Internal(e))),
+        };
+        let open = match streams.to(leader) {
+            Some(o) => o,
+            None => match self.open_stream(leader, deadline).await {
+                Ok(Some(o)) => o,
+                Ok(None) => return Sent::Unsent,
+                Err(r) => return Sent::Answer(r),
+            },
+        };
+        let (tx, rx) = oneshot::channel();
+        if !open.send(seq, blob, tx) {
+            // The stream ended meanwhile: nothing was sent.
+            return Sent::Unsent;
+        }
+        Sent::Answer(match tokio::time::timeout_at(deadline, rx).await {
+            Err(_) => Err(NodeError::Timeout),
+            Ok(Err(_)) => Err(NodeError::LeaderChanged),
+            Ok(Ok(r)) => r,
+        })
+    }
+
+    /// The stream to `leader`: the one another write just opened, or a
+    /// new one. `Ok(None)`: the leader does not serve `ForwardStream`.
+    async fn open_stream(
+        &self,
+        leader: u64,
+        deadline: Instant,
+    ) -> Result<Option<Arc<Open>>, Result<ForwardResponse, NodeError>> {
+        let streams = &self.forward_stream;
+        let _opening = match tokio::time::timeout_at(deadline, streams.opening.lock()).await {
+            Ok(g) => g,
+            Err(_) => return Err(Err(NodeError::Timeout)),
+        };
+        if let Some(o) = streams.to(leader) {
+            return Ok(Some(o));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut client = self.forward_client(leader).map_err(Err)?;
+        let opened = tokio::time::timeout_at(
+            deadline,
+            client.forward_stream(UnboundedReceiverStream::new(rx)),
+        )
+        .await;
+        let answers = match opened {
+            Err(_) => return Err(Err(NodeError::Timeout)),
+            Ok(Ok(a)) => a.into_inner(),
+            Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
+                tracing::info!(
+                    "leader {leader:x} has no ForwardStream: forwarding a call per write"
+                );
+                if let Ok(mut u) = streams.unsupported.lock() {
+                    *u = Some(leader);
+                }
+                return Ok(None);
+            }
+            // Nothing was sent on it: as a failed `Forward` call.
+            Ok(Err(s)) => return Err(self.failed_forward(leader, &s, deadline).await),
+        };
+        self.telemetry.forward_stream_opened();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        tokio::spawn(read_answers(leader, answers, pending.clone()));
+        let open = Arc::new(Open {
+            leader,
+            tx,
+            pending,
+        });
+        // Replacing a stream to another member ends it once its writes are
+        // answered (its request side ends when the last handle goes).
+        if let Ok(mut slot) = streams.open.lock() {
+            *slot = Some(open.clone());
+        }
+        Ok(Some(open))
+    }
+}
+
+/// Hands each answer on `answers` to its write; when the stream breaks or
+/// ends, every write still waiting has an unknown outcome.
+async fn read_answers(leader: u64, mut answers: tonic::Streaming<Blob>, pending: Pending) {
+    loop {
+        let message = match answers.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                tracing::debug!("forward stream to {leader:x} ended");
+                break;
+            }
+            Err(s) => {
+                tracing::debug!("forward stream to {leader:x}: {s}");
+                break;
+            }
+        };
+        let (seq, answer) = match network::decode::<StreamAnswer>(&message) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("forward stream to {leader:x}: {e}");
+                break;
+            }
+        };
+        let waiter = pending
+            .lock()
+            .ok()
+            .and_then(|mut p| p.as_mut().and_then(|m| m.remove(&seq)));
+        if let Some(w) = waiter {
+            let _ = w.send(Ok(answer));
+        }
+    }
+    let left = pending.lock().ok().and_then(|mut p| p.take());
+    for (_, w) in left.into_iter().flatten() {
+        let _ = w.send(Err(NodeError::LeaderChanged));
+    }
+}
+
+/// Decodes one `ForwardStream` message: sequence number, deadline, write.
+pub fn decode_message(b: &Blob) -> Result<(u64, Duration, BatchedWrite), String> {
+    let max = MAX_FORWARD_BYTES + MESSAGE_OVERHEAD_BYTES;
+    if b.data.len() > max {
+        return Err(format!(
+            "forwarded write of {} bytes is larger than {max}: etcdserver: request is too large",
+            b.data.len()
+        ));
+    }
+    let (seq, timeout_ms, item): StreamedWrite = network::decode(b)?;
+    let w = super::forward_batch::decode_write(&item)?;
+    Ok((seq, Duration::from_millis(timeout_ms), w))
+}
+
+/// Serves a `ForwardStream` as the leader: reads writes (each checked by
+/// `check` first) and serves each as `handle_forward` serves a
+/// `Forward(Write)`, at most [`MAX_IN_FLIGHT`] at a time, sending each
+/// answer (encoded [`StreamAnswer`]) on the returned stream as soon as it
+/// is known. A bad message ends the stream with its error after the
+/// writes before it are answered.
+pub fn serve_stream<C>(
+    node: Arc<Node>,
+    mut incoming: tonic::Streaming<Blob>,
+    from: u64,
+    check: C,
+) -> ReceiverStream<Result<Blob, tonic::Status>>
+where
+    C: Fn(&BatchedWrite) -> Result<(), tonic::Status> + Send + 'static,
+{
+    let (out, rx) = mpsc::channel(MAX_IN_FLIGHT);
+    tokio::spawn(async move {
+        let mut serving = FuturesUnordered::new();
+        let mut reading = true;
+        let mut failed: Option<tonic::Status> = None;
+        while reading || !serving.is_empty() {
+            tokio::select! {
+                m = incoming.message(), if reading && serving.len() < MAX_IN_FLIGHT => {
+                    let blob = match m {
+                        Ok(Some(b)) => b,
+                        Ok(None) | Err(_) => {
+                            reading = false;
+                            continue;
+                        }
+                    };
+                    let decoded = decode_message(&blob)
+                        .map_err(tonic::Status::invalid_argument)
+                        .and_then(|(seq, timeout, w)| check(&w).map(|()| (seq, timeout, w)));
+                    let (seq, timeout, w) = match decoded {
+                        Ok(d) => d,
+                        Err(s) => {
+                            tracing::warn!("forward stream from {from:x}: {}", s.message());
+                            failed = Some(s);
+                            reading = false;
+                            continue;
+                        }
+                    };
+                    let node = node.clone();
+                    serving.push(async move {
+                        let deadline = node.deadline(Some(timeout));
+                        let id = w.id.filter(|id| crate::api::trace::sane_id(id).is_some());
+                        let serve = node.handle_forward(ForwardRequest::Write(w.req), deadline);
+                        let answer = node.as_forwarded(id, from, serve).await;
+                        network::encode(&(seq, answer)).map_err(tonic::Status::internal)
+                    });
+                }
+                Some(answer) = serving.next(), if !serving.is_empty() => {
+                    if out.send(answer).await.is_err() {
+                        // The follower is gone: its writes are abandoned,
+                        // as a dropped `Forward` call's are.
+                        return;
+                    }
+                }
+            }
+        }
+        if let Some(s) = failed {
+            let _ = out.send(Err(s)).await;
+        }
+    });
+    ReceiverStream::new(rx)
+}
