@@ -188,12 +188,25 @@ async fn hostile_peer_input_is_refused_and_the_member_keeps_serving() {
         p.forward_batch(me(forward_batch_blob(&[vec![0; 33 << 20]])))
             .await,
     );
-    // The same on a forward stream, and a message over the size bound
-    // (refused before it is decoded; zeros would decode as a put).
+    // The same on a forward stream (a streamed request is the
+    // `ForwardRequest`, then an absent request id), a kind of request the
+    // stream does not carry (a membership question), and a message over
+    // the size bound (refused before it is decoded; zeros would decode as
+    // a put).
+    let mut deep_request = deep.clone();
+    deep_request.push(0);
     assert_refused(
         "deep write on a forward stream",
         last_answer(
-            p.forward_stream(me_stream(forward_stream_message(1, &deep_item)))
+            p.forward_stream(me_stream(forward_stream_message(1, &deep_request)))
+                .await,
+        )
+        .await,
+    );
+    assert_refused(
+        "membership question on a forward stream",
+        last_answer(
+            p.forward_stream(me_stream(forward_stream_message(1, &[5, 0])))
                 .await,
         )
         .await,

@@ -24,7 +24,7 @@ use super::{lessor, membership, network, Node, NodeError};
 use warden_core::state::StateError;
 
 /// Client traffic a follower forwards to the leader.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub enum ForwardRequest {
     Write(Request),
     ReadIndex,
@@ -303,7 +303,10 @@ impl Node {
         let mut view = self.leader_view();
         let mut hint_followed = false;
         for _ in 0..FORWARD_ATTEMPTS {
-            match self.forward_streamed(leader, req.clone(), deadline).await? {
+            match self
+                .forward_streamed(leader, ForwardRequest::Write(req.clone()), deadline)
+                .await?
+            {
                 ForwardResponse::Write(r, index) => {
                     tracing::debug!(index, "forwarded write acknowledged");
                     // Read-your-writes on this member, as etcd gives: answer

@@ -1,5 +1,6 @@
-//! A follower forwards its clients' writes to the leader as messages on
-//! one long-lived `ForwardStream` call, not as a `Forward` call each. A
+//! A follower forwards its clients' writes, its linearizable reads'
+//! ReadIndex rounds and lease keep-alives to the leader as messages on one
+//! long-lived `ForwardStream` call, not as a `Forward` call each. A
 //! call of its own costs an HTTP/2 stream, its headers, the peer checks and
 //! a task on each side, on the path of every write; on the open stream a
 //! write is one DATA frame each way, and writes that arrive together leave
@@ -7,25 +8,27 @@
 //! message stream). Measured in docs/benchmarks.md ("Forwarded writes on
 //! one stream").
 //!
-//! Each message carries a sequence number, what is left of the write's
-//! deadline, and the write with its request id (`BatchedWrite`); the leader
-//! serves each exactly as a `Forward(Write)` (`Node::handle_forward`),
-//! concurrently, and answers `(sequence number, Forward answer)` as soon
-//! as it has it.
+//! Each message carries a sequence number, what is left of the request's
+//! deadline, and the request with its request id ([`StreamedRequest`]);
+//! the leader serves each exactly as a `Forward` call
+//! (`Node::handle_forward`), concurrently, and answers `(sequence number,
+//! Forward answer)` as soon as it has it. Membership changes and "which
+//! membership have you applied?" stay `Forward` calls (rare, and the
+//! latter is asked by members that may have been removed).
 //!
 //! Failures: the stream cannot be opened: as a failed `Forward` call (never
 //! delivered means "ask the new leader", anything else an unknown
 //! outcome); a leader without `ForwardStream` (an older version) gets a
-//! `Forward` call per write from then on. The stream breaks or ends: every
+//! `Forward` call per request from then on. The stream breaks or ends: every
 //! write sent on it and not answered has an unknown outcome
 //! (`LeaderChanged`), and the next write opens a new stream.
 //!
 //! Bounds (leader side): a message is at most `MAX_FORWARD_BYTES` plus
 //! [`MESSAGE_OVERHEAD_BYTES`], refused before it is decoded; one stream
 //! has at most [`MAX_IN_FLIGHT`] writes being served and is not read
-//! further until one ends; each write is checked as a `Forward` call is
-//! (the sender still a member, publishing only its own attributes), and a
-//! bad one ends the stream with its error. Follower side: one pending
+//! further until one ends; each request is checked as a `Forward` call is
+//! (the sender still a member, a write publishing only its own
+//! attributes), and a bad one ends the stream with its error. Follower side: one pending
 //! entry per forwarded write in progress, which the client port's limits
 //! bound.
 //!
@@ -38,15 +41,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 
-use super::forward_batch::BatchedWrite;
 use super::network;
 use super::peer_service::MAX_FORWARD_BYTES;
-use super::types::Request;
 use super::{ForwardRequest, ForwardResponse, Node, NodeError};
 use warden_proto::peer::Blob;
 
@@ -58,8 +60,29 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 pub const MESSAGE_OVERHEAD_BYTES: usize = 32;
 
 /// One message in: sequence number, timeout in milliseconds, encoded
-/// `BatchedWrite`.
-type StreamedWrite = (u64, u64, ByteBuf);
+/// [`StreamedRequest`].
+type StreamedMessage = (u64, u64, ByteBuf);
+
+/// A forwarded request on the stream, with the client request's id (for
+/// the leader's log).
+#[derive(Serialize, Deserialize)]
+pub struct StreamedRequest {
+    pub req: ForwardRequest,
+    pub id: Option<String>,
+}
+
+impl StreamedRequest {
+    /// Whether the stream carries this kind of request.
+    fn streamable(req: &ForwardRequest) -> bool {
+        matches!(
+            req,
+            ForwardRequest::Write(_)
+                | ForwardRequest::ReadIndex
+                | ForwardRequest::LeaseRenew(_)
+                | ForwardRequest::LeaseTimeToLive(_)
+        )
+    }
+}
 
 /// One message out: the write's sequence number and what `Forward` would
 /// have answered for it.
@@ -129,30 +152,31 @@ enum Sent {
 }
 
 impl Node {
-    /// Forwards one write to `leader` on the open stream (opening it
-    /// first if there is none); answers as [`Node::forward`] would for
-    /// `ForwardRequest::Write(req)`.
+    /// Sends `req` to `leader` on the open stream (opening it first if
+    /// there is none); answers as [`Node::forward`] would.
     pub(super) async fn forward_streamed(
         &self,
         leader: u64,
-        req: Request,
+        req: ForwardRequest,
         deadline: Instant,
     ) -> Result<ForwardResponse, NodeError> {
-        self.telemetry.forward_write();
-        let item = BatchedWrite {
+        if matches!(req, ForwardRequest::Write(_)) {
+            self.telemetry.forward_write();
+        }
+        let item = StreamedRequest {
             req,
             id: crate::api::trace::current_request_id(),
         };
+        if !StreamedRequest::streamable(&item.req) {
+            return self.forward(leader, &item.req, deadline).await;
+        }
         match self.send_streamed(leader, &item, deadline).await {
             Sent::Answer(r) => r,
-            Sent::Unsent => {
-                self.forward(leader, &ForwardRequest::Write(item.req), deadline)
-                    .await
-            }
+            Sent::Unsent => self.forward(leader, &item.req, deadline).await,
         }
     }
 
-    async fn send_streamed(&self, leader: u64, item: &BatchedWrite, deadline: Instant) -> Sent {
+    async fn send_streamed(&self, leader: u64, item: &StreamedRequest, deadline: Instant) -> Sent {
         let streams = &self.forward_stream;
         if streams.unsupported.lock().is_ok_and(|u| *u == Some(leader)) {
             return Sent::Unsent;
@@ -161,7 +185,7 @@ impl Node {
             Ok(e) => e,
             Err(e) => {
                 return Sent::Answer(Err(NodeError::Internal(format!(
-                    "encode forwarded write: {e}"
+                    "encode forwarded request: {e}"
                 ))))
             }
         };
@@ -286,26 +310,39 @@ async fn read_answers(leader: u64, mut answers: tonic::Streaming<Blob>, pending:
     }
 }
 
-/// Decodes one `ForwardStream` message: sequence number, deadline, write.
-pub fn decode_message(b: &Blob) -> Result<(u64, Duration, BatchedWrite), String> {
+/// Decodes one `ForwardStream` message: sequence number, deadline,
+/// request (a kind the stream carries, nothing after it).
+pub fn decode_message(b: &Blob) -> Result<(u64, Duration, StreamedRequest), String> {
     let max = MAX_FORWARD_BYTES + MESSAGE_OVERHEAD_BYTES;
     if b.data.len() > max {
         return Err(format!(
-            "forwarded write of {} bytes is larger than {max}: etcdserver: request is too large",
+            "forwarded request of {} bytes is larger than {max}: etcdserver: request is too large",
             b.data.len()
         ));
     }
-    let (seq, timeout_ms, item): StreamedWrite = network::decode(b)?;
-    let w = super::forward_batch::decode_write(&item)?;
-    Ok((seq, Duration::from_millis(timeout_ms), w))
+    let (seq, timeout_ms, item): StreamedMessage = network::decode(b)?;
+    let r: StreamedRequest = match postcard::take_from_bytes(&item) {
+        Ok((r, [])) => r,
+        Ok((_, rest)) => {
+            return Err(format!(
+                "decode forwarded request: {} unexpected bytes after it",
+                rest.len()
+            ))
+        }
+        Err(e) => return Err(format!("decode forwarded request: {e}")),
+    };
+    if !StreamedRequest::streamable(&r.req) {
+        return Err("decode forwarded request: not a kind a forward stream carries".into());
+    }
+    Ok((seq, Duration::from_millis(timeout_ms), r))
 }
 
-/// Serves a `ForwardStream` as the leader: reads writes (each checked by
-/// `check` first) and serves each as `handle_forward` serves a
-/// `Forward(Write)`, at most [`MAX_IN_FLIGHT`] at a time, sending each
+/// Serves a `ForwardStream` as the leader: reads requests (each checked
+/// by `check` first) and serves each as `handle_forward` serves a
+/// `Forward` call, at most [`MAX_IN_FLIGHT`] at a time, sending each
 /// answer (encoded [`StreamAnswer`]) on the returned stream as soon as it
 /// is known. A bad message ends the stream with its error after the
-/// writes before it are answered.
+/// requests before it are answered.
 pub fn serve_stream<C>(
     node: Arc<Node>,
     mut incoming: tonic::Streaming<Blob>,
@@ -313,7 +350,7 @@ pub fn serve_stream<C>(
     check: C,
 ) -> ReceiverStream<Result<Blob, tonic::Status>>
 where
-    C: Fn(&BatchedWrite) -> Result<(), tonic::Status> + Send + 'static,
+    C: Fn(&ForwardRequest) -> Result<(), tonic::Status> + Send + 'static,
 {
     let (out, rx) = mpsc::channel(MAX_IN_FLIGHT);
     tokio::spawn(async move {
@@ -332,7 +369,7 @@ where
                     };
                     let decoded = decode_message(&blob)
                         .map_err(tonic::Status::invalid_argument)
-                        .and_then(|(seq, timeout, w)| check(&w).map(|()| (seq, timeout, w)));
+                        .and_then(|(seq, timeout, r)| check(&r.req).map(|()| (seq, timeout, r)));
                     let (seq, timeout, w) = match decoded {
                         Ok(d) => d,
                         Err(s) => {
@@ -346,7 +383,7 @@ where
                     serving.push(async move {
                         let deadline = node.deadline(Some(timeout));
                         let id = w.id.filter(|id| crate::api::trace::sane_id(id).is_some());
-                        let serve = node.handle_forward(ForwardRequest::Write(w.req), deadline);
+                        let serve = node.handle_forward(w.req, deadline);
                         let answer = node.as_forwarded(id, from, serve).await;
                         network::encode(&(seq, answer)).map_err(tonic::Status::internal)
                     });

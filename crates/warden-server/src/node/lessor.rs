@@ -642,7 +642,7 @@ impl Node {
             let answer = if leader == self.id {
                 self.lessor_local(&req).await
             } else {
-                self.forward(leader, &req, deadline).await?
+                self.forward_streamed(leader, req.clone(), deadline).await?
             };
             match answer {
                 ForwardResponse::NotLeader(_) => {

@@ -629,7 +629,7 @@ impl RaftPeer for PeerService {
         let refusals = self.refusals.clone();
         // Each write is checked as a `Forward` call is: the stream lives
         // on, and its sender may stop being a member meanwhile.
-        let check = move |w: &super::forward_batch::BatchedWrite| {
+        let check = move |req: &ForwardRequest| {
             let listed = node
                 .raft
                 .metrics()
@@ -644,7 +644,10 @@ impl RaftPeer for PeerService {
                 refusals.warn("not a member", &format!("ForwardStream: {msg}"));
                 return Err(Status::permission_denied(msg));
             }
-            own_publish_only(&refusals, "ForwardStream", &w.req, sender)
+            match req {
+                ForwardRequest::Write(w) => own_publish_only(&refusals, "ForwardStream", w, sender),
+                _ => Ok(()),
+            }
         };
         let answers = serve_stream(self.node.clone(), req.into_inner(), sender, check);
         Ok(Response::new(Box::pin(answers)))

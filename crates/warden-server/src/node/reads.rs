@@ -327,7 +327,7 @@ impl Node {
                 },
             };
             match self
-                .forward(leader, &ForwardRequest::ReadIndex, deadline)
+                .forward_streamed(leader, ForwardRequest::ReadIndex, deadline)
                 .await
             {
                 Ok(ForwardResponse::ReadIndex(index)) => return Ok(index),
