@@ -59,14 +59,14 @@ impl Proxies {
                 if i == j {
                     continue;
                 }
-                // A port from the same registry as the members' (not a
+                // A port from the same registry as the members' (not any
                 // fresh ephemeral one, which may be a port just handed to a
-                // member that has not bound it yet).
-                let port = crate::ports::free_ports(1)?
-                    .first()
-                    .copied()
-                    .ok_or_else(|| std::io::Error::other("no free port"))?;
-                let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+                // member that has not bound it yet), bound as it is chosen:
+                // choosing it and binding it later left a moment in which a
+                // member's outgoing connection could take it.
+                let listener = crate::ports::free_listener()?;
+                listener.set_nonblocking(true)?;
+                let listener = TcpListener::from_std(listener)?;
                 addrs.insert((i, j), listener.local_addr()?.to_string());
                 tasks.push(tokio::spawn(serve(
                     listener,

@@ -25,12 +25,12 @@
 //!
 //! Bounds (leader side): a message is at most `MAX_FORWARD_BYTES` plus
 //! [`MESSAGE_OVERHEAD_BYTES`], refused before it is decoded; one stream
-//! has at most [`MAX_IN_FLIGHT`] writes being served and is not read
-//! further until one ends; each request is checked as a `Forward` call is
-//! (the sender still a member, a write publishing only its own
-//! attributes), and a bad one ends the stream with its error. Follower side: one pending
-//! entry per forwarded write in progress, which the client port's limits
-//! bound.
+//! has at most [`MAX_IN_FLIGHT`] requests and [`MAX_IN_FLIGHT_BYTES`]
+//! being served and is not read further until one ends; each request is
+//! checked as a `Forward` call is (the sender still a member, a write
+//! publishing only its own attributes), and a bad one ends the stream with
+//! its error. Follower side: one pending entry per forwarded request in
+//! progress, which the client port's limits bound.
 //!
 //! Must never: answer a write from another write's result (answers are
 //! matched by sequence number), or retry a write that may have been sent.
@@ -54,6 +54,11 @@ use warden_proto::peer::Blob;
 
 /// Writes one stream may have being served on the leader at once.
 pub const MAX_IN_FLIGHT: usize = 1024;
+
+/// Bytes of requests one stream may have being served on the leader at
+/// once (a single request may be larger, up to `MAX_FORWARD_BYTES`: it is
+/// served, alone).
+pub const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 
 /// Bytes a message may add to its write's encoding (sequence number,
 /// timeout, length prefix).
@@ -355,11 +360,15 @@ where
     let (out, rx) = mpsc::channel(MAX_IN_FLIGHT);
     tokio::spawn(async move {
         let mut serving = FuturesUnordered::new();
+        // Bytes of the requests being served.
+        let mut held = 0usize;
         let mut reading = true;
         let mut failed: Option<tonic::Status> = None;
         while reading || !serving.is_empty() {
             tokio::select! {
-                m = incoming.message(), if reading && serving.len() < MAX_IN_FLIGHT => {
+                m = incoming.message(),
+                    if reading && serving.len() < MAX_IN_FLIGHT && held < MAX_IN_FLIGHT_BYTES =>
+                {
                     let blob = match m {
                         Ok(Some(b)) => b,
                         Ok(None) | Err(_) => {
@@ -380,15 +389,19 @@ where
                         }
                     };
                     let node = node.clone();
+                    let size = blob.data.len();
+                    held += size;
                     serving.push(async move {
                         let deadline = node.deadline(Some(timeout));
                         let id = w.id.filter(|id| crate::api::trace::sane_id(id).is_some());
                         let serve = node.handle_forward(w.req, deadline);
                         let answer = node.as_forwarded(id, from, serve).await;
-                        network::encode(&(seq, answer)).map_err(tonic::Status::internal)
+                        let answer: StreamAnswer = (seq, answer);
+                        (size, network::encode(&answer).map_err(tonic::Status::internal))
                     });
                 }
-                Some(answer) = serving.next(), if !serving.is_empty() => {
+                Some((size, answer)) = serving.next(), if !serving.is_empty() => {
+                    held -= size;
                     if out.send(answer).await.is_err() {
                         // The follower is gone: its writes are abandoned,
                         // as a dropped `Forward` call's are.
