@@ -107,6 +107,12 @@ struct Open {
 }
 
 impl Open {
+    /// Whether the stream still takes requests: its request side is open
+    /// and its answers are still read.
+    fn alive(&self) -> bool {
+        !self.tx.is_closed() && self.pending.lock().is_ok_and(|p| p.is_some())
+    }
+
     /// Registers `seq` and sends `blob`: false if the stream is gone (then
     /// nothing was sent).
     fn send(&self, seq: u64, blob: Blob, answer: Answer) -> bool {
@@ -143,7 +149,7 @@ impl ForwardStreams {
             .lock()
             .ok()?
             .as_ref()
-            .filter(|o| o.leader == leader && !o.tx.is_closed())
+            .filter(|o| o.leader == leader && o.alive())
             .cloned()
     }
 }
@@ -215,7 +221,13 @@ impl Node {
         };
         let (tx, rx) = oneshot::channel();
         if !open.send(seq, blob, tx) {
-            // The stream ended meanwhile: nothing was sent.
+            // The stream ended meanwhile: nothing was sent. The next
+            // request opens a new one.
+            if let Ok(mut slot) = streams.open.lock() {
+                if slot.as_ref().is_some_and(|o| Arc::ptr_eq(o, &open)) {
+                    *slot = None;
+                }
+            }
             return Sent::Unsent;
         }
         Sent::Answer(match tokio::time::timeout_at(deadline, rx).await {
