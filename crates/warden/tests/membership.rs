@@ -40,10 +40,13 @@ async fn join_catch_up_by_snapshot_promote_and_remove_leader() {
     let mut c = Cluster::start_with(3, &["--snapshot-entries", "50"]);
     c.wait_leader(ELECT).await;
     let ep = c.members[0].client.clone();
+    // Each put is retried until it succeeds: a snapshot every 50 entries
+    // keeps a loaded machine busy enough that an election may come in
+    // between (300-600 ms timeouts here), and a put caught by one fails
+    // with "leader changed" (its outcome unknown; this test only needs the
+    // keys to be there).
     for i in 0..200 {
-        put(&ep, &format!("k/{i:03}"), &i.to_string())
-            .await
-            .expect("put");
+        put_eventually(&ep, &format!("k/{i:03}"), &i.to_string(), ELECT).await;
     }
 
     let n4 = c.join("n4");
@@ -380,8 +383,9 @@ async fn member_down_past_log_compaction_catches_up_by_snapshot() {
     let down = (leader + 1) % 3;
     c.kill(down);
     let ep = c.members[leader].client.clone();
+    // Retried as above: an election under load must not fail the test.
     for i in 0..300 {
-        put(&ep, &format!("late/{i:03}"), "v").await.expect("put");
+        put_eventually(&ep, &format!("late/{i:03}"), "v", ELECT).await;
     }
     // The leader compacts its log only between replication attempts to the
     // dead member (openraft keeps entries an in-flight request may still

@@ -19,7 +19,8 @@
 //! Failures: the stream cannot be opened: as a failed `Forward` call (never
 //! delivered means "ask the new leader", anything else an unknown
 //! outcome); a leader without `ForwardStream` (an older version) gets a
-//! `Forward` call per request from then on. The stream breaks or ends: every
+//! `Forward` call per request for the next 30 s, then a stream is tried
+//! again. The stream breaks or ends: every
 //! write sent on it and not answered has an unknown outcome
 //! (`LeaderChanged`), and the next write opens a new stream.
 //!
@@ -29,8 +30,13 @@
 //! being served and is not read further until one ends; each request is
 //! checked as a `Forward` call is (the sender still a member, a write
 //! publishing only its own attributes), and a bad one ends the stream with
-//! its error. Follower side: one pending entry per forwarded request in
-//! progress, which the client port's limits bound.
+//! its error, and an answer too large for a peer message fails alone.
+//! Follower side: at most [`MAX_QUEUED`] requests wait for the connection
+//! (past that, and for a while after a stream failed to open, requests go
+//! as `Forward` calls, each failing or succeeding on its own); a request
+//! whose caller gives up (deadline, cancelled) stops waiting for its
+//! answer and, if still queued, is not sent; a request leaves with what is
+//! left of its deadline as it leaves.
 //!
 //! Must never: answer a write from another write's result (answers are
 //! matched by sequence number), or retry a write that may have been sent.
@@ -45,7 +51,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::network;
 use super::peer_service::MAX_FORWARD_BYTES;
@@ -67,6 +73,39 @@ pub const MESSAGE_OVERHEAD_BYTES: usize = 32;
 /// One message in: sequence number, timeout in milliseconds, encoded
 /// [`StreamedRequest`].
 type StreamedMessage = (u64, u64, ByteBuf);
+
+/// Messages a follower may have queued for its stream and not yet handed
+/// to the connection (the leader reads slowly, or not at all); past this,
+/// requests go as `Forward` calls.
+const MAX_QUEUED: usize = 4096;
+
+/// How long after a stream to a leader failed to open requests to it go
+/// as `Forward` calls (which fail or succeed each on its own, in parallel)
+/// instead of trying to open another one.
+const REOPEN_AFTER: Duration = Duration::from_secs(1);
+
+/// How long a leader found not to serve `ForwardStream` (an older
+/// version) gets `Forward` calls before a stream is tried again (it may
+/// have been upgraded).
+const RETRY_UNSUPPORTED: Duration = Duration::from_secs(30);
+
+/// A request waiting for its turn on the connection.
+struct Queued {
+    seq: u64,
+    deadline: Instant,
+    /// The encoded [`StreamedRequest`].
+    item: Vec<u8>,
+}
+
+impl Queued {
+    /// The message, with what is left of the deadline as it leaves; `None`
+    /// if nothing is left (its caller has given up: it is not sent).
+    fn message(self) -> Option<Blob> {
+        let left = self.deadline.checked_duration_since(Instant::now())?;
+        let left = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+        network::encode(&(self.seq, left, ByteBuf::from(self.item))).ok()
+    }
+}
 
 /// A forwarded request on the stream, with the client request's id (for
 /// the leader's log).
@@ -102,8 +141,17 @@ type Pending = Arc<Mutex<Option<HashMap<u64, Answer>>>>;
 /// An open stream to one leader.
 struct Open {
     leader: u64,
-    tx: mpsc::UnboundedSender<Blob>,
+    tx: mpsc::Sender<Queued>,
     pending: Pending,
+}
+
+/// How queueing a request on a stream went.
+enum Queue {
+    Queued,
+    /// The queue is full: nothing was sent.
+    Full,
+    /// The stream is gone: nothing was sent.
+    Gone,
 }
 
 impl Open {
@@ -113,20 +161,40 @@ impl Open {
         !self.tx.is_closed() && self.pending.lock().is_ok_and(|p| p.is_some())
     }
 
-    /// Registers `seq` and sends `blob`: false if the stream is gone (then
-    /// nothing was sent).
-    fn send(&self, seq: u64, blob: Blob, answer: Answer) -> bool {
+    /// Registers `q`'s answer and queues it to be sent.
+    fn send(&self, q: Queued, answer: Answer) -> Queue {
         let Ok(mut p) = self.pending.lock() else {
-            return false;
+            return Queue::Gone;
         };
         let Some(map) = p.as_mut() else {
-            return false;
+            return Queue::Gone;
         };
-        if self.tx.send(blob).is_err() {
-            return false;
+        let seq = q.seq;
+        match self.tx.try_send(q) {
+            Ok(()) => {
+                map.insert(seq, answer);
+                Queue::Queued
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Queue::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Queue::Gone,
         }
-        map.insert(seq, answer);
-        true
+    }
+}
+
+/// A request's place among a stream's pending answers, given up when its
+/// caller stops waiting (deadline, or cancelled), answered or not.
+struct Waiting {
+    open: Arc<Open>,
+    seq: u64,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.open.pending.lock() {
+            if let Some(map) = p.as_mut() {
+                map.remove(&self.seq);
+            }
+        }
     }
 }
 
@@ -138,8 +206,10 @@ pub(super) struct ForwardStreams {
     /// Held while a stream is being opened, so only one is.
     opening: tokio::sync::Mutex<()>,
     next_seq: AtomicU64,
-    /// A leader found not to serve `ForwardStream`.
-    unsupported: Mutex<Option<u64>>,
+    /// The leader a stream last failed to open to, and when.
+    failed: Mutex<Option<(u64, Instant)>>,
+    /// A leader found not to serve `ForwardStream`, and when.
+    unsupported: Mutex<Option<(u64, Instant)>>,
 }
 
 impl ForwardStreams {
@@ -151,6 +221,31 @@ impl ForwardStreams {
             .as_ref()
             .filter(|o| o.leader == leader && o.alive())
             .cloned()
+    }
+
+    /// Whether requests to `leader` go as `Forward` calls for now: it has
+    /// no `ForwardStream`, or a stream to it just failed to open.
+    fn use_calls(&self, leader: u64) -> bool {
+        let recent = |slot: &Mutex<Option<(u64, Instant)>>, within: Duration| {
+            slot.lock()
+                .is_ok_and(|s| s.is_some_and(|(l, at)| l == leader && at.elapsed() < within))
+        };
+        recent(&self.unsupported, RETRY_UNSUPPORTED) || recent(&self.failed, REOPEN_AFTER)
+    }
+
+    /// Forgets `open` if it is still the open stream.
+    fn drop_stream(&self, open: &Arc<Open>) {
+        if let Ok(mut slot) = self.open.lock() {
+            if slot.as_ref().is_some_and(|o| Arc::ptr_eq(o, open)) {
+                *slot = None;
+            }
+        }
+    }
+}
+
+fn mark(slot: &Mutex<Option<(u64, Instant)>>, leader: u64) {
+    if let Ok(mut s) = slot.lock() {
+        *s = Some((leader, Instant::now()));
     }
 }
 
@@ -189,7 +284,7 @@ impl Node {
 
     async fn send_streamed(&self, leader: u64, item: &StreamedRequest, deadline: Instant) -> Sent {
         let streams = &self.forward_stream;
-        if streams.unsupported.lock().is_ok_and(|u| *u == Some(leader)) {
+        if streams.use_calls(leader) {
             return Sent::Unsent;
         }
         let encoded = match postcard::to_allocvec(item) {
@@ -204,13 +299,6 @@ impl Node {
             // `Forward` answers why it is too large.
             return Sent::Unsent;
         }
-        let seq = streams.next_seq.fetch_add(1, Ordering::Relaxed);
-        let left = deadline.saturating_duration_since(Instant::now());
-        let left = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
-        let blob = match network::encode(&(seq, left, ByteBuf::from(encoded))) {
-            Ok(b) => b,
-            Err(e) => return Sent::Answer(Err(NodeError::Internal(e))),
-        };
         let open = match streams.to(leader) {
             Some(o) => o,
             None => match self.open_stream(leader, deadline).await {
@@ -219,17 +307,24 @@ impl Node {
                 Err(r) => return Sent::Answer(r),
             },
         };
+        let seq = streams.next_seq.fetch_add(1, Ordering::Relaxed);
+        let queued = Queued {
+            seq,
+            deadline,
+            item: encoded,
+        };
         let (tx, rx) = oneshot::channel();
-        if !open.send(seq, blob, tx) {
-            // The stream ended meanwhile: nothing was sent. The next
-            // request opens a new one.
-            if let Ok(mut slot) = streams.open.lock() {
-                if slot.as_ref().is_some_and(|o| Arc::ptr_eq(o, &open)) {
-                    *slot = None;
-                }
+        match open.send(queued, tx) {
+            Queue::Queued => {}
+            Queue::Full => return Sent::Unsent,
+            Queue::Gone => {
+                // The stream ended meanwhile: nothing was sent. The next
+                // request opens a new one.
+                streams.drop_stream(&open);
+                return Sent::Unsent;
             }
-            return Sent::Unsent;
         }
+        let _waiting = Waiting { open, seq };
         Sent::Answer(match tokio::time::timeout_at(deadline, rx).await {
             Err(_) => Err(NodeError::Timeout),
             Ok(Err(_)) => Err(NodeError::LeaderChanged),
@@ -237,57 +332,71 @@ impl Node {
         })
     }
 
-    /// The stream to `leader`: the one another write just opened, or a
-    /// new one. `Ok(None)`: the leader does not serve `ForwardStream`.
+    /// The stream to `leader`: the one another request just opened, or a
+    /// new one. `Ok(None)`: use `Forward` calls (the leader does not serve
+    /// `ForwardStream`, or a stream to it just failed to open).
     async fn open_stream(
         &self,
         leader: u64,
         deadline: Instant,
     ) -> Result<Option<Arc<Open>>, Result<ForwardResponse, NodeError>> {
         let streams = &self.forward_stream;
-        let _opening = match tokio::time::timeout_at(deadline, streams.opening.lock()).await {
-            Ok(g) => g,
-            Err(_) => return Err(Err(NodeError::Timeout)),
-        };
-        if let Some(o) = streams.to(leader) {
-            return Ok(Some(o));
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut client = self.forward_client(leader).map_err(Err)?;
-        let opened = tokio::time::timeout_at(
-            deadline,
-            client.forward_stream(UnboundedReceiverStream::new(rx)),
-        )
-        .await;
-        let answers = match opened {
-            Err(_) => return Err(Err(NodeError::Timeout)),
-            Ok(Ok(a)) => a.into_inner(),
-            Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
-                tracing::info!(
-                    "leader {leader:x} has no ForwardStream: forwarding a call per write"
-                );
-                if let Ok(mut u) = streams.unsupported.lock() {
-                    *u = Some(leader);
-                }
+        let opened = {
+            let _opening = match tokio::time::timeout_at(deadline, streams.opening.lock()).await {
+                Ok(g) => g,
+                Err(_) => return Err(Err(NodeError::Timeout)),
+            };
+            if let Some(o) = streams.to(leader) {
+                return Ok(Some(o));
+            }
+            if streams.use_calls(leader) {
                 return Ok(None);
             }
-            // Nothing was sent on it: as a failed `Forward` call.
-            Ok(Err(s)) => return Err(self.failed_forward(leader, &s, deadline).await),
+            let (tx, rx) = mpsc::channel::<Queued>(MAX_QUEUED);
+            let mut client = self.forward_client(leader).map_err(Err)?;
+            // Requests whose callers gave up while queued are not sent.
+            let outgoing = ReceiverStream::new(rx).filter_map(|q| std::future::ready(q.message()));
+            let opened = tokio::time::timeout_at(deadline, client.forward_stream(outgoing)).await;
+            match opened {
+                Err(_) => Err(Err(NodeError::Timeout)),
+                Ok(Ok(a)) => {
+                    self.telemetry.forward_stream_opened();
+                    let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+                    tokio::spawn(read_answers(leader, a.into_inner(), pending.clone()));
+                    let open = Arc::new(Open {
+                        leader,
+                        tx,
+                        pending,
+                    });
+                    // Replacing a stream to another member ends it once its
+                    // requests are answered (its request side ends when the
+                    // last handle goes).
+                    if let Ok(mut slot) = streams.open.lock() {
+                        *slot = Some(open.clone());
+                    }
+                    return Ok(Some(open));
+                }
+                Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
+                    tracing::info!(
+                        "leader {leader:x} has no ForwardStream: forwarding a call per request"
+                    );
+                    mark(&streams.unsupported, leader);
+                    return Ok(None);
+                }
+                Ok(Err(s)) => {
+                    // The requests queued behind this one use calls for a
+                    // while rather than each trying to open a stream in turn.
+                    mark(&streams.failed, leader);
+                    Ok(s)
+                }
+            }
         };
-        self.telemetry.forward_stream_opened();
-        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
-        tokio::spawn(read_answers(leader, answers, pending.clone()));
-        let open = Arc::new(Open {
-            leader,
-            tx,
-            pending,
-        });
-        // Replacing a stream to another member ends it once its writes are
-        // answered (its request side ends when the last handle goes).
-        if let Ok(mut slot) = streams.open.lock() {
-            *slot = Some(open.clone());
+        // Nothing was sent on it: as a failed `Forward` call (which may wait
+        // for a new leader: not while holding the opening lock).
+        match opened {
+            Ok(s) => Err(self.failed_forward(leader, &s, deadline).await),
+            Err(e) => Err(e),
         }
-        Ok(Some(open))
     }
 }
 
@@ -354,6 +463,28 @@ pub fn decode_message(b: &Blob) -> Result<(u64, Duration, StreamedRequest), Stri
     Ok((seq, Duration::from_millis(timeout_ms), r))
 }
 
+/// One answer on the stream. An answer too large for a peer message (a
+/// txn that read a large range) fails alone instead of ending the stream,
+/// as it would end a `Forward` call of its own.
+fn encode_answer(seq: u64, answer: ForwardResponse) -> Result<Blob, tonic::Status> {
+    let answer: StreamAnswer = (seq, answer);
+    let b = network::encode(&answer).map_err(tonic::Status::internal)?;
+    // Room for the message's own framing.
+    if b.data.len() + 16 <= network::MAX_MESSAGE {
+        return Ok(b);
+    }
+    let failed: StreamAnswer = (
+        seq,
+        ForwardResponse::Failed(NodeError::Internal(format!(
+            "the answer of {} bytes is larger than a peer message may be ({} bytes); \
+             the request was served",
+            b.data.len(),
+            network::MAX_MESSAGE
+        ))),
+    );
+    network::encode(&failed).map_err(tonic::Status::internal)
+}
+
 /// Serves a `ForwardStream` as the leader: reads requests (each checked
 /// by `check` first) and serves each as `handle_forward` serves a
 /// `Forward` call, at most [`MAX_IN_FLIGHT`] at a time, sending each
@@ -408,8 +539,7 @@ where
                         let id = w.id.filter(|id| crate::api::trace::sane_id(id).is_some());
                         let serve = node.handle_forward(w.req, deadline);
                         let answer = node.as_forwarded(id, from, serve).await;
-                        let answer: StreamAnswer = (seq, answer);
-                        (size, network::encode(&answer).map_err(tonic::Status::internal))
+                        (size, encode_answer(seq, answer))
                     });
                 }
                 Some((size, answer)) = serving.next(), if !serving.is_empty() => {
