@@ -427,6 +427,24 @@ impl Node {
         }
     }
 
+    /// Serves `req`, which member `from` forwarded in a batch or on its
+    /// stream with `timeout` left and the client request's id `id`, as a
+    /// `Forward` call is served.
+    pub(super) async fn serve_forwarded(
+        &self,
+        req: ForwardRequest,
+        timeout: Duration,
+        id: Option<String>,
+        from: u64,
+    ) -> ForwardResponse {
+        let deadline = self.deadline(Some(timeout));
+        // A request id the follower's client sent, if it is one the client
+        // port would have taken.
+        let id = id.filter(|id| crate::api::trace::sane_id(id).is_some());
+        self.as_forwarded(id, from, self.handle_forward(req, deadline))
+            .await
+    }
+
     /// Serves a forwarded request as the leader.
     pub(super) async fn handle_forward(
         &self,

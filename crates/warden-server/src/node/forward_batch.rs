@@ -34,10 +34,9 @@ pub const MAX_BATCH_WRITES: usize = 256;
 /// and a length prefix per write, and the count).
 pub const BATCH_OVERHEAD_BYTES: usize = 16 * MAX_BATCH_WRITES + 16;
 
-/// One forwarded write with its request id, as it travels in a batch
-/// (after what is left of its deadline in milliseconds: the batch is a
-/// postcard list of `(u64, bytes of BatchedWrite)`) and on a forward
-/// stream (`forward_stream`).
+/// One forwarded write with its request id, as it travels in a batch,
+/// after what is left of its deadline in milliseconds: the batch is a
+/// postcard list of `(u64, bytes of BatchedWrite)`.
 #[derive(Serialize, Deserialize)]
 pub struct BatchedWrite {
     pub req: Request,
@@ -72,15 +71,8 @@ pub fn decode_batch(b: &Blob) -> Result<Vec<(u64, BatchedWrite)>, String> {
 }
 
 /// One `BatchedWrite` from its bytes; nothing may follow it.
-pub(super) fn decode_write(item: &[u8]) -> Result<BatchedWrite, String> {
-    match postcard::take_from_bytes(item) {
-        Ok((w, [])) => Ok(w),
-        Ok((_, rest)) => Err(format!(
-            "decode forwarded write: {} unexpected bytes after it",
-            rest.len()
-        )),
-        Err(e) => Err(format!("decode forwarded write: {e}")),
-    }
+fn decode_write(item: &[u8]) -> Result<BatchedWrite, String> {
+    network::decode_bytes(item).map_err(|e| format!("forwarded write: {e}"))
 }
 
 /// Serves a batch of forwarded writes as the leader: each as
@@ -98,12 +90,10 @@ pub fn serve_batch(
         .map(|(i, (timeout_ms, w))| {
             let node = node.clone();
             async move {
-                let deadline = node.deadline(Some(Duration::from_millis(timeout_ms)));
-                // A request id the follower's client sent, if it is one
-                // the client port would have taken.
-                let id = w.id.filter(|id| crate::api::trace::sane_id(id).is_some());
-                let serve = node.handle_forward(ForwardRequest::Write(w.req), deadline);
-                let answer = node.as_forwarded(id, from, serve).await;
+                let timeout = Duration::from_millis(timeout_ms);
+                let answer = node
+                    .serve_forwarded(ForwardRequest::Write(w.req), timeout, w.id, from)
+                    .await;
                 let position = u32::try_from(i).unwrap_or(u32::MAX);
                 let answer: BatchAnswer = (position, answer);
                 network::encode(&answer).map_err(tonic::Status::internal)

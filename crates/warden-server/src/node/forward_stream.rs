@@ -20,9 +20,9 @@
 //! delivered means "ask the new leader", anything else an unknown
 //! outcome); a leader without `ForwardStream` (an older version) gets a
 //! `Forward` call per request for the next 30 s, then a stream is tried
-//! again. The stream breaks or ends: every
-//! write sent on it and not answered has an unknown outcome
-//! (`LeaderChanged`), and the next write opens a new stream.
+//! again. The stream breaks or ends: every request sent on it and not
+//! answered has an unknown outcome (`LeaderChanged`), and the next request
+//! opens a new stream.
 //!
 //! Bounds (leader side): a message is at most `MAX_FORWARD_BYTES` plus
 //! [`MESSAGE_OVERHEAD_BYTES`], refused before it is decoded; one stream
@@ -58,7 +58,7 @@ use super::peer_service::MAX_FORWARD_BYTES;
 use super::{ForwardRequest, ForwardResponse, Node, NodeError};
 use warden_proto::peer::Blob;
 
-/// Writes one stream may have being served on the leader at once.
+/// Requests one stream may have being served on the leader at once.
 pub const MAX_IN_FLIGHT: usize = 1024;
 
 /// Bytes of requests one stream may have being served on the leader at
@@ -340,64 +340,82 @@ impl Node {
         leader: u64,
         deadline: Instant,
     ) -> Result<Option<Arc<Open>>, Result<ForwardResponse, NodeError>> {
-        let streams = &self.forward_stream;
-        let opened = {
-            let _opening = match tokio::time::timeout_at(deadline, streams.opening.lock()).await {
-                Ok(g) => g,
-                Err(_) => return Err(Err(NodeError::Timeout)),
-            };
-            if let Some(o) = streams.to(leader) {
-                return Ok(Some(o));
-            }
-            if streams.use_calls(leader) {
-                return Ok(None);
-            }
-            let (tx, rx) = mpsc::channel::<Queued>(MAX_QUEUED);
-            let mut client = self.forward_client(leader).map_err(Err)?;
-            // Requests whose callers gave up while queued are not sent.
-            let outgoing = ReceiverStream::new(rx).filter_map(|q| std::future::ready(q.message()));
-            let opened = tokio::time::timeout_at(deadline, client.forward_stream(outgoing)).await;
-            match opened {
-                Err(_) => Err(Err(NodeError::Timeout)),
-                Ok(Ok(a)) => {
-                    self.telemetry.forward_stream_opened();
-                    let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
-                    tokio::spawn(read_answers(leader, a.into_inner(), pending.clone()));
-                    let open = Arc::new(Open {
-                        leader,
-                        tx,
-                        pending,
-                    });
-                    // Replacing a stream to another member ends it once its
-                    // requests are answered (its request side ends when the
-                    // last handle goes).
-                    if let Ok(mut slot) = streams.open.lock() {
-                        *slot = Some(open.clone());
-                    }
-                    return Ok(Some(open));
-                }
-                Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
-                    tracing::info!(
-                        "leader {leader:x} has no ForwardStream: forwarding a call per request"
-                    );
-                    mark(&streams.unsupported, leader);
-                    return Ok(None);
-                }
-                Ok(Err(s)) => {
-                    // The requests queued behind this one use calls for a
-                    // while rather than each trying to open a stream in turn.
-                    mark(&streams.failed, leader);
-                    Ok(s)
-                }
-            }
-        };
-        // Nothing was sent on it: as a failed `Forward` call (which may wait
-        // for a new leader: not while holding the opening lock).
-        match opened {
-            Ok(s) => Err(self.failed_forward(leader, &s, deadline).await),
-            Err(e) => Err(e),
+        match self.try_open(leader, deadline).await {
+            Opening::Open(o) => Ok(Some(o)),
+            Opening::UseCalls => Ok(None),
+            Opening::TimedOut => Err(Err(NodeError::Timeout)),
+            Opening::NoClient(e) => Err(Err(e)),
+            // Nothing was sent on it: as a failed `Forward` call (which may
+            // wait for a new leader; the opening lock is released by now).
+            Opening::Failed(s) => Err(self.failed_forward(leader, &s, deadline).await),
         }
     }
+
+    /// Opens a stream to `leader` unless another request just did, one
+    /// opening at a time.
+    async fn try_open(&self, leader: u64, deadline: Instant) -> Opening {
+        let streams = &self.forward_stream;
+        let Ok(_opening) = tokio::time::timeout_at(deadline, streams.opening.lock()).await else {
+            return Opening::TimedOut;
+        };
+        if let Some(o) = streams.to(leader) {
+            return Opening::Open(o);
+        }
+        if streams.use_calls(leader) {
+            return Opening::UseCalls;
+        }
+        let mut client = match self.forward_client(leader) {
+            Ok(c) => c,
+            Err(e) => return Opening::NoClient(e),
+        };
+        let (tx, rx) = mpsc::channel::<Queued>(MAX_QUEUED);
+        // Requests whose callers gave up while queued are not sent.
+        let outgoing = ReceiverStream::new(rx).filter_map(|q| std::future::ready(q.message()));
+        let answers = match tokio::time::timeout_at(deadline, client.forward_stream(outgoing)).await
+        {
+            Err(_) => return Opening::TimedOut,
+            Ok(Ok(a)) => a.into_inner(),
+            Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
+                tracing::info!(
+                    "leader {leader:x} has no ForwardStream: forwarding a call per request"
+                );
+                mark(&streams.unsupported, leader);
+                return Opening::UseCalls;
+            }
+            Ok(Err(s)) => {
+                // The requests queued behind this one use calls for a while
+                // rather than each trying to open a stream in turn.
+                mark(&streams.failed, leader);
+                return Opening::Failed(s);
+            }
+        };
+        self.telemetry.forward_stream_opened();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        tokio::spawn(read_answers(leader, answers, pending.clone()));
+        let open = Arc::new(Open {
+            leader,
+            tx,
+            pending,
+        });
+        // Replacing a stream to another member ends it once its requests
+        // are answered (its request side ends when the last handle goes).
+        if let Ok(mut slot) = streams.open.lock() {
+            *slot = Some(open.clone());
+        }
+        Opening::Open(open)
+    }
+}
+
+/// How opening a stream went.
+enum Opening {
+    Open(Arc<Open>),
+    /// Use `Forward` calls instead.
+    UseCalls,
+    TimedOut,
+    /// No client for the leader (not in this member's membership).
+    NoClient(NodeError),
+    /// The call failed before anything was sent on it.
+    Failed(tonic::Status),
 }
 
 /// Hands each answer on `answers` to its write; when the stream breaks or
@@ -447,18 +465,10 @@ pub fn decode_message(b: &Blob) -> Result<(u64, Duration, StreamedRequest), Stri
         ));
     }
     let (seq, timeout_ms, item): StreamedMessage = network::decode(b)?;
-    let r: StreamedRequest = match postcard::take_from_bytes(&item) {
-        Ok((r, [])) => r,
-        Ok((_, rest)) => {
-            return Err(format!(
-                "decode forwarded request: {} unexpected bytes after it",
-                rest.len()
-            ))
-        }
-        Err(e) => return Err(format!("decode forwarded request: {e}")),
-    };
+    let r: StreamedRequest =
+        network::decode_bytes(&item).map_err(|e| format!("forwarded request: {e}"))?;
     if !StreamedRequest::streamable(&r.req) {
-        return Err("decode forwarded request: not a kind a forward stream carries".into());
+        return Err("forwarded request: not a kind a forward stream carries".into());
     }
     Ok((seq, Duration::from_millis(timeout_ms), r))
 }
@@ -522,7 +532,7 @@ where
                     let decoded = decode_message(&blob)
                         .map_err(tonic::Status::invalid_argument)
                         .and_then(|(seq, timeout, r)| check(&r.req).map(|()| (seq, timeout, r)));
-                    let (seq, timeout, w) = match decoded {
+                    let (seq, timeout, r) = match decoded {
                         Ok(d) => d,
                         Err(s) => {
                             tracing::warn!("forward stream from {from:x}: {}", s.message());
@@ -535,10 +545,7 @@ where
                     let size = blob.data.len();
                     held += size;
                     serving.push(async move {
-                        let deadline = node.deadline(Some(timeout));
-                        let id = w.id.filter(|id| crate::api::trace::sane_id(id).is_some());
-                        let serve = node.handle_forward(w.req, deadline);
-                        let answer = node.as_forwarded(id, from, serve).await;
+                        let answer = node.serve_forwarded(r.req, timeout, r.id, from).await;
                         (size, encode_answer(seq, answer))
                     });
                 }

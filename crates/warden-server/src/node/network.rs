@@ -179,8 +179,14 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Blob, String> {
 /// Bytes after the message are refused: a sender that appends anything is
 /// not speaking this format.
 pub fn decode<T: DeserializeOwned>(b: &Blob) -> Result<T, String> {
+    decode_bytes(&b.data)
+}
+
+/// One value from `bytes` (a peer message, or an item inside one); nothing
+/// may follow it.
+pub fn decode_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let (v, rest) =
-        postcard::take_from_bytes(&b.data).map_err(|e| format!("decode peer message: {e}"))?;
+        postcard::take_from_bytes(bytes).map_err(|e| format!("decode peer message: {e}"))?;
     if !rest.is_empty() {
         return Err(format!(
             "decode peer message: {} unexpected bytes after it",
