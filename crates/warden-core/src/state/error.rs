@@ -85,6 +85,12 @@ pub enum StateError {
          have been applied"
     )]
     ResponseForgotten,
+    /// A value of an old version could not be read back from the member's
+    /// scratch files (`storage::cold`): a disk error on this member. Only
+    /// reads of history (an old revision, watch replay) can get it, and
+    /// nothing changed. Appended after `ResponseForgotten`.
+    #[error("warden: reading key history on this member failed: {0}")]
+    HistoryRead(String),
 }
 
 /// How the api layer should classify a [`StateError`] (etcd's gRPC codes).
@@ -104,6 +110,8 @@ pub enum ErrorClass {
     PermissionDenied,
     /// gRPC `UNAUTHENTICATED`.
     Unauthenticated,
+    /// gRPC `INTERNAL`: this member failed, not the request.
+    Internal,
 }
 
 impl StateError {
@@ -132,6 +140,7 @@ impl StateError {
             | StateError::LeaseProvided => ErrorClass::InvalidArgument,
             StateError::LeaseNotFound => ErrorClass::NotFound,
             StateError::NoSpace => ErrorClass::ResourceExhausted,
+            StateError::HistoryRead(_) => ErrorClass::Internal,
             StateError::Auth(e) => match e.class() {
                 AuthErrorClass::FailedPrecondition => ErrorClass::FailedPrecondition,
                 AuthErrorClass::InvalidArgument => ErrorClass::InvalidArgument,
@@ -171,7 +180,8 @@ impl StateError {
             | StateError::FenceNotKv
             | StateError::Auth(_)
             | StateError::SessionExpired
-            | StateError::ResponseForgotten => return self.to_string().into(),
+            | StateError::ResponseForgotten
+            | StateError::HistoryRead(_) => return self.to_string().into(),
         };
         fixed.into()
     }

@@ -40,6 +40,7 @@ use super::lock_table::{
     AcquireOutcome, AcquireRequest, HandleDigest, LockError, LockEvent, LockProofs, LockTable,
 };
 use super::mvcc::{self, MvccStore};
+use crate::storage::cold::ColdStore;
 use crate::storage::format;
 
 use super::types::{
@@ -480,7 +481,7 @@ impl StateMachine {
     }
 
     /// See [`MvccStore::hash_kv`].
-    pub fn hash_kv(&self, rev: i64) -> u32 {
+    pub fn hash_kv(&self, rev: i64) -> Result<u32, StateError> {
         self.mvcc.hash_kv(rev)
     }
 
@@ -524,6 +525,11 @@ impl StateMachine {
             }
         }
         Ok(())
+    }
+
+    /// See [`MvccStore::set_cold`]: superseded values go to `cold`.
+    pub fn set_cold(&mut self, cold: Option<ColdStore>) -> usize {
+        self.mvcc.set_cold(cold)
     }
 
     /// Read access to the key-value store.

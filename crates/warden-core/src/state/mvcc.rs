@@ -17,7 +17,9 @@
 //! The unit tests live in `mvcc_tests.rs`, a child module of this one.
 
 use imbl::OrdMap;
+use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::fmt;
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
@@ -29,6 +31,7 @@ use super::types::{
     ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,
 };
 use super::validate;
+use crate::storage::cold::{ColdRef, ColdStore};
 
 /// Answers whether a lease exists, for puts that attach one (etcd's
 /// `lessor.Lookup`). The lease table (`super::lease::LeaseTable`) implements
@@ -56,14 +59,92 @@ pub struct WriteResult<T> {
     pub events: Vec<Event>,
 }
 
+/// A stored value: on the heap, or (a superseded version's, see
+/// [`MvccStore::set_cold`]) in the member's scratch files. Encoded as the
+/// bytes either way, so snapshots do not change; equal when the bytes are.
+#[derive(Clone)]
+enum Value {
+    Hot(Vec<u8>),
+    Cold(ColdRef),
+}
+
+impl Value {
+    fn len(&self) -> usize {
+        match self {
+            Value::Hot(v) => v.len(),
+            Value::Cold(c) => c.len(),
+        }
+    }
+
+    /// The bytes, read back if cold.
+    fn bytes(&self) -> Result<Cow<'_, [u8]>, StateError> {
+        match self {
+            Value::Hot(v) => Ok(Cow::Borrowed(v)),
+            Value::Cold(c) => c
+                .read()
+                .map(Cow::Owned)
+                .map_err(|e| StateError::HistoryRead(e.to_string())),
+        }
+    }
+
+    /// The bytes of a value known to be on the heap: a key's newest
+    /// version never leaves it (only [`MvccStore::spill`] makes values
+    /// cold, and only superseded ones), and every write and compare works
+    /// on newest versions. Empty for a cold value, which would be a bug;
+    /// no replica ever has one here, so all replicas agree.
+    fn newest(&self) -> &[u8] {
+        match self {
+            Value::Hot(v) => v,
+            Value::Cold(_) => &[],
+        }
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Value::Hot(a), Value::Hot(b)) => a == b,
+            _ => match (self.bytes(), other.bytes()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            },
+        }
+    }
+}
+
+impl Eq for Value {}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Hot(v) => v.fmt(f),
+            Value::Cold(c) => c.fmt(f),
+        }
+    }
+}
+
+impl Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.bytes() {
+            Ok(b) => s.serialize_bytes(&b),
+            Err(e) => Err(serde::ser::Error::custom(e)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde_bytes::ByteBuf::deserialize(d).map(|b| Value::Hot(b.into_vec()))
+    }
+}
+
 /// A key's value in one life of the key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Live {
     create_revision: i64,
     version: i64,
     lease: i64,
-    #[serde(with = "serde_bytes")]
-    value: Vec<u8>,
+    value: Value,
 }
 
 /// One version of a key: a value, or a tombstone (`live == None`).
@@ -123,19 +204,60 @@ impl History {
     fn compacts_at(&self, rev: i64) -> bool {
         self.compact_from(rev) > 0
     }
+
+    /// Moves the values of every version but the newest that are still on
+    /// the heap to `cold`, in one write. Returns how many moved (none if
+    /// the write failed: they stay on the heap).
+    fn spill(&mut self, cold: &ColdStore) -> usize {
+        let Some(older) = self.versions.len().checked_sub(1) else {
+            return 0;
+        };
+        let mut at = Vec::new();
+        let refs = {
+            let mut values: Vec<&[u8]> = Vec::new();
+            for (i, v) in self.versions.iter().take(older).enumerate() {
+                if let Some(Live {
+                    value: Value::Hot(b),
+                    ..
+                }) = &v.live
+                {
+                    if !b.is_empty() {
+                        at.push(i);
+                        values.push(b);
+                    }
+                }
+            }
+            if values.is_empty() {
+                return 0;
+            }
+            match cold.put_all(&values) {
+                Some(refs) => refs,
+                None => return 0,
+            }
+        };
+        let moved = refs.len();
+        for (i, r) in at.into_iter().zip(refs) {
+            if let Some(Live { value, .. }) = self.versions.get_mut(i).and_then(|v| v.live.as_mut())
+            {
+                *value = Value::Cold(r);
+            }
+        }
+        moved
+    }
 }
 
 /// The watch event of version `i` (`v`) of key `k`, with the key's previous
 /// live version as `prev_kv`.
-fn event_of(k: &[u8], h: &History, i: usize, v: &Version) -> Event {
+fn event_of(k: &[u8], h: &History, i: usize, v: &Version) -> Result<Event, StateError> {
     let prev_kv = i
         .checked_sub(1)
         .and_then(|p| h.versions.get(p))
-        .and_then(|p| p.live.as_ref().map(|l| to_kv(k, p.mod_revision, l, true)));
-    match &v.live {
+        .and_then(|p| p.live.as_ref().map(|l| to_kv(k, p.mod_revision, l, true)))
+        .transpose()?;
+    Ok(match &v.live {
         Some(l) => Event {
             kind: EventKind::Put,
-            kv: to_kv(k, v.mod_revision, l, true),
+            kv: to_kv(k, v.mod_revision, l, true)?,
             prev_kv,
         },
         None => Event {
@@ -147,20 +269,38 @@ fn event_of(k: &[u8], h: &History, i: usize, v: &Version) -> Event {
             },
             prev_kv,
         },
-    }
+    })
 }
 
-fn to_kv(key: &[u8], mod_revision: i64, live: &Live, with_value: bool) -> KeyValue {
-    KeyValue {
+/// The `KeyValue` of a version of any age (a cold value is read back).
+fn to_kv(
+    key: &[u8],
+    mod_revision: i64,
+    live: &Live,
+    with_value: bool,
+) -> Result<KeyValue, StateError> {
+    Ok(KeyValue {
         key: key.to_vec(),
         create_revision: live.create_revision,
         mod_revision,
         version: live.version,
         value: if with_value {
-            live.value.clone()
+            live.value.bytes()?.into_owned()
         } else {
             Vec::new()
         },
+        lease: live.lease,
+    })
+}
+
+/// The `KeyValue` of a key's newest version (see [`Value::newest`]).
+fn newest_kv(key: &[u8], mod_revision: i64, live: &Live) -> KeyValue {
+    KeyValue {
+        key: key.to_vec(),
+        create_revision: live.create_revision,
+        mod_revision,
+        version: live.version,
+        value: live.value.newest().to_vec(),
         lease: live.lease,
     }
 }
@@ -286,7 +426,25 @@ pub struct MvccStore {
     /// snapshot encoding is unchanged.
     #[serde(skip)]
     size: u64,
+    /// Where superseded values go ([`MvccStore::set_cold`]); none: all
+    /// values stay on the heap. Not state: two stores are equal whatever
+    /// their scratch files.
+    #[serde(skip)]
+    cold: Spill,
 }
+
+/// The scratch files of [`MvccStore`], if any. Equal to any other: where
+/// bytes are kept is not part of the state.
+#[derive(Clone, Debug, Default)]
+struct Spill(Option<ColdStore>);
+
+impl PartialEq for Spill {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Spill {}
 
 /// The stored form of [`MvccStore`]: the same fields in the same order, so
 /// the postcard bytes are those of the store; decoding recounts the size.
@@ -307,6 +465,7 @@ impl From<StoredMvcc> for MvccStore {
             live_keys: s.live_keys,
             keys: s.keys,
             size: 0,
+            cold: Spill::default(),
         };
         store.size = store.recount_size();
         store
@@ -328,7 +487,34 @@ impl MvccStore {
             live_keys: 0,
             keys: OrdMap::new(),
             size: 0,
+            cold: Spill::default(),
         }
+    }
+
+    /// From now on, moves the value of each superseded version (a key's
+    /// older versions, kept until compaction for reads at old revisions
+    /// and watch replay) to `cold`, starting with those already here; so
+    /// the heap holds each key's newest value only. Reads of history then
+    /// cost a `pread` each. `None` keeps everything on the heap. Returns
+    /// how many values moved now.
+    pub fn set_cold(&mut self, cold: Option<ColdStore>) -> usize {
+        self.cold = Spill(cold);
+        let Some(cold) = self.cold.0.clone() else {
+            return 0;
+        };
+        let with_history: Vec<Vec<u8>> = self
+            .keys
+            .iter()
+            .filter(|(_, h)| h.versions.len() > 1)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut moved = 0;
+        for k in with_history {
+            if let Some(h) = self.keys.get_mut(k.as_slice()) {
+                moved += h.spill(&cold);
+            }
+        }
+        moved
     }
 
     /// warden's analogue of etcd's backend size (`Status.db_size`, the
@@ -379,14 +565,14 @@ impl MvccStore {
         self.keys
             .get(key)
             .and_then(|h| h.live_at(self.current_revision))
-            .map(|(m, l)| to_kv(key, m, l, true))
+            .map(|(m, l)| newest_kv(key, m, l))
     }
 
     /// etcd `Range`, outside any write (a linearizable or serializable read).
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, StateError> {
         validate::check_range_request(req)?;
         let rev = self.resolve_read_rev(req.revision, self.current_revision)?;
-        Ok(self.range_at(req, rev))
+        self.range_at(req, rev)
     }
 
     /// etcd `Put`. Bumps the revision by one.
@@ -544,11 +730,12 @@ impl MvccStore {
                 let prev_kv = i
                     .checked_sub(1)
                     .and_then(|p| h.versions.get(p))
-                    .and_then(|p| p.live.as_ref().map(|l| to_kv(k, p.mod_revision, l, true)));
+                    .and_then(|p| p.live.as_ref().map(|l| to_kv(k, p.mod_revision, l, true)))
+                    .transpose()?;
                 let event = match &v.live {
                     Some(l) => Event {
                         kind: EventKind::Put,
-                        kv: to_kv(k, v.mod_revision, l, true),
+                        kv: to_kv(k, v.mod_revision, l, true)?,
                         prev_kv,
                     },
                     None => Event {
@@ -626,7 +813,7 @@ impl MvccStore {
                 if v.mod_revision > end {
                     break;
                 }
-                out.push((v.sub, event_of(k, h, i, v)));
+                out.push((v.sub, event_of(k, h, i, v)?));
             }
         }
         out.sort_by_key(|(sub, e)| (e.kv.mod_revision, *sub));
@@ -637,7 +824,7 @@ impl MvccStore {
     /// them for `rev <= 0` or `rev > current`), in key then revision order.
     /// Replicas that applied the same commands agree on it, like etcd's
     /// `HashKV`; it is not etcd's exact hash.
-    pub fn hash_kv(&self, rev: i64) -> u32 {
+    pub fn hash_kv(&self, rev: i64) -> Result<u32, StateError> {
         let rev = if rev <= 0 || rev > self.current_revision {
             self.current_revision
         } else {
@@ -657,12 +844,12 @@ impl MvccStore {
                         h.update(&l.version.to_le_bytes());
                         h.update(&l.lease.to_le_bytes());
                         h.update(&(l.value.len() as u64).to_le_bytes());
-                        h.update(&l.value);
+                        h.update(&l.value.bytes()?);
                     }
                 }
             }
         }
-        h.finalize()
+        Ok(h.finalize())
     }
 
     /// Checks the structural invariants a store built by this code always
@@ -765,14 +952,14 @@ impl MvccStore {
     }
 
     /// etcd `applierV3backend.Range` at an already validated revision.
-    fn range_at(&self, req: &RangeRequest, rev: i64) -> RangeResponse {
+    fn range_at(&self, req: &RangeRequest, rev: i64) -> Result<RangeResponse, StateError> {
         let live = self.live_in_range(&req.key, &req.range_end, rev);
         if req.count_only {
-            return RangeResponse {
+            return Ok(RangeResponse {
                 kvs: Vec::new(),
                 more: false,
                 count: count_i64(live.count()),
-            };
+            });
         }
 
         let filtered = req.min_mod_revision != 0
@@ -796,21 +983,21 @@ impl MvccStore {
             let mut count = 0usize;
             for (k, m, l) in live {
                 if count < limit {
-                    kvs.push(to_kv(k, m, l, !req.keys_only));
+                    kvs.push(to_kv(k, m, l, !req.keys_only)?);
                 }
                 count += 1;
             }
-            return RangeResponse {
+            return Ok(RangeResponse {
                 kvs,
                 more: count > limit,
                 count: count_i64(count),
-            };
+            });
         }
 
         // Sort references, not copies: the only kvs built are those returned,
         // so a `limit = 1` read of a large range holds one value, not all.
         let mut count = 0usize;
-        let mut refs: Vec<(&[u8], i64, &Live)> = Vec::new();
+        let mut refs: Vec<SortRef<'_>> = Vec::new();
         for (k, m, l) in live {
             count += 1;
             let pruned = (req.max_mod_revision != 0 && m > req.max_mod_revision)
@@ -818,20 +1005,27 @@ impl MvccStore {
                 || (req.max_create_revision != 0 && l.create_revision > req.max_create_revision)
                 || (req.min_create_revision != 0 && l.create_revision < req.min_create_revision);
             if !pruned {
-                refs.push((k, m, l));
+                // Sorting by value compares the bytes: read a cold value
+                // once here, not at every comparison.
+                let value = if req.sort_target == SortTarget::Value {
+                    l.value.bytes()?
+                } else {
+                    Cow::Borrowed(&[][..])
+                };
+                refs.push((k, m, l, value));
             }
         }
         let more = refs.len() > limit;
         select_sorted(&mut refs, req.sort_target, sort_order, limit);
         let kvs = refs
             .into_iter()
-            .map(|(k, m, l)| to_kv(k, m, l, !req.keys_only))
-            .collect();
-        RangeResponse {
+            .map(|(k, m, l, _)| to_kv(k, m, l, !req.keys_only))
+            .collect::<Result<_, _>>()?;
+        Ok(RangeResponse {
             kvs,
             more,
             count: count_i64(count),
-        }
+        })
     }
 
     /// etcd `applyCompare`: true if every key in the compare's range
@@ -919,6 +1113,15 @@ impl MvccStore {
     fn commit<T>(&mut self, w: Write, response: T) -> WriteResult<T> {
         if w.changed {
             self.current_revision = w.rev();
+            if let Some(cold) = &self.cold.0 {
+                // Every written key has an event; what it superseded is
+                // history now.
+                for ev in &w.events {
+                    if let Some(h) = self.keys.get_mut(ev.kv.key.as_slice()) {
+                        h.spill(cold);
+                    }
+                }
+            }
         }
         WriteResult {
             response,
@@ -962,7 +1165,7 @@ impl MvccStore {
             .keys
             .get(req.key.as_slice())
             .and_then(|h| h.live_at(read_rev))
-            .map(|(m, l)| to_kv(&req.key, m, l, true));
+            .map(|(m, l)| newest_kv(&req.key, m, l));
 
         let (value, lease) = match (&prev, req.ignore_value || req.ignore_lease) {
             (None, true) => return Err(StateError::KeyNotFound),
@@ -987,9 +1190,9 @@ impl MvccStore {
             create_revision,
             version,
             lease,
-            value,
+            value: Value::Hot(value),
         };
-        let kv = to_kv(&req.key, rev, &live, true);
+        let kv = newest_kv(&req.key, rev, &live);
         let new_version = Version {
             mod_revision: rev,
             sub: w.events.len() as u32,
@@ -1028,7 +1231,7 @@ impl MvccStore {
         let rev = w.rev();
         let victims: Vec<KeyValue> = self
             .live_in_range(&req.key, &req.range_end, read_rev)
-            .map(|(k, m, l)| to_kv(k, m, l, true))
+            .map(|(k, m, l)| newest_kv(k, m, l))
             .collect();
         let mut response = DeleteRangeResponse {
             deleted: count_i64(victims.len()),
@@ -1087,7 +1290,7 @@ impl MvccStore {
             let response = match op {
                 RequestOp::Range(q) => {
                     let rev = self.resolve_read_rev(q.revision, w.read_rev())?;
-                    ResponseOp::Range(self.range_at(q, rev))
+                    ResponseOp::Range(self.range_at(q, rev)?)
                 }
                 RequestOp::Put(p) => ResponseOp::Put(self.put_op(w, p, leases)?),
                 RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete_op(w, d)),
@@ -1109,7 +1312,7 @@ fn count_i64(n: usize) -> i64 {
 /// etcd `compareKV` against one key (`None`: the zero `KeyValue`).
 fn compare_one(c: &Compare, kv: Option<(i64, &Live)>) -> bool {
     let ord = match (&c.target, kv) {
-        (CompareTarget::Value(v), Some((_, l))) => l.value.as_slice().cmp(v.as_slice()),
+        (CompareTarget::Value(v), Some((_, l))) => l.value.newest().cmp(v.as_slice()),
         (CompareTarget::Value(v), None) => [].as_slice().cmp(v.as_slice()),
         (CompareTarget::Version(x), kv) => kv.map_or(0, |(_, l)| l.version).cmp(x),
         (CompareTarget::CreateRevision(x), kv) => kv.map_or(0, |(_, l)| l.create_revision).cmp(x),
@@ -1130,20 +1333,19 @@ fn compare_one(c: &Compare, kv: Option<(i64, &Live)>) -> bool {
 /// Ties keep key order (the order `refs` arrive in, ascending, whichever
 /// way the sort goes), so this gives what a stable sort of the whole range
 /// followed by a truncation gives, in O(n + limit log limit).
-fn select_sorted(
-    refs: &mut Vec<(&[u8], i64, &Live)>,
-    target: SortTarget,
-    order: SortOrder,
-    limit: usize,
-) {
-    let by_target = |a: &(&[u8], i64, &Live), b: &(&[u8], i64, &Live)| match target {
+/// A version to sort: key, mod revision, the version, and its value bytes
+/// when sorting by value (empty otherwise).
+type SortRef<'a> = (&'a [u8], i64, &'a Live, Cow<'a, [u8]>);
+
+fn select_sorted(refs: &mut Vec<SortRef<'_>>, target: SortTarget, order: SortOrder, limit: usize) {
+    let by_target = |a: &SortRef<'_>, b: &SortRef<'_>| match target {
         SortTarget::Key => a.0.cmp(b.0),
         SortTarget::Version => a.2.version.cmp(&b.2.version),
         SortTarget::Create => a.2.create_revision.cmp(&b.2.create_revision),
         SortTarget::Mod => a.1.cmp(&b.1),
-        SortTarget::Value => a.2.value.cmp(&b.2.value),
+        SortTarget::Value => a.3.cmp(&b.3),
     };
-    let cmp = |a: &(&[u8], i64, &Live), b: &(&[u8], i64, &Live)| {
+    let cmp = |a: &SortRef<'_>, b: &SortRef<'_>| {
         let o = match order {
             SortOrder::None => std::cmp::Ordering::Equal,
             SortOrder::Ascend => by_target(a, b),

@@ -1304,3 +1304,142 @@ mod sorted_range_props {
         }
     }
 }
+
+/// Values of superseded versions counted in scratch files, and whether a
+/// version's value is on the heap.
+fn cold_values(s: &MvccStore) -> usize {
+    s.keys
+        .values()
+        .flat_map(|h| h.versions.iter())
+        .filter(|v| {
+            matches!(
+                v.live,
+                Some(Live {
+                    value: Value::Cold(_),
+                    ..
+                })
+            )
+        })
+        .count()
+}
+
+#[test]
+fn superseded_values_move_to_scratch_files_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cold = ColdStore::with_segment_bytes(dir.path(), 8).unwrap();
+    let mut s = MvccStore::new();
+    put(&mut s, "a", "1111");
+    // Values already superseded move when the files are attached.
+    put(&mut s, "a", "2222");
+    assert_eq!(s.set_cold(Some(cold.clone())), 1);
+    put(&mut s, "a", "3333");
+    put(&mut s, "b", "bbbb");
+    s.delete_range(&del_req("b", &[])).unwrap();
+    // a@2, a@3 and b@5 (deleted) are history now; newest values stay.
+    assert_eq!(cold_values(&s), 3);
+    assert_eq!(cold.stats().spilled, 3);
+    assert_eq!(s.get(b"a").unwrap().value, b("3333"));
+
+    // Reads at old revisions and watch replay read them back.
+    let at = |s: &MvccStore, rev: i64, k: &str| {
+        s.range(&RangeRequest {
+            key: b(k),
+            revision: rev,
+            ..Default::default()
+        })
+        .unwrap()
+        .kvs
+    };
+    assert_eq!(at(&s, 2, "a")[0].value, b("1111"));
+    assert_eq!(at(&s, 3, "a")[0].value, b("2222"));
+    assert_eq!(at(&s, 5, "b")[0].value, b("bbbb"));
+    let events = s.events_since(3, b"a", &[0]).unwrap();
+    assert_eq!(events[0].kv.value, b("2222"));
+    assert_eq!(events[1].prev_kv.as_ref().unwrap().value, b("2222"));
+    assert_eq!(events[3].prev_kv.as_ref().unwrap().value, b("bbbb"));
+    // Sorting by value at an old revision compares the bytes.
+    let sorted = s
+        .range(&RangeRequest {
+            key: b("a"),
+            range_end: vec![0],
+            revision: 5,
+            sort_target: SortTarget::Value,
+            sort_order: SortOrder::Descend,
+            ..Default::default()
+        })
+        .unwrap();
+    let values: Vec<Vec<u8>> = sorted.kvs.into_iter().map(|kv| kv.value).collect();
+    assert_eq!(values, vec![b("bbbb"), b("3333")]);
+
+    // Same bytes in a snapshot as a store that kept everything on the heap.
+    let mut hot = MvccStore::new();
+    for v in ["1111", "2222", "3333"] {
+        put(&mut hot, "a", v);
+    }
+    put(&mut hot, "b", "bbbb");
+    hot.delete_range(&del_req("b", &[])).unwrap();
+    assert_eq!(s, hot);
+    assert_eq!(
+        postcard::to_stdvec(&s).unwrap(),
+        postcard::to_stdvec(&hot).unwrap()
+    );
+    assert_eq!(s.hash_kv(0), hot.hash_kv(0));
+
+    // Segments of 8 bytes hold two values each: compacting everything
+    // frees them all but the one being written to.
+    assert!(cold.stats().segments >= 2, "{:?}", cold.stats());
+    s.compact(s.current_revision()).unwrap();
+    assert_eq!(cold_values(&s), 0);
+    let left = cold.stats();
+    assert_eq!(left.segments, 1, "{left:?}");
+}
+
+#[test]
+fn a_value_that_cannot_be_spilled_stays_on_the_heap() {
+    let dir = tempfile::tempdir().unwrap();
+    // Segments smaller than the value: every write fails.
+    let cold = ColdStore::with_segment_bytes(dir.path(), 2).unwrap();
+    let mut s = MvccStore::new();
+    s.set_cold(Some(cold.clone()));
+    put(&mut s, "a", "12345");
+    put(&mut s, "a", "67890");
+    assert_eq!(cold_values(&s), 0);
+    assert_eq!(cold.stats().write_errors, 1);
+    let old = s
+        .range(&RangeRequest {
+            key: b("a"),
+            revision: 2,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(old.kvs[0].value, b("12345"));
+}
+
+#[test]
+fn a_snapshot_copy_keeps_the_segments_it_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let cold = ColdStore::with_segment_bytes(dir.path(), 4).unwrap();
+    let mut s = MvccStore::new();
+    s.set_cold(Some(cold.clone()));
+    for v in ["1111", "2222", "3333"] {
+        put(&mut s, "a", v);
+    }
+    let frozen = s.clone();
+    s.compact(s.current_revision()).unwrap();
+    // The copy still reads the history the store has dropped.
+    let old = frozen
+        .range(&RangeRequest {
+            key: b("a"),
+            revision: 2,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(old.kvs[0].value, b("1111"));
+    let held = cold.stats().segments;
+    drop(frozen);
+    assert!(
+        cold.stats().segments < held,
+        "{:?} then {held}",
+        cold.stats()
+    );
+}

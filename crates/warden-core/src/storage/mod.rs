@@ -9,6 +9,7 @@
 //! frames its snapshots with [`mod@format`], which does no IO), or write bytes in
 //! a layout [`mod@format`] does not define.
 
+pub mod cold;
 pub mod format;
 pub mod log_db;
 pub mod observe;

@@ -28,6 +28,7 @@ pub fn state_status(e: StateError) -> Status {
         ErrorClass::ResourceExhausted => Code::ResourceExhausted,
         ErrorClass::PermissionDenied => Code::PermissionDenied,
         ErrorClass::Unauthenticated => Code::Unauthenticated,
+        ErrorClass::Internal => Code::Internal,
     };
     Status::new(code, e.grpc_message())
 }

@@ -353,7 +353,7 @@ impl MaintenanceService {
                 if at < m.compact_revision() {
                     return Err(StateError::Compacted);
                 }
-                Ok((rev, m.hash_kv(at), m.compact_revision()))
+                Ok((rev, m.hash_kv(at)?, m.compact_revision()))
             })
             .await
             .map_err(node_status)?

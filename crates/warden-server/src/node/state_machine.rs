@@ -41,6 +41,7 @@ use warden_core::state::auth::AuthStore;
 use warden_core::state::lock_table::{LockEvent, LockProofs};
 use warden_core::state::session::{SessionTable, Stored};
 use warden_core::state::{Command, CommandResult, Compaction, StateError, StateMachine};
+use warden_core::storage::cold::ColdStore;
 use warden_core::storage::snapshot_file;
 
 /// Everything the replicated state consists of; what a snapshot holds.
@@ -120,6 +121,9 @@ struct Shared {
     lease_feed: LeaseFeed,
     /// Slow applies and snapshot commits are reported here.
     telemetry: Arc<Telemetry>,
+    /// Scratch files for the values of superseded versions
+    /// (`storage::cold`); none if they could not be made.
+    cold: Option<ColdStore>,
 }
 
 #[derive(Clone)]
@@ -133,6 +137,19 @@ fn other(msg: String) -> io::Error {
 
 fn lock_poisoned() -> io::Error {
     other("state machine lock poisoned by an earlier panic".into())
+}
+
+/// The scratch files for superseded values, in the snapshot directory (they
+/// have no name there). Without them (a file system that refuses them)
+/// the member keeps all values on the heap, as before.
+fn open_cold(snap_dir: &Path) -> Option<ColdStore> {
+    match ColdStore::open(snap_dir) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "keeping every value of key history on the heap");
+            None
+        }
+    }
 }
 
 /// Loads a snapshot file: its meta and the state it holds.
@@ -535,6 +552,15 @@ impl SmStore {
             }
             None => (SmData::default(), None),
         };
+        let mut data = data;
+        let cold = open_cold(snap_dir);
+        let spilled = data.kv.set_cold(cold.clone());
+        if spilled > 0 {
+            tracing::info!(
+                values = spilled,
+                "moved the values of superseded versions to scratch files"
+            );
+        }
         let applied = data.last_applied.map_or(0, |l| l.index);
         let (applied_tx, _) = watch::channel(applied);
         Ok(Self {
@@ -547,6 +573,7 @@ impl SmStore {
                 current: Mutex::new(current),
                 lease_feed: LeaseFeed::default(),
                 telemetry,
+                cold,
             }),
         })
     }
@@ -808,8 +835,10 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         let (index, term) = meta
             .last_log_id
             .map_or((0, 0), |l| (l.index, l.leader_id.term));
+        let cold = self.shared.cold.clone();
         let (data, path) = tokio::task::spawn_blocking(move || -> io::Result<(SmData, PathBuf)> {
-            let (_m, data) = load_snapshot(&src)?;
+            let (_m, mut data) = load_snapshot(&src)?;
+            data.kv.set_cold(cold);
             let dst = dir.join(snapshot_file::file_name(index, term));
             if src != dst {
                 std::fs::rename(&src, &dst).map_err(|e| {

@@ -1,0 +1,329 @@
+//! Cold values: the bytes of superseded key versions, kept in unnamed
+//! scratch files instead of the heap.
+//!
+//! The MVCC store keeps every version of every key until it is compacted,
+//! as etcd does. Only the newest version of a key is read by ordinary
+//! requests; older ones are read by reads at an old revision, watch replay
+//! and snapshots. [`ColdStore::put`] appends such a value to the active
+//! segment (a file with no name, made with `O_TMPFILE` in the member's
+//! snapshot directory) and returns a [`ColdRef`] that reads it back with one
+//! `pread`. The kernel's page cache keeps recently written segments in
+//! memory while memory is plentiful and drops them when it is not, as it
+//! does with etcd's memory-mapped bbolt file.
+//!
+//! Nothing here is durable or replicated: the snapshot and the log hold the
+//! state, and a restarted member spills the history it loads again. The
+//! files have no name, so a crash leaves nothing behind. A segment is
+//! closed, and its disk space freed, when the last [`ColdRef`] into it is
+//! dropped (compaction drops versions roughly in the order they were
+//! spilled, so segments empty out whole), and a copy of the store being
+//! written as a snapshot keeps the segments it reads alive.
+//!
+//! A write error (a full disk) is not an error for the store: the value
+//! stays on the heap, where it would have been anyway. A read error is
+//! reported to the request that needed the value.
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Bytes a segment file grows to before the next one is started.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// One scratch file.
+struct Segment {
+    file: File,
+    /// Shared with the store, for [`ColdStats`].
+    stats: Arc<Counters>,
+    /// Bytes written to this file.
+    len: AtomicU64,
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        self.stats.segments.fetch_sub(1, Ordering::Relaxed);
+        self.stats
+            .bytes
+            .fetch_sub(self.len.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    segments: AtomicU64,
+    bytes: AtomicU64,
+    spilled: AtomicU64,
+    write_errors: AtomicU64,
+}
+
+/// Where a cold value lives: a segment kept open by this reference, an
+/// offset and a length. Cloning it (a snapshot copy of the store) is one
+/// reference count.
+#[derive(Clone)]
+pub struct ColdRef {
+    segment: Arc<Segment>,
+    offset: u32,
+    len: u32,
+}
+
+impl ColdRef {
+    /// The value's length in bytes, without reading it.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// True for an empty value (never spilled, but complete the API).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Reads the value back.
+    pub fn read(&self) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0; self.len as usize];
+        self.segment
+            .file
+            .read_exact_at(&mut buf, u64::from(self.offset))
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "reading a {}-byte value of key history at offset {} of a scratch segment: {e}",
+                        self.len, self.offset
+                    ),
+                )
+            })?;
+        Ok(buf)
+    }
+}
+
+impl fmt::Debug for ColdRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ColdRef({} bytes at {})", self.len, self.offset)
+    }
+}
+
+/// What the cold store holds, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ColdStats {
+    /// Open segment files (written or still referenced).
+    pub segments: u64,
+    /// Bytes in those files, referenced or not.
+    pub bytes: u64,
+    /// Values moved off the heap since start.
+    pub spilled: u64,
+    /// Values kept on the heap because a write failed.
+    pub write_errors: u64,
+}
+
+/// The segment being appended to, and where the next value goes.
+struct Active {
+    segment: Arc<Segment>,
+    next: u64,
+}
+
+/// The member's scratch files. Cheap to clone (one shared handle).
+#[derive(Clone)]
+pub struct ColdStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    segment_bytes: u64,
+    active: Mutex<Option<Active>>,
+    stats: Arc<Counters>,
+}
+
+impl fmt::Debug for ColdStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ColdStore({})", self.inner.dir.display())
+    }
+}
+
+impl ColdStore {
+    /// Scratch segments of [`SEGMENT_BYTES`] in `dir` (which must exist; it
+    /// is checked by making the first segment at once, so a directory that
+    /// cannot hold one is reported at start).
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        Self::with_segment_bytes(dir, SEGMENT_BYTES)
+    }
+
+    /// [`ColdStore::open`] with segments of `segment_bytes` (tests use
+    /// small ones to see segments come and go).
+    pub fn with_segment_bytes(dir: &Path, segment_bytes: u64) -> io::Result<Self> {
+        let store = ColdStore {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                segment_bytes: segment_bytes.clamp(1, u64::from(u32::MAX)),
+                active: Mutex::new(None),
+                stats: Arc::default(),
+            }),
+        };
+        let first = store.new_segment()?;
+        if let Ok(mut active) = store.inner.active.lock() {
+            *active = Some(Active {
+                segment: first,
+                next: 0,
+            });
+        }
+        Ok(store)
+    }
+
+    fn new_segment(&self) -> io::Result<Arc<Segment>> {
+        let file = tempfile::tempfile_in(&self.inner.dir).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "creating a scratch file for key history in {}: {e}",
+                    self.inner.dir.display()
+                ),
+            )
+        })?;
+        self.inner.stats.segments.fetch_add(1, Ordering::Relaxed);
+        Ok(Arc::new(Segment {
+            file,
+            stats: self.inner.stats.clone(),
+            len: AtomicU64::new(0),
+        }))
+    }
+
+    /// Appends `values` (each non-empty) to the active segment in one
+    /// write and returns where each went; `None` if they could not be
+    /// written (they then stay where they are).
+    pub fn put_all(&self, values: &[&[u8]]) -> Option<Vec<ColdRef>> {
+        match self.try_put_all(values) {
+            Ok(refs) => {
+                self.inner
+                    .stats
+                    .spilled
+                    .fetch_add(refs.len() as u64, Ordering::Relaxed);
+                Some(refs)
+            }
+            Err(_) => {
+                self.inner
+                    .stats
+                    .write_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    fn try_put_all(&self, values: &[&[u8]]) -> io::Result<Vec<ColdRef>> {
+        let total: u64 = values.iter().map(|v| v.len() as u64).sum();
+        if total > self.inner.segment_bytes || values.iter().any(|v| v.is_empty()) {
+            return Err(io::Error::other("values do not fit one segment"));
+        }
+        let mut guard = self
+            .inner
+            .active
+            .lock()
+            .map_err(|_| io::Error::other("cold store lock poisoned"))?;
+        let full = guard
+            .as_ref()
+            .is_none_or(|a| a.next + total > self.inner.segment_bytes);
+        if full {
+            *guard = Some(Active {
+                segment: self.new_segment()?,
+                next: 0,
+            });
+        }
+        let Some(active) = guard.as_mut() else {
+            return Err(io::Error::other("no active segment"));
+        };
+        let start = active.next;
+        let mut buf = Vec::with_capacity(total as usize);
+        for v in values {
+            buf.extend_from_slice(v);
+        }
+        active.segment.file.write_all_at(&buf, start)?;
+        active.next += total;
+        active.segment.len.fetch_add(total, Ordering::Relaxed);
+        self.inner.stats.bytes.fetch_add(total, Ordering::Relaxed);
+        let mut refs = Vec::with_capacity(values.len());
+        let mut at = start;
+        for v in values {
+            refs.push(ColdRef {
+                segment: active.segment.clone(),
+                // Below segment_bytes, which is at most u32::MAX.
+                offset: u32::try_from(at).map_err(|_| io::Error::other("offset past 4 GiB"))?,
+                len: u32::try_from(v.len()).map_err(|_| io::Error::other("value past 4 GiB"))?,
+            });
+            at += v.len() as u64;
+        }
+        Ok(refs)
+    }
+
+    /// What the store holds now.
+    pub fn stats(&self) -> ColdStats {
+        let c = &self.inner.stats;
+        ColdStats {
+            segments: c.segments.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+            spilled: c.spilled.load(Ordering::Relaxed),
+            write_errors: c.write_errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_read_back_and_segments_close_with_their_last_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let cold = ColdStore::with_segment_bytes(dir.path(), 10).unwrap();
+        let a = cold.put_all(&[b"abcd", b"efgh"]).unwrap();
+        // Does not fit the 2 bytes left: a new segment.
+        let b = cold.put_all(&[b"ijk"]).unwrap();
+        assert_eq!(a[0].read().unwrap(), b"abcd");
+        assert_eq!(a[1].read().unwrap(), b"efgh");
+        assert_eq!(b[0].read().unwrap(), b"ijk");
+        assert_eq!(
+            cold.stats(),
+            ColdStats {
+                segments: 2,
+                bytes: 11,
+                spilled: 3,
+                write_errors: 0
+            }
+        );
+        // The files have no names: nothing to clean up after a crash.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        drop(a);
+        let s = cold.stats();
+        assert_eq!((s.segments, s.bytes), (1, 3));
+        // Empty values and values over a segment are refused, not written.
+        assert!(cold.put_all(&[b""]).is_none());
+        assert!(cold.put_all(&[b"0123456789a"]).is_none());
+        assert_eq!(cold.stats().write_errors, 2);
+    }
+
+    #[test]
+    fn a_failed_read_says_what_it_was_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let cold = ColdStore::open(dir.path()).unwrap();
+        let mut r = cold.put_all(&[b"abc"]).unwrap().remove(0);
+        r.offset = 1_000;
+        let e = r.read().unwrap_err().to_string();
+        assert!(
+            e.contains("3-byte value of key history at offset 1000"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_directory_that_cannot_hold_files_is_reported_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = ColdStore::open(&dir.path().join("missing"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("scratch file for key history"), "{e}");
+    }
+}
