@@ -71,7 +71,9 @@ impl pb::kv_server::Kv for KvService {
             Consistency::Linearizable
         };
         let deadline = self.node.deadline(grpc_timeout(&request));
-        let scan = !r.range_end.is_empty();
+        // A read at an old revision may read history back from the
+        // scratch files (`storage::cold`): a disk read, off the workers too.
+        let scan = !r.range_end.is_empty() || r.revision != 0;
         let (rev, out) = self
             .node
             .read_kv(consistency, deadline, scan, move |m| {

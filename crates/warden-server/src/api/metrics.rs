@@ -79,6 +79,9 @@ pub struct Metrics {
     lock_holders: Gauge,
     lock_waiters: Gauge,
     next_token: Gauge,
+    history_scratch_bytes: Gauge,
+    history_scratch_segments: Gauge,
+    history_spill_failures: Gauge,
     grpc: Arc<GrpcMetrics>,
 }
 
@@ -133,6 +136,9 @@ impl Metrics {
             apply_lag: Gauge::default(),
             replication_lag: Family::default(),
             watchers: Gauge::default(),
+            history_scratch_bytes: Gauge::default(),
+            history_scratch_segments: Gauge::default(),
+            history_spill_failures: Gauge::default(),
             lock_holders: Gauge::default(),
             lock_waiters: Gauge::default(),
             next_token: Gauge::default(),
@@ -178,6 +184,23 @@ impl Metrics {
             "etcd_server_quota_backend_bytes",
             "Current backend storage quota size in bytes (0: no quota)",
             m.quota.clone(),
+        );
+        m.registry.register(
+            "warden_history_scratch_bytes",
+            "Bytes in this member's scratch files for the values of superseded key versions \
+             (unnamed files in the snapshot directory; freed as compaction drops history)",
+            m.history_scratch_bytes.clone(),
+        );
+        m.registry.register(
+            "warden_history_scratch_segments",
+            "Scratch files this member holds open for values of superseded key versions",
+            m.history_scratch_segments.clone(),
+        );
+        m.registry.register(
+            "warden_history_spill_failures",
+            "Superseded values kept on the heap since start because writing them to a scratch \
+             file failed (a full disk)",
+            m.history_spill_failures.clone(),
         );
         m.registry.register(
             "warden_raft_term",
@@ -277,6 +300,10 @@ impl Metrics {
         gauge(&self.quota, node.quota_bytes().unwrap_or(0));
         gauge(&self.apply_lag, st.committed.saturating_sub(st.applied));
         gauge(&self.watchers, node.watchers() as u64);
+        let cold = node.history_scratch();
+        gauge(&self.history_scratch_bytes, cold.bytes);
+        gauge(&self.history_scratch_segments, cold.segments);
+        gauge(&self.history_spill_failures, cold.write_errors);
         let counts = node
             .with_state(|d| {
                 let locks = d.kv.locks();

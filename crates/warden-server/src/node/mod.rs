@@ -376,6 +376,12 @@ impl Node {
         self.sm.hub().len()
     }
 
+    /// What the scratch files for superseded values hold (all zero when
+    /// the member keeps them on the heap).
+    pub fn history_scratch(&self) -> warden_core::storage::cold::ColdStats {
+        self.sm.history_scratch()
+    }
+
     /// On the leader: how many log entries each follower's matched index is
     /// behind the leader's last one (empty on other members).
     pub fn replication_lag(&self) -> BTreeMap<u64, u64> {

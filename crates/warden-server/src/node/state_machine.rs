@@ -583,6 +583,15 @@ impl SmStore {
         self.shared.data.read().map_err(|_| lock_poisoned())
     }
 
+    /// What the scratch files for superseded values hold.
+    pub fn history_scratch(&self) -> warden_core::storage::cold::ColdStats {
+        self.shared
+            .cold
+            .as_ref()
+            .map(ColdStore::stats)
+            .unwrap_or_default()
+    }
+
     /// The watcher fan-out of this member.
     pub fn hub(&self) -> &WatchHub {
         &self.shared.hub
