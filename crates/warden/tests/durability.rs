@@ -400,6 +400,21 @@ async fn history_reads_back_from_scratch_files_across_a_kill() {
     // 59 superseded values of 9 bytes.
     assert!(metric(&ep, "warden_history_scratch_bytes") >= 59.0 * 9.0);
     assert_eq!(metric(&ep, "warden_history_spill_failures"), 0.0);
+    // A snapshot with history in it is on disk before the kill (every 25
+    // entries; taken in the background).
+    let ep2 = ep.clone();
+    eventually(Duration::from_secs(20), || {
+        let ep = ep2.clone();
+        async move {
+            let at = metric(&ep, "warden_raft_snapshot_index");
+            if at >= 25.0 {
+                Ok(())
+            } else {
+                Err(format!("snapshot index {at}"))
+            }
+        }
+    })
+    .await;
 
     c.kill(0);
     c.restart(0);

@@ -95,7 +95,10 @@ impl Value {
     fn newest(&self) -> &[u8] {
         match self {
             Value::Hot(v) => v,
-            Value::Cold(_) => &[],
+            Value::Cold(_) => {
+                debug_assert!(false, "a newest version's value is cold");
+                &[]
+            }
         }
     }
 }
@@ -205,44 +208,79 @@ impl History {
         self.compact_from(rev) > 0
     }
 
-    /// Moves the values of every version but the newest that are still on
-    /// the heap to `cold`, in one write. Returns how many moved (none if
-    /// the write failed: they stay on the heap).
-    fn spill(&mut self, cold: &ColdStore) -> usize {
+    /// Moves the values of versions `from..` except the newest that are
+    /// still on the heap to `cold`, in as few writes as fit its batch
+    /// limit. Returns how many moved (values that could not be written
+    /// stay on the heap).
+    fn spill(&mut self, cold: &ColdStore, from: usize) -> usize {
         let Some(older) = self.versions.len().checked_sub(1) else {
             return 0;
         };
-        let mut at = Vec::new();
-        let refs = {
+        let mut moved = 0;
+        let mut i = from;
+        while i < older {
+            // One batch: the hot values from `i` on that fit the limit.
+            let mut at = Vec::new();
             let mut values: Vec<&[u8]> = Vec::new();
-            for (i, v) in self.versions.iter().take(older).enumerate() {
+            let mut bytes = 0u64;
+            while i < older {
+                let Some(v) = self.versions.get(i) else { break };
                 if let Some(Live {
                     value: Value::Hot(b),
                     ..
                 }) = &v.live
                 {
-                    if !b.is_empty() {
+                    let len = ColdStore::stored_len(b);
+                    if !b.is_empty() && len <= cold.batch_limit() {
+                        if bytes + len > cold.batch_limit() {
+                            break;
+                        }
+                        bytes += len;
                         at.push(i);
                         values.push(b);
                     }
                 }
+                i += 1;
             }
-            if values.is_empty() {
-                return 0;
-            }
-            match cold.put_all(&values) {
-                Some(refs) => refs,
-                None => return 0,
-            }
-        };
-        let moved = refs.len();
-        for (i, r) in at.into_iter().zip(refs) {
-            if let Some(Live { value, .. }) = self.versions.get_mut(i).and_then(|v| v.live.as_mut())
-            {
-                *value = Value::Cold(r);
+            let Some(refs) = cold.put_all(&values) else {
+                continue;
+            };
+            moved += refs.len();
+            for (k, r) in at.into_iter().zip(refs) {
+                if let Some(Live { value, .. }) =
+                    self.versions.get_mut(k).and_then(|v| v.live.as_mut())
+                {
+                    *value = Value::Cold(r);
+                }
             }
         }
         moved
+    }
+
+    /// [`History::spill`] of what a write at `rev` superseded: the newest
+    /// version before `rev` and any at `rev` but the last. Older ones were
+    /// spilled by earlier writes, so this is O(log n), not a walk of the
+    /// whole history.
+    fn spill_superseded(&mut self, cold: &ColdStore, rev: i64) -> usize {
+        let before = self.versions.partition_point(|v| v.mod_revision < rev);
+        self.spill(cold, before.saturating_sub(1))
+    }
+
+    /// Whether any value but the newest's is on the heap (tests).
+    #[cfg(test)]
+    fn cold_count(&self) -> usize {
+        self.versions
+            .iter()
+            .filter(|v| {
+                matches!(
+                    &v.live,
+                    Some(Live {
+                        value: Value::Cold(_),
+                        ..
+                    })
+                )
+            })
+            .count()
     }
 }
 
@@ -511,7 +549,7 @@ impl MvccStore {
         let mut moved = 0;
         for k in with_history {
             if let Some(h) = self.keys.get_mut(k.as_slice()) {
-                moved += h.spill(&cold);
+                moved += h.spill(&cold, 0);
             }
         }
         moved
@@ -530,6 +568,12 @@ impl MvccStore {
     /// counted here (see `StateMachine::size`).
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// How many values are in scratch files (tests).
+    #[cfg(test)]
+    pub(crate) fn cold_values(&self) -> usize {
+        self.keys.values().map(History::cold_count).sum()
     }
 
     /// [`MvccStore::size`] computed from scratch by walking every history.
@@ -897,6 +941,17 @@ impl MvccStore {
                     }
                 }
             }
+            if let Some(Version {
+                live:
+                    Some(Live {
+                        value: Value::Cold(_),
+                        ..
+                    }),
+                ..
+            }) = hist.versions.last()
+            {
+                return Err(format!("key {key:02x?}: newest value is not in memory"));
+            }
             if hist.is_live() {
                 live += 1;
             }
@@ -1116,9 +1171,10 @@ impl MvccStore {
             if let Some(cold) = &self.cold.0 {
                 // Every written key has an event; what it superseded is
                 // history now.
+                let rev = w.rev();
                 for ev in &w.events {
                     if let Some(h) = self.keys.get_mut(ev.kv.key.as_slice()) {
-                        h.spill(cold);
+                        h.spill_superseded(cold, rev);
                     }
                 }
             }

@@ -651,6 +651,17 @@ fn run_with(steps: Vec<Step>, cold: Option<ColdStore>) -> Result<(), TestCaseErr
         );
     }
     if let Some(cold) = cold {
+        // Every superseded non-empty value left the heap (the test values
+        // fit a segment), and the newest ones did not (check_invariants).
+        let superseded: usize = m
+            .mvcc()
+            .events_since(m.compact_revision(), b"\x00", b"\x00")
+            .map_or(0, |evs| {
+                evs.iter()
+                    .filter(|e| e.prev_kv.as_ref().is_some_and(|p| !p.value.is_empty()))
+                    .count()
+            });
+        prop_assert_eq!(m.mvcc().cold_values(), superseded);
         // A decoded snapshot given scratch files moves its history there,
         // and reads the same at every revision.
         let mut restored = StateMachine::from_snapshot_bytes(&bytes).unwrap();

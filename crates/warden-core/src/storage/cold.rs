@@ -19,9 +19,14 @@
 //! spilled, so segments empty out whole), and a copy of the store being
 //! written as a snapshot keeps the segments it reads alive.
 //!
+//! Each value is stored after a CRC32 of it, checked when it is read back:
+//! the files are never synced (they need not survive a crash), so a page
+//! the kernel failed to write back, or a bad sector, must not come back as
+//! a wrong value.
+//!
 //! A write error (a full disk) is not an error for the store: the value
 //! stays on the heap, where it would have been anyway. A read error is
-//! reported to the request that needed the value.
+//! reported to whoever needed the value.
 
 use std::fmt;
 use std::fs::File;
@@ -33,6 +38,9 @@ use std::sync::{Arc, Mutex};
 
 /// Bytes a segment file grows to before the next one is started.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The CRC32 stored before each value.
+const CRC_BYTES: usize = 4;
 
 /// One scratch file.
 struct Segment {
@@ -81,21 +89,26 @@ impl ColdRef {
         self.len == 0
     }
 
-    /// Reads the value back.
+    /// Reads the value back, checking its CRC.
     pub fn read(&self) -> io::Result<Vec<u8>> {
-        let mut buf = vec![0; self.len as usize];
+        let what = || {
+            format!(
+                "reading a {}-byte value of key history at offset {} of a scratch segment",
+                self.len, self.offset
+            )
+        };
+        let mut buf = vec![0; self.len as usize + CRC_BYTES];
         self.segment
             .file
             .read_exact_at(&mut buf, u64::from(self.offset))
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "reading a {}-byte value of key history at offset {} of a scratch segment: {e}",
-                        self.len, self.offset
-                    ),
-                )
-            })?;
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", what())))?;
+        let crc: Vec<u8> = buf.drain(..CRC_BYTES).collect();
+        if crc != crc32fast::hash(&buf).to_le_bytes() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: checksum mismatch (the file was damaged)", what()),
+            ));
+        }
         Ok(buf)
     }
 }
@@ -191,11 +204,27 @@ impl ColdStore {
         }))
     }
 
-    /// Appends `values` (each non-empty) to the active segment in one
-    /// write and returns where each went; `None` if they could not be
-    /// written (they then stay where they are).
+    /// Bytes `value` takes in a segment.
+    pub fn stored_len(value: &[u8]) -> u64 {
+        value.len() as u64 + CRC_BYTES as u64
+    }
+
+    /// The most bytes ([`ColdStore::stored_len`] summed) one
+    /// [`ColdStore::put_all`] takes.
+    pub fn batch_limit(&self) -> u64 {
+        self.inner.segment_bytes
+    }
+
+    /// Appends `values` (each non-empty, [`ColdStore::batch_limit`] in
+    /// all) to the active segment in one write and returns where each
+    /// went; `None` if they were not written (they then stay where they
+    /// are): a batch over the limit, or a write error, which is counted.
     pub fn put_all(&self, values: &[&[u8]]) -> Option<Vec<ColdRef>> {
-        match self.try_put_all(values) {
+        let total: u64 = values.iter().map(|v| Self::stored_len(v)).sum();
+        if values.is_empty() || total > self.batch_limit() || values.iter().any(|v| v.is_empty()) {
+            return None;
+        }
+        match self.try_put_all(values, total) {
             Ok(refs) => {
                 self.inner
                     .stats
@@ -213,11 +242,7 @@ impl ColdStore {
         }
     }
 
-    fn try_put_all(&self, values: &[&[u8]]) -> io::Result<Vec<ColdRef>> {
-        let total: u64 = values.iter().map(|v| v.len() as u64).sum();
-        if total > self.inner.segment_bytes || values.iter().any(|v| v.is_empty()) {
-            return Err(io::Error::other("values do not fit one segment"));
-        }
+    fn try_put_all(&self, values: &[&[u8]], total: u64) -> io::Result<Vec<ColdRef>> {
         let mut guard = self
             .inner
             .active
@@ -238,6 +263,7 @@ impl ColdStore {
         let start = active.next;
         let mut buf = Vec::with_capacity(total as usize);
         for v in values {
+            buf.extend_from_slice(&crc32fast::hash(v).to_le_bytes());
             buf.extend_from_slice(v);
         }
         active.segment.file.write_all_at(&buf, start)?;
@@ -253,7 +279,7 @@ impl ColdStore {
                 offset: u32::try_from(at).map_err(|_| io::Error::other("offset past 4 GiB"))?,
                 len: u32::try_from(v.len()).map_err(|_| io::Error::other("value past 4 GiB"))?,
             });
-            at += v.len() as u64;
+            at += Self::stored_len(v);
         }
         Ok(refs)
     }
@@ -277,9 +303,10 @@ mod tests {
     #[test]
     fn values_read_back_and_segments_close_with_their_last_reference() {
         let dir = tempfile::tempdir().unwrap();
-        let cold = ColdStore::with_segment_bytes(dir.path(), 10).unwrap();
+        // Each value takes 4 more bytes, its CRC.
+        let cold = ColdStore::with_segment_bytes(dir.path(), 20).unwrap();
         let a = cold.put_all(&[b"abcd", b"efgh"]).unwrap();
-        // Does not fit the 2 bytes left: a new segment.
+        // Does not fit the 4 bytes left: a new segment.
         let b = cold.put_all(&[b"ijk"]).unwrap();
         assert_eq!(a[0].read().unwrap(), b"abcd");
         assert_eq!(a[1].read().unwrap(), b"efgh");
@@ -288,7 +315,7 @@ mod tests {
             cold.stats(),
             ColdStats {
                 segments: 2,
-                bytes: 11,
+                bytes: 23,
                 spilled: 3,
                 write_errors: 0
             }
@@ -297,11 +324,29 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         drop(a);
         let s = cold.stats();
-        assert_eq!((s.segments, s.bytes), (1, 3));
-        // Empty values and values over a segment are refused, not written.
+        assert_eq!((s.segments, s.bytes), (1, 7));
+        // Empty values and batches over a segment are refused, not written
+        // (and are not write errors).
         assert!(cold.put_all(&[b""]).is_none());
-        assert!(cold.put_all(&[b"0123456789a"]).is_none());
-        assert_eq!(cold.stats().write_errors, 2);
+        assert!(cold.put_all(&[b"0123456789abcdefg"]).is_none());
+        assert!(cold.put_all(&[]).is_none());
+        assert_eq!(cold.stats().write_errors, 0);
+        assert_eq!(cold.stats().bytes, 7);
+    }
+
+    #[test]
+    fn a_damaged_value_is_an_error_not_wrong_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cold = ColdStore::open(dir.path()).unwrap();
+        let r = cold.put_all(&[b"abc", b"def"]).unwrap();
+        r[0].segment
+            .file
+            .write_all_at(b"X", u64::from(r[0].offset) + 5)
+            .unwrap();
+        let e = r[0].read().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("checksum mismatch"), "{e}");
+        assert_eq!(r[1].read().unwrap(), b"def");
     }
 
     #[test]

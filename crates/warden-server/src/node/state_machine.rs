@@ -642,7 +642,7 @@ impl SmStore {
         prepared: Option<Compaction>,
     ) -> io::Result<Response> {
         let mut d = self.shared.data.write().map_err(|_| lock_poisoned())?;
-        d.last_applied = Some(entry.log_id);
+        let log_id = entry.log_id;
         let resp = match entry.payload {
             EntryPayload::Blank => Response {
                 revision: d.kv.revision(),
@@ -711,6 +711,17 @@ impl SmStore {
                 }
             }
         };
+        if let Err(StateError::HistoryRead(e)) = &resp.result {
+            // A txn reading history this member could not read back: the
+            // others applied it, this one rolled it back. Answering would
+            // let it drift from them; stop instead, as on a failed log
+            // write (the command is not marked applied, and a restart
+            // replays it from the snapshot and the log).
+            return Err(other(format!(
+                "applying log entry {log_id}: {e}; stopping this member rather than diverge"
+            )));
+        }
+        d.last_applied = Some(log_id);
         Ok(resp)
     }
 
