@@ -4,7 +4,7 @@
 //! The MVCC store keeps every version of every key until it is compacted,
 //! as etcd does. Only the newest version of a key is read by ordinary
 //! requests; older ones are read by reads at an old revision, watch replay
-//! and snapshots. [`ColdStore::put`] appends such a value to the active
+//! and snapshots. [`ColdStore::put_all`] appends such a value to the active
 //! segment (a file with no name, made with `O_TMPFILE` in the member's
 //! snapshot directory) and returns a [`ColdRef`] that reads it back with one
 //! `pread`. The kernel's page cache keeps recently written segments in
