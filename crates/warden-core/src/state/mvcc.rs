@@ -88,7 +88,7 @@ impl Value {
     }
 
     /// The bytes of a value known to be on the heap: a key's newest
-    /// version never leaves it (only [`MvccStore::spill`] makes values
+    /// version never leaves it (only `History::spill` makes values
     /// cold, and only superseded ones), and every write and compare works
     /// on newest versions. Empty for a cold value, which would be a bug;
     /// no replica ever has one here, so all replicas agree.
