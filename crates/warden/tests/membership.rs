@@ -184,8 +184,10 @@ async fn member_removed_while_down_stops_once_restarted() {
     let status = c.wait_exit(gone, Duration::from_secs(30)).await;
     assert!(
         status.is_some_and(|s| s.success()),
-        "removed member kept running ({status:?}):\n{}",
-        c.log(gone)
+        "removed member kept running ({status:?}):\n{}\nOTHERS\n{}\n{}",
+        c.log(gone),
+        c.log((gone + 1) % 3),
+        c.log((gone + 2) % 3)
     );
     assert!(c
         .log(gone)
