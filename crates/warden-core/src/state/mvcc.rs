@@ -310,6 +310,18 @@ fn event_of(k: &[u8], h: &History, i: usize, v: &Version) -> Result<Event, State
     })
 }
 
+/// The `KeyValue` of a version, with `value` as its value.
+fn kv_of(key: &[u8], mod_revision: i64, live: &Live, value: Vec<u8>) -> KeyValue {
+    KeyValue {
+        key: key.to_vec(),
+        create_revision: live.create_revision,
+        mod_revision,
+        version: live.version,
+        value,
+        lease: live.lease,
+    }
+}
+
 /// The `KeyValue` of a version of any age (a cold value is read back).
 fn to_kv(
     key: &[u8],
@@ -317,30 +329,17 @@ fn to_kv(
     live: &Live,
     with_value: bool,
 ) -> Result<KeyValue, StateError> {
-    Ok(KeyValue {
-        key: key.to_vec(),
-        create_revision: live.create_revision,
-        mod_revision,
-        version: live.version,
-        value: if with_value {
-            live.value.bytes()?.into_owned()
-        } else {
-            Vec::new()
-        },
-        lease: live.lease,
-    })
+    let value = if with_value {
+        live.value.bytes()?.into_owned()
+    } else {
+        Vec::new()
+    };
+    Ok(kv_of(key, mod_revision, live, value))
 }
 
 /// The `KeyValue` of a key's newest version (see [`Value::newest`]).
 fn newest_kv(key: &[u8], mod_revision: i64, live: &Live) -> KeyValue {
-    KeyValue {
-        key: key.to_vec(),
-        create_revision: live.create_revision,
-        mod_revision,
-        version: live.version,
-        value: live.value.newest().to_vec(),
-        lease: live.lease,
-    }
+    kv_of(key, mod_revision, live, live.value.newest().to_vec())
 }
 
 /// Key-range bounds with etcd's conventions: empty `range_end` = `key` alone;
@@ -771,28 +770,7 @@ impl MvccStore {
             let first = h.versions.partition_point(|v| v.mod_revision < from);
             for i in first..h.versions.len() {
                 let Some(v) = h.versions.get(i) else { break };
-                let prev_kv = i
-                    .checked_sub(1)
-                    .and_then(|p| h.versions.get(p))
-                    .and_then(|p| p.live.as_ref().map(|l| to_kv(k, p.mod_revision, l, true)))
-                    .transpose()?;
-                let event = match &v.live {
-                    Some(l) => Event {
-                        kind: EventKind::Put,
-                        kv: to_kv(k, v.mod_revision, l, true)?,
-                        prev_kv,
-                    },
-                    None => Event {
-                        kind: EventKind::Delete,
-                        kv: KeyValue {
-                            key: k.clone(),
-                            mod_revision: v.mod_revision,
-                            ..KeyValue::default()
-                        },
-                        prev_kv,
-                    },
-                };
-                out.push((v.sub, event));
+                out.push((v.sub, event_of(k, h, i, v)?));
             }
         }
         // Revision order, and within a revision the order the changes were

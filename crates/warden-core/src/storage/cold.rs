@@ -132,10 +132,23 @@ pub struct ColdStats {
     pub write_errors: u64,
 }
 
-/// The segment being appended to, and where the next value goes.
-struct Active {
-    segment: Arc<Segment>,
-    next: u64,
+/// A new, empty, unnamed segment in `dir`.
+fn new_segment(dir: &Path, stats: &Arc<Counters>) -> io::Result<Arc<Segment>> {
+    let file = tempfile::tempfile_in(dir).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "creating a scratch file for key history in {}: {e}",
+                dir.display()
+            ),
+        )
+    })?;
+    stats.segments.fetch_add(1, Ordering::Relaxed);
+    Ok(Arc::new(Segment {
+        file,
+        stats: stats.clone(),
+        len: AtomicU64::new(0),
+    }))
 }
 
 /// The member's scratch files. Cheap to clone (one shared handle).
@@ -147,7 +160,9 @@ pub struct ColdStore {
 struct Inner {
     dir: PathBuf,
     segment_bytes: u64,
-    active: Mutex<Option<Active>>,
+    /// The segment being appended to; its `len` is where the next value
+    /// goes.
+    active: Mutex<Arc<Segment>>,
     stats: Arc<Counters>,
 }
 
@@ -168,40 +183,16 @@ impl ColdStore {
     /// [`ColdStore::open`] with segments of `segment_bytes` (tests use
     /// small ones to see segments come and go).
     pub fn with_segment_bytes(dir: &Path, segment_bytes: u64) -> io::Result<Self> {
-        let store = ColdStore {
+        let stats = Arc::default();
+        let first = new_segment(dir, &stats)?;
+        Ok(ColdStore {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 segment_bytes: segment_bytes.clamp(1, u64::from(u32::MAX)),
-                active: Mutex::new(None),
-                stats: Arc::default(),
+                active: Mutex::new(first),
+                stats,
             }),
-        };
-        let first = store.new_segment()?;
-        if let Ok(mut active) = store.inner.active.lock() {
-            *active = Some(Active {
-                segment: first,
-                next: 0,
-            });
-        }
-        Ok(store)
-    }
-
-    fn new_segment(&self) -> io::Result<Arc<Segment>> {
-        let file = tempfile::tempfile_in(&self.inner.dir).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "creating a scratch file for key history in {}: {e}",
-                    self.inner.dir.display()
-                ),
-            )
-        })?;
-        self.inner.stats.segments.fetch_add(1, Ordering::Relaxed);
-        Ok(Arc::new(Segment {
-            file,
-            stats: self.inner.stats.clone(),
-            len: AtomicU64::new(0),
-        }))
+        })
     }
 
     /// Bytes `value` takes in a segment.
@@ -243,38 +234,30 @@ impl ColdStore {
     }
 
     fn try_put_all(&self, values: &[&[u8]], total: u64) -> io::Result<Vec<ColdRef>> {
-        let mut guard = self
+        let mut active = self
             .inner
             .active
             .lock()
             .map_err(|_| io::Error::other("cold store lock poisoned"))?;
-        let full = guard
-            .as_ref()
-            .is_none_or(|a| a.next + total > self.inner.segment_bytes);
-        if full {
-            *guard = Some(Active {
-                segment: self.new_segment()?,
-                next: 0,
-            });
+        // Only this writer, under the lock, changes the active segment's
+        // length.
+        if active.len.load(Ordering::Relaxed) + total > self.inner.segment_bytes {
+            *active = new_segment(&self.inner.dir, &self.inner.stats)?;
         }
-        let Some(active) = guard.as_mut() else {
-            return Err(io::Error::other("no active segment"));
-        };
-        let start = active.next;
+        let start = active.len.load(Ordering::Relaxed);
         let mut buf = Vec::with_capacity(total as usize);
         for v in values {
             buf.extend_from_slice(&crc32fast::hash(v).to_le_bytes());
             buf.extend_from_slice(v);
         }
-        active.segment.file.write_all_at(&buf, start)?;
-        active.next += total;
-        active.segment.len.fetch_add(total, Ordering::Relaxed);
+        active.file.write_all_at(&buf, start)?;
+        active.len.fetch_add(total, Ordering::Relaxed);
         self.inner.stats.bytes.fetch_add(total, Ordering::Relaxed);
         let mut refs = Vec::with_capacity(values.len());
         let mut at = start;
         for v in values {
             refs.push(ColdRef {
-                segment: active.segment.clone(),
+                segment: active.clone(),
                 // Below segment_bytes, which is at most u32::MAX.
                 offset: u32::try_from(at).map_err(|_| io::Error::other("offset past 4 GiB"))?,
                 len: u32::try_from(v.len()).map_err(|_| io::Error::other("value past 4 GiB"))?,
