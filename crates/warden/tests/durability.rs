@@ -456,3 +456,106 @@ async fn history_reads_back_from_scratch_files_across_a_kill() {
         Some(b"value-059".to_vec())
     );
 }
+
+/// The unnamed scratch files member `pid` holds open (`storage::cold`
+/// makes them with `O_TMPFILE` in `DATA/snap`), as paths under
+/// `/proc/PID/fd` that open them.
+fn scratch_files(pid: u32) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(to) = std::fs::read_link(e.path()) {
+            let to = to.to_string_lossy().into_owned();
+            if to.contains("/snap/") && to.ends_with("(deleted)") {
+                found.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+/// A member whose Raft core stops on a storage error exits (non-zero, one
+/// line naming the error) instead of living on with a state that no longer
+/// moves, still answering serializable reads: as etcd does. The error here:
+/// a scratch file damaged under the member, read by a txn being applied.
+/// A plain read of the damaged version fails alone; the txn stops the
+/// member; a restart on the same data directory rebuilds the scratch files
+/// from the log and applies that txn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_raft_stops_on_a_storage_error_exits() {
+    use warden_proto::etcdserverpb::{request_op, PutRequest, RangeRequest, RequestOp, TxnRequest};
+    let mut c = Cluster::start(1);
+    c.wait_leader(Duration::from_secs(20)).await;
+    let ep = c.members[0].client.clone();
+    let first = put(&ep, "h", "old-value").await.unwrap();
+    let first = first.header.unwrap().revision;
+    put(&ep, "h", "new-value").await.unwrap();
+    assert_eq!(
+        value_at(&ep, "h", first).await.unwrap(),
+        Some(b"old-value".to_vec())
+    );
+
+    let pid = c.members[0].child.as_ref().unwrap().id();
+    let files = scratch_files(pid);
+    assert!(!files.is_empty(), "no scratch file open in {pid}");
+    for f in &files {
+        use std::io::Write;
+        let mut w = std::fs::OpenOptions::new().write(true).open(f).unwrap();
+        w.write_all(&[0xA5; 64]).unwrap();
+    }
+    // A read of the damaged version fails, and only that read.
+    let e = value_at(&ep, "h", first).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Internal, "{e}");
+    assert_eq!(
+        value_at(&ep, "h", 0).await.unwrap(),
+        Some(b"new-value".to_vec())
+    );
+
+    // A txn that reads it while it writes: the member cannot apply it.
+    let txn = TxnRequest {
+        success: vec![
+            RequestOp {
+                request: Some(request_op::Request::RequestRange(RangeRequest {
+                    key: b"h".to_vec(),
+                    revision: first,
+                    ..Default::default()
+                })),
+            },
+            RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: b"after".to_vec(),
+                    value: b"the txn".to_vec(),
+                    ..Default::default()
+                })),
+            },
+        ],
+        ..Default::default()
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(20), kv(&ep).await.txn(txn)).await;
+    assert!(
+        !matches!(answer, Ok(Ok(_))),
+        "the txn succeeded: {answer:?}"
+    );
+    let status = c.wait_exit(0, Duration::from_secs(20)).await;
+    let status = status.unwrap_or_else(|| panic!("still running:\n{}", c.log(0)));
+    assert!(!status.success(), "{status:?}");
+    let log = c.log(0);
+    assert!(log.contains("Raft stopped on an error"), "{log}");
+
+    // Restarted, it replays the txn from its log into fresh scratch files.
+    c.restart(0);
+    c.wait_leader(Duration::from_secs(20)).await;
+    let ep2 = ep.clone();
+    let after = eventually(Duration::from_secs(20), || {
+        let ep = ep2.clone();
+        async move { get(&ep, "after", false).await.map_err(|e| e.to_string()) }
+    })
+    .await;
+    assert_eq!(after.as_deref(), Some(&b"the txn"[..]));
+    assert_eq!(
+        value_at(&ep, "h", first).await.unwrap(),
+        Some(b"old-value".to_vec())
+    );
+}

@@ -417,6 +417,26 @@ impl Node {
         }
     }
 
+    /// Resolves if this member's Raft core stops on its own (a storage
+    /// error: a log write or an apply that failed), with the error. Such a
+    /// member can no longer write, vote or learn of new writes, yet it
+    /// would go on answering serializable reads from a state that no longer
+    /// moves; the server exits instead, as etcd does on a storage error, so
+    /// that a supervisor restarts it from its log. Never resolves for a
+    /// core stopped by [`Node::shutdown`], which this does not wait past.
+    pub async fn raft_failed(&self) -> String {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Err(e) = &rx.borrow_watched().running_state {
+                return e.to_string();
+            }
+            if rx.changed().await.is_err() {
+                // The core is gone without saying why.
+                return "the Raft core stopped".to_string();
+            }
+        }
+    }
+
     fn mark_removed(&self, why: String) {
         self.removed.send_replace(Some(why));
     }

@@ -869,9 +869,17 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         });
     }
 
+    let mut failed = None;
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down"),
         why = node.removed() => tracing::warn!("shutting down: {why}"),
+        why = node.raft_failed() => {
+            tracing::error!(
+                "shutting down: Raft stopped on an error ({why}); restart this member \
+                 to recover from its log"
+            );
+            failed = Some(why);
+        }
     }
     // A leader hands over first (as etcd does), so that the cluster does not
     // wait out an election timeout; meanwhile requests keep being served
@@ -890,7 +898,10 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     for t in metrics_tasks {
         let _ = tokio::time::timeout(grace, t).await;
     }
-    Ok(())
+    match failed {
+        Some(why) => Err(anyhow::anyhow!("Raft stopped on an error: {why}")),
+        None => Ok(()),
+    }
 }
 
 /// Ports of member `i` (0-based) of the dev cluster, as etcd's Procfile.
