@@ -266,7 +266,17 @@ impl History {
         self.spill(cold, before.saturating_sub(1))
     }
 
-    /// Whether any value but the newest's is on the heap (tests).
+    /// Whether a value that [`History::spill`] would move is on the heap:
+    /// a non-empty one of a version other than the newest.
+    fn has_hot_history(&self) -> bool {
+        let older = self.versions.len().saturating_sub(1);
+        self.versions
+            .iter()
+            .take(older)
+            .any(|v| matches!(&v.live, Some(Live { value: Value::Hot(b), .. }) if !b.is_empty()))
+    }
+
+    /// How many values are cold (tests).
     #[cfg(test)]
     fn cold_count(&self) -> usize {
         self.versions
@@ -414,7 +424,12 @@ mod keys_serde {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
                 let mut keys = OrdMap::new();
-                while let Some((k, h)) = access.next_entry()? {
+                while let Some((k, mut h)) = access.next_entry::<Vec<u8>, History>()? {
+                    super::DECODE_SPILL.with(|s| {
+                        if let Some((cold, moved)) = s.borrow_mut().as_mut() {
+                            *moved += h.spill(cold, 0);
+                        }
+                    });
                     keys.insert(k, h);
                 }
                 Ok(keys)
@@ -422,6 +437,38 @@ mod keys_serde {
         }
         d.deserialize_map(Keys)
     }
+}
+
+thread_local! {
+    /// Where [`decode_spilling`] sends the superseded values of the store
+    /// being decoded on this thread, and how many went.
+    static DECODE_SPILL: std::cell::RefCell<Option<(ColdStore, usize)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `decode` (which decodes stores, e.g. a snapshot) with the values
+/// of superseded versions going to `cold` as each key's history is
+/// decoded, as [`MvccStore::set_cold`] would move them after: a large
+/// history is then never on the heap all at once (the peak of a restart).
+/// Returns what `decode` returned and how many values moved. The stores
+/// decoded still need `set_cold` to keep moving values from then on.
+pub fn decode_spilling<T>(cold: Option<&ColdStore>, decode: impl FnOnce() -> T) -> (T, usize) {
+    /// Clears the thread's target however `decode` ends.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            DECODE_SPILL.with(|s| s.borrow_mut().take());
+        }
+    }
+    let Some(cold) = cold else {
+        return (decode(), 0);
+    };
+    DECODE_SPILL.with(|s| *s.borrow_mut() = Some((cold.clone(), 0)));
+    let reset = Reset;
+    let out = decode();
+    let moved = DECODE_SPILL.with(|s| s.borrow().as_ref().map_or(0, |(_, n)| *n));
+    drop(reset);
+    (out, moved)
 }
 
 /// Bytes [`MvccStore::size`] counts for every stored version on top of its
@@ -542,7 +589,7 @@ impl MvccStore {
         let with_history: Vec<Vec<u8>> = self
             .keys
             .iter()
-            .filter(|(_, h)| h.versions.len() > 1)
+            .filter(|(_, h)| h.has_hot_history())
             .map(|(k, _)| k.clone())
             .collect();
         let mut moved = 0;

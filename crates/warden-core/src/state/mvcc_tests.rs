@@ -1427,3 +1427,51 @@ fn a_snapshot_copy_keeps_the_segments_it_reads() {
         cold.stats()
     );
 }
+
+/// A store decoded under `decode_spilling` has its history in the scratch
+/// files as it comes out of the decoder (nothing left for `set_cold` to
+/// move), equals the store encoded, and reads every revision back; outside
+/// it (and after a failed decode) decoding leaves everything on the heap.
+#[test]
+fn a_store_decoded_while_spilling_has_its_history_in_scratch_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let cold = ColdStore::with_segment_bytes(dir.path(), 64).unwrap();
+    let mut hot = MvccStore::new();
+    for i in 0..5 {
+        for k in ["a", "b", "c"] {
+            put(&mut hot, k, &format!("{k}-value-{i}"));
+        }
+    }
+    put(&mut hot, "d", "only one");
+    let bytes = postcard::to_stdvec(&hot).unwrap();
+
+    let (back, moved) = decode_spilling(Some(&cold), || {
+        postcard::from_bytes::<MvccStore>(&bytes).unwrap()
+    });
+    assert_eq!(moved, 12, "4 superseded versions of a, b and c each");
+    assert_eq!(back.cold_values(), 12);
+    assert_eq!(cold.stats().spilled, 12);
+    assert_eq!(back, hot);
+    for rev in 2..=hot.current_revision() {
+        let req = RangeRequest {
+            key: b("a"),
+            range_end: vec![0],
+            revision: rev,
+            ..Default::default()
+        };
+        assert_eq!(back.range(&req).unwrap(), hot.range(&req).unwrap(), "{rev}");
+    }
+    let mut back = back;
+    assert_eq!(back.set_cold(Some(cold.clone())), 0, "nothing left to move");
+
+    // The thread's target is cleared afterwards, even after a failure.
+    let (failed, moved) = decode_spilling(Some(&cold), || {
+        postcard::from_bytes::<MvccStore>(&bytes[..bytes.len() / 2])
+    });
+    assert!(failed.is_err());
+    assert!(moved <= 12);
+    let plain: MvccStore = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(plain.cold_values(), 0);
+    let (plain, moved) = decode_spilling(None, || postcard::from_bytes::<MvccStore>(&bytes));
+    assert_eq!((plain.unwrap().cold_values(), moved), (0, 0));
+}

@@ -245,11 +245,33 @@ pub fn encode_snapshot_header(meta_len: u64, body_len: u64, crc: u32) -> [u8; SN
 }
 
 /// The parsed fixed header of a snapshot frame.
-struct SnapshotHeader {
+pub(crate) struct SnapshotHeader {
     version: u32,
-    meta_len: u64,
-    body_len: u64,
-    crc: u32,
+    pub(crate) meta_len: u64,
+    pub(crate) body_len: u64,
+    pub(crate) crc: u32,
+}
+
+/// The header a snapshot frame of `frame_len` bytes starts with, checked
+/// against it as [`decode_snapshot`] checks a frame held in memory: the
+/// format version, and lengths that add up to the frame's.
+pub(crate) fn checked_snapshot_header(
+    header: &[u8],
+    frame_len: u64,
+) -> Result<SnapshotHeader, FormatError> {
+    let h = snapshot_header(header)?;
+    check_version("snapshot", h.version)?;
+    let actual = frame_len.saturating_sub(SNAPSHOT_HEADER_LEN as u64);
+    let mismatch = || FormatError::LengthMismatch {
+        meta: h.meta_len,
+        body: h.body_len,
+        actual,
+    };
+    let total = h.meta_len.checked_add(h.body_len).ok_or_else(mismatch)?;
+    if total != actual {
+        return Err(mismatch());
+    }
+    Ok(h)
 }
 
 fn snapshot_header(raw: &[u8]) -> Result<SnapshotHeader, FormatError> {

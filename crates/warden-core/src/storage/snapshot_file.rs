@@ -20,9 +20,11 @@
 //!
 //! Must never: know what meta or body contain, or frame bytes itself.
 
+use std::cell::Cell;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use super::format::{self, FormatError};
 
@@ -295,6 +297,202 @@ pub fn read(path: &Path) -> Result<(Vec<u8>, Vec<u8>), SnapshotFileError> {
     Ok((meta, raw))
 }
 
+/// A snapshot file decoded as it is read, without the whole file in
+/// memory: loading a large state then holds the decoded state and a read
+/// buffer, not the file's bytes as well (the peak of a restart). The frame
+/// (header, lengths, CRC) is verified by a first pass over the file before
+/// anything is decoded, so damaged bytes are refused as
+/// [`read`] refuses them, before they can be decoded into anything.
+pub struct SnapshotStream {
+    path: PathBuf,
+    meta: Vec<u8>,
+    de: postcard::Deserializer<'static, BodyFlavor>,
+    /// Where the decoder notes a failed read (postcard's errors cannot
+    /// carry it).
+    io_error: Rc<Cell<Option<std::io::Error>>>,
+}
+
+/// Bytes read from the file at a time.
+const STREAM_BUFFER: usize = 256 * 1024;
+
+impl SnapshotStream {
+    /// Opens and verifies `path`; the body is then read by [`Self::take`]
+    /// and [`Self::rest`].
+    pub fn open(path: &Path) -> Result<SnapshotStream, SnapshotFileError> {
+        let format_err = |source| SnapshotFileError::Format {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = fs::File::open(path).map_err(io_err(path))?;
+        let frame_len = file.metadata().map_err(io_err(path))?.len();
+        let mut header = [0u8; format::SNAPSHOT_HEADER_LEN];
+        let got = read_full(&mut file, &mut header).map_err(io_err(path))?;
+        let h = format::checked_snapshot_header(&header[..got], frame_len).map_err(format_err)?;
+        // First pass: the checksum over meta and body.
+        let mut crc = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; STREAM_BUFFER];
+        loop {
+            let n = file.read(&mut buf).map_err(io_err(path))?;
+            if n == 0 {
+                break;
+            }
+            crc.update(buf.get(..n).unwrap_or_default());
+        }
+        let computed = crc.finalize();
+        if computed != h.crc {
+            return Err(format_err(FormatError::ChecksumMismatch {
+                stored: h.crc,
+                computed,
+            }));
+        }
+        // Second pass: the meta, then the body through the decoder.
+        let invalid = |reason: &str| SnapshotFileError::Invalid {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        };
+        use std::io::Seek;
+        file.seek(std::io::SeekFrom::Start(format::SNAPSHOT_HEADER_LEN as u64))
+            .map_err(io_err(path))?;
+        let meta_len = usize::try_from(h.meta_len).map_err(|_| invalid("meta too large"))?;
+        let mut meta = vec![0u8; meta_len];
+        file.read_exact(&mut meta).map_err(io_err(path))?;
+        let body = std::io::BufReader::with_capacity(STREAM_BUFFER, file.take(h.body_len));
+        let io_error = Rc::new(Cell::new(None));
+        Ok(SnapshotStream {
+            path: path.to_path_buf(),
+            meta,
+            de: postcard::Deserializer::from_flavor(BodyFlavor {
+                body,
+                temp: Vec::new(),
+                error: io_error.clone(),
+            }),
+            io_error,
+        })
+    }
+
+    /// The frame's meta section.
+    pub fn meta(&self) -> &[u8] {
+        &self.meta
+    }
+
+    /// Decodes the next postcard value of the body.
+    pub fn take<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, SnapshotFileError> {
+        T::deserialize(&mut self.de).map_err(|e| {
+            let reason = match self.io_error.take() {
+                Some(io) => format!("reading the body: {io}"),
+                None => format!("bad body: {e}"),
+            };
+            SnapshotFileError::Invalid {
+                path: self.path.clone(),
+                reason,
+            }
+        })
+    }
+
+    /// The body bytes [`Self::take`] has not decoded.
+    pub fn rest(self) -> Result<Vec<u8>, SnapshotFileError> {
+        let path = self.path;
+        let mut flavor = match self.de.finalize() {
+            Ok(f) => f,
+            Err(e) => {
+                return Err(SnapshotFileError::Invalid {
+                    path,
+                    reason: format!("bad body: {e}"),
+                })
+            }
+        };
+        let mut rest = Vec::new();
+        flavor.body.read_to_end(&mut rest).map_err(io_err(&path))?;
+        Ok(rest)
+    }
+}
+
+/// Reads into `buf` until it is full or the file ends; how many bytes.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while let Some(free) = buf.get_mut(got..) {
+        if free.is_empty() {
+            break;
+        }
+        match r.read(free) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// postcard's view of a snapshot body being read: bytes come from the
+/// file through a buffer; a byte string is read into a scratch buffer no
+/// longer than what is left of the body (a damaged length cannot make it
+/// allocate more than the file holds).
+struct BodyFlavor {
+    body: std::io::BufReader<std::io::Take<fs::File>>,
+    temp: Vec<u8>,
+    error: Rc<Cell<Option<std::io::Error>>>,
+}
+
+impl BodyFlavor {
+    fn left(&self) -> u64 {
+        (self.body.buffer().len() as u64).saturating_add(self.body.get_ref().limit())
+    }
+
+    fn io(&mut self, e: std::io::Error) -> postcard::Error {
+        self.error.set(Some(e));
+        postcard::Error::DeserializeUnexpectedEnd
+    }
+}
+
+impl postcard::de_flavors::Flavor<'static> for BodyFlavor {
+    type Remainder = BodyFlavor;
+    type Source = fs::File;
+
+    fn pop(&mut self) -> postcard::Result<u8> {
+        use std::io::BufRead;
+        let byte = match self.body.fill_buf() {
+            Ok(b) => b.first().copied(),
+            Err(e) => return Err(self.io(e)),
+        };
+        match byte {
+            Some(b) => {
+                self.body.consume(1);
+                Ok(b)
+            }
+            None => Err(postcard::Error::DeserializeUnexpectedEnd),
+        }
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        usize::try_from(self.left()).ok()
+    }
+
+    fn try_take_n(&mut self, _ct: usize) -> postcard::Result<&'static [u8]> {
+        // Nothing in a snapshot borrows from the input.
+        Err(postcard::Error::DeserializeUnexpectedEnd)
+    }
+
+    fn try_take_n_temp<'a>(&'a mut self, ct: usize) -> postcard::Result<&'a [u8]>
+    where
+        'static: 'a,
+    {
+        if ct as u64 > self.left() {
+            return Err(postcard::Error::DeserializeUnexpectedEnd);
+        }
+        self.temp.clear();
+        self.temp.resize(ct, 0);
+        if let Err(e) = self.body.read_exact(&mut self.temp) {
+            return Err(self.io(e));
+        }
+        Ok(&self.temp)
+    }
+
+    fn finalize(self) -> postcard::Result<BodyFlavor> {
+        Ok(self)
+    }
+}
+
 /// Writes bytes to `dir/name` atomically and durably.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, SnapshotFileError> {
     atomically(dir, name, |f| f.write_all(bytes))
@@ -432,6 +630,94 @@ pub fn remove_stale_temp_files(dir: &Path) -> Result<(), SnapshotFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Sample {
+        name: String,
+        #[serde(with = "serde_bytes")]
+        blob: Vec<u8>,
+        list: Vec<(u64, Option<String>)>,
+    }
+
+    fn sample(blob_len: usize) -> Sample {
+        Sample {
+            name: "the state".into(),
+            blob: (0..blob_len).map(|i| (i % 253) as u8).collect(),
+            list: (0..1000u64)
+                .map(|i| (i * 7919, (i % 3 == 0).then(|| format!("item {i}"))))
+                .collect(),
+        }
+    }
+
+    /// What `SnapshotStream` decodes is what was encoded, in order, with
+    /// the undecoded tail of the body left over, whatever the size of the
+    /// byte strings against its read buffer.
+    #[test]
+    fn a_stream_decodes_what_was_encoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (sample(3 * STREAM_BUFFER + 17), sample(0));
+        let mut body = postcard::to_stdvec(&a).unwrap();
+        body.extend(postcard::to_stdvec(&b).unwrap());
+        body.extend_from_slice(b"tail");
+        let path = write_atomic(dir.path(), "s.snap", &encode(b"meta", &body)).unwrap();
+        let mut s = SnapshotStream::open(&path).unwrap();
+        assert_eq!(s.meta(), b"meta");
+        assert_eq!(s.take::<Sample>().unwrap(), a);
+        assert_eq!(s.take::<Sample>().unwrap(), b);
+        assert_eq!(s.rest().unwrap(), b"tail");
+    }
+
+    /// Damage is refused before anything is decoded, as `read` refuses it:
+    /// any flipped byte, a truncated or extended file, a short header.
+    #[test]
+    fn a_stream_refuses_a_damaged_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let frame = encode(b"m", &postcard::to_stdvec(&sample(100)).unwrap());
+        let open_bytes = |bytes: &[u8]| {
+            let path = write_atomic(dir.path(), "d.snap", bytes).unwrap();
+            SnapshotStream::open(&path).map(|_| ())
+        };
+        assert!(open_bytes(&frame).is_ok());
+        for i in (0..frame.len()).step_by(7) {
+            let mut b = frame.clone();
+            b[i] ^= 0x10;
+            let e = open_bytes(&b).unwrap_err();
+            assert!(
+                matches!(e, SnapshotFileError::Format { .. }),
+                "flip at {i}: {e}"
+            );
+        }
+        let e = open_bytes(&frame[..frame.len() - 1]).unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
+        let mut longer = frame.clone();
+        longer.push(0);
+        assert!(open_bytes(&longer).is_err());
+        assert!(open_bytes(&frame[..10]).is_err());
+    }
+
+    /// A body whose lengths lie (well framed, so the checksum holds) fails
+    /// to decode without allocating what the lie claims.
+    #[test]
+    fn a_lying_length_in_a_stream_fails_without_allocating_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut body = postcard::to_stdvec(&"the state").unwrap();
+        // A byte string claiming 2^50 bytes, then 3 bytes.
+        body.extend(postcard::to_stdvec(&(1u64 << 50)).unwrap());
+        body.extend_from_slice(b"abc");
+        let path = write_atomic(dir.path(), "l.snap", &encode(b"", &body)).unwrap();
+        let mut s = SnapshotStream::open(&path).unwrap();
+        assert_eq!(s.take::<String>().unwrap(), "the state");
+        let e = s.take::<serde_bytes::ByteBuf>().unwrap_err();
+        assert!(e.to_string().contains("bad body"), "{e}");
+        // And a body that ends inside a value.
+        let body = postcard::to_stdvec(&sample(1000)).unwrap();
+        let path = write_atomic(dir.path(), "t.snap", &encode(b"", &body[..500])).unwrap();
+        let e = SnapshotStream::open(&path)
+            .unwrap()
+            .take::<Sample>()
+            .unwrap_err();
+        assert!(e.to_string().contains("bad body"), "{e}");
+    }
 
     #[test]
     fn a_streamed_frame_has_the_bytes_of_encode() {

@@ -39,6 +39,7 @@ use tokio::sync::broadcast;
 use warden_core::state::alarm::{AlarmTable, AlarmType};
 use warden_core::state::auth::AuthStore;
 use warden_core::state::lock_table::{LockEvent, LockProofs};
+use warden_core::state::mvcc::decode_spilling;
 use warden_core::state::session::{SessionTable, Stored};
 use warden_core::state::{Command, CommandResult, Compaction, StateError, StateMachine};
 use warden_core::storage::cold::ColdStore;
@@ -152,10 +153,27 @@ fn open_cold(snap_dir: &Path) -> Option<ColdStore> {
     }
 }
 
-/// Loads a snapshot file: its meta and the state it holds.
+/// Loads a snapshot file: its meta and the state it holds. The file is
+/// decoded as it is read (`snapshot_file::SnapshotStream`), so a restart
+/// holds the state it loads, not the file's bytes as well.
 pub fn load_snapshot(path: &Path) -> io::Result<(SnapshotMeta, SmData)> {
-    let (meta, body) = snapshot_file::read(path)?;
-    parse_snapshot(path, &meta, &body)
+    load_snapshot_into(path, None).map(|(meta, data, _)| (meta, data))
+}
+
+/// [`load_snapshot`], with the values of superseded versions going to
+/// `cold` as they are decoded (`mvcc::decode_spilling`), so that history
+/// never sits on the heap all at once; also how many went. The state still
+/// needs `set_cold` to go on doing so.
+fn load_snapshot_into(
+    path: &Path,
+    cold: Option<&ColdStore>,
+) -> io::Result<(SnapshotMeta, SmData, usize)> {
+    let mut stream = snapshot_file::SnapshotStream::open(path)?;
+    let meta: SnapshotMeta = decode_section(path, "meta", stream.meta())?;
+    let (data, moved) = decode_spilling(cold, || stream.take::<SmData>());
+    let rest = stream.rest()?;
+    let (meta, data) = finish_snapshot(path, meta, data?, &rest)?;
+    Ok((meta, data, moved))
 }
 
 /// Loads a backup file (a snapshot, possibly with etcd's SHA-256 trailer).
@@ -191,8 +209,19 @@ pub(crate) fn parse_snapshot(
     body: &[u8],
 ) -> io::Result<(SnapshotMeta, SmData)> {
     let meta: SnapshotMeta = decode_section(path, "meta", meta)?;
-    let (mut data, rest) = postcard::take_from_bytes::<SmData>(body)
+    let (data, rest) = postcard::take_from_bytes::<SmData>(body)
         .map_err(|e| other(format!("snapshot {}: bad body: {e}", path.display())))?;
+    finish_snapshot(path, meta, data, rest)
+}
+
+/// The sections after the state in a snapshot body (`rest`) put on the
+/// decoded `data`, and the whole checked.
+fn finish_snapshot(
+    path: &Path,
+    meta: SnapshotMeta,
+    mut data: SmData,
+    rest: &[u8],
+) -> io::Result<(SnapshotMeta, SmData)> {
     if !rest.is_empty() {
         // After the state: the alarm table, then the auth store, then the
         // lock handle digests (see `write_body`). The last section present
@@ -541,20 +570,20 @@ impl SmStore {
         // Nothing is receiving or writing a snapshot yet: temp files here
         // are left over from a crash.
         snapshot_file::remove_stale_temp_files(snap_dir)?;
-        let (data, current) = match snapshot_file::newest(snap_dir)? {
+        let cold = open_cold(snap_dir);
+        let (data, current, decoded_cold) = match snapshot_file::newest(snap_dir)? {
             Some(path) => {
-                let (meta, data) = load_snapshot(&path)?;
+                let (meta, data, moved) = load_snapshot_into(&path, cold.as_ref())?;
                 tracing::info!(snapshot = %path.display(), last = ?meta.last_log_id, "loaded snapshot");
                 // A restored backup (`warden snapshot restore`) is a base
                 // state under an empty log, not a Raft snapshot to offer.
                 let current = meta.last_log_id.is_some().then_some((meta, path));
-                (data, current)
+                (data, current, moved)
             }
-            None => (SmData::default(), None),
+            None => (SmData::default(), None, 0),
         };
         let mut data = data;
-        let cold = open_cold(snap_dir);
-        let spilled = data.kv.set_cold(cold.clone());
+        let spilled = decoded_cold + data.kv.set_cold(cold.clone());
         if spilled > 0 {
             tracing::info!(
                 values = spilled,
@@ -857,7 +886,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
             .map_or((0, 0), |l| (l.index, l.leader_id.term));
         let cold = self.shared.cold.clone();
         let (data, path) = tokio::task::spawn_blocking(move || -> io::Result<(SmData, PathBuf)> {
-            let (_m, mut data) = load_snapshot(&src)?;
+            let (_m, mut data, _) = load_snapshot_into(&src, cold.as_ref())?;
             data.kv.set_cold(cold);
             let dst = dir.join(snapshot_file::file_name(index, term));
             if src != dst {
