@@ -168,6 +168,17 @@ struct History {
 }
 
 impl History {
+    /// Appends a version, growing the array by half its length when full
+    /// rather than doubling it (`Vec`'s own growth gives a key's second
+    /// version room for four): most keys hold a few versions, each 64 B.
+    fn push(&mut self, v: Version) {
+        let len = self.versions.len();
+        if len == self.versions.capacity() {
+            self.versions.reserve_exact((len / 2).max(1));
+        }
+        self.versions.push(v);
+    }
+
     /// The version visible at `rev`: the last one with `mod_revision <= rev`.
     fn at(&self, rev: i64) -> Option<&Version> {
         let n = self.versions.partition_point(|v| v.mod_revision <= rev);
@@ -188,7 +199,12 @@ impl History {
     /// before the last version `<= rev`, and that one too if a tombstone.
     fn compact(&mut self, rev: i64) {
         let keep_from = self.compact_from(rev);
-        self.versions.drain(..keep_from);
+        if keep_from > 0 {
+            self.versions.drain(..keep_from);
+            // Most keys keep one version of several: without this, each
+            // would go on holding room for all of them (64 B a version).
+            self.versions.shrink_to_fit();
+        }
     }
 
     /// How many leading versions `compact(rev)` drops.
@@ -1283,7 +1299,7 @@ impl MvccStore {
             .size
             .saturating_add(version_size(&req.key, &new_version));
         match self.keys.get_mut(req.key.as_slice()) {
-            Some(h) => h.versions.push(new_version),
+            Some(h) => h.push(new_version),
             None => {
                 self.keys.insert(
                     req.key.clone(),
@@ -1328,7 +1344,7 @@ impl MvccStore {
                 self.size = self
                     .size
                     .saturating_add(version_size(&prev.key, &tombstone));
-                h.versions.push(tombstone);
+                h.push(tombstone);
             }
             self.live_keys = self.live_keys.saturating_sub(1);
             w.changed = true;

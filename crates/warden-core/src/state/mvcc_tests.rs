@@ -1475,3 +1475,29 @@ fn a_store_decoded_while_spilling_has_its_history_in_scratch_files() {
     let (plain, moved) = decode_spilling(None, || postcard::from_bytes::<MvccStore>(&bytes));
     assert_eq!((plain.unwrap().cold_values(), moved), (0, 0));
 }
+
+/// A key's version array holds little spare room: it grows by half its
+/// length (not to four slots on the second version), and a compaction
+/// that drops versions gives their room back (64 B each).
+#[test]
+fn version_arrays_keep_little_spare_room() {
+    let mut s = MvccStore::new();
+    let cap = |s: &MvccStore| {
+        let h = s.keys.get(b"k".as_slice()).unwrap();
+        (h.versions.len(), h.versions.capacity())
+    };
+    put(&mut s, "k", "1");
+    assert_eq!(cap(&s), (1, 1));
+    put(&mut s, "k", "2");
+    assert_eq!(cap(&s), (2, 2));
+    put(&mut s, "k", "3");
+    assert_eq!(cap(&s), (3, 3));
+    for i in 4..=10 {
+        put(&mut s, "k", &i.to_string());
+        let (len, room) = cap(&s);
+        assert!(room >= len && room <= len + len / 2, "{len} in {room}");
+    }
+    s.compact(s.current_revision()).unwrap();
+    assert_eq!(cap(&s), (1, 1));
+    assert_eq!(s.get(b"k").unwrap().value, b("10"));
+}
