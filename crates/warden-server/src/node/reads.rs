@@ -97,20 +97,33 @@ pub(super) struct ReadWaiter {
     tx: oneshot::Sender<Result<u64, NodeError>>,
 }
 
-/// Serves ReadIndex rounds for `linearize`, one at a time: every read that
-/// arrived while a round was in flight joins the next round, which starts
-/// after it arrived, so the index it gets was confirmed after the read
-/// began (what linearizability needs). A batch's round runs until the latest
-/// deadline among its reads, or two election timeouts if sooner; each read
-/// still gives up at its own. The
-/// queue holds one entry per linearizable read in progress, which the
-/// client port's stream and connection limits bound. Ends when the member
-/// is gone (its sender dropped).
+/// How many ReadIndex rounds of one member may be in flight at once.
+/// With one, a read that arrives just after a round started waits for
+/// that round and then the whole of its own (a round and a half on
+/// average); with two, its round starts at once unless two are already
+/// running.
+const ROUNDS_IN_FLIGHT: usize = 2;
+
+/// Serves ReadIndex rounds for `linearize`, up to [`ROUNDS_IN_FLIGHT`] at
+/// once: every read that arrived while the rounds were busy joins the next
+/// round, which starts after it arrived, so the index it gets was
+/// confirmed after the read began (what linearizability needs). A batch's
+/// round runs until the latest deadline among its reads, or two election
+/// timeouts if sooner; each read still gives up at its own. The queue
+/// holds one entry per linearizable read in progress, which the client
+/// port's stream and connection limits bound. Ends when the member is gone
+/// (its sender dropped).
 pub(super) async fn read_index_rounds(
     node: Weak<Node>,
     mut rx: mpsc::UnboundedReceiver<ReadWaiter>,
 ) {
+    let rounds = std::sync::Arc::new(tokio::sync::Semaphore::new(ROUNDS_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
+        // Wait for a free round first, so that the batch takes every read
+        // that queued meanwhile.
+        let Ok(permit) = rounds.clone().acquire_owned().await else {
+            return;
+        };
         let mut batch = vec![first];
         while let Ok(w) = rx.try_recv() {
             batch.push(w);
@@ -123,16 +136,20 @@ pub(super) async fn read_index_rounds(
             return;
         };
         node.telemetry.read_index_round(batch.len());
-        // However long the batch's reads may wait, one round is cut short
-        // (its reads then take part in the next one; see `linearize`): a
-        // round stuck on a leader that stopped answering must not hold up
-        // the reads queued behind it once another leader could serve them.
-        let limit = node.elections(2).max(MIN_ROUND_LIMIT);
-        let r = node.read_index(deadline.min(Instant::now() + limit)).await;
-        drop(node);
-        for w in batch {
-            let _ = w.tx.send(r.clone());
-        }
+        tokio::spawn(async move {
+            // However long the batch's reads may wait, one round is cut
+            // short (its reads then take part in the next one; see
+            // `linearize`): a round stuck on a leader that stopped
+            // answering must not hold up the reads queued behind it once
+            // another leader could serve them.
+            let limit = node.elections(2).max(MIN_ROUND_LIMIT);
+            let r = node.read_index(deadline.min(Instant::now() + limit)).await;
+            drop(node);
+            for w in batch {
+                let _ = w.tx.send(r.clone());
+            }
+            drop(permit);
+        });
     }
 }
 
