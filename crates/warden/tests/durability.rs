@@ -503,7 +503,9 @@ async fn a_member_whose_raft_stops_on_a_storage_error_exits() {
     for f in &files {
         use std::io::Write;
         let mut w = std::fs::OpenOptions::new().write(true).open(f).unwrap();
-        w.write_all(&[0xA5; 64]).unwrap();
+        // The one superseded value is the first thing in the first
+        // segment; this covers it and its CRC whatever else is there.
+        w.write_all(&[0xA5; 4096]).unwrap();
     }
     // A read of the damaged version fails, and only that read.
     let e = value_at(&ep, "h", first).await.unwrap_err();

@@ -282,8 +282,9 @@ impl History {
         self.spill(cold, before.saturating_sub(1))
     }
 
-    /// Whether a value that [`History::spill`] would move is on the heap:
-    /// a non-empty one of a version other than the newest.
+    /// Whether a value [`History::spill`] may move is on the heap: a
+    /// non-empty one of a version other than the newest (spill still
+    /// leaves those too large for a scratch segment where they are).
     fn has_hot_history(&self) -> bool {
         let older = self.versions.len().saturating_sub(1);
         self.versions

@@ -301,8 +301,10 @@ pub fn read(path: &Path) -> Result<(Vec<u8>, Vec<u8>), SnapshotFileError> {
 /// memory: loading a large state then holds the decoded state and a read
 /// buffer, not the file's bytes as well (the peak of a restart). The frame
 /// (header, lengths, CRC) is verified by a first pass over the file before
-/// anything is decoded, so damaged bytes are refused as
-/// [`read`] refuses them, before they can be decoded into anything.
+/// anything is decoded, so damaged bytes are refused as [`read`] refuses
+/// them, before they can be decoded into anything: for a file nothing
+/// writes to while it is read, as snapshot files are (renamed into place
+/// once written and synced, never written again).
 pub struct SnapshotStream {
     path: PathBuf,
     meta: Vec<u8>,
@@ -313,7 +315,7 @@ pub struct SnapshotStream {
 }
 
 /// Bytes read from the file at a time.
-const STREAM_BUFFER: usize = 256 * 1024;
+pub const STREAM_BUFFER: usize = 256 * 1024;
 
 impl SnapshotStream {
     /// Opens and verifies `path`; the body is then read by [`Self::take`]
@@ -469,8 +471,13 @@ impl postcard::de_flavors::Flavor<'static> for BodyFlavor {
     }
 
     fn try_take_n(&mut self, _ct: usize) -> postcard::Result<&'static [u8]> {
-        // Nothing in a snapshot borrows from the input.
-        Err(postcard::Error::DeserializeUnexpectedEnd)
+        // Nothing in a snapshot borrows from the input; a type that did
+        // would fail every load, so say why rather than "end of buffer".
+        Err(self.io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "a value borrows from the input, which a snapshot read from a file cannot lend \
+             (a decoding bug)",
+        )))
     }
 
     fn try_take_n_temp<'a>(&'a mut self, ct: usize) -> postcard::Result<&'a [u8]>

@@ -423,18 +423,23 @@ impl Node {
     /// would go on answering serializable reads from a state that no longer
     /// moves; the server exits instead, as etcd does on a storage error, so
     /// that a supervisor restarts it from its log. Never resolves for a
-    /// core stopped by [`Node::shutdown`], which this does not wait past.
+    /// core stopped as asked ([`Node::shutdown`]).
     pub async fn raft_failed(&self) -> String {
         let mut rx = self.raft.metrics();
         loop {
-            if let Err(e) = &rx.borrow_watched().running_state {
-                return e.to_string();
+            match &rx.borrow_watched().running_state {
+                // Stopped as asked (`Node::shutdown`): not a failure.
+                Err(openraft::error::Fatal::Stopped) => break,
+                Err(e) => return e.to_string(),
+                Ok(()) => {}
             }
             if rx.changed().await.is_err() {
-                // The core is gone without saying why.
-                return "the Raft core stopped".to_string();
+                break;
             }
         }
+        // A core that stopped as asked, or whose metrics are gone with it
+        // after that: whoever stopped it decides what happens next.
+        std::future::pending().await
     }
 
     fn mark_removed(&self, why: String) {

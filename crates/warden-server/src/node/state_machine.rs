@@ -9,8 +9,9 @@
 //! Snapshot files and backups hold the postcard encoding of the Raft
 //! `SnapshotMeta` (meta) and of [`SmData`] (body) in the one snapshot frame of
 //! `warden_core::storage::format`, which carries the format version; every
-//! snapshot is encoded by `encode_snapshot` and decoded by `parse_snapshot`
-//! here, and a backup adds etcd's padding and SHA-256 trailer
+//! snapshot is encoded by `encode_snapshot` and decoded here, by
+//! `load_snapshot` from a file as it is read (`snapshot_file::SnapshotStream`)
+//! or by `parse_snapshot` from bytes in memory, and a backup adds etcd's padding and SHA-256 trailer
 //! (`snapshot_file::seal_backup`). Files written before the frame was shared
 //! are the same bytes and load unchanged (golden tests below).
 //!
@@ -171,8 +172,9 @@ fn load_snapshot_into(
     let mut stream = snapshot_file::SnapshotStream::open(path)?;
     let meta: SnapshotMeta = decode_section(path, "meta", stream.meta())?;
     let (data, moved) = decode_spilling(cold, || stream.take::<SmData>());
+    let data = data?;
     let rest = stream.rest()?;
-    let (meta, data) = finish_snapshot(path, meta, data?, &rest)?;
+    let (meta, data) = finish_snapshot(path, meta, data, &rest)?;
     Ok((meta, data, moved))
 }
 
