@@ -161,6 +161,20 @@ struct Version {
     live: Option<Live>,
 }
 
+impl Version {
+    /// This version's value if it is on the heap and not empty: what
+    /// [`History::spill`] may move to a scratch file.
+    fn hot_bytes(&self) -> Option<&[u8]> {
+        match &self.live {
+            Some(Live {
+                value: Value::Hot(b),
+                ..
+            }) if !b.is_empty() => Some(b),
+            _ => None,
+        }
+    }
+}
+
 /// A key's versions, `mod_revision` non-decreasing. Never empty in the store.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct History {
@@ -241,13 +255,9 @@ impl History {
             let mut bytes = 0u64;
             while i < older {
                 let Some(v) = self.versions.get(i) else { break };
-                if let Some(Live {
-                    value: Value::Hot(b),
-                    ..
-                }) = &v.live
-                {
+                if let Some(b) = v.hot_bytes() {
                     let len = ColdStore::stored_len(b);
-                    if !b.is_empty() && len <= cold.batch_limit() {
+                    if len <= cold.batch_limit() {
                         if bytes + len > cold.batch_limit() {
                             break;
                         }
@@ -290,7 +300,7 @@ impl History {
         self.versions
             .iter()
             .take(older)
-            .any(|v| matches!(&v.live, Some(Live { value: Value::Hot(b), .. }) if !b.is_empty()))
+            .any(|v| v.hot_bytes().is_some())
     }
 
     /// How many values are cold (tests).
@@ -468,7 +478,8 @@ thread_local! {
 /// decoded, as [`MvccStore::set_cold`] would move them after: a large
 /// history is then never on the heap all at once (the peak of a restart).
 /// Returns what `decode` returned and how many values moved. The stores
-/// decoded still need `set_cold` to keep moving values from then on.
+/// decoded go on moving superseded values to `cold`, as after
+/// [`MvccStore::set_cold`] (which need not walk them again).
 pub fn decode_spilling<T>(cold: Option<&ColdStore>, decode: impl FnOnce() -> T) -> (T, usize) {
     /// Clears the thread's target however `decode` ends.
     struct Reset;
@@ -566,7 +577,8 @@ impl From<StoredMvcc> for MvccStore {
             live_keys: s.live_keys,
             keys: s.keys,
             size: 0,
-            cold: Spill::default(),
+            // Decoded under `decode_spilling`: its scratch files from now on.
+            cold: Spill(DECODE_SPILL.with(|t| t.borrow().as_ref().map(|(c, _)| c.clone()))),
         };
         store.size = store.recount_size();
         store

@@ -1462,6 +1462,9 @@ fn a_store_decoded_while_spilling_has_its_history_in_scratch_files() {
         assert_eq!(back.range(&req).unwrap(), hot.range(&req).unwrap(), "{rev}");
     }
     let mut back = back;
+    // It goes on spilling what later writes supersede.
+    put(&mut back, "d", "a second one");
+    assert_eq!(back.cold_values(), 13);
     assert_eq!(back.set_cold(Some(cold.clone())), 0, "nothing left to move");
 
     // The thread's target is cleared afterwards, even after a failure.

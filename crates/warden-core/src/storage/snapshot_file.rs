@@ -327,9 +327,12 @@ impl SnapshotStream {
         };
         let mut file = fs::File::open(path).map_err(io_err(path))?;
         let frame_len = file.metadata().map_err(io_err(path))?.len();
-        let mut header = [0u8; format::SNAPSHOT_HEADER_LEN];
-        let got = read_full(&mut file, &mut header).map_err(io_err(path))?;
-        let h = format::checked_snapshot_header(&header[..got], frame_len).map_err(format_err)?;
+        let mut header = Vec::with_capacity(format::SNAPSHOT_HEADER_LEN);
+        (&mut file)
+            .take(format::SNAPSHOT_HEADER_LEN as u64)
+            .read_to_end(&mut header)
+            .map_err(io_err(path))?;
+        let h = format::checked_snapshot_header(&header, frame_len).map_err(format_err)?;
         // First pass: the checksum over meta and body.
         let mut crc = crc32fast::Hasher::new();
         let mut buf = vec![0u8; STREAM_BUFFER];
@@ -407,23 +410,6 @@ impl SnapshotStream {
         flavor.body.read_to_end(&mut rest).map_err(io_err(&path))?;
         Ok(rest)
     }
-}
-
-/// Reads into `buf` until it is full or the file ends; how many bytes.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut got = 0;
-    while let Some(free) = buf.get_mut(got..) {
-        if free.is_empty() {
-            break;
-        }
-        match r.read(free) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// postcard's view of a snapshot body being read: bytes come from the

@@ -163,8 +163,8 @@ pub fn load_snapshot(path: &Path) -> io::Result<(SnapshotMeta, SmData)> {
 
 /// [`load_snapshot`], with the values of superseded versions going to
 /// `cold` as they are decoded (`mvcc::decode_spilling`), so that history
-/// never sits on the heap all at once; also how many went. The state still
-/// needs `set_cold` to go on doing so.
+/// never sits on the heap all at once, and on going there afterwards; also
+/// how many went.
 fn load_snapshot_into(
     path: &Path,
     cold: Option<&ColdStore>,
@@ -582,10 +582,15 @@ impl SmStore {
                 let current = meta.last_log_id.is_some().then_some((meta, path));
                 (data, current, moved)
             }
-            None => (SmData::default(), None, 0),
+            None => {
+                let mut empty = SmData::default();
+                empty.kv.set_cold(cold.clone());
+                (empty, None, 0)
+            }
         };
-        let mut data = data;
-        let spilled = decoded_cold + data.kv.set_cold(cold.clone());
+        // A loaded state spilled its history while it was decoded, and
+        // keeps those scratch files.
+        let spilled = decoded_cold;
         if spilled > 0 {
             tracing::info!(
                 values = spilled,
@@ -888,8 +893,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
             .map_or((0, 0), |l| (l.index, l.leader_id.term));
         let cold = self.shared.cold.clone();
         let (data, path) = tokio::task::spawn_blocking(move || -> io::Result<(SmData, PathBuf)> {
-            let (_m, mut data, _) = load_snapshot_into(&src, cold.as_ref())?;
-            data.kv.set_cold(cold);
+            let (_m, data, _) = load_snapshot_into(&src, cold.as_ref())?;
             let dst = dir.join(snapshot_file::file_name(index, term));
             if src != dst {
                 std::fs::rename(&src, &dst).map_err(|e| {
