@@ -19,6 +19,19 @@
 //! spilled, so segments empty out whole), and a copy of the store being
 //! written as a snapshot keeps the segments it reads alive.
 //!
+//! A pass that reads most of the history at once (writing a snapshot or a
+//! backup) runs inside [`mapped_reads`]: the segments it touches are mapped
+//! read-only for the length of the pass and values are copied out of the
+//! page cache without a system call each (a `pread` per value was most of
+//! a snapshot's cost: docs/benchmarks.md, "Snapshots without a read per
+//! value"). The maps go when the pass ends, so the pages they touched stop
+//! counting in the member's resident set. A segment is never truncated
+//! and a map covers only bytes already written, so a mapped read cannot
+//! fall past the end of the file; what a map cannot report is a disk read
+//! error: the kernel kills the process (`SIGBUS`) where `pread` would
+//! return `EIO`. A member that cannot read its scratch files stops
+//! either way (a failed snapshot stops its Raft core).
+//!
 //! Each value is stored after a CRC32 of it, checked when it is read back:
 //! the files are never synced (they need not survive a crash), so a page
 //! the kernel failed to write back, or a bad sector, must not come back as
@@ -28,6 +41,8 @@
 //! stays on the heap, where it would have been anyway. A read error is
 //! reported to whoever needed the value.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io;
@@ -89,28 +104,121 @@ impl ColdRef {
         self.len == 0
     }
 
-    /// Reads the value back, checking its CRC.
+    /// Reads the value back, checking its CRC: from a map of its segment
+    /// inside [`mapped_reads`], else with one `pread`.
     pub fn read(&self) -> io::Result<Vec<u8>> {
-        let what = || {
-            format!(
-                "reading a {}-byte value of key history at offset {} of a scratch segment",
-                self.len, self.offset
-            )
-        };
+        if let Some(mapped) = MAPPED.with(|m| {
+            m.borrow_mut()
+                .as_mut()
+                .and_then(|maps| self.read_mapped(maps))
+        }) {
+            return mapped;
+        }
         let mut buf = vec![0; self.len as usize + CRC_BYTES];
         self.segment
             .file
             .read_exact_at(&mut buf, u64::from(self.offset))
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", what())))?;
-        let crc: Vec<u8> = buf.drain(..CRC_BYTES).collect();
-        if crc != crc32fast::hash(&buf).to_le_bytes() {
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.what())))?;
+        self.checked(&buf)
+    }
+
+    fn what(&self) -> String {
+        format!(
+            "reading a {}-byte value of key history at offset {} of a scratch segment",
+            self.len, self.offset
+        )
+    }
+
+    /// The value out of `stored` (its CRC, then its bytes), if the CRC
+    /// matches.
+    fn checked(&self, stored: &[u8]) -> io::Result<Vec<u8>> {
+        let (crc, value) = stored.split_at(CRC_BYTES.min(stored.len()));
+        if crc != crc32fast::hash(value).to_le_bytes() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{}: checksum mismatch (the file was damaged)", what()),
+                format!("{}: checksum mismatch (the file was damaged)", self.what()),
             ));
         }
-        Ok(buf)
+        Ok(value.to_vec())
     }
+
+    /// The value through a map of its segment, mapping the segment if this
+    /// pass has not yet; `None` (read it with `pread`) if the segment
+    /// cannot be mapped or the value lies past what its map covers.
+    fn read_mapped(&self, maps: &mut HashMap<usize, Mapped>) -> Option<io::Result<Vec<u8>>> {
+        let key = Arc::as_ptr(&self.segment) as usize;
+        let mapped = match maps.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(Mapped::new(&self.segment)?),
+        };
+        let start = usize::try_from(self.offset).ok()?;
+        let end = start.checked_add(self.len as usize + CRC_BYTES)?;
+        let stored = mapped.map.get(start..end)?;
+        Some(self.checked(stored))
+    }
+}
+
+/// A segment mapped for a [`mapped_reads`] pass. Holding the segment keeps
+/// its address, the key of the pass's table, from being reused.
+struct Mapped {
+    _segment: Arc<Segment>,
+    map: memmap2::Mmap,
+}
+
+impl Mapped {
+    /// A read-only map of the bytes written to `segment` so far; `None` if
+    /// there are none or the map fails (the caller reads with `pread`).
+    fn new(segment: &Arc<Segment>) -> Option<Mapped> {
+        let len = usize::try_from(segment.len.load(Ordering::Acquire)).ok()?;
+        if len == 0 {
+            return None;
+        }
+        // SAFETY: the map is read-only and covers only bytes already
+        // written. A segment file has no name (nothing else can open it
+        // through the file system), is only ever appended to past `len`,
+        // and is never truncated, so the mapped bytes stay valid and
+        // unchanged while the map lives (it holds its own reference to the
+        // file, and this `Mapped` holds the segment). Only a disk read
+        // error can fault on it (see the module documentation).
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map(&segment.file) }.ok()?;
+        Some(Mapped {
+            _segment: segment.clone(),
+            map,
+        })
+    }
+}
+
+thread_local! {
+    /// The segments mapped by the [`mapped_reads`] pass running on this
+    /// thread; `None` outside one.
+    static MAPPED: RefCell<Option<HashMap<usize, Mapped>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with every [`ColdRef::read`] on this thread served from
+/// read-only maps of the segments, made as they are first needed and
+/// dropped when `f` returns (or unwinds). For passes that read much of the
+/// history at once: writing a snapshot or a backup. Nests: an inner call
+/// keeps the outer pass's maps.
+pub fn mapped_reads<T>(f: impl FnOnce() -> T) -> T {
+    struct Pass {
+        nested: bool,
+    }
+    impl Drop for Pass {
+        fn drop(&mut self) {
+            if !self.nested {
+                MAPPED.with(|m| m.borrow_mut().take());
+            }
+        }
+    }
+    let nested = MAPPED.with(|m| {
+        let mut m = m.borrow_mut();
+        let nested = m.is_some();
+        m.get_or_insert_with(HashMap::new);
+        nested
+    });
+    let _pass = Pass { nested };
+    f()
 }
 
 impl fmt::Debug for ColdRef {
@@ -251,7 +359,9 @@ impl ColdStore {
             buf.extend_from_slice(v);
         }
         active.file.write_all_at(&buf, start)?;
-        active.len.fetch_add(total, Ordering::Relaxed);
+        // Release: a map made from this length (`Mapped::new`) covers only
+        // bytes whose write came before it.
+        active.len.fetch_add(total, Ordering::Release);
         self.inner.stats.bytes.fetch_add(total, Ordering::Relaxed);
         let mut refs = Vec::with_capacity(values.len());
         let mut at = start;
@@ -330,6 +440,60 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         assert!(e.to_string().contains("checksum mismatch"), "{e}");
         assert_eq!(r[1].read().unwrap(), b"def");
+    }
+
+    /// How many segments the pass on this thread has mapped; `None` outside
+    /// a pass.
+    fn mapped_now() -> Option<usize> {
+        MAPPED.with(|m| m.borrow().as_ref().map(HashMap::len))
+    }
+
+    #[test]
+    fn mapped_reads_return_what_pread_does_and_unmap_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let cold = ColdStore::with_segment_bytes(dir.path(), 20).unwrap();
+        let a = cold.put_all(&[b"abcd", b"efgh"]).unwrap();
+        let b = cold.put_all(&[b"ijk"]).unwrap();
+        assert_eq!(mapped_now(), None);
+        let (got, late, damaged) = mapped_reads(|| {
+            let got: Vec<Vec<u8>> = a.iter().chain(&b).map(|r| r.read().unwrap()).collect();
+            // Both segments are mapped now.
+            assert_eq!(mapped_now(), Some(2));
+            // A value written after its segment was mapped lies past the
+            // map: read with pread instead.
+            let late = cold.put_all(&[b"lm"]).unwrap();
+            assert!(Arc::ptr_eq(&late[0].segment, &b[0].segment));
+            let late = late[0].read().unwrap();
+            // A nested pass keeps the outer one's maps.
+            mapped_reads(|| assert_eq!(mapped_now(), Some(2)));
+            assert_eq!(mapped_now(), Some(2));
+            // The CRC is checked on mapped reads too.
+            a[1].segment
+                .file
+                .write_all_at(b"X", u64::from(a[1].offset) + 5)
+                .unwrap();
+            let damaged = a[1].read().unwrap_err();
+            (got, late, damaged)
+        });
+        assert_eq!(got, [&b"abcd"[..], b"efgh", b"ijk"]);
+        assert_eq!(late, b"lm");
+        assert_eq!(damaged.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            damaged.to_string().contains("checksum mismatch"),
+            "{damaged}"
+        );
+        // The maps went with the pass; reads go back to pread.
+        assert_eq!(mapped_now(), None);
+        assert_eq!(a[0].read().unwrap(), b"abcd");
+        // A pass that unwinds drops its maps too.
+        let caught = std::panic::catch_unwind(|| {
+            mapped_reads(|| {
+                a[0].read().unwrap();
+                panic!("unwind");
+            })
+        });
+        assert!(caught.is_err());
+        assert_eq!(mapped_now(), None);
     }
 
     #[test]

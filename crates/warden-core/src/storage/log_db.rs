@@ -684,6 +684,66 @@ impl LogDb {
         })
     }
 
+    /// Starts a purge in portions, for a writer that must not stop for a
+    /// long one: records `meta_key = meta` (the new purge point) and
+    /// deletes the first entries up to `index`, at most `max` of them, in
+    /// one durable transaction. Returns whether entries at or below `index`
+    /// remain, for [`LogDb::purge_more`]. The log is read only after its
+    /// purge point, so such entries are never seen; after a crash they stay
+    /// until the next purge deletes them with its own.
+    pub fn purge_start(
+        &self,
+        index: u64,
+        max: usize,
+        meta_key: &str,
+        meta: &[u8],
+    ) -> Result<bool, LogError> {
+        let mut more = false;
+        self.write(|w| {
+            more = Self::delete_front(w, index, max)?;
+            let mut m = w.open_table(META)?;
+            m.insert(meta_key, format::encode_record(meta).as_slice())?;
+            Ok(())
+        })?;
+        Ok(more)
+    }
+
+    /// Deletes at most `max` more entries at or below `index`, oldest
+    /// first, without an fsync (the next durable commit carries it; losing
+    /// it to a crash only leaves entries below the purge point). The
+    /// portion that finishes the purge is followed by an fsync. Returns
+    /// whether entries at or below `index` remain.
+    pub fn purge_more(&self, index: u64, max: usize) -> Result<bool, LogError> {
+        let mut more = false;
+        self.commit(Durability::None, |w| {
+            more = Self::delete_front(w, index, max)?;
+            Ok(())
+        })?;
+        if !more {
+            self.commit(Durability::Immediate, |_| Ok(()))?;
+        }
+        Ok(more)
+    }
+
+    /// Deletes the first entries at or below `index`, at most `max`;
+    /// whether any remain.
+    fn delete_front(
+        w: &redb::WriteTransaction,
+        index: u64,
+        max: usize,
+    ) -> Result<bool, redb::Error> {
+        let mut t = w.open_table(ENTRIES)?;
+        let Some(lo) = t.first()?.map(|(k, _)| k.value()) else {
+            return Ok(false);
+        };
+        if lo > index {
+            return Ok(false);
+        }
+        let hi = index.min(lo.saturating_add(max.max(1) as u64 - 1));
+        t.retain_in(lo..=hi, |_, _| false)?;
+        Ok(hi < index)
+    }
+
     pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), LogError> {
         self.write(|w| {
             let mut m = w.open_table(META)?;
@@ -1047,6 +1107,26 @@ mod tests {
         assert_eq!(v, Some(LAYOUT_VERSION));
     }
 
+    #[test]
+    fn a_purge_in_portions_records_its_point_first_and_deletes_from_the_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let batch: Vec<_> = (1..=10u64).map(|i| (i, vec![i as u8])).collect();
+        db.append(&batch).unwrap();
+        assert!(db.purge_start(8, 3, "purged", b"8").unwrap());
+        assert_eq!(db.get_meta("purged").unwrap(), Some(b"8".to_vec()));
+        let left: Vec<u64> = db.read_range(..).unwrap().iter().map(|(i, _)| *i).collect();
+        assert_eq!(left, (4..=10).collect::<Vec<_>>());
+        assert!(db.purge_more(8, 3).unwrap());
+        assert!(!db.purge_more(8, 3).unwrap());
+        // Nothing left at or below the point: a no-op.
+        assert!(!db.purge_more(8, 3).unwrap());
+        drop(db);
+        let db = open(&dir);
+        assert_eq!(db.read_range(..).unwrap(), batch[8..].to_vec());
+        assert_eq!(db.get_meta("purged").unwrap(), Some(b"8".to_vec()));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
         /// The log behaves like a BTreeMap under any sequence of appends,
@@ -1069,7 +1149,15 @@ mod tests {
                             }
                         }
                         1 => { model.retain(|k, _| *k <= *at); db.truncate_after(Some(*at)).unwrap(); }
-                        _ => { model.retain(|k, _| *k > *at); db.purge_upto(*at, "p", b"").unwrap(); }
+                        _ if n % 2 == 0 => { model.retain(|k, _| *k > *at); db.purge_upto(*at, "p", b"").unwrap(); }
+                        // In portions of n + 1 entries, as the log writer purges.
+                        _ => {
+                            model.retain(|k, _| *k > *at);
+                            let mut more = db.purge_start(*at, n + 1, "p", b"").unwrap();
+                            while more {
+                                more = db.purge_more(*at, n + 1).unwrap();
+                            }
+                        }
                     }
                 }
             }

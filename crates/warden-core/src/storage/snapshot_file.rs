@@ -526,14 +526,25 @@ pub fn write_frame_atomic(
 ) -> Result<PathBuf, SnapshotFileError> {
     use std::io::{Seek, SeekFrom};
     atomically(dir, name, |f| {
-        let mut tee = Tee {
-            out: std::io::BufWriter::with_capacity(1 << 20, &mut *f),
-            seen: Measure::default(),
-        };
-        tee.out.write_all(&[0u8; format::SNAPSHOT_HEADER_LEN])?;
-        let meta_len = sections(&mut tee)?;
-        let Tee { out, seen } = tee;
-        let f = out.into_inner().map_err(|e| e.into_error())?;
+        f.write_all(&[0u8; format::SNAPSHOT_HEADER_LEN])?;
+        // The buffer before the measure: the encoder writes a few bytes
+        // at a time, and a CRC update per write cost more than the rest
+        // of the snapshot (docs/benchmarks.md, "Snapshots that do not
+        // stall writes").
+        let mut out = std::io::BufWriter::with_capacity(
+            1 << 20,
+            Tee {
+                out: SyncEvery {
+                    file: &mut *f,
+                    every: SYNC_EVERY,
+                    unsynced: 0,
+                },
+                seen: Measure::default(),
+            },
+        );
+        let meta_len = sections(&mut out)?;
+        let Tee { out, seen } = out.into_inner().map_err(|e| e.into_error())?;
+        let f = out.file;
         let body_len = seen.len().checked_sub(meta_len).ok_or_else(|| {
             std::io::Error::other(format!(
                 "meta length {meta_len} is more than the {} bytes written",
@@ -547,6 +558,36 @@ pub fn write_frame_atomic(
             seen.crc(),
         ))
     })
+}
+
+/// Bytes of a snapshot written between two `fdatasync`s of it. Written
+/// whole and synced once at the end, a snapshot of a large state (tens of
+/// megabytes) queued all of it on the disk at once, and the log's own
+/// `fdatasync`s, which every write waits for, queued behind it
+/// (docs/benchmarks.md, "Snapshots that do not stall writes").
+pub const SYNC_EVERY: u64 = 4 << 20;
+
+/// Writes to a file and syncs its data every `every` bytes.
+struct SyncEvery<'a> {
+    file: &'a mut fs::File,
+    every: u64,
+    unsynced: u64,
+}
+
+impl Write for SyncEvery<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.unsynced += n as u64;
+        if self.unsynced >= self.every {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Writes through to `out` and measures what went through.

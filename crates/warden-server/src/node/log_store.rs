@@ -32,9 +32,11 @@
 //! in the next append's journal record, or goes in a record of its own after
 //! [`IDLE_COMMITTED_FLUSH`] without appends, or when the store closes. After
 //! a crash it may be one group behind, so the state machine replays a little
-//! less at start and catches up at the first commit of the new term. Vote,
-//! truncation and purge wait for everything queued before them and are
-//! durable when they return.
+//! less at start and catches up at the first commit of the new term. Vote
+//! and truncation wait for everything queued before them and are durable
+//! when they return. A purge only queues: the writer records the new purge
+//! point, then deletes the entries below it a portion at a time between
+//! appends (`Job::Purge`).
 //!
 //! Must never: acknowledge an append (the `IOFlushed` callback) before the
 //! batch is durable, return a vote that was not persisted, persist a
@@ -61,6 +63,14 @@ use warden_core::storage::log_db::{Journaled, LogDb, LogError};
 const VOTE: &str = "vote";
 const COMMITTED: &str = warden_core::storage::log_db::COMMITTED_KEY;
 const PURGED: &str = "purged";
+
+/// Entries the writer deletes in one transaction of a purge. openraft
+/// awaits `purge` on its core task, and a snapshot of a large state lets
+/// go of tens of thousands of entries at once: deleted in one transaction,
+/// they held up the core and every append queued behind them for 50 ms and
+/// more. A portion this size takes about a millisecond, and the writer
+/// serves queued appends between portions.
+const PURGE_PORTION: usize = 1024;
 
 /// How long the writer waits without appends before writing a committed log
 /// id that has not ridden along with one (so an idle member restarts with its
@@ -96,6 +106,10 @@ struct TailMap {
     entries: BTreeMap<u64, TailEntry>,
     /// Accounted size ([`tail_cost`]) of the entries the file has too.
     cached: usize,
+    /// The last purge point: entries at or below it are not part of the
+    /// log, though the writer may not have deleted them from the file yet
+    /// (`Job::Purge`); reads start after it.
+    purged: Option<u64>,
 }
 
 struct TailEntry {
@@ -173,8 +187,9 @@ impl TailMap {
         gone.values().for_each(|t| self.forget(t));
     }
 
-    /// Drops the entries up to `upto`.
+    /// Drops the entries up to `upto`, which stop being part of the log.
     fn purge_upto(&mut self, upto: u64) {
+        self.purged = self.purged.max(Some(upto));
         let rest = self.entries.split_off(&upto.saturating_add(1));
         let gone = std::mem::replace(&mut self.entries, rest);
         gone.values().for_each(|t| self.forget(t));
@@ -201,6 +216,10 @@ enum Job {
     /// Any other write, run alone once everything before it is durable;
     /// its result is sent back.
     Other(OtherWrite, tokio::sync::oneshot::Sender<io::Result<()>>),
+    /// Purge the entries up to `upto` and record `meta` (the purged log
+    /// id): the purge point at once, the entries [`PURGE_PORTION`] at a
+    /// time between other jobs. Nothing waits for it.
+    Purge { upto: u64, meta: Vec<u8> },
 }
 
 /// Payload bytes of log entries sent to a follower in one replication
@@ -252,8 +271,19 @@ fn run_writer(db: Arc<LogDb>, tail: Arc<Tail>, rx: mpsc::Receiver<Job>) {
     // After a failed write the log's state is unknown: everything after
     // fails too (the member stops on a log error).
     let mut failed: Option<io::Error> = None;
+    // Entries up to this index are still to be deleted (`Job::Purge`).
+    let mut purging: Option<u64> = None;
     loop {
-        let first = if committed.is_some() {
+        let first = if purging.is_some() {
+            match rx.try_recv() {
+                Ok(job) => job,
+                Err(mpsc::TryRecvError::Empty) => {
+                    purge_portion(&db, &mut purging, &mut failed);
+                    continue;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => break,
+            }
+        } else if committed.is_some() {
             match rx.recv_timeout(IDLE_COMMITTED_FLUSH) {
                 Ok(job) => job,
                 Err(RecvTimeoutError::Timeout) => {
@@ -290,11 +320,47 @@ fn run_writer(db: Arc<LogDb>, tail: Arc<Tail>, rx: mpsc::Receiver<Job>) {
                     }
                     let _ = reply.send(res);
                 }
+                Job::Purge { upto, meta } => {
+                    // The entries it covers were queued before it: in the
+                    // file first.
+                    commit_group(&db, &tail, &mut group, &mut committed, &mut failed);
+                    if failed.is_none() {
+                        match db.purge_start(upto, PURGE_PORTION, PURGED, &meta) {
+                            Ok(more) => purging = more.then_some(upto),
+                            Err(e) => {
+                                tracing::warn!("purging the raft log: {e}");
+                                failed = Some(io::Error::from(e));
+                            }
+                        }
+                    }
+                }
             }
         }
         commit_group(&db, &tail, &mut group, &mut committed, &mut failed);
+        // One portion of a purge per round of jobs.
+        purge_portion(&db, &mut purging, &mut failed);
     }
     flush_committed(&db, &mut committed, &mut failed);
+}
+
+/// Deletes the next portion of a purge under way (see `Job::Purge`); a
+/// failure fails the writer, as a failed append does.
+fn purge_portion(db: &LogDb, purging: &mut Option<u64>, failed: &mut Option<io::Error>) {
+    let Some(upto) = *purging else {
+        return;
+    };
+    if failed.is_some() {
+        *purging = None;
+        return;
+    }
+    match db.purge_more(upto, PURGE_PORTION) {
+        Ok(more) => *purging = more.then_some(upto),
+        Err(e) => {
+            tracing::warn!("purging the raft log: {e}");
+            *failed = Some(io::Error::from(e));
+            *purging = None;
+        }
+    }
 }
 
 /// Writes the queued appends (and the committed log id, if any) as one
@@ -398,10 +464,22 @@ impl LogStore {
                 "replayed the raft log's journal"
             );
         }
+        // A purge that had not deleted all its entries when the member
+        // stopped leaves some below its point: reads skip them. (A purge
+        // point that cannot be read is reported by `get_log_state`.)
+        let purged = db
+            .get_meta(PURGED)
+            .ok()
+            .flatten()
+            .and_then(|b| postcard::from_bytes::<LogId>(&b).ok())
+            .map(|id| id.index);
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             jobs: Mutex::new(Some(tx)),
-            tail: Arc::new(Mutex::new(TailMap::default())),
+            tail: Arc::new(Mutex::new(TailMap {
+                purged,
+                ..TailMap::default()
+            })),
             writer: Mutex::new(None),
         });
         let (writer_db, writer_tail) = (db.clone(), shared.tail.clone());
@@ -434,6 +512,20 @@ impl LogStore {
                     self.db.path().display()
                 ))
             })
+    }
+
+    /// `range` (from [`bounds`]) without the purged entries, which may
+    /// still be in the file; `None` if nothing is left of it.
+    fn after_purge(&self, range: Option<(u64, Option<u64>)>) -> Option<(u64, Option<u64>)> {
+        let (lo, hi) = range?;
+        let lo = match lock(&self.shared.tail).purged {
+            Some(p) => lo.max(p.checked_add(1)?),
+            None => lo,
+        };
+        match hi {
+            Some(h) if h < lo => None,
+            _ => Some((lo, hi)),
+        }
     }
 
     /// Runs `f` on the writer after everything queued before it; returns
@@ -565,7 +657,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        let Some((lo, hi)) = bounds(&range) else {
+        let Some((lo, hi)) = self.after_purge(bounds(&range)) else {
             return Ok(Vec::new());
         };
         if let Some(entries) = hi.and_then(|h| self.tail_only(lo, h, usize::MAX)) {
@@ -585,7 +677,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, io::Error> {
-        let Some((lo, hi)) = bounds(&(start..end)) else {
+        let Some((lo, hi)) = self.after_purge(bounds(&(start..end))) else {
             return Ok(Vec::new());
         };
         if let Some(entries) = hi.and_then(|h| self.tail_only(lo, h, REPLICATION_BATCH_BYTES)) {
@@ -692,13 +784,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
     }
 
+    /// Returns once the purge is queued: the writer records the purge
+    /// point and deletes the entries a portion at a time between appends
+    /// (`Job::Purge`), so neither openraft's core, which awaits this, nor
+    /// the appends behind it wait for a large purge. The entries are gone
+    /// from the tail at once, and openraft reads none at or below the point.
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         let meta = enc(&log_id)?;
         let upto = log_id.index;
         lock(&self.shared.tail).purge_upto(upto);
-        self.write_after_queued(move |db| db.purge_upto(upto, PURGED, &meta))
-            .await?;
-        tracing::info!(upto, "compacted raft log");
+        self.send(Job::Purge { upto, meta })?;
+        tracing::info!(upto, "compacting raft log");
         Ok(())
     }
 }
@@ -743,6 +839,64 @@ mod tests {
         assert_eq!(state.last_log_id, Some(log_id::<TypeConfig>(3, 7, 10)));
         let rest = st.try_get_log_entries(7..11).await.expect("read");
         assert_eq!(rest.len(), 4);
+        // Entries a purge left below its point (it was cut short) are not
+        // part of the log after a restart either.
+        let db2 = st.db.clone();
+        blocking(move || Ok(db2.append(&[(5, enc(&blank_ent::<TypeConfig>(3, 7, 5))?)])?))
+            .await
+            .expect("append below the purge point");
+        drop(st);
+        let mut st = open_store(&path);
+        let all = st.try_get_log_entries(..).await.expect("read");
+        assert_eq!(indexes(&all), (7..=10).collect::<Vec<_>>());
+    }
+
+    /// A purge larger than a portion returns at once and is finished
+    /// between later appends: the entries at or below its point all go,
+    /// those after it and the appends queued behind it stay.
+    #[tokio::test]
+    async fn a_large_purge_is_finished_in_portions_between_appends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut st = open_store(&dir.path().join("raft.redb"));
+        let n = (PURGE_PORTION * 3 + 10) as u64;
+        let first: Vec<Entry> = (1..=n).map(|i| blank_ent::<TypeConfig>(1, 1, i)).collect();
+        append(&mut st, first)
+            .await
+            .await
+            .expect("flushed")
+            .expect("durable");
+        let upto = n - 5;
+        st.purge(log_id::<TypeConfig>(1, 1, upto))
+            .await
+            .expect("purge");
+        let more = vec![blank_ent::<TypeConfig>(1, 1, n + 1)];
+        append(&mut st, more)
+            .await
+            .await
+            .expect("flushed")
+            .expect("durable");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let db = st.db.clone();
+            let left = blocking(move || Ok(db.read_range(..=upto)?.len()))
+                .await
+                .expect("read");
+            if left == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{left} entries at or below the purge point still in the file"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let rest = st.try_get_log_entries(upto + 1..).await.expect("read");
+        assert_eq!(indexes(&rest), (upto + 1..=n + 1).collect::<Vec<_>>());
+        let state = st.get_log_state().await.expect("log state");
+        assert_eq!(
+            state.last_purged_log_id,
+            Some(log_id::<TypeConfig>(1, 1, upto))
+        );
     }
 
     fn open_store(path: &std::path::Path) -> LogStore {

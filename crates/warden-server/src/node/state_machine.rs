@@ -43,7 +43,7 @@ use warden_core::state::lock_table::{LockEvent, LockProofs};
 use warden_core::state::mvcc::decode_spilling;
 use warden_core::state::session::{SessionTable, Stored};
 use warden_core::state::{Command, CommandResult, Compaction, StateError, StateMachine};
-use warden_core::storage::cold::ColdStore;
+use warden_core::storage::cold::{self, ColdStore};
 use warden_core::storage::snapshot_file;
 
 /// Everything the replicated state consists of; what a snapshot holds.
@@ -377,14 +377,21 @@ fn write_snapshot_file(
     meta: &SnapshotMeta,
     data: &SmData,
 ) -> io::Result<PathBuf> {
-    Ok(snapshot_file::write_frame_atomic(dir, name, |w| {
-        let meta =
-            postcard::to_allocvec(meta).map_err(|e| other(format!("encode snapshot meta: {e}")))?;
-        w.write_all(&meta)?;
-        write_body(data, w)?;
-        Ok(meta.len() as u64)
+    // History values come out of maps of the scratch files rather than a
+    // `pread` each (`cold::mapped_reads`).
+    Ok(cold::mapped_reads(|| {
+        snapshot_file::write_frame_atomic(dir, name, |w| {
+            let meta = postcard::to_allocvec(meta)
+                .map_err(|e| other(format!("encode snapshot meta: {e}")))?;
+            w.write_all(&meta)?;
+            write_body(data, w)?;
+            Ok(meta.len() as u64)
+        })
     })?)
 }
+
+/// Write buffer between the encoder and the checksums of a backup.
+const SECTION_BUFFER: usize = 64 * 1024;
 
 /// A backup of a state, to be streamed rather than held: the same bytes as
 /// a sealed snapshot file, encoded twice from the same immutable `data` (a cheap clone
@@ -405,10 +412,15 @@ impl<'a> BackupEncoder<'a> {
     /// Pass 1: measures the sections of `data`.
     pub fn new(data: &'a SmData) -> io::Result<Self> {
         let meta = meta_of(data);
-        let m = postcard::to_io(&meta, snapshot_file::Measure::default())
-            .map_err(|e| other(format!("measure snapshot meta: {e}")))?;
-        let meta_len = m.len();
-        let m = write_body(data, m)?;
+        // Buffered: the encoder writes a few bytes at a time, and each
+        // write would be a CRC update.
+        let mut m = io::BufWriter::with_capacity(SECTION_BUFFER, snapshot_file::Measure::default());
+        postcard::to_io(&meta, &mut m).map_err(|e| other(format!("measure snapshot meta: {e}")))?;
+        io::Write::flush(&mut m)?;
+        let meta_len = m.get_ref().len();
+        let m = write_body(data, m)?
+            .into_inner()
+            .map_err(|e| e.into_error())?;
         Ok(Self {
             data,
             meta,
@@ -437,10 +449,12 @@ impl<'a> BackupEncoder<'a> {
     /// encoding is not deterministic) or if the sink fails.
     pub fn write_to<W: io::Write>(&self, sink: W) -> io::Result<W> {
         let w = snapshot_file::BackupWriter::new(self.meta_len, self.body_len, self.crc, sink)?;
-        let w = postcard::to_io(&self.meta, w)
+        let w = postcard::to_io(&self.meta, io::BufWriter::with_capacity(SECTION_BUFFER, w))
             .map_err(|e| other(format!("encode snapshot meta: {e}")))?;
-        let w = write_body(self.data, w)?;
-        w.finish()
+        write_body(self.data, w)?
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .finish()
     }
 }
 
@@ -466,27 +480,29 @@ pub fn stream_backup(data: SmData, chunk: usize, depth: usize) -> BackupChunks {
     let (len_tx, len_rx) = oneshot::channel();
     let (tx, rx) = mpsc::channel(depth.max(1));
     let task = tokio::task::spawn_blocking(move || {
-        let enc = match BackupEncoder::new(&data) {
-            Ok(enc) => enc,
-            Err(e) => {
-                let _ = len_tx.send(Err(e));
+        cold::mapped_reads(|| {
+            let enc = match BackupEncoder::new(&data) {
+                Ok(enc) => enc,
+                Err(e) => {
+                    let _ = len_tx.send(Err(e));
+                    return;
+                }
+            };
+            if len_tx.send(Ok(enc.len())).is_err() {
                 return;
             }
-        };
-        if len_tx.send(Ok(enc.len())).is_err() {
-            return;
-        }
-        let sink = ChunkSink {
-            tx: tx.clone(),
-            buf: Vec::with_capacity(chunk),
-            chunk: chunk.max(1),
-        };
-        let sent = enc.write_to(sink).and_then(ChunkSink::finish);
-        if let Err(e) = sent {
-            if !tx.is_closed() {
-                let _ = tx.blocking_send(Err(e));
+            let sink = ChunkSink {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(chunk),
+                chunk: chunk.max(1),
+            };
+            let sent = enc.write_to(sink).and_then(ChunkSink::finish);
+            if let Err(e) = sent {
+                if !tx.is_closed() {
+                    let _ = tx.blocking_send(Err(e));
+                }
             }
-        }
+        })
     });
     BackupChunks {
         len: len_rx,
