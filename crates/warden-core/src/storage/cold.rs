@@ -19,18 +19,19 @@
 //! spilled, so segments empty out whole), and a copy of the store being
 //! written as a snapshot keeps the segments it reads alive.
 //!
-//! A pass that reads most of the history at once (writing a snapshot or a
-//! backup) runs inside [`mapped_reads`]: the segments it touches are mapped
-//! read-only for the length of the pass and values are copied out of the
-//! page cache without a system call each (a `pread` per value was most of
-//! a snapshot's cost: docs/benchmarks.md, "Snapshots without a read per
-//! value"). The maps go when the pass ends, so the pages they touched stop
-//! counting in the member's resident set. A segment is never truncated
-//! and a map covers only bytes already written, so a mapped read cannot
-//! fall past the end of the file; what a map cannot report is a disk read
-//! error: the kernel kills the process (`SIGBUS`) where `pread` would
-//! return `EIO`. A member that cannot read its scratch files stops
-//! either way (a failed snapshot stops its Raft core).
+//! Writing a snapshot, which reads most of the history at once, runs
+//! inside [`mapped_reads`]: the segments it touches are mapped read-only
+//! for the length of the pass and values are copied out of the page cache
+//! without a system call each (a `pread` per value was most of a
+//! snapshot's CPU: docs/benchmarks.md, "Snapshots that do not stall
+//! writes"). The maps go when the pass ends, so the pages they touched
+//! stop counting in the member's resident set. A segment is never
+//! truncated and a map covers only bytes already written, so a mapped read
+//! cannot fall past the end of the file; what a map cannot report is a
+//! disk read error: the kernel kills the process (`SIGBUS`) where `pread`
+//! would return `EIO`. A member that cannot read its scratch files while
+//! writing a snapshot stops either way (a failed snapshot stops its Raft
+//! core); backups, whose failure only fails the backup, use `pread`.
 //!
 //! Each value is stored after a CRC32 of it, checked when it is read back:
 //! the files are never synced (they need not survive a crash), so a page
@@ -145,12 +146,17 @@ impl ColdRef {
     /// The value through a map of its segment, mapping the segment if this
     /// pass has not yet; `None` (read it with `pread`) if the segment
     /// cannot be mapped or the value lies past what its map covers.
-    fn read_mapped(&self, maps: &mut HashMap<usize, Mapped>) -> Option<io::Result<Vec<u8>>> {
+    fn read_mapped(
+        &self,
+        maps: &mut HashMap<usize, Option<Mapped>>,
+    ) -> Option<io::Result<Vec<u8>>> {
         let key = Arc::as_ptr(&self.segment) as usize;
-        let mapped = match maps.entry(key) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(Mapped::new(&self.segment)?),
-        };
+        // A segment that could not be mapped is remembered as such, so
+        // its other values go straight to `pread`.
+        let mapped = maps
+            .entry(key)
+            .or_insert_with(|| Mapped::new(&self.segment))
+            .as_ref()?;
         let start = usize::try_from(self.offset).ok()?;
         let end = start.checked_add(self.len as usize + CRC_BYTES)?;
         let stored = mapped.map.get(start..end)?;
@@ -192,14 +198,14 @@ impl Mapped {
 thread_local! {
     /// The segments mapped by the [`mapped_reads`] pass running on this
     /// thread; `None` outside one.
-    static MAPPED: RefCell<Option<HashMap<usize, Mapped>>> = const { RefCell::new(None) };
+    static MAPPED: RefCell<Option<HashMap<usize, Option<Mapped>>>> = const { RefCell::new(None) };
 }
 
 /// Runs `f` with every [`ColdRef::read`] on this thread served from
 /// read-only maps of the segments, made as they are first needed and
 /// dropped when `f` returns (or unwinds). For passes that read much of the
-/// history at once: writing a snapshot or a backup. Nests: an inner call
-/// keeps the outer pass's maps.
+/// history at once and stop the member if a read fails anyway: writing a
+/// snapshot. Nests: an inner call keeps the outer pass's maps.
 pub fn mapped_reads<T>(f: impl FnOnce() -> T) -> T {
     struct Pass {
         nested: bool,

@@ -36,9 +36,11 @@
 //! seven scattered pages. Then it commits the batch to redb without an
 //! fsync ([`LogDb::file_journaled`]; readers of the file see it from
 //! then on). A caller may acknowledge the append between the two halves. Every
-//! other write ([`LogDb::append`], truncation, purge, metadata) is a redb
-//! transaction committed with immediate durability (fsync) before it
-//! returns, preceded by a checkpoint: a durable redb commit of everything
+//! other write ([`LogDb::append`], truncation, the start of a purge,
+//! metadata) is a redb transaction committed with immediate durability
+//! (fsync) before it returns, preceded by a checkpoint (the rest of a purge,
+//! [`LogDb::purge_more`], commits without an fsync until its last portion:
+//! losing it only leaves entries below the recorded purge point): a durable redb commit of everything
 //! journaled, then the journal emptied; a batch that would not fit in the
 //! journal checkpoints too. [`LogDb::open`] replays the journal into the
 //! file (one durable commit) and empties it, and closing checkpoints. redb's
@@ -631,6 +633,16 @@ impl LogDb {
     }
 
     /// The last entry, if any.
+    /// The index of the first entry in the file, if any.
+    pub fn first_index(&self) -> Result<Option<u64>, LogError> {
+        self.guarded(|| {
+            let r = self.db()?.begin_read().map_err(|e| self.err(e))?;
+            let t = r.open_table(ENTRIES).map_err(|e| self.err(e))?;
+            let first = t.first().map_err(|e| self.err(e))?.map(|(k, _)| k.value());
+            Ok(first)
+        })
+    }
+
     pub fn last(&self) -> Result<Option<(u64, Vec<u8>)>, LogError> {
         self.guarded(|| self.last_inner())
     }
@@ -673,7 +685,9 @@ impl LogDb {
     }
 
     /// Deletes entries with index <= `index` and records `meta_key = meta`
-    /// in the same transaction.
+    /// in the same transaction (the log store purges in portions instead:
+    /// [`LogDb::purge_start`]).
+    #[cfg(test)]
     pub fn purge_upto(&self, index: u64, meta_key: &str, meta: &[u8]) -> Result<(), LogError> {
         self.write(|w| {
             let mut t = w.open_table(ENTRIES)?;

@@ -576,12 +576,14 @@ struct SyncEvery<'a> {
 
 impl Write for SyncEvery<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.unsynced += n as u64;
+        // Sync before a write, not after: a write that succeeded is never
+        // reported failed (and then written again by a retry).
         if self.unsynced >= self.every {
             self.file.sync_data()?;
             self.unsynced = 0;
         }
+        let n = self.file.write(buf)?;
+        self.unsynced += n as u64;
         Ok(n)
     }
 
@@ -664,6 +666,28 @@ pub fn remove_stale_temp_files(dir: &Path) -> Result<(), SnapshotFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_synced_every_few_bytes_come_out_whole_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut file = fs::File::create(&path).unwrap();
+        let mut w = SyncEvery {
+            file: &mut file,
+            every: 4,
+            unsynced: 0,
+        };
+        let mut want = Vec::new();
+        for i in 0..10u8 {
+            let piece = [i, i + 1, i + 2];
+            w.write_all(&piece).unwrap();
+            want.extend_from_slice(&piece);
+            // Never more than one write past the sync point.
+            assert!(w.unsynced < 4 + 3, "{}", w.unsynced);
+        }
+        w.flush().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), want);
+    }
 
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
     struct Sample {

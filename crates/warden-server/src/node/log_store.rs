@@ -266,13 +266,16 @@ fn copy_err(e: &io::Error) -> io::Error {
 /// The log writer: runs jobs in order, merging consecutive appends (and
 /// committed log ids) into one transaction. Returns when every store clone
 /// is gone, after writing a pending committed log id.
-fn run_writer(db: Arc<LogDb>, tail: Arc<Tail>, rx: mpsc::Receiver<Job>) {
+/// The log writer: runs the jobs queued on `rx` in order, and the purge of
+/// the entries up to `purging` (one left unfinished by the last run) between
+/// them.
+fn run_writer(db: Arc<LogDb>, tail: Arc<Tail>, rx: mpsc::Receiver<Job>, purging: Option<u64>) {
     let mut committed: Option<Vec<u8>> = None;
     // After a failed write the log's state is unknown: everything after
     // fails too (the member stops on a log error).
     let mut failed: Option<io::Error> = None;
     // Entries up to this index are still to be deleted (`Job::Purge`).
-    let mut purging: Option<u64> = None;
+    let mut purging = purging;
     loop {
         let first = if purging.is_some() {
             match rx.try_recv() {
@@ -338,6 +341,11 @@ fn run_writer(db: Arc<LogDb>, tail: Arc<Tail>, rx: mpsc::Receiver<Job>) {
         }
         commit_group(&db, &tail, &mut group, &mut committed, &mut failed);
         // One portion of a purge per round of jobs.
+        purge_portion(&db, &mut purging, &mut failed);
+    }
+    // Closing: a purge under way is finished (a restart would finish it
+    // otherwise; this way the next open has nothing left to do).
+    while purging.is_some() {
         purge_portion(&db, &mut purging, &mut failed);
     }
     flush_committed(&db, &mut committed, &mut failed);
@@ -465,14 +473,24 @@ impl LogStore {
             );
         }
         // A purge that had not deleted all its entries when the member
-        // stopped leaves some below its point: reads skip them. (A purge
-        // point that cannot be read is reported by `get_log_state`.)
-        let purged = db
-            .get_meta(PURGED)
-            .ok()
-            .flatten()
-            .and_then(|b| postcard::from_bytes::<LogId>(&b).ok())
-            .map(|id| id.index);
+        // stopped (a crash, or a close during it) leaves some at or below
+        // its point: reads skip them, and the writer deletes them first.
+        // (A purge point that cannot be read is reported again by
+        // `get_log_state`, which fails the start.)
+        let purged = match db.get_meta(PURGED) {
+            Ok(b) => b.and_then(|b| postcard::from_bytes::<LogId>(&b).ok()),
+            Err(e) => {
+                tracing::warn!("reading the raft log's purge point: {e}");
+                None
+            }
+        }
+        .map(|id| id.index);
+        let unfinished = purged.filter(|p| {
+            db.first_index()
+                .ok()
+                .flatten()
+                .is_some_and(|first| first <= *p)
+        });
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             jobs: Mutex::new(Some(tx)),
@@ -485,7 +503,7 @@ impl LogStore {
         let (writer_db, writer_tail) = (db.clone(), shared.tail.clone());
         match std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || run_writer(writer_db, writer_tail, rx))
+            .spawn(move || run_writer(writer_db, writer_tail, rx, unfinished))
         {
             Ok(handle) => *lock(&shared.writer) = Some(handle),
             // Every write then fails with "log writer not running", and the
@@ -704,6 +722,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|(_, t)| t.entry.log_id);
         let last = match (in_tail, self.db.last()?) {
             (Some(id), _) => Some(id),
+            // What a purge past the last entry (a snapshot installed on a
+            // follower far behind) has not deleted yet is not the log: the
+            // log ends at the purge point.
+            (None, Some((i, _))) if purged.is_some_and(|p| i <= p.index) => purged,
             (None, Some((i, b))) => {
                 let e: Entry = dec(&self.db, &format!("entry {i}"), &b)?;
                 Some(e.log_id)
@@ -897,6 +919,88 @@ mod tests {
             state.last_purged_log_id,
             Some(log_id::<TypeConfig>(1, 1, upto))
         );
+    }
+
+    /// openraft's core awaits `purge`: it must not wait for the writer,
+    /// which may be busy (here, held by a job that blocks until told).
+    #[tokio::test]
+    async fn purge_returns_while_the_writer_is_busy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut st = open_store(&dir.path().join("raft.redb"));
+        let entries: Vec<Entry> = (1..=10).map(|i| blank_ent::<TypeConfig>(1, 1, i)).collect();
+        append(&mut st, entries)
+            .await
+            .await
+            .expect("flushed")
+            .expect("durable");
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let busy = st.clone();
+        let blocker = tokio::spawn(async move {
+            busy.write_after_queued(move |_| {
+                let _ = held.recv();
+                Ok(())
+            })
+            .await
+        });
+        let purged = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            st.purge(log_id::<TypeConfig>(1, 1, 6)),
+        )
+        .await;
+        release.send(()).expect("release the writer");
+        purged
+            .expect("purge waited for the busy writer")
+            .expect("purge");
+        blocker.await.expect("blocker").expect("blocking job");
+        let rest = st.try_get_log_entries(..).await.expect("read");
+        assert_eq!(indexes(&rest), (7..=10).collect::<Vec<_>>());
+    }
+
+    /// A purge cut short (a crash after its first portion), here one past
+    /// the last entry, as a follower installing a snapshot makes: the log
+    /// reopens as ending at the purge point (openraft refuses a last log
+    /// id before the purged one), and the writer deletes the rest.
+    #[tokio::test]
+    async fn a_purge_cut_short_reopens_consistent_and_is_finished() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("raft.redb");
+        let point = log_id::<TypeConfig>(2, 1, 5000);
+        {
+            let db = LogDb::open(&path).expect("open");
+            let batch: Vec<(u64, Vec<u8>)> = (1..=3000)
+                .map(|i| (i, enc(&blank_ent::<TypeConfig>(1, 1, i)).expect("encode")))
+                .collect();
+            db.append(&batch).expect("append");
+            let more = db
+                .purge_start(
+                    point.index,
+                    PURGE_PORTION,
+                    PURGED,
+                    &enc(&point).expect("encode"),
+                )
+                .expect("first portion");
+            assert!(more);
+        }
+        let mut st = open_store(&path);
+        let state = st.get_log_state().await.expect("log state");
+        assert_eq!(state.last_purged_log_id, Some(point));
+        assert_eq!(state.last_log_id, Some(point));
+        assert!(st.try_get_log_entries(..).await.expect("read").is_empty());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let db = st.db.clone();
+            match blocking(move || Ok(db.first_index()?))
+                .await
+                .expect("first")
+            {
+                None => break,
+                Some(first) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "entry {first} below the purge point still in the file"
+                ),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     fn open_store(path: &std::path::Path) -> LogStore {

@@ -479,30 +479,31 @@ pub struct BackupChunks {
 pub fn stream_backup(data: SmData, chunk: usize, depth: usize) -> BackupChunks {
     let (len_tx, len_rx) = oneshot::channel();
     let (tx, rx) = mpsc::channel(depth.max(1));
+    // History is read with a `pread` per value here, not through
+    // `cold::mapped_reads`: a disk error under a map would kill the member,
+    // where it should only fail this backup.
     let task = tokio::task::spawn_blocking(move || {
-        cold::mapped_reads(|| {
-            let enc = match BackupEncoder::new(&data) {
-                Ok(enc) => enc,
-                Err(e) => {
-                    let _ = len_tx.send(Err(e));
-                    return;
-                }
-            };
-            if len_tx.send(Ok(enc.len())).is_err() {
+        let enc = match BackupEncoder::new(&data) {
+            Ok(enc) => enc,
+            Err(e) => {
+                let _ = len_tx.send(Err(e));
                 return;
             }
-            let sink = ChunkSink {
-                tx: tx.clone(),
-                buf: Vec::with_capacity(chunk),
-                chunk: chunk.max(1),
-            };
-            let sent = enc.write_to(sink).and_then(ChunkSink::finish);
-            if let Err(e) = sent {
-                if !tx.is_closed() {
-                    let _ = tx.blocking_send(Err(e));
-                }
+        };
+        if len_tx.send(Ok(enc.len())).is_err() {
+            return;
+        }
+        let sink = ChunkSink {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(chunk),
+            chunk: chunk.max(1),
+        };
+        let sent = enc.write_to(sink).and_then(ChunkSink::finish);
+        if let Err(e) = sent {
+            if !tx.is_closed() {
+                let _ = tx.blocking_send(Err(e));
             }
-        })
+        }
     });
     BackupChunks {
         len: len_rx,
