@@ -816,7 +816,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let upto = log_id.index;
         lock(&self.shared.tail).purge_upto(upto);
         self.send(Job::Purge { upto, meta })?;
-        tracing::info!(upto, "compacting raft log");
+        tracing::info!(upto, "compacted raft log");
         Ok(())
     }
 }
