@@ -340,18 +340,21 @@ async fn sessions_travel_in_installed_snapshots() {
     }
     // The leader snapshots and purges in the background: wait until the
     // write's entry is gone from its log, so the late member can only
-    // catch up by a snapshot.
+    // catch up by a snapshot. The interval stretches with the state's size
+    // (history included), so keep writing until it has.
     common::eventually(Duration::from_secs(30), || {
         let at = at.clone();
         async move {
             let purged = common::metric(&at, "warden_raft_log_purged_index");
             if purged > written_at {
-                Ok(())
-            } else {
-                Err(format!(
-                    "log purged up to {purged}, the write is at {written_at}"
-                ))
+                return Ok(());
             }
+            common::put(&at, "filler", "x")
+                .await
+                .map_err(|e| e.to_string())?;
+            Err(format!(
+                "log purged up to {purged}, the write is at {written_at}"
+            ))
         }
     })
     .await;

@@ -1,8 +1,8 @@
 //! When a member builds a state-machine snapshot: once the log applied since
 //! its last snapshot holds at least `--snapshot-entries` entries *and* at
-//! least half as many entries as the state has versions (live keys plus the
-//! revisions kept since the last compaction), up to [`MAX_INTERVAL`]
-//! ([`snapshot_due`]).
+//! least half as many entries as the state has versions (near enough: its
+//! live keys or the revisions kept since the last compaction, whichever is
+//! more), up to [`MAX_INTERVAL`] ([`snapshot_due`]).
 //!
 //! Why not every `--snapshot-entries` entries, as openraft's own policy
 //! does: a snapshot serialises the whole state, so its cost grows with the
@@ -45,14 +45,16 @@ pub(super) fn snapshot_due(since: u64, min_entries: u64, size: u64) -> bool {
     since >= min_entries.max((size / 2).min(MAX_INTERVAL))
 }
 
-/// What a snapshot of `mvcc` writes, in versions, near enough: its live
-/// keys plus the revisions kept since the last compaction (each wrote at
-/// least one version; a txn's revision may have written more).
+/// What a snapshot of `mvcc` writes, in versions, within a factor of two:
+/// its live keys or the revisions kept since the last compaction, whichever
+/// is more (every live key has a version; every kept revision wrote at
+/// least one). A state written once per key counts as before history was
+/// counted, its keys.
 pub(super) fn state_size(mvcc: &warden_core::state::mvcc::MvccStore) -> u64 {
     let kept = mvcc
         .current_revision()
         .saturating_sub(mvcc.compact_revision());
-    (mvcc.len() as u64).saturating_add(u64::try_from(kept).unwrap_or(0))
+    (mvcc.len() as u64).max(u64::try_from(kept).unwrap_or(0))
 }
 
 /// Asks openraft for a snapshot whenever [`snapshot_due`]; ends when the
@@ -132,14 +134,14 @@ mod tests {
         for k in ["a", "b", "c"] {
             put(&mut m, k);
         }
-        // Three keys, and the revisions since the store's first (1) up to
-        // the third put's (4).
-        assert_eq!(state_size(&m), 3 + 4);
+        // Three keys written once: the revisions since the store's first
+        // (1) up to the third put's (4).
+        assert_eq!(state_size(&m), 4);
         for _ in 0..10 {
             put(&mut m, "a");
         }
-        // Still three keys; ten more revisions of history.
-        assert_eq!(state_size(&m), 3 + 14);
+        // Still three keys, and ten more revisions of history.
+        assert_eq!(state_size(&m), 14);
         m.compact(m.current_revision()).unwrap();
         // Only the live keys are left to write.
         assert_eq!(state_size(&m), 3);
