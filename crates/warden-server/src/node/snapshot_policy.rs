@@ -1,8 +1,7 @@
 //! When a member builds a state-machine snapshot: once the log applied since
 //! its last snapshot holds at least `--snapshot-entries` entries *and* at
-//! least half as many entries as the state has versions (near enough: its
-//! live keys or the revisions kept since the last compaction, whichever is
-//! more), up to [`MAX_INTERVAL`] ([`snapshot_due`]).
+//! least half as many entries as the state has live keys, up to
+//! [`MAX_INTERVAL`] ([`snapshot_due`]).
 //!
 //! Why not every `--snapshot-entries` entries, as openraft's own policy
 //! does: a snapshot serialises the whole state, so its cost grows with the
@@ -12,11 +11,7 @@
 //! Tying the interval to the state's size keeps the snapshot work per write
 //! bounded, and the log a restart replays stays at most half the state's
 //! size in entries (and at most [`MAX_INTERVAL`]), so restart time still
-//! follows the state's size. The size counts history, not only live keys:
-//! a snapshot writes every version kept, so 100 000 keys written three
-//! times over without a compaction cost a snapshot three times what the
-//! keys alone do (docs/benchmarks.md, "Snapshots that do not stall
-//! writes").
+//! follows the state's size.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -39,22 +34,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(5);
 pub const MAX_INTERVAL: u64 = 100_000;
 
 /// Whether a snapshot is due: `since` entries applied after the last one,
-/// `min_entries` the configured interval, `size` the state's size
-/// ([`state_size`]).
-pub(super) fn snapshot_due(since: u64, min_entries: u64, size: u64) -> bool {
-    since >= min_entries.max((size / 2).min(MAX_INTERVAL))
-}
-
-/// What a snapshot of `mvcc` writes, in versions, within a factor of two:
-/// its live keys or the revisions kept since the last compaction, whichever
-/// is more (every live key has a version; every kept revision wrote at
-/// least one). A state written once per key counts as before history was
-/// counted, its keys.
-pub(super) fn state_size(mvcc: &warden_core::state::mvcc::MvccStore) -> u64 {
-    let kept = mvcc
-        .current_revision()
-        .saturating_sub(mvcc.compact_revision());
-    (mvcc.len() as u64).max(u64::try_from(kept).unwrap_or(0))
+/// `min_entries` the configured interval, `live_keys` the state's size.
+pub(super) fn snapshot_due(since: u64, min_entries: u64, live_keys: u64) -> bool {
+    since >= min_entries.max((live_keys / 2).min(MAX_INTERVAL))
 }
 
 /// Asks openraft for a snapshot whenever [`snapshot_due`]; ends when the
@@ -78,10 +60,10 @@ pub(super) async fn run(node: Weak<Node>) {
             )
         };
         let since = applied.saturating_sub(snapshot);
-        let size = node
-            .with_state(|d| state_size(d.kv.mvcc()))
+        let keys = node
+            .with_state(|d| d.kv.mvcc().len() as u64)
             .unwrap_or(u64::MAX);
-        if !snapshot_due(since, node.config.snapshot_entries, size) {
+        if !snapshot_due(since, node.config.snapshot_entries, keys) {
             continue;
         }
         if asked.is_some_and(|(at, when)| at == snapshot && when.elapsed() < RETRY_AFTER) {
@@ -97,9 +79,7 @@ pub(super) async fn run(node: Weak<Node>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{snapshot_due, state_size};
-    use warden_core::state::mvcc::{MvccStore, NoLeases};
-    use warden_core::state::types::PutRequest;
+    use super::snapshot_due;
 
     #[test]
     fn the_interval_grows_with_the_state() {
@@ -115,35 +95,5 @@ mod tests {
         assert!(snapshot_due(super::MAX_INTERVAL, 10_000, 10_000_000));
         // ...unless the configured interval is longer.
         assert!(!snapshot_due(super::MAX_INTERVAL, 200_000, 10_000_000));
-    }
-
-    #[test]
-    fn the_state_size_counts_history_until_it_is_compacted() {
-        let mut m = MvccStore::new();
-        let put = |m: &mut MvccStore, k: &str| {
-            m.put(
-                &PutRequest {
-                    key: k.as_bytes().to_vec(),
-                    value: b"v".to_vec(),
-                    ..Default::default()
-                },
-                &NoLeases,
-            )
-            .unwrap();
-        };
-        for k in ["a", "b", "c"] {
-            put(&mut m, k);
-        }
-        // Three keys written once: the revisions since the store's first
-        // (1) up to the third put's (4).
-        assert_eq!(state_size(&m), 4);
-        for _ in 0..10 {
-            put(&mut m, "a");
-        }
-        // Still three keys, and ten more revisions of history.
-        assert_eq!(state_size(&m), 14);
-        m.compact(m.current_revision()).unwrap();
-        // Only the live keys are left to write.
-        assert_eq!(state_size(&m), 3);
     }
 }
