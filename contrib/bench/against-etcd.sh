@@ -8,7 +8,8 @@
 #   W=./target/release/warden PAIRS=3 SECS=6 contrib/bench/against-etcd.sh [workload ...]
 #
 # CLIENT=path/to/warden runs the load generator from another build (the
-# servers stay $W).
+# servers stay $W). Both clusters are led by their first member before the
+# runs (PIN_LEADER=0 leaves the elections' choice).
 #
 # Workloads (default: all): put1 put64 put256 get64 getser64 txn64 v3lock16
 # v3lock1 native16 native1 watch keepalive mixed.
@@ -56,6 +57,25 @@ for t in $(seq 100); do
   "$W" --endpoints "$WE" put ready x >/dev/null 2>&1 && "$W" --endpoints "$EE" put ready x >/dev/null 2>&1 && break
   sleep 0.3
 done
+# Both clusters led by their first member (PIN_LEADER=0 leaves the
+# elections' choice), as contrib/bench/ab.sh does: with few clients, whether
+# a connection lands on the leader or on a follower (whose writes are
+# forwarded) decided the ratio from one run to the next.
+pin_leader() { # endpoints
+  local first=${1%%,*} id
+  for _ in $(seq 50); do
+    id=$("$W" --endpoints "$first" status -w json 2>/dev/null | python3 -c '
+import json, sys
+s = json.load(sys.stdin)[0]["Status"]
+me, leader = s["header"]["member_id"], s["leader"]
+print("" if me == leader else format(me, "x"))' 2>/dev/null) || { sleep 0.3; continue; }
+    [ -z "$id" ] && return 0
+    "$W" --endpoints "$1" member transfer-leader "$id" >/dev/null 2>&1
+    sleep 0.3
+  done
+  echo "could not move the leader of $1 to its first member" >&2
+}
+[ "${PIN_LEADER:-1}" = 1 ] && { pin_leader "$WE"; pin_leader "$EE"; }
 
 run() {
   local name=$1; shift
