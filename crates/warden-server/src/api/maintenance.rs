@@ -293,12 +293,19 @@ fn alarm_name(a: AlarmType) -> &'static str {
     }
 }
 
+/// How long a follower reports a failed call to its leader when nothing
+/// has called the leader since.
+const FOLLOWER_LINK_STALE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Peers this member cannot currently reach, as `Status.errors` lines (etcd
 /// reports alarms there; `warden status` and `etcdctl endpoint status` show
 /// them). The leader reports every link; a follower only its link to the
-/// leader. A follower does not talk to other followers, so its record of a
-/// failed dial to one (a vote asked at start-up, before that peer listened)
-/// would never be refreshed and would read as a fault that is not there.
+/// leader, and only while its last failure is recent ([`FOLLOWER_LINK_STALE`]).
+/// A follower does not talk to other followers, and calls its leader only
+/// to forward work, so its record of a failed dial (a vote asked at
+/// start-up, before that peer listened) would never be refreshed and would
+/// read as a fault that is not there. (The leader's links carry heartbeats:
+/// their state is never older than a heartbeat.)
 fn link_errors(node: &Node) -> Vec<String> {
     use crate::node::network::LinkState;
     let leader = node.leader();
@@ -307,6 +314,11 @@ fn link_errors(node: &Node) -> Vec<String> {
         .into_iter()
         .filter(|(id, _)| leading || Some(*id) == leader)
         .filter(|(_, l)| l.state == LinkState::Disconnected)
+        .filter(|(_, l)| {
+            leading
+                || l.last_failed
+                    .is_some_and(|t| t.elapsed() < FOLLOWER_LINK_STALE)
+        })
         .map(|(id, l)| {
             let since = l.last_ok.map_or("never reached".to_string(), |t| {
                 format!("last reached {:.1}s ago", t.elapsed().as_secs_f64())

@@ -67,6 +67,9 @@ pub struct LinkInfo {
     /// Failed calls since the last success (drives the reconnect backoff).
     #[serde(skip)]
     pub failures: u32,
+    /// When the last call failed, if one did.
+    #[serde(skip)]
+    pub last_failed: Option<Instant>,
 }
 
 /// Link state of every peer this member has talked to.
@@ -135,6 +138,7 @@ impl Links {
                 last_error: None,
                 last_ok: None,
                 failures: 0,
+                last_failed: None,
             });
             e.addr = addr.to_string();
             match state {
@@ -145,6 +149,7 @@ impl Links {
                 LinkState::Disconnected => {
                     e.last_error = err;
                     e.failures = e.failures.saturating_add(1);
+                    e.last_failed = Some(Instant::now());
                 }
                 LinkState::Connecting => e.last_error = err,
             }
