@@ -10,6 +10,7 @@
 # Everything after the variables is a `warden bench` workload. Both clusters
 # are led by their first member (PIN_LEADER=0 leaves the elections' choice).
 set -u
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 A=$(cd "$(dirname "$A")" && pwd)/$(basename "$A")
 B=$(cd "$(dirname "$B")" && pwd)/$(basename "$B")
 OUT=${OUT:-$(mktemp -d /tmp/ab.XXXX)}
@@ -41,21 +42,8 @@ done
 # Both clusters led by their first member, so that a workload with few
 # clients meets the same leader/follower mix on either side (which member a
 # client's connection lands on decides whether its writes are forwarded).
-pin_leader() { # endpoints
-  local first=${1%%,*} id
-  for _ in $(seq 50); do
-    id=$("$A" --endpoints "$first" status -w json 2>/dev/null | python3 -c '
-import json, sys
-s = json.load(sys.stdin)[0]["Status"]
-me, leader = s["header"]["member_id"], s["leader"]
-print("" if me == leader else format(me, "x"))' 2>/dev/null) || { sleep 0.3; continue; }
-    [ -z "$id" ] && return 0
-    "$A" --endpoints "$1" member transfer-leader "$id" >/dev/null 2>&1
-    sleep 0.3
-  done
-  echo "could not move the leader of $1 to its first member" >&2
-}
-[ "${PIN_LEADER:-1}" = 1 ] && { pin_leader "$EA"; pin_leader "$EB"; }
+. "$HERE/pin-leader.sh"
+[ "${PIN_LEADER:-1}" = 1 ] && { pin_leader "$A" "$EA"; pin_leader "$A" "$EB"; }
 "$A" --endpoints "$EA" bench "$@" --duration 1 >/dev/null 2>&1
 "$A" --endpoints "$EB" bench "$@" --duration 1 >/dev/null 2>&1
 "$A" --endpoints "$EA" bench "$@" --duration "${SECS:-4}" --label A \

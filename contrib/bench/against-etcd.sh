@@ -14,6 +14,7 @@
 # Workloads (default: all): put1 put64 put256 get64 getser64 txn64 v3lock16
 # v3lock1 native16 native1 watch keepalive mixed.
 set -u
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 W=${W:-./target/release/warden}
 W=$(cd "$(dirname "$W")" && pwd)/$(basename "$W")
 # The load generator (`warden bench`): the same binary unless CLIENT names another.
@@ -61,21 +62,8 @@ done
 # elections' choice), as contrib/bench/ab.sh does: with few clients, whether
 # a connection lands on the leader or on a follower (whose writes are
 # forwarded) decided the ratio from one run to the next.
-pin_leader() { # endpoints
-  local first=${1%%,*} id
-  for _ in $(seq 50); do
-    id=$("$W" --endpoints "$first" status -w json 2>/dev/null | python3 -c '
-import json, sys
-s = json.load(sys.stdin)[0]["Status"]
-me, leader = s["header"]["member_id"], s["leader"]
-print("" if me == leader else format(me, "x"))' 2>/dev/null) || { sleep 0.3; continue; }
-    [ -z "$id" ] && return 0
-    "$W" --endpoints "$1" member transfer-leader "$id" >/dev/null 2>&1
-    sleep 0.3
-  done
-  echo "could not move the leader of $1 to its first member" >&2
-}
-[ "${PIN_LEADER:-1}" = 1 ] && { pin_leader "$WE"; pin_leader "$EE"; }
+. "$HERE/pin-leader.sh"
+[ "${PIN_LEADER:-1}" = 1 ] && { pin_leader "$W" "$WE"; pin_leader "$W" "$EE"; }
 
 run() {
   local name=$1; shift

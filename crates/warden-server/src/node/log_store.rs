@@ -227,6 +227,14 @@ enum Job {
 /// this (up to the request limit) still goes alone.
 pub const REPLICATION_BATCH_BYTES: usize = 1024 * 1024;
 
+/// The meta record `key` of `db`, decoded.
+fn read_meta<T: DeserializeOwned>(db: &LogDb, key: &'static str) -> io::Result<Option<T>> {
+    match db.get_meta(key)? {
+        None => Ok(None),
+        Some(b) => Ok(Some(dec(db, key, &b)?)),
+    }
+}
+
 fn enc<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
     postcard::to_allocvec(v).map_err(|e| io::Error::other(format!("encode raft record: {e}")))
 }
@@ -477,8 +485,8 @@ impl LogStore {
         // its point: reads skip them, and the writer deletes them first.
         // (A purge point that cannot be read is reported again by
         // `get_log_state`, which fails the start.)
-        let purged = match db.get_meta(PURGED) {
-            Ok(b) => b.and_then(|b| postcard::from_bytes::<LogId>(&b).ok()),
+        let purged = match read_meta::<LogId>(&db, PURGED) {
+            Ok(id) => id,
             Err(e) => {
                 tracing::warn!("reading the raft log's purge point: {e}");
                 None
@@ -514,10 +522,7 @@ impl LogStore {
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &'static str) -> io::Result<Option<T>> {
-        match self.db.get_meta(key)? {
-            None => Ok(None),
-            Some(b) => Ok(Some(dec(&self.db, key, &b)?)),
-        }
+        read_meta(&self.db, key)
     }
 
     fn send(&self, job: Job) -> io::Result<()> {
@@ -532,17 +537,13 @@ impl LogStore {
             })
     }
 
-    /// `range` (from [`bounds`]) without the purged entries, which may
-    /// still be in the file; `None` if nothing is left of it.
-    fn after_purge(&self, range: Option<(u64, Option<u64>)>) -> Option<(u64, Option<u64>)> {
-        let (lo, hi) = range?;
-        let lo = match lock(&self.shared.tail).purged {
-            Some(p) => lo.max(p.checked_add(1)?),
-            None => lo,
-        };
-        match hi {
-            Some(h) if h < lo => None,
-            _ => Some((lo, hi)),
+    /// The first index that is part of the log: after the purge point
+    /// (entries at or below it may still be in the file); `None` if
+    /// nothing can be.
+    fn first_readable(&self) -> Option<u64> {
+        match lock(&self.shared.tail).purged {
+            Some(p) => p.checked_add(1),
+            None => Some(0),
         }
     }
 
@@ -603,13 +604,15 @@ impl LogStore {
     }
 }
 
-/// `range` as `lo..=hi`, `hi` `None` when unbounded; `None` when empty.
-fn bounds(range: &impl RangeBounds<u64>) -> Option<(u64, Option<u64>)> {
+/// `range` as `lo..=hi`, starting no lower than `first`, `hi` `None` when
+/// unbounded; `None` when empty.
+fn bounds(range: &impl RangeBounds<u64>, first: u64) -> Option<(u64, Option<u64>)> {
     let lo = match range.start_bound() {
         Bound::Included(x) => *x,
         Bound::Excluded(x) => x.checked_add(1)?,
         Bound::Unbounded => 0,
-    };
+    }
+    .max(first);
     let hi = match range.end_bound() {
         Bound::Included(x) => Some(*x),
         Bound::Excluded(x) => Some(x.checked_sub(1)?),
@@ -675,7 +678,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        let Some((lo, hi)) = self.after_purge(bounds(&range)) else {
+        let Some((lo, hi)) = self.first_readable().and_then(|f| bounds(&range, f)) else {
             return Ok(Vec::new());
         };
         if let Some(entries) = hi.and_then(|h| self.tail_only(lo, h, usize::MAX)) {
@@ -695,7 +698,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, io::Error> {
-        let Some((lo, hi)) = self.after_purge(bounds(&(start..end))) else {
+        let Some((lo, hi)) = self.first_readable().and_then(|f| bounds(&(start..end), f)) else {
             return Ok(Vec::new());
         };
         if let Some(entries) = hi.and_then(|h| self.tail_only(lo, h, REPLICATION_BATCH_BYTES)) {
