@@ -40,6 +40,8 @@ pub struct Cluster {
     pub extra: Vec<String>,
     /// How the harness reaches the client ports (TLS clusters).
     pub tls: Option<warden_client::TlsOptions>,
+    /// Election timeout range of every member, in milliseconds.
+    pub election_ms: (u64, u64),
     _tmp: tempfile::TempDir,
 }
 
@@ -52,6 +54,19 @@ impl Cluster {
     /// Like `start`, with extra server flags for every member.
     pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
         let mut c = Self::stopped(n, extra);
+        for i in 0..n {
+            c.restart(i);
+        }
+        c
+    }
+
+    /// Like `start`, with elections after `min_ms`-`max_ms` of silence: for
+    /// tests of heavy traffic whose subject is not fail-over, where a
+    /// member starved of CPU by the other tests running beside it must not
+    /// be taken for a dead one.
+    pub fn start_patient(n: usize, min_ms: u64, max_ms: u64) -> Cluster {
+        let mut c = Self::stopped(n, &[]);
+        c.election_ms = (min_ms, max_ms);
         for i in 0..n {
             c.restart(i);
         }
@@ -84,6 +99,7 @@ impl Cluster {
             initial,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             tls: None,
+            election_ms: (300, 600),
             _tmp: tmp,
         }
     }
@@ -118,8 +134,8 @@ impl Cluster {
         let child = cmd
             .args(&self.extra)
             .args(&m.args)
-            .args(["--election-timeout-min-ms", "300"])
-            .args(["--election-timeout-max-ms", "600"])
+            .args(["--election-timeout-min-ms", &self.election_ms.0.to_string()])
+            .args(["--election-timeout-max-ms", &self.election_ms.1.to_string()])
             .args(["--heartbeat-interval-ms", "50"])
             .args(["--request-timeout-ms", "3000"])
             .env(
@@ -236,10 +252,31 @@ impl Cluster {
     }
 }
 
+/// Lines of each member's log shown when a test fails with a cluster up.
+const LOG_LINES_ON_FAILURE: usize = 60;
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.members.len() {
             self.kill(i);
+        }
+        // A failing test's cluster goes with its temporary directory: show
+        // the end of each member's log, which is all CI keeps of it.
+        if std::thread::panicking() {
+            for i in 0..self.members.len() {
+                let log = self.log(i);
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines.len().saturating_sub(LOG_LINES_ON_FAILURE);
+                eprintln!(
+                    "--- last {} lines of member {} ({}) ---",
+                    lines.len() - tail,
+                    i,
+                    self.members[i].name
+                );
+                for l in lines.get(tail..).unwrap_or_default() {
+                    eprintln!("{l}");
+                }
+            }
         }
     }
 }
