@@ -697,14 +697,20 @@ impl Node {
     }
 }
 
-/// The lessor's loop: runs for the life of the member.
+/// The lessor's loop: runs for the life of the member. Wakes every tick,
+/// and at once when the member's role or term changes (its server
+/// metrics; the full metrics change with every write).
 pub async fn run(node: Arc<Node>) {
     let tick = Duration::from_millis(node.config.heartbeat_interval_ms.clamp(10, 500));
-    let mut metrics = node.raft.metrics();
+    let mut server = node.raft.server_metrics();
     loop {
-        let _ = tokio::time::timeout(tick, metrics.changed()).await;
+        if let Ok(Err(_)) = tokio::time::timeout(tick, server.changed()).await {
+            // The core's task ended.
+            return;
+        }
         let (state, term) = {
-            let m = metrics.borrow_watched();
+            let m = node.raft.metrics();
+            let m = m.borrow_watched();
             (m.state, m.current_term)
         };
         if state == ServerState::Shutdown {

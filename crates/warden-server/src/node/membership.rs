@@ -594,7 +594,9 @@ pub async fn watch_for_removal(node: std::sync::Arc<Node>, mut identity: Identit
 /// A learner asks to be promoted until it is a voter (runs on every member;
 /// does nothing on voters).
 pub async fn promote_when_ready(node: std::sync::Arc<Node>) {
-    let mut rx = node.raft.metrics();
+    // Server metrics: they change with the membership and the role, not
+    // with every write as the full metrics do.
+    let mut rx = node.raft.server_metrics();
     loop {
         let (state, is_learner) = {
             let m = rx.borrow_watched();
@@ -623,7 +625,10 @@ pub async fn promote_when_ready(node: std::sync::Arc<Node>) {
                 Err(e) => tracing::debug!("not promoted yet: {e}"),
             }
         }
-        let _ = tokio::time::timeout(Duration::from_millis(500), rx.changed()).await;
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_millis(500), rx.changed()).await {
+            // The core's task ended.
+            return;
+        }
     }
 }
 

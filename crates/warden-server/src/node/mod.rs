@@ -49,6 +49,8 @@ pub mod watch_hub;
 
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod wakeup_tests;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -424,21 +426,22 @@ impl Node {
     /// moves; the server exits instead, as etcd does on a storage error, so
     /// that a supervisor restarts it from its log. Never resolves for a
     /// core stopped as asked ([`Node::shutdown`]).
+    ///
+    /// Waits on the core's server metrics, which change only with its role,
+    /// vote, leader or membership and whose channel closes when the core's
+    /// task ends, however it ends; `metrics()` changes with every write,
+    /// and this runs on the main thread: watching it cost a thread wake-up
+    /// (and a context switch) per write.
     pub async fn raft_failed(&self) -> String {
-        let mut rx = self.raft.metrics();
-        loop {
-            match &rx.borrow_watched().running_state {
-                // Stopped as asked (`Node::shutdown`): not a failure.
-                Err(openraft::error::Fatal::Stopped) => break,
-                Err(e) => return e.to_string(),
-                Ok(()) => {}
-            }
-            if rx.changed().await.is_err() {
-                break;
-            }
+        let mut server = self.raft.server_metrics();
+        while server.changed().await.is_ok() {}
+        match &self.raft.metrics().borrow_watched().running_state {
+            // Stopped as asked (`Node::shutdown`): not a failure.
+            Err(openraft::error::Fatal::Stopped) | Ok(()) => {}
+            Err(e) => return e.to_string(),
         }
-        // A core that stopped as asked, or whose metrics are gone with it
-        // after that: whoever stopped it decides what happens next.
+        // A core that stopped as asked: whoever stopped it decides what
+        // happens next.
         std::future::pending().await
     }
 

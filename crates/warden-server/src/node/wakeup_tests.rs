@@ -1,0 +1,101 @@
+//! A member's long-lived watchers of its Raft core wake when its role,
+//! term, leader or membership changes, not with every write: the core's
+//! full metrics change with every append, commit and apply, and
+//! `raft_failed` runs on the main thread, where each wake-up was a thread
+//! wake-up and a context switch per write (docs/benchmarks.md, "Wake-ups
+//! per write").
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Wake};
+
+use tokio::time::{Duration, Instant};
+use warden_core::state::types::PutRequest;
+use warden_core::state::Command;
+
+use super::types::Request;
+use super::{Http2Limits, Node, NodeConfig};
+
+/// Counts the wake-ups of the future it is polled with.
+struct Counter(AtomicUsize);
+
+impl Wake for Counter {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A one-member cluster in `dir` (nothing listens: the node is used in
+/// process).
+fn config(dir: &std::path::Path) -> NodeConfig {
+    let peer = "127.0.0.1:1".to_string();
+    NodeConfig {
+        name: "n1".into(),
+        data_dir: dir.join("n1"),
+        client_addr: "127.0.0.1:2".into(),
+        peer_addr: peer.clone(),
+        initial_cluster: [("n1".to_string(), peer)].into_iter().collect(),
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 600,
+        heartbeat_interval_ms: 50,
+        snapshot_entries: 100_000,
+        request_timeout: Duration::from_secs(5),
+        join: Vec::new(),
+        auto_promote: true,
+        peer_routes: Default::default(),
+        watch: Default::default(),
+        client_http2: Http2Limits::default(),
+        quota_backend_bytes: None,
+        auto_compaction: None,
+        client_tls: None,
+        peer_tls: None,
+        lease_checkpoint_interval: Duration::from_secs(300),
+        slow_request: Duration::from_secs(1),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watching_for_a_failed_core_does_not_wake_per_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(config(dir.path())).await.expect("start");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    assert_eq!(node.wait_leader(deadline).await, Some(node.id), "no leader");
+    // The first write also settles what becoming leader changes.
+    let put = |i: usize| {
+        Request::Kv(Command::Put(PutRequest {
+            key: format!("k{i}").into_bytes(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        }))
+    };
+    node.write(put(0), deadline).await.expect("first put");
+
+    let counter = Arc::new(Counter(AtomicUsize::new(0)));
+    let waker = counter.clone().into();
+    let mut cx = Context::from_waker(&waker);
+    let mut failed = Box::pin(node.raft_failed());
+    assert!(failed.as_mut().poll(&mut cx).is_pending());
+    const WRITES: usize = 100;
+    let mut polled = 0;
+    for i in 1..=WRITES {
+        node.write(put(i), deadline).await.expect("put");
+        // As an executor would: poll again once woken (a waker is used
+        // once; it must be polled again to be woken again).
+        let woken = counter.0.load(Ordering::SeqCst);
+        if woken > polled {
+            polled = woken;
+            assert!(failed.as_mut().poll(&mut cx).is_pending());
+        }
+    }
+    let wakes = counter.0.load(Ordering::SeqCst);
+    // Each wake-up would be a poll finding the core still running; with the
+    // full metrics there were several per write.
+    assert!(
+        wakes < WRITES / 10,
+        "{wakes} wake-ups of raft_failed over {WRITES} writes"
+    );
+    assert!(failed.as_mut().poll(&mut cx).is_pending());
+    drop(failed);
+    node.shutdown().await;
+}
