@@ -441,7 +441,12 @@ impl Node {
         // A request id the follower's client sent, if it is one the client
         // port would have taken.
         let id = id.filter(|id| crate::api::trace::sane_id(id).is_some());
-        self.as_forwarded(id, from, self.handle_forward(req, deadline))
+        // Boxed: `as_forwarded` holds the future it is given in each of its
+        // arms and in its argument, and this one is kilobytes; passed by
+        // value it made the future the leader's stream keeps per forwarded
+        // request 33 KB, copied at each move (docs/benchmarks.md, "Future
+        // sizes").
+        self.as_forwarded(id, from, Box::pin(self.handle_forward(req, deadline)))
             .await
     }
 
@@ -471,13 +476,15 @@ impl Node {
                 Err(ReadIndexMiss::NotLeader(l)) => ForwardResponse::NotLeader(l),
                 Err(ReadIndexMiss::Failed(e)) => ForwardResponse::Failed(e),
             },
-            ForwardRequest::Members(op) => self.handle_members(op, deadline).await,
+            // Rare and large: boxed, so that the future of every forwarded
+            // write is not the size of a membership change's.
+            ForwardRequest::Members(op) => Box::pin(self.handle_members(op, deadline)).await,
             ForwardRequest::AppliedMembership => match membership::applied(self) {
                 Some(a) => ForwardResponse::AppliedMembership(a),
                 None => ForwardResponse::Failed(NodeError::Stopped),
             },
             req @ (ForwardRequest::LeaseRenew(_) | ForwardRequest::LeaseTimeToLive(_)) => {
-                self.lessor_local(&req).await
+                Box::pin(self.lessor_local(&req)).await
             }
         }
     }

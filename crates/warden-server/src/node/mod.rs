@@ -50,7 +50,7 @@ pub mod watch_hub;
 #[cfg(test)]
 mod fuzz_tests;
 #[cfg(test)]
-mod wakeup_tests;
+mod in_process_tests;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,9 +1,13 @@
-//! A member's long-lived watchers of its Raft core wake when its role,
-//! term, leader or membership changes, not with every write: the core's
-//! full metrics change with every append, commit and apply, and
-//! `raft_failed` runs on the main thread, where each wake-up was a thread
-//! wake-up and a context switch per write (docs/benchmarks.md, "Wake-ups
-//! per write").
+//! A one-member cluster run in the test's own process, for what only a
+//! running member shows but no client can see: how often its long-lived
+//! watchers of the Raft core wake, and what a forwarded request costs the
+//! leader in memory.
+//!
+//! Long-lived watchers of the Raft core wake when its role, term, leader
+//! or membership changes, not with every write: the core's full metrics
+//! change with every append, commit and apply, and `raft_failed` runs on
+//! the main thread, where each wake-up was a thread wake-up and a context
+//! switch per write (docs/benchmarks.md, "Wake-ups per write").
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -97,5 +101,43 @@ async fn watching_for_a_failed_core_does_not_wake_per_write() {
     );
     assert!(failed.as_mut().poll(&mut cx).is_pending());
     drop(failed);
+    node.shutdown().await;
+}
+
+/// What the leader keeps per request on a follower's forward stream (up to
+/// `forward_stream::MAX_IN_FLIGHT` of them per stream) is the future of
+/// `serve_forwarded`: it held the whole request handler three times over
+/// (33 KB in a release build) until the handler was boxed; now it holds a
+/// pointer to it, and the handler itself no longer carries the size of
+/// the rare kinds (membership changes, lease questions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_request_costs_the_leader_a_small_future() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(config(dir.path())).await.expect("start");
+    let put = Request::Kv(Command::Put(PutRequest::default()));
+    let serve = node.serve_forwarded(
+        super::ForwardRequest::Write(put.clone()),
+        Duration::from_secs(1),
+        None,
+        1,
+    );
+    let serve_size = std::mem::size_of_val(&serve);
+    drop(serve);
+    let handler = node.handle_forward(super::ForwardRequest::Write(put.clone()), Instant::now());
+    let handler_size = std::mem::size_of_val(&handler);
+    drop(handler);
+    let write = node.write_local_at(put, Instant::now());
+    let write_size = std::mem::size_of_val(&write);
+    drop(write);
+    eprintln!("serve_forwarded {serve_size} B, handle_forward {handler_size} B, write_local_at {write_size} B");
+    assert!(
+        serve_size <= 2048,
+        "serve_forwarded's future is {serve_size} bytes"
+    );
+    // A forwarded write's handler is about the write it makes.
+    assert!(
+        handler_size <= write_size + 1024,
+        "handle_forward's future is {handler_size} bytes, a local write's {write_size}"
+    );
     node.shutdown().await;
 }
