@@ -708,14 +708,12 @@ pub async fn run(node: Arc<Node>) {
             // The core's task ended.
             return;
         }
+        // From the server metrics themselves: openraft sends them before
+        // the full metrics, so those may not have the change that woke us.
         let (state, term) = {
-            let m = node.raft.metrics();
-            let m = m.borrow_watched();
-            (m.state, m.current_term)
+            let m = server.borrow_watched();
+            (m.state, m.vote.leader_id().term)
         };
-        if state == ServerState::Shutdown {
-            return;
-        }
         if state != ServerState::Leader {
             if let Ok(mut st) = node.lessor.state.lock() {
                 if st.term.is_some() {

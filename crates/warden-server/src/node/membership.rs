@@ -598,10 +598,9 @@ pub async fn promote_when_ready(node: std::sync::Arc<Node>) {
     // with every write as the full metrics do.
     let mut rx = node.raft.server_metrics();
     loop {
-        let (state, is_learner) = {
+        let is_learner = {
             let m = rx.borrow_watched();
-            let learner = m
-                .membership_config
+            m.membership_config
                 .membership()
                 .get_node(&node.id)
                 .is_some()
@@ -609,12 +608,8 @@ pub async fn promote_when_ready(node: std::sync::Arc<Node>) {
                     .membership_config
                     .membership()
                     .voter_ids()
-                    .any(|v| v == node.id);
-            (m.state, learner)
+                    .any(|v| v == node.id)
         };
-        if state == ServerState::Shutdown {
-            return;
-        }
         if is_learner {
             let deadline = Instant::now() + Duration::from_secs(5);
             match node

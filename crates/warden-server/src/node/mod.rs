@@ -437,8 +437,11 @@ impl Node {
         while server.changed().await.is_ok() {}
         match &self.raft.metrics().borrow_watched().running_state {
             // Stopped as asked (`Node::shutdown`): not a failure.
-            Err(openraft::error::Fatal::Stopped) | Ok(()) => {}
+            Err(openraft::error::Fatal::Stopped) => {}
             Err(e) => return e.to_string(),
+            // Every way out of the core's loop reports why before its task
+            // ends; a task that ended without a word panicked.
+            Ok(()) => return "the Raft core's task ended without a reason (it panicked)".into(),
         }
         // A core that stopped as asked: whoever stopped it decides what
         // happens next.
