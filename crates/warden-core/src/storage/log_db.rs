@@ -38,11 +38,11 @@
 //! then on). A caller may acknowledge the append between the two halves. Every
 //! other write ([`LogDb::append`], truncation, the start of a purge,
 //! metadata) is a redb transaction committed with immediate durability
-//! (fsync) before it returns, preceded by a checkpoint (the rest of a purge,
-//! [`LogDb::purge_more`], commits without an fsync until its last portion:
-//! losing it only leaves entries below the recorded purge point): a durable redb commit of everything
-//! journaled, then the journal emptied; a batch that would not fit in the
-//! journal checkpoints too. [`LogDb::open`] replays the journal into the
+//! (fsync) before it returns, preceded by a checkpoint: a durable redb
+//! commit of everything journaled, then the journal emptied; a batch that
+//! would not fit in the journal checkpoints too. The rest of a purge
+//! ([`LogDb::purge_more`]) commits without an fsync until its last
+//! portion: losing it only leaves entries below the recorded purge point. [`LogDb::open`] replays the journal into the
 //! file (one durable commit) and empties it, and closing checkpoints. redb's
 //! commit protocol is atomic (a commit torn by a crash is rolled back on
 //! the next open) and the journal drops a torn record, so after a crash the
@@ -632,7 +632,6 @@ impl LogDb {
         Ok(())
     }
 
-    /// The last entry, if any.
     /// The index of the first entry in the file, if any.
     pub fn first_index(&self) -> Result<Option<u64>, LogError> {
         self.guarded(|| {
@@ -643,6 +642,7 @@ impl LogDb {
         })
     }
 
+    /// The last entry, if any.
     pub fn last(&self) -> Result<Option<(u64, Vec<u8>)>, LogError> {
         self.guarded(|| self.last_inner())
     }
@@ -680,20 +680,6 @@ impl LogDb {
         self.write(|w| {
             let mut t = w.open_table(ENTRIES)?;
             t.retain_in(from.., |_, _| false)?;
-            Ok(())
-        })
-    }
-
-    /// Deletes entries with index <= `index` and records `meta_key = meta`
-    /// in the same transaction (the log store purges in portions instead:
-    /// [`LogDb::purge_start`]).
-    #[cfg(test)]
-    pub fn purge_upto(&self, index: u64, meta_key: &str, meta: &[u8]) -> Result<(), LogError> {
-        self.write(|w| {
-            let mut t = w.open_table(ENTRIES)?;
-            t.retain_in(..=index, |_, _| false)?;
-            let mut m = w.open_table(META)?;
-            m.insert(meta_key, format::encode_record(meta).as_slice())?;
             Ok(())
         })
     }
@@ -829,7 +815,7 @@ mod tests {
         db.get_meta("vote").unwrap();
         assert_eq!(count.0.load(Ordering::Relaxed), 2, "reads commit nothing");
         db.truncate_after(Some(1)).unwrap();
-        db.purge_upto(1, "purged", b"p").unwrap();
+        db.purge_start(1, usize::MAX, "purged", b"p").unwrap();
         assert_eq!(count.0.load(Ordering::Relaxed), 4);
         // A journaled append is one sync (the journal's), not two: its
         // non-durable file commit is not an fsync.
@@ -887,7 +873,7 @@ mod tests {
         db.append(&entries).unwrap();
         db.truncate_after(Some(7)).unwrap();
         assert_eq!(db.last().unwrap().map(|e| e.0), Some(7));
-        db.purge_upto(3, "purged", b"3").unwrap();
+        db.purge_start(3, usize::MAX, "purged", b"3").unwrap();
         let idx: Vec<u64> = db
             .read_range(..)
             .unwrap()
@@ -1163,7 +1149,8 @@ mod tests {
                             }
                         }
                         1 => { model.retain(|k, _| *k <= *at); db.truncate_after(Some(*at)).unwrap(); }
-                        _ if n % 2 == 0 => { model.retain(|k, _| *k > *at); db.purge_upto(*at, "p", b"").unwrap(); }
+                        // All in one durable transaction.
+                        _ if n % 2 == 0 => { model.retain(|k, _| *k > *at); db.purge_start(*at, usize::MAX, "p", b"").unwrap(); }
                         // In portions of n + 1 entries, as the log writer purges.
                         _ => {
                             model.retain(|k, _| *k > *at);

@@ -312,12 +312,12 @@ fn link_errors(node: &Node) -> Vec<String> {
     let leading = leader == Some(node.id());
     node.peer_links()
         .into_iter()
-        .filter(|(id, _)| leading || Some(*id) == leader)
         .filter(|(_, l)| l.state == LinkState::Disconnected)
-        .filter(|(_, l)| {
+        .filter(|(id, l)| {
             leading
-                || l.last_failed
-                    .is_some_and(|t| t.elapsed() < FOLLOWER_LINK_STALE)
+                || (Some(*id) == leader
+                    && l.last_failed
+                        .is_some_and(|t| t.elapsed() < FOLLOWER_LINK_STALE))
         })
         .map(|(id, l)| {
             let since = l.last_ok.map_or("never reached".to_string(), |t| {

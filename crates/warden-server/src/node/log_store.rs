@@ -271,12 +271,12 @@ fn copy_err(e: &io::Error) -> io::Error {
     io::Error::new(e.kind(), e.to_string())
 }
 
-/// The log writer: runs jobs in order, merging consecutive appends (and
-/// committed log ids) into one transaction. Returns when every store clone
-/// is gone, after writing a pending committed log id.
-/// The log writer: runs the jobs queued on `rx` in order, and the purge of
-/// the entries up to `purging` (one left unfinished by the last run) between
-/// them.
+/// The log writer: runs the jobs queued on `rx` in order, merging
+/// consecutive appends (and committed log ids) into one transaction, and
+/// between them the purge of the entries up to `purging` (one left
+/// unfinished by the last run, or queued as `Job::Purge`). Returns when
+/// every store clone is gone, after finishing the purge and writing a
+/// pending committed log id.
 fn run_writer(db: Arc<LogDb>, tail: Arc<Tail>, rx: mpsc::Receiver<Job>, purging: Option<u64>) {
     let mut committed: Option<Vec<u8>> = None;
     // After a failed write the log's state is unknown: everything after
