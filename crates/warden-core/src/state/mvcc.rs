@@ -21,6 +21,7 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::fmt;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -427,6 +428,8 @@ impl Write {
 mod keys_serde {
     use std::fmt;
 
+    use std::sync::Arc;
+
     use imbl::OrdMap;
     use serde::de::{MapAccess, Visitor};
     use serde::{Deserializer, Serializer};
@@ -434,18 +437,18 @@ mod keys_serde {
     use super::History;
 
     pub fn serialize<S: Serializer>(
-        keys: &OrdMap<Vec<u8>, History>,
+        keys: &OrdMap<Vec<u8>, Arc<History>>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
-        s.collect_map(keys.iter())
+        s.collect_map(keys.iter().map(|(k, h)| (k, &**h)))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
-    ) -> Result<OrdMap<Vec<u8>, History>, D::Error> {
+    ) -> Result<OrdMap<Vec<u8>, Arc<History>>, D::Error> {
         struct Keys;
         impl<'de> Visitor<'de> for Keys {
-            type Value = OrdMap<Vec<u8>, History>;
+            type Value = OrdMap<Vec<u8>, Arc<History>>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a map from key to history")
             }
@@ -457,7 +460,7 @@ mod keys_serde {
                             *moved += h.spill(cold, 0);
                         }
                     });
-                    keys.insert(k, h);
+                    keys.insert(k, Arc::new(h));
                 }
                 Ok(keys)
             }
@@ -530,9 +533,14 @@ pub struct MvccStore {
     /// A persistent B-tree (`imbl::OrdMap`): cloning the store for a
     /// snapshot is O(1) and shares every node, so the snapshot is written
     /// without holding up writes; a write after it copies only the nodes on
-    /// its path.
+    /// its path. Each history is behind its own `Arc`, so copying a node
+    /// (64 keys) copies pointers, and a write copies only the history it
+    /// changes (`Arc::make_mut`): with histories inline, each write during a
+    /// snapshot copied 64 keys' versions and values, and the copies freed
+    /// afterwards left the heap fragmented (docs/benchmarks.md, "Memory:
+    /// shared histories").
     #[serde(with = "keys_serde")]
-    keys: OrdMap<Vec<u8>, History>,
+    keys: OrdMap<Vec<u8>, Arc<History>>,
     /// [`MvccStore::size`], kept up to date by every write, rollback and
     /// compaction. Not stored: recomputed when a store is decoded, so the
     /// snapshot encoding is unchanged.
@@ -566,7 +574,7 @@ struct StoredMvcc {
     compact_revision: i64,
     live_keys: u64,
     #[serde(with = "keys_serde")]
-    keys: OrdMap<Vec<u8>, History>,
+    keys: OrdMap<Vec<u8>, Arc<History>>,
 }
 
 impl From<StoredMvcc> for MvccStore {
@@ -623,7 +631,7 @@ impl MvccStore {
             .collect();
         let mut moved = 0;
         for k in with_history {
-            if let Some(h) = self.keys.get_mut(k.as_slice()) {
+            if let Some(h) = self.keys.get_mut(k.as_slice()).map(Arc::make_mut) {
                 moved += h.spill(&cold, 0);
             }
         }
@@ -648,7 +656,7 @@ impl MvccStore {
     /// How many values are in scratch files (tests).
     #[cfg(test)]
     pub(crate) fn cold_values(&self) -> usize {
-        self.keys.values().map(History::cold_count).sum()
+        self.keys.values().map(|h| h.cold_count()).sum()
     }
 
     /// [`MvccStore::size`] computed from scratch by walking every history.
@@ -805,7 +813,7 @@ impl MvccStore {
             .map(|(k, _)| k.clone())
             .collect();
         for key in changed {
-            let now_empty = match self.keys.get_mut(key.as_slice()) {
+            let now_empty = match self.keys.get_mut(key.as_slice()).map(Arc::make_mut) {
                 Some(h) => {
                     let drop = h.compact_from(rev);
                     let dropped = h
@@ -1046,7 +1054,9 @@ impl MvccStore {
         key: &'a [u8],
         range_end: &'a [u8],
     ) -> impl DoubleEndedIterator<Item = (&'a Vec<u8>, &'a History)> + 'a {
-        self.keys.range::<_, [u8]>(bounds(key, range_end))
+        self.keys
+            .range::<_, [u8]>(bounds(key, range_end))
+            .map(|(k, h)| (k, &**h))
     }
 
     /// Live keys in a range at `rev`, in key order.
@@ -1227,7 +1237,7 @@ impl MvccStore {
                 // history now.
                 let rev = w.rev();
                 for ev in &w.events {
-                    if let Some(h) = self.keys.get_mut(ev.kv.key.as_slice()) {
+                    if let Some(h) = self.keys.get_mut(ev.kv.key.as_slice()).map(Arc::make_mut) {
                         h.spill_superseded(cold, rev);
                     }
                 }
@@ -1245,7 +1255,7 @@ impl MvccStore {
         let rev = w.rev();
         for ev in &w.events {
             let key = ev.kv.key.as_slice();
-            let now_empty = match self.keys.get_mut(key) {
+            let now_empty = match self.keys.get_mut(key).map(Arc::make_mut) {
                 Some(h) => {
                     while h.versions.last().is_some_and(|v| v.mod_revision == rev) {
                         if let Some(v) = h.versions.pop() {
@@ -1311,14 +1321,14 @@ impl MvccStore {
         self.size = self
             .size
             .saturating_add(version_size(&req.key, &new_version));
-        match self.keys.get_mut(req.key.as_slice()) {
+        match self.keys.get_mut(req.key.as_slice()).map(Arc::make_mut) {
             Some(h) => h.push(new_version),
             None => {
                 self.keys.insert(
                     req.key.clone(),
-                    History {
+                    Arc::new(History {
                         versions: vec![new_version],
-                    },
+                    }),
                 );
             }
         }
@@ -1348,7 +1358,7 @@ impl MvccStore {
             prev_kvs: Vec::new(),
         };
         for prev in victims {
-            if let Some(h) = self.keys.get_mut(prev.key.as_slice()) {
+            if let Some(h) = self.keys.get_mut(prev.key.as_slice()).map(Arc::make_mut) {
                 let tombstone = Version {
                     mod_revision: rev,
                     sub: w.events.len() as u32,

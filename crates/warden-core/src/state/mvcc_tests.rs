@@ -44,7 +44,11 @@ fn key_map_encodes_as_a_btreemap_and_round_trips() {
         current_revision: s.current_revision,
         compact_revision: s.compact_revision,
         live_keys: s.live_keys,
-        keys: s.keys.iter().map(|(k, h)| (k.clone(), h.clone())).collect(),
+        keys: s
+            .keys
+            .iter()
+            .map(|(k, h)| (k.clone(), (**h).clone()))
+            .collect(),
     };
     let bytes = postcard::to_stdvec(&s).unwrap();
     assert_eq!(bytes, postcard::to_stdvec(&mirror).unwrap());
@@ -55,6 +59,39 @@ fn key_map_encodes_as_a_btreemap_and_round_trips() {
     put(&mut s, "a", "5");
     assert_eq!(frozen.get(b"a").unwrap().value, b("2"));
     assert_eq!(s.get(b"a").unwrap().value, b("5"));
+}
+
+/// A copy of the store taken for a snapshot shares every key's history
+/// with the live store; a write after it copies the history of the key it
+/// writes and nothing else (not the 63 others of its B-tree leaf, with
+/// their versions and values), so a snapshot being written does not make
+/// each write copy a leaf's worth of values.
+#[test]
+fn a_write_after_a_copy_copies_only_its_own_history() {
+    let mut s = MvccStore::new();
+    let names: Vec<String> = (0..500).map(|i| format!("k{i:04}")).collect();
+    for k in &names {
+        put(&mut s, k, "v");
+    }
+    let frozen = s.clone();
+    put(&mut s, "k0250", "w");
+    put(&mut s, "k0251", "w");
+    let mut shared = 0;
+    for k in &names {
+        let (live, old) = (&s.keys[k.as_bytes()], &frozen.keys[k.as_bytes()]);
+        if k == "k0250" || k == "k0251" {
+            assert!(!Arc::ptr_eq(live, old), "{k} was written: its own copy");
+            assert_eq!(old.versions.len(), 1, "{k}: the copy is unchanged");
+            assert_eq!(live.versions.len(), 2);
+        } else {
+            assert!(
+                Arc::ptr_eq(live, old),
+                "{k} was copied by a write to another key"
+            );
+            shared += 1;
+        }
+    }
+    assert_eq!(shared, names.len() - 2);
 }
 
 fn del_req(k: &str, end: &[u8]) -> DeleteRangeRequest {
