@@ -63,7 +63,7 @@ fn key_map_encodes_as_a_btreemap_and_round_trips() {
 
 /// A copy of the store taken for a snapshot shares every key's history
 /// with the live store; a write after it copies the history of the key it
-/// writes and nothing else (not the 63 others of its B-tree leaf, with
+/// writes and nothing else (not the 15 others of its B-tree leaf, with
 /// their versions and values), so a snapshot being written does not make
 /// each write copy a leaf's worth of values.
 #[test]
@@ -1022,6 +1022,54 @@ fn compaction() {
     // Writes continue normally.
     put(&mut s, "c", "new");
     assert_eq!(s.get(b"c").unwrap().create_revision, 9);
+}
+
+/// Compaction takes one of two paths: histories changed one by one (few
+/// keys change) or a map built afresh (most do). Both must leave what
+/// `History::compact` leaves for each key, the same size as a recount, and
+/// share nothing that changed with the copy they started from.
+#[test]
+fn compaction_changing_few_or_most_keys_leaves_the_same_store() {
+    // 100 keys written once (revisions 2..=101), then `rewritten` of them
+    // written again and one of those deleted.
+    let store_with = |rewritten: usize| {
+        let mut s = MvccStore::new();
+        for i in 0..100 {
+            put(&mut s, &format!("k{i:03}"), "a");
+        }
+        for i in 0..rewritten {
+            put(&mut s, &format!("k{i:03}"), "b");
+        }
+        s.delete_range(&del_req("k000", b"")).unwrap();
+        s
+    };
+    for rewritten in [10, 90] {
+        let mut s = store_with(rewritten);
+        let before = s.clone();
+        let rev = s.current_revision();
+        let mut expected: Vec<(Vec<u8>, History)> = Vec::new();
+        for (k, h) in before.keys.iter() {
+            let mut h = History::clone(h);
+            h.compact(rev);
+            if !h.versions.is_empty() {
+                expected.push((k.clone(), h));
+            }
+        }
+        s.compact(rev).unwrap();
+        let got: Vec<(Vec<u8>, History)> = s
+            .keys
+            .iter()
+            .map(|(k, h)| (k.clone(), History::clone(h)))
+            .collect();
+        assert_eq!(got, expected, "{rewritten} keys rewritten");
+        assert_eq!(s.size(), s.recount_size(), "{rewritten} keys rewritten");
+        assert_eq!(s.len(), 99);
+        assert!(!s.keys.contains_key(b"k000".as_slice()));
+        s.check_invariants().unwrap();
+        // The copy compaction started from is untouched.
+        assert_eq!(before.keys[b"k001".as_slice()].versions.len(), 2);
+        assert_eq!(s.keys[b"k001".as_slice()].versions.len(), 1);
+    }
 }
 
 #[test]
