@@ -532,6 +532,12 @@ impl StateMachine {
         self.mvcc.set_cold(cold)
     }
 
+    /// See [`MvccStore::flush_spills`]: what the writes since the last
+    /// flush superseded goes to the scratch files, in one write.
+    pub fn flush_spills(&mut self) -> usize {
+        self.mvcc.flush_spills()
+    }
+
     /// Read access to the key-value store.
     pub fn mvcc(&self) -> &MvccStore {
         &self.mvcc

@@ -1390,6 +1390,43 @@ mod sorted_range_props {
     }
 }
 
+/// What a batch of writes superseded goes to the scratch files with one
+/// write when the state machine flushes after the batch; a long batch
+/// flushes by itself every `MAX_PENDING_SPILLS` written keys.
+#[test]
+fn a_batch_of_writes_spills_with_one_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let cold = ColdStore::with_segment_bytes(dir.path(), 1 << 20).unwrap();
+    let mut s = MvccStore::new();
+    s.set_cold(Some(cold.clone()));
+    for round in ["first", "second", "third"] {
+        for i in 0..50 {
+            put(&mut s, &format!("k{i:02}"), round);
+        }
+    }
+    assert_eq!((s.cold_values(), cold.stats().writes), (0, 0));
+    assert_eq!(s.flush_spills(), 100);
+    assert_eq!((s.cold_values(), cold.stats().writes), (100, 1));
+    assert_eq!(s.flush_spills(), 0, "nothing waits after a flush");
+    // Reads at old revisions read the moved values back.
+    let first = s
+        .range(&RangeRequest {
+            key: b("k07"),
+            revision: 9,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(first.kvs[0].value, b("first"));
+    assert_eq!(s.get(b"k07").unwrap().value, b("third"));
+    for i in 0..MAX_PENDING_SPILLS {
+        put(&mut s, "k00", &format!("v{i}"));
+    }
+    // "third" and every value but the newest of those writes.
+    assert_eq!(s.cold_values(), 100 + MAX_PENDING_SPILLS);
+    assert_eq!(cold.stats().writes, 2);
+    s.check_invariants().unwrap();
+}
+
 #[test]
 fn superseded_values_move_to_scratch_files_and_read_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -1403,6 +1440,10 @@ fn superseded_values_move_to_scratch_files_and_read_back() {
     put(&mut s, "a", "3333");
     put(&mut s, "b", "bbbb");
     s.delete_range(&del_req("b", &[])).unwrap();
+    // Written values wait for the flush the state machine makes after
+    // each batch of entries.
+    assert_eq!(s.cold_values(), 1);
+    assert_eq!(s.flush_spills(), 2);
     // a@2, a@3 and b@5 (deleted) are history now; newest values stay.
     assert_eq!(s.cold_values(), 3);
     assert_eq!(cold.stats().spilled, 3);
@@ -1493,6 +1534,7 @@ fn a_snapshot_copy_keeps_the_segments_it_reads() {
     for v in ["1111", "2222", "3333"] {
         put(&mut s, "a", v);
     }
+    s.flush_spills();
     let frozen = s.clone();
     s.compact(s.current_revision()).unwrap();
     // The copy still reads the history the store has dropped.
@@ -1549,6 +1591,7 @@ fn a_store_decoded_while_spilling_has_its_history_in_scratch_files() {
     let mut back = back;
     // It goes on spilling what later writes supersede.
     put(&mut back, "d", "a second one");
+    back.flush_spills();
     assert_eq!(back.cold_values(), 13);
     assert_eq!(back.set_cold(Some(cold.clone())), 0, "nothing left to move");
 

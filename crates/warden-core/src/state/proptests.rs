@@ -620,7 +620,13 @@ fn run_with(steps: Vec<Step>, cold: Option<ColdStore>) -> Result<(), TestCaseErr
         prop_assert_eq!(m.mvcc().len(), model.latest().len());
         prop_assert_eq!(m.mvcc().check_invariants(), Ok(()));
         log.push(cmd);
+        // The state machine flushes after each batch of entries: reads
+        // above and below see values both waiting and moved.
+        if log.len() % 3 == 0 {
+            m.flush_spills();
+        }
     }
+    m.flush_spills();
 
     // Every read at every revision, including the refused ones.
     for rev in 0..=model.current() + 1 {

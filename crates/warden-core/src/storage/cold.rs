@@ -82,6 +82,7 @@ struct Counters {
     bytes: AtomicU64,
     spilled: AtomicU64,
     write_errors: AtomicU64,
+    writes: AtomicU64,
 }
 
 /// Where a cold value lives: a segment kept open by this reference, an
@@ -244,6 +245,8 @@ pub struct ColdStats {
     pub spilled: u64,
     /// Values kept on the heap because a write failed.
     pub write_errors: u64,
+    /// Writes made to the files since start (one per batch of values).
+    pub writes: u64,
 }
 
 /// A new, empty, unnamed segment in `dir`.
@@ -369,6 +372,7 @@ impl ColdStore {
         // bytes whose write came before it.
         active.len.fetch_add(total, Ordering::Release);
         self.inner.stats.bytes.fetch_add(total, Ordering::Relaxed);
+        self.inner.stats.writes.fetch_add(1, Ordering::Relaxed);
         let mut refs = Vec::with_capacity(values.len());
         let mut at = start;
         for v in values {
@@ -391,6 +395,7 @@ impl ColdStore {
             bytes: c.bytes.load(Ordering::Relaxed),
             spilled: c.spilled.load(Ordering::Relaxed),
             write_errors: c.write_errors.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
         }
     }
 }
@@ -416,7 +421,8 @@ mod tests {
                 segments: 2,
                 bytes: 23,
                 spilled: 3,
-                write_errors: 0
+                write_errors: 0,
+                writes: 2,
             }
         );
         // The files have no names: nothing to clean up after a crash.

@@ -891,6 +891,14 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                 r.send(resp);
             }
         }
+        // What this batch superseded goes to the scratch files in one write
+        // (after the answers: nothing waits for it).
+        self.shared
+            .data
+            .write()
+            .map_err(|_| lock_poisoned())?
+            .kv
+            .flush_spills();
         Ok(())
     }
 
