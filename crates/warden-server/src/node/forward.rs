@@ -95,7 +95,12 @@ impl Node {
             }
             tokio::select! {
                 r = tokio::time::timeout_at(until, rx.changed()) => {
-                    if r.is_err() {
+                    // The deadline, or the Raft core gone: its channel then
+                    // answers at once, every time, and `timeout_at` returns
+                    // what its future answers before it looks at the clock,
+                    // so waiting on would spin (a leader whose core failed
+                    // while it handed over before a stop did, for good).
+                    if !matches!(r, Ok(Ok(()))) {
                         return None;
                     }
                 }

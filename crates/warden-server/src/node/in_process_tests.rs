@@ -141,3 +141,28 @@ async fn a_forwarded_request_costs_the_leader_a_small_future() {
     );
     node.shutdown().await;
 }
+
+/// Waiting for another leader ends when the Raft core is gone, instead of
+/// spinning on its closed channel: a leader whose core failed while it
+/// handed leadership over before a stop spun a core at 100 % and never
+/// exited (found when a benchmark's data directory was deleted under it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_leader_ends_when_the_core_is_gone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Long election timeouts: the wait's own bound (two of them) is 20 s,
+    // so only the closed channel can end it before the outer timeout.
+    let mut c = config(dir.path());
+    c.election_timeout_min_ms = 5_000;
+    c.election_timeout_max_ms = 10_000;
+    let node = Node::start(c).await.expect("start");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    assert_eq!(node.wait_leader(deadline).await, Some(node.id), "no leader");
+    node.raft.shutdown().await.expect("shutdown");
+    let far = Instant::now() + Duration::from_secs(60);
+    let waited = tokio::time::timeout(
+        Duration::from_secs(5),
+        node.wait_leader_except(Some(node.id), far),
+    )
+    .await;
+    assert_eq!(waited, Ok(None), "the wait did not end with the core");
+}

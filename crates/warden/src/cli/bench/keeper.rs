@@ -111,11 +111,14 @@ impl Keeper {
                 };
                 let (_, r) = tokio::join!(send, recv);
                 r?;
-                let _ = tokio::time::timeout(
-                    round.saturating_sub(started.elapsed()),
-                    stopped.changed(),
-                )
-                .await;
+                // A dropped sender answers at once: stop rather than renew
+                // without a pause.
+                if let Ok(Err(_)) =
+                    tokio::time::timeout(round.saturating_sub(started.elapsed()), stopped.changed())
+                        .await
+                {
+                    break;
+                }
             }
             Ok((renewed, lost))
         });
