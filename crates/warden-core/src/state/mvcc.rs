@@ -545,8 +545,8 @@ pub struct MvccStore {
     /// Keys written since the last [`MvccStore::flush_spills`], with the
     /// revision of the write: what those writes superseded still has its
     /// value on the heap until the flush moves all of them with one write
-    /// to the scratch files (one `pwrite` per put was 4-5 % of a member's
-    /// CPU under load). Not state.
+    /// to the scratch files (a follower under 64-client puts made 0.18
+    /// `pwrite` calls per put instead of 0.45). Not state.
     #[serde(skip)]
     pending_spills: PendingSpills,
 }
