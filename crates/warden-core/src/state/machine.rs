@@ -302,7 +302,7 @@ impl StateMachine {
         match cmd {
             Command::Compact(req) if req.revision == c.rev && same_store => {
                 if c.result.is_ok() {
-                    self.mvcc = c.store;
+                    self.mvcc.replace_with_compacted(c.store);
                 }
                 Applied {
                     result: c.result.map(|()| CommandResult::Compact),
@@ -1007,6 +1007,33 @@ mod tests {
         }
         assert_eq!(base.compact_revision(), 20);
         assert!(base.compaction_base(&put("k", "v")).is_none());
+    }
+
+    /// A compaction prepared on a copy replaces the store while spills of
+    /// the last writes are still pending: the store that replaces it keeps
+    /// them (a copy starts with none), so what those writes superseded
+    /// still leaves the heap at the next flush.
+    #[test]
+    fn a_prepared_compaction_keeps_the_pending_spills() {
+        let dir = tempfile::tempdir().unwrap();
+        let cold =
+            crate::storage::cold::ColdStore::with_segment_bytes(dir.path(), 1 << 20).unwrap();
+        let mut m = StateMachine::new();
+        m.set_cold(Some(cold.clone()));
+        // a@2, a@3, b@4, b@5: compacting at 3 keeps a@3 and both b's.
+        for c in [put("a", "1"), put("a", "2"), put("b", "1"), put("b", "2")] {
+            assert!(m.apply(&c).result.is_ok(), "{c}");
+        }
+        assert_eq!(m.mvcc().cold_values(), 0, "spills wait for the flush");
+        let cmd = compact(3);
+        let (store, r) = m.compaction_base(&cmd).unwrap();
+        let prepared = StateMachine::compact_copy(store, r);
+        assert!(m.apply_prepared(&cmd, Some(prepared)).result.is_ok());
+        assert_eq!(m.compact_revision(), 3);
+        // b@4, superseded by b@5, is the one value left to move.
+        assert_eq!(m.flush_spills(), 1);
+        assert_eq!(m.mvcc().cold_values(), 1);
+        m.check_invariants().unwrap();
     }
 
     #[test]

@@ -552,8 +552,19 @@ pub struct MvccStore {
 }
 
 /// [`MvccStore::pending_spills`]: equal to any other, as [`Spill`].
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 struct PendingSpills(Vec<(Vec<u8>, i64)>);
+
+/// A copy of the store starts with nothing pending: copies are made for
+/// every read and for each snapshot, none of them writes, and cloning the
+/// list would cost an allocation per written key on each. The one copy
+/// that replaces the store, a compaction's, takes the list over in
+/// [`MvccStore::replace_with_compacted`].
+impl Clone for PendingSpills {
+    fn clone(&self) -> Self {
+        PendingSpills::default()
+    }
+}
 
 impl PartialEq for PendingSpills {
     fn eq(&self, _: &Self) -> bool {
@@ -1304,6 +1315,16 @@ impl MvccStore {
             response,
             events: w.events,
         }
+    }
+
+    /// Replaces this store with `compacted`, a copy of it compacted off the
+    /// lock (`StateMachine::compact_copy`), keeping the spills this store
+    /// had pending: a copy starts with none, and without them what the
+    /// last writes superseded would stay on the heap.
+    pub(crate) fn replace_with_compacted(&mut self, compacted: MvccStore) {
+        let pending = std::mem::take(&mut self.pending_spills);
+        *self = compacted;
+        self.pending_spills = pending;
     }
 
     /// Moves what the writes since the last flush superseded (the values
