@@ -33,7 +33,9 @@ start() { # binary, name prefix
 }
 start "$A" a
 start "$B" b
-trap 'kill $(cat "$OUT/pids") 2>/dev/null' EXIT
+# Wait for the members to exit: a caller that deletes OUT right after
+# would pull the data directories from under members still stopping.
+trap 'kill $(cat "$OUT/pids") 2>/dev/null; wait 2>/dev/null' EXIT
 EA=$(cat a.endpoints); EB=$(cat b.endpoints)
 for _ in $(seq 60); do
   "$A" --endpoints "$EA" put ready x >/dev/null 2>&1 && "$A" --endpoints "$EB" put ready x >/dev/null 2>&1 && break
