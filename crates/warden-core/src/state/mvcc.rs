@@ -445,13 +445,38 @@ mod keys_serde {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
                 let mut keys = OrdMap::new();
+                // Every other key is inserted after the rest (full leaves:
+                // see `MvccStore::compact_into_fresh_map`), as long as the
+                // keys come in increasing order,
+                // as a store writes them; from the first that does not, the
+                // held ones go in and the rest follow in order, so a later
+                // duplicate still replaces an earlier one.
+                let mut held: Vec<(Vec<u8>, Arc<History>)> = Vec::new();
+                let mut ordered = true;
+                let mut last: Option<Vec<u8>> = None;
                 while let Some((k, mut h)) = access.next_entry::<Vec<u8>, History>()? {
                     super::DECODE_SPILL.with(|s| {
                         if let Some((cold, moved)) = s.borrow_mut().as_mut() {
                             *moved += h.spill(cold, 0);
                         }
                     });
+                    if ordered && last.as_ref().is_some_and(|l| *l >= k) {
+                        ordered = false;
+                        for (k, h) in held.drain(..) {
+                            keys.insert(k, h);
+                        }
+                    }
+                    if ordered {
+                        last = Some(k.clone());
+                        if keys.len() > held.len() {
+                            held.push((k, Arc::new(h)));
+                            continue;
+                        }
+                    }
                     keys.insert(k, Arc::new(h));
+                }
+                for (k, h) in held {
+                    keys.insert(k, h);
                 }
                 Ok(keys)
             }
@@ -881,21 +906,36 @@ impl MvccStore {
     fn compact_into_fresh_map(&mut self, rev: i64) {
         let mut fresh = OrdMap::new();
         let mut dropped = 0u64;
-        for (key, h) in self.keys.iter() {
-            let keep_from = h.compact_from(rev);
-            dropped = h
-                .versions
-                .iter()
-                .take(keep_from)
-                .fold(dropped, |acc, v| acc.saturating_add(version_size(key, v)));
-            let kept = h.versions.get(keep_from..).unwrap_or_default();
-            if !kept.is_empty() {
-                fresh.insert(
-                    key.clone(),
-                    Arc::new(History {
-                        versions: kept.to_vec(),
-                    }),
-                );
+        // Two passes over the keys that stay, every other one first.
+        // `imbl`'s B-tree splits a full leaf (16 keys) in half, so keys
+        // inserted in order leave every leaf half full. Every other key
+        // first leaves half-full leaves whose ranges hold exactly the keys
+        // left out, and inserting those fills each leaf without a split:
+        // full leaves, half as many (512 bytes each).
+        for pass in 0..2 {
+            let mut n = 0usize;
+            for (key, h) in self.keys.iter() {
+                let keep_from = h.compact_from(rev);
+                let kept = h.versions.get(keep_from..).unwrap_or_default();
+                if pass == 0 {
+                    dropped = h
+                        .versions
+                        .iter()
+                        .take(keep_from)
+                        .fold(dropped, |acc, v| acc.saturating_add(version_size(key, v)));
+                }
+                if kept.is_empty() {
+                    continue;
+                }
+                if n % 2 == pass {
+                    fresh.insert(
+                        key.clone(),
+                        Arc::new(History {
+                            versions: kept.to_vec(),
+                        }),
+                    );
+                }
+                n += 1;
             }
         }
         self.size = self.size.saturating_sub(dropped);
