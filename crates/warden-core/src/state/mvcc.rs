@@ -447,12 +447,13 @@ mod keys_serde {
                 let mut keys = OrdMap::new();
                 // Every other key is inserted after the rest (full leaves:
                 // see `MvccStore::compact_into_fresh_map`), as long as the
-                // keys come in increasing order,
-                // as a store writes them; from the first that does not, the
+                // keys come in increasing order, as a store writes them;
+                // from the first that does not, the
                 // held ones go in and the rest follow in order, so a later
                 // duplicate still replaces an earlier one.
                 let mut held: Vec<(Vec<u8>, Arc<History>)> = Vec::new();
                 let mut ordered = true;
+                // The previous key, in a buffer reused for each.
                 let mut last: Option<Vec<u8>> = None;
                 while let Some((k, mut h)) = access.next_entry::<Vec<u8>, History>()? {
                     super::DECODE_SPILL.with(|s| {
@@ -467,7 +468,9 @@ mod keys_serde {
                         }
                     }
                     if ordered {
-                        last = Some(k.clone());
+                        let l = last.get_or_insert_with(Vec::new);
+                        l.clear();
+                        l.extend_from_slice(&k);
                         if keys.len() > held.len() {
                             held.push((k, Arc::new(h)));
                             continue;
@@ -673,22 +676,18 @@ impl MvccStore {
     /// how many values moved now.
     pub fn set_cold(&mut self, cold: Option<ColdStore>) -> usize {
         self.cold = Spill(cold);
-        let Some(cold) = self.cold.0.clone() else {
+        if self.cold.0.is_none() {
             return 0;
-        };
-        let with_history: Vec<Vec<u8>> = self
+        }
+        // Every key with history on the heap, from its first version: the
+        // same batched moves as after writes.
+        let with_history = self
             .keys
             .iter()
             .filter(|(_, h)| h.has_hot_history())
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut moved = 0;
-        for k in with_history {
-            if let Some(h) = self.keys.get_mut(k.as_slice()).map(Arc::make_mut) {
-                moved += h.spill(&cold, 0);
-            }
-        }
-        moved
+            .map(|(k, _)| (k.clone(), i64::MIN));
+        self.pending_spills.0.extend(with_history);
+        self.flush_spills()
     }
 
     /// warden's analogue of etcd's backend size (`Status.db_size`, the
@@ -859,17 +858,18 @@ impl MvccStore {
         }
         // Touch only the histories compaction changes, so nodes a snapshot
         // still shares are copied only where something is dropped.
+        let changes = self.keys.values().filter(|h| h.compacts_at(rev)).count();
+        if changes * 2 >= self.keys.len() {
+            self.compact_into_fresh_map(rev);
+            self.compact_revision = rev;
+            return Ok(());
+        }
         let changed: Vec<Vec<u8>> = self
             .keys
             .iter()
             .filter(|(_, h)| h.compacts_at(rev))
             .map(|(k, _)| k.clone())
             .collect();
-        if changed.len() * 2 >= self.keys.len() {
-            self.compact_into_fresh_map(rev);
-            self.compact_revision = rev;
-            return Ok(());
-        }
         for key in changed {
             let now_empty = match self.keys.get_mut(key.as_slice()).map(Arc::make_mut) {
                 Some(h) => {
