@@ -47,7 +47,7 @@ fn key_map_encodes_as_a_btreemap_and_round_trips() {
         keys: s
             .keys
             .iter()
-            .map(|(k, h)| (k.clone(), (**h).clone()))
+            .map(|(k, h)| (k.to_vec(), (**h).clone()))
             .collect(),
     };
     let bytes = postcard::to_stdvec(&s).unwrap();
@@ -141,7 +141,7 @@ fn a_decoded_map_keeps_the_last_of_repeated_keys() {
         (b("a"), h("a")),
         (b("c"), h("c")),
     ]);
-    let keys: Vec<&[u8]> = back.keys.keys().map(|k| k.as_slice()).collect();
+    let keys: Vec<&[u8]> = back.keys.keys().map(|k| &**k).collect();
     assert_eq!(keys, [b"a".as_slice(), b"b", b"c", b"d"]);
     assert_eq!(*back.keys[b"d".as_slice()], h("e"));
     assert_eq!(*back.keys[b"a".as_slice()], h("a"));
@@ -1105,14 +1105,14 @@ fn compaction_changing_few_or_most_keys_leaves_the_same_store() {
             let mut h = History::clone(h);
             h.compact(rev);
             if !h.versions.is_empty() {
-                expected.push((k.clone(), h));
+                expected.push((k.to_vec(), h));
             }
         }
         s.compact(rev).unwrap();
         let got: Vec<(Vec<u8>, History)> = s
             .keys
             .iter()
-            .map(|(k, h)| (k.clone(), History::clone(h)))
+            .map(|(k, h)| (k.to_vec(), History::clone(h)))
             .collect();
         assert_eq!(got, expected, "{rewritten} keys rewritten");
         assert_eq!(s.size(), s.recount_size(), "{rewritten} keys rewritten");

@@ -125,7 +125,13 @@ struct TailEntry {
 /// too. An entry's decoded form can take a few times its encoding (a txn of
 /// many tiny operations holds one allocation per key and value), so the
 /// cache's memory is a small multiple of this in the worst case.
-pub const TAIL_CACHE_BYTES: usize = 4 << 20;
+///
+/// Apply and replication read entries moments after they are appended, so
+/// the cache needs to reach back a fraction of a second: 1 MiB holds about
+/// 1 900 puts of 256-byte values (150 ms at 13 000 puts/s). 4 MiB held
+/// about 5 MB more of a member's heap after a write load and was no faster
+/// (docs/benchmarks.md, "Memory: a smaller log cache and idle collection").
+pub const TAIL_CACHE_BYTES: usize = 1 << 20;
 
 /// What an entry is counted for beyond its encoded size (its decoded form
 /// and the map's node).
