@@ -23,7 +23,8 @@ use std::fmt;
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
-// No weak count: 16 bytes less per key than `std::sync::Arc`.
+// No weak count: a block 8 bytes smaller than `std::sync::Arc`'s, 16 after
+// mimalloc's size classes (48 -> 32 bytes a key).
 use triomphe::Arc;
 
 /// A key in the key map: its bytes without a capacity, 8 bytes less per
