@@ -180,6 +180,13 @@ impl Version {
             _ => None,
         }
     }
+
+    /// Points this version's value at its copy in a scratch file.
+    fn set_cold(&mut self, r: ColdRef) {
+        if let Some(Live { value, .. }) = self.live.as_mut() {
+            *value = Value::Cold(r);
+        }
+    }
 }
 
 /// A key's versions, `mod_revision` non-decreasing. Never empty in the store.
@@ -250,41 +257,18 @@ impl History {
     /// limit. Returns how many moved (values that could not be written
     /// stay on the heap).
     fn spill(&mut self, cold: &ColdStore, from: usize) -> usize {
-        let Some(older) = self.versions.len().checked_sub(1) else {
-            return 0;
+        let older = self.versions.len().saturating_sub(1);
+        let (at, refs): (Vec<usize>, _) = {
+            let (at, values): (Vec<usize>, Vec<&[u8]>) = (from..older)
+                .filter_map(|j| Some((j, self.versions.get(j)?.hot_bytes()?)))
+                .unzip();
+            (at, cold.put_batched(&values))
         };
         let mut moved = 0;
-        let mut i = from;
-        while i < older {
-            // One batch: the hot values from `i` on that fit the limit.
-            let mut at = Vec::new();
-            let mut values: Vec<&[u8]> = Vec::new();
-            let mut bytes = 0u64;
-            while i < older {
-                let Some(v) = self.versions.get(i) else { break };
-                if let Some(b) = v.hot_bytes() {
-                    let len = ColdStore::stored_len(b);
-                    if len <= cold.batch_limit() {
-                        if bytes + len > cold.batch_limit() {
-                            break;
-                        }
-                        bytes += len;
-                        at.push(i);
-                        values.push(b);
-                    }
-                }
-                i += 1;
-            }
-            let Some(refs) = cold.put_all(&values) else {
-                continue;
-            };
-            moved += refs.len();
-            for (k, r) in at.into_iter().zip(refs) {
-                if let Some(Live { value, .. }) =
-                    self.versions.get_mut(k).and_then(|v| v.live.as_mut())
-                {
-                    *value = Value::Cold(r);
-                }
+        for (j, r) in at.into_iter().zip(refs) {
+            if let (Some(r), Some(v)) = (r, self.versions.get_mut(j)) {
+                v.set_cold(r);
+                moved += 1;
             }
         }
         moved
@@ -458,28 +442,29 @@ mod keys_serde {
                 // duplicate still replaces an earlier one.
                 let mut held: Vec<(Key, Arc<History>)> = Vec::new();
                 let mut ordered = true;
-                // The previous key, in a buffer reused for each.
-                let mut last: Option<Vec<u8>> = None;
                 while let Some((k, mut h)) = access.next_entry::<Key, History>()? {
                     super::DECODE_SPILL.with(|s| {
                         if let Some((cold, moved)) = s.borrow_mut().as_mut() {
                             *moved += h.spill(cold, 0);
                         }
                     });
-                    if ordered && last.as_ref().is_some_and(|l| l.as_slice() >= &*k) {
+                    // While ordered, the previous key is the largest so far:
+                    // the last one held or the map's last.
+                    if ordered
+                        && held
+                            .last()
+                            .map(|(p, _)| p)
+                            .max(keys.get_max().map(|(p, _)| p))
+                            .is_some_and(|p| *p >= k)
+                    {
                         ordered = false;
                         for (k, h) in held.drain(..) {
                             keys.insert(k, h);
                         }
                     }
-                    if ordered {
-                        let l = last.get_or_insert_with(Vec::new);
-                        l.clear();
-                        l.extend_from_slice(&k);
-                        if keys.len() > held.len() {
-                            held.push((k, Arc::new(h)));
-                            continue;
-                        }
+                    if ordered && keys.len() > held.len() {
+                        held.push((k, Arc::new(h)));
+                        continue;
                     }
                     keys.insert(k, Arc::new(h));
                 }
@@ -1385,72 +1370,43 @@ impl MvccStore {
         // A key written twice needs one pass, from its first write on.
         pending.sort_unstable();
         pending.dedup_by(|later, first| later.0 == first.0);
-        // Which versions to move: (pending index, version index, bytes).
-        let mut todo: Vec<(usize, usize, u64)> = Vec::new();
-        for (i, (key, rev)) in pending.iter().enumerate() {
-            let Some(h) = self.keys.get(key.as_slice()) else {
-                continue;
-            };
-            let from = h
-                .versions
-                .partition_point(|v| v.mod_revision < *rev)
-                .saturating_sub(1);
-            let older = h.versions.len().saturating_sub(1);
-            for j in from..older {
-                if let Some(b) = h.versions.get(j).and_then(Version::hot_bytes) {
-                    let len = ColdStore::stored_len(b);
-                    if len <= cold.batch_limit() {
-                        todo.push((i, j, len));
+        // Which versions to move, (pending index, version index), with
+        // their values, written in as few batches as fit.
+        let (todo, refs) = {
+            let mut todo: Vec<(usize, usize)> = Vec::new();
+            let mut values: Vec<&[u8]> = Vec::new();
+            for (i, (key, rev)) in pending.iter().enumerate() {
+                let Some(h) = self.keys.get(key.as_slice()) else {
+                    continue;
+                };
+                let from = h
+                    .versions
+                    .partition_point(|v| v.mod_revision < *rev)
+                    .saturating_sub(1);
+                let older = h.versions.len().saturating_sub(1);
+                for j in from..older {
+                    if let Some(b) = h.versions.get(j).and_then(Version::hot_bytes) {
+                        todo.push((i, j));
+                        values.push(b);
                     }
                 }
             }
-        }
+            let refs = cold.put_batched(&values);
+            (todo, refs)
+        };
         let mut moved = 0;
-        let mut start = 0;
-        while start < todo.len() {
-            // One batch: the values from `start` on that fit the limit.
-            let mut end = start;
-            let mut bytes = 0u64;
-            while let Some(&(_, _, len)) = todo.get(end) {
-                if end > start && bytes + len > cold.batch_limit() {
-                    break;
-                }
-                bytes += len;
-                end += 1;
-            }
-            let batch = todo.get(start..end).unwrap_or_default();
-            let refs = {
-                let values: Vec<&[u8]> = batch
-                    .iter()
-                    .filter_map(|&(i, j, _)| {
-                        let key = pending.get(i)?.0.as_slice();
-                        self.keys.get(key)?.versions.get(j)?.hot_bytes()
-                    })
-                    .collect();
-                if values.len() == batch.len() {
-                    cold.put_all(&values)
-                } else {
-                    None
-                }
-            };
-            start = end;
-            let Some(refs) = refs else {
+        for ((i, j), r) in todo.into_iter().zip(refs) {
+            let (Some(r), Some((key, _))) = (r, pending.get(i)) else {
                 continue;
             };
-            moved += refs.len();
-            for (&(i, j, _), r) in batch.iter().zip(refs) {
-                let Some((key, _)) = pending.get(i) else {
-                    continue;
-                };
-                if let Some(Live { value, .. }) = self
-                    .keys
-                    .get_mut(key.as_slice())
-                    .map(Arc::make_mut)
-                    .and_then(|h| h.versions.get_mut(j))
-                    .and_then(|v| v.live.as_mut())
-                {
-                    *value = Value::Cold(r);
-                }
+            if let Some(v) = self
+                .keys
+                .get_mut(key.as_slice())
+                .map(Arc::make_mut)
+                .and_then(|h| h.versions.get_mut(j))
+            {
+                v.set_cold(r);
+                moved += 1;
             }
         }
         moved

@@ -350,6 +350,50 @@ impl ColdStore {
         }
     }
 
+    /// [`ColdStore::put_all`] of `values` in consecutive batches, each as
+    /// large as fits [`ColdStore::batch_limit`]: as few writes as the limit
+    /// allows. Returns where each value went, in order; `None` for one that
+    /// stays where it is (empty, alone over the limit, or in a batch whose
+    /// write failed).
+    pub fn put_batched(&self, values: &[&[u8]]) -> Vec<Option<ColdRef>> {
+        let limit = self.batch_limit();
+        let mut out: Vec<Option<ColdRef>> = Vec::with_capacity(values.len());
+        // The values that fit a batch at all, by index, and the batch so far.
+        let mut batch: Vec<usize> = Vec::new();
+        let mut bytes = 0u64;
+        let write = |batch: &mut Vec<usize>, out: &mut Vec<Option<ColdRef>>| {
+            let vs: Vec<&[u8]> = batch
+                .iter()
+                .filter_map(|&i| values.get(i).copied())
+                .collect();
+            if let Some(refs) = self.put_all(&vs) {
+                for (&i, r) in batch.iter().zip(refs) {
+                    if let Some(slot) = out.get_mut(i) {
+                        *slot = Some(r);
+                    }
+                }
+            }
+            batch.clear();
+        };
+        for (i, v) in values.iter().enumerate() {
+            out.push(None);
+            let len = Self::stored_len(v);
+            if v.is_empty() || len > limit {
+                continue;
+            }
+            if bytes + len > limit {
+                write(&mut batch, &mut out);
+                bytes = 0;
+            }
+            bytes += len;
+            batch.push(i);
+        }
+        if !batch.is_empty() {
+            write(&mut batch, &mut out);
+        }
+        out
+    }
+
     fn try_put_all(&self, values: &[&[u8]], total: u64) -> io::Result<Vec<ColdRef>> {
         let mut active = self
             .inner
@@ -519,6 +563,25 @@ mod tests {
             e.contains("3-byte value of key history at offset 1000"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn batched_puts_fill_each_write_to_the_limit_and_skip_what_cannot_go() {
+        let dir = tempfile::tempdir().unwrap();
+        // 16 bytes a batch: two 4-byte values (8 stored bytes each) per write.
+        let cold = ColdStore::with_segment_bytes(dir.path(), 16).unwrap();
+        let big = [9u8; 20];
+        let values: [&[u8]; 6] = [b"aaaa", b"", b"bbbb", &big, b"cccc", b"dddd"];
+        let refs = cold.put_batched(&values);
+        assert_eq!(refs.len(), values.len());
+        for (v, r) in values.iter().zip(&refs) {
+            match r {
+                Some(r) => assert_eq!(r.read().unwrap(), *v),
+                None => assert!(v.is_empty() || v.len() == big.len(), "{v:?} not moved"),
+            }
+        }
+        assert_eq!(refs.iter().filter(|r| r.is_some()).count(), 4);
+        assert_eq!(cold.stats().writes, 2, "two full batches");
     }
 
     #[test]
