@@ -1470,14 +1470,7 @@ fn a_batch_of_writes_spills_with_one_write() {
     assert_eq!((s.cold_values(), cold.stats().writes), (100, 1));
     assert_eq!(s.flush_spills(), 0, "nothing waits after a flush");
     // Reads at old revisions read the moved values back.
-    let first = s
-        .range(&RangeRequest {
-            key: b("k07"),
-            revision: 9,
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(first.kvs[0].value, b("first"));
+    assert_eq!(get(&s, "k07", 9).unwrap().value, b("first"));
     assert_eq!(s.get(b"k07").unwrap().value, b("third"));
     for i in 0..MAX_PENDING_SPILLS {
         put(&mut s, "k00", &format!("v{i}"));
