@@ -108,7 +108,7 @@ fn the_wrong_handle_neither_releases_nor_fences() {
     refused(&mut m, &release("x", t, None), bare.clone());
     refused(&mut m, &fenced("x", t, Some(proof(2)), "w"), wrong);
     refused(&mut m, &fenced("x", t, None, "w"), bare);
-    assert!(m.mvcc().get(b"guarded").is_none());
+    assert!(m.mvcc().get_meta(b"guarded").is_none());
     // A token that holds nothing is a stale fence, as before.
     refused(
         &mut m,
@@ -123,7 +123,10 @@ fn the_wrong_handle_neither_releases_nor_fences() {
     let a = m.apply(&fenced("x", t, Some(proof(1)), "mine"));
     assert!(a.result.is_ok(), "{a:?}");
     assert_eq!(a.revision, rev + 1);
-    assert_eq!(m.mvcc().get(b"guarded").unwrap().value, b"mine".to_vec());
+    assert_eq!(
+        m.mvcc().get(b"guarded").unwrap().unwrap().value,
+        b"mine".to_vec()
+    );
     let a = m.apply(&release("x", t, Some(proof(1))));
     assert_eq!(a.result, Ok(CommandResult::LockRelease));
     assert_eq!(

@@ -350,8 +350,13 @@ impl StateMachine {
                 Ok(keys) => {
                     // Holds and waits on the lease end in the same entry.
                     lock_events.extend(self.locks.revoke_lease(*id));
-                    let w = self.mvcc.delete_keys(&keys);
-                    (Ok(CommandResult::LeaseRevoke), w.events)
+                    // A deleted value that cannot be read back stops the
+                    // member (`SmStore::apply`) before the half-applied
+                    // revoke is seen.
+                    match self.mvcc.delete_keys(&keys) {
+                        Ok(w) => (Ok(CommandResult::LeaseRevoke), w.events),
+                        Err(e) => (Err(e), Vec::new()),
+                    }
                 }
                 Err(e) => (Err(e), Vec::new()),
             },
@@ -512,7 +517,7 @@ impl StateMachine {
         // Every key a lease lists is live and carries that lease.
         for l in self.leases.iter() {
             for k in &l.keys {
-                match self.mvcc.get(k) {
+                match self.mvcc.get_meta(k) {
                     Some(kv) if kv.lease == l.id => {}
                     _ => {
                         return Err(format!(
@@ -792,7 +797,7 @@ mod tests {
         let deleted: Vec<&[u8]> = r.events.iter().map(|e| e.kv.key.as_slice()).collect();
         assert_eq!(deleted, vec![b"a".as_slice(), b"b".as_slice()]);
         assert!(r.events.iter().all(|e| e.kind == EventKind::Delete));
-        assert!(m.mvcc().get(b"c").is_some());
+        assert!(m.mvcc().get_meta(b"c").is_some());
         assert_eq!(
             m.apply(&Command::LeaseRevoke { id: 5 }).result,
             Err(StateError::LeaseNotFound)
@@ -882,7 +887,7 @@ mod tests {
         assert_eq!(m.revision(), rev);
         assert!(m.apply(&fenced(t2, "two")).result.is_ok());
         assert_eq!(
-            m.mvcc().get(b"guarded").map(|kv| kv.value),
+            m.mvcc().get(b"guarded").unwrap().map(|kv| kv.value),
             Some(b"two".to_vec())
         );
         assert!(m.check_invariants().is_ok());
@@ -1052,7 +1057,7 @@ mod tests {
         let want = plain.apply(&cmd);
         assert_eq!(m.apply_prepared(&cmd, Some(prepared)), want);
         assert_eq!(m, plain);
-        assert_eq!(m.mvcc().get(b"k").unwrap().value, b"late".to_vec());
+        assert_eq!(m.mvcc().get(b"k").unwrap().unwrap().value, b"late".to_vec());
         // Prepared for another revision: plain apply too.
         let (store, r) = m.compaction_base(&compact(8)).unwrap();
         let other = StateMachine::compact_copy(store, r);

@@ -38,7 +38,7 @@ use super::types::{
     ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,
 };
 use super::validate;
-use crate::storage::cold::{ColdRef, ColdStore};
+use crate::storage::cold::{ColdRef, ColdStore, Sparse};
 
 /// Answers whether a lease exists, for puts that attach one (etcd's
 /// `lessor.Lookup`). The lease table (`super::lease::LeaseTable`) implements
@@ -66,9 +66,9 @@ pub struct WriteResult<T> {
     pub events: Vec<Event>,
 }
 
-/// A stored value: on the heap, or (a superseded version's, see
-/// [`MvccStore::set_cold`]) in the member's scratch files. Encoded as the
-/// bytes either way, so snapshots do not change; equal when the bytes are.
+/// A stored value: on the heap, or (see [`MvccStore::set_cold`]) in the
+/// member's scratch files. Encoded as the bytes either way, so snapshots
+/// do not change; equal when the bytes are.
 #[derive(Clone)]
 enum Value {
     Hot(Vec<u8>),
@@ -91,21 +91,6 @@ impl Value {
                 .read()
                 .map(Cow::Owned)
                 .map_err(|e| StateError::HistoryRead(e.to_string())),
-        }
-    }
-
-    /// The bytes of a value known to be on the heap: a key's newest
-    /// version never leaves it (only `History::spill` makes values
-    /// cold, and only superseded ones), and every write and compare works
-    /// on newest versions. Empty for a cold value, which would be a bug;
-    /// no replica ever has one here, so all replicas agree.
-    fn newest(&self) -> &[u8] {
-        match self {
-            Value::Hot(v) => v,
-            Value::Cold(_) => {
-                debug_assert!(false, "a newest version's value is cold");
-                &[]
-            }
         }
     }
 }
@@ -169,14 +154,15 @@ struct Version {
 }
 
 impl Version {
-    /// This version's value if it is on the heap and not empty: what
-    /// [`History::spill`] may move to a scratch file.
-    fn hot_bytes(&self) -> Option<&[u8]> {
+    /// This version's value if it is on the heap and may move to a
+    /// scratch file: not empty, and, for a key's `newest` version, at
+    /// least [`ColdStore::newest_min`] bytes long.
+    fn movable(&self, newest: bool, cold: &ColdStore) -> Option<&[u8]> {
         match &self.live {
             Some(Live {
                 value: Value::Hot(b),
                 ..
-            }) if !b.is_empty() => Some(b),
+            }) if !b.is_empty() && (!newest || b.len() >= cold.newest_min()) => Some(b),
             _ => None,
         }
     }
@@ -252,15 +238,15 @@ impl History {
         self.compact_from(rev) > 0
     }
 
-    /// Moves the values of versions `from..` except the newest that are
-    /// still on the heap to `cold`, in as few writes as fit its batch
-    /// limit. Returns how many moved (values that could not be written
-    /// stay on the heap).
+    /// Moves the values of versions `from..` that are still on the heap
+    /// and may move ([`Version::movable`]) to `cold`, in as few writes as
+    /// fit its batch limit. Returns how many moved (values that could not
+    /// be written stay on the heap).
     fn spill(&mut self, cold: &ColdStore, from: usize) -> usize {
-        let older = self.versions.len().saturating_sub(1);
+        let newest = self.versions.len().saturating_sub(1);
         let (at, refs): (Vec<usize>, _) = {
-            let (at, values): (Vec<usize>, Vec<&[u8]>) = (from..older)
-                .filter_map(|j| Some((j, self.versions.get(j)?.hot_bytes()?)))
+            let (at, values): (Vec<usize>, Vec<&[u8]>) = (from..self.versions.len())
+                .filter_map(|j| Some((j, self.versions.get(j)?.movable(j == newest, cold)?)))
                 .unzip();
             (at, cold.put_batched(&values))
         };
@@ -274,15 +260,15 @@ impl History {
         moved
     }
 
-    /// Whether a value [`History::spill`] may move is on the heap: a
-    /// non-empty one of a version other than the newest (spill still
-    /// leaves those too large for a scratch segment where they are).
-    fn has_hot_history(&self) -> bool {
-        let older = self.versions.len().saturating_sub(1);
+    /// Whether a value [`History::spill`] may move is on the heap (spill
+    /// still leaves those too large for a scratch segment where they
+    /// are).
+    fn has_movable(&self, cold: &ColdStore) -> bool {
+        let newest = self.versions.len().saturating_sub(1);
         self.versions
             .iter()
-            .take(older)
-            .any(|v| v.hot_bytes().is_some())
+            .enumerate()
+            .any(|(j, v)| v.movable(j == newest, cold).is_some())
     }
 
     /// How many values are cold (tests).
@@ -354,11 +340,6 @@ fn to_kv(
         Vec::new()
     };
     Ok(kv_of(key, mod_revision, live, value))
-}
-
-/// The `KeyValue` of a key's newest version (see [`Value::newest`]).
-fn newest_kv(key: &[u8], mod_revision: i64, live: &Live) -> KeyValue {
-    kv_of(key, mod_revision, live, live.value.newest().to_vec())
 }
 
 /// Key-range bounds with etcd's conventions: empty `range_end` = `key` alone;
@@ -567,7 +548,45 @@ pub struct MvccStore {
     /// `pwrite` calls per put instead of 0.45). Not state.
     #[serde(skip)]
     pending_spills: PendingSpills,
+    /// The sweep emptying sparse scratch segments
+    /// ([`MvccStore::sweep_step`]), where it is. Not state.
+    #[serde(skip)]
+    sweep: Sweep,
 }
+
+/// [`MvccStore::sweep`]: the sparse segments being emptied (none: no
+/// sweep runs), the next key to visit (`None`: the first),
+/// [`ColdStore::segments_made`] when sparse segments were last looked
+/// for, and whether a compaction since calls for another look.
+#[derive(Debug, Default)]
+struct Sweep {
+    sparse: Sparse,
+    next: Option<Key>,
+    generation: u64,
+    recheck: bool,
+}
+
+/// Copies of the store do not sweep (as [`PendingSpills`]); the one that
+/// replaces the store takes the sweep over.
+impl Clone for Sweep {
+    fn clone(&self) -> Self {
+        Sweep::default()
+    }
+}
+
+impl PartialEq for Sweep {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Sweep {}
+
+/// Keys one [`MvccStore::sweep_step`] visits at most.
+const SWEEP_KEYS: usize = 4096;
+
+/// Values one [`MvccStore::sweep_step`] copies at most (each a `pread`).
+const SWEEP_VALUES: usize = 256;
 
 /// [`MvccStore::pending_spills`]: equal to any other, as [`Spill`].
 #[derive(Debug, Default)]
@@ -632,6 +651,7 @@ impl From<StoredMvcc> for MvccStore {
             // Decoded under `decode_spilling`: its scratch files from now on.
             cold: Spill(DECODE_SPILL.with(|t| t.borrow().as_ref().map(|(c, _)| c.clone()))),
             pending_spills: PendingSpills::default(),
+            sweep: Sweep::default(),
         };
         store.size = store.recount_size();
         store
@@ -655,26 +675,30 @@ impl MvccStore {
             size: 0,
             cold: Spill::default(),
             pending_spills: PendingSpills::default(),
+            sweep: Sweep::default(),
         }
     }
 
-    /// From now on, moves the value of each superseded version (a key's
-    /// older versions, kept until compaction for reads at old revisions
-    /// and watch replay) to `cold`, starting with those already here; so
-    /// the heap holds each key's newest value only. Reads of history then
-    /// cost a `pread` each. `None` keeps everything on the heap. Returns
-    /// how many values moved now.
+    /// From now on, moves values to `cold` after each batch of writes,
+    /// starting with those already here: the value of each superseded
+    /// version (a key's older versions, kept until compaction for reads at
+    /// old revisions and watch replay), and each key's newest value of at
+    /// least [`ColdStore::newest_min`] bytes. So the heap holds the
+    /// newest values shorter than that, and the kernel's page cache the
+    /// rest, as etcd's memory-mapped file does. A read of a cold value
+    /// costs a `pread`. `None` keeps everything on the heap. Returns how
+    /// many values moved now.
     pub fn set_cold(&mut self, cold: Option<ColdStore>) -> usize {
         self.cold = Spill(cold);
-        if self.cold.0.is_none() {
+        let Some(cold) = self.cold.0.clone() else {
             return 0;
-        }
-        // Every key with history on the heap, from its first version: the
+        };
+        // Every key with a value to move, from its first version: the
         // same batched moves as after writes.
         let with_history = self
             .keys
             .iter()
-            .filter(|(_, h)| h.has_hot_history())
+            .filter(|(_, h)| h.has_movable(&cold))
             .map(|(k, _)| (k.to_vec(), i64::MIN));
         self.pending_spills.0.extend(with_history);
         self.flush_spills()
@@ -699,6 +723,18 @@ impl MvccStore {
     #[cfg(test)]
     pub(crate) fn cold_values(&self) -> usize {
         self.keys.values().map(|h| h.cold_count()).sum()
+    }
+
+    /// Where a key's newest value is, if in a scratch file (tests).
+    #[cfg(test)]
+    pub(crate) fn newest_cold(&self, key: &[u8]) -> Option<ColdRef> {
+        match &self.keys.get(key)?.versions.last()?.live {
+            Some(Live {
+                value: Value::Cold(r),
+                ..
+            }) => Some(r.clone()),
+            _ => None,
+        }
     }
 
     /// [`MvccStore::size`] computed from scratch by walking every history.
@@ -729,12 +765,23 @@ impl MvccStore {
         self.live_keys == 0
     }
 
-    /// The current value of one key, if it exists.
-    pub fn get(&self, key: &[u8]) -> Option<KeyValue> {
+    /// The current value of one key, if it exists (an error if its value
+    /// could not be read back from the scratch files).
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StateError> {
         self.keys
             .get(key)
             .and_then(|h| h.live_at(self.current_revision))
-            .map(|(m, l)| newest_kv(key, m, l))
+            .map(|(m, l)| to_kv(key, m, l, true))
+            .transpose()
+    }
+
+    /// [`MvccStore::get`] without the value (left empty): what a key's
+    /// revisions, version and lease are, with nothing to read back.
+    pub fn get_meta(&self, key: &[u8]) -> Option<KeyValue> {
+        self.keys
+            .get(key)
+            .and_then(|h| h.live_at(self.current_revision))
+            .map(|(m, l)| kv_of(key, m, l, Vec::new()))
     }
 
     /// etcd `Range`, outside any write (a linearizable or serializable read).
@@ -772,8 +819,13 @@ impl MvccStore {
     ) -> Result<WriteResult<DeleteRangeResponse>, StateError> {
         validate::check_delete_request(req)?;
         let mut w = self.begin_write();
-        let response = self.delete_op(&mut w, req);
-        Ok(self.commit(w, response))
+        match self.delete_op(&mut w, req) {
+            Ok(response) => Ok(self.commit(w, response)),
+            Err(e) => {
+                self.rollback(w);
+                Err(e)
+            }
+        }
     }
 
     /// etcd `Txn`: all compares (nested ones included) are evaluated against
@@ -792,7 +844,7 @@ impl MvccStore {
         // etcd `compareToPath`: the branch taken at every level, pre-order.
         let mut path = Vec::new();
         let mut chosen_ops = Vec::new();
-        self.compare_path(req, begin, &mut path, &mut chosen_ops);
+        self.compare_path(req, begin, &mut path, &mut chosen_ops)?;
 
         // etcd `checkRequests` with `checkPut`, then with `checkRange`.
         for op in &chosen_ops {
@@ -818,8 +870,10 @@ impl MvccStore {
     }
 
     /// Deletes the given keys in one revision (a revoked lease's keys).
-    /// Keys that are not live are skipped; nothing changes if none is.
-    pub fn delete_keys(&mut self, keys: &[Vec<u8>]) -> WriteResult<i64> {
+    /// Keys that are not live are skipped; nothing changes if none is, or
+    /// if a deleted value (each delete event's `prev_kv`) could not be
+    /// read back.
+    pub fn delete_keys(&mut self, keys: &[Vec<u8>]) -> Result<WriteResult<i64>, StateError> {
         let mut w = self.begin_write();
         let mut deleted = 0;
         for k in keys {
@@ -831,9 +885,15 @@ impl MvccStore {
                     prev_kv: false,
                 },
             );
-            deleted += r.deleted;
+            match r {
+                Ok(r) => deleted += r.deleted,
+                Err(e) => {
+                    self.rollback(w);
+                    return Err(e);
+                }
+            }
         }
-        self.commit(w, deleted)
+        Ok(self.commit(w, deleted))
     }
 
     /// etcd `Compact`: forget history older than `rev`. Reads at `rev` and
@@ -852,6 +912,7 @@ impl MvccStore {
         if changes * 2 >= self.keys.len() {
             self.compact_into_fresh_map(rev);
             self.compact_revision = rev;
+            self.sweep.recheck = true;
             return Ok(());
         }
         let changed: Vec<Key> = self
@@ -880,6 +941,7 @@ impl MvccStore {
             }
         }
         self.compact_revision = rev;
+        self.sweep.recheck = true;
         Ok(())
     }
 
@@ -1103,13 +1165,23 @@ impl MvccStore {
             if let Some(Version {
                 live:
                     Some(Live {
-                        value: Value::Cold(_),
+                        value: Value::Cold(c),
                         ..
                     }),
                 ..
             }) = hist.versions.last()
             {
-                return Err(format!("key {key:02x?}: newest value is not in memory"));
+                if self
+                    .cold
+                    .0
+                    .as_ref()
+                    .is_some_and(|s| c.len() < s.newest_min())
+                {
+                    return Err(format!(
+                        "key {key:02x?}: a newest value of {} bytes is not in memory",
+                        c.len()
+                    ));
+                }
             }
             if hist.is_live() {
                 live += 1;
@@ -1247,25 +1319,31 @@ impl MvccStore {
     /// etcd `applyCompare`: true if every key in the compare's range
     /// satisfies it at `rev`. With no key in the range, a value compare is
     /// false and other targets compare against zero.
-    fn compare_holds(&self, c: &Compare, rev: i64) -> bool {
+    /// An error if a value to compare could not be read back.
+    fn compare_holds(&self, c: &Compare, rev: i64) -> Result<bool, StateError> {
         let mut any = false;
         for (_, m, l) in self.live_in_range(&c.key, &c.range_end, rev) {
             any = true;
-            if !compare_one(c, Some((m, l))) {
-                return false;
+            if !compare_one(c, Some((m, l)))? {
+                return Ok(false);
             }
         }
         if any {
-            return true;
+            return Ok(true);
         }
         match c.target {
-            CompareTarget::Value(_) => false,
+            CompareTarget::Value(_) => Ok(false),
             _ => compare_one(c, None),
         }
     }
 
-    fn compares_hold(&self, t: &TxnRequest, rev: i64) -> bool {
-        t.compare.iter().all(|c| self.compare_holds(c, rev))
+    fn compares_hold(&self, t: &TxnRequest, rev: i64) -> Result<bool, StateError> {
+        for c in &t.compare {
+            if !self.compare_holds(c, rev)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Evaluates the compares of `t` and of every nested txn on the chosen
@@ -1277,15 +1355,16 @@ impl MvccStore {
         rev: i64,
         path: &mut Vec<bool>,
         ops: &mut Vec<&'a RequestOp>,
-    ) {
-        let ok = self.compares_hold(t, rev);
+    ) -> Result<(), StateError> {
+        let ok = self.compares_hold(t, rev)?;
         path.push(ok);
         for op in if ok { &t.success } else { &t.failure } {
             match op {
-                RequestOp::Txn(n) => self.compare_path(n, rev, path, ops),
+                RequestOp::Txn(n) => self.compare_path(n, rev, path, ops)?,
                 other => ops.push(other),
             }
         }
+        Ok(())
     }
 
     /// etcd `checkPut`, against the store before the txn.
@@ -1353,8 +1432,13 @@ impl MvccStore {
     /// last writes superseded would stay on the heap.
     pub(crate) fn replace_with_compacted(&mut self, compacted: MvccStore) {
         let pending = std::mem::take(&mut self.pending_spills);
+        let sweep = std::mem::take(&mut self.sweep);
         *self = compacted;
         self.pending_spills = pending;
+        // Values the sweep moved after the copy was made point into the
+        // sparse segments again in the copy; the next sweep moves them.
+        self.sweep = sweep;
+        self.sweep.recheck = true;
     }
 
     /// Moves what the writes since the last flush superseded (the values
@@ -1383,9 +1467,13 @@ impl MvccStore {
                     .versions
                     .partition_point(|v| v.mod_revision < *rev)
                     .saturating_sub(1);
-                let older = h.versions.len().saturating_sub(1);
-                for j in from..older {
-                    if let Some(b) = h.versions.get(j).and_then(Version::hot_bytes) {
+                let newest = h.versions.len().saturating_sub(1);
+                for j in from..h.versions.len() {
+                    if let Some(b) = h
+                        .versions
+                        .get(j)
+                        .and_then(|v| v.movable(j == newest, &cold))
+                    {
                         todo.push((i, j));
                         values.push(b);
                     }
@@ -1407,6 +1495,93 @@ impl MvccStore {
             {
                 v.set_cold(r);
                 moved += 1;
+            }
+        }
+        self.sweep_step(&cold);
+        moved
+    }
+
+    /// One step of the sweep that empties sparse scratch segments
+    /// ([`ColdStore::sparse_segments`]): visits up to [`SWEEP_KEYS`] keys
+    /// from where the last step stopped and copies the values it finds
+    /// in those segments, up to [`SWEEP_VALUES`] of them, to the active
+    /// one, so that no write waits long behind it. A sweep starts when
+    /// there are sparse segments, looked for after each compaction and
+    /// each new segment (not at every flush: a segment held open by a
+    /// snapshot being written is not swept for again and again), and
+    /// ends after the last key. Returns
+    /// how many values moved. A value that cannot be read stays where it
+    /// is, and keeps its segment open: whoever next needs it gets the
+    /// error.
+    fn sweep_step(&mut self, cold: &ColdStore) -> usize {
+        if self.sweep.sparse.is_empty() {
+            let generation = cold.segments_made();
+            if generation == self.sweep.generation && !self.sweep.recheck {
+                return 0;
+            }
+            self.sweep.generation = generation;
+            self.sweep.recheck = false;
+            self.sweep.sparse = cold.sparse_segments();
+            self.sweep.next = None;
+            if self.sweep.sparse.is_empty() {
+                return 0;
+            }
+        }
+        let mut found: Vec<(Key, usize, Vec<u8>)> = Vec::new();
+        let mut next: Option<Key> = None;
+        {
+            let from = match &self.sweep.next {
+                Some(k) => Bound::Included(&**k),
+                None => Bound::Unbounded,
+            };
+            let sparse = &self.sweep.sparse;
+            for (visited, (k, h)) in self
+                .keys
+                .range::<_, [u8]>((from, Bound::Unbounded))
+                .enumerate()
+            {
+                if visited == SWEEP_KEYS || found.len() >= SWEEP_VALUES {
+                    next = Some(k.clone());
+                    break;
+                }
+                for (j, v) in h.versions.iter().enumerate() {
+                    if let Some(Live {
+                        value: Value::Cold(r),
+                        ..
+                    }) = &v.live
+                    {
+                        if sparse.holds(r) {
+                            if let Ok(b) = r.read() {
+                                found.push((k.clone(), j, b));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let values: Vec<&[u8]> = found.iter().map(|(_, _, b)| b.as_slice()).collect();
+        let refs = cold.put_batched(&values);
+        let mut moved = 0;
+        for ((key, j, _), r) in found.iter().zip(refs) {
+            let Some(r) = r else { continue };
+            if let Some(v) = self
+                .keys
+                .get_mut(&**key)
+                .map(Arc::make_mut)
+                .and_then(|h| h.versions.get_mut(*j))
+            {
+                v.set_cold(r);
+                moved += 1;
+            }
+        }
+        cold.count_moved(moved);
+        match next {
+            Some(k) => self.sweep.next = Some(k),
+            // The last key visited: the sparse segments close as the
+            // last copies of their references go.
+            None => {
+                self.sweep.sparse = Sparse::default();
+                self.sweep.next = None;
             }
         }
         moved
@@ -1448,7 +1623,8 @@ impl MvccStore {
             .keys
             .get(req.key.as_slice())
             .and_then(|h| h.live_at(read_rev))
-            .map(|(m, l)| newest_kv(&req.key, m, l));
+            .map(|(m, l)| to_kv(&req.key, m, l, true))
+            .transpose()?;
 
         let (value, lease) = match (&prev, req.ignore_value || req.ignore_lease) {
             (None, true) => return Err(StateError::KeyNotFound),
@@ -1475,7 +1651,7 @@ impl MvccStore {
             lease,
             value: Value::Hot(value),
         };
-        let kv = newest_kv(&req.key, rev, &live);
+        let kv = to_kv(&req.key, rev, &live, true)?;
         let new_version = Version {
             mod_revision: rev,
             sub: w.events.len() as u32,
@@ -1512,13 +1688,19 @@ impl MvccStore {
         Ok(response)
     }
 
-    fn delete_op(&mut self, w: &mut Write, req: &DeleteRangeRequest) -> DeleteRangeResponse {
+    /// An error (nothing deleted) if a deleted value, which each delete
+    /// event carries as its `prev_kv`, could not be read back.
+    fn delete_op(
+        &mut self,
+        w: &mut Write,
+        req: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, StateError> {
         let read_rev = w.read_rev();
         let rev = w.rev();
         let victims: Vec<KeyValue> = self
             .live_in_range(&req.key, &req.range_end, read_rev)
-            .map(|(k, m, l)| newest_kv(k, m, l))
-            .collect();
+            .map(|(k, m, l)| to_kv(k, m, l, true))
+            .collect::<Result<_, _>>()?;
         let mut response = DeleteRangeResponse {
             deleted: count_i64(victims.len()),
             prev_kvs: Vec::new(),
@@ -1550,7 +1732,7 @@ impl MvccStore {
                 response.prev_kvs.push(prev);
             }
         }
-        response
+        Ok(response)
     }
 
     /// etcd `applyTxn`: runs the branch `path[*next]` says, consuming one
@@ -1567,7 +1749,7 @@ impl MvccStore {
             Some(&b) => b,
             // Cannot happen (the path was built from the same tree); the
             // compares at the pre-txn revision give the same answer anyway.
-            None => self.compares_hold(t, w.begin_rev),
+            None => self.compares_hold(t, w.begin_rev)?,
         };
         *next += 1;
         let ops = if succeeded { &t.success } else { &t.failure };
@@ -1579,7 +1761,7 @@ impl MvccStore {
                     ResponseOp::Range(self.range_at(q, rev)?)
                 }
                 RequestOp::Put(p) => ResponseOp::Put(self.put_op(w, p, leases)?),
-                RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete_op(w, d)),
+                RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete_op(w, d)?),
                 RequestOp::Txn(n) => ResponseOp::Txn(self.exec_txn(w, n, path, next, leases)?),
             };
             responses.push(response);
@@ -1595,22 +1777,23 @@ fn count_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// etcd `compareKV` against one key (`None`: the zero `KeyValue`).
-fn compare_one(c: &Compare, kv: Option<(i64, &Live)>) -> bool {
+/// etcd `compareKV` against one key (`None`: the zero `KeyValue`); an
+/// error if the value to compare could not be read back.
+fn compare_one(c: &Compare, kv: Option<(i64, &Live)>) -> Result<bool, StateError> {
     let ord = match (&c.target, kv) {
-        (CompareTarget::Value(v), Some((_, l))) => l.value.newest().cmp(v.as_slice()),
+        (CompareTarget::Value(v), Some((_, l))) => l.value.bytes()?.as_ref().cmp(v.as_slice()),
         (CompareTarget::Value(v), None) => [].as_slice().cmp(v.as_slice()),
         (CompareTarget::Version(x), kv) => kv.map_or(0, |(_, l)| l.version).cmp(x),
         (CompareTarget::CreateRevision(x), kv) => kv.map_or(0, |(_, l)| l.create_revision).cmp(x),
         (CompareTarget::ModRevision(x), kv) => kv.map_or(0, |(m, _)| m).cmp(x),
         (CompareTarget::Lease(x), kv) => kv.map_or(0, |(_, l)| l.lease).cmp(x),
     };
-    match c.result {
+    Ok(match c.result {
         CompareResult::Equal => ord == Ordering::Equal,
         CompareResult::NotEqual => ord != Ordering::Equal,
         CompareResult::Greater => ord == Ordering::Greater,
         CompareResult::Less => ord == Ordering::Less,
-    }
+    })
 }
 
 /// Stable sort, so keys that tie on the target stay in ascending key order

@@ -57,8 +57,8 @@ fn key_map_encodes_as_a_btreemap_and_round_trips() {
     // A clone is a snapshot: later writes do not show through it.
     let frozen = s.clone();
     put(&mut s, "a", "5");
-    assert_eq!(frozen.get(b"a").unwrap().value, b("2"));
-    assert_eq!(s.get(b"a").unwrap().value, b("5"));
+    assert_eq!(frozen.get(b"a").unwrap().unwrap().value, b("2"));
+    assert_eq!(s.get(b"a").unwrap().unwrap().value, b("5"));
 }
 
 /// A copy of the store taken for a snapshot shares every key's history
@@ -336,7 +336,7 @@ fn versions_and_revisions() {
     assert_eq!(get(&s, "k", 2).unwrap().value, b("v1"));
     assert_eq!(get(&s, "k", 3).unwrap().value, b("v2"));
     assert_eq!(get(&s, "k", 4), None);
-    assert_eq!(s.get(b"k").unwrap().value, b("v3"));
+    assert_eq!(s.get(b"k").unwrap().unwrap().value, b("v3"));
     assert_eq!(s.len(), 1);
 }
 
@@ -437,7 +437,7 @@ fn ignore_value_and_lease() {
         &NoLeases,
     )
     .unwrap();
-    let kv = s.get(b"k").unwrap();
+    let kv = s.get(b"k").unwrap().unwrap();
     assert_eq!((kv.value, kv.version, kv.mod_revision), (b("orig"), 2, 3));
     s.put(
         &PutRequest {
@@ -449,7 +449,7 @@ fn ignore_value_and_lease() {
         &NoLeases,
     )
     .unwrap();
-    assert_eq!(s.get(b"k").unwrap().value, b("new"));
+    assert_eq!(s.get(b"k").unwrap().unwrap().value, b("new"));
     // Stateless checks.
     let both = PutRequest {
         key: b("k"),
@@ -476,7 +476,7 @@ fn leases_go_through_the_lookup() {
     assert_eq!(s.put(&req, &NoLeases), Err(StateError::LeaseNotFound));
     assert_eq!(s.put(&req, &Only(8)), Err(StateError::LeaseNotFound));
     s.put(&req, &Only(9)).unwrap();
-    assert_eq!(s.get(b"k").unwrap().lease, 9);
+    assert_eq!(s.get(b"k").unwrap().unwrap().lease, 9);
     // ignore_lease keeps it without a lookup.
     s.put(
         &PutRequest {
@@ -486,7 +486,7 @@ fn leases_go_through_the_lookup() {
         &NoLeases,
     )
     .unwrap();
-    assert_eq!(s.get(b"k").unwrap().lease, 9);
+    assert_eq!(s.get(b"k").unwrap().unwrap().lease, 9);
     // In a txn too.
     let r = txn(&mut s, vec![], vec![RequestOp::Put(req.clone())], vec![]);
     assert_eq!(r.unwrap_err(), StateError::LeaseNotFound);
@@ -882,10 +882,10 @@ fn nested_txn_compares_see_the_state_before_the_txn() {
         panic!()
     };
     assert_eq!(r.kvs[0].value, b("1"));
-    assert_eq!(s.get(b"b").unwrap().value, b("then"));
+    assert_eq!(s.get(b"b").unwrap().unwrap().value, b("then"));
     assert_eq!(s.current_revision(), 2);
-    assert_eq!(s.get(b"a").unwrap().mod_revision, 2);
-    assert_eq!(s.get(b"b").unwrap().mod_revision, 2);
+    assert_eq!(s.get(b"a").unwrap().unwrap().mod_revision, 2);
+    assert_eq!(s.get(b"b").unwrap().unwrap().mod_revision, 2);
 }
 
 #[test]
@@ -1029,9 +1029,9 @@ fn put_then_from_key_delete_in_one_txn() {
     .unwrap();
     assert_eq!(s.current_revision(), 8);
     assert_eq!(w.events.len(), 5); // put z, delete b c z, put c
-    assert_eq!(s.get(b"z"), None);
-    assert_eq!(s.get(b"b"), None);
-    let c = s.get(b"c").unwrap();
+    assert_eq!(s.get(b"z").unwrap(), None);
+    assert_eq!(s.get(b"b").unwrap(), None);
+    let c = s.get(b"c").unwrap().unwrap();
     assert_eq!((c.create_revision, c.mod_revision, c.version), (8, 8, 1));
     assert_eq!(s.len(), 2);
     assert_eq!(get(&s, "c", 7).unwrap().value, b("3"));
@@ -1074,7 +1074,7 @@ fn compaction() {
     s.check_invariants().unwrap();
     // Writes continue normally.
     put(&mut s, "c", "new");
-    assert_eq!(s.get(b"c").unwrap().create_revision, 9);
+    assert_eq!(s.get(b"c").unwrap().unwrap().create_revision, 9);
 }
 
 /// Compaction takes one of two paths: histories changed one by one (few
@@ -1254,7 +1254,7 @@ fn size_is_restored_by_a_rolled_back_txn_and_by_decoding() {
     let mut w = s.begin_write();
     s.put_op(&mut w, &put_req("x", "123456"), &NoLeases)
         .unwrap();
-    s.delete_op(&mut w, &del_req("a", &[]));
+    s.delete_op(&mut w, &del_req("a", &[])).unwrap();
     assert_eq!(s.size(), before + vsize("x", 6) + vsize("a", 0));
     s.rollback(w);
     assert_eq!(s.size(), before);
@@ -1471,7 +1471,7 @@ fn a_batch_of_writes_spills_with_one_write() {
     assert_eq!(s.flush_spills(), 0, "nothing waits after a flush");
     // Reads at old revisions read the moved values back.
     assert_eq!(get(&s, "k07", 9).unwrap().value, b("first"));
-    assert_eq!(s.get(b"k07").unwrap().value, b("third"));
+    assert_eq!(s.get(b"k07").unwrap().unwrap().value, b("third"));
     for i in 0..MAX_PENDING_SPILLS {
         put(&mut s, "k00", &format!("v{i}"));
     }
@@ -1501,7 +1501,7 @@ fn superseded_values_move_to_scratch_files_and_read_back() {
     // a@2, a@3 and b@5 (deleted) are history now; newest values stay.
     assert_eq!(s.cold_values(), 3);
     assert_eq!(cold.stats().spilled, 3);
-    assert_eq!(s.get(b"a").unwrap().value, b("3333"));
+    assert_eq!(s.get(b"a").unwrap().unwrap().value, b("3333"));
 
     // Reads at old revisions and watch replay read them back.
     let at = |s: &MvccStore, rev: i64, k: &str| {
@@ -1684,5 +1684,203 @@ fn version_arrays_keep_little_spare_room() {
     }
     s.compact(s.current_revision()).unwrap();
     assert_eq!(cap(&s), (1, 1));
-    assert_eq!(s.get(b"k").unwrap().value, b("10"));
+    assert_eq!(s.get(b"k").unwrap().unwrap().value, b("10"));
+}
+
+/// A key's newest value of at least `newest_min` bytes goes to the scratch
+/// files with the batch that wrote it, and every read, compare and write
+/// that needs it reads it back; shorter ones stay on the heap.
+#[test]
+fn newest_values_leave_the_heap_from_the_threshold_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cold = ColdStore::with_limits(dir.path(), 1 << 20, 8).unwrap();
+    let mut s = MvccStore::new();
+    put(&mut s, "long", "0123456789");
+    s.set_cold(Some(cold.clone()));
+    assert!(s.newest_cold(b"long").is_some(), "moved when attached");
+    put(&mut s, "short", "1234567");
+    put(&mut s, "other", "abcdefghij");
+    assert_eq!(s.flush_spills(), 1);
+    assert!(s.newest_cold(b"short").is_none(), "under the threshold");
+    assert!(s.newest_cold(b"other").is_some());
+    s.check_invariants().unwrap();
+
+    assert_eq!(s.get(b"long").unwrap().unwrap().value, b("0123456789"));
+    let r = s.range(&range_req(b"a", b"z")).unwrap();
+    let values: Vec<Vec<u8>> = r.kvs.into_iter().map(|kv| kv.value).collect();
+    assert_eq!(values, [b("0123456789"), b("abcdefghij"), b("1234567")]);
+
+    // A compare on a cold value reads it.
+    let w = txn(
+        &mut s,
+        vec![cmp(
+            "long",
+            CompareResult::Equal,
+            CompareTarget::Value(b("0123456789")),
+        )],
+        vec![RequestOp::Put(PutRequest {
+            prev_kv: true,
+            ..put_req("long", "replaced!!")
+        })],
+        vec![],
+    )
+    .unwrap();
+    assert!(w.response.succeeded);
+    // The put's previous value (response and event) was cold.
+    let ResponseOp::Put(p) = &w.response.responses[0] else {
+        panic!("{:?}", w.response)
+    };
+    assert_eq!(p.prev_kv.as_ref().unwrap().value, b("0123456789"));
+    assert_eq!(w.events[0].prev_kv.as_ref().unwrap().value, b("0123456789"));
+    s.flush_spills();
+    // A put keeping the value (ignore_value) copies the cold bytes.
+    s.put(
+        &PutRequest {
+            ignore_value: true,
+            ..put_req("long", "")
+        },
+        &NoLeases,
+    )
+    .unwrap();
+    assert_eq!(s.get(b"long").unwrap().unwrap().value, b("replaced!!"));
+    s.flush_spills();
+    let d = s.delete_range(&del_req("other", &[])).unwrap();
+    assert_eq!(d.response.prev_kvs[0].value, b("abcdefghij"));
+    assert_eq!(d.events[0].prev_kv.as_ref().unwrap().value, b("abcdefghij"));
+    s.check_invariants().unwrap();
+}
+
+/// A newest value that cannot be read back fails the request that needed
+/// it, changing nothing (the state machine then stops the member); reads
+/// that do not need it still work.
+#[test]
+fn a_newest_value_that_cannot_be_read_fails_its_request_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cold = ColdStore::with_limits(dir.path(), 1 << 20, 1).unwrap();
+    let mut s = MvccStore::new();
+    s.set_cold(Some(cold));
+    put(&mut s, "a", "first");
+    put(&mut s, "b", "second");
+    s.flush_spills();
+    s.newest_cold(b"a").unwrap().damage();
+    let size = s.size();
+    let read_err = |e: StateError| matches!(e, StateError::HistoryRead(_));
+    assert!(read_err(s.get(b"a").unwrap_err()));
+    assert!(read_err(
+        txn(
+            &mut s,
+            vec![cmp("a", CompareResult::Equal, CompareTarget::Value(b("x")))],
+            vec![],
+            vec![],
+        )
+        .unwrap_err()
+    ));
+    assert!(read_err(
+        s.put(&put_req("a", "new"), &NoLeases).unwrap_err()
+    ));
+    assert!(read_err(s.delete_range(&del_req("a", b"c")).unwrap_err()));
+    assert!(read_err(s.delete_keys(&[b("b"), b("a")]).unwrap_err()));
+    assert_eq!((s.current_revision(), s.size(), s.len()), (3, size, 2));
+    // The undamaged key and the damaged key's metadata still read.
+    assert_eq!(s.get(b"b").unwrap().unwrap().value, b("second"));
+    assert_eq!(s.get_meta(b"a").unwrap().mod_revision, 2);
+    s.check_invariants().unwrap();
+}
+
+/// Segments whose values were mostly overwritten and compacted away are
+/// emptied by the sweep (their live values copied to the active segment),
+/// so a value never overwritten does not keep its segment open.
+#[test]
+fn sparse_segments_are_swept_and_close() {
+    let dir = tempfile::tempdir().unwrap();
+    // Four 8-byte values (12 stored bytes each) a segment.
+    let cold = ColdStore::with_limits(dir.path(), 48, 1).unwrap();
+    let mut s = MvccStore::new();
+    s.set_cold(Some(cold.clone()));
+    for i in 0..40 {
+        put(&mut s, &format!("k{i:02}"), &format!("first{i:03}"));
+        s.flush_spills();
+    }
+    assert_eq!(cold.stats().segments, 10);
+    // Overwrite three keys in four, then forget the old values.
+    for i in (0..40).filter(|i| i % 4 != 0) {
+        put(&mut s, &format!("k{i:02}"), &format!("again{i:03}"));
+        s.flush_spills();
+    }
+    let grown = cold.stats().segments;
+    assert!(grown >= 17, "{:?}", cold.stats());
+    s.compact(s.current_revision()).unwrap();
+    // The first flush after the compaction finds the sparse segments and
+    // sweeps (40 keys: one step).
+    assert_eq!(s.flush_spills(), 0);
+    let after = cold.stats();
+    assert_eq!(after.moved, 10, "{after:?}");
+    // The first ten segments held a quarter of their values each: closed.
+    // What is left is the overwrites' segments and the copies'.
+    assert!(after.segments <= grown - 10 + 3, "{after:?} from {grown}");
+    for i in 0..40 {
+        let want = if i % 4 == 0 { "first" } else { "again" };
+        assert_eq!(
+            s.get(format!("k{i:02}").as_bytes()).unwrap().unwrap().value,
+            b(&format!("{want}{i:03}"))
+        );
+    }
+    // Nothing sparse is left to sweep.
+    assert_eq!(s.flush_spills(), 0);
+    assert_eq!(cold.stats().moved, 10);
+    s.check_invariants().unwrap();
+}
+
+/// A sweep longer than one step goes on where it stopped, one step a
+/// flush, and a copy of the store made meanwhile (a snapshot being
+/// written) keeps the old segments open until it goes.
+#[test]
+fn a_long_sweep_resumes_across_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cold = ColdStore::with_limits(dir.path(), 4096, 1).unwrap();
+    let mut s = MvccStore::new();
+    s.set_cold(Some(cold.clone()));
+    let n = SWEEP_KEYS + 100;
+    let key = |i: usize| format!("k{i:05}");
+    for round in ["value-one", "value-two"] {
+        // The second round overwrites every other key.
+        for i in (0..n).filter(|i| round == "value-one" || i % 2 == 1) {
+            put(&mut s, &key(i), round);
+            if i % 64 == 63 {
+                s.flush_spills();
+            }
+        }
+        s.flush_spills();
+    }
+    s.compact(s.current_revision()).unwrap();
+    s.flush_spills();
+    let first = cold.stats().moved;
+    assert_eq!(first, SWEEP_VALUES as u64, "one step at most");
+    let copy = s.clone();
+    // Step by step until the sweep has visited every key.
+    let mut steps = 1;
+    while steps < 100 {
+        let before = cold.stats().moved;
+        s.flush_spills();
+        steps += 1;
+        if cold.stats().moved == before {
+            break;
+        }
+    }
+    let moved = cold.stats().moved;
+    // Every other key's first value was left in the first segments (but
+    // a few in the segment the overwrites began to fill).
+    assert!(moved >= (n / 2 - 200) as u64, "{moved} of {}", n / 2);
+    assert!(steps > 2, "{steps} steps");
+    let held = cold.stats().segments;
+    drop(copy);
+    assert!(
+        cold.stats().segments < held,
+        "the copy held the old segments"
+    );
+    for i in (0..n).step_by(97) {
+        let want = if i % 2 == 1 { "value-two" } else { "value-one" };
+        assert_eq!(s.get(key(i).as_bytes()).unwrap().unwrap().value, b(want));
+    }
+    s.check_invariants().unwrap();
 }

@@ -35,7 +35,7 @@ fn once(t: &mut SessionTable, m: &mut StateMachine, tag: &SessionTag, cmd: &Comm
 }
 
 fn version(m: &StateMachine, key: &str) -> i64 {
-    m.mvcc().get(key.as_bytes()).map_or(0, |kv| kv.version)
+    m.mvcc().get_meta(key.as_bytes()).map_or(0, |kv| kv.version)
 }
 
 #[test]

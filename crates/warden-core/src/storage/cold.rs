@@ -50,10 +50,16 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 /// Bytes a segment file grows to before the next one is started.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A key's newest value of at least this many bytes leaves the heap too
+/// ([`ColdStore::newest_min`]); shorter ones (ids, addresses, small
+/// settings, the empty values of locks) stay, where reading them costs no
+/// system call and keeping them costs little more than a reference would.
+pub const NEWEST_MIN_BYTES: usize = 64;
 
 /// The CRC32 stored before each value.
 const CRC_BYTES: usize = 4;
@@ -65,6 +71,10 @@ struct Segment {
     stats: Arc<Counters>,
     /// Bytes written to this file.
     len: AtomicU64,
+    /// Values written to this file. With the references into it (its
+    /// `Arc`'s strong count), how much of it is still in use
+    /// ([`ColdStore::sparse_segments`]).
+    values: AtomicU64,
 }
 
 impl Drop for Segment {
@@ -83,6 +93,8 @@ struct Counters {
     spilled: AtomicU64,
     write_errors: AtomicU64,
     writes: AtomicU64,
+    moved: AtomicU64,
+    made: AtomicU64,
 }
 
 /// Where a cold value lives: a segment kept open by this reference, an
@@ -122,6 +134,15 @@ impl ColdRef {
             .read_exact_at(&mut buf, u64::from(self.offset))
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.what())))?;
         self.checked(&buf)
+    }
+
+    /// Overwrites the stored CRC so the next read fails (tests).
+    #[cfg(test)]
+    pub(crate) fn damage(&self) {
+        self.segment
+            .file
+            .write_all_at(b"XXXX", u64::from(self.offset))
+            .unwrap();
     }
 
     fn what(&self) -> String {
@@ -247,6 +268,9 @@ pub struct ColdStats {
     pub write_errors: u64,
     /// Writes made to the files since start (one per batch of values).
     pub writes: u64,
+    /// Values copied out of sparse segments since start, so those could
+    /// close ([`ColdStore::sparse_segments`]).
+    pub moved: u64,
 }
 
 /// A new, empty, unnamed segment in `dir`.
@@ -261,11 +285,42 @@ fn new_segment(dir: &Path, stats: &Arc<Counters>) -> io::Result<Arc<Segment>> {
         )
     })?;
     stats.segments.fetch_add(1, Ordering::Relaxed);
+    stats.made.fetch_add(1, Ordering::Relaxed);
     Ok(Arc::new(Segment {
         file,
         stats: stats.clone(),
         len: AtomicU64::new(0),
+        values: AtomicU64::new(0),
     }))
+}
+
+/// Segments chosen by [`ColdStore::sparse_segments`], whose values still in
+/// use are to be copied to the active segment so the files can close.
+/// Holds no segment open (a weak reference keeps only the address, so it
+/// cannot be reused for a new segment while this is held).
+#[derive(Default)]
+pub struct Sparse(Vec<Weak<Segment>>);
+
+impl Sparse {
+    /// Whether `r` points into one of these segments.
+    pub fn holds(&self, r: &ColdRef) -> bool {
+        let at = Arc::as_ptr(&r.segment);
+        self.0.iter().any(|w| std::ptr::eq(w.as_ptr(), at))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl fmt::Debug for Sparse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sparse({} segments)", self.0.len())
+    }
 }
 
 /// The member's scratch files. Cheap to clone (one shared handle).
@@ -280,6 +335,11 @@ struct Inner {
     /// The segment being appended to; its `len` is where the next value
     /// goes.
     active: Mutex<Arc<Segment>>,
+    /// Every segment made and not yet closed (dead ones are pruned as
+    /// [`ColdStore::sparse_segments`] meets them).
+    all: Mutex<Vec<Weak<Segment>>>,
+    /// [`ColdStore::newest_min`].
+    newest_min: usize,
     stats: Arc<Counters>,
 }
 
@@ -300,16 +360,77 @@ impl ColdStore {
     /// [`ColdStore::open`] with segments of `segment_bytes` (tests use
     /// small ones to see segments come and go).
     pub fn with_segment_bytes(dir: &Path, segment_bytes: u64) -> io::Result<Self> {
+        Self::with_limits(dir, segment_bytes, NEWEST_MIN_BYTES)
+    }
+
+    /// [`ColdStore::with_segment_bytes`], newest values going cold from
+    /// `newest_min` bytes (tests use 1: every value moves).
+    pub fn with_limits(dir: &Path, segment_bytes: u64, newest_min: usize) -> io::Result<Self> {
         let stats = Arc::default();
         let first = new_segment(dir, &stats)?;
         Ok(ColdStore {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 segment_bytes: segment_bytes.clamp(1, u64::from(u32::MAX)),
+                all: Mutex::new(vec![Arc::downgrade(&first)]),
                 active: Mutex::new(first),
+                newest_min: newest_min.max(1),
                 stats,
             }),
         })
+    }
+
+    /// The shortest newest value of a key that is moved here (a key's
+    /// older values move whatever their length, except empty ones).
+    pub fn newest_min(&self) -> usize {
+        self.inner.newest_min
+    }
+
+    /// The closed-for-writing segments at most half of whose values are
+    /// still referenced, if their bytes are worth the copy: a key's newest
+    /// value lives here too, so a value never overwritten would otherwise
+    /// keep its whole 64 MiB segment open for good. The store copies the
+    /// values still in them to the active segment ([`Sparse::holds`]);
+    /// each segment copied has freed at least as many values as are
+    /// copied, so the copying costs at most one write per value written.
+    /// A reference counts once per copy of the store holding it (a
+    /// snapshot being written), which can only make a segment look fuller
+    /// than it is.
+    pub fn sparse_segments(&self) -> Sparse {
+        let Ok(active) = self.inner.active.lock().map(|a| Arc::as_ptr(&a)) else {
+            return Sparse::default();
+        };
+        let Ok(mut all) = self.inner.all.lock() else {
+            return Sparse::default();
+        };
+        all.retain(|w| w.strong_count() > 0);
+        Sparse(
+            all.iter()
+                .filter(|w| {
+                    let Some(seg) = w.upgrade() else {
+                        return false;
+                    };
+                    // Not counting the `seg` just made.
+                    let refs = Arc::strong_count(&seg).saturating_sub(1) as u64;
+                    !std::ptr::eq(Arc::as_ptr(&seg), active)
+                        && refs.saturating_mul(2) <= seg.values.load(Ordering::Relaxed)
+                })
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// How many segments this store has started (the first included).
+    pub fn segments_made(&self) -> u64 {
+        self.inner.stats.made.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` values copied out of sparse segments.
+    pub fn count_moved(&self, n: usize) {
+        self.inner
+            .stats
+            .moved
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Bytes `value` takes in a segment.
@@ -403,7 +524,11 @@ impl ColdStore {
         // Only this writer, under the lock, changes the active segment's
         // length.
         if active.len.load(Ordering::Relaxed) + total > self.inner.segment_bytes {
-            *active = new_segment(&self.inner.dir, &self.inner.stats)?;
+            let fresh = new_segment(&self.inner.dir, &self.inner.stats)?;
+            if let Ok(mut all) = self.inner.all.lock() {
+                all.push(Arc::downgrade(&fresh));
+            }
+            *active = fresh;
         }
         let start = active.len.load(Ordering::Relaxed);
         let mut buf = Vec::with_capacity(total as usize);
@@ -415,6 +540,9 @@ impl ColdStore {
         // Release: a map made from this length (`Mapped::new`) covers only
         // bytes whose write came before it.
         active.len.fetch_add(total, Ordering::Release);
+        active
+            .values
+            .fetch_add(values.len() as u64, Ordering::Relaxed);
         self.inner.stats.bytes.fetch_add(total, Ordering::Relaxed);
         self.inner.stats.writes.fetch_add(1, Ordering::Relaxed);
         let mut refs = Vec::with_capacity(values.len());
@@ -440,6 +568,7 @@ impl ColdStore {
             spilled: c.spilled.load(Ordering::Relaxed),
             write_errors: c.write_errors.load(Ordering::Relaxed),
             writes: c.writes.load(Ordering::Relaxed),
+            moved: c.moved.load(Ordering::Relaxed),
         }
     }
 }
@@ -467,6 +596,7 @@ mod tests {
                 spilled: 3,
                 write_errors: 0,
                 writes: 2,
+                moved: 0,
             }
         );
         // The files have no names: nothing to clean up after a crash.

@@ -223,7 +223,9 @@ pub async fn wait_turn(
                 if rev < after {
                     return Ok(Turn::Behind);
                 }
-                if m.get(key).is_none_or(|kv| kv.create_revision != my_rev) {
+                if m.get_meta(key)
+                    .is_none_or(|kv| kv.create_revision != my_rev)
+                {
                     return Ok(Turn::Gone);
                 }
                 let older = if my_rev > 1 {

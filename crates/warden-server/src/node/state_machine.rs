@@ -1369,7 +1369,7 @@ mod sessions {
             .unwrap()
             .kv
             .mvcc()
-            .get(b"once")
+            .get_meta(b"once")
             .map_or(0, |kv| kv.version)
     }
 

@@ -549,10 +549,11 @@ impl Session {
         self.shared
             .node
             .read_kv(self.consistency(), self.deadline(), false, move |m| {
-                keys.iter().map(|k| m.get(k)).collect()
+                keys.iter().map(|k| m.get(k)).collect::<Result<_, _>>()
             })
             .await
-            .map_err(node_reply)
+            .map_err(node_reply)?
+            .map_err(state_reply)
     }
 
     /// One key, linearizably whatever the session's mode.
@@ -567,7 +568,8 @@ impl Session {
                 move |m| m.get(&k),
             )
             .await
-            .map_err(node_reply)
+            .map_err(node_reply)?
+            .map_err(state_reply)
     }
 
     async fn exists(&self, keys: &[Vec<u8>]) -> Res {
@@ -816,8 +818,9 @@ impl Session {
             let key = key.to_vec();
             self.shared
                 .node
-                .with_state(move |d| d.kv.mvcc().get(&key).map(|kv| kv.value))
+                .with_state(move |d| d.kv.mvcc().get(&key).map(|kv| kv.map(|kv| kv.value)))
                 .map_err(node_reply)?
+                .map_err(state_reply)?
         };
         for attempt in 0..MAX_CAS_ATTEMPTS {
             if attempt > 0 {
