@@ -457,6 +457,108 @@ async fn history_reads_back_from_scratch_files_across_a_kill() {
     );
 }
 
+/// Newest values of 64 bytes and more live in the scratch files too: gets,
+/// ranges, a txn comparing such a value and a delete returning it read them
+/// back, through a SIGKILL and a restart (the member writes them out again
+/// from its snapshot and log), and after a compaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newest_values_read_back_from_scratch_files_across_a_kill() {
+    use warden_proto::etcdserverpb::{
+        compare, request_op, response_op, Compare, DeleteRangeRequest, PutRequest, RequestOp,
+        TxnRequest,
+    };
+    let mut c = Cluster::start_with(1, &["--snapshot-entries", "30"]);
+    c.wait_leader(Duration::from_secs(20)).await;
+    let ep = c.members[0].client.clone();
+    let value = |k: usize, round: usize| format!("{k:03}-{round}-{}", "v".repeat(120));
+    for k in 0..50 {
+        put(&ep, &format!("n/{k:03}"), &value(k, 0)).await.unwrap();
+    }
+    let check = |ep: String, round: usize| async move {
+        let got = get_prefix(&ep, "n/").await.unwrap();
+        assert_eq!(got.len(), 50);
+        for (k, (key, v)) in got.into_iter().enumerate() {
+            assert_eq!(key, format!("n/{k:03}"));
+            let want = if k < 10 { 0 } else { round };
+            assert_eq!(v, value(k, want), "{key}");
+        }
+    };
+    check(ep.clone(), 0).await;
+    // Nothing is superseded yet: the files hold the newest values.
+    assert!(metric(&ep, "warden_history_scratch_bytes") >= 50.0 * 128.0);
+
+    // A txn whose compare reads a value from the files, its put returning
+    // the previous value.
+    let txn = TxnRequest {
+        compare: vec![Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Value as i32,
+            key: b"n/020".to_vec(),
+            target_union: Some(compare::TargetUnion::Value(value(20, 0).into_bytes())),
+            ..Default::default()
+        }],
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: b"n/020".to_vec(),
+                value: value(20, 1).into_bytes(),
+                prev_kv: true,
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    };
+    let t = kv(&ep).await.txn(txn).await.unwrap().into_inner();
+    assert!(t.succeeded);
+    let Some(response_op::Response::ResponsePut(p)) = &t.responses[0].response else {
+        panic!("{t:?}")
+    };
+    assert_eq!(p.prev_kv.as_ref().unwrap().value, value(20, 0).into_bytes());
+    for k in 10..50 {
+        put(&ep, &format!("n/{k:03}"), &value(k, 1)).await.unwrap();
+    }
+    check(ep.clone(), 1).await;
+
+    c.kill(0);
+    c.restart(0);
+    c.wait_leader(Duration::from_secs(20)).await;
+    let ep2 = ep.clone();
+    eventually(Duration::from_secs(20), || {
+        let ep = ep2.clone();
+        async move { get(&ep, "n/000", false).await.map_err(|e| e.to_string()) }
+    })
+    .await;
+    check(ep.clone(), 1).await;
+    let d = kv(&ep)
+        .await
+        .delete_range(DeleteRangeRequest {
+            key: b"n/049".to_vec(),
+            prev_kv: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.prev_kvs[0].value, value(49, 1).into_bytes());
+    let last = d.header.unwrap().revision;
+    kv(&ep)
+        .await
+        .compact(warden_proto::etcdserverpb::CompactionRequest {
+            revision: last,
+            physical: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&ep, "n/005", true).await.unwrap(),
+        Some(value(5, 0).into_bytes())
+    );
+    assert_eq!(
+        get(&ep, "n/048", false).await.unwrap(),
+        Some(value(48, 1).into_bytes())
+    );
+    assert_eq!(metric(&ep, "warden_history_spill_failures"), 0.0);
+}
+
 /// The unnamed scratch files member `pid` holds open (`storage::cold`
 /// makes them with `O_TMPFILE` in `DATA/snap`), as paths under
 /// `/proc/PID/fd` that open them.

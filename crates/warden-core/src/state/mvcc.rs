@@ -238,21 +238,33 @@ impl History {
         self.compact_from(rev) > 0
     }
 
-    /// Moves the values of versions `from..` that are still on the heap
-    /// and may move ([`Version::movable`]) to `cold`, in as few writes as
-    /// fit its batch limit. Returns how many moved (values that could not
-    /// be written stay on the heap).
-    fn spill(&mut self, cold: &ColdStore, from: usize) -> usize {
-        let newest = self.versions.len().saturating_sub(1);
-        let (at, refs): (Vec<usize>, _) = {
-            let (at, values): (Vec<usize>, Vec<&[u8]>) = (from..self.versions.len())
-                .filter_map(|j| Some((j, self.versions.get(j)?.movable(j == newest, cold)?)))
-                .unzip();
+    /// Moves the values of `histories` that are still on the heap and may
+    /// move ([`Version::movable`]) to `cold`, in as few writes as fit its
+    /// batch limit. Returns how many moved (values that could not be
+    /// written stay on the heap).
+    fn spill_all(histories: &mut [(Key, History)], cold: &ColdStore) -> usize {
+        let (at, refs): (Vec<(usize, usize)>, _) = {
+            let mut at = Vec::new();
+            let mut values: Vec<&[u8]> = Vec::new();
+            for (i, (_, h)) in histories.iter().enumerate() {
+                let newest = h.versions.len().saturating_sub(1);
+                for (j, v) in h.versions.iter().enumerate() {
+                    if let Some(b) = v.movable(j == newest, cold) {
+                        at.push((i, j));
+                        values.push(b);
+                    }
+                }
+            }
             (at, cold.put_batched(&values))
         };
         let mut moved = 0;
-        for (j, r) in at.into_iter().zip(refs) {
-            if let (Some(r), Some(v)) = (r, self.versions.get_mut(j)) {
+        for ((i, j), r) in at.into_iter().zip(refs) {
+            if let (Some(r), Some(v)) = (
+                r,
+                histories
+                    .get_mut(i)
+                    .and_then(|(_, h)| h.versions.get_mut(j)),
+            ) {
                 v.set_cold(r);
                 moved += 1;
             }
@@ -423,12 +435,7 @@ mod keys_serde {
                 // duplicate still replaces an earlier one.
                 let mut held: Vec<(Key, Arc<History>)> = Vec::new();
                 let mut ordered = true;
-                while let Some((k, mut h)) = access.next_entry::<Key, History>()? {
-                    super::DECODE_SPILL.with(|s| {
-                        if let Some((cold, moved)) = s.borrow_mut().as_mut() {
-                            *moved += h.spill(cold, 0);
-                        }
-                    });
+                let mut insert = |k: Key, h: History| {
                     // While ordered, the previous key is the largest so far:
                     // the last one held or the map's last.
                     if ordered
@@ -445,10 +452,32 @@ mod keys_serde {
                     }
                     if ordered && keys.len() > held.len() {
                         held.push((k, Arc::new(h)));
-                        continue;
+                    } else {
+                        keys.insert(k, Arc::new(h));
                     }
-                    keys.insert(k, Arc::new(h));
+                };
+                // Keys are decoded a chunk at a time, and the values of a
+                // chunk go to the scratch files with one write (not one a
+                // key: a restart with 100 000 keys made 100 000 writes).
+                let mut chunk: Vec<(Key, History)> = Vec::new();
+                let mut flush = |chunk: &mut Vec<(Key, History)>| {
+                    super::DECODE_SPILL.with(|s| {
+                        if let Some((cold, moved)) = s.borrow_mut().as_mut() {
+                            *moved += History::spill_all(chunk, cold);
+                        }
+                    });
+                    for (k, h) in chunk.drain(..) {
+                        insert(k, h);
+                    }
+                };
+                while let Some(entry) = access.next_entry::<Key, History>()? {
+                    chunk.push(entry);
+                    if chunk.len() == super::DECODE_CHUNK {
+                        flush(&mut chunk);
+                    }
                 }
+                flush(&mut chunk);
+                drop(flush);
                 for (k, h) in held {
                     keys.insert(k, h);
                 }
@@ -458,6 +487,9 @@ mod keys_serde {
         d.deserialize_map(Keys)
     }
 }
+
+/// Keys decoded before their values go to the scratch files together.
+const DECODE_CHUNK: usize = 1024;
 
 thread_local! {
     /// Where [`decode_spilling`] sends the superseded values of the store

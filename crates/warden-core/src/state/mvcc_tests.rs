@@ -1884,3 +1884,28 @@ fn a_long_sweep_resumes_across_flushes() {
     }
     s.check_invariants().unwrap();
 }
+
+/// A decoded store's values go to the scratch files a chunk of keys at a
+/// time, with one write each (not one a key), newest values included.
+#[test]
+fn decoding_moves_values_one_write_per_chunk_of_keys() {
+    let mut s = MvccStore::new();
+    let n = DECODE_CHUNK * 2 + 10;
+    let value = "v".repeat(crate::storage::cold::NEWEST_MIN_BYTES);
+    for i in 0..n {
+        put(&mut s, &format!("k{i:05}"), &value);
+    }
+    put(&mut s, "k00000", "short");
+    let bytes = postcard::to_allocvec(&s).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cold = ColdStore::open(dir.path()).unwrap();
+    let (back, moved) = decode_spilling(Some(&cold), || postcard::from_bytes::<MvccStore>(&bytes));
+    let back = back.unwrap();
+    // Every key's value of `NEWEST_MIN_BYTES` bytes (k00000's superseded one
+    // too); k00000's newest is shorter and stays.
+    assert_eq!((moved, back.cold_values()), (n, n));
+    assert_eq!(cold.stats().writes, 3);
+    assert_eq!(back, s);
+    assert_eq!(back.get(b"k01500").unwrap().unwrap().value, b(&value));
+    back.check_invariants().unwrap();
+}

@@ -1,11 +1,12 @@
-//! Cold values: the bytes of superseded key versions, kept in unnamed
-//! scratch files instead of the heap.
+//! Cold values: the bytes of key versions, kept in unnamed scratch files
+//! instead of the heap.
 //!
 //! The MVCC store keeps every version of every key until it is compacted,
-//! as etcd does. Only the newest version of a key is read by ordinary
-//! requests; older ones are read by reads at an old revision, watch replay
-//! and snapshots. [`ColdStore::put_all`] appends such a value to the active
-//! segment (a file with no name, made with `O_TMPFILE` in the member's
+//! as etcd does. Older versions are read by reads at an old revision,
+//! watch replay and snapshots; a key's newest value by gets, compares and
+//! the next write's watch event. Superseded values, and newest ones of at
+//! least [`NEWEST_MIN_BYTES`], are kept here: [`ColdStore::put_all`]
+//! appends them to the active segment (a file with no name, made with `O_TMPFILE` in the member's
 //! snapshot directory) and returns a [`ColdRef`] that reads it back with one
 //! `pread`. The kernel's page cache keeps recently written segments in
 //! memory while memory is plentiful and drops them when it is not, as it
@@ -15,9 +16,12 @@
 //! state, and a restarted member spills the history it loads again. The
 //! files have no name, so a crash leaves nothing behind. A segment is
 //! closed, and its disk space freed, when the last [`ColdRef`] into it is
-//! dropped (compaction drops versions roughly in the order they were
-//! spilled, so segments empty out whole), and a copy of the store being
-//! written as a snapshot keeps the segments it reads alive.
+//! dropped, and a copy of the store being written as a snapshot keeps the
+//! segments it reads alive. Compaction drops history roughly in the order
+//! it was written, but a newest value never overwritten would keep its
+//! segment open for good: [`ColdStore::sparse_segments`] names the full
+//! segments at most half referenced, and the store copies what is left in
+//! them to the active segment.
 //!
 //! Writing a snapshot, which reads most of the history at once, runs
 //! inside [`mapped_reads`]: the segments it touches are mapped read-only

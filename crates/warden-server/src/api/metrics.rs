@@ -82,6 +82,7 @@ pub struct Metrics {
     history_scratch_bytes: Gauge,
     history_scratch_segments: Gauge,
     history_spill_failures: Gauge,
+    history_scratch_swept: Gauge,
     grpc: Arc<GrpcMetrics>,
 }
 
@@ -139,6 +140,7 @@ impl Metrics {
             history_scratch_bytes: Gauge::default(),
             history_scratch_segments: Gauge::default(),
             history_spill_failures: Gauge::default(),
+            history_scratch_swept: Gauge::default(),
             lock_holders: Gauge::default(),
             lock_waiters: Gauge::default(),
             next_token: Gauge::default(),
@@ -187,20 +189,27 @@ impl Metrics {
         );
         m.registry.register(
             "warden_history_scratch_bytes",
-            "Bytes in this member's scratch files for the values of superseded key versions \
-             (unnamed files in the snapshot directory; freed as compaction drops history)",
+            "Bytes in this member's scratch files for the values of superseded key versions and \
+             newest values of 64 bytes or more (unnamed files in the snapshot directory; freed \
+             as compaction drops history)",
             m.history_scratch_bytes.clone(),
         );
         m.registry.register(
             "warden_history_scratch_segments",
-            "Scratch files this member holds open for values of superseded key versions",
+            "Scratch files this member holds open for key values",
             m.history_scratch_segments.clone(),
         );
         m.registry.register(
             "warden_history_spill_failures",
-            "Superseded values kept on the heap since start because writing them to a scratch \
-             file failed (a full disk)",
+            "Values kept on the heap since start because writing them to a scratch file failed \
+             (a full disk)",
             m.history_spill_failures.clone(),
+        );
+        m.registry.register(
+            "warden_history_scratch_swept",
+            "Values copied since start out of scratch files at most half still in use, so \
+             those files could close",
+            m.history_scratch_swept.clone(),
         );
         m.registry.register(
             "warden_raft_term",
@@ -304,6 +313,7 @@ impl Metrics {
         gauge(&self.history_scratch_bytes, cold.bytes);
         gauge(&self.history_scratch_segments, cold.segments);
         gauge(&self.history_spill_failures, cold.write_errors);
+        gauge(&self.history_scratch_swept, cold.moved);
         let counts = node
             .with_state(|d| {
                 let locks = d.kv.locks();
