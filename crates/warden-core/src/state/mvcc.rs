@@ -477,7 +477,6 @@ mod keys_serde {
                     }
                 }
                 flush(&mut chunk);
-                drop(flush);
                 for (k, h) in held {
                     keys.insert(k, h);
                 }
