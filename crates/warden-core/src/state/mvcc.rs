@@ -354,6 +354,39 @@ fn to_kv(
     Ok(kv_of(key, mod_revision, live, value))
 }
 
+/// The `KeyValue`s of `found` (key, mod revision, value), with their values
+/// if `with_value`: the cold ones read together ([`ColdRef::read_many`]:
+/// a range over many keys makes a few large reads, not one a key).
+fn kvs_of(found: &[(&[u8], i64, &Live)], with_value: bool) -> Result<Vec<KeyValue>, StateError> {
+    if !with_value {
+        return Ok(found
+            .iter()
+            .map(|(k, m, l)| kv_of(k, *m, l, Vec::new()))
+            .collect());
+    }
+    let cold: Vec<&ColdRef> = found
+        .iter()
+        .filter_map(|(_, _, l)| match &l.value {
+            Value::Cold(r) => Some(r),
+            Value::Hot(_) => None,
+        })
+        .collect();
+    let mut read = ColdRef::read_many(&cold).into_iter();
+    found
+        .iter()
+        .map(|(k, m, l)| {
+            let value = match &l.value {
+                Value::Hot(v) => v.clone(),
+                Value::Cold(_) => read
+                    .next()
+                    .unwrap_or_else(|| Err(std::io::Error::other("a value was not read")))
+                    .map_err(|e| StateError::HistoryRead(e.to_string()))?,
+            };
+            Ok(kv_of(k, *m, l, value))
+        })
+        .collect()
+}
+
 /// Key-range bounds with etcd's conventions: empty `range_end` = `key` alone;
 /// `[0]` = every key `>= key`; otherwise `[key, range_end)` (empty if
 /// `range_end <= key`).
@@ -1298,16 +1331,16 @@ impl MvccStore {
 
         if !filtered && sort_order == SortOrder::None {
             // Key order is the answer: build only the kvs returned.
-            let mut kvs = Vec::new();
+            let mut found = Vec::new();
             let mut count = 0usize;
             for (k, m, l) in live {
                 if count < limit {
-                    kvs.push(to_kv(k, m, l, !req.keys_only)?);
+                    found.push((k, m, l));
                 }
                 count += 1;
             }
             return Ok(RangeResponse {
-                kvs,
+                kvs: kvs_of(&found, !req.keys_only)?,
                 more: count > limit,
                 count: count_i64(count),
             });
@@ -1336,10 +1369,9 @@ impl MvccStore {
         }
         let more = refs.len() > limit;
         select_sorted(&mut refs, req.sort_target, sort_order, limit);
-        let kvs = refs
-            .into_iter()
-            .map(|(k, m, l, _)| to_kv(k, m, l, !req.keys_only))
-            .collect::<Result<_, _>>()?;
+        let found: Vec<(&[u8], i64, &Live)> =
+            refs.into_iter().map(|(k, m, l, _)| (k, m, l)).collect();
+        let kvs = kvs_of(&found, !req.keys_only)?;
         Ok(RangeResponse {
             kvs,
             more,

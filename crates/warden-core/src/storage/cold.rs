@@ -68,6 +68,13 @@ pub const NEWEST_MIN_BYTES: usize = 64;
 /// The CRC32 stored before each value.
 const CRC_BYTES: usize = 4;
 
+/// [`ColdRef::read_many`] reads two values with one `pread` if at most
+/// this many bytes lie between them.
+const SPAN_GAP: u64 = 4096;
+
+/// The most bytes one `pread` of [`ColdRef::read_many`] reads.
+const SPAN_MAX: u64 = 1 << 20;
+
 /// One scratch file.
 struct Segment {
     file: File,
@@ -138,6 +145,77 @@ impl ColdRef {
             .read_exact_at(&mut buf, u64::from(self.offset))
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.what())))?;
         self.checked(&buf)
+    }
+
+    /// Reads many values back, in the order of `refs`: values near each
+    /// other in a segment (sorted by place, at most [`SPAN_GAP`] bytes
+    /// apart, [`SPAN_MAX`] bytes a read) come in with one `pread`, so a
+    /// range over many keys makes a few large reads, not one a key. Each
+    /// value's CRC is checked; a span whose read fails is read value by
+    /// value, so each error names its own value.
+    pub fn read_many(refs: &[&ColdRef]) -> Vec<io::Result<Vec<u8>>> {
+        let in_pass = MAPPED.with(|m| m.borrow().is_some());
+        if in_pass || refs.len() < 2 {
+            return refs.iter().map(|r| r.read()).collect();
+        }
+        let mut order: Vec<&ColdRef> = refs.to_vec();
+        order.sort_by_key(|r| (Arc::as_ptr(&r.segment) as usize, r.offset));
+        // Each value's bytes by its place, filled span by span.
+        let mut got: HashMap<(usize, u32), io::Result<Vec<u8>>> = HashMap::new();
+        let mut rest = order.as_slice();
+        while let Some((first, _)) = rest.split_first() {
+            let start = u64::from(first.offset);
+            let mut end = start + first.stored_len();
+            let mut n = 1;
+            for r in rest.iter().skip(1) {
+                let (at, to) = (u64::from(r.offset), u64::from(r.offset) + r.stored_len());
+                if !Arc::ptr_eq(&r.segment, &first.segment)
+                    || at > end + SPAN_GAP
+                    || to.max(end) - start > SPAN_MAX
+                {
+                    break;
+                }
+                end = end.max(to);
+                n += 1;
+            }
+            let (span, after) = rest.split_at(n.min(rest.len()));
+            rest = after;
+            let whole = (n > 1)
+                .then(|| {
+                    let mut buf = vec![0; (end - start) as usize];
+                    first.segment.file.read_exact_at(&mut buf, start).ok()?;
+                    Some(buf)
+                })
+                .flatten();
+            for r in span {
+                let stored = whole.as_ref().and_then(|buf| {
+                    let from = (u64::from(r.offset) - start) as usize;
+                    buf.get(from..from + r.stored_len() as usize)
+                });
+                let value = match stored {
+                    Some(stored) => r.checked(stored),
+                    None => r.read(),
+                };
+                got.insert(r.place(), value);
+            }
+        }
+        refs.iter()
+            .map(|r| match got.remove(&r.place()) {
+                Some(v) => v,
+                // The same value asked for twice: read it again.
+                None => r.read(),
+            })
+            .collect()
+    }
+
+    /// Bytes this value takes in its segment, with its CRC.
+    fn stored_len(&self) -> u64 {
+        u64::from(self.len) + CRC_BYTES as u64
+    }
+
+    /// Which segment and where in it (a key for [`ColdRef::read_many`]).
+    fn place(&self) -> (usize, u32) {
+        (Arc::as_ptr(&self.segment) as usize, self.offset)
     }
 
     /// Overwrites the stored CRC so the next read fails (tests).
@@ -716,6 +794,38 @@ mod tests {
         }
         assert_eq!(refs.iter().filter(|r| r.is_some()).count(), 4);
         assert_eq!(cold.stats().writes, 2, "two full batches");
+    }
+
+    #[test]
+    fn many_values_read_back_in_order_a_span_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let cold = ColdStore::with_segment_bytes(dir.path(), 64 * 1024).unwrap();
+        let values: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 10 + usize::from(i)]).collect();
+        let mut refs: Vec<ColdRef> = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            refs.extend(cold.put_all(&[v]).unwrap());
+            if i == 20 {
+                // A gap wider than SPAN_GAP: another span.
+                cold.put_all(&[&vec![7u8; SPAN_GAP as usize + 1]]).unwrap();
+            }
+        }
+        // Asked in another order than written, one of them twice.
+        let mut ask: Vec<usize> = (0..40).rev().collect();
+        ask.push(5);
+        let asked: Vec<&ColdRef> = ask.iter().map(|&i| &refs[i]).collect();
+        let got = ColdRef::read_many(&asked);
+        for (&i, v) in ask.iter().zip(&got) {
+            assert_eq!(v.as_ref().unwrap(), &values[i], "value {i}");
+        }
+        // A damaged value fails alone.
+        refs[3].damage();
+        let got = ColdRef::read_many(&asked);
+        for (&i, v) in ask.iter().zip(&got) {
+            match i {
+                3 => assert_eq!(v.as_ref().unwrap_err().kind(), io::ErrorKind::InvalidData),
+                _ => assert_eq!(v.as_ref().unwrap(), &values[i], "value {i}"),
+            }
+        }
     }
 
     #[test]
