@@ -346,20 +346,27 @@ impl StateMachine {
                     .map(|()| CommandResult::LeaseGrant { id: *id, ttl: *ttl }),
                 Vec::new(),
             ),
-            Command::LeaseRevoke { id } => match self.leases.revoke(*id) {
-                Ok(keys) => {
-                    // Holds and waits on the lease end in the same entry.
-                    lock_events.extend(self.locks.revoke_lease(*id));
-                    // A deleted value that cannot be read back stops the
-                    // member (`SmStore::apply`) before the half-applied
-                    // revoke is seen.
-                    match self.mvcc.delete_keys(&keys) {
-                        Ok(w) => (Ok(CommandResult::LeaseRevoke), w.events),
-                        Err(e) => (Err(e), Vec::new()),
+            Command::LeaseRevoke { id } => {
+                let Some(keys) = self
+                    .leases
+                    .get(*id)
+                    .map(|l| l.keys.iter().cloned().collect::<Vec<_>>())
+                else {
+                    return (Err(StateError::LeaseNotFound), Vec::new());
+                };
+                // The keys go first: a deleted value that cannot be read
+                // back (each delete event carries it) fails the revoke with
+                // nothing changed, and the member stops (`SmStore::apply`).
+                match self.mvcc.delete_keys(&keys) {
+                    Ok(w) => {
+                        self.leases.revoke(*id).ok();
+                        // Holds and waits on the lease end in the same entry.
+                        lock_events.extend(self.locks.revoke_lease(*id));
+                        (Ok(CommandResult::LeaseRevoke), w.events)
                     }
+                    Err(e) => (Err(e), Vec::new()),
                 }
-                Err(e) => (Err(e), Vec::new()),
-            },
+            }
             Command::LeaseCheckpoint { checkpoints } => {
                 self.leases.checkpoint(checkpoints);
                 (Ok(CommandResult::LeaseCheckpoint), Vec::new())
@@ -1039,6 +1046,38 @@ mod tests {
         assert_eq!(m.flush_spills(), 1);
         assert_eq!(m.mvcc().cold_values(), 1);
         m.check_invariants().unwrap();
+    }
+
+    /// A lease revoke that cannot read back a value it deletes (each
+    /// delete event carries it) changes nothing: the lease, its lock and
+    /// its keys stay, with no lock event, for the member to stop on.
+    #[test]
+    fn a_revoke_that_cannot_read_its_keys_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cold = crate::storage::cold::ColdStore::with_limits(dir.path(), 1 << 20, 1).unwrap();
+        let mut m = StateMachine::new();
+        m.set_cold(Some(cold));
+        m.apply(&Command::LeaseGrant { id: 5, ttl: 10 });
+        for k in ["a", "b"] {
+            assert!(m.apply(&put_with_lease(k, 5)).result.is_ok());
+        }
+        assert!(m.apply(&acquire("L", 5, false)).result.is_ok());
+        m.flush_spills();
+        let before = m.to_snapshot_bytes().unwrap();
+        m.mvcc().newest_cold(b"b").unwrap().damage();
+        let r = m.apply(&Command::LeaseRevoke { id: 5 });
+        assert!(matches!(r.result, Err(StateError::HistoryRead(_))), "{r:?}");
+        assert!(r.events.is_empty() && r.lock_events.is_empty(), "{r:?}");
+        assert!(m.leases().get(5).is_some());
+        assert_eq!(m.locks().len(), 1);
+        assert_eq!(m.mvcc().len(), 2);
+        m.check_invariants().unwrap();
+        // Read back whole, the state is what it was (but for the bytes of
+        // the damaged value, which the encoding cannot read).
+        assert!(m.to_snapshot_bytes().is_err());
+        let back = StateMachine::from_snapshot_bytes(&before).unwrap();
+        assert_eq!(back.revision(), m.revision());
+        assert_eq!(back.leases(), m.leases());
     }
 
     #[test]

@@ -503,10 +503,20 @@ mod keys_serde {
                         insert(k, h);
                     }
                 };
+                let mut chunk_bytes = 0usize;
                 while let Some(entry) = access.next_entry::<Key, History>()? {
+                    chunk_bytes += entry
+                        .1
+                        .versions
+                        .iter()
+                        .map(|v| v.live.as_ref().map_or(0, |l| l.value.len()))
+                        .sum::<usize>();
                     chunk.push(entry);
-                    if chunk.len() == super::DECODE_CHUNK {
+                    if chunk.len() == super::DECODE_CHUNK
+                        || chunk_bytes >= super::DECODE_CHUNK_BYTES
+                    {
                         flush(&mut chunk);
+                        chunk_bytes = 0;
                     }
                 }
                 flush(&mut chunk);
@@ -520,8 +530,12 @@ mod keys_serde {
     }
 }
 
-/// Keys decoded before their values go to the scratch files together.
+/// Keys decoded before their values go to the scratch files together...
 const DECODE_CHUNK: usize = 1024;
+
+/// ...or bytes of values, whichever comes first (so a restart's peak stays
+/// about the state it loads, however long the histories).
+const DECODE_CHUNK_BYTES: usize = 4 << 20;
 
 thread_local! {
     /// Where [`decode_spilling`] sends the superseded values of the store
@@ -651,6 +665,10 @@ const SWEEP_KEYS: usize = 4096;
 
 /// Values one [`MvccStore::sweep_step`] copies at most (each a `pread`).
 const SWEEP_VALUES: usize = 256;
+
+/// Bytes of values after which a [`MvccStore::sweep_step`] stops at the
+/// next key (values may be as large as a request).
+const SWEEP_BYTES: usize = 4 << 20;
 
 /// [`MvccStore::pending_spills`]: equal to any other, as [`Spill`].
 #[derive(Debug, Default)]
@@ -1590,7 +1608,14 @@ impl MvccStore {
                 return 0;
             }
         }
+        if self.sweep.sparse.all_closed() {
+            // Closed already (their values overwritten and compacted
+            // meanwhile): nothing left to look for.
+            self.sweep.sparse = Sparse::default();
+            return 0;
+        }
         let mut found: Vec<(Key, usize, Vec<u8>)> = Vec::new();
+        let mut found_bytes = 0usize;
         let mut next: Option<Key> = None;
         {
             let from = match &self.sweep.next {
@@ -1603,7 +1628,10 @@ impl MvccStore {
                 .range::<_, [u8]>((from, Bound::Unbounded))
                 .enumerate()
             {
-                if visited == SWEEP_KEYS || found.len() >= SWEEP_VALUES {
+                if visited == SWEEP_KEYS
+                    || found.len() >= SWEEP_VALUES
+                    || found_bytes >= SWEEP_BYTES
+                {
                     next = Some(k.clone());
                     break;
                 }
@@ -1615,6 +1643,7 @@ impl MvccStore {
                     {
                         if sparse.holds(r) {
                             if let Ok(b) = r.read() {
+                                found_bytes += b.len();
                                 found.push((k.clone(), j, b));
                             }
                         }

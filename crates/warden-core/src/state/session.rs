@@ -291,7 +291,12 @@ impl SessionTable {
         match self.admit(tag) {
             Admission::Fresh => {
                 let stored = apply();
-                self.record(tag, stored.clone());
+                // A value this member could not read back is not the
+                // request's answer: the member stops without applying it,
+                // and a restart applies it again.
+                if !matches!(stored.result, Err(StateError::HistoryRead(_))) {
+                    self.record(tag, stored.clone());
+                }
                 stored
             }
             Admission::Replay(stored) => stored,

@@ -396,3 +396,26 @@ mod props {
         }
     }
 }
+
+/// A request whose apply could not read a value back is not answered from
+/// the table afterwards: the member stops, and the replay after its
+/// restart applies the request again instead of repeating the error.
+#[test]
+fn a_failed_read_is_not_kept_as_the_answer() {
+    let mut t = SessionTable::default();
+    let failed = t.apply_once(&tag("job", 1, 1_000), 1, || Stored {
+        revision: 1,
+        result: Err(StateError::HistoryRead("disk".into())),
+    });
+    assert!(matches!(failed.result, Err(StateError::HistoryRead(_))));
+    let mut ran = false;
+    let again = t.apply_once(&tag("job", 1, 1_000), 1, || {
+        ran = true;
+        Stored {
+            revision: 2,
+            result: Ok(None),
+        }
+    });
+    assert!(ran, "the retry was answered from the table");
+    assert_eq!(again.result, Ok(None));
+}

@@ -158,16 +158,18 @@ impl ColdRef {
         if in_pass || refs.len() < 2 {
             return refs.iter().map(|r| r.read()).collect();
         }
-        let mut order: Vec<&ColdRef> = refs.to_vec();
-        order.sort_by_key(|r| (Arc::as_ptr(&r.segment) as usize, r.offset));
-        // Each value's bytes by its place, filled span by span.
-        let mut got: HashMap<(usize, u32), io::Result<Vec<u8>>> = HashMap::new();
+        // Positions in `refs`, sorted by place; each value lands at its
+        // position in `out`.
+        let mut order: Vec<(usize, &ColdRef)> = refs.iter().copied().enumerate().collect();
+        order.sort_unstable_by_key(|(_, r)| r.place());
+        let mut out: Vec<Option<io::Result<Vec<u8>>>> = Vec::with_capacity(refs.len());
+        out.resize_with(refs.len(), || None);
         let mut rest = order.as_slice();
-        while let Some((first, _)) = rest.split_first() {
+        while let Some(((_, first), _)) = rest.split_first() {
             let start = u64::from(first.offset);
             let mut end = start + first.stored_len();
             let mut n = 1;
-            for r in rest.iter().skip(1) {
+            for (_, r) in rest.iter().skip(1) {
                 let (at, to) = (u64::from(r.offset), u64::from(r.offset) + r.stored_len());
                 if !Arc::ptr_eq(&r.segment, &first.segment)
                     || at > end + SPAN_GAP
@@ -187,7 +189,7 @@ impl ColdRef {
                     Some(buf)
                 })
                 .flatten();
-            for r in span {
+            for (i, r) in span {
                 let stored = whole.as_ref().and_then(|buf| {
                     let from = (u64::from(r.offset) - start) as usize;
                     buf.get(from..from + r.stored_len() as usize)
@@ -196,15 +198,14 @@ impl ColdRef {
                     Some(stored) => r.checked(stored),
                     None => r.read(),
                 };
-                got.insert(r.place(), value);
+                if let Some(slot) = out.get_mut(*i) {
+                    *slot = Some(value);
+                }
             }
         }
-        refs.iter()
-            .map(|r| match got.remove(&r.place()) {
-                Some(v) => v,
-                // The same value asked for twice: read it again.
-                None => r.read(),
-            })
+        out.into_iter()
+            .zip(refs)
+            .map(|(v, r)| v.unwrap_or_else(|| r.read()))
             .collect()
     }
 
@@ -396,6 +397,11 @@ impl Sparse {
 
     pub fn len(&self) -> usize {
         self.0.len()
+    }
+
+    /// Whether every one of these segments has closed.
+    pub fn all_closed(&self) -> bool {
+        self.0.iter().all(|w| w.strong_count() == 0)
     }
 }
 

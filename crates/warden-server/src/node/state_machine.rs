@@ -126,6 +126,11 @@ struct Shared {
     /// Scratch files for the values of superseded versions
     /// (`storage::cold`); none if they could not be made.
     cold: Option<ColdStore>,
+    /// Set when an entry could not be applied (a value this member could
+    /// not read back): the Raft core stops, and no snapshot may be taken
+    /// of a state that may hold part of that entry (an exactly-once
+    /// session's admission, say) under the previous entry's index.
+    apply_failed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -627,6 +632,7 @@ impl SmStore {
                 lease_feed: LeaseFeed::default(),
                 telemetry,
                 cold,
+                apply_failed: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -765,11 +771,14 @@ impl SmStore {
             }
         };
         if let Err(StateError::HistoryRead(e)) = &resp.result {
-            // A txn reading history this member could not read back: the
+            // A write needing a value this member could not read back: the
             // others applied it, this one rolled it back. Answering would
             // let it drift from them; stop instead, as on a failed log
             // write (the command is not marked applied, and a restart
             // replays it from the snapshot and the log).
+            self.shared
+                .apply_failed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             return Err(other(format!(
                 "applying log entry {log_id}: {e}; stopping this member rather than diverge"
             )));
@@ -841,6 +850,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SmStore {
 
     async fn build_snapshot(&mut self) -> Result<RaftSnapshot, io::Error> {
         let data = self.read()?.clone();
+        if self
+            .shared
+            .apply_failed
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(other(
+                "not taking a snapshot: an entry failed to apply and this member is stopping"
+                    .into(),
+            ));
+        }
         let meta = meta_of(&data);
         let dir = self.shared.snap_dir.clone();
         let meta2 = meta.clone();
