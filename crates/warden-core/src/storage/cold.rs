@@ -148,8 +148,8 @@ impl ColdRef {
     }
 
     /// Reads many values back, in the order of `refs`: values near each
-    /// other in a segment (sorted by place, at most [`SPAN_GAP`] bytes
-    /// apart, [`SPAN_MAX`] bytes a read) come in with one `pread`, so a
+    /// other in a segment (sorted by place, at most `SPAN_GAP` bytes
+    /// apart, `SPAN_MAX` bytes a read) come in with one `pread`, so a
     /// range over many keys makes a few large reads, not one a key. Each
     /// value's CRC is checked; a span whose read fails is read value by
     /// value, so each error names its own value.
