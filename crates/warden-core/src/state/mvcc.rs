@@ -857,6 +857,23 @@ impl MvccStore {
             .transpose()
     }
 
+    /// [`MvccStore::get`] of each of `keys`, in order, the values read
+    /// back together ([`ColdRef::read_many`]).
+    pub fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<KeyValue>>, StateError> {
+        let found: Vec<Option<(&[u8], i64, &Live)>> = keys
+            .iter()
+            .map(|k| {
+                self.keys
+                    .get(k.as_slice())
+                    .and_then(|h| h.live_at(self.current_revision))
+                    .map(|(m, l)| (k.as_slice(), m, l))
+            })
+            .collect();
+        let live: Vec<(&[u8], i64, &Live)> = found.iter().flatten().copied().collect();
+        let mut kvs = kvs_of(&live, true)?.into_iter();
+        Ok(found.iter().map(|f| f.and_then(|_| kvs.next())).collect())
+    }
+
     /// [`MvccStore::get`] without the value (left empty): what a key's
     /// revisions, version and lease are, with nothing to read back.
     pub fn get_meta(&self, key: &[u8]) -> Option<KeyValue> {

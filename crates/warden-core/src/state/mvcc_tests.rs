@@ -1909,3 +1909,32 @@ fn decoding_moves_values_one_write_per_chunk_of_keys() {
     assert_eq!(back.get(b"k01500").unwrap().unwrap().value, b(&value));
     back.check_invariants().unwrap();
 }
+
+/// `get_many` answers each key in order, missing ones as `None`, with cold
+/// values read back together.
+#[test]
+fn get_many_answers_each_key_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let cold = ColdStore::with_limits(dir.path(), 1 << 20, 1).unwrap();
+    let mut s = MvccStore::new();
+    s.set_cold(Some(cold));
+    put(&mut s, "a", "alpha");
+    put(&mut s, "c", "gamma");
+    put(&mut s, "e", "");
+    s.flush_spills();
+    let keys = [b("e"), b("a"), b("b"), b("c"), b("a")];
+    let got = s.get_many(&keys).unwrap();
+    let values: Vec<Option<Vec<u8>>> = got.into_iter().map(|kv| kv.map(|kv| kv.value)).collect();
+    assert_eq!(
+        values,
+        [
+            Some(b("")),
+            Some(b("alpha")),
+            None,
+            Some(b("gamma")),
+            Some(b("alpha"))
+        ]
+    );
+    s.newest_cold(b"c").unwrap().damage();
+    assert!(matches!(s.get_many(&keys), Err(StateError::HistoryRead(_))));
+}

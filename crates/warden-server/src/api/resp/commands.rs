@@ -549,7 +549,7 @@ impl Session {
         self.shared
             .node
             .read_kv(self.consistency(), self.deadline(), false, move |m| {
-                keys.iter().map(|k| m.get(k)).collect::<Result<_, _>>()
+                m.get_many(&keys)
             })
             .await
             .map_err(node_reply)?
@@ -573,10 +573,20 @@ impl Session {
     }
 
     async fn exists(&self, keys: &[Vec<u8>]) -> Res {
-        let got = self.get_many(keys).await?;
-        Ok(Reply::Integer(
-            got.iter().filter(|k| k.is_some()).count() as i64
-        ))
+        for k in keys {
+            self.check_read(k, &[])?;
+        }
+        let keys = keys.to_vec();
+        // Whether each key is there: no value to read back.
+        let n = self
+            .shared
+            .node
+            .read_kv(self.consistency(), self.deadline(), false, move |m| {
+                keys.iter().filter(|k| m.get_meta(k).is_some()).count()
+            })
+            .await
+            .map_err(node_reply)?;
+        Ok(Reply::Integer(n as i64))
     }
 
     async fn mget(&self, keys: &[Vec<u8>]) -> Res {
