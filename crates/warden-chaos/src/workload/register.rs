@@ -31,12 +31,12 @@ pub async fn run(ctx: Arc<Ctx>, process: u32, keys: usize) -> anyhow::Result<()>
             }
         } else if roll < 7 || !last.contains_key(&key) {
             seq += 1;
-            let value = format!("{process}-{seq}");
+            let value = unique_value(process, seq);
             write(&ctx, &client, process, &key, &value).await;
             last.insert(key, value);
         } else {
             seq += 1;
-            let to = format!("{process}-{seq}");
+            let to = unique_value(process, seq);
             let from = last.get(&key).cloned().unwrap_or_default();
             if cas(&ctx, &client, process, &key, &from, &to).await {
                 last.insert(key, to);
@@ -45,6 +45,18 @@ pub async fn run(ctx: Arc<Ctx>, process: u32, keys: usize) -> anyhow::Result<()>
         think(&mut rng).await;
     }
     Ok(())
+}
+
+/// The value of a client's `seq`th write: unique, and every other one
+/// long enough (over 64 bytes) that the member keeps it in a scratch file
+/// rather than on the heap, so reads and compare-and-sets under faults go
+/// through both (`storage::cold`).
+fn unique_value(process: u32, seq: u64) -> String {
+    if seq % 2 == 0 {
+        format!("{process}-{seq}")
+    } else {
+        format!("{process}-{seq}-{}", "x".repeat(72))
+    }
 }
 
 fn read_ret(r: &RangeResponse) -> Ret {
@@ -172,4 +184,22 @@ async fn cas(ctx: &Ctx, client: &Client, process: u32, key: &str, from: &str, to
     ctx.txn(client, process, call, req)
         .await
         .is_some_and(|r| r.succeeded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `storage::cold::NEWEST_MIN_BYTES` in warden-core (not a dependency
+    /// of this crate).
+    const SCRATCH_MIN: usize = 64;
+
+    #[test]
+    fn values_are_unique_and_half_of_them_leave_the_heap() {
+        let values: Vec<String> = (1..=20).map(|seq| unique_value(3, seq)).collect();
+        let distinct: std::collections::HashSet<&String> = values.iter().collect();
+        assert_eq!(distinct.len(), values.len());
+        let long = values.iter().filter(|v| v.len() >= SCRATCH_MIN).count();
+        assert_eq!(long, 10);
+    }
 }
