@@ -52,7 +52,7 @@ pub async fn run(ctx: Arc<Ctx>, process: u32, keys: usize) -> anyhow::Result<()>
 /// rather than on the heap, so reads and compare-and-sets under faults go
 /// through both (`storage::cold`).
 fn unique_value(process: u32, seq: u64) -> String {
-    if seq % 2 == 0 {
+    if seq.is_multiple_of(2) {
         format!("{process}-{seq}")
     } else {
         format!("{process}-{seq}-{}", "x".repeat(72))
