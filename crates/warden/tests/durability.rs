@@ -375,6 +375,19 @@ async fn value_at(addr: &str, key: &str, revision: i64) -> Result<Option<Vec<u8>
     Ok(r.kvs.into_iter().next().map(|kv| kv.value))
 }
 
+/// Compacts `addr`'s store up to `revision` (physical: done when it
+/// answers).
+async fn compact(addr: &str, revision: i64) {
+    kv(addr)
+        .await
+        .compact(warden_proto::etcdserverpb::CompactionRequest {
+            revision,
+            physical: true,
+        })
+        .await
+        .unwrap();
+}
+
 /// History lives in scratch files (`storage::cold`), not in the data: a
 /// member overwriting one key reads every old version back from them, and
 /// after a SIGKILL and a restart (its snapshot holds part of the history,
@@ -441,14 +454,7 @@ async fn history_reads_back_from_scratch_files_across_a_kill() {
     );
 
     let last = *revs.last().unwrap();
-    kv(&ep)
-        .await
-        .compact(warden_proto::etcdserverpb::CompactionRequest {
-            revision: last,
-            physical: true,
-        })
-        .await
-        .unwrap();
+    compact(&ep, last).await;
     let e = value_at(&ep, "h", revs[0]).await.unwrap_err();
     assert!(e.message().contains("compacted"), "{e}");
     assert_eq!(
@@ -540,14 +546,7 @@ async fn newest_values_read_back_from_scratch_files_across_a_kill() {
         .into_inner();
     assert_eq!(d.prev_kvs[0].value, value(49, 1).into_bytes());
     let last = d.header.unwrap().revision;
-    kv(&ep)
-        .await
-        .compact(warden_proto::etcdserverpb::CompactionRequest {
-            revision: last,
-            physical: true,
-        })
-        .await
-        .unwrap();
+    compact(&ep, last).await;
     assert_eq!(
         get(&ep, "n/005", true).await.unwrap(),
         Some(value(5, 0).into_bytes())

@@ -247,12 +247,9 @@ impl History {
             let mut at = Vec::new();
             let mut values: Vec<&[u8]> = Vec::new();
             for (i, (_, h)) in histories.iter().enumerate() {
-                let newest = h.versions.len().saturating_sub(1);
-                for (j, v) in h.versions.iter().enumerate() {
-                    if let Some(b) = v.movable(j == newest, cold) {
-                        at.push((i, j));
-                        values.push(b);
-                    }
+                for (j, b) in h.movable_from(0, cold) {
+                    at.push((i, j));
+                    values.push(b);
                 }
             }
             (at, cold.put_batched(&values))
@@ -272,15 +269,19 @@ impl History {
         moved
     }
 
-    /// Whether a value [`History::spill`] may move is on the heap (spill
-    /// still leaves those too large for a scratch segment where they
-    /// are).
-    fn has_movable(&self, cold: &ColdStore) -> bool {
+    /// The values of versions `from..` that may move to `cold`
+    /// ([`Version::movable`]), with their version's index.
+    fn movable_from<'a>(
+        &'a self,
+        from: usize,
+        cold: &'a ColdStore,
+    ) -> impl Iterator<Item = (usize, &'a [u8])> + 'a {
         let newest = self.versions.len().saturating_sub(1);
         self.versions
             .iter()
             .enumerate()
-            .any(|(j, v)| v.movable(j == newest, cold).is_some())
+            .skip(from)
+            .filter_map(move |(j, v)| Some((j, v.movable(j == newest, cold)?)))
     }
 
     /// How many values are cold (tests).
@@ -780,7 +781,7 @@ impl MvccStore {
         let with_history = self
             .keys
             .iter()
-            .filter(|(_, h)| h.has_movable(&cold))
+            .filter(|(_, h)| h.movable_from(0, &cold).next().is_some())
             .map(|(k, _)| (k.to_vec(), i64::MIN));
         self.pending_spills.0.extend(with_history);
         self.flush_spills()
@@ -850,11 +851,17 @@ impl MvccStore {
     /// The current value of one key, if it exists (an error if its value
     /// could not be read back from the scratch files).
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StateError> {
+        self.newest_live(key)
+            .map(|(m, l)| to_kv(key, m, l, true))
+            .transpose()
+    }
+
+    /// A key's live version at the current revision, with its mod
+    /// revision.
+    fn newest_live(&self, key: &[u8]) -> Option<(i64, &Live)> {
         self.keys
             .get(key)
             .and_then(|h| h.live_at(self.current_revision))
-            .map(|(m, l)| to_kv(key, m, l, true))
-            .transpose()
     }
 
     /// [`MvccStore::get`] of each of `keys`, in order, the values read
@@ -862,12 +869,7 @@ impl MvccStore {
     pub fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<KeyValue>>, StateError> {
         let found: Vec<Option<(&[u8], i64, &Live)>> = keys
             .iter()
-            .map(|k| {
-                self.keys
-                    .get(k.as_slice())
-                    .and_then(|h| h.live_at(self.current_revision))
-                    .map(|(m, l)| (k.as_slice(), m, l))
-            })
+            .map(|k| self.newest_live(k).map(|(m, l)| (k.as_slice(), m, l)))
             .collect();
         let live: Vec<(&[u8], i64, &Live)> = found.iter().flatten().copied().collect();
         let mut kvs = kvs_of(&live, true)?.into_iter();
@@ -877,9 +879,7 @@ impl MvccStore {
     /// [`MvccStore::get`] without the value (left empty): what a key's
     /// revisions, version and lease are, with nothing to read back.
     pub fn get_meta(&self, key: &[u8]) -> Option<KeyValue> {
-        self.keys
-            .get(key)
-            .and_then(|h| h.live_at(self.current_revision))
+        self.newest_live(key)
             .map(|(m, l)| kv_of(key, m, l, Vec::new()))
     }
 
@@ -1565,16 +1565,9 @@ impl MvccStore {
                     .versions
                     .partition_point(|v| v.mod_revision < *rev)
                     .saturating_sub(1);
-                let newest = h.versions.len().saturating_sub(1);
-                for j in from..h.versions.len() {
-                    if let Some(b) = h
-                        .versions
-                        .get(j)
-                        .and_then(|v| v.movable(j == newest, &cold))
-                    {
-                        todo.push((i, j));
-                        values.push(b);
-                    }
+                for (j, b) in h.movable_from(from, &cold) {
+                    todo.push((i, j));
+                    values.push(b);
                 }
             }
             let refs = cold.put_batched(&values);
@@ -1582,21 +1575,30 @@ impl MvccStore {
         };
         let mut moved = 0;
         for ((i, j), r) in todo.into_iter().zip(refs) {
-            let (Some(r), Some((key, _))) = (r, pending.get(i)) else {
-                continue;
-            };
-            if let Some(v) = self
-                .keys
-                .get_mut(key.as_slice())
-                .map(Arc::make_mut)
-                .and_then(|h| h.versions.get_mut(j))
-            {
-                v.set_cold(r);
-                moved += 1;
+            if let (Some(r), Some((key, _))) = (r, pending.get(i)) {
+                moved += usize::from(self.set_cold_at(key, j, r));
             }
         }
         self.sweep_step(&cold);
         moved
+    }
+
+    /// Points version `j` of `key` at `r`, its value's copy in a scratch
+    /// file (copying the history first if a copy of the store shares it).
+    /// False if there is no such version.
+    fn set_cold_at(&mut self, key: &[u8], j: usize, r: ColdRef) -> bool {
+        match self
+            .keys
+            .get_mut(key)
+            .map(Arc::make_mut)
+            .and_then(|h| h.versions.get_mut(j))
+        {
+            Some(v) => {
+                v.set_cold(r);
+                true
+            }
+            None => false,
+        }
     }
 
     /// One step of the sweep that empties sparse scratch segments
@@ -1631,24 +1633,23 @@ impl MvccStore {
             self.sweep.sparse = Sparse::default();
             return 0;
         }
-        let mut found: Vec<(Key, usize, Vec<u8>)> = Vec::new();
-        let mut found_bytes = 0usize;
+        // The values to copy, (key, version index, bytes), read together
+        // (`ColdRef::read_many`: the values of one segment lie close).
         let mut next: Option<Key> = None;
-        {
+        let found: Vec<(Key, usize, Vec<u8>)> = {
             let from = match &self.sweep.next {
                 Some(k) => Bound::Included(&**k),
                 None => Bound::Unbounded,
             };
             let sparse = &self.sweep.sparse;
+            let mut at: Vec<(&Key, usize, &ColdRef)> = Vec::new();
+            let mut bytes = 0usize;
             for (visited, (k, h)) in self
                 .keys
                 .range::<_, [u8]>((from, Bound::Unbounded))
                 .enumerate()
             {
-                if visited == SWEEP_KEYS
-                    || found.len() >= SWEEP_VALUES
-                    || found_bytes >= SWEEP_BYTES
-                {
+                if visited == SWEEP_KEYS || at.len() >= SWEEP_VALUES || bytes >= SWEEP_BYTES {
                     next = Some(k.clone());
                     break;
                 }
@@ -1659,28 +1660,24 @@ impl MvccStore {
                     }) = &v.live
                     {
                         if sparse.holds(r) {
-                            if let Ok(b) = r.read() {
-                                found_bytes += b.len();
-                                found.push((k.clone(), j, b));
-                            }
+                            bytes += r.len();
+                            at.push((k, j, r));
                         }
                     }
                 }
             }
-        }
+            let refs: Vec<&ColdRef> = at.iter().map(|(_, _, r)| *r).collect();
+            at.iter()
+                .zip(ColdRef::read_many(&refs))
+                .filter_map(|((k, j, _), b)| Some(((*k).clone(), *j, b.ok()?)))
+                .collect()
+        };
         let values: Vec<&[u8]> = found.iter().map(|(_, _, b)| b.as_slice()).collect();
         let refs = cold.put_batched(&values);
         let mut moved = 0;
         for ((key, j, _), r) in found.iter().zip(refs) {
-            let Some(r) = r else { continue };
-            if let Some(v) = self
-                .keys
-                .get_mut(&**key)
-                .map(Arc::make_mut)
-                .and_then(|h| h.versions.get_mut(*j))
-            {
-                v.set_cold(r);
-                moved += 1;
+            if let Some(r) = r {
+                moved += usize::from(self.set_cold_at(key, *j, r));
             }
         }
         cold.count_moved(moved);

@@ -395,10 +395,6 @@ impl Sparse {
         self.0.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
     /// Whether every one of these segments has closed.
     pub fn all_closed(&self) -> bool {
         self.0.iter().all(|w| w.strong_count() == 0)
