@@ -329,6 +329,16 @@ async fn locks_survive_leader_kill() {
         (keys.len() == 3).then_some(())
     })
     .await;
+    // A key applied on a follower does not mean the follower has had the
+    // leader's answer to the Lock call that wrote it: killed before that,
+    // the call fails with "leader changed" (it may have applied; etcd
+    // answers the same). A write through each follower, answered after
+    // the waiters' writes in log order, means their answers came first.
+    for f in &followers {
+        put(f, "failover-sentinel", "x")
+            .await
+            .expect("sentinel write");
+    }
     c.kill(leader);
     let out = holder.wait_with_output().expect("holder");
     assert!(
