@@ -33,14 +33,16 @@
 //! the batch durable with one record appended to the journal and one
 //! `fdatasync` of the journal ([`LogDb::journal_append`]): a small
 //! sequential write, where a durable redb commit rewrites and flushes about
-//! seven scattered pages. Then it commits the batch to redb without an
-//! fsync ([`LogDb::file_journaled`]; readers of the file see it from
-//! then on). A caller may acknowledge the append between the two halves. Every
-//! other write ([`LogDb::append`], truncation, the start of a purge,
-//! metadata) is a redb transaction committed with immediate durability
-//! (fsync) before it returns, preceded by a checkpoint: a durable redb
-//! commit of everything journaled, then the journal emptied; a batch that
-//! would not fit in the journal checkpoints too. The rest of a purge
+//! seven scattered pages. The journal holds the batch for the file, which
+//! takes the held batches in one redb commit without an fsync
+//! ([`LogDb::file_journaled`]: at once, or once they make a whole batch of
+//! [`FILE_BATCH_BYTES`]; readers of the file see them from then on). A
+//! caller may acknowledge the append between the two halves. Every other
+//! write ([`LogDb::append`], truncation, the start of a purge, metadata) is
+//! a redb transaction committed with immediate durability (fsync) before it
+//! returns, preceded by a checkpoint: a durable redb commit of everything
+//! journaled (the held batches included), then the journal emptied; a batch
+//! that would not fit in the journal checkpoints too. The rest of a purge
 //! ([`LogDb::purge_more`]) commits without an fsync until its last
 //! portion: losing it only leaves entries below the recorded purge point. [`LogDb::open`] replays the journal into the
 //! file (one durable commit) and empties it, and closing checkpoints. redb's
@@ -145,10 +147,60 @@ pub struct LogDb {
     observer: Option<Arc<dyn CommitObserver>>,
     /// Journal records [`LogDb::open`] replayed into the file.
     replayed: usize,
-    /// The journal; its lock also orders every write of the file (a
-    /// checkpoint must not interleave with an append).
-    wal: Option<Mutex<Wal>>,
+    /// The journal and the appends it holds that the file does not have
+    /// yet; its lock also orders every write of the file (a checkpoint must
+    /// not interleave with an append).
+    wal: Option<Mutex<Journal>>,
 }
+
+/// The journal, and the batches appended to it that are not in the file
+/// yet (see [`LogDb::file_journaled`]). Every unfiled batch is in the
+/// journal, so a crash loses none of them: the open replays it.
+struct Journal {
+    wal: Wal,
+    /// Entries in append order (a later one at the same index replaces an
+    /// earlier one, as in the file).
+    unfiled: Vec<(u64, Vec<u8>)>,
+    /// The newest committed log id's record among the unfiled batches.
+    unfiled_committed: Option<Vec<u8>>,
+    /// Payload bytes of `unfiled`.
+    unfiled_bytes: usize,
+}
+
+impl Journal {
+    fn new(wal: Wal) -> Self {
+        Self {
+            wal,
+            unfiled: Vec::new(),
+            unfiled_committed: None,
+            unfiled_bytes: 0,
+        }
+    }
+
+    /// Inserts the unfiled batches in `w`.
+    fn put_unfiled(&self, w: &redb::WriteTransaction) -> Result<(), redb::Error> {
+        LogDb::put(w, &self.unfiled, self.unfiled_committed.as_deref())
+    }
+
+    /// The file has every unfiled batch now.
+    fn filed(&mut self) {
+        self.unfiled.clear();
+        self.unfiled_committed = None;
+        self.unfiled_bytes = 0;
+    }
+}
+
+/// How much a journaled append waits for before it is committed to the
+/// file ([`LogDb::file_journaled`] without `now`): payload bytes, or
+/// entries, whichever comes first. Each redb commit costs about as much
+/// again as the inserts of a group of 64 puts (it copies the B-tree's
+/// rightmost path and writes the allocator's state): one commit per many
+/// groups spares most of that (docs/benchmarks.md, "The log's file copy
+/// in batches"). The Raft log store keeps unfiled entries in memory, so
+/// this bounds that too.
+pub const FILE_BATCH_BYTES: usize = 256 * 1024;
+/// See [`FILE_BATCH_BYTES`].
+pub const FILE_BATCH_ENTRIES: usize = 2048;
 
 /// The payload of a record; every version this build reads has the same
 /// payload encoding (version 1), so the version is checked and dropped here.
@@ -248,7 +300,7 @@ impl LogDb {
             journal.reset()?;
             this.replayed = n;
         }
-        this.wal = Some(Mutex::new(journal));
+        this.wal = Some(Mutex::new(Journal::new(journal)));
         Ok(this)
     }
 
@@ -422,7 +474,7 @@ impl LogDb {
         }
     }
 
-    fn wal(&self) -> Result<MutexGuard<'_, Wal>, LogError> {
+    fn wal(&self) -> Result<MutexGuard<'_, Journal>, LogError> {
         // A panic under the lock leaves the journal as its last complete
         // call left it (its offset moves only after a write succeeded).
         self.wal
@@ -435,14 +487,16 @@ impl LogDb {
     }
 
     /// Makes everything journaled durable in the file and empties the
-    /// journal (nothing to do when it is empty).
-    fn checkpoint_locked(&self, journal: &mut Wal) -> Result<(), LogError> {
-        if journal.is_empty() {
+    /// journal (nothing to do when it is empty): the unfiled batches go in
+    /// with the durable commit, which persists the non-durable ones before
+    /// it too.
+    fn checkpoint_locked(&self, journal: &mut Journal) -> Result<(), LogError> {
+        if journal.wal.is_empty() {
             return Ok(());
         }
-        // An empty durable commit persists the non-durable ones before it.
-        self.commit(Durability::Immediate, |_| Ok(()))?;
-        journal.reset()?;
+        self.commit(Durability::Immediate, |w| journal.put_unfiled(w))?;
+        journal.filed();
+        journal.wal.reset()?;
         Ok(())
     }
 
@@ -494,14 +548,14 @@ impl LogDb {
     /// sets the committed log id's record ([`COMMITTED_KEY`]), all in one
     /// journal record, so one `fdatasync` for a whole group of batches.
     /// Readable and durable when this returns (see the module docs):
-    /// [`LogDb::journal_append`], then [`LogDb::file_journaled`].
+    /// [`LogDb::journal_append`], then [`LogDb::file_journaled`] at once.
     pub fn append_journaled(
         &self,
         entries: &[(u64, Vec<u8>)],
         committed: Option<&[u8]>,
     ) -> Result<(), LogError> {
-        match self.journal_append(entries, committed)? {
-            Journaled::InJournal => self.file_journaled(entries, committed),
+        match self.journal_append(entries.to_vec(), committed.map(<[u8]>::to_vec))? {
+            Journaled::InJournal => self.file_journaled(true).map(|_| ()),
             Journaled::InFile => Ok(()),
         }
     }
@@ -509,45 +563,71 @@ impl LogDb {
     /// The durable half of [`LogDb::append_journaled`]: when this returns
     /// the batch is on disk, in the journal (one record, one `fdatasync`),
     /// or, when the journal is full, in the file by a durable commit that
-    /// checkpoints the journal too. In the journal case the caller must
-    /// then call [`LogDb::file_journaled`] with the same batch before any
-    /// other write, and until it has, readers of the file do not see the
-    /// batch (the Raft log store serves it from memory meanwhile). Splitting
-    /// the two lets the caller acknowledge the append after the sync, with
-    /// the file's commit off that path; a crash in between is a crash after
-    /// a journaled append: the open replays the journal.
+    /// checkpoints the journal (and every batch it held) too.
+    ///
+    /// In the journal case the batch is held, with the other journaled
+    /// batches the file does not have yet, for [`LogDb::file_journaled`];
+    /// until that commits them, readers of the file do not see them (the
+    /// Raft log store serves them from memory meanwhile). Any other write
+    /// commits them first. Splitting the two lets the caller acknowledge
+    /// the append after the sync, with the file's commit off that path and
+    /// shared by many batches; a crash in between is a crash after a
+    /// journaled append: the open replays the journal.
     pub fn journal_append(
         &self,
-        entries: &[(u64, Vec<u8>)],
-        committed: Option<&[u8]>,
+        entries: Vec<(u64, Vec<u8>)>,
+        committed: Option<Vec<u8>>,
     ) -> Result<Journaled, LogError> {
         let mut journal = self.wal()?;
-        let record = wal::encode(entries, committed).map_err(|source| WalError::Io {
-            path: Self::wal_path(&self.path),
-            source,
-        })?;
-        if !journal.fits(record.len()) {
-            // Full: this batch goes to the file durably, which is a
-            // checkpoint of everything before it too.
-            self.commit(Durability::Immediate, |w| Self::put(w, entries, committed))?;
-            journal.reset()?;
+        let record =
+            wal::encode(&entries, committed.as_deref()).map_err(|source| WalError::Io {
+                path: Self::wal_path(&self.path),
+                source,
+            })?;
+        if !journal.wal.fits(record.len()) {
+            // Full: this batch goes to the file durably with every unfiled
+            // one, which is a checkpoint of the journal.
+            self.commit(Durability::Immediate, |w| {
+                journal.put_unfiled(w)?;
+                Self::put(w, &entries, committed.as_deref())
+            })?;
+            journal.filed();
+            journal.wal.reset()?;
             return Ok(Journaled::InFile);
         }
         let started = Instant::now();
-        journal.append(&record)?;
+        journal.wal.append(&record)?;
         self.observed(started);
+        journal.unfiled_bytes = entries
+            .iter()
+            .fold(journal.unfiled_bytes, |n, (_, b)| n.saturating_add(b.len()));
+        journal.unfiled.extend(entries);
+        if committed.is_some() {
+            journal.unfiled_committed = committed;
+        }
         Ok(Journaled::InJournal)
     }
 
-    /// The second half of [`LogDb::append_journaled`]: commits a batch
-    /// [`LogDb::journal_append`] put in the journal to the file, without
-    /// fsync (the journal holds it durably until the next checkpoint).
-    pub fn file_journaled(
-        &self,
-        entries: &[(u64, Vec<u8>)],
-        committed: Option<&[u8]>,
-    ) -> Result<(), LogError> {
-        self.commit(Durability::None, |w| Self::put(w, entries, committed))
+    /// Commits the journaled batches the file does not have yet
+    /// ([`LogDb::journal_append`]) to the file, without fsync (the journal
+    /// holds them durably until the next checkpoint): now, or, unless
+    /// `now`, once they reach [`FILE_BATCH_BYTES`] or
+    /// [`FILE_BATCH_ENTRIES`]. Returns whether the file has every journaled
+    /// batch when it returns.
+    pub fn file_journaled(&self, now: bool) -> Result<bool, LogError> {
+        let mut journal = self.wal()?;
+        if journal.unfiled.is_empty() && journal.unfiled_committed.is_none() {
+            return Ok(true);
+        }
+        if !now
+            && journal.unfiled_bytes < FILE_BATCH_BYTES
+            && journal.unfiled.len() < FILE_BATCH_ENTRIES
+        {
+            return Ok(false);
+        }
+        self.commit(Durability::None, |w| journal.put_unfiled(w))?;
+        journal.filed();
+        Ok(true)
     }
 
     /// Entries with indexes in `range`, in order, checksums verified.
@@ -988,13 +1068,13 @@ mod tests {
         let c = 2u64.to_le_bytes();
         let batch = [(2, vec![2u8; 100])];
         assert_eq!(
-            db.journal_append(&batch, Some(&c)).unwrap(),
+            db.journal_append(batch.to_vec(), Some(c.to_vec())).unwrap(),
             Journaled::InJournal
         );
         // Not in the file yet: the caller serves it from memory meanwhile.
         assert_eq!(db.read_range(..).unwrap().len(), 1);
         let crashed = crash_copy(&dir);
-        db.file_journaled(&batch, Some(&c)).unwrap();
+        assert!(db.file_journaled(true).unwrap());
         assert_eq!(db.read_range(..).unwrap().len(), 2);
         drop(db);
         let db = open(&crashed);
@@ -1004,6 +1084,64 @@ mod tests {
             vec![(1, b"durable".to_vec()), (2, vec![2u8; 100])]
         );
         assert_eq!(db.get_meta(COMMITTED_KEY).unwrap(), Some(c.to_vec()));
+    }
+
+    /// Journaled batches wait for a whole batch's worth before the file
+    /// takes them in one commit, and every write that empties the journal
+    /// takes the waiting ones into the file first: a checkpoint (here, a
+    /// vote), and a batch that finds the journal full. A crash in between
+    /// loses none of them.
+    #[test]
+    fn unfiled_batches_wait_for_a_whole_batch_and_go_with_any_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let small = |i: u64| vec![(i, vec![i as u8; 100])];
+        assert_eq!(
+            db.journal_append(small(1), Some(b"c1".to_vec())).unwrap(),
+            Journaled::InJournal
+        );
+        assert!(!db.file_journaled(false).unwrap(), "one small batch waits");
+        assert!(db.read_range(..).unwrap().is_empty());
+        // A crash now replays it from the journal.
+        let crashed = crash_copy(&dir);
+        assert_eq!(
+            LogDb::open(&crashed.path().join("raft.redb"))
+                .unwrap()
+                .read_range(..)
+                .unwrap(),
+            small(1)
+        );
+        // A whole batch's worth: one commit files both.
+        let big = vec![(2, vec![2u8; FILE_BATCH_BYTES])];
+        db.journal_append(big.clone(), None).unwrap();
+        assert!(db.file_journaled(false).unwrap());
+        assert_eq!(db.read_range(..).unwrap(), [small(1), big].concat());
+        assert_eq!(db.get_meta(COMMITTED_KEY).unwrap(), Some(b"c1".to_vec()));
+        // Waiting batches go into the file with a checkpoint.
+        db.journal_append(small(3), Some(b"c3".to_vec())).unwrap();
+        db.put_meta("vote", b"v").unwrap();
+        let crashed = crash_copy(&dir);
+        assert_eq!(stored_entries(&crashed.path().join("raft.redb")), [1, 2, 3]);
+        let (_, records) = Wal::open(&crashed.path().join("raft.wal")).unwrap();
+        assert!(records.is_empty(), "{records:?}");
+        // And with a batch that finds the journal full.
+        let mut i = 4u64;
+        let mb = vec![9u8; 1 << 20];
+        while db.journal_append(vec![(i, mb.clone())], None).unwrap() == Journaled::InJournal {
+            i += 1;
+        }
+        assert!(i > 10, "the journal took {i} batches");
+        assert!(db.file_journaled(false).unwrap(), "nothing waits");
+        let crashed = crash_copy(&dir);
+        drop(db);
+        assert_eq!(
+            stored_entries(&crashed.path().join("raft.redb")),
+            (1..=i).collect::<Vec<_>>()
+        );
+        let (_, records) = Wal::open(&crashed.path().join("raft.wal")).unwrap();
+        assert!(records.is_empty(), "{} records left", records.len());
+        let db = LogDb::open(&crashed.path().join("raft.redb")).unwrap();
+        assert_eq!(db.get_meta(COMMITTED_KEY).unwrap(), Some(b"c3".to_vec()));
     }
 
     /// A checkpoint (here, before a vote write) leaves the redb file alone

@@ -18,10 +18,16 @@
 //! batch: one journal record and one `fdatasync`
 //! ([`LogDb::journal_append`]; see `warden_core::storage::log_db` and
 //! `wal`). Then it reports each append flushed (`IOFlushed`), and only
-//! after that commits the batch to the redb file without fsync
+//! after that the redb file takes the journaled batches without fsync
 //! ([`LogDb::file_journaled`]), so the file's commit is not on the path
-//! from an append to its acknowledgement. The batch then stays in the tail
-//! as a cache of the latest entries (bounded by [`TAIL_CACHE_BYTES`]):
+//! from an append to its acknowledgement. Under load the file takes many
+//! groups in one commit, once they reach
+//! [`warden_core::storage::log_db::FILE_BATCH_BYTES`] (a redb commit costs
+//! about as much as the inserts of a 64-put group); when the writer has
+//! nothing queued for [`IDLE_FILE`], it takes what there is. Until then
+//! the entries are in the tail as part of the log. Once filed, they stay
+//! in the tail as a cache of the latest entries (bounded by
+//! [`TAIL_CACHE_BYTES`]):
 //! replication and apply read entries just appended, and find them there
 //! without a blocking task or a read of the file.
 //! Appends arriving during an fsync wait and go together in the next one:
@@ -76,6 +82,13 @@ const PURGE_PORTION: usize = 1024;
 /// id that has not ridden along with one (so an idle member restarts with its
 /// state machine fully replayed).
 pub const IDLE_COMMITTED_FLUSH: Duration = Duration::from_millis(200);
+
+/// How long the writer waits without appends before it commits journaled
+/// entries to the file short of a whole batch
+/// ([`warden_core::storage::log_db::FILE_BATCH_BYTES`]): under load the
+/// next group comes sooner and the file takes many groups in one commit;
+/// at rest the tail holds nothing the file does not have.
+pub const IDLE_FILE: Duration = Duration::from_millis(5);
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -284,36 +297,50 @@ fn copy_err(e: &io::Error) -> io::Error {
 /// every store clone is gone, after finishing the purge and writing a
 /// pending committed log id.
 fn run_writer(db: Arc<LogDb>, tail: Arc<Tail>, rx: mpsc::Receiver<Job>, purging: Option<u64>) {
-    let mut committed: Option<Vec<u8>> = None;
-    // After a failed write the log's state is unknown: everything after
-    // fails too (the member stops on a log error).
-    let mut failed: Option<io::Error> = None;
+    let mut w = Writer {
+        db,
+        tail,
+        committed: None,
+        failed: None,
+        unfiled: Vec::new(),
+    };
     // Entries up to this index are still to be deleted (`Job::Purge`).
     let mut purging = purging;
     loop {
-        let first = if purging.is_some() {
-            match rx.try_recv() {
-                Ok(job) => job,
-                Err(mpsc::TryRecvError::Empty) => {
-                    purge_portion(&db, &mut purging, &mut failed);
-                    continue;
+        let first = match rx.try_recv() {
+            Ok(job) => job,
+            Err(mpsc::TryRecvError::Disconnected) => break,
+            // Nothing queued: the file takes what it does not have yet
+            // unless appends come within `IDLE_FILE`, then a purge goes
+            // on, then the writer waits.
+            Err(mpsc::TryRecvError::Empty) if !w.unfiled.is_empty() => {
+                match rx.recv_timeout(IDLE_FILE) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) => {
+                        w.file_journaled(true);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
-                Err(mpsc::TryRecvError::Disconnected) => break,
             }
-        } else if committed.is_some() {
-            match rx.recv_timeout(IDLE_COMMITTED_FLUSH) {
-                Ok(job) => job,
-                Err(RecvTimeoutError::Timeout) => {
-                    flush_committed(&db, &mut committed, &mut failed);
-                    continue;
+            Err(mpsc::TryRecvError::Empty) if purging.is_some() => {
+                purge_portion(&w.db, &mut purging, &mut w.failed);
+                continue;
+            }
+            Err(mpsc::TryRecvError::Empty) if w.committed.is_some() => {
+                match rx.recv_timeout(IDLE_COMMITTED_FLUSH) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) => {
+                        w.flush_committed();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
-                Err(RecvTimeoutError::Disconnected) => break,
             }
-        } else {
-            match rx.recv() {
+            Err(mpsc::TryRecvError::Empty) => match rx.recv() {
                 Ok(job) => job,
                 Err(_) => break,
-            }
+            },
         };
         let mut jobs = vec![first];
         jobs.extend(rx.try_iter());
@@ -325,44 +352,47 @@ fn run_writer(db: Arc<LogDb>, tail: Arc<Tail>, rx: mpsc::Receiver<Job>, purging:
                     ids,
                     callback,
                 } => group.push((records, ids, callback)),
-                Job::Committed(c) => committed = Some(c),
+                Job::Committed(c) => w.committed = Some(c),
                 Job::Other(f, reply) => {
-                    commit_group(&db, &tail, &mut group, &mut committed, &mut failed);
-                    let res = match &failed {
+                    w.commit_group(&mut group);
+                    w.file_journaled(true);
+                    let res = match &w.failed {
                         Some(e) => Err(copy_err(e)),
-                        None => f(&db).map_err(io::Error::from),
+                        None => f(&w.db).map_err(io::Error::from),
                     };
                     if let Err(e) = &res {
-                        failed.get_or_insert_with(|| copy_err(e));
+                        w.failed.get_or_insert_with(|| copy_err(e));
                     }
                     let _ = reply.send(res);
                 }
                 Job::Purge { upto, meta } => {
                     // The entries it covers were queued before it: in the
                     // file first.
-                    commit_group(&db, &tail, &mut group, &mut committed, &mut failed);
-                    if failed.is_none() {
-                        match db.purge_start(upto, PURGE_PORTION, PURGED, &meta) {
+                    w.commit_group(&mut group);
+                    w.file_journaled(true);
+                    if w.failed.is_none() {
+                        match w.db.purge_start(upto, PURGE_PORTION, PURGED, &meta) {
                             Ok(more) => purging = more.then_some(upto),
                             Err(e) => {
                                 tracing::warn!("purging the raft log: {e}");
-                                failed = Some(io::Error::from(e));
+                                w.failed = Some(io::Error::from(e));
                             }
                         }
                     }
                 }
             }
         }
-        commit_group(&db, &tail, &mut group, &mut committed, &mut failed);
+        w.commit_group(&mut group);
         // One portion of a purge per round of jobs.
-        purge_portion(&db, &mut purging, &mut failed);
+        purge_portion(&w.db, &mut purging, &mut w.failed);
     }
     // Closing: a purge under way is finished (a restart would finish it
     // otherwise; this way the next open has nothing left to do).
+    w.file_journaled(true);
     while purging.is_some() {
-        purge_portion(&db, &mut purging, &mut failed);
+        purge_portion(&w.db, &mut purging, &mut w.failed);
     }
-    flush_committed(&db, &mut committed, &mut failed);
+    w.flush_committed();
 }
 
 /// Deletes the next portion of a purge under way (see `Job::Purge`); a
@@ -385,71 +415,94 @@ fn purge_portion(db: &LogDb, purging: &mut Option<u64>, failed: &mut Option<io::
     }
 }
 
-/// Writes the queued appends (and the committed log id, if any) as one
-/// journal record, reports each append flushed once that is durable, then
-/// commits them to the file and drops them from the tail (so the file's
-/// commit is not between an append and its acknowledgement; readers find
-/// the entries in the tail until it is done).
-fn commit_group(
-    db: &LogDb,
-    tail: &Tail,
-    group: &mut Vec<Pending>,
-    committed: &mut Option<Vec<u8>>,
-    failed: &mut Option<io::Error>,
-) {
-    if group.is_empty() {
-        return;
-    }
-    let records: Vec<(u64, Vec<u8>)> = group
-        .iter_mut()
-        .flat_map(|(records, _, _)| std::mem::take(records))
-        .collect();
-    let res = match failed {
-        Some(e) => Err(copy_err(e)),
-        None => db
-            .journal_append(&records, committed.as_deref())
-            .map_err(io::Error::from),
-    };
-    let committed_id = committed.take();
-    if let Err(e) = &res {
-        failed.get_or_insert_with(|| copy_err(e));
-    }
-    let mut ids = Vec::new();
-    for (_, group_ids, callback) in group.drain(..) {
-        callback.io_completed(res.as_ref().map(|_| ()).map_err(copy_err));
-        ids.extend(group_ids);
-    }
-    let in_file = match res {
-        Ok(Journaled::InFile) => true,
-        Ok(Journaled::InJournal) => {
-            match db.file_journaled(&records, committed_id.as_deref()) {
-                Ok(()) => true,
-                Err(e) => {
-                    // Durable in the journal all the same (the open replays
-                    // it), but the file's state is unknown now: the entries
-                    // stay readable from the tail, and every later write fails.
-                    tracing::warn!("raft log: committing journaled entries to the file: {e}");
-                    failed.get_or_insert_with(|| io::Error::from(e));
-                    false
-                }
-            }
-        }
-        Err(_) => false,
-    };
-    if in_file {
-        lock(tail).filed(&ids);
-    }
+/// The log writer's state between jobs.
+struct Writer {
+    db: Arc<LogDb>,
+    tail: Arc<Tail>,
+    /// The committed log id's record, waiting to ride along with an append.
+    committed: Option<Vec<u8>>,
+    /// After a failed write the log's state is unknown: everything after
+    /// fails too (the member stops on a log error).
+    failed: Option<io::Error>,
+    /// Ids of the entries journaled and not yet in the file; they stay in
+    /// the tail as entries of the log (not cache) until the file has them.
+    unfiled: Vec<LogId>,
 }
 
-/// Writes a committed log id that found no append to ride along with.
-fn flush_committed(db: &LogDb, committed: &mut Option<Vec<u8>>, failed: &mut Option<io::Error>) {
-    if failed.is_some() {
-        return;
+impl Writer {
+    /// Writes the queued appends (and the committed log id, if any) as one
+    /// journal record and reports each append flushed once that is durable.
+    /// Then the file takes the journaled entries once there are enough of
+    /// them ([`LogDb::file_journaled`]), after the acknowledgement and once
+    /// per many groups; readers find them in the tail until it has.
+    fn commit_group(&mut self, group: &mut Vec<Pending>) {
+        if group.is_empty() {
+            return;
+        }
+        let records: Vec<(u64, Vec<u8>)> = group
+            .iter_mut()
+            .flat_map(|(records, _, _)| std::mem::take(records))
+            .collect();
+        let res = match &self.failed {
+            Some(e) => Err(copy_err(e)),
+            None => self
+                .db
+                .journal_append(records, self.committed.take())
+                .map_err(io::Error::from),
+        };
+        if let Err(e) = &res {
+            self.failed.get_or_insert_with(|| copy_err(e));
+        }
+        for (_, group_ids, callback) in group.drain(..) {
+            callback.io_completed(res.as_ref().map(|_| ()).map_err(copy_err));
+            self.unfiled.extend(group_ids);
+        }
+        match res {
+            Ok(Journaled::InFile) => self.filed(),
+            Ok(Journaled::InJournal) => self.file_journaled(false),
+            Err(_) => {}
+        }
     }
-    if let Some(c) = committed.take() {
-        if let Err(e) = db.append_journaled(&[], Some(&c)) {
-            tracing::warn!("saving the committed log id: {e}");
-            *failed = Some(io::Error::from(e));
+
+    /// Commits the journaled entries to the file, now or once there are
+    /// enough (see [`LogDb::file_journaled`]).
+    fn file_journaled(&mut self, now: bool) {
+        if self.failed.is_some() || self.unfiled.is_empty() {
+            return;
+        }
+        match self.db.file_journaled(now) {
+            Ok(true) => self.filed(),
+            Ok(false) => {}
+            Err(e) => {
+                // Durable in the journal all the same (the open replays
+                // it), but the file's state is unknown now: the entries
+                // stay readable from the tail, and every later write fails.
+                tracing::warn!("raft log: committing journaled entries to the file: {e}");
+                self.failed = Some(io::Error::from(e));
+            }
+        }
+    }
+
+    /// The file has every journaled entry: they become cache in the tail.
+    fn filed(&mut self) {
+        lock(&self.tail).filed(&self.unfiled);
+        self.unfiled.clear();
+    }
+
+    /// Writes a committed log id that found no append to ride along with.
+    fn flush_committed(&mut self) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Some(c) = self.committed.take() {
+            match self.db.append_journaled(&[], Some(&c)) {
+                // It files every journaled entry too.
+                Ok(()) => self.filed(),
+                Err(e) => {
+                    tracing::warn!("saving the committed log id: {e}");
+                    self.failed = Some(io::Error::from(e));
+                }
+            }
         }
     }
 }
@@ -1180,6 +1233,42 @@ mod tests {
         let got = st.try_get_log_entries((total - 9)..).await.expect("read");
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].log_id, log_id::<TypeConfig>(2, 1, total - 9));
+    }
+
+    /// Entries the journal has and the file does not yet wait in the tail
+    /// as entries of the log, not cache; once the writer has been idle for
+    /// `IDLE_FILE` the file has them and they become cache.
+    #[tokio::test]
+    async fn journaled_entries_reach_the_file_once_the_writer_is_idle() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut st = open_store(&dir.path().join("raft.redb"));
+        for i in 1..=3u64 {
+            append(&mut st, vec![blank_ent::<TypeConfig>(1, 1, i)])
+                .await
+                .await
+                .expect("callback")
+                .expect("flushed");
+        }
+        let got = st.try_get_log_entries(1..).await.expect("read");
+        assert_eq!(indexes(&got), [1, 2, 3]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let db = st.db.clone();
+            let in_file = blocking(move || Ok(db.read_range(..)?.len()))
+                .await
+                .expect("read the file");
+            let all_cached = lock(&st.shared.tail).entries.values().all(|t| t.in_file);
+            if in_file == 3 && all_cached {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{in_file} entries in the file, all cached: {all_cached}"
+            );
+            tokio::time::sleep(IDLE_FILE).await;
+        }
+        let (cached, recounted) = recount(&st);
+        assert_eq!(cached, recounted);
     }
 
     /// Reads merge the file with the unflushed tail: a tail entry wins over
