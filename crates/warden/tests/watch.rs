@@ -77,9 +77,13 @@ async fn watch_semantics() {
     c.wait_leader(Duration::from_secs(20)).await;
     let ep = c.members[0].client.clone();
     let follower = c.members[1].client.clone();
-    // History: revisions 2..=4.
-    put(&ep, "a/1", "x").await.expect("put");
-    put(&ep, "a/2", "y").await.expect("put");
+    // History: revisions 2..=4. Values of 64 bytes and more are kept in
+    // scratch files, and a write's event leaves its previous value there
+    // until a watcher asks for it: the previous values below come from
+    // there.
+    let (x, y) = ("x".repeat(100), "y".repeat(64));
+    put(&ep, "a/1", &x).await.expect("put");
+    put(&ep, "a/2", &y).await.expect("put");
     put(&ep, "b", "z").await.expect("put");
 
     // Replay from revision 2 on a prefix, on a follower, then live events.
@@ -102,7 +106,7 @@ async fn watch_semantics() {
     assert_eq!(kinds(&live), vec![(0, "a/1".into(), 5)]);
     assert_eq!(
         live.events[0].prev_kv.as_ref().map(|p| p.value.clone()),
-        Some(b"x".to_vec()),
+        Some(x.into_bytes()),
         "prev_kv"
     );
     // A key outside the range is not seen; a delete is.
@@ -118,6 +122,11 @@ async fn watch_semantics() {
         .expect("del");
     let d = w.next().await;
     assert_eq!(kinds(&d), vec![(1, "a/2".into(), 7)]);
+    assert_eq!(
+        d.events[0].prev_kv.as_ref().map(|p| p.value.clone()),
+        Some(y.into_bytes()),
+        "a delete's prev_kv"
+    );
 
     // Progress request: answered with the current revision.
     w.send(RequestUnion::ProgressRequest(pb::WatchProgressRequest {}))

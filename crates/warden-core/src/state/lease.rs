@@ -199,23 +199,27 @@ mod tests {
             kind: EventKind::Put,
             kv: kv("a", 1),
             prev_kv: None,
+            prev_cold: None,
         }]);
         t.track(&[Event {
             kind: EventKind::Put,
             kv: kv("b", 1),
             prev_kv: None,
+            prev_cold: None,
         }]);
         // `a` moves to lease 2.
         t.track(&[Event {
             kind: EventKind::Put,
             kv: kv("a", 2),
             prev_kv: Some(kv("a", 1)),
+            prev_cold: None,
         }]);
         // `b` is deleted.
         t.track(&[Event {
             kind: EventKind::Delete,
             kv: kv("b", 0),
             prev_kv: Some(kv("b", 1)),
+            prev_cold: None,
         }]);
         assert_eq!(t.get(1).map(|l| l.keys.len()), Some(0));
         assert_eq!(t.revoke(2), Ok(vec![b"a".to_vec()]));

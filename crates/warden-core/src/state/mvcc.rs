@@ -311,20 +311,16 @@ fn event_of(k: &[u8], h: &History, i: usize, v: &Version) -> Result<Event, State
         .and_then(|p| p.live.as_ref().map(|l| to_kv(k, p.mod_revision, l, true)))
         .transpose()?;
     Ok(match &v.live {
-        Some(l) => Event {
-            kind: EventKind::Put,
-            kv: to_kv(k, v.mod_revision, l, true)?,
-            prev_kv,
-        },
-        None => Event {
-            kind: EventKind::Delete,
-            kv: KeyValue {
+        Some(l) => Event::new(EventKind::Put, to_kv(k, v.mod_revision, l, true)?, prev_kv),
+        None => Event::new(
+            EventKind::Delete,
+            KeyValue {
                 key: k.to_vec(),
                 mod_revision: v.mod_revision,
                 ..KeyValue::default()
             },
             prev_kv,
-        },
+        ),
     })
 }
 
@@ -337,6 +333,24 @@ fn kv_of(key: &[u8], mod_revision: i64, live: &Live, value: Vec<u8>) -> KeyValue
         version: live.version,
         value,
         lease: live.lease,
+    }
+}
+
+/// The `KeyValue` of a write's previous version, for its event and its
+/// response: with the value when it is on the heap or `with_value` asks
+/// for it, otherwise without it and with where it is (see
+/// [`Event::prev_cold`]): only watchers asking for previous values read it.
+fn prev_of(
+    key: &[u8],
+    mod_revision: i64,
+    live: &Live,
+    with_value: bool,
+) -> Result<(KeyValue, Option<ColdRef>), StateError> {
+    match &live.value {
+        Value::Cold(r) if !with_value => {
+            Ok((kv_of(key, mod_revision, live, Vec::new()), Some(r.clone())))
+        }
+        _ => Ok((to_kv(key, mod_revision, live, true)?, None)),
     }
 }
 
@@ -969,9 +983,9 @@ impl MvccStore {
     }
 
     /// Deletes the given keys in one revision (a revoked lease's keys).
-    /// Keys that are not live are skipped; nothing changes if none is, or
-    /// if a deleted value (each delete event's `prev_kv`) could not be
-    /// read back.
+    /// Keys that are not live are skipped; nothing changes if none is.
+    /// No value is read: each delete event's `prev_kv` says where its
+    /// value is if it is in a scratch file ([`Event::prev_cold`]).
     pub fn delete_keys(&mut self, keys: &[Vec<u8>]) -> Result<WriteResult<i64>, StateError> {
         let mut w = self.begin_write();
         let mut deleted = 0;
@@ -1725,12 +1739,17 @@ impl MvccStore {
     ) -> Result<PutResponse, StateError> {
         let read_rev = w.read_rev();
         let rev = w.rev();
-        let prev = self
+        // The previous value is read only if this request uses it.
+        let (prev, prev_cold) = match self
             .keys
             .get(req.key.as_slice())
             .and_then(|h| h.live_at(read_rev))
-            .map(|(m, l)| to_kv(&req.key, m, l, true))
-            .transpose()?;
+            .map(|(m, l)| prev_of(&req.key, m, l, req.prev_kv || req.ignore_value))
+            .transpose()?
+        {
+            Some((kv, cold)) => (Some(kv), cold),
+            None => (None, None),
+        };
 
         let (value, lease) = match (&prev, req.ignore_value || req.ignore_lease) {
             (None, true) => return Err(StateError::KeyNotFound),
@@ -1790,12 +1809,15 @@ impl MvccStore {
             kind: EventKind::Put,
             kv,
             prev_kv: prev,
+            prev_cold,
         });
         Ok(response)
     }
 
-    /// An error (nothing deleted) if a deleted value, which each delete
-    /// event carries as its `prev_kv`, could not be read back.
+    /// An error (nothing deleted) if the request asks for the deleted
+    /// values (`prev_kv`) and one could not be read back. Each delete
+    /// event carries its deleted value as `prev_kv`, left in its scratch
+    /// file if it is there ([`Event::prev_cold`]).
     fn delete_op(
         &mut self,
         w: &mut Write,
@@ -1803,15 +1825,16 @@ impl MvccStore {
     ) -> Result<DeleteRangeResponse, StateError> {
         let read_rev = w.read_rev();
         let rev = w.rev();
-        let victims: Vec<KeyValue> = self
+        // Deleted values are read only if the response returns them.
+        let victims: Vec<(KeyValue, Option<ColdRef>)> = self
             .live_in_range(&req.key, &req.range_end, read_rev)
-            .map(|(k, m, l)| to_kv(k, m, l, true))
+            .map(|(k, m, l)| prev_of(k, m, l, req.prev_kv))
             .collect::<Result<_, _>>()?;
         let mut response = DeleteRangeResponse {
             deleted: count_i64(victims.len()),
             prev_kvs: Vec::new(),
         };
-        for prev in victims {
+        for (prev, prev_cold) in victims {
             if let Some(h) = self.keys.get_mut(prev.key.as_slice()).map(Arc::make_mut) {
                 let tombstone = Version {
                     mod_revision: rev,
@@ -1833,6 +1856,7 @@ impl MvccStore {
                     ..KeyValue::default()
                 },
                 prev_kv: Some(prev.clone()),
+                prev_cold,
             });
             if req.prev_kv {
                 response.prev_kvs.push(prev);

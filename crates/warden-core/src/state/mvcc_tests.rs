@@ -1752,7 +1752,9 @@ fn newest_values_leave_the_heap_from_the_threshold_and_read_back() {
 
 /// A newest value that cannot be read back fails the request that needed
 /// it, changing nothing (the state machine then stops the member); reads
-/// that do not need it still work.
+/// that do not need it still work, and so do writes that do not return it:
+/// their events report the error to a watcher that asks for the previous
+/// value ([`Event::prev_kv_with_value`]).
 #[test]
 fn a_newest_value_that_cannot_be_read_fails_its_request_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -1775,15 +1777,39 @@ fn a_newest_value_that_cannot_be_read_fails_its_request_and_changes_nothing() {
         )
         .unwrap_err()
     ));
-    assert!(read_err(
-        s.put(&put_req("a", "new"), &NoLeases).unwrap_err()
-    ));
+    let returning = PutRequest {
+        prev_kv: true,
+        ..put_req("a", "new")
+    };
+    assert!(read_err(s.put(&returning, &NoLeases).unwrap_err()));
+    let keeping = PutRequest {
+        ignore_value: true,
+        ..put_req("a", "")
+    };
+    assert!(read_err(s.put(&keeping, &NoLeases).unwrap_err()));
     assert!(read_err(s.delete_range(&del_req("a", b"c")).unwrap_err()));
-    assert!(read_err(s.delete_keys(&[b("b"), b("a")]).unwrap_err()));
     assert_eq!((s.current_revision(), s.size(), s.len()), (3, size, 2));
     // The undamaged key and the damaged key's metadata still read.
     assert_eq!(s.get(b"b").unwrap().unwrap().value, b("second"));
     assert_eq!(s.get_meta(b"a").unwrap().mod_revision, 2);
+    s.check_invariants().unwrap();
+    // A put and a delete that return nothing do not read it.
+    let w = s.put(&put_req("a", "new"), &NoLeases).unwrap();
+    let prev = w.events[0].prev_kv.as_ref().unwrap();
+    assert_eq!((prev.mod_revision, prev.value.len()), (2, 0));
+    assert!(read_err(w.events[0].prev_kv_with_value().unwrap_err()));
+    assert!(read_err(Event::read_prev_values(w.events).unwrap_err()));
+    let w = s.delete_keys(&[b("b")]).unwrap();
+    assert_eq!(
+        w.events[0].prev_kv_with_value().unwrap().unwrap().value,
+        b("second")
+    );
+    // Read together, as the watch stream reads them.
+    let back = Event::read_prev_values(w.events).unwrap();
+    assert_eq!(back[0].prev_kv.as_ref().unwrap().value, b("second"));
+    assert!(back[0].prev_cold.is_none());
+    assert_eq!(s.get(b"a").unwrap().unwrap().value, b("new"));
+    assert!(s.get(b"b").unwrap().is_none());
     s.check_invariants().unwrap();
 }
 

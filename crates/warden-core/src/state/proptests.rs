@@ -201,6 +201,7 @@ impl Model {
             kind: EventKind::Put,
             kv,
             prev_kv: prev.clone(),
+            prev_cold: None,
         });
         Ok(PutResponse {
             prev_kv: if req.prev_kv { prev } else { None },
@@ -229,6 +230,7 @@ impl Model {
                     ..Default::default()
                 },
                 prev_kv: Some(kv.clone()),
+                prev_cold: None,
             });
             if req.prev_kv {
                 resp.prev_kvs.push(kv);

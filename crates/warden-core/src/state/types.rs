@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::error::StateError;
+
 /// A key's value at one revision, as etcd's `mvccpb.KeyValue`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
@@ -162,11 +164,126 @@ pub struct CompactionRequest {
 /// One change to the key space, for watchers (K3): a put (`kv` is the new
 /// value) or a delete (`kv` carries the key and the deleting revision as
 /// `mod_revision`, other fields zero), plus the previous value if there was one.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The previous value may be left where it is: when it is in a scratch
+/// file, `prev_kv` comes without its value and `prev_cold` says where it
+/// is, and [`Event::prev_kv_with_value`] reads it for the watchers that
+/// ask for it. A write's events are made on every member whether anyone
+/// watches or not; reading each previous value back cost a `pread` per
+/// write (docs/benchmarks.md, "Writes: less work per put on every member"). Equal
+/// events compare their previous values' bytes, wherever they are.
+#[derive(Clone, Debug)]
 pub struct Event {
     pub kind: EventKind,
     pub kv: KeyValue,
     pub prev_kv: Option<KeyValue>,
+    /// Where `prev_kv`'s value is when it was not read (its `value` is
+    /// empty then).
+    pub prev_cold: Option<crate::storage::cold::ColdRef>,
+}
+
+impl Event {
+    /// An event whose previous value (if any) is in `prev_kv`.
+    pub fn new(kind: EventKind, kv: KeyValue, prev_kv: Option<KeyValue>) -> Self {
+        Self {
+            kind,
+            kv,
+            prev_kv,
+            prev_cold: None,
+        }
+    }
+
+    /// `prev_kv` with its value, read back if it was left in a scratch file.
+    pub fn prev_kv_with_value(&self) -> Result<Option<KeyValue>, StateError> {
+        match (&self.prev_kv, &self.prev_cold) {
+            (Some(p), Some(cold)) => {
+                let value = cold
+                    .read()
+                    .map_err(|e| StateError::HistoryRead(e.to_string()))?;
+                Ok(Some(KeyValue { value, ..p.clone() }))
+            }
+            (p, _) => Ok(p.clone()),
+        }
+    }
+
+    /// `events` with every previous value left in a scratch file read
+    /// back, the values near each other with one read
+    /// ([`ColdRef::read_many`](crate::storage::cold::ColdRef::read_many)).
+    /// Reads the disk: call it off the async threads.
+    pub fn read_prev_values(mut events: Vec<Event>) -> Result<Vec<Event>, StateError> {
+        let cold: Vec<(usize, crate::storage::cold::ColdRef)> = events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.prev_kv.is_some())
+            .filter_map(|(i, e)| e.prev_cold.clone().map(|c| (i, c)))
+            .collect();
+        if cold.is_empty() {
+            return Ok(events);
+        }
+        let refs: Vec<&crate::storage::cold::ColdRef> = cold.iter().map(|(_, c)| c).collect();
+        let values = crate::storage::cold::ColdRef::read_many(&refs);
+        for ((i, _), value) in cold.iter().zip(values) {
+            let value = value.map_err(|e| StateError::HistoryRead(e.to_string()))?;
+            if let Some(e) = events.get_mut(*i) {
+                if let Some(p) = e.prev_kv.as_mut() {
+                    p.value = value;
+                }
+                e.prev_cold = None;
+            }
+        }
+        Ok(events)
+    }
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.kv == other.kv
+            && match (self.prev_kv_with_value(), other.prev_kv_with_value()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            }
+    }
+}
+
+impl Eq for Event {}
+
+/// An event as it is encoded: the previous value always with its bytes.
+#[derive(Serialize)]
+struct EventOut<'a> {
+    kind: EventKind,
+    kv: &'a KeyValue,
+    prev_kv: Option<KeyValue>,
+}
+
+#[derive(Deserialize)]
+struct EventIn {
+    kind: EventKind,
+    kv: KeyValue,
+    prev_kv: Option<KeyValue>,
+}
+
+/// Encoded as if `prev_cold` were not there: the previous value is read
+/// back (an error if it cannot be).
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let prev_kv = self
+            .prev_kv_with_value()
+            .map_err(<S::Error as serde::ser::Error>::custom)?;
+        EventOut {
+            kind: self.kind,
+            kv: &self.kv,
+            prev_kv,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let e = EventIn::deserialize(d)?;
+        Ok(Event::new(e.kind, e.kv, e.prev_kv))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,8 +3,10 @@
 //!
 //! The MVCC store keeps every version of every key until it is compacted,
 //! as etcd does. Older versions are read by reads at an old revision,
-//! watch replay and snapshots; a key's newest value by gets, compares and
-//! the next write's watch event. Superseded values, and newest ones of at
+//! watch replay and snapshots; a key's newest value by gets, compares, a
+//! write that returns or keeps it, and a watcher asking for the previous
+//! values of the next write's event (which carries a [`ColdRef`] for it
+//! instead of the bytes). Superseded values, and newest ones of at
 //! least [`NEWEST_MIN_BYTES`], are kept here: [`ColdStore::put_all`]
 //! appends them to the active segment (a file with no name, made with `O_TMPFILE` in the member's
 //! snapshot directory) and returns a [`ColdRef`] that reads it back with one
@@ -28,8 +30,13 @@
 //! for the length of the pass and values are copied out of the page cache
 //! without a system call each (a `pread` per value was most of a
 //! snapshot's CPU: docs/benchmarks.md, "Snapshots that do not stall
-//! writes"). The maps go when the pass ends, so the pages they touched
-//! stop counting in the member's resident set. A segment is never
+//! writes"). The maps are populated when made (every page of the
+//! segment mapped in one call: faulting pages in one by one cost more
+//! than half of a snapshot's CPU), so for the length of the pass the
+//! member's resident set counts the segments it reads in full, dead
+//! values included (file pages of the page cache, which the kernel can
+//! drop); the maps go when the pass ends, and so do those pages from the
+//! resident set. A segment is never
 //! truncated and a map covers only bytes already written, so a mapped read
 //! cannot fall past the end of the file; what a map cannot report is a
 //! disk read error: the kernel kills the process (`SIGBUS`) where `pread`
@@ -294,9 +301,9 @@ impl Mapped {
         //
         // Populated (`MAP_POPULATE`): the pass reads values all over the
         // segment, and one call that maps every page costs much less than a
-        // page fault per 64 KiB touched (snapshots under writes: 1.10x put
-        // throughput, docs/benchmarks.md, "Snapshot reads from populated
-        // maps"). The pages come from the page cache, as a `pread`'s would.
+        // page fault per 64 KiB touched (docs/benchmarks.md, "Writes: less
+        // work per put on every member"). The pages come from the page
+        // cache, as a `pread`'s would.
         #[allow(unsafe_code)]
         let map = unsafe {
             memmap2::MmapOptions::new()

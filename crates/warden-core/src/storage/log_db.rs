@@ -195,8 +195,8 @@ impl Journal {
 /// entries, whichever comes first. Each redb commit costs about as much
 /// again as the inserts of a group of 64 puts (it copies the B-tree's
 /// rightmost path and writes the allocator's state): one commit per many
-/// groups spares most of that (docs/benchmarks.md, "The log's file copy
-/// in batches"). The Raft log store keeps unfiled entries in memory, so
+/// groups spares most of that (docs/benchmarks.md, "Writes: less work per
+/// put on every member"). The Raft log store keeps unfiled entries in memory, so
 /// this bounds that too.
 pub const FILE_BATCH_BYTES: usize = 256 * 1024;
 /// See [`FILE_BATCH_BYTES`].
@@ -569,6 +569,8 @@ impl LogDb {
     /// batches the file does not have yet, for [`LogDb::file_journaled`];
     /// until that commits them, readers of the file do not see them (the
     /// Raft log store serves them from memory meanwhile). Any other write
+    /// but a purge's later portions ([`LogDb::purge_more`], which deletes
+    /// only entries before every held one)
     /// commits them first. Splitting the two lets the caller acknowledge
     /// the append after the sync, with the file's commit off that path and
     /// shared by many batches; a crash in between is a crash after a

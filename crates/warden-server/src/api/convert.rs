@@ -146,11 +146,11 @@ impl TryConvertFrom<mvccpb::Event> for st::Event {
         let kind = mvccpb::event::EventType::try_from(ev.r#type)
             .map_err(|_| malformed(format!("unknown event type {}", ev.r#type)))?;
         let kv = ev.kv.ok_or_else(|| malformed("event without kv"))?;
-        Ok(st::Event {
-            kind: kind.convert(),
-            kv: kv.convert(),
-            prev_kv: ev.prev_kv.map(ConvertInto::convert),
-        })
+        Ok(st::Event::new(
+            kind.convert(),
+            kv.convert(),
+            ev.prev_kv.map(ConvertInto::convert),
+        ))
     }
 }
 

@@ -457,23 +457,52 @@ impl StreamCtx {
         revision: i64,
         events: impl Iterator<Item = &'a Event>,
     ) -> bool {
-        let evs: Vec<mvccpb::Event> = events
+        let selected: Vec<&Event> = events
             .filter(|e| match e.kind {
                 EventKind::Put => !spec.no_put,
                 EventKind::Delete => !spec.no_delete,
             })
-            .map(|e| {
-                mvccpb::Event::convert_from(Event {
-                    kind: e.kind,
-                    kv: e.kv.clone(),
-                    prev_kv: if spec.prev_kv {
-                        e.prev_kv.clone()
-                    } else {
-                        None
-                    },
-                })
-            })
             .collect();
+        // A previous value left in a scratch file (`Event::prev_cold`) is
+        // read here, for the watchers that ask for it: off the async
+        // threads, the values of the batch together. One that cannot be
+        // read ends the watch with the error rather than send the event
+        // without it.
+        let evs: Vec<mvccpb::Event> = if spec.prev_kv
+            && selected.iter().any(|e| e.prev_cold.is_some())
+        {
+            let owned: Vec<Event> = selected.into_iter().cloned().collect();
+            let read = tokio::task::spawn_blocking(move || Event::read_prev_values(owned)).await;
+            match read {
+                Ok(Ok(evs)) => evs.into_iter().map(mvccpb::Event::convert_from).collect(),
+                Ok(Err(e)) => {
+                    tracing::warn!(watch_id = spec.watch_id, "watch: {e}");
+                    self.cancel(spec.watch_id, &e.grpc_message(), 0).await;
+                    return false;
+                }
+                Err(e) => {
+                    let msg = format!("warden: reading previous values for a watch failed: {e}");
+                    tracing::warn!(watch_id = spec.watch_id, "{msg}");
+                    self.cancel(spec.watch_id, &msg, 0).await;
+                    return false;
+                }
+            }
+        } else {
+            selected
+                .into_iter()
+                .map(|e| {
+                    mvccpb::Event::convert_from(Event::new(
+                        e.kind,
+                        e.kv.clone(),
+                        if spec.prev_kv {
+                            e.prev_kv.clone()
+                        } else {
+                            None
+                        },
+                    ))
+                })
+                .collect()
+        };
         if evs.is_empty() {
             return true;
         }

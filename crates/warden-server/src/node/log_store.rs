@@ -313,7 +313,7 @@ fn run_writer(db: Arc<LogDb>, tail: Arc<Tail>, rx: mpsc::Receiver<Job>, purging:
             // Nothing queued: the file takes what it does not have yet
             // unless appends come within `IDLE_FILE`, then a purge goes
             // on, then the writer waits.
-            Err(mpsc::TryRecvError::Empty) if !w.unfiled.is_empty() => {
+            Err(mpsc::TryRecvError::Empty) if !w.unfiled.is_empty() && w.failed.is_none() => {
                 match rx.recv_timeout(IDLE_FILE) {
                     Ok(job) => job,
                     Err(RecvTimeoutError::Timeout) => {

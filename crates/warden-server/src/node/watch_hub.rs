@@ -84,7 +84,9 @@ impl Cancelled {
 }
 
 /// Bytes an event is accounted for: its keys and values plus a fixed
-/// allowance for the rest of the structure.
+/// allowance for the rest of the structure. A previous value left in a
+/// scratch file (`Event::prev_cold`) is not in memory and counts as its
+/// key and the allowance only.
 pub fn event_bytes(e: &Event) -> usize {
     fn kv(k: &KeyValue) -> usize {
         k.key.len() + k.value.len() + 48
@@ -406,6 +408,7 @@ mod tests {
                 ..Default::default()
             },
             prev_kv: None,
+            prev_cold: None,
         }
     }
 

@@ -197,6 +197,7 @@ fn event_round_trip() {
             kind: st::EventKind::Put,
             kv: kv("a", 3),
             prev_kv: Some(kv("a", 2)),
+            prev_cold: None,
         },
         st::Event {
             kind: st::EventKind::Delete,
@@ -206,6 +207,7 @@ fn event_round_trip() {
                 ..Default::default()
             },
             prev_kv: None,
+            prev_cold: None,
         },
     ] {
         let p = mvccpb::Event::convert_from(ev.clone());
@@ -226,11 +228,7 @@ fn proto_enum_values_match_etcd() {
     );
     let r = pb::RangeRequest::convert_from(range("a"));
     assert_eq!((r.sort_order, r.sort_target), (2, 3));
-    let e = mvccpb::Event::convert_from(st::Event {
-        kind: st::EventKind::Delete,
-        kv: kv("a", 1),
-        prev_kv: None,
-    });
+    let e = mvccpb::Event::convert_from(st::Event::new(st::EventKind::Delete, kv("a", 1), None));
     assert_eq!(e.r#type, 1);
 }
 
@@ -574,7 +572,7 @@ mod prop {
             prev_kv in proptest::option::of(key_value()),
         ) {
             let kind = if delete { st::EventKind::Delete } else { st::EventKind::Put };
-            let ev = st::Event { kind, kv, prev_kv };
+            let ev = st::Event::new(kind, kv, prev_kv);
             let back = st::Event::try_convert_from(through_wire(mvccpb::Event::convert_from(ev.clone())));
             prop_assert_eq!(back.ok(), Some(ev));
         }
