@@ -106,7 +106,7 @@ async fn watch_semantics() {
     assert_eq!(kinds(&live), vec![(0, "a/1".into(), 5)]);
     assert_eq!(
         live.events[0].prev_kv.as_ref().map(|p| p.value.clone()),
-        Some(x.into_bytes()),
+        Some(x.clone().into_bytes()),
         "prev_kv"
     );
     // A key outside the range is not seen; a delete is.
@@ -124,9 +124,34 @@ async fn watch_semantics() {
     assert_eq!(kinds(&d), vec![(1, "a/2".into(), 7)]);
     assert_eq!(
         d.events[0].prev_kv.as_ref().map(|p| p.value.clone()),
-        Some(y.into_bytes()),
+        Some(y.clone().into_bytes()),
         "a delete's prev_kv"
     );
+    // Replayed from history on another stream, the previous values come
+    // from the scratch files too, for a watcher that asks for them only.
+    for prev_kv in [true, false] {
+        let mut r = W::open(&follower).await;
+        r.send(RequestUnion::CreateRequest(pb::WatchCreateRequest {
+            prev_kv,
+            ..create("a/", b"a0", 5)
+        }))
+        .await;
+        assert!(r.next().await.created);
+        let mut replayed = Vec::new();
+        while replayed.len() < 2 {
+            replayed.extend(r.next().await.events);
+        }
+        let prevs: Vec<Option<Vec<u8>>> = replayed
+            .iter()
+            .map(|e| e.prev_kv.as_ref().map(|p| p.value.clone()))
+            .collect();
+        let want = if prev_kv {
+            vec![Some(x.clone().into_bytes()), Some(y.clone().into_bytes())]
+        } else {
+            vec![None, None]
+        };
+        assert_eq!(prevs, want, "replayed prev_kv, asked: {prev_kv}");
+    }
 
     // Progress request: answered with the current revision.
     w.send(RequestUnion::ProgressRequest(pb::WatchProgressRequest {}))

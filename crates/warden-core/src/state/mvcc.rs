@@ -303,24 +303,38 @@ impl History {
 }
 
 /// The watch event of version `i` (`v`) of key `k`, with the key's previous
-/// live version as `prev_kv`.
+/// live version as `prev_kv`, its value left in its scratch file if it is
+/// there ([`Event::prev_cold`]: most watchers do not ask for it).
 fn event_of(k: &[u8], h: &History, i: usize, v: &Version) -> Result<Event, StateError> {
-    let prev_kv = i
+    let (prev_kv, prev_cold) = match i
         .checked_sub(1)
         .and_then(|p| h.versions.get(p))
-        .and_then(|p| p.live.as_ref().map(|l| to_kv(k, p.mod_revision, l, true)))
-        .transpose()?;
-    Ok(match &v.live {
-        Some(l) => Event::new(EventKind::Put, to_kv(k, v.mod_revision, l, true)?, prev_kv),
-        None => Event::new(
+        .and_then(|p| {
+            p.live
+                .as_ref()
+                .map(|l| prev_of(k, p.mod_revision, l, false))
+        })
+        .transpose()?
+    {
+        Some((kv, cold)) => (Some(kv), cold),
+        None => (None, None),
+    };
+    let kind_kv = match &v.live {
+        Some(l) => (EventKind::Put, to_kv(k, v.mod_revision, l, true)?),
+        None => (
             EventKind::Delete,
             KeyValue {
                 key: k.to_vec(),
                 mod_revision: v.mod_revision,
                 ..KeyValue::default()
             },
-            prev_kv,
         ),
+    };
+    Ok(Event {
+        kind: kind_kv.0,
+        kv: kind_kv.1,
+        prev_kv,
+        prev_cold,
     })
 }
 

@@ -678,7 +678,8 @@ fn run_with(steps: Vec<Step>, cold: Option<ColdStore>) -> Result<(), TestCaseErr
             .events_since(m.compact_revision(), b"\x00", b"\x00")
             .map_or(0, |evs| {
                 evs.iter()
-                    .filter(|e| e.prev_kv.as_ref().is_some_and(|p| !p.value.is_empty()))
+                    .filter_map(|e| e.prev_kv_with_value().ok().flatten())
+                    .filter(|p| !p.value.is_empty())
                     .count()
             });
         prop_assert_eq!(m.mvcc().cold_values(), superseded + newest);

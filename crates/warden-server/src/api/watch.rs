@@ -368,16 +368,27 @@ impl StreamCtx {
             }
             let store = history.clone();
             let (key, range_end) = (spec.key.clone(), spec.range_end.clone());
+            let prev_kv = spec.prev_kv;
             let chunk = tokio::task::spawn_blocking(move || {
                 (
-                    store.events_chunk(
-                        from,
-                        current,
-                        &key,
-                        &range_end,
-                        REPLAY_REVISIONS,
-                        REPLAY_BYTES,
-                    ),
+                    store
+                        .events_chunk(
+                            from,
+                            current,
+                            &key,
+                            &range_end,
+                            REPLAY_REVISIONS,
+                            REPLAY_BYTES,
+                        )
+                        // Previous values only for a watcher that asks
+                        // for them, read here with the chunk.
+                        .and_then(|(events, end)| {
+                            if prev_kv {
+                                Ok((Event::read_prev_values(events)?, end))
+                            } else {
+                                Ok((events, end))
+                            }
+                        }),
                     store.compact_revision(),
                 )
             })
