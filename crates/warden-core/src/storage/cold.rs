@@ -151,7 +151,11 @@ impl ColdRef {
             .file
             .read_exact_at(&mut buf, u64::from(self.offset))
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.what())))?;
-        self.checked(&buf)
+        // The value is the buffer past its CRC: moved down in place rather
+        // than copied into a second allocation (a get reads one value).
+        self.verify(&buf)?;
+        buf.drain(..CRC_BYTES);
+        Ok(buf)
     }
 
     /// Reads many values back, in the order of `refs`: values near each
@@ -245,6 +249,12 @@ impl ColdRef {
     /// The value out of `stored` (its CRC, then its bytes), if the CRC
     /// matches.
     fn checked(&self, stored: &[u8]) -> io::Result<Vec<u8>> {
+        self.verify(stored)?;
+        Ok(stored.get(CRC_BYTES..).unwrap_or_default().to_vec())
+    }
+
+    /// An error unless `stored` (the CRC, then the value) checks out.
+    fn verify(&self, stored: &[u8]) -> io::Result<()> {
         let (crc, value) = stored.split_at(CRC_BYTES.min(stored.len()));
         if crc != crc32fast::hash(value).to_le_bytes() {
             return Err(io::Error::new(
@@ -252,7 +262,7 @@ impl ColdRef {
                 format!("{}: checksum mismatch (the file was damaged)", self.what()),
             ));
         }
-        Ok(value.to_vec())
+        Ok(())
     }
 
     /// The value through a map of its segment, mapping the segment if this

@@ -132,8 +132,7 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(sane_id)
             .map_or_else(new_id, str::to_owned);
-        let method = req.uri().path().to_owned();
-        let span = tracing::info_span!("request", id = %id, method = %method);
+        let span = tracing::info_span!("request", id = %id, method = %req.uri().path());
         let slow = self.slow;
         let fut = self.inner.call(req);
         let echo = HeaderValue::from_str(&id).ok();
