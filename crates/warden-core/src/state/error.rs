@@ -115,6 +115,11 @@ pub enum ErrorClass {
 }
 
 impl StateError {
+    /// A value that could not be read back from the scratch files.
+    pub fn history_read(e: std::io::Error) -> Self {
+        StateError::HistoryRead(e.to_string())
+    }
+
     /// The gRPC code class etcd uses for this error (`rpctypes.ErrGRPC*`).
     pub fn class(&self) -> ErrorClass {
         match self {

@@ -87,10 +87,7 @@ impl Value {
     fn bytes(&self) -> Result<Cow<'_, [u8]>, StateError> {
         match self {
             Value::Hot(v) => Ok(Cow::Borrowed(v)),
-            Value::Cold(c) => c
-                .read()
-                .map(Cow::Owned)
-                .map_err(|e| StateError::HistoryRead(e.to_string())),
+            Value::Cold(c) => c.read().map(Cow::Owned).map_err(StateError::history_read),
         }
     }
 }
@@ -306,7 +303,7 @@ impl History {
 /// live version as `prev_kv`, its value left in its scratch file if it is
 /// there ([`Event::prev_cold`]: most watchers do not ask for it).
 fn event_of(k: &[u8], h: &History, i: usize, v: &Version) -> Result<Event, StateError> {
-    let (prev_kv, prev_cold) = match i
+    let (prev_kv, prev_cold) = i
         .checked_sub(1)
         .and_then(|p| h.versions.get(p))
         .and_then(|p| {
@@ -315,11 +312,8 @@ fn event_of(k: &[u8], h: &History, i: usize, v: &Version) -> Result<Event, State
                 .map(|l| prev_of(k, p.mod_revision, l, false))
         })
         .transpose()?
-    {
-        Some((kv, cold)) => (Some(kv), cold),
-        None => (None, None),
-    };
-    let kind_kv = match &v.live {
+        .unzip();
+    let (kind, kv) = match &v.live {
         Some(l) => (EventKind::Put, to_kv(k, v.mod_revision, l, true)?),
         None => (
             EventKind::Delete,
@@ -331,10 +325,10 @@ fn event_of(k: &[u8], h: &History, i: usize, v: &Version) -> Result<Event, State
         ),
     };
     Ok(Event {
-        kind: kind_kv.0,
-        kv: kind_kv.1,
+        kind,
+        kv,
         prev_kv,
-        prev_cold,
+        prev_cold: prev_cold.flatten(),
     })
 }
 
@@ -409,7 +403,7 @@ fn kvs_of(found: &[(&[u8], i64, &Live)], with_value: bool) -> Result<Vec<KeyValu
                 Value::Cold(_) => read
                     .next()
                     .unwrap_or_else(|| Err(std::io::Error::other("a value was not read")))
-                    .map_err(|e| StateError::HistoryRead(e.to_string()))?,
+                    .map_err(StateError::history_read)?,
             };
             Ok(kv_of(k, *m, l, value))
         })
@@ -1754,16 +1748,13 @@ impl MvccStore {
         let read_rev = w.read_rev();
         let rev = w.rev();
         // The previous value is read only if this request uses it.
-        let (prev, prev_cold) = match self
+        let (prev, prev_cold) = self
             .keys
             .get(req.key.as_slice())
             .and_then(|h| h.live_at(read_rev))
             .map(|(m, l)| prev_of(&req.key, m, l, req.prev_kv || req.ignore_value))
             .transpose()?
-        {
-            Some((kv, cold)) => (Some(kv), cold),
-            None => (None, None),
-        };
+            .unzip();
 
         let (value, lease) = match (&prev, req.ignore_value || req.ignore_lease) {
             (None, true) => return Err(StateError::KeyNotFound),
@@ -1823,7 +1814,7 @@ impl MvccStore {
             kind: EventKind::Put,
             kv,
             prev_kv: prev,
-            prev_cold,
+            prev_cold: prev_cold.flatten(),
         });
         Ok(response)
     }

@@ -1757,6 +1757,16 @@ fn newest_values_leave_the_heap_from_the_threshold_and_read_back() {
     s.check_invariants().unwrap();
 }
 
+/// A store whose every non-empty value, newest ones included, goes to
+/// scratch files in `dir` at the next flush.
+fn every_value_cold(dir: &tempfile::TempDir) -> MvccStore {
+    let mut s = MvccStore::new();
+    s.set_cold(Some(
+        ColdStore::with_limits(dir.path(), 1 << 20, 1).unwrap(),
+    ));
+    s
+}
+
 /// A newest value that cannot be read back fails the request that needed
 /// it, changing nothing (the state machine then stops the member); reads
 /// that do not need it still work, and so do writes that do not return it:
@@ -1765,9 +1775,7 @@ fn newest_values_leave_the_heap_from_the_threshold_and_read_back() {
 #[test]
 fn a_newest_value_that_cannot_be_read_fails_its_request_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let cold = ColdStore::with_limits(dir.path(), 1 << 20, 1).unwrap();
-    let mut s = MvccStore::new();
-    s.set_cold(Some(cold));
+    let mut s = every_value_cold(&dir);
     put(&mut s, "a", "first");
     put(&mut s, "b", "second");
     s.flush_spills();
@@ -1948,9 +1956,7 @@ fn decoding_moves_values_one_write_per_chunk_of_keys() {
 #[test]
 fn get_many_answers_each_key_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let cold = ColdStore::with_limits(dir.path(), 1 << 20, 1).unwrap();
-    let mut s = MvccStore::new();
-    s.set_cold(Some(cold));
+    let mut s = every_value_cold(&dir);
     put(&mut s, "a", "alpha");
     put(&mut s, "c", "gamma");
     put(&mut s, "e", "");

@@ -197,9 +197,7 @@ impl Event {
     pub fn prev_kv_with_value(&self) -> Result<Option<KeyValue>, StateError> {
         match (&self.prev_kv, &self.prev_cold) {
             (Some(p), Some(cold)) => {
-                let value = cold
-                    .read()
-                    .map_err(|e| StateError::HistoryRead(e.to_string()))?;
+                let value = cold.read().map_err(StateError::history_read)?;
                 Ok(Some(KeyValue { value, ..p.clone() }))
             }
             (p, _) => Ok(p.clone()),
@@ -223,7 +221,7 @@ impl Event {
         let refs: Vec<&crate::storage::cold::ColdRef> = cold.iter().map(|(_, c)| c).collect();
         let values = crate::storage::cold::ColdRef::read_many(&refs);
         for ((i, _), value) in cold.iter().zip(values) {
-            let value = value.map_err(|e| StateError::HistoryRead(e.to_string()))?;
+            let value = value.map_err(StateError::history_read)?;
             if let Some(e) = events.get_mut(*i) {
                 if let Some(p) = e.prev_kv.as_mut() {
                     p.value = value;

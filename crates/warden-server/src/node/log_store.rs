@@ -355,7 +355,6 @@ fn run_writer(db: Arc<LogDb>, tail: Arc<Tail>, rx: mpsc::Receiver<Job>, purging:
                 Job::Committed(c) => w.committed = Some(c),
                 Job::Other(f, reply) => {
                     w.commit_group(&mut group);
-                    w.file_journaled(true);
                     let res = match &w.failed {
                         Some(e) => Err(copy_err(e)),
                         None => f(&w.db).map_err(io::Error::from),
@@ -363,13 +362,16 @@ fn run_writer(db: Arc<LogDb>, tail: Arc<Tail>, rx: mpsc::Receiver<Job>, purging:
                     if let Err(e) = &res {
                         w.failed.get_or_insert_with(|| copy_err(e));
                     }
+                    // Its write checkpointed the journal first, which put
+                    // every journaled entry in the file: the tail learns it
+                    // here, without a commit of its own.
+                    w.file_journaled(true);
                     let _ = reply.send(res);
                 }
                 Job::Purge { upto, meta } => {
-                    // The entries it covers were queued before it: in the
-                    // file first.
+                    // The entries it covers were queued before it: the
+                    // purge's first write checkpoints them into the file.
                     w.commit_group(&mut group);
-                    w.file_journaled(true);
                     if w.failed.is_none() {
                         match w.db.purge_start(upto, PURGE_PORTION, PURGED, &meta) {
                             Ok(more) => purging = more.then_some(upto),
@@ -379,6 +381,7 @@ fn run_writer(db: Arc<LogDb>, tail: Arc<Tail>, rx: mpsc::Receiver<Job>, purging:
                             }
                         }
                     }
+                    w.file_journaled(true);
                 }
             }
         }
