@@ -202,6 +202,17 @@ pub const FILE_BATCH_BYTES: usize = 256 * 1024;
 /// See [`FILE_BATCH_BYTES`].
 pub const FILE_BATCH_ENTRIES: usize = 2048;
 
+/// Journal bytes past which filing the held batches
+/// ([`LogDb::file_journaled`]) is a checkpoint: one durable commit and the
+/// journal emptied, instead of a commit without fsync. An open after a
+/// crash re-inserts every journaled record into the file in one durable
+/// commit (it cannot know which of the file's commits without fsync
+/// survived), and that was a quarter of a restart's CPU with a full 32 MiB
+/// journal (docs/benchmarks.md, "Snapshots in proportion to the history"):
+/// this bounds it to about 8 MiB, for one more `fsync` of the file per 8 MiB
+/// of log written.
+pub const CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
+
 /// The payload of a record; every version this build reads has the same
 /// payload encoding (version 1), so the version is checked and dropped here.
 fn unframe(raw: &[u8]) -> Result<&[u8], FormatError> {
@@ -626,6 +637,10 @@ impl LogDb {
             && journal.unfiled.len() < FILE_BATCH_ENTRIES
         {
             return Ok(false);
+        }
+        if journal.wal.len() >= CHECKPOINT_BYTES {
+            self.checkpoint_locked(&mut journal)?;
+            return Ok(true);
         }
         self.commit(Durability::None, |w| journal.put_unfiled(w))?;
         journal.filed();
@@ -1144,6 +1159,43 @@ mod tests {
         assert!(records.is_empty(), "{} records left", records.len());
         let db = LogDb::open(&crashed.path().join("raft.redb")).unwrap();
         assert_eq!(db.get_meta(COMMITTED_KEY).unwrap(), Some(b"c3".to_vec()));
+    }
+
+    /// Filing once the journal holds [`CHECKPOINT_BYTES`] empties it: a
+    /// crash then leaves the file with every entry and nothing to replay.
+    #[test]
+    fn filing_a_long_journal_checkpoints_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let body = vec![7u8; 256 * 1024];
+        let mut i = 1u64;
+        // Filed without fsync while the journal is short: a crash replays.
+        db.journal_append(vec![(i, body.clone())], Some(b"c".to_vec()))
+            .unwrap();
+        assert!(db.file_journaled(true).unwrap());
+        let crashed = crash_copy(&dir);
+        let (_, records) = Wal::open(&crashed.path().join("raft.wal")).unwrap();
+        assert_eq!(records.len(), 1, "a short journal is kept");
+        // Past CHECKPOINT_BYTES, the next filing empties it.
+        let mut journaled = body.len() as u64;
+        while journaled < CHECKPOINT_BYTES {
+            i += 1;
+            db.journal_append(vec![(i, body.clone())], None).unwrap();
+            journaled += body.len() as u64;
+            assert!(db.file_journaled(true).unwrap());
+        }
+        let crashed = crash_copy(&dir);
+        let (_, records) = Wal::open(&crashed.path().join("raft.wal")).unwrap();
+        assert!(records.is_empty(), "{} records left", records.len());
+        assert_eq!(
+            stored_entries(&crashed.path().join("raft.redb")),
+            (1..=i).collect::<Vec<_>>()
+        );
+        let reopened = LogDb::open(&crashed.path().join("raft.redb")).unwrap();
+        assert_eq!(
+            reopened.get_meta(COMMITTED_KEY).unwrap(),
+            Some(b"c".to_vec())
+        );
     }
 
     /// A checkpoint (here, before a vote write) leaves the redb file alone

@@ -415,6 +415,11 @@ impl Wal {
         self.end.saturating_add(record_len as u64) <= CAPACITY
     }
 
+    /// Bytes in use, header included.
+    pub fn len(&self) -> u64 {
+        self.end
+    }
+
     /// Whether the journal holds no records.
     pub fn is_empty(&self) -> bool {
         self.end == HEADER_LEN
