@@ -105,8 +105,9 @@ mod tests {
         // A small state: the configured interval.
         assert!(!snapshot_due(9_999, 10_000, 100, 30_000));
         assert!(snapshot_due(10_000, 10_000, 100, 30_000));
-        // 100 000 keys written once (about 300 bytes each): every 50 000
-        // entries, half the keys earning more than their bytes.
+        // 100 000 small keys written once (about 300 bytes each as
+        // counted, 256 of them VERSION_OVERHEAD): every 50 000 entries,
+        // half the keys earning more than their bytes.
         assert!(!snapshot_due(49_999, 10_000, 100_000, 30_000_000));
         assert!(snapshot_due(50_000, 10_000, 100_000, 30_000_000));
         // The same keys written over and over: their history earns more.
