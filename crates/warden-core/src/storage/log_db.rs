@@ -209,8 +209,10 @@ pub const FILE_BATCH_ENTRIES: usize = 2048;
 /// commit (it cannot know which of the file's commits without fsync
 /// survived), and that was a quarter of a restart's CPU with a full 32 MiB
 /// journal (docs/benchmarks.md, "Snapshots in proportion to the history"):
-/// this bounds it to about 8 MiB, for one more `fsync` of the file per 8 MiB
-/// of log written.
+/// this bounds it to about 8 MiB (plus what is filed with the batch that
+/// passes it), for one more durable commit of the file and reset of the
+/// journal (an `fsync` each), on the writer between groups, per 8 MiB of
+/// log written.
 pub const CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
 
 /// The payload of a record; every version this build reads has the same

@@ -17,7 +17,10 @@
 //! bounds the snapshot work per applied entry to about [`BYTES_PER_ENTRY`]
 //! until the cap. The cost is the log a restart replays: at most
 //! [`MAX_INTERVAL`] entries (etcd 3.4 replays up to its `--snapshot-count`,
-//! 100 000 by default, too).
+//! 100 000 by default, too). With large values those entries would be a
+//! huge log, so the history earns interval only while the writes since the
+//! last snapshot have added less than half the retained bytes again
+//! ([`StateSize::added_bytes`]).
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -45,17 +48,34 @@ pub const MAX_INTERVAL: u64 = 100_000;
 /// (until [`MAX_INTERVAL`]).
 pub const BYTES_PER_ENTRY: u64 = 1024;
 
+/// The state's size, as the policy reads it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct StateSize {
+    /// Live keys.
+    pub live_keys: u64,
+    /// Bytes of every retained version (`MvccStore::size`).
+    pub retained_bytes: u64,
+    /// How much `retained_bytes` grew since the last snapshot: about the
+    /// bytes of the writes the log holds since then.
+    pub added_bytes: u64,
+}
+
 /// Whether a snapshot is due: `since` entries applied after the last one,
-/// `min_entries` the configured interval, `live_keys` and `retained_bytes`
-/// the state's size.
-pub(super) fn snapshot_due(
-    since: u64,
-    min_entries: u64,
-    live_keys: u64,
-    retained_bytes: u64,
-) -> bool {
-    let earned = (live_keys / 2).max(retained_bytes / BYTES_PER_ENTRY);
-    since >= min_entries.max(earned.min(MAX_INTERVAL))
+/// `min_entries` the configured interval, `state` the state's size.
+///
+/// The retained versions earn interval only while the writes since the
+/// last snapshot add less than half as many bytes again: with large values
+/// an interval of many entries would be a log of many gigabytes, so once
+/// the log holds that much the history earns nothing more and the interval
+/// is what the live keys earn, as before the history counted.
+pub(super) fn snapshot_due(since: u64, min_entries: u64, state: StateSize) -> bool {
+    let by_keys = state.live_keys / 2;
+    let by_history = if state.added_bytes < state.retained_bytes / 2 {
+        state.retained_bytes / BYTES_PER_ENTRY
+    } else {
+        0
+    };
+    since >= min_entries.max(by_keys.max(by_history).min(MAX_INTERVAL))
 }
 
 /// Asks openraft for a snapshot whenever [`snapshot_due`]; ends when the
@@ -65,6 +85,9 @@ pub(super) async fn run(node: Weak<Node>) {
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     // The snapshot index when a snapshot was last asked for, and when.
     let mut asked: Option<(u64, Instant)> = None;
+    // The latest snapshot's index and the retained bytes when this task
+    // first saw it.
+    let mut base: Option<(u64, u64)> = None;
     loop {
         tick.tick().await;
         let Some(node) = node.upgrade() else {
@@ -79,10 +102,22 @@ pub(super) async fn run(node: Weak<Node>) {
             )
         };
         let since = applied.saturating_sub(snapshot);
-        let (keys, bytes) = node
+        let (live_keys, retained_bytes) = node
             .with_state(|d| (d.kv.mvcc().len() as u64, d.kv.mvcc().size()))
             .unwrap_or((u64::MAX, u64::MAX));
-        if !snapshot_due(since, node.config.snapshot_entries, keys, bytes) {
+        let at_snapshot = match base {
+            Some((index, bytes)) if index == snapshot => bytes,
+            _ => {
+                base = Some((snapshot, retained_bytes));
+                retained_bytes
+            }
+        };
+        let state = StateSize {
+            live_keys,
+            retained_bytes,
+            added_bytes: retained_bytes.saturating_sub(at_snapshot),
+        };
+        if !snapshot_due(since, node.config.snapshot_entries, state) {
             continue;
         }
         if asked.is_some_and(|(at, when)| at == snapshot && when.elapsed() < RETRY_AFTER) {
@@ -98,29 +133,72 @@ pub(super) async fn run(node: Weak<Node>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{snapshot_due, BYTES_PER_ENTRY, MAX_INTERVAL};
+    use super::{snapshot_due, StateSize, BYTES_PER_ENTRY, MAX_INTERVAL};
+
+    fn size(live_keys: u64, retained_bytes: u64, added_bytes: u64) -> StateSize {
+        StateSize {
+            live_keys,
+            retained_bytes,
+            added_bytes,
+        }
+    }
 
     #[test]
     fn the_interval_grows_with_the_state() {
         // A small state: the configured interval.
-        assert!(!snapshot_due(9_999, 10_000, 100, 30_000));
-        assert!(snapshot_due(10_000, 10_000, 100, 30_000));
+        assert!(!snapshot_due(9_999, 10_000, size(100, 30_000, 0)));
+        assert!(snapshot_due(10_000, 10_000, size(100, 30_000, 0)));
         // 100 000 small keys written once (about 300 bytes each as
         // counted, 256 of them VERSION_OVERHEAD): every 50 000 entries,
         // half the keys earning more than their bytes.
-        assert!(!snapshot_due(49_999, 10_000, 100_000, 30_000_000));
-        assert!(snapshot_due(50_000, 10_000, 100_000, 30_000_000));
+        let once = size(100_000, 30_000_000, 0);
+        assert!(!snapshot_due(49_999, 10_000, once));
+        assert!(snapshot_due(50_000, 10_000, once));
         // The same keys written over and over: their history earns more.
-        let history = 80_000 * BYTES_PER_ENTRY;
-        assert!(!snapshot_due(79_999, 10_000, 100_000, history));
-        assert!(snapshot_due(80_000, 10_000, 100_000, history));
+        let history = size(100_000, 80_000 * BYTES_PER_ENTRY, 0);
+        assert!(!snapshot_due(79_999, 10_000, history));
+        assert!(snapshot_due(80_000, 10_000, history));
         // Never before the configured interval, whatever the state.
-        assert!(!snapshot_due(99, 100, 0, 0));
+        assert!(!snapshot_due(99, 100, size(0, 0, 0)));
         // A huge state: at most every MAX_INTERVAL entries...
-        assert!(snapshot_due(MAX_INTERVAL, 10_000, 10_000_000, 0));
-        assert!(snapshot_due(MAX_INTERVAL, 10_000, 0, u64::MAX));
-        assert!(!snapshot_due(MAX_INTERVAL - 1, 10_000, 0, u64::MAX));
+        assert!(snapshot_due(MAX_INTERVAL, 10_000, size(10_000_000, 0, 0)));
+        assert!(snapshot_due(MAX_INTERVAL, 10_000, size(0, u64::MAX, 0)));
+        assert!(!snapshot_due(
+            MAX_INTERVAL - 1,
+            10_000,
+            size(0, u64::MAX, 0)
+        ));
         // ...unless the configured interval is longer.
-        assert!(!snapshot_due(MAX_INTERVAL, 200_000, 10_000_000, u64::MAX));
+        assert!(!snapshot_due(
+            MAX_INTERVAL,
+            200_000,
+            size(10_000_000, u64::MAX, 0)
+        ));
+    }
+
+    /// Large values: 2 000 keys of 1 MiB retain 2 GiB, which would earn
+    /// the longest interval, 100 000 entries of 1 MiB of log. Once the log
+    /// since the snapshot holds half the retained bytes again, the history
+    /// earns nothing and the configured interval (or the keys') applies.
+    #[test]
+    fn large_values_do_not_stretch_the_log() {
+        let retained = 2_000 << 20;
+        assert!(!snapshot_due(10_000, 10_000, size(2_000, retained, 0)));
+        assert!(!snapshot_due(
+            10_000,
+            10_000,
+            size(2_000, retained, retained / 2 - 1)
+        ));
+        assert!(snapshot_due(
+            10_000,
+            10_000,
+            size(2_000, retained, retained / 2)
+        ));
+        // The configured interval still comes first.
+        assert!(!snapshot_due(
+            9_999,
+            10_000,
+            size(2_000, retained, retained)
+        ));
     }
 }
