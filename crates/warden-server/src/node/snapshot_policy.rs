@@ -19,7 +19,7 @@
 //! [`MAX_INTERVAL`] entries (etcd 3.4 replays up to its `--snapshot-count`,
 //! 100 000 by default, too). With large values those entries would be a
 //! huge log, so the history earns interval only while the writes since the
-//! last snapshot have added less than half the retained bytes again
+//! last snapshot have added less than the state retained at it
 //! ([`StateSize::added_bytes`]).
 
 use std::sync::Weak;
@@ -64,7 +64,8 @@ pub(super) struct StateSize {
 /// `min_entries` the configured interval, `state` the state's size.
 ///
 /// The retained versions earn interval only while the writes since the
-/// last snapshot add less than half as many bytes again: with large values
+/// last snapshot have added less than half the bytes retained now (less
+/// than were retained at the snapshot): with large values
 /// an interval of many entries would be a log of many gigabytes, so once
 /// the log holds that much the history earns nothing more and the interval
 /// is what the live keys earn, as before the history counted.
