@@ -205,31 +205,52 @@ impl Event {
     }
 
     /// `events` with every previous value left in a scratch file read
-    /// back, the values near each other with one read
-    /// ([`ColdRef::read_many`](crate::storage::cold::ColdRef::read_many)).
+    /// back (see [`Event::cold_prev_values`]).
     /// Reads the disk: call it off the async threads.
     pub fn read_prev_values(mut events: Vec<Event>) -> Result<Vec<Event>, StateError> {
-        let cold: Vec<(usize, crate::storage::cold::ColdRef)> = events
+        let values = Self::cold_prev_values(&events)?;
+        for (e, value) in events.iter_mut().zip(values) {
+            e.fill_prev_value(value);
+        }
+        Ok(events)
+    }
+
+    /// The previous values `events` left in scratch files, by position
+    /// (`None` for an event that left none), the values near each other
+    /// read with one read
+    /// ([`ColdRef::read_many`](crate::storage::cold::ColdRef::read_many)).
+    /// Reads the disk: call it off the async threads.
+    pub fn cold_prev_values(events: &[Event]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        let cold: Vec<(usize, &crate::storage::cold::ColdRef)> = events
             .iter()
             .enumerate()
             .filter(|(_, e)| e.prev_kv.is_some())
-            .filter_map(|(i, e)| e.prev_cold.clone().map(|c| (i, c)))
+            .filter_map(|(i, e)| e.prev_cold.as_ref().map(|c| (i, c)))
             .collect();
+        let mut out = vec![None; events.len()];
         if cold.is_empty() {
-            return Ok(events);
+            return Ok(out);
         }
-        let refs: Vec<&crate::storage::cold::ColdRef> = cold.iter().map(|(_, c)| c).collect();
+        let refs: Vec<&crate::storage::cold::ColdRef> = cold.iter().map(|(_, c)| *c).collect();
         let values = crate::storage::cold::ColdRef::read_many(&refs);
         for ((i, _), value) in cold.iter().zip(values) {
-            let value = value.map_err(StateError::history_read)?;
-            if let Some(e) = events.get_mut(*i) {
-                if let Some(p) = e.prev_kv.as_mut() {
-                    p.value = value;
-                }
-                e.prev_cold = None;
+            if let Some(slot) = out.get_mut(*i) {
+                *slot = Some(value.map_err(StateError::history_read)?);
             }
         }
-        Ok(events)
+        Ok(out)
+    }
+
+    /// Puts `value` (one of [`Event::cold_prev_values`]) in `prev_kv`,
+    /// which no longer points into a scratch file; `None` changes nothing.
+    pub fn fill_prev_value(&mut self, value: Option<Vec<u8>>) {
+        let Some(value) = value else {
+            return;
+        };
+        if let Some(p) = self.prev_kv.as_mut() {
+            p.value = value;
+        }
+        self.prev_cold = None;
     }
 }
 

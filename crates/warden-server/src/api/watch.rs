@@ -32,7 +32,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{Caller, Gate};
 use super::header;
-use crate::node::{Node, WatchGuard};
+use crate::node::{Batch, Node, WatchGuard};
 use warden_core::state::types::{Event, EventKind};
 use warden_core::state::{MvccStore, StateError};
 use warden_proto::etcdserverpb as pb;
@@ -437,6 +437,15 @@ impl StreamCtx {
             tokio::select! {
                 b = sub.recv() => match b {
                     Some(b) if b.revision < spec.start_revision => {}
+                    Some(b) if spec.prev_kv && b.has_cold_prev() => {
+                        let revision = b.revision;
+                        let Some(events) = self.with_prev_values(&spec, b).await else {
+                            break;
+                        };
+                        if !self.deliver(&spec, revision, events.iter()).await {
+                            break;
+                        }
+                    }
                     Some(b) => {
                         if !self.deliver(&spec, b.revision, b.events()).await {
                             break;
@@ -460,6 +469,33 @@ impl StreamCtx {
         }
     }
 
+    /// A live batch's events with their previous values, read once for
+    /// every watcher of the batch (`Batch::with_prev_values`), off the
+    /// async threads when that reads the disk. A value that cannot be read
+    /// ends the watch with the error rather than send the event without
+    /// it: `None` then.
+    async fn with_prev_values(&self, spec: &Spec, b: Batch) -> Option<Vec<Event>> {
+        let read = if b.needs_prev_values() {
+            tokio::task::spawn_blocking(move || b.with_prev_values())
+                .await
+                .unwrap_or_else(|e| {
+                    Err(StateError::HistoryRead(format!(
+                        "reading previous values for a watch: {e}"
+                    )))
+                })
+        } else {
+            b.with_prev_values()
+        };
+        match read {
+            Ok(events) => Some(events),
+            Err(e) => {
+                tracing::warn!(watch_id = spec.watch_id, "watch: {e}");
+                self.cancel(spec.watch_id, &e.grpc_message(), 0).await;
+                None
+            }
+        }
+    }
+
     /// Sends one revision's events after filtering; fragments when asked and
     /// the response would exceed the size limit.
     async fn deliver<'a>(
@@ -474,46 +510,22 @@ impl StreamCtx {
                 EventKind::Delete => !spec.no_delete,
             })
             .collect();
-        // A previous value left in a scratch file (`Event::prev_cold`) is
-        // read here, for the watchers that ask for it: off the async
-        // threads, the values of the batch together. One that cannot be
-        // read ends the watch with the error rather than send the event
-        // without it.
-        let evs: Vec<mvccpb::Event> = if spec.prev_kv
-            && selected.iter().any(|e| e.prev_cold.is_some())
-        {
-            let owned: Vec<Event> = selected.into_iter().cloned().collect();
-            let read = tokio::task::spawn_blocking(move || Event::read_prev_values(owned)).await;
-            match read {
-                Ok(Ok(evs)) => evs.into_iter().map(mvccpb::Event::convert_from).collect(),
-                Ok(Err(e)) => {
-                    tracing::warn!(watch_id = spec.watch_id, "watch: {e}");
-                    self.cancel(spec.watch_id, &e.grpc_message(), 0).await;
-                    return false;
-                }
-                Err(e) => {
-                    let msg = format!("warden: reading previous values for a watch failed: {e}");
-                    tracing::warn!(watch_id = spec.watch_id, "{msg}");
-                    self.cancel(spec.watch_id, &msg, 0).await;
-                    return false;
-                }
-            }
-        } else {
-            selected
-                .into_iter()
-                .map(|e| {
-                    mvccpb::Event::convert_from(Event::new(
-                        e.kind,
-                        e.kv.clone(),
-                        if spec.prev_kv {
-                            e.prev_kv.clone()
-                        } else {
-                            None
-                        },
-                    ))
-                })
-                .collect()
-        };
+        // Previous values left in scratch files were read before this for
+        // a watcher that asks for them (`with_prev_values`, replay).
+        let evs: Vec<mvccpb::Event> = selected
+            .into_iter()
+            .map(|e| {
+                mvccpb::Event::convert_from(Event::new(
+                    e.kind,
+                    e.kv.clone(),
+                    if spec.prev_kv {
+                        e.prev_kv.clone()
+                    } else {
+                        None
+                    },
+                ))
+            })
+            .collect();
         if evs.is_empty() {
             return true;
         }

@@ -72,7 +72,7 @@ use forward::Redirect;
 pub use forward::{ForwardRequest, ForwardResponse};
 pub use reads::{Consistency, Subscriber, WatchGuard};
 pub use state_machine::{LockFeed, SmData};
-pub use watch_hub::WatchLimits;
+pub use watch_hub::{Batch, WatchLimits};
 
 /// Why a request could not be served; mapped to gRPC at the API edge.
 #[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]

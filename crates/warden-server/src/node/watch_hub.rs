@@ -31,10 +31,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::Notify;
 
+use warden_core::state::error::StateError;
 use warden_core::state::types::{Event, KeyValue};
 
 /// Byte budgets of queued watch events (see the module doc).
@@ -100,12 +101,20 @@ pub fn event_bytes(e: &Event) -> usize {
 struct Shared {
     events: Vec<Event>,
     bytes: usize,
+    /// The previous values `events` left in scratch files
+    /// (`Event::prev_cold`), by position, read once for every watcher of
+    /// the batch that asks for previous values (`Batch::with_prev_values`),
+    /// or why they could not be read.
+    prev_values: OnceLock<Result<Vec<Option<Vec<u8>>>, StateError>>,
+    /// Bytes of `prev_values`, counted in `pending` too.
+    prev_bytes: AtomicUsize,
     pending: Arc<AtomicUsize>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        self.pending.fetch_sub(self.bytes, Ordering::SeqCst);
+        let bytes = self.bytes + self.prev_bytes.load(Ordering::SeqCst);
+        self.pending.fetch_sub(bytes, Ordering::SeqCst);
     }
 }
 
@@ -125,12 +134,56 @@ impl Batch {
             .events
             .iter()
             .enumerate()
-            .filter(|(i, _)| {
-                self.mine
-                    .as_ref()
-                    .is_none_or(|m| m.binary_search(&(*i as u32)).is_ok())
-            })
+            .filter(|(i, _)| self.is_mine(*i))
             .map(|(_, e)| e)
+    }
+
+    /// Whether the shared batch's event `i` is this watcher's.
+    fn is_mine(&self, i: usize) -> bool {
+        self.mine
+            .as_ref()
+            .is_none_or(|m| m.binary_search(&(i as u32)).is_ok())
+    }
+
+    /// Whether one of this watcher's events left its previous value in a
+    /// scratch file (`Event::prev_cold`).
+    pub fn has_cold_prev(&self) -> bool {
+        self.events().any(|e| e.prev_cold.is_some())
+    }
+
+    /// Whether [`Batch::with_prev_values`] would read the disk: this
+    /// watcher's events left previous values in scratch files and no
+    /// watcher of the batch has read them yet.
+    pub fn needs_prev_values(&self) -> bool {
+        self.shared.prev_values.get().is_none() && self.has_cold_prev()
+    }
+
+    /// This watcher's events with their previous values, read from the
+    /// scratch files once for the batch whichever watcher asks first (the
+    /// others wait for that read or find it done). Reads the disk when
+    /// [`Batch::needs_prev_values`]: then call it off the async threads.
+    pub fn with_prev_values(&self) -> Result<Vec<Event>, StateError> {
+        let shared = &self.shared;
+        let values = shared.prev_values.get_or_init(|| {
+            let read = Event::cold_prev_values(&shared.events)?;
+            let bytes = read.iter().flatten().map(Vec::len).sum();
+            shared.prev_bytes.store(bytes, Ordering::SeqCst);
+            shared.pending.fetch_add(bytes, Ordering::SeqCst);
+            Ok(read)
+        });
+        let values = values.as_ref().map_err(Clone::clone)?;
+        Ok(shared
+            .events
+            .iter()
+            .zip(values)
+            .enumerate()
+            .filter(|(i, _)| self.is_mine(*i))
+            .map(|(_, (e, value))| {
+                let mut e = e.clone();
+                e.fill_prev_value(value.clone());
+                e
+            })
+            .collect())
     }
 }
 
@@ -340,6 +393,8 @@ impl WatchHub {
                     Arc::new(Shared {
                         events: events.to_vec(),
                         bytes: total,
+                        prev_values: OnceLock::new(),
+                        prev_bytes: AtomicUsize::new(0),
                         pending: self.pending.clone(),
                     })
                 })
@@ -458,6 +513,48 @@ mod tests {
         assert_eq!(hub.pending_bytes(), 0);
         hub.unsubscribe(s.id);
         assert!(hub.is_empty());
+    }
+
+    /// A previous value left in a scratch file is read once for the
+    /// batch, whichever watcher asks first, and counts in the pending
+    /// bytes while the batch is held.
+    #[tokio::test]
+    async fn previous_values_in_scratch_files_are_read_once_per_batch() {
+        use warden_core::state::types::PutRequest;
+        use warden_core::state::{MvccStore, NoLeases};
+        use warden_core::storage::cold::ColdStore;
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = MvccStore::new();
+        m.set_cold(Some(
+            ColdStore::with_limits(dir.path(), 1 << 20, 1).unwrap(),
+        ));
+        let put = |v: &[u8]| PutRequest {
+            key: b"k".to_vec(),
+            value: v.to_vec(),
+            ..Default::default()
+        };
+        m.put(&put(b"old"), &NoLeases).unwrap();
+        m.flush_spills();
+        let w = m.put(&put(b"new"), &NoLeases).unwrap();
+        assert!(w.events[0].prev_cold.is_some(), "{:?}", w.events);
+        let hub = WatchHub::default();
+        let all = hub.subscribe(Vec::new(), vec![0]);
+        let one = hub.subscribe(b"k".to_vec(), Vec::new());
+        hub.publish(3, &w.events);
+        let held = hub.pending_bytes();
+        let (a, b) = (all.recv().await.unwrap(), one.recv().await.unwrap());
+        assert!(a.has_cold_prev() && a.needs_prev_values() && b.needs_prev_values());
+        let first = a.with_prev_values().unwrap();
+        assert_eq!(first[0].prev_kv.as_ref().unwrap().value, b"old");
+        assert!(first[0].prev_cold.is_none());
+        assert!(!b.needs_prev_values(), "read once for the batch");
+        assert_eq!(hub.pending_bytes(), held + 3);
+        let second = b.with_prev_values().unwrap();
+        assert_eq!(second[0].prev_kv.as_ref().unwrap().value, b"old");
+        drop((a, b, first, second));
+        hub.unsubscribe(all.id);
+        hub.unsubscribe(one.id);
+        assert_eq!(hub.pending_bytes(), 0);
     }
 
     #[tokio::test]
