@@ -56,9 +56,11 @@ use super::unexpected;
 impl pb::kv_server::Kv for KvService {
     async fn range(
         &self,
-        request: Request<pb::RangeRequest>,
+        mut request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
-        let r = st::RangeRequest::try_convert_from(request.get_ref().clone())?;
+        // Each method moves the message out of the request, which keeps its
+        // metadata (the caller's token, a session tag, the deadline).
+        let r = st::RangeRequest::try_convert_from(std::mem::take(request.get_mut()))?;
         let caller = self.gate.caller(&request)?;
         let (key, range_end) = (r.key.clone(), r.range_end.clone());
         // A serializable range is refused until this member is ready
@@ -96,10 +98,10 @@ impl pb::kv_server::Kv for KvService {
 
     async fn put(
         &self,
-        request: Request<pb::PutRequest>,
+        mut request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         self.check_size(request.get_ref())?;
-        let put = st::PutRequest::convert_from(request.get_ref().clone());
+        let put = st::PutRequest::convert_from(std::mem::take(request.get_mut()));
         validate::check_put_request(&put).map_err(state_status)?;
         let cmd = Command::Put(put);
         let (rev, res, tagged) = self.propose(&request, cmd).await?;
@@ -113,10 +115,10 @@ impl pb::kv_server::Kv for KvService {
 
     async fn delete_range(
         &self,
-        request: Request<pb::DeleteRangeRequest>,
+        mut request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         self.check_size(request.get_ref())?;
-        let del = st::DeleteRangeRequest::convert_from(request.get_ref().clone());
+        let del = st::DeleteRangeRequest::convert_from(std::mem::take(request.get_mut()));
         validate::check_delete_request(&del).map_err(state_status)?;
         let cmd = Command::DeleteRange(del);
         let (rev, res, tagged) = self.propose(&request, cmd).await?;
@@ -130,10 +132,10 @@ impl pb::kv_server::Kv for KvService {
 
     async fn txn(
         &self,
-        request: Request<pb::TxnRequest>,
+        mut request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
         self.check_size(request.get_ref())?;
-        let txn = st::TxnRequest::try_convert_from(request.get_ref().clone())?;
+        let txn = st::TxnRequest::try_convert_from(std::mem::take(request.get_mut()))?;
         validate::check_txn_request(&txn).map_err(state_status)?;
         let cmd = Command::Txn(txn);
         let (rev, res, tagged) = self.propose(&request, cmd).await?;

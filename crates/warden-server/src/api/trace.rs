@@ -1,19 +1,26 @@
 //! One span per client request, with a request id, and slow requests
 //! logged.
 //!
-//! Every request on the client port (gRPC, the JSON gateway, probes) runs
-//! inside a `request{id=… method=…}` span. The id is the client's
-//! `x-request-id` header when it sends a sane one (at most 64 characters
-//! of `[A-Za-z0-9._-]`), else 16 random hex digits; it is echoed in the
-//! answer's `x-request-id` header (gRPC initial metadata). A write a
-//! follower forwards carries the id to the leader (`node/forward.rs` puts
-//! it in the peer call's metadata, `node/peer_service.rs` opens a
-//! `forwarded{id=…}` span), so `grep` of one id across the members' logs
-//! shows the whole path (at `WARDEN_LOG=debug`; slow ones at `warn`).
+//! Every request on the client port (gRPC, the JSON gateway, probes) has an
+//! id: the client's `x-request-id` header when it sends a sane one (at most
+//! 64 characters of `[A-Za-z0-9._-]`), else 16 random hex digits; it is
+//! echoed in the answer's `x-request-id` header (gRPC initial metadata). A
+//! write a follower forwards carries the id to the leader (`node/forward.rs`
+//! puts it in the peer call's metadata), so `grep` of one id across the
+//! members' logs shows the whole path.
 //!
 //! A request that takes longer than the slow threshold to answer (etcd's
 //! `--warning-apply-duration`, 100 ms by default) is logged at `warn` with
-//! its method and duration. For a stream that is the time to open it.
+//! its id, its method (or the member that forwarded it) and its duration.
+//! For a stream that is the time to open it.
+//!
+//! At `WARDEN_LOG=debug` each request also runs inside a
+//! `request{id=… method=…}` span (a forwarded one in `forwarded{id=…
+//! from=…}` on the leader), so every line logged while serving it carries
+//! them, and it is logged when received and when answered. The spans are
+//! at `debug` because at `info` they were 3-4 % of a loaded member's CPU
+//! (the subscriber formats each span's fields and tracks it on every poll:
+//! docs/benchmarks.md, "Request spans only when they are logged").
 //!
 //! Owns: the id, the span, the slow-request warning. Never: reading or
 //! changing the request's body.
@@ -67,15 +74,22 @@ pub fn in_request<F: Future>(
 }
 
 /// Runs `fut`, then logs how long it took: at `warn` over `slow` (with
-/// `what` it was), else at `debug`.
-pub async fn timed<F: Future>(slow: Duration, what: &str, fut: F) -> F::Output {
+/// `what` it was, `about` it and the request's id, so that the line stands
+/// on its own without the request's span), else at `debug`.
+pub async fn timed<F: Future>(
+    slow: Duration,
+    what: &str,
+    about: impl std::fmt::Display,
+    fut: F,
+) -> F::Output {
     let start = Instant::now();
     let out = fut.await;
     let took = start.elapsed();
     if took > slow {
         tracing::warn!(
             took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
-            "slow {what}: answered after {took:?} (over --warning-apply-duration {slow:?})"
+            request_id = %current_request_id().unwrap_or_default(),
+            "slow {what} {about}: answered after {took:?} (over --warning-apply-duration {slow:?})"
         );
     } else {
         tracing::debug!(
@@ -132,13 +146,15 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(sane_id)
             .map_or_else(new_id, str::to_owned);
-        let span = tracing::info_span!("request", id = %id, method = %req.uri().path());
+        // Built only at `debug` (the macro evaluates no field otherwise).
+        let span = tracing::debug_span!("request", id = %id, method = %req.uri().path());
+        let uri = req.uri().clone();
         let slow = self.slow;
         let fut = self.inner.call(req);
         let echo = HeaderValue::from_str(&id).ok();
         Box::pin(in_request(id, span, async move {
             tracing::debug!("request received");
-            let out = timed(slow, "request", fut).await;
+            let out = timed(slow, "request", uri.path(), fut).await;
             out.map(|mut r| {
                 if let Some(v) = echo {
                     r.headers_mut().insert(REQUEST_ID_HEADER, v);

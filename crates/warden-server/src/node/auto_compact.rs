@@ -137,7 +137,7 @@ pub async fn run(node: Arc<Node>, policy: AutoCompaction) {
             physical: false,
         });
         let deadline = node.deadline(None);
-        match node.write(Request::Kv(cmd), deadline).await {
+        match node.write(Request::kv(cmd), deadline).await {
             Ok(r) => match r.result {
                 Ok(_) => tracing::info!(revision = at, "auto-compacted"),
                 // Someone compacted further already: nothing to do.

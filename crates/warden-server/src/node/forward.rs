@@ -420,11 +420,16 @@ impl Node {
     ) -> T {
         match id {
             Some(id) => {
-                let span = tracing::info_span!("forwarded", id = %id, from = %format!("{from:x}"));
+                let span = tracing::debug_span!("forwarded", id = %id, from = %format!("{from:x}"));
                 crate::api::trace::in_request(
                     id,
                     span,
-                    crate::api::trace::timed(self.slow_request(), "forwarded request", serve),
+                    crate::api::trace::timed(
+                        self.slow_request(),
+                        "forwarded request",
+                        ForwardedBy(from),
+                        serve,
+                    ),
                 )
                 .await
             }
@@ -524,6 +529,16 @@ fn not_delivered(s: &tonic::Status) -> bool {
         src = e.source();
     }
     connecting
+}
+
+/// "from 3f2a…": which member forwarded a slow request, formatted only
+/// when the warning is written.
+struct ForwardedBy(u64);
+
+impl std::fmt::Display for ForwardedBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "from {:x}", self.0)
+    }
 }
 
 /// Where a proposal on this member went instead of being applied.

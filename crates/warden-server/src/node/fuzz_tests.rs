@@ -87,7 +87,7 @@ fn entries() -> Vec<Entry> {
         samples::entry(),
         Entry {
             log_id: log_id::<TypeConfig>(3, 1, 7),
-            payload: EntryPayload::Normal(Request::Kv(txn)),
+            payload: EntryPayload::Normal(Request::kv(txn)),
         },
         Entry {
             log_id: log_id::<TypeConfig>(3, 1, 8),
@@ -168,7 +168,7 @@ fn peer_messages() -> Vec<Vec<u8>> {
         bytes(&VoteRequest::<TypeConfig>::new(vote, last)),
         bytes(&TransferLeaderRequest::<TypeConfig>::new(vote, 2, last)),
         bytes(&SnapshotHeader { vote, meta: meta() }),
-        bytes(&ForwardRequest::Write(Request::Kv(samples::put()))),
+        bytes(&ForwardRequest::Write(Request::kv(samples::put()))),
         bytes(&ForwardRequest::LeaseTimeToLive(7)),
         bytes(&ForwardRequest::Members(MemberOp::Add {
             id: 4,

@@ -67,7 +67,7 @@ async fn watching_for_a_failed_core_does_not_wake_per_write() {
     assert_eq!(node.wait_leader(deadline).await, Some(node.id), "no leader");
     // The first write also settles what becoming leader changes.
     let put = |i: usize| {
-        Request::Kv(Command::Put(PutRequest {
+        Request::kv(Command::Put(PutRequest {
             key: format!("k{i}").into_bytes(),
             value: b"v".to_vec(),
             ..Default::default()
@@ -114,7 +114,7 @@ async fn watching_for_a_failed_core_does_not_wake_per_write() {
 async fn a_forwarded_request_costs_the_leader_a_small_future() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = Node::start(config(dir.path())).await.expect("start");
-    let put = Request::Kv(Command::Put(PutRequest::default()));
+    let put = Request::kv(Command::Put(PutRequest::default()));
     let serve = node.serve_forwarded(
         super::ForwardRequest::Write(put.clone()),
         Duration::from_secs(1),

@@ -526,7 +526,7 @@ impl Lessor {
             checkpoints: vec![(id, renewal.ttl.saturating_mul(1000), seq)],
         };
         let deadline = node.deadline(None);
-        match node.write_local(Request::Kv(cmd), deadline).await {
+        match node.write_local(Request::kv(cmd), deadline).await {
             Ok(_) => {
                 if let Ok(cd) = self.lock()?.ready(node.sm.lease_feed(), Instant::now()) {
                     cd.reset_committed(id, seq);
@@ -779,7 +779,7 @@ async fn revoke_worker(node: Arc<Node>, rx: mpsc::Receiver<i64>) {
             let node = node.clone();
             async move {
                 let deadline = node.deadline(None);
-                let cmd = Request::Kv(Command::LeaseRevoke { id });
+                let cmd = Request::kv(Command::LeaseRevoke { id });
                 match node.write_local(cmd, deadline).await {
                     Ok(r) if r.result.is_ok() => node.telemetry.lease_expired(),
                     // Already revoked by its owner: not an expiry.
@@ -831,7 +831,7 @@ fn tick_leader(node: &Arc<Node>) {
     }
     for batch in checkpoints.chunks(CHECKPOINT_BATCH) {
         let node = node.clone();
-        let cmd = Request::Kv(Command::LeaseCheckpoint {
+        let cmd = Request::kv(Command::LeaseCheckpoint {
             checkpoints: batch.to_vec(),
         });
         tokio::spawn(async move {

@@ -733,7 +733,7 @@ mod tests {
                 failure: Vec::new(),
             };
         }
-        let fwd = ForwardRequest::Write(crate::node::types::Request::Kv(
+        let fwd = ForwardRequest::Write(crate::node::types::Request::kv(
             warden_core::state::Command::Txn(t),
         ));
         assert_eq!(encode(&fwd).unwrap().data, nested_forward_write(3));

@@ -1314,7 +1314,7 @@ pub(crate) mod samples {
     pub fn entry() -> Entry {
         Entry {
             log_id: log_id::<TypeConfig>(2, 1, 5),
-            payload: EntryPayload::Normal(Request::Kv(put())),
+            payload: EntryPayload::Normal(Request::kv(put())),
         }
     }
 
@@ -1368,11 +1368,11 @@ mod sessions {
             log_id: log_id::<TypeConfig>(2, 1, index),
             payload: EntryPayload::Normal(Request::KvOnce {
                 user: None,
-                cmd: Command::Put(warden_core::state::types::PutRequest {
+                cmd: std::sync::Arc::new(Command::Put(warden_core::state::types::PutRequest {
                     key: b"once".to_vec(),
                     value: value.as_bytes().to_vec(),
                     ..Default::default()
-                }),
+                })),
                 tag: SessionTag {
                     client_id: "job7".into(),
                     request_id,

@@ -17,6 +17,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -41,10 +42,17 @@ impl fmt::Display for Member {
 }
 
 /// One replicated command.
+///
+/// A key-value command is behind an `Arc` (encoded as the command itself,
+/// serde's `rc`): the leader's log tail hands each entry out once per
+/// follower it replicates to and once more to the state machine, and
+/// cloning the keys and values each time was 1.5-2 % of a member's CPU
+/// under puts (docs/benchmarks.md, "Request spans only when they are
+/// logged").
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Request {
     /// A key-value command for the state machine.
-    Kv(Command),
+    Kv(Arc<Command>),
     /// A member announces the address it serves clients on (as etcd's
     /// member attribute publish), so every member can list every client URL.
     Publish {
@@ -69,16 +77,26 @@ pub enum Request {
     /// while auth is on. Commands the members make themselves (lease
     /// expiry, checkpoints, auto-compaction) stay `Kv`. Appended after
     /// `Auth`.
-    KvAs { user: Option<String>, cmd: Command },
+    KvAs {
+        user: Option<String>,
+        cmd: Arc<Command>,
+    },
     /// [`Request::KvAs`] tagged with a client session (`warden-client-id`,
     /// `warden-request-id`): applied at most once per (client, request),
     /// a retry answered with the first attempt's response
     /// (`warden_core::state::session`). Appended after `KvAs`.
     KvOnce {
         user: Option<String>,
-        cmd: Command,
+        cmd: Arc<Command>,
         tag: SessionTag,
     },
+}
+
+impl Request {
+    /// A key-value command the members make themselves (not a client's).
+    pub fn kv(cmd: Command) -> Request {
+        Request::Kv(Arc::new(cmd))
+    }
 }
 
 impl fmt::Display for Request {
