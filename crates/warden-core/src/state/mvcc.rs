@@ -27,9 +27,14 @@ use serde::{Deserialize, Serialize};
 // mimalloc's size classes (48 -> 32 bytes a key).
 use triomphe::Arc;
 
-/// A key in the key map: its bytes without a capacity, 8 bytes less per
-/// entry of the map's nodes than a `Vec` (encoded the same way).
-type Key = Box<[u8]>;
+/// A key in the key map: up to 16 bytes kept in the map's node itself, a
+/// longer one on the heap. A lookup compares the searched key with a
+/// handful of keys in each node on its way down; with every key on the
+/// heap (`Box<[u8]>` before) each comparison was a cache miss, and the two
+/// lookups of a put were 8-11 % of a follower's CPU under random puts
+/// (docs/benchmarks.md, "Short keys in the nodes"). 24 bytes an entry,
+/// 8 more than a `Box`, and no heap block at all for a short key.
+type Key = smallvec::SmallVec<[u8; 16]>;
 
 use super::error::StateError;
 use super::types::{
@@ -469,7 +474,8 @@ mod keys_serde {
         keys: &OrdMap<Key, Arc<History>>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
-        s.collect_map(keys.iter().map(|(k, h)| (k, &**h)))
+        // A key is written as a byte slice, as the `Box<[u8]>` keys were.
+        s.collect_map(keys.iter().map(|(k, h)| (k.as_slice(), &**h)))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(
@@ -527,7 +533,10 @@ mod keys_serde {
                     }
                 };
                 let mut chunk_bytes = 0usize;
-                while let Some(entry) = access.next_entry::<Key, History>()? {
+                // Read as a `Vec` (serde sizes it cautiously whatever length
+                // the input claims), then kept in place if it is short.
+                while let Some((k, h)) = access.next_entry::<Vec<u8>, History>()? {
+                    let entry = (Key::from_vec(k), h);
                     chunk_bytes += entry
                         .1
                         .versions
@@ -1747,10 +1756,13 @@ impl MvccStore {
     ) -> Result<PutResponse, StateError> {
         let read_rev = w.read_rev();
         let rev = w.rev();
+        // One walk down the key map for the read and the write: the key's
+        // path is made this map's own (copied if a snapshot or a reader
+        // shares it) even if the put then fails, which changes no content.
+        let slot = self.keys.get_mut(req.key.as_slice());
         // The previous value is read only if this request uses it.
-        let (prev, prev_cold) = self
-            .keys
-            .get(req.key.as_slice())
+        let (prev, prev_cold) = slot
+            .as_deref()
             .and_then(|h| h.live_at(read_rev))
             .map(|(m, l)| prev_of(&req.key, m, l, req.prev_kv || req.ignore_value))
             .transpose()?
@@ -1787,11 +1799,9 @@ impl MvccStore {
             sub: w.events.len() as u32,
             live: Some(live),
         };
-        self.size = self
-            .size
-            .saturating_add(version_size(&req.key, &new_version));
-        match self.keys.get_mut(req.key.as_slice()).map(Arc::make_mut) {
-            Some(h) => h.push(new_version),
+        let added = version_size(&req.key, &new_version);
+        match slot {
+            Some(h) => Arc::make_mut(h).push(new_version),
             None => {
                 self.keys.insert(
                     Key::from(req.key.as_slice()),
@@ -1801,6 +1811,7 @@ impl MvccStore {
                 );
             }
         }
+        self.size = self.size.saturating_add(added);
         if prev.is_none() {
             self.live_keys += 1;
         }
