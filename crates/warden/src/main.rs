@@ -94,8 +94,9 @@ fn init_tracing(json: bool) {
     let filter = EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     // try_init: a subscriber set elsewhere is not worth dying over.
     if json {
-        // One JSON object per line, as etcd logs: the span fields
-        // (request id, method) are in "spans".
+        // One JSON object per line, as etcd logs: a slow request's id is
+        // in "fields" ("request_id"); at debug, the request spans' fields
+        // (id, method) are in "spans".
         let _ = tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)

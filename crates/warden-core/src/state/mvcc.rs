@@ -32,9 +32,48 @@ use triomphe::Arc;
 /// handful of keys in each node on its way down; with every key on the
 /// heap (`Box<[u8]>` before) each comparison was a cache miss, and the two
 /// lookups of a put were 8-11 % of a follower's CPU under random puts
-/// (docs/benchmarks.md, "Short keys in the nodes"). 24 bytes an entry,
-/// 8 more than a `Box`, and no heap block at all for a short key.
-type Key = smallvec::SmallVec<[u8; 16]>;
+/// (docs/benchmarks.md, "Short keys in the nodes"). 24 bytes an entry, 8
+/// more than a `Box`; no heap block at all for a short key, and a longer
+/// key's block is exactly its length (`SmallVec`'s own `From<&[u8]>` and
+/// `clone` round it up to a power of two, and imbl clones every key of a
+/// node it copies). Ordered, compared and hashed as its bytes.
+#[derive(PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+struct Key(smallvec::SmallVec<[u8; 16]>);
+
+impl Key {
+    fn from_vec(v: Vec<u8>) -> Key {
+        Key(smallvec::SmallVec::from_vec(v))
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<&[u8]> for Key {
+    fn from(bytes: &[u8]) -> Key {
+        Key(smallvec::SmallVec::from_slice(bytes))
+    }
+}
+
+impl Clone for Key {
+    fn clone(&self) -> Key {
+        Key::from(self.as_slice())
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Key {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
 
 use super::error::StateError;
 use super::types::{
@@ -1756,9 +1795,10 @@ impl MvccStore {
     ) -> Result<PutResponse, StateError> {
         let read_rev = w.read_rev();
         let rev = w.rev();
-        // One walk down the key map for the read and the write: the key's
-        // path is made this map's own (copied if a snapshot or a reader
-        // shares it) even if the put then fails, which changes no content.
+        // One walk down the key map for the read and the write of a key
+        // that exists (a new one is inserted after): the key's path is made
+        // this map's own (copied if a snapshot or a reader shares it) even
+        // if the put then fails, which changes no content.
         let slot = self.keys.get_mut(req.key.as_slice());
         // The previous value is read only if this request uses it.
         let (prev, prev_cold) = slot

@@ -1977,3 +1977,53 @@ fn get_many_answers_each_key_in_order() {
     s.newest_cold(b"c").unwrap().damage();
     assert!(matches!(s.get_many(&keys), Err(StateError::HistoryRead(_))));
 }
+
+#[test]
+fn keys_order_as_their_bytes_and_keep_exact_sizes() {
+    let raw: Vec<Vec<u8>> = vec![
+        b(""),
+        b("a"),
+        b("a\0"),
+        b("ab"),
+        vec![0xff; 16],
+        vec![0xff; 17],
+        b("0123456789abcdef"),
+        b("0123456789abcdef0"),
+        b("0123456789abcdeg"),
+        b("/registry/pods/default/web-0"),
+    ];
+    let keys: Vec<Key> = raw.iter().map(|k| Key::from(k.as_slice())).collect();
+    for (i, a) in keys.iter().enumerate() {
+        for (j, c) in keys.iter().enumerate() {
+            assert_eq!(
+                a.cmp(c),
+                raw[i].cmp(&raw[j]),
+                "{:?} vs {:?}",
+                raw[i],
+                raw[j]
+            );
+        }
+        assert_eq!(a.as_slice(), raw[i].as_slice());
+    }
+    // Up to 16 bytes in place; a longer key's block is exactly its length,
+    // after a clone (imbl clones every key of a node it copies) and after
+    // decoding too.
+    let short = Key::from(&b"0123456789abcdef"[..]);
+    assert!(!short.0.spilled());
+    let long = Key::from(&b"/registry/pods/default/web-0"[..]);
+    assert!(long.0.spilled());
+    assert_eq!(long.0.capacity(), long.len());
+    let copy = long.clone();
+    assert_eq!(copy.0.capacity(), copy.len());
+    assert_eq!(copy, long);
+    assert_eq!(Key::from_vec(b("0123456789abcdef0")).0.capacity(), 17);
+    assert!(!Key::from_vec(b("short")).0.spilled());
+    // Found through the map by its bytes.
+    let mut m: OrdMap<Key, u8> = OrdMap::new();
+    for (i, k) in keys.iter().enumerate() {
+        m.insert(k.clone(), i as u8);
+    }
+    for (i, k) in raw.iter().enumerate() {
+        assert_eq!(m.get(k.as_slice()), Some(&(i as u8)));
+    }
+}
