@@ -36,8 +36,8 @@ use triomphe::Arc;
 /// more than a `Box`; no heap block at all for a short key, and a longer
 /// key's block is exactly its length (`SmallVec`'s own `From<&[u8]>` and
 /// `clone` round it up to a power of two, and imbl clones every key of a
-/// node it copies). Ordered, compared and hashed as its bytes.
-#[derive(PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+/// node it copies). Ordered and compared as its bytes.
+#[derive(PartialEq, Eq, PartialOrd, Ord, Debug)]
 struct Key(smallvec::SmallVec<[u8; 16]>);
 
 impl Key {

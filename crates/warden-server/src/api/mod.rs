@@ -109,16 +109,10 @@ pub async fn propose_once(
         .map_err(Proposal::State)?;
     let deadline = node.deadline(timeout);
     let user = caller.0.clone();
+    let cmd = std::sync::Arc::new(cmd);
     let req = match tag {
-        Some(tag) => crate::node::types::Request::KvOnce {
-            user,
-            cmd: std::sync::Arc::new(cmd),
-            tag,
-        },
-        None => crate::node::types::Request::KvAs {
-            user,
-            cmd: std::sync::Arc::new(cmd),
-        },
+        Some(tag) => crate::node::types::Request::KvOnce { user, cmd, tag },
+        None => crate::node::types::Request::KvAs { user, cmd },
     };
     let resp = node.write(req, deadline).await.map_err(Proposal::Node)?;
     match resp.result {
