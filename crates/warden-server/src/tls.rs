@@ -195,27 +195,42 @@ impl ServerTls {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown`: over TLS with `tls`,
-/// else plaintext. Either way every connection gets TCP_NODELAY
-/// (`Server::tcp_nodelay` does not apply to a given listener, and without
-/// it small responses wait ~40 ms for a delayed ACK).
-pub async fn serve(
-    router: tonic::transport::server::Router,
+/// Serves `svc` with `server`'s settings on `listener` until `shutdown`:
+/// over TLS with `tls`, else plaintext. Either way every connection gets
+/// TCP_NODELAY (`Server::tcp_nodelay` does not apply to a given listener,
+/// and without it small responses wait ~40 ms for a delayed ACK).
+pub async fn serve<S, B>(
+    server: tonic::transport::Server,
+    svc: S,
     listener: TcpListener,
     tls: Option<Arc<ServerTls>>,
     port: &'static str,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), tonic::transport::Error>
+where
+    S: tower::Service<
+            axum::http::Request<tonic::body::Body>,
+            Response = axum::http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     match tls {
         Some(tls) => {
-            router
-                .serve_with_incoming_shutdown(incoming(listener, tls, port), shutdown)
+            server
+                .serve_with_incoming_shutdown(svc, incoming(listener, tls, port), shutdown)
                 .await
         }
         None => {
             let plain =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            router.serve_with_incoming_shutdown(plain, shutdown).await
+            server
+                .serve_with_incoming_shutdown(svc, plain, shutdown)
+                .await
         }
     }
 }

@@ -7,13 +7,17 @@
 //! `handled`, `grpc_code` (`OK`, `Unavailable`, ... as Go's `codes.Code`
 //! prints them).
 //!
-//! [`track`] is an axum middleware (a tower layer) around every route of
-//! the client port. It counts a call when the request arrives, and its
-//! outcome when the response says it: at once for an error answered
+//! The client port's front service (`front.rs`) counts each gRPC call when
+//! its request arrives ([`GrpcMetrics::begin`]), and its outcome when the
+//! response says it ([`Call::answered`]): at once for an error answered
 //! without a body (grpc-status in the headers), else when the body's
 //! trailers pass (so a stream is handled, and timed, when it ends, as in
 //! go-grpc-prometheus). A stream the client drops before its trailers
 //! counts as `Canceled`.
+//!
+//! Each method's series are looked up in their families once, on its
+//! first call, and kept ([`Handles`]): a call costs no label hashing, only
+//! a lookup of its path in [`METHODS`].
 //!
 //! Cardinality is bounded: service and method labels come from the fixed
 //! table [`METHODS`]; any other path is counted as service and method
@@ -23,20 +27,17 @@
 //! Must never: change a request or response, or fail one.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::http::{HeaderMap, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use tonic::body::Body;
 
 const UNARY: &str = "unary";
 const SERVER_STREAM: &str = "server_stream";
@@ -152,6 +153,20 @@ pub struct GrpcMetrics {
     started: Family<MethodLabels, Counter>,
     handled: Family<HandledLabels, Counter>,
     handling: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    /// Per entry of [`METHODS`], then one for [`UNKNOWN`]: its series, once
+    /// it has been called.
+    methods: Box<[OnceLock<Handles>]>,
+}
+
+/// One method's series (clones share the families' values). Each is made
+/// when first needed, as the families alone would: a method whose calls
+/// never succeeded has no `OK` series.
+struct Handles {
+    labels: MethodLabels,
+    started: Counter,
+    handling: OnceLock<Histogram>,
+    /// `handled` with `grpc_code="OK"`, the outcome of almost every call.
+    ok: OnceLock<Counter>,
 }
 
 impl std::fmt::Debug for GrpcMetrics {
@@ -166,27 +181,34 @@ impl Default for GrpcMetrics {
             started: Family::default(),
             handled: Family::default(),
             handling: Family::new_with_constructor(handling_histogram),
+            methods: (0..=METHODS.len()).map(|_| OnceLock::new()).collect(),
         }
     }
 }
 
-/// The labels of a request path `/service/method`.
-fn method_of(path: &str) -> MethodLabels {
-    let (service, method, kind) = path
-        .strip_prefix('/')
+/// The index in [`METHODS`] of a request path `/service/method`, or
+/// `METHODS.len()` for any other path.
+fn method_index(path: &str) -> usize {
+    path.strip_prefix('/')
         .and_then(|p| p.split_once('/'))
-        .and_then(|(s, m)| {
-            METHODS
-                .iter()
-                .find(|(ks, km, _)| *ks == s && *km == m)
-                .copied()
-        })
-        .unwrap_or(UNKNOWN);
+        .and_then(|(s, m)| METHODS.iter().position(|(ks, km, _)| *km == m && *ks == s))
+        .unwrap_or(METHODS.len())
+}
+
+/// The labels of the method at `index` ([`method_index`]).
+fn labels_at(index: usize) -> MethodLabels {
+    let (service, method, kind) = METHODS.get(index).copied().unwrap_or(UNKNOWN);
     MethodLabels {
         grpc_type: kind,
         grpc_service: service,
         grpc_method: method,
     }
+}
+
+/// The labels of a request path `/service/method`.
+#[cfg(test)]
+fn method_of(path: &str) -> MethodLabels {
+    labels_at(method_index(path))
 }
 
 /// The status code in `grpc-status`, by Go's name; `None` when absent.
@@ -216,71 +238,100 @@ impl GrpcMetrics {
         );
     }
 
-    fn finish(&self, m: &MethodLabels, code: &'static str, started: Instant) {
-        self.handled
-            .get_or_create(&HandledLabels {
-                grpc_type: m.grpc_type,
-                grpc_service: m.grpc_service,
-                grpc_method: m.grpc_method,
-                grpc_code: code,
+    /// The series of the method at `index`, looked up on its first call.
+    fn handles(&self, index: usize) -> Option<&Handles> {
+        let slot = self.methods.get(index)?;
+        Some(slot.get_or_init(|| {
+            let labels = labels_at(index);
+            Handles {
+                started: self.started.get_or_create(&labels).clone(),
+                handling: OnceLock::new(),
+                ok: OnceLock::new(),
+                labels,
+            }
+        }))
+    }
+
+    fn handled_labels(&self, m: &MethodLabels, code: &'static str) -> HandledLabels {
+        HandledLabels {
+            grpc_type: m.grpc_type,
+            grpc_service: m.grpc_service,
+            grpc_method: m.grpc_method,
+            grpc_code: code,
+        }
+    }
+
+    /// A gRPC call to `path` arrived: counted as started, and timed until
+    /// [`Call::answered`] (or its body) says how it ended.
+    pub fn begin(self: &Arc<Self>, path: &str) -> Call {
+        let method = method_index(path);
+        if let Some(h) = self.handles(method) {
+            h.started.inc();
+        }
+        Call {
+            metrics: self.clone(),
+            method,
+            started: Instant::now(),
+        }
+    }
+
+    fn finish(&self, method: usize, code: &'static str, started: Instant) {
+        let Some(h) = self.handles(method) else {
+            return;
+        };
+        if code == "OK" {
+            h.ok.get_or_init(|| {
+                let labels = self.handled_labels(&h.labels, code);
+                self.handled.get_or_create(&labels).clone()
             })
             .inc();
-        self.handling
-            .get_or_create(m)
+        } else {
+            self.handled
+                .get_or_create(&self.handled_labels(&h.labels, code))
+                .inc();
+        }
+        h.handling
+            .get_or_init(|| self.handling.get_or_create(&h.labels).clone())
             .observe(started.elapsed().as_secs_f64());
     }
 }
 
-/// The middleware: counts gRPC calls passing through (see the module doc).
-pub async fn track(State(g): State<Arc<GrpcMetrics>>, req: Request, next: Next) -> Response {
-    let grpc = req
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
-    if !grpc {
-        return next.run(req).await;
-    }
-    let method = method_of(req.uri().path());
-    g.started.get_or_create(&method).inc();
-    let started = Instant::now();
-    let resp = next.run(req).await;
-    // An error answered at once carries its status in the headers
-    // ("trailers-only"); anything else ends with trailers in the body.
-    if let Some(code) = code_in(resp.headers()) {
-        g.finish(&method, code, started);
-        return resp;
-    }
-    let (parts, body) = resp.into_parts();
-    let body = Body::new(Metered {
-        inner: body,
-        open: Some(Open {
-            metrics: g,
-            method,
-            started,
-        }),
-    });
-    Response::from_parts(parts, body)
+/// A gRPC call in progress ([`GrpcMetrics::begin`]).
+pub struct Call {
+    metrics: Arc<GrpcMetrics>,
+    method: usize,
+    started: Instant,
 }
 
-/// A call whose outcome is not known yet.
-struct Open {
-    metrics: Arc<GrpcMetrics>,
-    method: MethodLabels,
-    started: Instant,
+impl Call {
+    /// The call's response: counted now if it is an error answered at once
+    /// (its status in the headers, "trailers-only"), else its body counts
+    /// it when the trailers pass.
+    pub fn answered(self, resp: Response<Body>) -> Response<Body> {
+        if let Some(code) = code_in(resp.headers()) {
+            self.metrics.finish(self.method, code, self.started);
+            return resp;
+        }
+        resp.map(|inner| {
+            Body::new(Metered {
+                inner,
+                open: Some(self),
+            })
+        })
+    }
 }
 
 /// A response body that counts its call handled when its trailers pass (or
 /// when it ends or is dropped without them).
 struct Metered {
     inner: Body,
-    open: Option<Open>,
+    open: Option<Call>,
 }
 
 impl Metered {
     fn close(&mut self, code: &'static str) {
         if let Some(o) = self.open.take() {
-            o.metrics.finish(&o.method, code, o.started);
+            o.metrics.finish(o.method, code, o.started);
         }
     }
 }
@@ -294,7 +345,7 @@ impl Drop for Metered {
 
 impl http_body::Body for Metered {
     type Data = axum::body::Bytes;
-    type Error = axum::Error;
+    type Error = tonic::Status;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -365,6 +416,62 @@ mod tests {
         assert_eq!(code_in(&h), Some("Unknown"));
         h.insert("grpc-status", "x".parse().unwrap());
         assert_eq!(code_in(&h), None);
+    }
+
+    fn exported(m: &GrpcMetrics) -> String {
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        out
+    }
+
+    fn ok_trailers() -> Response<Body> {
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", "0".parse().unwrap());
+        let frames = [Ok::<_, tonic::Status>(http_body::Frame::trailers(t))];
+        Response::new(Body::new(http_body_util::StreamBody::new(
+            futures::stream::iter(frames),
+        )))
+    }
+
+    /// The kept series count as the families would: each call once, by its
+    /// outcome, and no series for an outcome nobody had.
+    #[tokio::test]
+    async fn calls_are_counted_by_outcome() {
+        use http_body_util::BodyExt;
+        let m = Arc::new(GrpcMetrics::default());
+        for _ in 0..2 {
+            let resp = m.begin("/etcdserverpb.KV/Put").answered(ok_trailers());
+            resp.into_body().collect().await.unwrap();
+        }
+        let refused = Response::new(Body::empty());
+        let (mut parts, body) = refused.into_parts();
+        parts.headers.insert("grpc-status", "14".parse().unwrap());
+        m.begin("/etcdserverpb.KV/Range")
+            .answered(Response::from_parts(parts, body));
+        // A stream its client dropped.
+        drop(m.begin("/etcdserverpb.Watch/Watch").answered(ok_trailers()));
+        m.begin("/no.Such/Thing").answered(ok_trailers());
+        let page = exported(&m);
+        for line in [
+            r#"grpc_server_started_total{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Put"} 2"#,
+            r#"grpc_server_handled_total{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Put",grpc_code="OK"} 2"#,
+            r#"grpc_server_handling_seconds_count{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Put"} 2"#,
+            r#"grpc_server_handled_total{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Range",grpc_code="Unavailable"} 1"#,
+            r#"grpc_server_handled_total{grpc_type="bidi_stream",grpc_service="etcdserverpb.Watch",grpc_method="Watch",grpc_code="Canceled"} 1"#,
+            r#"grpc_server_handled_total{grpc_type="unary",grpc_service="unknown",grpc_method="unknown",grpc_code="Canceled"} 1"#,
+        ] {
+            assert!(page.contains(line), "{line} missing from:\n{page}");
+        }
+        assert!(
+            !page.contains(r#"grpc_method="Range",grpc_code="OK""#),
+            "{page}"
+        );
+        assert!(
+            !page.contains(r#"grpc_method="Watch",grpc_code="OK""#),
+            "{page}"
+        );
     }
 
     /// Every method the client port serves is in the table (a new service

@@ -109,8 +109,8 @@ impl Metrics {
         metrics
     }
 
-    /// The gRPC server metrics, for the client port's middleware
-    /// (`grpc_metrics::track`).
+    /// The gRPC server metrics, for the client port's front service
+    /// (`front.rs`).
     pub fn grpc(&self) -> Arc<GrpcMetrics> {
         self.grpc.clone()
     }

@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod convert;
 pub mod election;
 pub mod error;
+pub mod front;
 pub mod gateway;
 pub mod grpc_metrics;
 pub mod http;
@@ -142,7 +143,10 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let gate = auth::Gate::new(node.clone(), auth_settings);
     let limit = max_request_bytes + GRPC_OVERHEAD;
-    let (reporter, health) = tonic_health::server::health_reporter();
+    let reporter = tonic_health::server::HealthReporter::new();
+    let health = tonic_health::pb::health_server::HealthServer::new(
+        tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
+    );
     reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
@@ -235,50 +239,34 @@ pub async fn serve(
         },
         max_body: limit.saturating_mul(gateway::JSON_EXPANSION),
     });
-    let grpc_metrics = metrics.grpc();
-    let mut routes = tonic::service::RoutesBuilder::from(
-        http::router(node.clone(), metrics)
+    // gRPC calls go straight to their service; the rest (probes, the JSON
+    // gateway, the UI) through axum's router (`front.rs`).
+    let rest = tonic::service::Routes::from(
+        http::router(node.clone(), metrics.clone())
             .merge(gateway::router(gateway))
             .merge(ui::router(node.clone(), gate.clone())),
     );
-    routes
-        .add_service(health)
-        .add_service(kv)
-        .add_service(maintenance)
-        .add_service(cluster)
-        .add_service(watch)
-        .add_service(lease)
-        .add_service(lock)
-        .add_service(election)
-        .add_service(locks)
-        .add_service(
-            pb::auth_server::AuthServer::new(auth::AuthService { gate })
-                .max_decoding_message_size(limit),
-        );
-    // Every route (gRPC and HTTP) behind the gRPC metrics middleware, which
-    // counts the gRPC calls and lets the rest pass, and, outermost, the
-    // layer that gives each request its id and span (`trace.rs`).
-    let routes = tonic::service::Routes::from(
-        routes
-            .routes()
-            .prepare()
-            .into_axum_router()
-            .layer(axum::middleware::from_fn_with_state(
-                grpc_metrics,
-                grpc_metrics::track,
-            ))
-            .layer(trace::RequestIds {
-                slow: node.slow_request(),
-            }),
-    );
-    let router = tonic::transport::Server::builder()
+    let services = front::Services {
+        kv,
+        watch,
+        lease,
+        maintenance,
+        cluster,
+        auth: pb::auth_server::AuthServer::new(auth::AuthService { gate })
+            .max_decoding_message_size(limit),
+        lock,
+        election,
+        locks,
+        health,
+    };
+    let front = front::Front::new(services, rest, metrics.grpc(), node.slow_request());
+    let server = tonic::transport::Server::builder()
         .accept_http1(true)
         .tcp_nodelay(true)
         .max_concurrent_streams(http2.max_concurrent_streams)
         .http2_keepalive_interval(http2.keepalive_interval)
-        .http2_keepalive_timeout(Some(http2.keepalive_timeout))
-        .add_routes(routes);
-    crate::tls::serve(router, listener, tls, "client", shutdown).await?;
+        .http2_keepalive_timeout(Some(http2.keepalive_timeout));
+    crate::tls::serve(server, front, listener, tls, "client", shutdown).await?;
     Ok(())
 }
 
@@ -290,11 +278,10 @@ pub async fn serve_metrics(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let routes = tonic::service::Routes::from(http::metrics_router(node, metrics));
-    let router = tonic::transport::Server::builder()
+    let routes = tonic::service::Routes::from(http::metrics_router(node, metrics)).prepare();
+    let server = tonic::transport::Server::builder()
         .accept_http1(true)
-        .tcp_nodelay(true)
-        .add_routes(routes);
-    crate::tls::serve(router, listener, None, "metrics", shutdown).await?;
+        .tcp_nodelay(true);
+    crate::tls::serve(server, routes, listener, None, "metrics", shutdown).await?;
     Ok(())
 }

@@ -26,11 +26,9 @@
 //! changing the request's body.
 
 use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderValue, Request, Response};
+use axum::http::HeaderMap;
 use tracing::Instrument;
 
 /// The header (and gRPC metadata key) carrying a request id.
@@ -62,6 +60,16 @@ pub fn sane_id(raw: &str) -> Option<&str> {
 
 fn new_id() -> String {
     format!("{:016x}", rand::random::<u64>())
+}
+
+/// The id of a request with these headers: the client's, if sane, else a
+/// new one.
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(sane_id)
+        .map_or_else(new_id, str::to_owned)
 }
 
 /// Runs `fut` as part of request `id` (span and task-local id).
@@ -98,71 +106,6 @@ pub async fn timed<F: Future>(
         );
     }
     out
-}
-
-/// The tower layer for the client port's server.
-#[derive(Clone, Copy)]
-pub struct RequestIds {
-    /// Requests slower than this are logged at `warn`.
-    pub slow: Duration,
-}
-
-impl<S> tower::Layer<S> for RequestIds {
-    type Service = WithRequestId<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        WithRequestId {
-            inner,
-            slow: self.slow,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct WithRequestId<S> {
-    inner: S,
-    slow: Duration,
-}
-
-impl<S, B, R> tower::Service<Request<B>> for WithRequestId<S>
-where
-    S: tower::Service<Request<B>, Response = Response<R>>,
-    S::Future: Send + 'static,
-    S::Error: 'static,
-    R: 'static,
-{
-    type Response = Response<R>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<R>, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let id = req
-            .headers()
-            .get(REQUEST_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(sane_id)
-            .map_or_else(new_id, str::to_owned);
-        // Built only at `debug` (the macro evaluates no field otherwise).
-        let span = tracing::debug_span!("request", id = %id, method = %req.uri().path());
-        let uri = req.uri().clone();
-        let slow = self.slow;
-        let fut = self.inner.call(req);
-        let echo = HeaderValue::from_str(&id).ok();
-        Box::pin(in_request(id, span, async move {
-            tracing::debug!("request received");
-            let out = timed(slow, "request", uri.path(), fut).await;
-            out.map(|mut r| {
-                if let Some(v) = echo {
-                    r.headers_mut().insert(REQUEST_ID_HEADER, v);
-                }
-                r
-            })
-        }))
-    }
 }
 
 #[cfg(test)]

@@ -816,17 +816,22 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let peer_router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(
-            warden_proto::peer::raft_peer_server::RaftPeerServer::new(
-                warden_server::node::peer_service::PeerService::new(node.clone()),
-            )
-            .max_decoding_message_size(warden_server::node::network::MAX_MESSAGE)
-            .max_encoding_message_size(warden_server::node::network::MAX_MESSAGE),
-        );
+    // The peer port serves one service: no router in front of it.
+    let peer_server = tonic::transport::Server::builder().tcp_nodelay(true);
+    let peer_service = warden_proto::peer::raft_peer_server::RaftPeerServer::new(
+        warden_server::node::peer_service::PeerService::new(node.clone()),
+    )
+    .max_decoding_message_size(warden_server::node::network::MAX_MESSAGE)
+    .max_encoding_message_size(warden_server::node::network::MAX_MESSAGE);
     let peer_stop = stopped(peer_stop_rx);
-    let peer = warden_server::tls::serve(peer_router, peer_listener, peer_tls, "peer", peer_stop);
+    let peer = warden_server::tls::serve(
+        peer_server,
+        peer_service,
+        peer_listener,
+        peer_tls,
+        "peer",
+        peer_stop,
+    );
     let mut metrics_tasks = Vec::new();
     for listener in metrics_listeners {
         metrics_tasks.push(tokio::spawn(warden_server::api::serve_metrics(
