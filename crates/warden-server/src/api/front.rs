@@ -164,7 +164,14 @@ impl Service<Request<Body>> for Front {
         let uri = req.uri().clone();
         let call = is_grpc(&req).then(|| shared.metrics.begin(uri.path()));
         let answer = shared.dispatch(req);
-        let echo = HeaderValue::from_str(&id).ok();
+        // Marked sensitive so HTTP/2 sends it as a literal never indexed:
+        // an id differs on every response, and indexing it would push the
+        // connection's repeated headers (`content-type`, `grpc-status`) out
+        // of both ends' HPACK tables, to be sent in full again.
+        let echo = HeaderValue::from_str(&id).ok().map(|mut v| {
+            v.set_sensitive(true);
+            v
+        });
         let slow = shared.slow;
         Box::pin(trace::in_request(id, span, async move {
             tracing::debug!("request received");
