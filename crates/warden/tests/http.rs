@@ -40,6 +40,33 @@ async fn health_follows_quorum_and_probes_answer() {
     assert_eq!(get(&ep, "/livez").unwrap(), (200, "ok".to_owned()));
     assert_eq!(get(&ep, "/readyz").unwrap(), (200, "ok".to_owned()));
     assert_eq!(get(&ep, "/no-such-page").unwrap().0, 404);
+    // gRPC's health service on the same port (what gRPC load balancers and
+    // `grpc_health_probe` ask): serving, and no status for a name it does
+    // not know.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{ep}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health_client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let check = health_client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        check.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let unknown = health_client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "no.Such".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
 
     // Cut one member off from quorum: the other two die.
     let alone = (leader + 1) % 3;

@@ -16,8 +16,11 @@
 //! counts as `Canceled`.
 //!
 //! Each method's series are looked up in their families once, on its
-//! first call, and kept ([`Handles`]): a call costs no label hashing, only
-//! a lookup of its path in [`METHODS`].
+//! first call, and kept ([`Handles`]): a call that succeeds costs no label
+//! hashing, only a scan of [`METHODS`] for its path (one that fails looks
+//! its code's series up). A call whose request is dropped before it is
+//! answered (its deadline passed, its client reset the stream) counts as
+//! `Canceled`.
 //!
 //! Cardinality is bounded: service and method labels come from the fixed
 //! table [`METHODS`]; any other path is counted as service and method
@@ -268,11 +271,11 @@ impl GrpcMetrics {
         if let Some(h) = self.handles(method) {
             h.started.inc();
         }
-        Call {
+        Call(Some(Open {
             metrics: self.clone(),
             method,
             started: Instant::now(),
-        }
+        }))
     }
 
     fn finish(&self, method: usize, code: &'static str, started: Instant) {
@@ -296,8 +299,11 @@ impl GrpcMetrics {
     }
 }
 
-/// A gRPC call in progress ([`GrpcMetrics::begin`]).
-pub struct Call {
+/// A gRPC call in progress ([`GrpcMetrics::begin`]). Dropped before its
+/// outcome is known, it counts as `Canceled`.
+pub struct Call(Option<Open>);
+
+struct Open {
     metrics: Arc<GrpcMetrics>,
     method: usize,
     started: Instant,
@@ -307,17 +313,26 @@ impl Call {
     /// The call's response: counted now if it is an error answered at once
     /// (its status in the headers, "trailers-only"), else its body counts
     /// it when the trailers pass.
-    pub fn answered(self, resp: Response<Body>) -> Response<Body> {
+    pub fn answered(mut self, resp: Response<Body>) -> Response<Body> {
         if let Some(code) = code_in(resp.headers()) {
-            self.metrics.finish(self.method, code, self.started);
+            self.close(code);
             return resp;
         }
-        resp.map(|inner| {
-            Body::new(Metered {
-                inner,
-                open: Some(self),
-            })
-        })
+        resp.map(|inner| Body::new(Metered { inner, call: self }))
+    }
+
+    /// Counts the call handled with `code`, once.
+    fn close(&mut self, code: &'static str) {
+        if let Some(o) = self.0.take() {
+            o.metrics.finish(o.method, code, o.started);
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        // The request or its response went away before the call ended.
+        self.close("Canceled");
     }
 }
 
@@ -325,22 +340,7 @@ impl Call {
 /// when it ends or is dropped without them).
 struct Metered {
     inner: Body,
-    open: Option<Call>,
-}
-
-impl Metered {
-    fn close(&mut self, code: &'static str) {
-        if let Some(o) = self.open.take() {
-            o.metrics.finish(o.method, code, o.started);
-        }
-    }
-}
-
-impl Drop for Metered {
-    fn drop(&mut self) {
-        // The client went away before the call ended.
-        self.close("Canceled");
-    }
+    call: Call,
 }
 
 impl http_body::Body for Metered {
@@ -356,11 +356,11 @@ impl http_body::Body for Metered {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(t) = frame.trailers_ref() {
                     let code = code_in(t).unwrap_or("Unknown");
-                    self.close(code);
+                    self.call.close(code);
                 }
             }
-            Poll::Ready(Some(Err(_))) => self.close("Internal"),
-            Poll::Ready(None) => self.close("Unknown"),
+            Poll::Ready(Some(Err(_))) => self.call.close("Internal"),
+            Poll::Ready(None) => self.call.close("Unknown"),
             Poll::Pending => {}
         }
         polled
@@ -453,6 +453,8 @@ mod tests {
         // A stream its client dropped.
         drop(m.begin("/etcdserverpb.Watch/Watch").answered(ok_trailers()));
         m.begin("/no.Such/Thing").answered(ok_trailers());
+        // A request dropped before it was answered (its deadline passed).
+        drop(m.begin("/etcdserverpb.KV/Txn"));
         let page = exported(&m);
         for line in [
             r#"grpc_server_started_total{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Put"} 2"#,
@@ -461,8 +463,12 @@ mod tests {
             r#"grpc_server_handled_total{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Range",grpc_code="Unavailable"} 1"#,
             r#"grpc_server_handled_total{grpc_type="bidi_stream",grpc_service="etcdserverpb.Watch",grpc_method="Watch",grpc_code="Canceled"} 1"#,
             r#"grpc_server_handled_total{grpc_type="unary",grpc_service="unknown",grpc_method="unknown",grpc_code="Canceled"} 1"#,
+            r#"grpc_server_handled_total{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Txn",grpc_code="Canceled"} 1"#,
         ] {
-            assert!(page.contains(line), "{line} missing from:\n{page}");
+            assert!(
+                page.contains(&format!("{line}\n")),
+                "{line} missing from:\n{page}"
+            );
         }
         assert!(
             !page.contains(r#"grpc_method="Range",grpc_code="OK""#),
