@@ -16,7 +16,7 @@
 //! counts as `Canceled`.
 //!
 //! Each method's series are looked up in their families once, on its
-//! first call, and kept ([`Handles`]): a call that succeeds costs no label
+//! first call, and kept (`Handles`): a call that succeeds costs no label
 //! hashing, only a scan of [`METHODS`] for its path (one that fails looks
 //! its code's series up). A call whose request is dropped before it is
 //! answered (its deadline passed, its client reset the stream) counts as
