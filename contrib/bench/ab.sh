@@ -16,23 +16,9 @@ B=$(cd "$(dirname "$B")" && pwd)/$(basename "$B")
 OUT=${OUT:-$(mktemp -d /tmp/ab.XXXX)}
 mkdir -p "$OUT"
 cd "$OUT" || exit 1
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-start() { # binary, name prefix
-  local bin=$1 pre=$2 ic="" ep=""
-  for i in 1 2 3; do
-    c=$(port); p=$(port)
-    ic="${ic:+$ic,}$pre$i=127.0.0.1:$p"; ep="${ep:+$ep,}127.0.0.1:$c"
-    echo "$i $c $p" >> "$pre.ports"
-  done
-  while read -r i c p; do
-    "$bin" server --name "$pre$i" --data-dir "$pre$i" --client-addr "127.0.0.1:$c" \
-      --peer-addr "127.0.0.1:$p" --initial-cluster "$ic" > "$pre$i.log" 2>&1 &
-    echo $! >> pids
-  done < "$pre.ports"
-  echo "$ep" > "$pre.endpoints"
-}
-start "$A" a
-start "$B" b
+. "$HERE/warden-cluster.sh"
+start_warden "$A" a
+start_warden "$B" b
 # Wait for the members to exit: a caller that deletes OUT right after
 # would pull the data directories from under members still stopping.
 trap 'kill $(cat "$OUT/pids") 2>/dev/null; wait 2>/dev/null' EXIT

@@ -26,19 +26,10 @@ ETCD=${ETCD:-etcd}
 OUT=${OUT:-$(mktemp -d /tmp/against-etcd.XXXX)}
 mkdir -p "$OUT"
 cd "$OUT" || exit 1
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$HERE/warden-cluster.sh"
 
-IC=""; WE=""
-for i in 1 2 3; do
-  c=$(port); p=$(port)
-  IC="${IC:+$IC,}n$i=127.0.0.1:$p"; WE="${WE:+$WE,}127.0.0.1:$c"
-  echo "$i $c $p" >> warden.ports
-done
-while read -r i c p; do
-  "$W" server --name n$i --data-dir n$i --client-addr 127.0.0.1:$c --peer-addr 127.0.0.1:$p \
-    --initial-cluster "$IC" > n$i.log 2>&1 &
-  echo $! >> pids
-done < warden.ports
+start_warden "$W" n
+WE=$(cat n.endpoints)
 EIC=""; EE=""
 for i in 1 2 3; do
   c=$(port); p=$(port)

@@ -23,26 +23,20 @@ mkdir -p "$OUT"
 cd "$OUT" || exit 1
 . "$HERE/pin-leader.sh"
 tick=$(getconf CLK_TCK)
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$HERE/warden-cluster.sh"
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
 
 run() { # binary label bench-args...
-  local bin=$1 label=$2 dir ic="" ep="" i c p s0=0 s1=0 c0 c1 t0 t1 b rate
+  local bin=$1 label=$2 dir ep p s0=0 s1=0 c0 c1 t0 t1 b rate
   shift 2
   dir=$(mktemp -d "$OUT/$label.XXXX")
-  pids=()
-  for i in 1 2 3; do
-    c=$(port); p=$(port)
-    ic="${ic:+$ic,}m$i=127.0.0.1:$p"; ep="${ep:+$ep,}127.0.0.1:$c"
-    echo "$i $c $p" >> "$dir/ports"
-  done
-  while read -r i c p; do
-    "$bin" server --name "m$i" --data-dir "$dir/m$i" --client-addr "127.0.0.1:$c" \
-      --peer-addr "127.0.0.1:$p" --initial-cluster "$ic" > "$dir/m$i.log" 2>&1 &
-    pids+=($!)
-  done < "$dir/ports"
+  cd "$dir" || exit 1
+  start_warden "$bin" m
+  cd "$OUT" || exit 1
+  mapfile -t pids < "$dir/pids"
+  ep=$(cat "$dir/m.endpoints")
   for _ in $(seq 60); do "$A" --endpoints "$ep" put ready x >/dev/null 2>&1 && break; sleep 0.3; done
   pin_leader "$A" "$ep"
   "$A" --endpoints "$ep" bench "$@" --duration 10 > "$dir/bench.out" 2>&1 &

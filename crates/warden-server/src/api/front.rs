@@ -17,8 +17,6 @@
 //! reading or changing a request's body.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -33,7 +31,7 @@ use super::trace;
 use warden_proto::etcdserverpb as pb;
 
 /// A gRPC service's call: what every `tonic`-generated server answers.
-type Answer = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+type Answer = tonic::codegen::BoxFuture<Response<Body>, Infallible>;
 
 type KvGrpc = pb::kv_server::KvServer<super::kv::KvService>;
 type WatchGrpc = pb::watch_server::WatchServer<super::watch::WatchService>;
@@ -83,7 +81,7 @@ struct Shared {
     slow: Duration,
 }
 
-/// The gRPC services, by name (what [`target`] picks).
+/// The gRPC services (what [`target`] picks by name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Target {
     Kv,
@@ -98,25 +96,23 @@ enum Target {
     Health,
 }
 
+/// The gRPC services by name, the hot ones first.
+const BY_NAME: [(&str, Target); 10] = [
+    (<KvGrpc as NamedService>::NAME, Target::Kv),
+    (<LeaseGrpc as NamedService>::NAME, Target::Lease),
+    (<WatchGrpc as NamedService>::NAME, Target::Watch),
+    (<LockGrpc as NamedService>::NAME, Target::Lock),
+    (<LocksGrpc as NamedService>::NAME, Target::Locks),
+    (<ElectionGrpc as NamedService>::NAME, Target::Election),
+    (<MaintenanceGrpc as NamedService>::NAME, Target::Maintenance),
+    (<ClusterGrpc as NamedService>::NAME, Target::Cluster),
+    (<AuthGrpc as NamedService>::NAME, Target::Auth),
+    (<HealthGrpc as NamedService>::NAME, Target::Health),
+];
+
 /// The gRPC service named `service` (the first segment of a path), if any.
-/// The hot services are compared first.
 fn target(service: &str) -> Option<Target> {
-    fn name<S: NamedService>() -> &'static str {
-        S::NAME
-    }
-    let by_name: [(&str, Target); 10] = [
-        (name::<KvGrpc>(), Target::Kv),
-        (name::<LeaseGrpc>(), Target::Lease),
-        (name::<WatchGrpc>(), Target::Watch),
-        (name::<LockGrpc>(), Target::Lock),
-        (name::<LocksGrpc>(), Target::Locks),
-        (name::<ElectionGrpc>(), Target::Election),
-        (name::<MaintenanceGrpc>(), Target::Maintenance),
-        (name::<ClusterGrpc>(), Target::Cluster),
-        (name::<AuthGrpc>(), Target::Auth),
-        (name::<HealthGrpc>(), Target::Health),
-    ];
-    by_name.iter().find(|(n, _)| *n == service).map(|(_, t)| *t)
+    BY_NAME.iter().find(|(n, _)| *n == service).map(|(_, t)| *t)
 }
 
 impl Shared {

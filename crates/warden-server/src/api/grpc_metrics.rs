@@ -144,6 +144,17 @@ struct HandledLabels {
     grpc_code: &'static str,
 }
 
+impl HandledLabels {
+    fn of(m: &MethodLabels, code: &'static str) -> Self {
+        HandledLabels {
+            grpc_type: m.grpc_type,
+            grpc_service: m.grpc_service,
+            grpc_method: m.grpc_method,
+            grpc_code: code,
+        }
+    }
+}
+
 /// go-grpc-prometheus's default buckets (Prometheus's `DefBuckets`).
 fn handling_histogram() -> Histogram {
     Histogram::new([
@@ -255,15 +266,6 @@ impl GrpcMetrics {
         }))
     }
 
-    fn handled_labels(&self, m: &MethodLabels, code: &'static str) -> HandledLabels {
-        HandledLabels {
-            grpc_type: m.grpc_type,
-            grpc_service: m.grpc_service,
-            grpc_method: m.grpc_method,
-            grpc_code: code,
-        }
-    }
-
     /// A gRPC call to `path` arrived: counted as started, and timed until
     /// [`Call::answered`] (or its body) says how it ended.
     pub fn begin(self: &Arc<Self>, path: &str) -> Call {
@@ -284,13 +286,13 @@ impl GrpcMetrics {
         };
         if code == "OK" {
             h.ok.get_or_init(|| {
-                let labels = self.handled_labels(&h.labels, code);
+                let labels = HandledLabels::of(&h.labels, code);
                 self.handled.get_or_create(&labels).clone()
             })
             .inc();
         } else {
             self.handled
-                .get_or_create(&self.handled_labels(&h.labels, code))
+                .get_or_create(&HandledLabels::of(&h.labels, code))
                 .inc();
         }
         h.handling
