@@ -22,7 +22,6 @@ C=${CLIENT:-$W}
 C=$(cd "$(dirname "$C")" && pwd)/$(basename "$C")
 PAIRS=${PAIRS:-3}
 SECS=${SECS:-6}
-ETCD=${ETCD:-etcd}
 OUT=${OUT:-$(mktemp -d /tmp/against-etcd.XXXX)}
 mkdir -p "$OUT"
 cd "$OUT" || exit 1
@@ -30,20 +29,8 @@ cd "$OUT" || exit 1
 
 start_warden "$W" n
 WE=$(cat n.endpoints)
-EIC=""; EE=""
-for i in 1 2 3; do
-  c=$(port); p=$(port)
-  EIC="${EIC:+$EIC,}e$i=http://127.0.0.1:$p"; EE="${EE:+$EE,}127.0.0.1:$c"
-  echo "$i $c $p" >> etcd.ports
-done
-while read -r i c p; do
-  "$ETCD" --name e$i --data-dir e$i.etcd \
-    --listen-client-urls http://127.0.0.1:$c --advertise-client-urls http://127.0.0.1:$c \
-    --listen-peer-urls http://127.0.0.1:$p --initial-advertise-peer-urls http://127.0.0.1:$p \
-    --initial-cluster "$EIC" --initial-cluster-token bench --initial-cluster-state new \
-    > e$i.log 2>&1 &
-  echo $! >> pids
-done < etcd.ports
+start_etcd e
+EE=$(cat e.endpoints)
 trap 'kill $(cat "$OUT/pids") 2>/dev/null; wait 2>/dev/null' EXIT
 for t in $(seq 100); do
   "$W" --endpoints "$WE" put ready x >/dev/null 2>&1 && "$W" --endpoints "$EE" put ready x >/dev/null 2>&1 && break
