@@ -288,6 +288,41 @@ async fn damaged_journal_record_stops_the_server_with_a_clear_error() {
     );
 }
 
+/// A member whose log file is lost (deleted, or replaced by an empty one)
+/// while its `member.json` remains must not bootstrap a new cluster under
+/// its old name, with no memory of its votes: the start is refused, naming
+/// both files, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_log_is_refused_not_bootstrapped_again() {
+    let mut c = stopped_with_a_victim_record(true).await;
+    let dir = c.members[0].dir.clone();
+    // The member records that its log held entries at a start that finds
+    // entries (and while running, once it has applied a membership).
+    c.restart(0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(dir.join("member.json"))
+        .expect("member.json")
+        .contains("\"log_started\": true")
+    {
+        assert!(Instant::now() < deadline, "log_started never recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.kill(0);
+    for f in ["raft.redb", "raft.wal"] {
+        std::fs::remove_file(dir.join(f)).expect("remove log");
+    }
+    // Refused, and refused again: the first refusal bootstrapped nothing.
+    for _ in 0..2 {
+        let stderr = start_refused(&c).await;
+        assert!(
+            stderr.contains("raft.redb")
+                && stderr.contains("member.json")
+                && stderr.contains("lost"),
+            "{stderr}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_gracefully_and_restart_resumes() {
     let mut c = Cluster::start(1);

@@ -110,7 +110,20 @@ pub enum FormatError {
     /// The stored checksum does not match the bytes.
     #[error("checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
     ChecksumMismatch { stored: u32, computed: u32 },
+    /// A snapshot frame whose meta section is longer than any this build
+    /// writes ([`MAX_SNAPSHOT_META`]).
+    #[error(
+        "meta section of {meta} bytes, more than the {MAX_SNAPSHOT_META} a snapshot's meta \
+         (its last log id and membership) can take"
+    )]
+    MetaTooLarge { meta: u64 },
 }
+
+/// The longest meta section a snapshot frame may have. The meta is a
+/// snapshot's last log id, membership and id: a few hundred bytes per
+/// member. Readers allocate it whole, so a frame claiming more (a damaged
+/// file, a forged transfer) is refused before anything is allocated.
+pub const MAX_SNAPSHOT_META: u64 = 16 * 1024 * 1024;
 
 /// A list of versions, displayed as "version 1" or "versions 1, 2".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -261,6 +274,9 @@ pub(crate) fn checked_snapshot_header(
 ) -> Result<SnapshotHeader, FormatError> {
     let h = snapshot_header(header)?;
     check_version("snapshot", h.version)?;
+    if h.meta_len > MAX_SNAPSHOT_META {
+        return Err(FormatError::MetaTooLarge { meta: h.meta_len });
+    }
     let actual = frame_len.saturating_sub(SNAPSHOT_HEADER_LEN as u64);
     let mismatch = || FormatError::LengthMismatch {
         meta: h.meta_len,
@@ -423,6 +439,23 @@ mod tests {
             }),
             None
         );
+    }
+
+    #[test]
+    fn a_file_header_claiming_a_huge_meta_is_refused_before_it_is_read() {
+        // The lengths add up to the file's (a forged or damaged frame whose
+        // checksum may even be right): the meta's length alone refuses it.
+        for meta in [MAX_SNAPSHOT_META + 1, 1 << 30] {
+            let h = encode_snapshot_header(meta, 10, 0);
+            let frame_len = SNAPSHOT_HEADER_LEN as u64 + meta + 10;
+            assert!(matches!(
+                checked_snapshot_header(&h, frame_len),
+                Err(FormatError::MetaTooLarge { meta: m }) if m == meta
+            ));
+        }
+        let h = encode_snapshot_header(MAX_SNAPSHOT_META, 10, 0);
+        let frame_len = SNAPSHOT_HEADER_LEN as u64 + MAX_SNAPSHOT_META + 10;
+        assert!(checked_snapshot_header(&h, frame_len).is_ok());
     }
 
     #[test]

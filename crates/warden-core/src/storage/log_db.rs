@@ -23,7 +23,10 @@
 //! - 1: records as above.
 //! - 2: records as above, and the file may have a journal (`raft.wal`, see
 //!   [`super::wal`]) holding appends the redb file does not have durably
-//!   yet. A format-1 file is stamped 2 when this build opens it; builds that
+//!   yet. Once the journal is made, the `format` table's `journal` key
+//!   records it, and an open that then finds no journal (or one shorter
+//!   than its header) fails rather than make a new one, which would lose
+//!   the appends it held without a word. A format-1 file is stamped 2 when this build opens it; builds that
 //!   read only formats 0 and 1 then refuse it by name rather than start
 //!   without the journal's entries.
 //! - anything else: refused at open with the version found and the versions
@@ -79,6 +82,12 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// The file's layout version, under [`FORMAT_KEY`]; absent in format 0.
 const FORMAT: TableDefinition<&str, u32> = TableDefinition::new("format");
 const FORMAT_KEY: &str = "version";
+/// The `format` table's key recording that the journal was made: a file
+/// with it and no journal (or one cut shorter than its header) has lost
+/// acknowledged appends, and the open refuses it ([`WalError::Missing`]).
+/// Files from builds that did not write it get it at their next open, once
+/// their journal is there.
+const JOURNAL_KEY: &str = "journal";
 /// The meta key [`LogDb::append_journaled`] writes the committed log id
 /// under.
 pub const COMMITTED_KEY: &str = "committed";
@@ -299,7 +308,13 @@ impl LogDb {
         };
         // The first transaction reads the tables: guarded too.
         this.upgraded_from = this.guarded(|| this.prepare())?;
-        let (mut journal, records) = Wal::open(&Self::wal_path(path))?;
+        let has_journal = this.guarded(|| this.journal_recorded())?;
+        let wal_path = Self::wal_path(path);
+        let (mut journal, records) = if has_journal {
+            Wal::open_existing(&wal_path)?
+        } else {
+            Wal::open(&wal_path)?
+        };
         if !records.is_empty() {
             let n = records.len();
             this.guarded(|| {
@@ -313,8 +328,23 @@ impl LogDb {
             journal.reset()?;
             this.replayed = n;
         }
+        if !has_journal {
+            // The journal exists now (made and synced by `Wal::open`): from
+            // here on its loss is an error, not a new journal.
+            this.commit(Durability::Immediate, |w| {
+                w.open_table(FORMAT)?.insert(JOURNAL_KEY, 1)?;
+                Ok(())
+            })?;
+        }
         this.wal = Some(Mutex::new(Journal::new(journal)));
         Ok(this)
+    }
+
+    /// Whether the file records that it has a journal ([`JOURNAL_KEY`]).
+    fn journal_recorded(&self) -> Result<bool, LogError> {
+        let r = self.db()?.begin_read().map_err(|e| self.err(e))?;
+        let t = r.open_table(FORMAT).map_err(|e| self.err(e))?;
+        Ok(t.get(JOURNAL_KEY).map_err(|e| self.err(e))?.is_some())
     }
 
     /// The journal of the log file at `path`: `raft.wal` for `raft.redb`.
@@ -1074,6 +1104,62 @@ mod tests {
         assert_eq!(stored_entries(&crashed.path().join("raft.redb")).len(), 10);
         // A clean close checkpoints too: nothing to replay.
         assert_eq!(open(&dir).replayed(), 0);
+    }
+
+    /// A journal that was made and is then missing, empty, or cut shorter
+    /// than its header held appends the file may lack: the open refuses it,
+    /// naming the file, and leaves everything as it was. A file from before
+    /// the journal was recorded opens as it did, and records it.
+    #[test]
+    fn a_lost_journal_is_refused_not_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        db.append(&[(1, b"durable".to_vec())]).unwrap();
+        db.append_journaled(&[(2, vec![2u8; 100])], None).unwrap();
+        let crashed = crash_copy(&dir);
+        drop(db);
+        let wal = crashed.path().join("raft.wal");
+        let bytes = std::fs::read(&wal).unwrap();
+        for (what, cut) in [("missing", None), ("empty", Some(0)), ("short", Some(8))] {
+            match cut {
+                None => std::fs::remove_file(&wal).unwrap(),
+                Some(n) => std::fs::write(&wal, &bytes[..n]).unwrap(),
+            }
+            let e = LogDb::open(&crashed.path().join("raft.redb"))
+                .err()
+                .unwrap_or_else(|| panic!("{what} journal opened"))
+                .to_string();
+            assert!(
+                e.contains("raft.wal") && e.contains("would be lost"),
+                "{what}: {e}"
+            );
+            assert_eq!(
+                std::fs::metadata(&wal).ok().map(|m| m.len()),
+                cut.map(|n| n as u64),
+                "{what}: the journal must be left as it was"
+            );
+        }
+        // Put back, the journal is replayed: nothing was lost.
+        std::fs::write(&wal, &bytes).unwrap();
+        let db = LogDb::open(&crashed.path().join("raft.redb")).unwrap();
+        assert_eq!(db.replayed(), 1);
+        assert_eq!(db.read_range(..).unwrap().len(), 2);
+        drop(db);
+        // A file that never recorded its journal (an older build's) opens
+        // without one, and records the one it makes.
+        let old = tempfile::tempdir().unwrap();
+        {
+            let db = Database::create(old.path().join("raft.redb")).unwrap();
+            let w = db.begin_write().unwrap();
+            w.open_table(FORMAT)
+                .unwrap()
+                .insert(FORMAT_KEY, LAYOUT_VERSION)
+                .unwrap();
+            w.commit().unwrap();
+        }
+        drop(open(&old));
+        std::fs::remove_file(old.path().join("raft.wal")).unwrap();
+        assert!(LogDb::open(&old.path().join("raft.redb")).is_err());
     }
 
     /// A batch acknowledged after the journal's sync but before its commit

@@ -106,6 +106,16 @@ pub enum WalError {
     #[error("raft log journal {path}: not a warden journal (bad magic bytes)")]
     BadMagic { path: PathBuf },
     #[error(
+        "raft log journal {path}: {}, but the log file next to it records that it has a \
+         journal: appends acknowledged since the last checkpoint would be lost. Restore this \
+         member's data dir from a backup, or empty it and add the member again with --join",
+        match size {
+            None => "missing".to_string(),
+            Some(n) => format!("{n} bytes, shorter than its {HEADER_LEN}-byte header"),
+        }
+    )]
+    Missing { path: PathBuf, size: Option<u64> },
+    #[error(
         "raft log journal {path}: written in journal version {found}, this build reads version \
          {WAL_VERSION}; start this member with the newer warden that wrote it"
     )]
@@ -305,6 +315,36 @@ impl Wal {
     /// included) if missing; returns it with the records it holds. Fails,
     /// changing nothing, on a damaged record (see the module docs).
     pub fn open(path: &Path) -> Result<(Self, Vec<WalRecord>), WalError> {
+        Self::open_with(path, false)
+    }
+
+    /// Like [`Wal::open`], for a journal known to exist (its log file
+    /// records one): a missing file, or one shorter than its header, is
+    /// [`WalError::Missing`] rather than a new journal, since the records
+    /// it held (acknowledged appends) would be lost without a word.
+    pub fn open_existing(path: &Path) -> Result<(Self, Vec<WalRecord>), WalError> {
+        Self::open_with(path, true)
+    }
+
+    fn open_with(path: &Path, must_exist: bool) -> Result<(Self, Vec<WalRecord>), WalError> {
+        if must_exist {
+            let size = match std::fs::metadata(path) {
+                Ok(m) => Some(m.len()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(source) => {
+                    return Err(WalError::Io {
+                        path: path.to_path_buf(),
+                        source,
+                    })
+                }
+            };
+            if size.is_none_or(|n| n < HEADER_LEN) {
+                return Err(WalError::Missing {
+                    path: path.to_path_buf(),
+                    size,
+                });
+            }
+        }
         let err = |source: io::Error| WalError::Io {
             path: path.to_path_buf(),
             source,

@@ -101,6 +101,7 @@ impl Node {
                         joined: false,
                         removed_at: None,
                         listed_at: None,
+                        log_started: false,
                     }
                 } else {
                     join_cluster(&cfg).await?
@@ -127,7 +128,24 @@ impl Node {
             .await
             .context("start raft")?;
 
-        if !identity.joined && !raft.is_initialized().await.context("raft stopped")? {
+        let initialized = raft.is_initialized().await.context("raft stopped")?;
+        let mut identity = identity;
+        if !initialized && identity.log_started {
+            anyhow::bail!(
+                "the Raft log {} is empty, but {} records that this member's log held \
+                 entries: the log was lost or replaced. Starting would bring the member back \
+                 with no log and no memory of its votes, which can break the cluster's safety. \
+                 Restore the data dir from a backup, or empty it and add the member again with \
+                 --join",
+                log_path.display(),
+                cfg.data_dir.join("member.json").display()
+            );
+        }
+        if initialized && !identity.log_started {
+            identity.log_started = true;
+            identity.save(&cfg.data_dir)?;
+        }
+        if !identity.joined && !initialized {
             let members: BTreeMap<u64, Member> = cfg
                 .initial_cluster
                 .iter()
@@ -272,6 +290,7 @@ async fn join_cluster(cfg: &NodeConfig) -> anyhow::Result<membership::Identity> 
         joined: true,
         removed_at: None,
         listed_at: None,
+        log_started: false,
     })
 }
 

@@ -374,6 +374,7 @@ proptest! {
             joined: true,
             removed_at: Some(9),
             listed_at: Some(3),
+            log_started: true,
         }).unwrap(),
         br#"{"name":"n","id":1,"cluster_id":2,"joined":false}"#.to_vec(),
     ])) {

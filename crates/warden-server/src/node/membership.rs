@@ -382,6 +382,16 @@ pub struct Identity {
     /// so that after a restart it still knows it once was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listed_at: Option<u64>,
+    /// This member's Raft log has held entries (seen at a start, or once it
+    /// applied a membership). An empty log after that is a lost one: the
+    /// start is refused instead of bootstrapping the cluster again with no
+    /// memory of the member's votes.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub log_started: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 const IDENTITY_FILE: &str = "member.json";
@@ -540,8 +550,12 @@ pub async fn watch_for_removal(node: std::sync::Arc<Node>, mut identity: Identit
         }
         let Some(ours) = applied(&node) else { continue };
         let log = in_log(&node);
-        if ours.ids.contains(&node.id) && identity.listed_at.is_none() {
-            identity.listed_at = Some(ours.index);
+        let listed = ours.ids.contains(&node.id) && identity.listed_at.is_none();
+        if listed || !identity.log_started {
+            if listed {
+                identity.listed_at = Some(ours.index);
+            }
+            identity.log_started = true;
             if let Err(e) = identity.save(&node.config.data_dir) {
                 tracing::warn!("recording membership in member.json: {e:#}");
             }
@@ -699,6 +713,7 @@ mod tests {
             joined: false,
             removed_at: None,
             listed_at: None,
+            log_started: false,
         };
         assert_eq!(identity.listed_since(), Some(0));
         assert!(removed_by(

@@ -73,8 +73,13 @@ impl PeerIdentity {
 
     /// The identity a call claims (`None` if missing or malformed).
     pub fn of(md: &MetadataMap) -> Option<PeerIdentity> {
+        Self::of_headers(md.as_ref())
+    }
+
+    /// [`PeerIdentity::of`] from a request's HTTP headers.
+    pub fn of_headers(headers: &axum::http::HeaderMap) -> Option<PeerIdentity> {
         let hex = |k: &str| {
-            let v = md.get(k)?.to_str().ok()?;
+            let v = headers.get(k)?.to_str().ok()?;
             if v.is_empty() || v.len() > 16 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return None;
             }
@@ -157,8 +162,47 @@ pub fn check_append(
     check_vote(&r.vote, current, sender)?;
     check_log_id(r.prev_log_id.as_ref(), current)?;
     check_log_id(r.leader_commit.as_ref(), current)?;
+    let leader_term = r.vote.leader_id.term;
+    let term_of = |l: Option<&LogId>| l.map_or(0, |l| l.leader_id.term);
+    for (what, l) in [
+        ("previous", &r.prev_log_id),
+        ("committed", &r.leader_commit),
+    ] {
+        if term_of(l.as_ref()) > leader_term {
+            return Err(format!(
+                "the {what} log id's term {} is past the leader's term {leader_term}",
+                term_of(l.as_ref())
+            ));
+        }
+    }
+    // A leader sends a run of its log: consecutive indexes from the one
+    // after the previous entry (0 when there is none), terms never
+    // decreasing and never past its own. A run with a gap would be stored
+    // with a hole in the log that no later message repairs.
+    let mut next = r
+        .prev_log_id
+        .as_ref()
+        .map_or(0, |l| l.index.saturating_add(1));
+    let mut term = term_of(r.prev_log_id.as_ref());
     for e in &r.entries {
         check_log_id(Some(&e.log_id), current)?;
+        if e.log_id.index != next {
+            return Err(format!(
+                "entry at index {} where the run needs index {next}: entries must follow the \
+                 previous log id without gaps",
+                e.log_id.index
+            ));
+        }
+        let t = e.log_id.leader_id.term;
+        if t < term || t > leader_term {
+            return Err(format!(
+                "entry at index {} has term {t}, outside {term}..={leader_term} (the term before \
+                 it and the leader's)",
+                e.log_id.index
+            ));
+        }
+        term = t;
+        next = next.saturating_add(1);
     }
     Ok(())
 }
@@ -296,9 +340,66 @@ mod tests {
         let mut bad = ok.clone();
         bad.entries = vec![openraft::Entry::new_blank(log_id(4, 1, MAX_TERM_OR_INDEX))];
         assert!(check_append(&bad, 4, 1).is_err());
-        let mut bad = ok;
+        let mut bad = ok.clone();
         bad.vote = vote(1 << 40, 1);
         assert!(check_append(&bad, 4, 1).is_err());
+    }
+
+    #[test]
+    fn append_entries_must_be_a_run_that_follows_the_previous_entry() {
+        let run = |prev: Option<LogId>, entries: &[(u64, u64)]| AppendEntriesRequest::<TypeConfig> {
+            vote: vote(4, 1),
+            prev_log_id: prev,
+            entries: entries
+                .iter()
+                .map(|&(term, index)| openraft::Entry::new_blank(log_id(term, 1, index)))
+                .collect(),
+            leader_commit: Some(log_id(3, 1, 10)),
+        };
+        let prev = Some(log_id(3, 1, 10));
+        assert!(check_append(&run(prev, &[(3, 11), (4, 12), (4, 13)]), 4, 1).is_ok());
+        assert!(check_append(&run(None, &[(1, 0), (1, 1)]), 4, 1).is_ok());
+        assert!(check_append(&run(prev, &[]), 4, 1).is_ok(), "a heartbeat");
+        // The forged message that left a hole: entries far past the log.
+        let gap = run(prev, &[(4, 110), (4, 111)]);
+        assert!(check_append(&gap, 4, 1)
+            .unwrap_err()
+            .contains("needs index 11"));
+        assert!(
+            check_append(&run(prev, &[(4, 11), (4, 13)]), 4, 1).is_err(),
+            "inner gap"
+        );
+        assert!(
+            check_append(&run(prev, &[(4, 10)]), 4, 1).is_err(),
+            "overlaps prev"
+        );
+        assert!(
+            check_append(&run(None, &[(4, 5)]), 4, 1).is_err(),
+            "no prev: from 0"
+        );
+        assert!(
+            check_append(&run(prev, &[(2, 11)]), 4, 1).is_err(),
+            "term below prev's"
+        );
+        assert!(
+            check_append(&run(prev, &[(4, 11), (3, 12)]), 4, 1).is_err(),
+            "term falls"
+        );
+        assert!(
+            check_append(&run(prev, &[(5, 11)]), 4, 1).is_err(),
+            "past the leader's term"
+        );
+        let mut bad = run(prev, &[(4, 11)]);
+        bad.leader_commit = Some(log_id(5, 1, 11));
+        assert!(
+            check_append(&bad, 4, 1).is_err(),
+            "commit past the leader's term"
+        );
+        let bad = run(Some(log_id(5, 1, 10)), &[]);
+        assert!(
+            check_append(&bad, 4, 1).is_err(),
+            "prev past the leader's term"
+        );
     }
 
     #[test]

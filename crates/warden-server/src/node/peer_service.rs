@@ -42,12 +42,28 @@ use openraft::async_runtime::WatchReceiver;
 use warden_proto::peer::raft_peer_server::RaftPeer;
 use warden_proto::peer::Blob;
 
-/// The peer service of one member (serve it on the peer address).
+/// The peer service of one member (serve it on the peer address, behind
+/// an [`IdentityGate`]).
+#[derive(Clone)]
 pub struct PeerService {
     node: Arc<Node>,
     refusals: Arc<RefusalLog>,
     vouches: Arc<Vouches>,
+    /// Snapshot transfers being received ([`MAX_SNAPSHOT_RECEIVES`]).
+    receiving: Arc<tokio::sync::Semaphore>,
 }
+
+/// Snapshot transfers a member receives at once. A leader sends a follower
+/// one at a time; a second covers a leader change during a transfer. Each
+/// holds a temporary file and up to [`MAX_SNAPSHOT_BYTES`] of disk, so
+/// without a bound a sender could open transfers until the member ran out
+/// of file descriptors or disk.
+pub const MAX_SNAPSHOT_RECEIVES: usize = 2;
+
+/// Longest wait for a snapshot transfer's next chunk. A sender streams a
+/// file it has; one that stops sending is dropped, with its temporary
+/// file, rather than hold one of the [`MAX_SNAPSHOT_RECEIVES`] slots.
+pub const SNAPSHOT_CHUNK_WAIT: Duration = Duration::from_secs(30);
 
 /// How long a vouch for a sender holds.
 const VOUCH_FOR: Duration = Duration::from_secs(30);
@@ -159,6 +175,7 @@ impl PeerService {
             node,
             refusals: Arc::new(RefusalLog::default()),
             vouches: Arc::default(),
+            receiving: Arc::new(tokio::sync::Semaphore::new(MAX_SNAPSHOT_RECEIVES)),
         }
     }
 
@@ -293,6 +310,135 @@ impl PeerService {
             bad(format!("warden: {e}"))
         })
     }
+}
+
+/// The peer port's first check, made on a call's headers before its body
+/// is read: a call without this cluster's id and a member id other than
+/// ours is answered `PermissionDenied` or `FailedPrecondition` at once.
+/// Without it, tonic would buffer and decode a message of up to
+/// [`super::network::MAX_MESSAGE`] bytes before the handler's own checks
+/// ([`PeerService::admit`], which also asks whether the sender is a member)
+/// refused it: a client pointed at the wrong port, or a scanner, could hold
+/// that much memory per stream.
+#[derive(Clone)]
+pub struct IdentityGate<S> {
+    inner: S,
+    cluster_id: u64,
+    member_id: u64,
+    refusals: Arc<RefusalLog>,
+}
+
+impl<S> IdentityGate<S> {
+    /// The gate in front of `inner`, a server of `service`'s calls; its
+    /// refusals are logged with the service's.
+    pub fn new(inner: S, service: &PeerService) -> Self {
+        IdentityGate {
+            inner,
+            cluster_id: service.node.cluster_id,
+            member_id: service.node.id,
+            refusals: service.refusals.clone(),
+        }
+    }
+
+    /// Why a call with these headers is refused before its body is read,
+    /// as the log's reason and the caller's status.
+    fn refusal(&self, headers: &axum::http::HeaderMap) -> Option<(&'static str, Status)> {
+        let Some(caller) = PeerIdentity::of_headers(headers) else {
+            return Some((
+                "no identity",
+                Status::permission_denied(format!(
+                    "warden: peer call without valid {} and {} metadata",
+                    peer_auth::CLUSTER_ID_HEADER,
+                    peer_auth::MEMBER_ID_HEADER
+                )),
+            ));
+        };
+        if caller.cluster_id != self.cluster_id {
+            return Some((
+                "cluster id mismatch",
+                Status::failed_precondition(format!(
+                    "warden: cluster id mismatch: member {:x} of cluster {:x} called a member \
+                     of cluster {:x}",
+                    caller.member_id, caller.cluster_id, self.cluster_id
+                )),
+            ));
+        }
+        (caller.member_id == self.member_id).then(|| {
+            (
+                "not a member",
+                Status::permission_denied(format!(
+                    "warden: a peer call claims to come from this member ({:x})",
+                    self.member_id
+                )),
+            )
+        })
+    }
+}
+
+/// The address a call came from, as [`Request::remote_addr`] finds it.
+fn caller_addr<B>(req: &axum::http::Request<B>) -> String {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let ext = req.extensions();
+    ext.get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|i| i.get_ref().remote_addr())
+        })
+        .map_or_else(|| "?".to_string(), |a| a.to_string())
+}
+
+impl<S> tower::Service<axum::http::Request<tonic::body::Body>> for IdentityGate<S>
+where
+    S: tower::Service<
+        axum::http::Request<tonic::body::Body>,
+        Response = axum::http::Response<tonic::body::Body>,
+        Error = std::convert::Infallible,
+    >,
+{
+    type Response = axum::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::Either<
+        futures::future::Ready<Result<Self::Response, Self::Error>>,
+        S::Future,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<tonic::body::Body>) -> Self::Future {
+        match self.refusal(req.headers()) {
+            // The request (and its unread body) is dropped here.
+            Some((reason, status)) => {
+                let rpc = req.uri().path().rsplit('/').next().unwrap_or_default();
+                self.refusals.warn(
+                    reason,
+                    &format!("{rpc} from {}: {}", caller_addr(&req), status.message()),
+                );
+                futures::future::Either::Left(futures::future::ready(Ok(status.into_http())))
+            }
+            None => futures::future::Either::Right(self.inner.call(req)),
+        }
+    }
+}
+
+/// The next chunk of a snapshot transfer, or an error once none came for
+/// [`SNAPSHOT_CHUNK_WAIT`].
+async fn next_chunk(
+    incoming: &mut Streaming<Blob>,
+) -> Result<Option<Result<Blob, Status>>, Status> {
+    tokio::time::timeout(SNAPSHOT_CHUNK_WAIT, incoming.next())
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "no snapshot chunk for {} s: transfer dropped",
+                SNAPSHOT_CHUNK_WAIT.as_secs()
+            ))
+        })
 }
 
 fn bad(e: String) -> Status {
@@ -484,10 +630,15 @@ impl RaftPeer for PeerService {
         req: Request<Streaming<Blob>>,
     ) -> Result<Response<Blob>, Status> {
         let sender = self.admit(&req, "InstallSnapshot", Need::Replicate)?;
+        let _slot = self.receiving.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "warden: this member is already receiving {MAX_SNAPSHOT_RECEIVES} snapshots; \
+                 retry later"
+            ))
+        })?;
         let mut incoming = req.into_inner();
-        let first = incoming
-            .next()
-            .await
+        let first = next_chunk(&mut incoming)
+            .await?
             .ok_or_else(|| bad("empty snapshot stream".into()))??;
         let header: SnapshotHeader = decode(&first).map_err(bad)?;
         let term = self.node.term();
@@ -507,7 +658,7 @@ impl RaftPeer for PeerService {
                 .await
                 .map_err(|e| Status::internal(format!("create {}: {e}", tmp.display())))?;
             let mut received: u64 = 0;
-            while let Some(chunk) = incoming.next().await {
+            while let Some(chunk) = next_chunk(&mut incoming).await? {
                 let chunk = chunk?;
                 received = received.saturating_add(chunk.data.len() as u64);
                 if received > MAX_SNAPSHOT_BYTES {

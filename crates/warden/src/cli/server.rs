@@ -816,13 +816,16 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    // The peer port serves one service: no router in front of it.
+    // The peer port serves one service: no router in front of it, only the
+    // identity check of each call's headers before its body is read.
     let peer_server = tonic::transport::Server::builder().tcp_nodelay(true);
-    let peer_service = warden_proto::peer::raft_peer_server::RaftPeerServer::new(
-        warden_server::node::peer_service::PeerService::new(node.clone()),
-    )
-    .max_decoding_message_size(warden_server::node::network::MAX_MESSAGE)
-    .max_encoding_message_size(warden_server::node::network::MAX_MESSAGE);
+    let peer_service = warden_server::node::peer_service::PeerService::new(node.clone());
+    let peer_service = warden_server::node::peer_service::IdentityGate::new(
+        warden_proto::peer::raft_peer_server::RaftPeerServer::new(peer_service.clone())
+            .max_decoding_message_size(warden_server::node::network::MAX_MESSAGE)
+            .max_encoding_message_size(warden_server::node::network::MAX_MESSAGE),
+        &peer_service,
+    );
     let peer_stop = stopped(peer_stop_rx);
     let peer = warden_server::tls::serve(
         peer_server,

@@ -108,6 +108,7 @@ fn restore(a: RestoreArgs) -> anyhow::Result<()> {
         joined: false,
         removed_at: None,
         listed_at: None,
+        log_started: false,
     }
     .save(&a.data_dir)?;
     println!(
