@@ -525,6 +525,59 @@ async fn password_change_ends_old_tokens_and_guessing_is_braked() {
     assert_eq!(e.code(), tonic::Code::ResourceExhausted);
 }
 
+/// bcrypt reads at most 72 bytes of a password: a longer one is refused
+/// when set (as Go's bcrypt, and so etcd, refuses it), and one sent to
+/// authenticate is wrong, not cut to a stored password it starts with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn passwords_past_bcrypts_72_bytes_are_refused_not_cut() {
+    use warden_proto::etcdserverpb as pb;
+    use warden_proto::etcdserverpb::auth_client::AuthClient;
+
+    let bin = require_etcdctl();
+    let cluster = Cluster::start(1);
+    cluster.wait_leader(ELECT).await;
+    let eps = cluster.endpoints();
+    enable_auth(&bin, &eps);
+    let passwd = |pw: String| {
+        ctl(
+            &bin,
+            &eps,
+            &[
+                "--user=root:rootpw",
+                "user",
+                "passwd",
+                "root",
+                "--interactive=false",
+            ],
+            Some(&format!("{pw}\n")),
+        )
+    };
+    let o = passwd("A".repeat(73));
+    assert!(
+        !o.success && o.stderr.contains("at most 72"),
+        "{}",
+        o.stderr
+    );
+    let exact = "A".repeat(72);
+    let o = passwd(exact.clone());
+    assert!(o.success, "passwd: {}", o.stderr);
+    let mut auth = AuthClient::new(cluster.channel(0));
+    let e = auth
+        .authenticate(pb::AuthenticateRequest {
+            name: "root".into(),
+            password: format!("{exact}XYZ"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    auth.authenticate(pb::AuthenticateRequest {
+        name: "root".into(),
+        password: exact,
+    })
+    .await
+    .expect("the 72-byte password itself");
+}
+
 /// The Rust client (and the `warden` CLI built on it) authenticates by
 /// itself, and again when its token expires, for calls and for streams.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

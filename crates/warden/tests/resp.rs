@@ -541,6 +541,45 @@ async fn hostile_input_is_refused_and_others_keep_working() {
     let huge = "x".repeat(1_600_000);
     let r = c.cmd(&["SET", "big", &huge]).await;
     assert!(matches!(r, Ok(R::Err(_)) | Err(_)), "{r:?}");
+    // MULTI queues no more than one request's bytes: two values of 1 MB
+    // each are under the limit alone, and abort the transaction together
+    // (one EXEC of 50 such values, over 64 MiB, once stopped every write
+    // of the cluster until the leader was killed).
+    let mut c = Conn::open(a).await.unwrap();
+    let mb = "m".repeat(1_000_000);
+    c.cmd(&["MULTI"]).await.unwrap();
+    assert_eq!(
+        c.cmd(&["SET", "q1", &mb]).await.unwrap(),
+        R::Simple("QUEUED".into())
+    );
+    let r = c.cmd(&["SET", "q2", &mb]).await.unwrap();
+    assert!(
+        matches!(&r, R::Err(e) if e.contains("--max-request-bytes")),
+        "{r:?}"
+    );
+    let r = c.cmd(&["EXEC"]).await.unwrap();
+    assert!(
+        matches!(&r, R::Err(e) if e.starts_with("EXECABORT")),
+        "{r:?}"
+    );
+    assert_eq!(good.cmd(&["EXISTS", "q1"]).await.unwrap(), R::Int(0));
+    // APPEND grows a stored value: what the transaction would write is
+    // bounded too.
+    assert_eq!(
+        c.cmd(&["SET", "grow", &mb]).await.unwrap(),
+        R::Simple("OK".into())
+    );
+    c.cmd(&["MULTI"]).await.unwrap();
+    c.cmd(&["APPEND", "grow", &mb]).await.unwrap();
+    let r = c.cmd(&["EXEC"]).await.unwrap();
+    assert!(
+        matches!(&r, R::Err(e) if e.contains("request is too large")),
+        "{r:?}"
+    );
+    assert_eq!(
+        good.cmd(&["STRLEN", "grow"]).await.unwrap(),
+        R::Int(1_000_000)
+    );
     // The first connection never noticed.
     assert_eq!(good.cmd(&["GET", "k"]).await.unwrap(), R::bulk("v"));
     assert_eq!(good.cmd(&["PING"]).await.unwrap(), R::Simple("PONG".into()));

@@ -9,7 +9,7 @@
 //! the store. Checks that need the store (revisions, key existence, leases)
 //! live in `mvcc.rs`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::error::StateError;
 use super::types::{DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
@@ -96,6 +96,8 @@ struct Deleted<'a> {
 }
 
 impl Deleted<'_> {
+    /// The definition [`DeletedSet::covers`] answers for a set of these.
+    #[cfg(test)]
     fn covers(&self, k: &[u8]) -> bool {
         if self.range_end.is_empty() {
             self.key == k
@@ -105,24 +107,76 @@ impl Deleted<'_> {
     }
 }
 
-fn covered(dels: &[Deleted<'_>], k: &[u8]) -> bool {
-    dels.iter().any(|d| d.covers(k))
+/// The keys and ranges a txn's deletes cover, as a set that answers "is
+/// this key deleted?" in logarithmic time: single keys, and the union of
+/// the ranges as disjoint intervals by start. A list scanned for every put
+/// made the check cost puts × deletes: one nested txn of about 1.5 MB
+/// (52 000 puts and as many deletes, in a tree of nested txns) took
+/// seconds of CPU on every member, which stalled the cluster.
+#[derive(Default)]
+struct DeletedSet<'a> {
+    keys: BTreeSet<&'a [u8]>,
+    /// Disjoint intervals `[start, end)`, no two touching, by start.
+    ranges: BTreeMap<&'a [u8], &'a [u8]>,
+}
+
+impl<'a> DeletedSet<'a> {
+    fn insert(&mut self, d: Deleted<'a>) {
+        if d.range_end.is_empty() {
+            self.keys.insert(d.key);
+            return;
+        }
+        if d.key >= d.range_end {
+            // `[key, range_end)` holds no key.
+            return;
+        }
+        let (mut start, mut end) = (d.key, d.range_end);
+        if let Some((&s, &e)) = self.ranges.range(..=start).next_back() {
+            if e >= start {
+                start = s;
+                end = end.max(e);
+            }
+        }
+        // `start < end` here, so the range below is well formed.
+        let inside: Vec<&[u8]> = self.ranges.range(start..=end).map(|(s, _)| *s).collect();
+        for s in inside {
+            if let Some(e) = self.ranges.remove(s) {
+                end = end.max(e);
+            }
+        }
+        self.ranges.insert(start, end);
+    }
+
+    fn covers(&self, k: &[u8]) -> bool {
+        self.keys.contains(k)
+            || self
+                .ranges
+                .range(..=k)
+                .next_back()
+                .is_some_and(|(_, e)| k < *e)
+    }
+
+    fn extend(&mut self, other: DeletedSet<'a>) {
+        self.keys.extend(other.keys);
+        for (key, range_end) in other.ranges {
+            self.insert(Deleted { key, range_end });
+        }
+    }
 }
 
 /// etcd `checkIntervals`: returns the keys put and ranges deleted by `reqs`
 /// (including nested txns) or `DuplicateKey`.
-fn check_intervals(reqs: &[RequestOp]) -> Result<(BTreeSet<&[u8]>, Vec<Deleted<'_>>), StateError> {
+fn check_intervals(reqs: &[RequestOp]) -> Result<(BTreeSet<&[u8]>, DeletedSet<'_>), StateError> {
     // Deletes of this level first, so nested puts are checked against them.
-    let mut dels: Vec<Deleted<'_>> = reqs
-        .iter()
-        .filter_map(|op| match op {
-            RequestOp::DeleteRange(d) => Some(Deleted {
+    let mut dels = DeletedSet::default();
+    for op in reqs {
+        if let RequestOp::DeleteRange(d) = op {
+            dels.insert(Deleted {
                 key: &d.key,
                 range_end: &d.range_end,
-            }),
-            _ => None,
-        })
-        .collect();
+            });
+        }
+    }
 
     let mut puts: BTreeSet<&[u8]> = BTreeSet::new();
     for op in reqs {
@@ -130,7 +184,7 @@ fn check_intervals(reqs: &[RequestOp]) -> Result<(BTreeSet<&[u8]>, Vec<Deleted<'
         let (puts_then, dels_then) = check_intervals(&t.success)?;
         let (puts_else, dels_else) = check_intervals(&t.failure)?;
         for k in &puts_then {
-            if puts.contains(k) || covered(&dels, k) {
+            if puts.contains(k) || dels.covers(k) {
                 return Err(StateError::DuplicateKey);
             }
             puts.insert(k);
@@ -140,7 +194,7 @@ fn check_intervals(reqs: &[RequestOp]) -> Result<(BTreeSet<&[u8]>, Vec<Deleted<'
             if puts.contains(k) && !puts_then.contains(k) {
                 return Err(StateError::DuplicateKey);
             }
-            if covered(&dels, k) {
+            if dels.covers(k) {
                 return Err(StateError::DuplicateKey);
             }
             puts.insert(k);
@@ -152,7 +206,7 @@ fn check_intervals(reqs: &[RequestOp]) -> Result<(BTreeSet<&[u8]>, Vec<Deleted<'
     for op in reqs {
         let RequestOp::Put(p) = op else { continue };
         let k: &[u8] = &p.key;
-        if puts.contains(k) || covered(&dels, k) {
+        if puts.contains(k) || dels.covers(k) {
             return Err(StateError::DuplicateKey);
         }
         puts.insert(k);
@@ -194,6 +248,39 @@ mod tests {
     }
     fn nested(success: Vec<RequestOp>, failure: Vec<RequestOp>) -> RequestOp {
         RequestOp::Txn(txn(success, failure))
+    }
+
+    proptest::proptest! {
+        /// The set answers as the list of deletes it was built from would,
+        /// however the ranges overlap, touch, nest or are empty.
+        #[test]
+        fn deleted_set_covers_what_any_delete_covers(
+            dels in proptest::collection::vec(
+                (proptest::collection::vec(0u8..4, 1..4), proptest::collection::vec(0u8..4, 0..4)),
+                0..24,
+            ),
+            split in 0usize..24,
+            queries in proptest::collection::vec(proptest::collection::vec(0u8..4, 0..5), 1..40),
+        ) {
+            let list: Vec<Deleted<'_>> = dels
+                .iter()
+                .map(|(key, range_end)| Deleted { key, range_end })
+                .collect();
+            // Built in two halves joined by `extend`, as nested txns are.
+            let (a, b) = list.split_at(split.min(list.len()));
+            let mut set = DeletedSet::default();
+            a.iter().cloned().for_each(|d| set.insert(d));
+            let mut other = DeletedSet::default();
+            b.iter().cloned().for_each(|d| other.insert(d));
+            set.extend(other);
+            for q in &queries {
+                proptest::prop_assert_eq!(
+                    set.covers(q),
+                    list.iter().any(|d| d.covers(q)),
+                    "key {:?}", q
+                );
+            }
+        }
     }
 
     #[test]

@@ -42,6 +42,10 @@ use warden_proto::authpb;
 use warden_proto::etcdserverpb as pb;
 
 /// The gRPC metadata key etcd clients put their token under.
+/// The longest password accepted: bcrypt's input limit. Go's bcrypt, and
+/// so etcd, refuses longer ones too.
+pub const MAX_PASSWORD_BYTES: usize = 72;
+
 pub const TOKEN_METADATA: &str = "token";
 
 /// Where etcd also looks for it (its gateway passes the HTTP
@@ -489,6 +493,12 @@ impl Gate {
             })?;
             return Ok(Some(hashed.to_owned()));
         }
+        if password.len() > MAX_PASSWORD_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "warden: a password may be at most {MAX_PASSWORD_BYTES} bytes (bcrypt reads no \
+                 more: a longer one would be cut, and its end never checked)"
+            )));
+        }
         let password = password.to_owned();
         let cost = self.settings.bcrypt_cost;
         self.hash_job(deadline, move || bcrypt::hash(password, cost))
@@ -540,8 +550,12 @@ impl Gate {
         // An unknown user (or one without a password) costs one bcrypt
         // round too, so timing does not tell which names exist.
         let cost = self.settings.bcrypt_cost;
+        // bcrypt reads at most 72 bytes: a longer password would match any
+        // stored one it starts with. No stored password is longer (they are
+        // refused when set), so a longer one is wrong; it still costs a round.
+        let too_long = password.len() > MAX_PASSWORD_BYTES;
         let (ok, generation, key) = match found {
-            Some((Some(hash), g, k)) => {
+            Some((Some(hash), g, k)) if !too_long => {
                 let ok = self
                     .hash_job(deadline, move || {
                         bcrypt::verify(password, &hash).unwrap_or(false)

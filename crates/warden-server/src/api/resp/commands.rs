@@ -282,6 +282,11 @@ impl Session {
         }
     }
 
+    /// The most bytes one request (one Raft transaction) may carry.
+    pub(super) fn max_request_bytes(&self) -> usize {
+        self.shared.max_request_bytes
+    }
+
     /// The protocol replies are encoded in (2 or 3, see HELLO).
     pub fn proto(&self) -> u8 {
         self.proto
@@ -357,6 +362,21 @@ impl Session {
                     return (
                         Reply::err(format!(
                             "ERR warden: at most {MULTI_MAX} commands between MULTI and EXEC"
+                        )),
+                        Outcome::Continue,
+                    );
+                }
+                // EXEC proposes the queue as one transaction, which may
+                // carry no more than a gRPC request: the queue's bytes are
+                // bounded by that too (and so is what a connection holds).
+                let max = self.shared.max_request_bytes;
+                let queued = queue.iter().flatten().map(Vec::len).sum::<usize>();
+                if queued.saturating_add(args.iter().map(Vec::len).sum()) > max {
+                    self.multi_failed = true;
+                    return (
+                        Reply::err(format!(
+                            "ERR warden: the commands queued since MULTI would exceed {max} \
+                             bytes, the most one transaction may carry (--max-request-bytes)"
                         )),
                         Outcome::Continue,
                     );
@@ -1049,6 +1069,7 @@ impl Session {
     // ---- key space -----------------------------------------------------
 
     async fn keys(&self, pattern: &[u8]) -> Res {
+        glob::check_len(pattern).map_err(Reply::err)?;
         let (key, end) = range_end_for_prefix(glob::literal_prefix(pattern));
         self.check_read(&key, &end)?;
         let pattern = pattern.to_vec();
@@ -1101,7 +1122,10 @@ impl Session {
         while i < a.len() {
             let v = a.get(i + 1).ok_or_else(syntax)?;
             match upper(&a[i]).as_str() {
-                "MATCH" => pattern = Some(v.clone()),
+                "MATCH" => {
+                    glob::check_len(v).map_err(Reply::err)?;
+                    pattern = Some(v.clone());
+                }
                 "COUNT" => {
                     count = int_arg(v)?;
                     if count < 1 {

@@ -4,6 +4,24 @@
 //! Must never: recurse or backtrack more than once per star (matching is
 //! O(pattern × key), whatever the pattern).
 
+/// The longest pattern KEYS and SCAN MATCH take. Matching costs up to the
+/// pattern's length times the key's (a pattern of 50 000 bytes against one
+/// 100 KB key took 13 s of CPU), and keys may be as long as a request:
+/// this bounds one key's match to a few hundred times the cost of reading
+/// it. Redis has no such bound; real patterns are far shorter.
+pub const MAX_PATTERN: usize = 256;
+
+/// Refuses a pattern longer than [`MAX_PATTERN`], with the reply's text.
+pub fn check_len(p: &[u8]) -> Result<(), String> {
+    if p.len() > MAX_PATTERN {
+        return Err(format!(
+            "ERR warden: a pattern of {} bytes; at most {MAX_PATTERN}",
+            p.len()
+        ));
+    }
+    Ok(())
+}
+
 /// The bytes every match must start with: the pattern up to its first
 /// special character (so KEYS can read a prefix range, not every key).
 pub fn literal_prefix(p: &[u8]) -> &[u8] {
@@ -93,6 +111,13 @@ pub fn matches(pattern: &[u8], key: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_patterns_are_refused() {
+        assert!(check_len(&[b'a'; MAX_PATTERN]).is_ok());
+        let e = check_len(&[b'a'; MAX_PATTERN + 1]).unwrap_err();
+        assert!(e.starts_with("ERR ") && e.contains("at most 256"), "{e}");
+    }
 
     #[test]
     fn patterns() {

@@ -10,7 +10,9 @@
 //! connection whose buffer passes `BIG_REQUEST` bytes (a large request on
 //! its way) must hold one of [`BIG_REQUESTS`] permits to read on, so many
 //! clients sending large requests at once wait for each other instead of
-//! each holding up to the request limit.
+//! each holding up to the request limit. The wait is at most [`BIG_WAIT`],
+//! and a connection holding a permit that sends nothing for that long is
+//! closed: stalled clients cannot keep the permits.
 //!
 //! Must never: read past a protocol error (the stream cannot be resynced,
 //! so the error is answered and the connection closed), or let one
@@ -23,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use super::codec::{decode, frame_len, Limits, Reply};
+use super::codec::{decode, frame_len_resume, Limits, Reply, Scan};
 use super::commands::{Outcome, Session};
 use crate::api::auth::{AuthSettings, Gate};
 use crate::node::Node;
@@ -43,6 +45,13 @@ const BIG_REQUEST: usize = 64 * 1024;
 
 /// Connections that may buffer more than `BIG_REQUEST` at once.
 pub const BIG_REQUESTS: usize = 64;
+
+/// How long a connection waits for a big-request permit, and how long one
+/// holding a permit may go without sending a byte: a connection that stalls
+/// in the middle of a large request is closed, so stalled clients cannot
+/// keep every permit (and every other client's large requests waiting)
+/// for good.
+pub const BIG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What every connection shares.
 pub struct Shared {
@@ -151,11 +160,15 @@ async fn connection(
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut big: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    // Where the scan of the incomplete request at the buffer's start
+    // stopped (offsets from that request's start, which the drain below
+    // moves to 0).
+    let mut scan: Option<Scan> = None;
     loop {
         let mut start = 0;
         loop {
             let rest = buf.get(start..).unwrap_or_default();
-            match frame_len(rest, &limits) {
+            match frame_len_resume(rest, &limits, &mut scan) {
                 Ok(Some(n)) => {
                     let frame = rest.get(..n).unwrap_or_default();
                     start += n;
@@ -197,20 +210,53 @@ async fn connection(
         if buf.len() < BIG_REQUEST {
             big = None;
         } else if big.is_none() {
-            big = Some(
-                shared
-                    .big
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| std::io::Error::other("server stopping"))?,
-            );
+            match tokio::time::timeout(BIG_WAIT, shared.big.clone().acquire_owned()).await {
+                Ok(permit) => {
+                    big = Some(permit.map_err(|_| std::io::Error::other("server stopping"))?)
+                }
+                Err(_) => {
+                    let msg = format!(
+                        "ERR warden: {BIG_REQUESTS} large requests are already arriving on this \
+                         member; none finished within {} s; try again",
+                        BIG_WAIT.as_secs()
+                    );
+                    return close_with(&mut stream, &mut out, session.proto(), msg).await;
+                }
+            }
         }
         buf.reserve(READ_CHUNK);
-        if stream.read_buf(&mut buf).await? == 0 {
+        let read = stream.read_buf(&mut buf);
+        let n = if big.is_some() {
+            match tokio::time::timeout(BIG_WAIT, read).await {
+                Ok(n) => n?,
+                Err(_) => {
+                    let msg = format!(
+                        "ERR warden: a large request stalled for {} s; closing the connection",
+                        BIG_WAIT.as_secs()
+                    );
+                    return close_with(&mut stream, &mut out, session.proto(), msg).await;
+                }
+            }
+        } else {
+            read.await?
+        };
+        if n == 0 {
             return Ok(());
         }
     }
+}
+
+/// Answers `msg` as an error and closes the connection (in the middle of a
+/// request, which cannot be resynced).
+async fn close_with(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    proto: u8,
+    msg: String,
+) -> std::io::Result<()> {
+    Reply::err(msg).encode(proto, out);
+    stream.write_all(out).await?;
+    stream.shutdown().await
 }
 
 /// Answers a protocol error and closes the connection.
@@ -220,7 +266,5 @@ async fn fail(
     proto: u8,
     e: super::codec::ProtocolError,
 ) -> std::io::Result<()> {
-    Reply::err(format!("ERR {e}")).encode(proto, out);
-    stream.write_all(out).await?;
-    stream.shutdown().await
+    close_with(stream, out, proto, format!("ERR {e}")).await
 }

@@ -357,6 +357,28 @@ async fn attempt_all(
             .zip(leases)
             .map(|(a, l)| view.run(a, *l))
             .collect();
+        // What the transaction writes, bounded as a gRPC request is: the
+        // queue's bytes are (see `Session::run`), but APPEND and SETRANGE
+        // grow values already stored.
+        let written: usize = view
+            .dirty
+            .iter()
+            .map(|k| {
+                let v = view
+                    .now
+                    .get(k)
+                    .and_then(|e| e.as_ref())
+                    .map_or(0, |(v, _)| v.len());
+                k.len().saturating_add(v)
+            })
+            .fold(0, usize::saturating_add);
+        if written > s.max_request_bytes() {
+            return Err(Reply::err(format!(
+                "ERR etcdserver: request is too large (this transaction writes {written} bytes; \
+                 --max-request-bytes is {})",
+                s.max_request_bytes()
+            )));
+        }
         let mut ops = Vec::new();
         for k in &view.dirty {
             let existed = base.get(k).is_some_and(Option::is_some);
