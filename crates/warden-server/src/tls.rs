@@ -219,34 +219,218 @@ where
     B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let slots = Arc::new(Semaphore::new(max_connections(port)));
     match tls {
         Some(tls) => {
             server
-                .serve_with_incoming_shutdown(svc, incoming(listener, tls, port), shutdown)
+                .serve_with_incoming_shutdown(svc, incoming(listener, tls, port, slots), shutdown)
                 .await
         }
         None => {
-            let plain =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             server
-                .serve_with_incoming_shutdown(svc, plain, shutdown)
+                .serve_with_incoming_shutdown(svc, plain_incoming(listener, port, slots), shutdown)
                 .await
         }
     }
 }
 
+/// Raises this process's soft limit of open files to its hard limit (at
+/// most 2^20), as Go's runtime does for etcd, and returns the soft limit
+/// then in force. Distributions often start services with a soft limit of
+/// 1024, which a few hundred client connections and the member's own files
+/// exceed.
+pub fn raise_fd_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let now = getrlimit(Resource::Nofile);
+    let want = now.maximum.unwrap_or(MAX_FD_LIMIT).min(MAX_FD_LIMIT);
+    if now.current.is_some_and(|c| c < want) {
+        let raised = Rlimit {
+            current: Some(want),
+            maximum: now.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!("raising the open-file limit to {want}: {e}");
+        }
+    }
+    fd_limit()
+}
+
+/// Ceiling of [`raise_fd_limit`].
+const MAX_FD_LIMIT: u64 = 1 << 20;
+
+/// The soft limit of open files (2^20 when unlimited).
+pub fn fd_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(MAX_FD_LIMIT)
+}
+
+/// Connections a port serves at once: a share of the open-file limit, so
+/// that connections can never take the descriptors the member needs for
+/// its own files (a snapshot that cannot be created stops the member), with
+/// a ceiling. Clients' ports (`client`, `resp`) get a quarter each, at most
+/// 10 000 (Redis's `maxclients`); the others a sixteenth, at most 1 024.
+/// Past it, the port accepts nothing until a connection closes (RESP
+/// answers `max number of clients reached`).
+pub fn max_connections(port: &str) -> usize {
+    let (share, ceiling) = match port {
+        "client" | "resp" => (4, 10_000),
+        _ => (16, 1_024),
+    };
+    usize::try_from((fd_limit() / share).clamp(16, ceiling)).unwrap_or(16)
+}
+
+/// A connection holding one of its port's [`max_connections`] slots until it
+/// is dropped; reads, writes and its address are the stream's.
+pub struct Counted<S> {
+    inner: S,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected for Counted<S> {
+    type ConnectInfo = S::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+/// Waits for a free connection slot of `port`, saying so (at most every
+/// [`FULL_WARN_EVERY`]) when there is none; `None` when the server stopped
+/// taking connections.
+async fn slot(
+    slots: &Arc<Semaphore>,
+    port: &'static str,
+    last_warned: &mut Option<std::time::Instant>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if let Ok(s) = slots.clone().try_acquire_owned() {
+        return Some(s);
+    }
+    if last_warned.is_none_or(|t| t.elapsed() >= FULL_WARN_EVERY) {
+        *last_warned = Some(std::time::Instant::now());
+        tracing::warn!(
+            port,
+            max = max_connections(port),
+            "connection limit reached: accepting again when a connection closes"
+        );
+    }
+    slots.clone().acquire_owned().await.ok()
+}
+
+const FULL_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Accepts plain TCP connections on `listener`, at most `slots` open at
+/// once, backing off when accepting fails (out of descriptors: retrying at
+/// once would spin a core).
+fn plain_incoming(
+    listener: TcpListener,
+    port: &'static str,
+    slots: Arc<Semaphore>,
+) -> ReceiverStream<std::io::Result<Counted<TcpStream>>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut last_warned = None;
+        loop {
+            let slot = tokio::select! {
+                _ = tx.closed() => return,
+                s = slot(&slots, port, &mut last_warned) => match s {
+                    Some(s) => s,
+                    None => return,
+                },
+            };
+            let accepted = tokio::select! {
+                _ = tx.closed() => return,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((tcp, _)) => {
+                    let _ = tcp.set_nodelay(true);
+                    let conn = Counted {
+                        inner: tcp,
+                        _slot: slot,
+                    };
+                    if tx.send(Ok(conn)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(port, "accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
 /// Accepts TLS connections on `listener`: the stream of established
-/// sessions for `tonic`'s `serve_with_incoming`. Ends when the server drops
-/// the stream.
+/// sessions for `tonic`'s `serve_with_incoming`, at most `slots` open at once
+/// (a connection holds its slot from before its handshake until it closes).
+/// Ends when the server drops the stream.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ServerTls>,
     port: &'static str,
-) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+    slots: Arc<Semaphore>,
+) -> ReceiverStream<std::io::Result<Counted<TlsStream<TcpStream>>>> {
     let (tx, rx) = mpsc::channel(64);
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
+        let mut last_warned = None;
         loop {
+            let conn_slot = tokio::select! {
+                _ = tx.closed() => return,
+                s = slot(&slots, port, &mut last_warned) => match s {
+                    Some(s) => s,
+                    None => return,
+                },
+            };
             let accepted = tokio::select! {
                 _ = tx.closed() => return,
                 a = listener.accept() => a,
@@ -271,7 +455,11 @@ pub fn incoming(
                 let _permit = permit;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => {
-                        let _ = tx.send(Ok(s)).await;
+                        let conn = Counted {
+                            inner: s,
+                            _slot: conn_slot,
+                        };
+                        let _ = tx.send(Ok(conn)).await;
                     }
                     Ok(Err(e)) => tracing::debug!(port, %from, "TLS handshake failed: {e}"),
                     Err(_) => tracing::debug!(port, %from, "TLS handshake timed out"),

@@ -317,7 +317,7 @@ impl PeerService {
 /// ours is answered `PermissionDenied` or `FailedPrecondition` at once.
 /// Without it, tonic would buffer and decode a message of up to
 /// [`super::network::MAX_MESSAGE`] bytes before the handler's own checks
-/// ([`PeerService::admit`], which also asks whether the sender is a member)
+/// (`PeerService::admit`, which also asks whether the sender is a member)
 /// refused it: a client pointed at the wrong port, or a scanner, could hold
 /// that much memory per stream.
 #[derive(Clone)]

@@ -797,9 +797,14 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         Some(a) => Some(bind("resp-addr", a).await?),
         None => None,
     };
+    // Before any connection or file: every port's connection limit is a
+    // share of it (`tls::max_connections`).
+    let open_files = warden_server::tls::raise_fd_limit();
     let node = Node::start(cfg.clone()).await?;
     let metrics = warden_server::api::metrics::Metrics::start(&node);
     tracing::info!(
+        open_files,
+        client_connections = warden_server::tls::max_connections("client"),
         name = %node.name(),
         id = %format!("{:x}", node.id()),
         clients = %cfg.client_addr,

@@ -1,4 +1,5 @@
-//! The RESP listener: accepts connections (at most [`MAX_CONNECTIONS`]),
+//! The RESP listener: accepts connections (at most [`MAX_CONNECTIONS`], and
+//! at most a quarter of the open-file limit: [`crate::tls::max_connections`]),
 //! reads requests through the codec, runs them one after another on the
 //! connection's [`Session`] and writes the replies back in order.
 //!
@@ -107,7 +108,9 @@ pub async fn serve(
         limits: Limits::for_request_bytes(max_request_bytes),
         max_request_bytes,
         next_id: std::sync::atomic::AtomicU64::new(0),
-        slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        slots: Arc::new(Semaphore::new(
+            crate::tls::max_connections("resp").min(MAX_CONNECTIONS),
+        )),
         rmw_stripes: (0..RMW_STRIPES)
             .map(|_| tokio::sync::Mutex::new(()))
             .collect(),
