@@ -366,8 +366,9 @@ async fn slot(
 const FULL_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Accepts plain TCP connections on `listener`, at most `slots` open at
-/// once, backing off when accepting fails (out of descriptors: retrying at
-/// once would spin a core).
+/// once (a connection that sends nothing within [`HANDSHAKE_TIMEOUT`] is
+/// dropped), backing off when accepting fails (out of descriptors: retrying
+/// at once would spin a core).
 fn plain_incoming(
     listener: TcpListener,
     port: &'static str,
@@ -389,15 +390,30 @@ fn plain_incoming(
                 a = listener.accept() => a,
             };
             match accepted {
-                Ok((tcp, _)) => {
+                Ok((tcp, from)) => {
                     let _ = tcp.set_nodelay(true);
-                    let conn = Counted {
-                        inner: tcp,
-                        _slot: slot,
-                    };
-                    if tx.send(Ok(conn)).await.is_err() {
-                        return;
-                    }
+                    // Served once its first bytes arrive (HTTP clients speak
+                    // first): a connection that sends nothing gives its slot
+                    // back after `HANDSHAKE_TIMEOUT`, as a TLS one whose
+                    // handshake never comes does, so idle connections cannot
+                    // hold the port's slots for good.
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let mut first = [0u8; 1];
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+                            Ok(Ok(n)) if n > 0 => {
+                                let conn = Counted {
+                                    inner: tcp,
+                                    _slot: slot,
+                                };
+                                let _ = tx.send(Ok(conn)).await;
+                            }
+                            Ok(_) => {}
+                            Err(_) => {
+                                tracing::debug!(port, %from, "nothing sent: connection dropped")
+                            }
+                        }
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(port, "accept: {e}");

@@ -134,6 +134,13 @@ pub enum LogError {
         format::FORMAT_VERSION
     )]
     UnsupportedFormat { path: PathBuf, found: u32 },
+    #[error(
+        "raft log {path}: missing or empty, but its journal {} is there: the log file was lost \
+         or replaced, and a new one would hold only the journal's last appends. Restore this \
+         member's data dir from a backup, or empty it and add the member again with --join",
+        wal.display()
+    )]
+    LogLost { path: PathBuf, wal: PathBuf },
     #[error(transparent)]
     Wal(#[from] WalError),
 }
@@ -286,6 +293,16 @@ impl LogDb {
     /// Opens (or creates) the log file at `path`, upgrading a format-0 file
     /// in place (see the module docs) and refusing an unknown format.
     pub fn open(path: &Path) -> Result<Self, LogError> {
+        // The journal is made after the file: a journal without its file
+        // (or with an empty one) means the file was lost.
+        let wal_path = Self::wal_path(path);
+        let fresh = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
+        if fresh && wal_path.exists() {
+            return Err(LogError::LogLost {
+                path: path.to_path_buf(),
+                wal: wal_path,
+            });
+        }
         let db_err = |source: redb::Error| LogError::Db {
             path: path.to_path_buf(),
             source: Box::new(source),
@@ -309,7 +326,6 @@ impl LogDb {
         // The first transaction reads the tables: guarded too.
         this.upgraded_from = this.guarded(|| this.prepare())?;
         let has_journal = this.guarded(|| this.journal_recorded())?;
-        let wal_path = Self::wal_path(path);
         let (mut journal, records) = if has_journal {
             Wal::open_existing(&wal_path)?
         } else {
@@ -331,9 +347,11 @@ impl LogDb {
         if !has_journal {
             // The journal exists now (made and synced by `Wal::open`): from
             // here on its loss is an error, not a new journal.
-            this.commit(Durability::Immediate, |w| {
-                w.open_table(FORMAT)?.insert(JOURNAL_KEY, 1)?;
-                Ok(())
+            this.guarded(|| {
+                this.commit(Durability::Immediate, |w| {
+                    w.open_table(FORMAT)?.insert(JOURNAL_KEY, 1)?;
+                    Ok(())
+                })
             })?;
         }
         this.wal = Some(Mutex::new(Journal::new(journal)));
@@ -1138,6 +1156,19 @@ mod tests {
                 cut.map(|n| n as u64),
                 "{what}: the journal must be left as it was"
             );
+        }
+        // The other way round: the journal without its file (missing, or
+        // empty) is a lost file, not a new log of the journal's tail.
+        for cut in [None, Some(0u64)] {
+            let lost = tempfile::tempdir().unwrap();
+            drop(open(&lost));
+            let redb = lost.path().join("raft.redb");
+            match cut {
+                None => std::fs::remove_file(&redb).unwrap(),
+                Some(n) => std::fs::File::create(&redb).unwrap().set_len(n).unwrap(),
+            }
+            let e = LogDb::open(&redb).err().expect("opened without its file");
+            assert!(matches!(e, LogError::LogLost { .. }), "{e}");
         }
         // Put back, the journal is replayed: nothing was lost.
         std::fs::write(&wal, &bytes).unwrap();

@@ -41,11 +41,13 @@ use warden_core::state::{CommandResult, StateError};
 use warden_proto::authpb;
 use warden_proto::etcdserverpb as pb;
 
-/// The gRPC metadata key etcd clients put their token under.
-/// The longest password accepted: bcrypt's input limit. Go's bcrypt, and
-/// so etcd, refuses longer ones too.
+/// The longest password accepted when set: bcrypt's input limit (it reads
+/// no more, so a longer password would be stored cut, and its end never
+/// checked). Go's bcrypt, and so etcd, refuses longer ones too. Passwords
+/// stored by older builds, cut, still authenticate as they did.
 pub const MAX_PASSWORD_BYTES: usize = 72;
 
+/// The gRPC metadata key etcd clients put their token under.
 pub const TOKEN_METADATA: &str = "token";
 
 /// Where etcd also looks for it (its gateway passes the HTTP
@@ -550,12 +552,8 @@ impl Gate {
         // An unknown user (or one without a password) costs one bcrypt
         // round too, so timing does not tell which names exist.
         let cost = self.settings.bcrypt_cost;
-        // bcrypt reads at most 72 bytes: a longer password would match any
-        // stored one it starts with. No stored password is longer (they are
-        // refused when set), so a longer one is wrong; it still costs a round.
-        let too_long = password.len() > MAX_PASSWORD_BYTES;
         let (ok, generation, key) = match found {
-            Some((Some(hash), g, k)) if !too_long => {
+            Some((Some(hash), g, k)) => {
                 let ok = self
                     .hash_job(deadline, move || {
                         bcrypt::verify(password, &hash).unwrap_or(false)

@@ -331,14 +331,22 @@ where
                     .unwrap_or(buf.len());
                 // Only blanks before a value: the scan has not started.
                 buf.drain(..start);
-                // An object or array is parsed once its end has arrived (a
-                // parse per chunk was quadratic: a request sent a byte at a
-                // time cost minutes of CPU), anything else at once (it is
-                // refused or short).
+                // A message is an object, parsed once its end has arrived (a
+                // parse per chunk was quadratic: a request trickled a byte at a
+                // time cost minutes of CPU). Anything else is refused at its
+                // first byte (a string would be parsed whole again and again
+                // until it ended).
                 let whole = match buf.first() {
                     None => false,
-                    Some(b'{' | b'[') => end.scan(&buf),
-                    Some(_) => true,
+                    Some(b'{') => end.scan(&buf),
+                    Some(&b) => {
+                        let s = Status::invalid_argument(format!(
+                            "bad JSON: a stream message must be an object, not one starting with \
+                             {:?}",
+                            char::from(b)
+                        ));
+                        return Some((Err(s), (frames, buf, true, end)));
+                    }
                 };
                 if whole {
                     let mut values = serde_json::Deserializer::from_slice(&buf).into_iter::<T>();

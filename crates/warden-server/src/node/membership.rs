@@ -383,7 +383,8 @@ pub struct Identity {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listed_at: Option<u64>,
     /// This member's Raft log has held entries (seen at a start, or once it
-    /// applied a membership). An empty log after that is a lost one: the
+    /// applied a membership, which only an entry of its durable log gives
+    /// it). An empty log after that is a lost one: the
     /// start is refused instead of bootstrapping the cluster again with no
     /// memory of the member's votes.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -551,7 +552,10 @@ pub async fn watch_for_removal(node: std::sync::Arc<Node>, mut identity: Identit
         let Some(ours) = applied(&node) else { continue };
         let log = in_log(&node);
         let listed = ours.ids.contains(&node.id) && identity.listed_at.is_none();
-        if listed || !identity.log_started {
+        // A membership applied (not the empty default of a member that has
+        // applied nothing yet): its entry is in this member's durable log.
+        let started = !identity.log_started && !ours.ids.is_empty();
+        if listed || started {
             if listed {
                 identity.listed_at = Some(ours.index);
             }

@@ -1250,7 +1250,7 @@ impl Session {
             out.push_str(&format!(
                 "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
                 self.shared.connections(),
-                super::server::MAX_CONNECTIONS
+                self.shared.max_connections
             ));
         }
         if show("REPLICATION") {
@@ -1456,7 +1456,8 @@ impl Session {
 impl Shared {
     /// Connections open now.
     pub fn connections(&self) -> usize {
-        super::server::MAX_CONNECTIONS.saturating_sub(self.slots.available_permits())
+        self.max_connections
+            .saturating_sub(self.slots.available_permits())
     }
 }
 

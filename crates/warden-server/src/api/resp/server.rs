@@ -63,6 +63,8 @@ pub struct Shared {
     next_id: std::sync::atomic::AtomicU64,
     /// One permit per open connection.
     pub(super) slots: Arc<Semaphore>,
+    /// Connections served at once: the permits `slots` started with.
+    pub(super) max_connections: usize,
     /// Read-modify-writes of one key run one at a time on this member
     /// (striped by key hash): concurrent ones would only fail each other's
     /// compare, and the member nearest the leader would starve the rest.
@@ -102,15 +104,15 @@ pub async fn serve(
     auth_settings: AuthSettings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let max_connections = crate::tls::max_connections("resp").min(MAX_CONNECTIONS);
     let shared = Arc::new(Shared {
         gate: Gate::new(node.clone(), auth_settings),
         node,
         limits: Limits::for_request_bytes(max_request_bytes),
         max_request_bytes,
         next_id: std::sync::atomic::AtomicU64::new(0),
-        slots: Arc::new(Semaphore::new(
-            crate::tls::max_connections("resp").min(MAX_CONNECTIONS),
-        )),
+        slots: Arc::new(Semaphore::new(max_connections)),
+        max_connections,
         rmw_stripes: (0..RMW_STRIPES)
             .map(|_| tokio::sync::Mutex::new(()))
             .collect(),
