@@ -33,6 +33,16 @@ fn resp_set(conn: &mut std::net::TcpStream, key: &str, value: &str) -> String {
     String::from_utf8_lossy(&reply).trim_end().to_string()
 }
 
+/// Kills the member when the test ends, passed or not.
+struct Member(std::process::Child);
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_cannot_take_the_members_files() {
     let ports = free_ports(3);
@@ -42,19 +52,21 @@ async fn idle_connections_cannot_take_the_members_files() {
     let log = std::fs::File::create(dir.path().join("n1.log")).unwrap();
     // 128 open files at most (soft and hard): 32 connections per client
     // port. A snapshot every 20 entries, so the member keeps making files.
-    let mut member = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -n 128 && exec {BIN} server --name n1 --data-dir {} \
+    let mut member = Member(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n 128 && exec {BIN} server --name n1 --data-dir {} \
              --client-addr 127.0.0.1:{client} --peer-addr 127.0.0.1:{peer} \
              --initial-cluster n1=127.0.0.1:{peer} --resp-addr 127.0.0.1:{resp} \
              --snapshot-entries 20",
-            data.display()
-        ))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+                data.display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
     let ep = format!("127.0.0.1:{client}");
     eventually(ELECT, || {
         let ep = ep.clone();
@@ -86,7 +98,7 @@ async fn idle_connections_cannot_take_the_members_files() {
         );
     }
     assert!(
-        member.try_wait().unwrap().is_none(),
+        member.0.try_wait().unwrap().is_none(),
         "the member stopped: {}",
         std::fs::read_to_string(dir.path().join("n1.log")).unwrap_or_default()
     );
@@ -109,6 +121,5 @@ async fn idle_connections_cannot_take_the_members_files() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    member.kill().unwrap();
-    member.wait().unwrap();
+    drop(member);
 }
