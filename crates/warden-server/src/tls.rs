@@ -365,6 +365,29 @@ async fn slot(
 
 const FULL_WARN_EVERY: Duration = Duration::from_secs(10);
 
+/// Waits for a free slot of `port`, then for a connection on `listener`;
+/// `None` once the server stopped taking connections (`tx` closed).
+async fn accept_with_slot<T>(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+    port: &'static str,
+    last_warned: &mut Option<std::time::Instant>,
+    tx: &mpsc::Sender<T>,
+) -> Option<(
+    tokio::sync::OwnedSemaphorePermit,
+    std::io::Result<(TcpStream, std::net::SocketAddr)>,
+)> {
+    let slot = tokio::select! {
+        _ = tx.closed() => return None,
+        s = slot(slots, port, last_warned) => s?,
+    };
+    let accepted = tokio::select! {
+        _ = tx.closed() => return None,
+        a = listener.accept() => a,
+    };
+    Some((slot, accepted))
+}
+
 /// Accepts plain TCP connections on `listener`, at most `slots` open at
 /// once (a connection that sends nothing within [`HANDSHAKE_TIMEOUT`] is
 /// dropped), backing off when accepting fails (out of descriptors: retrying
@@ -378,16 +401,10 @@ fn plain_incoming(
     tokio::spawn(async move {
         let mut last_warned = None;
         loop {
-            let slot = tokio::select! {
-                _ = tx.closed() => return,
-                s = slot(&slots, port, &mut last_warned) => match s {
-                    Some(s) => s,
-                    None => return,
-                },
-            };
-            let accepted = tokio::select! {
-                _ = tx.closed() => return,
-                a = listener.accept() => a,
+            let Some((slot, accepted)) =
+                accept_with_slot(&listener, &slots, port, &mut last_warned, &tx).await
+            else {
+                return;
             };
             match accepted {
                 Ok((tcp, from)) => {
@@ -440,16 +457,10 @@ pub fn incoming(
     tokio::spawn(async move {
         let mut last_warned = None;
         loop {
-            let conn_slot = tokio::select! {
-                _ = tx.closed() => return,
-                s = slot(&slots, port, &mut last_warned) => match s {
-                    Some(s) => s,
-                    None => return,
-                },
-            };
-            let accepted = tokio::select! {
-                _ = tx.closed() => return,
-                a = listener.accept() => a,
+            let Some((conn_slot, accepted)) =
+                accept_with_slot(&listener, &slots, port, &mut last_warned, &tx).await
+            else {
+                return;
             };
             let (tcp, from) = match accepted {
                 Ok(a) => a,
