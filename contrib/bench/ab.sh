@@ -23,10 +23,7 @@ start_warden "$B" b
 # would pull the data directories from under members still stopping.
 trap 'kill $(cat "$OUT/pids") 2>/dev/null; wait 2>/dev/null' EXIT
 EA=$(cat a.endpoints); EB=$(cat b.endpoints)
-for _ in $(seq 60); do
-  "$A" --endpoints "$EA" put ready x >/dev/null 2>&1 && "$A" --endpoints "$EB" put ready x >/dev/null 2>&1 && break
-  sleep 0.3
-done
+wait_ready "$A" "$EA" "$EB"
 # Both clusters led by their first member, so that a workload with few
 # clients meets the same leader/follower mix on either side (which member a
 # client's connection lands on decides whether its writes are forwarded).

@@ -32,10 +32,7 @@ WE=$(cat n.endpoints)
 start_etcd e
 EE=$(cat e.endpoints)
 trap 'kill $(cat "$OUT/pids") 2>/dev/null; wait 2>/dev/null' EXIT
-for t in $(seq 100); do
-  "$W" --endpoints "$WE" put ready x >/dev/null 2>&1 && "$W" --endpoints "$EE" put ready x >/dev/null 2>&1 && break
-  sleep 0.3
-done
+wait_ready "$W" "$WE" "$EE"
 # Both clusters led by their first member (PIN_LEADER=0 leaves the
 # elections' choice), as contrib/bench/ab.sh does: with few clients, whether
 # a connection lands on the leader or on a follower (whose writes are

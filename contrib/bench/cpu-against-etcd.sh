@@ -34,10 +34,7 @@ mapfile -t EP < <(tail -n 3 pids)
 WE=$(cat n.endpoints)
 EE=$(cat e.endpoints)
 trap 'kill $(cat "$OUT/pids") 2>/dev/null; wait 2>/dev/null' EXIT
-for _ in $(seq 100); do
-  "$W" --endpoints "$WE" put ready x >/dev/null 2>&1 && "$W" --endpoints "$EE" put ready x >/dev/null 2>&1 && break
-  sleep 0.3
-done
+wait_ready "$W" "$WE" "$EE"
 . "$HERE/pin-leader.sh"
 pin_leader "$W" "$WE"
 pin_leader "$W" "$EE"

@@ -37,7 +37,7 @@ run() { # binary label bench-args...
   cd "$OUT" || exit 1
   mapfile -t pids < "$dir/pids"
   ep=$(cat "$dir/m.endpoints")
-  for _ in $(seq 60); do "$A" --endpoints "$ep" put ready x >/dev/null 2>&1 && break; sleep 0.3; done
+  wait_ready "$A" "$ep"
   pin_leader "$A" "$ep"
   "$A" --endpoints "$ep" bench "$@" --duration 10 > "$dir/bench.out" 2>&1 &
   b=$!

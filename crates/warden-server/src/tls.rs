@@ -365,136 +365,108 @@ async fn slot(
 
 const FULL_WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// Waits for a free slot of `port`, then for a connection on `listener`;
-/// `None` once the server stopped taking connections (`tx` closed).
-async fn accept_with_slot<T>(
-    listener: &TcpListener,
-    slots: &Arc<Semaphore>,
-    port: &'static str,
-    last_warned: &mut Option<std::time::Instant>,
-    tx: &mpsc::Sender<T>,
-) -> Option<(
-    tokio::sync::OwnedSemaphorePermit,
-    std::io::Result<(TcpStream, std::net::SocketAddr)>,
-)> {
-    let slot = tokio::select! {
-        _ = tx.closed() => return None,
-        s = slot(slots, port, last_warned) => s?,
-    };
-    let accepted = tokio::select! {
-        _ = tx.closed() => return None,
-        a = listener.accept() => a,
-    };
-    Some((slot, accepted))
-}
-
-/// Accepts plain TCP connections on `listener`, at most `slots` open at
-/// once (a connection that sends nothing within [`HANDSHAKE_TIMEOUT`] is
-/// dropped), backing off when accepting fails (out of descriptors: retrying
-/// at once would spin a core).
-fn plain_incoming(
+/// Accepts connections on `listener` for `port`, at most `slots` open at
+/// once (a connection holds its slot from before it is made ready until it
+/// closes). Each is served once `prepare` has made it ready within
+/// [`HANDSHAKE_TIMEOUT`] (its first bytes arrived, or its TLS handshake
+/// finished); one that fails or takes longer is dropped and gives its slot
+/// back, so connections that never speak cannot hold a port's slots for
+/// good. Accepting backs off when it fails (out of descriptors: retrying at
+/// once would spin a core). Ends when the server drops the stream.
+fn accept_loop<S, F, Fut>(
     listener: TcpListener,
     port: &'static str,
     slots: Arc<Semaphore>,
-) -> ReceiverStream<std::io::Result<Counted<TcpStream>>> {
+    prepare: F,
+) -> ReceiverStream<std::io::Result<Counted<S>>>
+where
+    S: Send + 'static,
+    F: Fn(TcpStream, std::net::SocketAddr) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         let mut last_warned = None;
         loop {
-            let Some((slot, accepted)) =
-                accept_with_slot(&listener, &slots, port, &mut last_warned, &tx).await
-            else {
-                return;
+            let slot = tokio::select! {
+                _ = tx.closed() => return,
+                s = slot(&slots, port, &mut last_warned) => match s {
+                    Some(s) => s,
+                    None => return,
+                },
             };
-            match accepted {
-                Ok((tcp, from)) => {
-                    let _ = tcp.set_nodelay(true);
-                    // Served once its first bytes arrive (HTTP clients speak
-                    // first): a connection that sends nothing gives its slot
-                    // back after `HANDSHAKE_TIMEOUT`, as a TLS one whose
-                    // handshake never comes does, so idle connections cannot
-                    // hold the port's slots for good.
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        let mut first = [0u8; 1];
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
-                            Ok(Ok(n)) if n > 0 => {
-                                let conn = Counted {
-                                    inner: tcp,
-                                    _slot: slot,
-                                };
-                                let _ = tx.send(Ok(conn)).await;
-                            }
-                            Ok(_) => {}
-                            Err(_) => {
-                                tracing::debug!(port, %from, "nothing sent: connection dropped")
-                            }
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(port, "accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    });
-    ReceiverStream::new(rx)
-}
-
-/// Accepts TLS connections on `listener`: the stream of established
-/// sessions for `tonic`'s `serve_with_incoming`, at most `slots` open at once
-/// (a connection holds its slot from before its handshake until it closes).
-/// Ends when the server drops the stream.
-pub fn incoming(
-    listener: TcpListener,
-    tls: Arc<ServerTls>,
-    port: &'static str,
-    slots: Arc<Semaphore>,
-) -> ReceiverStream<std::io::Result<Counted<TlsStream<TcpStream>>>> {
-    let (tx, rx) = mpsc::channel(64);
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    tokio::spawn(async move {
-        let mut last_warned = None;
-        loop {
-            let Some((conn_slot, accepted)) =
-                accept_with_slot(&listener, &slots, port, &mut last_warned, &tx).await
-            else {
-                return;
+            let accepted = tokio::select! {
+                _ = tx.closed() => return,
+                a = listener.accept() => a,
             };
             let (tcp, from) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off a little.
                     tracing::warn!(port, "accept: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                tracing::warn!(port, %from, "too many TLS handshakes in progress: connection dropped");
-                continue;
-            };
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+            let ready = prepare(tcp, from);
             let tx = tx.clone();
             tokio::spawn(async move {
-                let _permit = permit;
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => {
-                        let conn = Counted {
-                            inner: s,
-                            _slot: conn_slot,
-                        };
-                        let _ = tx.send(Ok(conn)).await;
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, ready).await {
+                    Ok(Ok(inner)) => {
+                        let _ = tx.send(Ok(Counted { inner, _slot: slot })).await;
                     }
-                    Ok(Err(e)) => tracing::debug!(port, %from, "TLS handshake failed: {e}"),
-                    Err(_) => tracing::debug!(port, %from, "TLS handshake timed out"),
+                    Ok(Err(e)) => tracing::debug!(port, %from, "connection dropped: {e}"),
+                    Err(_) => tracing::debug!(
+                        port,
+                        %from,
+                        "connection dropped: not ready within {} s",
+                        HANDSHAKE_TIMEOUT.as_secs()
+                    ),
                 }
             });
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Accepts plain TCP connections on `listener` ([`accept_loop`]): each is
+/// served once its first bytes arrive (HTTP clients speak first).
+fn plain_incoming(
+    listener: TcpListener,
+    port: &'static str,
+    slots: Arc<Semaphore>,
+) -> ReceiverStream<std::io::Result<Counted<TcpStream>>> {
+    accept_loop(listener, port, slots, |tcp, _| async move {
+        let mut first = [0u8; 1];
+        if tcp.peek(&mut first).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(tcp)
+    })
+}
+
+/// Accepts TLS connections on `listener` ([`accept_loop`]): the stream of
+/// established sessions for `tonic`'s `serve_with_incoming`, at most
+/// [`MAX_HANDSHAKES`] handshakes in progress at once (a connection past it
+/// is dropped).
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    port: &'static str,
+    slots: Arc<Semaphore>,
+) -> ReceiverStream<std::io::Result<Counted<TlsStream<TcpStream>>>> {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    accept_loop(listener, port, slots, move |tcp, from| {
+        let permit = handshakes.clone().try_acquire_owned();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+        async move {
+            let Ok(_permit) = permit else {
+                tracing::warn!(port, %from, "too many TLS handshakes in progress: connection dropped");
+                return Err(std::io::Error::other("too many TLS handshakes in progress"));
+            };
+            acceptor.accept(tcp).await
+        }
+    })
 }
 
 impl TlsFiles {

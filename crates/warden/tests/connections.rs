@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, free_ports, put, BIN};
+use common::{eventually, free_ports, put, Killed, BIN};
 
 const ELECT: Duration = Duration::from_secs(20);
 
@@ -33,16 +33,6 @@ fn resp_set(conn: &mut std::net::TcpStream, key: &str, value: &str) -> String {
     String::from_utf8_lossy(&reply).trim_end().to_string()
 }
 
-/// Kills the member when the test ends, passed or not.
-struct Member(std::process::Child);
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_cannot_take_the_members_files() {
     let ports = free_ports(3);
@@ -52,7 +42,7 @@ async fn idle_connections_cannot_take_the_members_files() {
     let log = std::fs::File::create(dir.path().join("n1.log")).unwrap();
     // 128 open files at most (soft and hard): 32 connections per client
     // port. A snapshot every 20 entries, so the member keeps making files.
-    let mut member = Member(
+    let mut member = Killed(
         Command::new("sh")
             .arg("-c")
             .arg(format!(

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{eventually, get, get_prefix, put, Cluster};
+use common::{eventually, get, get_prefix, put, Cluster, Killed};
 
 const ELECT: Duration = Duration::from_secs(20);
 
@@ -79,15 +79,6 @@ fn grant(endpoints: &str, ttl: u32) -> String {
         .nth(1)
         .unwrap_or_else(|| panic!("unexpected grant output {out:?}"))
         .to_string()
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

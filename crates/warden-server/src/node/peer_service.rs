@@ -203,34 +203,13 @@ impl PeerService {
                 .warn(reason, &format!("{rpc} from {from}: {}", status.message()));
             status
         };
-        let Some(caller) = PeerIdentity::of(req.metadata()) else {
-            return Err(refuse(
-                "no identity",
-                Status::permission_denied(format!(
-                    "warden: peer call without valid {} and {} metadata",
-                    peer_auth::CLUSTER_ID_HEADER,
-                    peer_auth::MEMBER_ID_HEADER
-                )),
-            ));
-        };
+        let caller = check_identity(
+            PeerIdentity::of(req.metadata()),
+            self.node.cluster_id,
+            self.node.id,
+        )
+        .map_err(|(reason, status)| refuse(reason, status))?;
         let sender = caller.member_id;
-        if caller.cluster_id != self.node.cluster_id {
-            return Err(refuse(
-                "cluster id mismatch",
-                Status::failed_precondition(format!(
-                    "warden: cluster id mismatch: member {sender:x} of cluster {:x} called a member of cluster {:x}",
-                    caller.cluster_id, self.node.cluster_id
-                )),
-            ));
-        }
-        if sender == self.node.id {
-            return Err(refuse(
-                "not a member",
-                Status::permission_denied(format!(
-                    "warden: a peer call claims to come from this member ({sender:x})"
-                )),
-            ));
-        }
         let config = self
             .node
             .raft
@@ -343,36 +322,53 @@ impl<S> IdentityGate<S> {
     /// Why a call with these headers is refused before its body is read,
     /// as the log's reason and the caller's status.
     fn refusal(&self, headers: &axum::http::HeaderMap) -> Option<(&'static str, Status)> {
-        let Some(caller) = PeerIdentity::of_headers(headers) else {
-            return Some((
-                "no identity",
-                Status::permission_denied(format!(
-                    "warden: peer call without valid {} and {} metadata",
-                    peer_auth::CLUSTER_ID_HEADER,
-                    peer_auth::MEMBER_ID_HEADER
-                )),
-            ));
-        };
-        if caller.cluster_id != self.cluster_id {
-            return Some((
-                "cluster id mismatch",
-                Status::failed_precondition(format!(
-                    "warden: cluster id mismatch: member {:x} of cluster {:x} called a member \
-                     of cluster {:x}",
-                    caller.member_id, caller.cluster_id, self.cluster_id
-                )),
-            ));
-        }
-        (caller.member_id == self.member_id).then(|| {
-            (
-                "not a member",
-                Status::permission_denied(format!(
-                    "warden: a peer call claims to come from this member ({:x})",
-                    self.member_id
-                )),
-            )
-        })
+        check_identity(
+            PeerIdentity::of_headers(headers),
+            self.cluster_id,
+            self.member_id,
+        )
+        .err()
     }
+}
+
+/// The checks a call's identity metadata alone decides, made by the gate
+/// and again by `PeerService::admit`: the caller named itself, is of
+/// cluster `cluster_id`, and is not this member (`us`). When refused, the
+/// log's reason and the caller's status.
+fn check_identity(
+    caller: Option<PeerIdentity>,
+    cluster_id: u64,
+    us: u64,
+) -> Result<PeerIdentity, (&'static str, Status)> {
+    let Some(caller) = caller else {
+        return Err((
+            "no identity",
+            Status::permission_denied(format!(
+                "warden: peer call without valid {} and {} metadata",
+                peer_auth::CLUSTER_ID_HEADER,
+                peer_auth::MEMBER_ID_HEADER
+            )),
+        ));
+    };
+    if caller.cluster_id != cluster_id {
+        return Err((
+            "cluster id mismatch",
+            Status::failed_precondition(format!(
+                "warden: cluster id mismatch: member {:x} of cluster {:x} called a member of \
+                 cluster {cluster_id:x}",
+                caller.member_id, caller.cluster_id
+            )),
+        ));
+    }
+    if caller.member_id == us {
+        return Err((
+            "not a member",
+            Status::permission_denied(format!(
+                "warden: a peer call claims to come from this member ({us:x})"
+            )),
+        ));
+    }
+    Ok(caller)
 }
 
 /// The address a call came from, as [`Request::remote_addr`] finds it.

@@ -16,6 +16,16 @@ use warden_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_warden");
 
+/// A child process killed (and reaped) when dropped, however the test ends.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Ports for `n` listeners (see `warden_testkit::ports`).
 pub fn free_ports(n: usize) -> Vec<u16> {
     warden_testkit::ports::free_ports(n).expect("free ports")
