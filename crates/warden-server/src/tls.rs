@@ -445,7 +445,7 @@ fn plain_incoming(
     })
 }
 
-/// Accepts TLS connections on `listener` ([`accept_loop`]): the stream of
+/// Accepts TLS connections on `listener` (see `accept_loop`): the stream of
 /// established sessions for `tonic`'s `serve_with_incoming`, at most
 /// [`MAX_HANDSHAKES`] handshakes in progress at once (a connection past it
 /// is dropped).
